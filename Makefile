@@ -1,0 +1,29 @@
+# Two entry points that do all set-up themselves: `make demo` and `make test`.
+# Everything installs into .venv/ at the repo root; the stamp makes a second call install nothing
+# (it is redone when pyproject.toml, constraints.txt or the detectron2 installer change).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dcl-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint clean
+
+$(STAMP): pyproject.toml constraints.txt tools/install_detectron2.py tools/detectron2-sdist.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python tools/install_detectron2.py
+	$(BIN)/dcl info
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/dcl data toy --out datasets/toy
+	@echo "Toy datasets are in datasets/toy (the full toy pipeline runs here once the workflow lands)."
+
+clean:
+	rm -rf $(VENV) .pytest_cache

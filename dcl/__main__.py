@@ -1,0 +1,5 @@
+import sys
+
+from dcl.cli import main
+
+sys.exit(main())
