@@ -29,7 +29,7 @@ REQUIREMENT_FILE = HERE / "detectron2-sdist.txt"
 LOCAL_VERSION = "0.6+nocsrc"
 
 # Runs inside the unpacked sdist: its own setup.py, with setuptools.setup wrapped so the
-# C++ extension and the formatter dependency are dropped.
+# C++ extension and the formatter dependency are dropped, and the model-zoo configs kept.
 _BUILD_SCRIPT = r"""
 import sys, setuptools
 _setup = setuptools.setup
@@ -38,6 +38,9 @@ def setup(**kwargs):
     kwargs.pop("cmdclass", None)
     kwargs["version"] = {version!r}
     kwargs["install_requires"] = [r for r in kwargs["install_requires"] if not r.startswith("black")]
+    # setup.py globs a top-level configs/ that only a git checkout has; the sdist ships them
+    # inside the package already.
+    kwargs["package_data"] = {{"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]}}
     return _setup(**kwargs)
 setuptools.setup = setup
 sys.argv = ["setup.py", "-q", "bdist_wheel", "--dist-dir", {dist!r}]
