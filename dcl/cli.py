@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("dcl.evaluation", "COCO and Cityscapes mask AP of a COCO results file"),
     "errors": ("dcl.errors", "segmentation-error analysis: AP gain from removing fFP, bFP, FN"),
     "report": ("dcl.report", "aggregate run results into the paper's tables and figures"),
+    "weights": ("dcl.weights", "download pretrained/released checkpoints into a local weights directory"),
+    "plan": ("dcl.experiments", "validate a workflow config and write its list of runs (experiments.json)"),
     "info": ("dcl.info", "versions of dcl, torch, detectron2 and the compatibility shims in use"),
 }
 
@@ -45,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     selected = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = build_parser(selected if selected in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
-    return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0
+    from dcl.io import InputError
+
+    try:
+        return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0
+    except InputError as error:
+        # Bad input is the user's to fix: say what and where, no traceback.
+        print(f"dcl {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

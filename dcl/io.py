@@ -1,0 +1,85 @@
+"""Atomic file output and strict JSON input, shared by every step.
+
+A killed job must never leave a half-written file that looks finished: everything is written to a
+temporary file in the destination's directory and renamed over the destination (``os.replace`` is
+atomic on POSIX file systems).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json"]
+
+
+class InputError(ValueError):
+    """Bad user input (file, record, what is wrong); the CLI prints it without a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; on success rename it to ``destination``.
+
+    On an exception the temporary file is removed and ``destination`` is left untouched.
+    ``suffix`` defaults to the destination's own (some writers pick the format from it).
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=destination.suffix if suffix is None else suffix,
+        dir=destination.parent,
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, destination)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(destination: str | os.PathLike, text: str) -> None:
+    with atomic_path(destination) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/Infinity; write them as null so every JSON reader accepts the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def atomic_write_json(destination: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (NaN/inf as null, keys in insertion order, trailing newline)."""
+    atomic_write_text(destination, json.dumps(_finite_or_none(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Load JSON, turning a missing, unreadable or truncated file into an ``InputError`` that says
+    which file, where (line and column) and what is wrong."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a directory, not a file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {e.start}): is it the right file?") from None
+    except json.JSONDecodeError as e:
+        hint = " (the file ends early: truncated?)" if e.pos >= os.path.getsize(path) - 1 else ""
+        raise InputError(f"{what} {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}") from None
