@@ -1,0 +1,44 @@
+"""The `dcl` entry point: subcommands listed, lazy imports, argparse-style errors."""
+import subprocess
+import sys
+
+from dcl.cli import SUBCOMMANDS
+
+
+def run_dcl(*args):
+    return subprocess.run([sys.executable, "-m", "dcl", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_subcommand():
+    result = run_dcl("--help")
+    assert result.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+def test_help_does_not_import_heavy_modules():
+    code = "import sys; from dcl.cli import build_parser; build_parser(); print('torch' in sys.modules, 'detectron2' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    result = run_dcl("trian")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_unknown_flag_is_a_usage_error():
+    result = run_dcl("info", "--no-such-flag")
+    assert result.returncode == 2
+    assert "unrecognized arguments" in result.stderr
+
+
+def test_info_reports_detectron2_build():
+    result = run_dcl("info", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    info = json.loads(result.stdout)
+    assert info["detectron2"]["version"]
+    assert isinstance(info["detectron2"]["compiled_extension"], bool)

@@ -1,0 +1,34 @@
+"""dcl.io: atomic writes never leave a half file; JSON errors say file, line and what."""
+import json
+
+import pytest
+
+from dcl.io import InputError, atomic_path, atomic_write_json, read_json
+
+
+def test_failed_write_leaves_destination_untouched(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_json_nan_is_written_as_null(tmp_path):
+    atomic_write_json(tmp_path / "x.json", {"AP": float("nan"), "v": [1.5, float("inf")]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"AP": None, "v": [1.5, None]}
+
+
+def test_truncated_json_names_file_and_position(tmp_path):
+    path = tmp_path / "pred.json"
+    path.write_text('[{"image_id": 1,\n "score": 0.5')
+    with pytest.raises(InputError, match=r"pred.json: invalid JSON at line 2.*truncated"):
+        read_json(path)
+
+
+def test_missing_json_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_json(tmp_path / "nope.json", "predictions file")
