@@ -1,0 +1,146 @@
+"""``dcl report``: the paper's tables and figures, regenerated from the runs.
+
+Reads ``RESULTS_DIR/experiments.json`` (the runs that should exist), every run folder
+``RESULTS_DIR/runs/{experiment}/seed{seed}/`` (``run.json``, ``metrics.json``, ``eval.json``,
+``errors.json``, ``errors_legacy.json``) and ``results/published.yaml``, and writes:
+
+- ``RESULTS_DIR/tables/{main_results,dcl_vs_baseline,error_analysis,ablations,reproduction,run_inventory}``
+  ``.{md,tex,csv,html}``;
+- ``RESULTS_DIR/figures/{error_breakdown,ablations,training_curves,reproduced_vs_published}.{png,pdf}``;
+- ``RESULTS_DIR/README.md``, the reproduction summary.
+
+All outputs are always written (a figure without data is a labelled "No data" note), atomically,
+and byte-identical when the inputs did not change. A broken run never stops the report: it is
+listed in the inventory with its status and reason. No torch or detectron2 import.
+
+Modules: :mod:`~dcl.report.inputs` (reading and validation), :mod:`~dcl.report.analysis`
+(statistics), :mod:`~dcl.report.tables`, :mod:`~dcl.report.figures`, :mod:`~dcl.report.summary`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dcl.io import InputError, atomic_write_text
+from dcl.report import analysis, figures, inputs, summary, tables
+
+__all__ = ["FIGURE_NAMES", "TABLE_NAMES", "ReportResult", "add_arguments", "build_report",
+           "default_published_path", "run"]
+
+TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
+TABLE_FORMATS = ("md", "tex", "csv", "html")
+FIGURE_NAMES = figures.FIGURES
+FIGURE_FORMATS = ("png", "pdf")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote and found."""
+
+    written: list[Path]
+    runs: list[inputs.RunResult]
+    figure_reasons: dict[str, str]  # figure -> "" or why it shows no data
+    reproduction: list[analysis.Reproduction]
+
+
+def default_published_path() -> Path:
+    """``results/published.yaml`` in the working directory, else in this package's repository."""
+    candidates = [Path("results/published.yaml"), _REPO_ROOT / "results" / "published.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise InputError(
+        "published numbers not found (looked for " + " and ".join(str(c) for c in candidates)
+        + "): run from the repository root or pass --published PATH"
+    )
+
+
+def build_report(
+    results_dir: str | os.PathLike, experiments_path: str | os.PathLike | None = None,
+    published_path: str | os.PathLike | None = None,
+) -> ReportResult:
+    """Read everything, write every table, figure and the README.
+
+    Args:
+        results_dir: ``results/{preset}``; run folders are relative to it.
+        experiments_path: default ``results_dir/experiments.json``.
+        published_path: default :func:`default_published_path`.
+    Returns:
+        :class:`ReportResult`.
+    Raises:
+        InputError: missing/invalid experiments.json or published.yaml (run files never raise).
+    """
+    results_dir = Path(results_dir)
+    experiments_path = Path(experiments_path) if experiments_path else results_dir / "experiments.json"
+    if not experiments_path.is_file():
+        raise InputError(
+            f"experiments file not found: {experiments_path} (it lists the expected runs; "
+            "`dcl plan` writes it, or pass --experiments PATH)"
+        )
+    preset, expected = inputs.load_experiments(experiments_path)
+    published = inputs.load_published(published_path if published_path else default_published_path())
+
+    runs = [inputs.load_run(results_dir, run) for run in expected]
+    experiments = analysis.experiment_stats(runs)
+    comparisons = analysis.comparisons(experiments)
+    reproduction = analysis.reproduction(published, experiments)
+    built = [
+        tables.main_table(experiments, comparisons, published),
+        tables.comparison_table(comparisons),
+        tables.error_table(experiments),
+        tables.ablation_table(experiments),
+        tables.reproduction_table(reproduction),
+        tables.inventory_table(runs),
+    ]
+    written: list[Path] = []
+    renderers = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
+    for table in built:
+        for extension in TABLE_FORMATS:
+            path = results_dir / "tables" / f"{table.name}.{extension}"
+            atomic_write_text(path, renderers[extension](table))
+            written.append(path)
+    figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
+    written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]
+    readme_path = results_dir / "README.md"
+    atomic_write_text(readme_path, summary.readme(preset, runs, reproduction, comparisons, built, figure_reasons))
+    written.append(readme_path)
+    return ReportResult(written=written, runs=runs, figure_reasons=figure_reasons, reproduction=reproduction)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", type=Path,
+        help="results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
+    )
+    parser.add_argument(
+        "--experiments", metavar="PATH", type=Path, default=None,
+        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
+    )
+    parser.add_argument(
+        "--published", metavar="PATH", type=Path, default=None,
+        help="published numbers (default: results/published.yaml in the working directory or the repository)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    result = build_report(args.results_dir, args.experiments, args.published)
+    counts = {s: sum(r.status == s for r in result.runs) for s in inputs.STATUSES}
+    print(f"dcl report: {len(result.runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in inputs.STATUSES))
+    for run_result in result.runs:
+        if run_result.status not in ("finished", "missing"):
+            spec = run_result.expected
+            print(f"  {spec.experiment} seed {spec.seed}: {run_result.status}: {run_result.reason}", file=sys.stderr)
+    verdicts: dict[str, int] = {}
+    for row in result.reproduction:
+        verdicts[row.verdict] = verdicts.get(row.verdict, 0) + 1
+    if verdicts:
+        print("published numbers: " + ", ".join(f"{n} {v}" for v, n in verdicts.items()))
+    for name, reason in result.figure_reasons.items():
+        if reason:
+            print(f"figure {name}: no data ({reason}); wrote a labelled placeholder")
+    print(f"wrote {len(result.written)} files under {args.results_dir} (summary: {args.results_dir / 'README.md'})")
+    return 0

@@ -1,0 +1,331 @@
+"""Aggregation and statistics behind every table and figure (no formatting, no plotting).
+
+- :func:`summarize`: mean, sample standard deviation (ddof=1) and count of seed values.
+- :func:`paired_difference`: DCL minus baseline, seeds paired by seed index, with the paired
+  t-test (``scipy.stats.ttest_rel``) and the t-distribution 95% confidence interval of the mean
+  paired difference.
+- :class:`ExperimentStats` / :func:`experiment_stats`: one experiment's seeds folded together.
+- :func:`comparisons`, :func:`reproduction`: DCL-vs-baseline pairs and published-number verdicts.
+
+The verdict rule (also printed in the generated README): a trained experiment reproduces a
+published number when all its configured seeds finished, there are at least two, and
+``|mean - published| <= 2 * std`` (sample std over seeds): the paper reports one training run,
+so the question is whether that number is a plausible draw from our seed distribution. A released
+checkpoint (evaluation only, no training noise) reproduces it when the value rounds to the
+published one at its precision (``|value - published| <= 0.05`` for a number given to 0.1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from dcl.report.inputs import FAMILY_STATS, ExpectedRun, PublishedEntry, RunResult
+
+__all__ = [
+    "CONFIDENCE",
+    "PAIRED_TEST",
+    "Comparison",
+    "ExperimentStats",
+    "PairedDifference",
+    "Reproduction",
+    "Summary",
+    "comparisons",
+    "error_types",
+    "experiment_stats",
+    "paired_difference",
+    "reproduction",
+    "sort_key",
+    "summarize",
+]
+
+CONFIDENCE = 0.95
+PAIRED_TEST = "two-sided paired t-test over seeds paired by seed index (scipy.stats.ttest_rel)"
+SPREAD_FACTOR = 2.0  # |mean - published| <= 2 std counts as reproduced
+
+# Display order: the paper's datasets first, then anything else alphabetically.
+_DATASET_ORDER = ("cityscapes", "coco", "toy_cityscapes", "toy_coco")
+_INIT_ORDER = ("imagenet", "coco", "scratch")
+_GROUP_ORDER = ("main", "released", "ablation")
+_METHOD_ORDER = ("baseline", "dcl")
+_ERROR_TYPE_ORDER = ("fFP", "bFP", "FN")
+
+
+def _rank(value: str, order: Sequence[str]) -> tuple[int, str]:
+    return (order.index(value), "") if value in order else (len(order), value)
+
+
+def sort_key(run: ExpectedRun) -> tuple:
+    """Rows in paper order: dataset, init, group, method, experiment name."""
+    return (
+        _rank(run.dataset, _DATASET_ORDER), _rank(run.init, _INIT_ORDER), _rank(run.group, _GROUP_ORDER),
+        _rank(run.method, _METHOD_ORDER), run.experiment,
+    )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Seed statistics of one number: ``std`` is NaN for fewer than two values, ``mean`` for none."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Mean, sample standard deviation (ddof=1) and count.
+
+    Args:
+        values: one number per seed.
+    Returns:
+        :class:`Summary`; NaN where undefined (no values, or std of a single value).
+    """
+    array = np.asarray(list(values), dtype=float)
+    n = int(array.size)
+    mean = float(array.mean()) if n else math.nan
+    std = float(array.std(ddof=1)) if n >= 2 else math.nan
+    return Summary(mean=mean, std=std, n=n)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """DCL minus baseline over paired seeds; CI and p-value are NaN with fewer than two pairs
+    (and the p-value also when all paired differences are equal: the t statistic is undefined)."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    seeds: tuple[int, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def paired_difference(baseline: dict[int, float], dcl: dict[int, float]) -> PairedDifference:
+    """Pair seeds present in both, then ``dcl - baseline``.
+
+    Args:
+        baseline, dcl: seed -> value.
+    Returns:
+        :class:`PairedDifference`: mean difference, 95% CI ``mean +- t_{0.975, n-1} * sd / sqrt(n)``,
+        and the paired t-test's two-sided p-value.
+    """
+    seeds = tuple(sorted(set(baseline) & set(dcl)))
+    after = np.array([dcl[s] for s in seeds], dtype=float)
+    before = np.array([baseline[s] for s in seeds], dtype=float)
+    differences = after - before
+    n = len(seeds)
+    if n == 0:
+        return PairedDifference(math.nan, math.nan, math.nan, math.nan, seeds)
+    mean = float(differences.mean())
+    if n < 2:
+        return PairedDifference(mean, math.nan, math.nan, math.nan, seeds)
+    sd = float(differences.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(mean)):
+        # Identical differences: zero-width interval, and no t statistic to test.
+        return PairedDifference(mean, mean, mean, math.nan, seeds)
+    test = scipy_stats.ttest_rel(after, before)
+    half_width = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+    return PairedDifference(mean, mean - half_width, mean + half_width, float(test.pvalue), seeds)
+
+
+@dataclass
+class ExperimentStats:
+    """All seeds of one experiment folded together.
+
+    Attributes:
+        runs: every expected run of the experiment (with status), sorted by seed.
+        values: metric ("segm.AP", ...) -> seed -> value, from runs with a usable eval.json.
+        errors, errors_legacy: error type -> seed -> AP gain; plus ``"baseline"`` -> seed -> AP.
+    """
+
+    runs: list[RunResult]
+    values: dict[str, dict[int, float]] = field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = field(default_factory=dict)
+    errors_legacy: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> ExpectedRun:
+        return self.runs[0].expected
+
+    @property
+    def name(self) -> str:
+        return self.spec.experiment
+
+    @property
+    def expected(self) -> int:
+        return len(self.runs)
+
+    @property
+    def n_eval(self) -> int:
+        return sum(run.eval is not None for run in self.runs)
+
+    def n_errors(self, legacy: bool) -> int:
+        return sum((run.errors_legacy if legacy else run.errors) is not None for run in self.runs)
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        """Metrics the tables show for this experiment: its headline family's stats."""
+        return tuple(f"{self.spec.family}.{stat}" for stat in FAMILY_STATS[self.spec.family])
+
+    def summary(self, metric: str) -> Summary:
+        """Seed statistics of ``metric``; NaN unless every usable run has a value (a null stat,
+        COCO's "no GT in this area range", must not be averaged over a subset of seeds)."""
+        by_seed = self.values.get(metric, {})
+        if len(by_seed) != self.n_eval:
+            return Summary(math.nan, math.nan, 0)
+        return summarize(by_seed[s] for s in sorted(by_seed))
+
+    def error_summary(self, error_type: str, legacy: bool) -> Summary:
+        """AP gain of ``error_type`` (or ``"baseline"`` AP) over the seeds whose analysis has it;
+        NaN when some analysed seed lacks that type."""
+        by_seed = (self.errors_legacy if legacy else self.errors).get(error_type, {})
+        if len(by_seed) != self.n_errors(legacy) or not by_seed:
+            return Summary(math.nan, math.nan, 0)
+        return summarize(by_seed[s] for s in sorted(by_seed))
+
+
+def experiment_stats(results: Iterable[RunResult]) -> list[ExperimentStats]:
+    """Group runs by experiment, in paper order (:func:`sort_key`)."""
+    grouped: dict[str, list[RunResult]] = {}
+    for result in results:
+        grouped.setdefault(result.expected.experiment, []).append(result)
+    experiments = []
+    for runs in grouped.values():
+        runs.sort(key=lambda r: r.expected.seed)
+        stats = ExperimentStats(runs=runs)
+        for run in runs:
+            seed = run.expected.seed
+            for metric, value in (run.eval or {}).items():
+                if value is not None:
+                    stats.values.setdefault(metric, {})[seed] = value
+            for target, analysis in ((stats.errors, run.errors), (stats.errors_legacy, run.errors_legacy)):
+                if analysis is None:
+                    continue
+                target.setdefault("baseline", {})[seed] = analysis.baseline_ap
+                for error_type, gain in analysis.gains.items():
+                    target.setdefault(error_type, {})[seed] = gain
+        experiments.append(stats)
+    experiments.sort(key=lambda e: sort_key(e.spec))
+    return experiments
+
+
+def error_types(experiments: Iterable[ExperimentStats]) -> list[str]:
+    """Every error type analysed anywhere: single types first (fFP, bFP, FN), then combinations
+    by size (``fFP&bFP`` ...), unknown names alphabetically within their size."""
+    found = {t for e in experiments for d in (e.errors, e.errors_legacy) for t in d if t != "baseline"}
+
+    def key(error_type: str) -> tuple:
+        parts = error_type.split("&")
+        return (len(parts), [_rank(p, _ERROR_TYPE_ORDER) for p in parts])
+
+    return sorted(found, key=key)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """DCL experiment vs the baseline of the same dataset, init and group, for one metric."""
+
+    baseline: ExperimentStats
+    dcl: ExperimentStats
+    metric: str
+    difference: PairedDifference
+
+
+def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
+    """DCL minus baseline for every DCL experiment of the main and released groups that has
+    exactly one baseline experiment with the same dataset, init, group and metric.
+
+    Returns:
+        One :class:`Comparison` per (DCL experiment, metric of its family), in table order.
+    """
+    out = []
+    for dcl in experiments:
+        spec = dcl.spec
+        if spec.method != "dcl" or spec.group == "ablation":
+            continue
+        baselines = [
+            e for e in experiments
+            if e.spec.method == "baseline" and e.spec.group == spec.group and e.spec.dataset == spec.dataset
+            and e.spec.init == spec.init and e.spec.metric == spec.metric
+        ]
+        if len(baselines) != 1:
+            continue
+        for metric in dcl.stats:
+            base_values = baselines[0].values.get(metric, {})
+            dcl_values = dcl.values.get(metric, {})
+            out.append(Comparison(baselines[0], dcl, metric, paired_difference(base_values, dcl_values)))
+    return out
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A published number against one experiment that reproduces it (or ``experiment`` None)."""
+
+    entry: PublishedEntry
+    experiment: ExperimentStats | None
+    summary: Summary
+    verdict: str  # reproduced | not reproduced | cannot be judged | not in matrix | not reproducible
+    reason: str
+
+    @property
+    def difference(self) -> float:
+        return self.summary.mean - self.entry.value
+
+
+def _judge(entry: PublishedEntry, experiment: ExperimentStats) -> Reproduction:
+    by_seed = experiment.values.get(entry.metric, {})
+    summary = summarize(by_seed[s] for s in sorted(by_seed))
+    expected, n = experiment.expected, summary.n
+    lacking = [r.expected.seed for r in experiment.runs if r.eval is not None and r.expected.seed not in by_seed]
+    if lacking:
+        return Reproduction(entry, experiment, summary, "cannot be judged",
+                            f"eval.json of seed {', '.join(map(str, lacking))} has no {entry.metric}")
+    if n < expected:
+        shown = f"{n}/{expected} seeds with results"
+        missing = [f"{r.expected.seed} ({r.status})" for r in experiment.runs if r.expected.seed not in by_seed]
+        return Reproduction(entry, experiment, summary, "cannot be judged",
+                            f"{shown}; waiting for seed {', '.join(missing)}")
+    difference = summary.mean - entry.value
+    if experiment.spec.kind == "released":
+        ok = abs(difference) <= entry.tolerance + 1e-9
+        rule = f"|value − published| = {abs(difference):.2f} {'≤' if ok else '>'} {entry.tolerance:g} (published precision)"
+        return Reproduction(entry, experiment, summary, "reproduced" if ok else "not reproduced", rule)
+    if n < 2:
+        return Reproduction(entry, experiment, summary, "cannot be judged",
+                            "a single seed has no spread: configure at least 2 seeds")
+    limit = SPREAD_FACTOR * summary.std
+    ok = abs(difference) <= limit + 1e-9
+    rule = f"|mean − published| = {abs(difference):.2f} {'≤' if ok else '>'} 2 std = {limit:.2f}"
+    return Reproduction(entry, experiment, summary, "reproduced" if ok else "not reproduced", rule)
+
+
+def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[ExperimentStats]) -> list[Reproduction]:
+    """Judge every published entry against each main/released experiment with the same dataset,
+    init and method (the entry's metric is read from that experiment's eval.json).
+
+    Returns:
+        One row per (entry, matching experiment); an entry without a match gets one row with
+        ``experiment=None`` (verdict "not reproducible" or "not in matrix").
+    """
+    rows = []
+    for entry in entries:
+        if not entry.reproducible:
+            rows.append(Reproduction(entry, None, summarize([]), "not reproducible",
+                                     entry.note or "not reproduced by this pipeline"))
+            continue
+        matches = [
+            e for e in experiments
+            if e.spec.group in ("main", "released")
+            and (e.spec.dataset, e.spec.init, e.spec.method) == (entry.dataset, entry.init, entry.method)
+        ]
+        if not matches:
+            rows.append(Reproduction(entry, None, summarize([]), "not in matrix",
+                                     "no experiment of this dataset/init/method in experiments.json"))
+        rows.extend(_judge(entry, e) for e in matches)
+    return rows

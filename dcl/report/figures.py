@@ -1,0 +1,320 @@
+"""The report's figures (matplotlib, Agg, no pyplot state): PNG and PDF, deterministic.
+
+Four figures, always written under fixed names so the workflow can declare them as outputs:
+``error_breakdown``, ``ablations``, ``training_curves``, ``reproduced_vs_published``. A figure with
+nothing to plot is written as a clearly labelled "No data: <why>" panel rather than an empty
+axes, and :func:`write_figures` returns the reason so the summary can say so.
+
+Style: Okabe-Ito colours (colour-blind safe; baselines blue, DCL orange/vermillion, a lighter
+shade for COCO init), labelled axes with units, fonts readable at print width (7 inches). Files
+carry no timestamps or software versions (PNG ``Software``, PDF ``Creator``/``Producer``/
+``CreationDate`` are dropped), so an unchanged input gives byte-identical files.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from dcl.io import atomic_path
+from dcl.report.analysis import ExperimentStats, Reproduction, error_types
+from dcl.report.inputs import TRAINING_KEYS
+from dcl.report.tables import dataset_name, fmt_value, init_name, method_name, metric_name, value_sort_key
+
+__all__ = ["FIGURES", "OKABE_ITO", "write_figures"]
+
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+_MODEL_COLORS = {
+    ("baseline", "imagenet"): "#0072B2", ("baseline", "coco"): "#56B4E9", ("baseline", "scratch"): "#009E73",
+    ("dcl", "imagenet"): "#D55E00", ("dcl", "coco"): "#E69F00", ("dcl", "scratch"): "#CC79A7",
+}
+_FALLBACK_COLORS = ("#000000", "#009E73", "#CC79A7", "#F0E442")
+_WIDTH = 7.0  # inches: a two-column page width
+_STYLE = {
+    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
+    "legend.fontsize": 8, "figure.titlesize": 10, "lines.linewidth": 1.5, "axes.grid": True, "grid.alpha": 0.3,
+    "axes.spines.top": False, "axes.spines.right": False, "pdf.fonttype": 42, "savefig.dpi": 200,
+}
+_CURVE_LABELS = {
+    "total_loss": ("total loss", "loss"), "loss_mask": ("loss_mask", "loss"),
+    "loss_contrast": ("loss_contrast (DCL)", "loss"), "lr": ("learning rate", "learning rate"),
+}
+FIGURES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
+
+
+def _color(spec: Any, index: int = 0) -> str:
+    return _MODEL_COLORS.get((spec.method, spec.init), _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
+
+
+def _model_label(experiment: ExperimentStats) -> str:
+    spec = experiment.spec
+    label = f"{method_name(spec.method)}, {init_name(spec.init)} init"
+    return label + (" (released)" if spec.group == "released" else "")
+
+
+def _save(figure: Figure, directory: Path, name: str) -> None:
+    options = {
+        "png": {"metadata": {"Software": None}},
+        "pdf": {"metadata": {"Creator": None, "Producer": None, "CreationDate": None}},
+    }
+    for extension, kwargs in options.items():
+        with atomic_path(directory / f"{name}.{extension}") as tmp:
+            figure.savefig(tmp, format=extension, **kwargs)
+
+
+def _no_data(title: str, reason: str) -> Figure:
+    figure = Figure(figsize=(_WIDTH, 1.4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_axis_off()
+    axes.text(0.5, 0.5, f"{title}\nNo data: {reason}", ha="center", va="center", fontsize=11, wrap=True)
+    return figure
+
+
+def _bar_offsets(count: int, width: float) -> np.ndarray:
+    return (np.arange(count) - (count - 1) / 2) * width
+
+
+# ----------------------------------------------------------------------------- error breakdown
+def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
+    """Rows: datasets; columns: corrected | legacy semantics; grouped bars per model."""
+    title = "Segmentation-error breakdown"
+    by_dataset: dict[str, list[ExperimentStats]] = {}
+    for experiment in experiments:
+        if experiment.spec.group != "ablation" and (experiment.n_errors(False) or experiment.n_errors(True)):
+            by_dataset.setdefault(experiment.spec.dataset, []).append(experiment)
+    if not by_dataset:
+        return _no_data(title, "no baseline/DCL run has an errors.json yet"), "no baseline/DCL run has an errors.json yet"
+    figure = Figure(figsize=(_WIDTH, 2.4 * len(by_dataset) + 0.6), layout="constrained")
+    grid = figure.subplots(len(by_dataset), 2, squeeze=False, sharey="row")
+    for row, (dataset, models) in enumerate(by_dataset.items()):
+        types = error_types(models)
+        positions = np.arange(len(types))
+        width = 0.8 / len(models)
+        offsets = _bar_offsets(len(models), width)
+        for column, (legacy, semantics) in enumerate(((False, "corrected"), (True, "legacy (original tool)"))):
+            axes = grid[row][column]
+            for index, experiment in enumerate(models):
+                summaries = [experiment.error_summary(t, legacy) for t in types]
+                heights = [0.0 if math.isnan(s.mean) else s.mean for s in summaries]
+                spreads = [0.0 if math.isnan(s.std) else s.std for s in summaries]
+                axes.bar(
+                    positions + offsets[index], heights, width, yerr=spreads, capsize=2,
+                    color=_color(experiment.spec, index), edgecolor="black", linewidth=0.5,
+                    hatch="//" if experiment.spec.group == "released" else None,
+                    label=f"{_model_label(experiment)} (n={experiment.n_errors(False)}, legacy {experiment.n_errors(True)})"
+                    if experiment.n_errors(False) != experiment.n_errors(True)
+                    else f"{_model_label(experiment)} (n={experiment.n_errors(False)})",
+                )
+            axes.set_xticks(positions, types)
+            axes.set_title(f"{dataset_name(dataset)}: {semantics}")
+            axes.set_xlabel("error type removed")
+            axes.axhline(0, color="black", linewidth=0.5)
+            if column == 0:
+                axes.set_ylabel("AP gain (AP, %)")
+            else:
+                axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="model (seeds)")
+    figure.suptitle("AP gain from removing each error type (mean ± std over seeds)")
+    return figure, ""
+
+
+# ----------------------------------------------------------------------------- ablations
+def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
+    """One panel per swept parameter: seed values as points, mean ± std as a line with error bars."""
+    title = "Ablations"
+    sweeps: dict[str, dict[str, list[ExperimentStats]]] = {}
+    for experiment in experiments:
+        ablation = experiment.spec.ablation
+        if ablation is not None:
+            sweeps.setdefault(ablation.parameter, {}).setdefault(ablation.base, []).append(experiment)
+    if not sweeps:
+        return _no_data(title, "no ablation runs in experiments.json"), "no ablation runs in experiments.json"
+    sweeps = {p: b for p, b in sweeps.items() if any(e.n_eval for es in b.values() for e in es)}
+    if not sweeps:
+        return _no_data(title, "no ablation run has results yet"), "no ablation run has results yet"
+    parameters = sorted(sweeps)
+    columns = min(2, len(parameters))
+    rows = math.ceil(len(parameters) / columns)
+    figure = Figure(figsize=(_WIDTH, 2.6 * rows + 0.4), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for index, parameter in enumerate(parameters):
+        axes = grid[index // columns][index % columns]
+        bases = sweeps[parameter]
+        values = sorted({e.spec.ablation.value for es in bases.values() for e in es}, key=value_sort_key)
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        position = {v: (float(v) if numeric else float(i)) for i, v in enumerate(values)}
+        metrics = set()
+        for color_index, (base, members) in enumerate(sorted(bases.items())):
+            color = OKABE_ITO[(color_index * 5 + 5) % len(OKABE_ITO)]  # vermillion first, then varied
+            members = sorted(members, key=lambda e: value_sort_key(e.spec.ablation.value))
+            xs, means, stds = [], [], []
+            for experiment in members:
+                metric = experiment.spec.metric
+                metrics.add(metric)
+                seeds = experiment.values.get(metric, {})
+                x = position[experiment.spec.ablation.value]
+                axes.plot([x] * len(seeds), [seeds[s] for s in sorted(seeds)], "o", color=color, alpha=0.45,
+                          markersize=3.5, markeredgewidth=0)
+                summary = experiment.summary(metric)
+                if summary.n:
+                    xs.append(x)
+                    means.append(summary.mean)
+                    stds.append(0.0 if math.isnan(summary.std) else summary.std)
+            axes.errorbar(xs, means, yerr=stds, color=color, marker="s", markersize=4, capsize=3,
+                          label=f"base: {base}")
+        axes.set_title(parameter)
+        if len(bases) > 1:
+            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+        if not numeric:
+            axes.set_xticks([position[v] for v in values], [fmt_value(v) for v in values])
+        elif min(values) > 0 and max(values) >= 8 * min(values):
+            # Sweeps like NUM_SAMPLES 8..64 or TEMPERATURE 0.03..0.5 are geometric.
+            axes.set_xscale("log")
+            axes.set_xticks(values, [fmt_value(v) for v in values])
+            axes.minorticks_off()
+        axes.set_xlabel(parameter)
+        axes.set_ylabel(f"{' / '.join(metric_name(m) for m in sorted(metrics))} (AP, %)")
+    for index in range(len(parameters), rows * columns):
+        grid[index // columns][index % columns].set_visible(False)
+    all_bases = sorted({base for bases in sweeps.values() for base in bases})
+    shared = f"base experiment {all_bases[0]}; " if len(all_bases) == 1 else ""
+    figure.suptitle(f"Headline AP against each swept DCL hyper-parameter\n"
+                    f"({shared}points: seeds; squares: mean ± std over seeds)")
+    return figure, ""
+
+
+# ----------------------------------------------------------------------------- training curves
+def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
+    """Rows: datasets; columns: total_loss, loss_mask, loss_contrast, lr against iteration; one
+    line per main experiment (mean over seeds, shaded min-max over seeds)."""
+    title = "Training curves"
+    records = []
+    for experiment in experiments:
+        if experiment.spec.group != "main":
+            continue
+        for run in experiment.runs:
+            for point in run.metrics or ():
+                for key in TRAINING_KEYS:
+                    if key in point:
+                        records.append((experiment.name, run.expected.seed, point["iteration"], key, point[key]))
+    if not records:
+        reason = "no finished training run of the main experiments has a metrics.json"
+        return _no_data(title, reason), reason
+    frame = pd.DataFrame.from_records(records, columns=["experiment", "seed", "iteration", "key", "value"])
+    curves = frame.groupby(["experiment", "key", "iteration"], sort=True)["value"].agg(["mean", "min", "max"])
+    by_name = {e.name: e for e in experiments}
+    datasets: dict[str, list[ExperimentStats]] = {}
+    for name in sorted(frame["experiment"].unique(), key=lambda n: experiments.index(by_name[n])):
+        datasets.setdefault(by_name[name].spec.dataset, []).append(by_name[name])
+    figure = Figure(figsize=(_WIDTH + 2.0, 2.0 * len(datasets) + 0.5), layout="constrained")
+    grid = figure.subplots(len(datasets), len(TRAINING_KEYS), squeeze=False)
+    for row, (dataset, members) in enumerate(datasets.items()):
+        for column, key in enumerate(TRAINING_KEYS):
+            axes = grid[row][column]
+            label, unit = _CURVE_LABELS[key]
+            drawn = False
+            for index, experiment in enumerate(members):
+                try:
+                    curve = curves.loc[(experiment.name, key)]
+                except KeyError:
+                    continue
+                color = _color(experiment.spec, index)
+                iterations = curve.index.to_numpy()
+                axes.fill_between(iterations, curve["min"].to_numpy(), curve["max"].to_numpy(),
+                                  color=color, alpha=0.2, linewidth=0)
+                seeds = int(frame[(frame.experiment == experiment.name) & (frame.key == key)]["seed"].nunique())
+                axes.plot(iterations, curve["mean"].to_numpy(), color=color,
+                          label=f"{_model_label(experiment)} (n={seeds})")
+                drawn = True
+            if not drawn:
+                axes.text(0.5, 0.5, "not logged\n(no DCL run)" if key == "loss_contrast" else "not logged",
+                          ha="center", va="center", transform=axes.transAxes)
+            elif key == "lr":
+                axes.set_yscale("log")
+            if row == 0:
+                axes.set_title(label)
+            axes.set_xlabel("iteration")
+            axes.set_ylabel(f"{dataset_name(dataset)}\n{unit}" if column == 0 else unit)
+        handles, labels = grid[row][0].get_legend_handles_labels()
+        grid[row][-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                             title=dataset_name(dataset))
+    figure.suptitle("Training curves from metrics.json (line: mean over seeds; band: min–max)")
+    return figure, ""
+
+
+# ----------------------------------------------------------------------------- published vs reproduced
+def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
+    """One row per published number that has results: the published value (black diamond) and
+    the reproduced mean with ± std (thick) and ± 2 std (thin) over seeds, the verdict's band."""
+    title = "Reproduced vs published AP"
+    points = [r for r in rows if r.experiment is not None and r.summary.n]
+    if not points:
+        if any(r.experiment is not None for r in rows):
+            reason = "no experiment with a published number has results yet"
+        else:
+            reason = "no experiment in experiments.json has a published number (dataset/init/method)"
+        return _no_data(title, reason), reason
+    figure = Figure(figsize=(_WIDTH, 0.42 * len(points) + 1.3), layout="constrained")
+    axes = figure.add_subplot()
+    labels = []
+    seen: set[str] = set()
+    for row, item in enumerate(points):
+        y = len(points) - 1 - row  # first entry on top
+        spec, summary = item.experiment.spec, item.summary
+        released = spec.kind == "released"
+        color = _MODEL_COLORS.get((spec.method, "imagenet"), "#000000")  # colour = method
+        spread = 0.0 if math.isnan(summary.std) else summary.std
+        if spread:
+            axes.plot([summary.mean - 2 * spread, summary.mean + 2 * spread], [y, y], color=color, linewidth=1.0)
+            axes.plot([summary.mean - spread, summary.mean + spread], [y, y], color=color, linewidth=3.5)
+        kind = "released checkpoint" if released else "trained, mean ± std (thin: ± 2 std)"
+        label = f"{method_name(spec.method)}, {kind}"
+        axes.plot([summary.mean], [y], "s" if released else "o", color=color, markersize=6,
+                  label=None if label in seen else label)
+        seen.add(label)
+        axes.plot([item.entry.value], [y], "D", markerfacecolor="white", markeredgecolor="black", markersize=6,
+                  label=None if "published" in seen else "published")
+        seen.add("published")
+        labels.append(f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, {method_name(spec.method)}"
+                      f"{' (released)' if released else ''}: {metric_name(item.entry.metric)}")
+    axes.set_yticks(range(len(points)), labels[::-1])
+    axes.set_ylim(-0.7, len(points) - 0.3)
+    axes.grid(axis="y", visible=False)
+    axes.set_xlabel("AP (AP, %)")
+    axes.set_title(title)
+    verdicts = axes.twinx()  # the verdict of each row, on the right
+    verdicts.set_ylim(axes.get_ylim())
+    verdicts.set_yticks(range(len(points)), [r.verdict for r in points][::-1])
+    verdicts.tick_params(length=0)
+    verdicts.grid(False)
+    figure.legend(loc="outside lower center", ncols=2, frameon=False)
+    return figure, ""
+
+
+def write_figures(
+    directory: Path, experiments: Sequence[ExperimentStats], reproduction_rows: Sequence[Reproduction]
+) -> dict[str, str]:
+    """Write all figures as ``{name}.png`` and ``{name}.pdf`` under ``directory``.
+
+    Returns:
+        name -> "" when the figure shows data, else the reason it is a "No data" note.
+    """
+    builders: dict[str, Callable[[], tuple[Figure, str]]] = {
+        "error_breakdown": lambda: error_breakdown(experiments),
+        "ablations": lambda: ablation_figure(experiments),
+        "training_curves": lambda: training_curves(experiments),
+        "reproduced_vs_published": lambda: reproduced_vs_published(reproduction_rows),
+    }
+    reasons = {}
+    # rcdefaults inside rc_context: a user's matplotlibrc must not change the files.
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(_STYLE)
+        for name, build in builders.items():
+            figure, reasons[name] = build()
+            _save(figure, directory, name)
+    return reasons

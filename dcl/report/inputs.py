@@ -1,0 +1,525 @@
+"""The report's inputs: the expected runs, the published numbers, and each run's result files.
+
+Three readers, each strict about the format in ``docs/design.md``:
+
+- :func:`load_experiments` reads ``experiments.json`` (the list of runs that *should* exist);
+- :func:`load_published` reads ``results/published.yaml``;
+- :func:`load_run` reads one run folder and never raises for bad run files: a missing, truncated
+  or mistyped file becomes a status (``missing``, ``running``, ``failed``, ``incomplete``) with a
+  reason, so one broken run cannot stop the report or silently vanish from it.
+
+Only data a table may use is exposed on :class:`RunResult`: results of a run whose training did
+not complete are never used, even when a stale ``eval.json`` is lying around.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcl.io import InputError, read_json
+
+__all__ = [
+    "FAMILY_STATS",
+    "STATUSES",
+    "TRAINING_KEYS",
+    "Ablation",
+    "ExpectedRun",
+    "ErrorAnalysis",
+    "PublishedEntry",
+    "RunResult",
+    "load_experiments",
+    "load_published",
+    "load_run",
+]
+
+# Stats of each eval.json section the tables show, in display order (design.md, eval.json).
+FAMILY_STATS: dict[str, tuple[str, ...]] = {
+    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "cityscapes": ("AP", "AP50"),
+}
+# Inventory statuses, best first.
+STATUSES = ("finished", "running", "incomplete", "failed", "missing")
+KINDS = ("train", "released")
+METHODS = ("baseline", "dcl")
+GROUPS = ("main", "released", "ablation")
+RUN_STATES = ("running", "finished", "failed", "interrupted")
+# detectron2 metrics.json scalars the training-curve figure draws.
+TRAINING_KEYS = ("total_loss", "loss_mask", "loss_contrast", "lr")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One point of a hyper-parameter sweep (``experiments.json``'s ``ablation`` object)."""
+
+    parameter: str
+    key: str
+    value: bool | int | float | str
+    base: str
+
+
+@dataclass(frozen=True)
+class ExpectedRun:
+    """One run (experiment x seed) that ``experiments.json`` says should exist."""
+
+    experiment: str
+    seed: int
+    kind: str
+    dataset: str
+    init: str
+    method: str
+    group: str
+    ablation: Ablation | None
+    metric: str
+    run_dir: str
+
+    @property
+    def family(self) -> str:
+        """The eval.json section of the headline metric (``cityscapes``, ``segm``, ``bbox``)."""
+        return self.metric.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class PublishedEntry:
+    """One published number from ``published.yaml``."""
+
+    dataset: str
+    init: str
+    method: str
+    detector: str
+    metric: str
+    value: float
+    source: str
+    reproducible: bool
+    note: str
+    index: int  # position in the file, for messages and a stable order
+
+    @property
+    def tolerance(self) -> float:
+        """Half a unit in the last published digit: 37.1 stands for anything in [37.05, 37.15]."""
+        exponent = Decimal(repr(float(self.value))).normalize().as_tuple().exponent
+        return 0.5 * 10.0 ** min(int(exponent), 0)
+
+
+@dataclass(frozen=True)
+class ErrorAnalysis:
+    """The part of an ``errors.json`` the report uses: baseline AP and the AP gain per error type."""
+
+    baseline_ap: float
+    gains: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    """What one run folder holds, with its inventory status.
+
+    ``eval``, ``errors``, ``errors_legacy`` and ``metrics`` are set only when training completed
+    and that file is valid; everything else is in ``status`` and ``problems``.
+    """
+
+    expected: ExpectedRun
+    status: str
+    problems: list[str] = field(default_factory=list)
+    info: dict[str, Any] | None = None  # validated run.json
+    eval: dict[str, float | None] | None = None  # flat: {"segm.AP": 35.2, "cityscapes.AP50": ...}
+    errors: ErrorAnalysis | None = None
+    errors_legacy: ErrorAnalysis | None = None
+    metrics: list[dict[str, float]] | None = None  # per logged iteration: iteration + TRAINING_KEYS
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.problems)
+
+
+# ----------------------------------------------------------------------------- small validators
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _require_str(record: dict, key: str, where: str, choices: tuple[str, ...] | None = None) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: '{key}' must be a non-empty string, got {_type_name(value)} {value!r}")
+    if choices is not None and value not in choices:
+        raise InputError(f"{where}: '{key}' must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _check_metric(metric: str, where: str) -> None:
+    family, _, stat = metric.partition(".")
+    if family not in FAMILY_STATS or stat not in FAMILY_STATS[family]:
+        known = ", ".join(f"{f}.{s}" for f, stats in FAMILY_STATS.items() for s in stats)
+        raise InputError(f"{where}: unknown metric {metric!r} (known: {known})")
+
+
+# ----------------------------------------------------------------------------- experiments.json
+def _parse_ablation(value: Any, where: str) -> Ablation:
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: 'ablation' must be an object or null, got {_type_name(value)}")
+    swept = value.get("value")
+    if not isinstance(swept, (bool, int, float, str)) or (isinstance(swept, float) and not math.isfinite(swept)):
+        raise InputError(f"{where}: ablation 'value' must be a number, boolean or string, got {_type_name(swept)}")
+    return Ablation(
+        parameter=_require_str(value, "parameter", f"{where} ablation"),
+        key=_require_str(value, "key", f"{where} ablation"),
+        value=swept,
+        base=_require_str(value, "base", f"{where} ablation"),
+    )
+
+
+def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
+    """Read and validate ``experiments.json``.
+
+    Args:
+        path: the file ``dcl plan`` wrote.
+    Returns:
+        ``(preset, runs)``, runs in file order.
+    Raises:
+        InputError: missing/unreadable file, a record with a missing or mistyped field (which
+            record, which field), duplicate runs, or an experiment whose runs disagree on what
+            they are (dataset, method, metric, ...).
+    """
+    path = Path(path)
+    data = read_json(path, "experiments file")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise InputError(f"{path}: expected an object with a 'runs' list (written by `dcl plan`)")
+    preset = data.get("preset", "")
+    if not isinstance(preset, str):
+        raise InputError(f"{path}: 'preset' must be a string, got {_type_name(preset)}")
+    if not data["runs"]:
+        raise InputError(f"{path}: 'runs' is empty: there is nothing to report")
+    runs: list[ExpectedRun] = []
+    seen: set[tuple[str, int]] = set()
+    identity: dict[str, tuple] = {}
+    for index, record in enumerate(data["runs"]):
+        where = f"{path}: runs[{index}]"
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected an object, got {_type_name(record)}")
+        seed = record.get("seed")
+        if not _is_int(seed) or seed < 0:
+            raise InputError(f"{where}: 'seed' must be a non-negative integer, got {_type_name(seed)} {seed!r}")
+        group = _require_str(record, "group", where, GROUPS)
+        ablation_value = record.get("ablation")
+        if group == "ablation" and ablation_value is None:
+            raise InputError(f"{where}: group 'ablation' needs an 'ablation' object (parameter, key, value, base)")
+        if group != "ablation" and ablation_value is not None:
+            raise InputError(f"{where}: 'ablation' is set but group is {group!r}, not 'ablation'")
+        run = ExpectedRun(
+            experiment=_require_str(record, "experiment", where),
+            seed=seed,
+            kind=_require_str(record, "kind", where, KINDS),
+            dataset=_require_str(record, "dataset", where),
+            init=_require_str(record, "init", where),
+            method=_require_str(record, "method", where, METHODS),
+            group=group,
+            ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
+            metric=_require_str(record, "metric", where),
+            run_dir=_require_str(record, "run_dir", where),
+        )
+        _check_metric(run.metric, where)
+        if (run.experiment, run.seed) in seen:
+            raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
+        seen.add((run.experiment, run.seed))
+        # All seeds of one experiment must describe the same model, or its mean is meaningless.
+        what = (run.kind, run.dataset, run.init, run.method, run.group, run.ablation, run.metric)
+        if identity.setdefault(run.experiment, what) != what:
+            raise InputError(
+                f"{where}: experiment {run.experiment!r} has runs that disagree on "
+                "kind/dataset/init/method/group/ablation/metric"
+            )
+        runs.append(run)
+    return preset, runs
+
+
+# ----------------------------------------------------------------------------- published.yaml
+def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
+    """Read and validate ``published.yaml`` (a ``published:`` list of entries).
+
+    Raises:
+        InputError: missing or malformed file, an entry with a missing/mistyped field, or two
+            reproducible entries for the same dataset/init/method/metric (ambiguous comparison).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"published numbers file not found: {path} (pass --published)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"published numbers file {path} cannot be read: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("published"), list):
+        raise InputError(f"{path}: expected a mapping with a 'published' list")
+    entries: list[PublishedEntry] = []
+    keys: set[tuple[str, str, str, str]] = set()
+    for index, record in enumerate(data["published"]):
+        where = f"{path}: published[{index}]"
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a mapping, got {_type_name(record)}")
+        value = record.get("value")
+        if not _is_number(value):
+            raise InputError(f"{where}: 'value' must be a number, got {_type_name(value)} {value!r}")
+        reproducible = record.get("reproducible", True)
+        if not isinstance(reproducible, bool):
+            raise InputError(f"{where}: 'reproducible' must be true or false, got {reproducible!r}")
+        note = record.get("note", "")
+        if not isinstance(note, str):
+            raise InputError(f"{where}: 'note' must be a string, got {_type_name(note)}")
+        entry = PublishedEntry(
+            dataset=_require_str(record, "dataset", where),
+            init=_require_str(record, "init", where),
+            method=_require_str(record, "method", where),
+            detector=_require_str(record, "detector", where),
+            metric=_require_str(record, "metric", where),
+            value=float(value),
+            source=_require_str(record, "source", where),
+            reproducible=reproducible,
+            note=note,
+            index=index,
+        )
+        _check_metric(entry.metric, where)
+        key = (entry.dataset, entry.init, entry.method, entry.metric)
+        if entry.reproducible:
+            if key in keys:
+                raise InputError(f"{where}: a second reproducible entry for {'/'.join(key)}")
+            keys.add(key)
+        entries.append(entry)
+    return entries
+
+
+# ----------------------------------------------------------------------------- run folders
+class _BadFile(Exception):
+    """A run file that exists but cannot be used; the message becomes the inventory reason."""
+
+
+def _read_run_json_file(path: Path) -> Any:
+    try:
+        return read_json(path, path.name)
+    except InputError as error:
+        # read_json names the full path; the inventory row already says which run it is.
+        raise _BadFile(str(error).replace(f"{path.name} {path}", path.name).replace(str(path), path.name)) from None
+
+
+def _validate_run_info(info: Any, expected: ExpectedRun) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        raise _BadFile(f"run.json: expected an object, got {_type_name(info)}")
+    if info.get("status") not in RUN_STATES:
+        raise _BadFile(f"run.json: 'status' must be one of {', '.join(RUN_STATES)}; got {info.get('status')!r}")
+    for key in ("iteration", "max_iter", "exit_code"):
+        value = info.get(key)
+        if value is not None and (not _is_int(value) or (key != "exit_code" and value < 0)):
+            raise _BadFile(f"run.json: '{key}' must be a non-negative integer or null, got {_type_name(value)} {value!r}")
+    wall = info.get("wall_time_s")
+    if wall is not None and (not _is_number(wall) or wall < 0):
+        raise _BadFile(f"run.json: 'wall_time_s' must be a non-negative number or null, got {_type_name(wall)} {wall!r}")
+    gpus = info.get("gpus")
+    if gpus is not None:
+        if not isinstance(gpus, dict):
+            raise _BadFile(f"run.json: 'gpus' must be an object or null, got {_type_name(gpus)}")
+        count, gpu_type = gpus.get("count"), gpus.get("type")
+        if count is not None and (not _is_int(count) or count < 0):
+            raise _BadFile(f"run.json: 'gpus.count' must be a non-negative integer, got {_type_name(count)} {count!r}")
+        if gpu_type is not None and not isinstance(gpu_type, str):
+            raise _BadFile(f"run.json: 'gpus.type' must be a string or null, got {_type_name(gpu_type)}")
+    mode = info.get("mode")
+    if mode is not None and mode not in ("train", "eval-only"):
+        raise _BadFile(f"run.json: 'mode' must be 'train' or 'eval-only', got {mode!r}")
+    seed = info.get("seed")
+    if expected.kind == "train" and seed is not None and seed != expected.seed:
+        raise _BadFile(f"run.json: seed is {seed!r} but experiments.json expects seed {expected.seed} here")
+    return info
+
+
+def _validate_eval(data: Any, expected: ExpectedRun) -> dict[str, float | None]:
+    if not isinstance(data, dict):
+        raise _BadFile(f"eval.json: expected an object, got {_type_name(data)}")
+    if not isinstance(data.get(expected.family), dict):
+        raise _BadFile(f"eval.json: no '{expected.family}' section (needed for {expected.metric})")
+    flat: dict[str, float | None] = {}
+    for family, stats in FAMILY_STATS.items():
+        section = data.get(family)
+        if section is None and family != expected.family:
+            continue
+        if not isinstance(section, dict):
+            raise _BadFile(f"eval.json: '{family}' must be an object, got {_type_name(section)}")
+        for stat in stats:
+            if stat not in section:
+                raise _BadFile(f"eval.json: '{family}.{stat}' is missing")
+            value = section[stat]
+            # null is COCO's -1: no GT in that area range.
+            if value is not None and not _is_number(value):
+                raise _BadFile(f"eval.json: '{family}.{stat}' must be a number or null, got {_type_name(value)} {value!r}")
+            flat[f"{family}.{stat}"] = None if value is None else float(value)
+    if flat[expected.metric] is None:
+        raise _BadFile(f"eval.json: headline metric '{expected.metric}' is null")
+    return flat
+
+
+def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
+    if not isinstance(data, dict):
+        raise _BadFile(f"{name}: expected an object, got {_type_name(data)}")
+    flag = data.get("legacy_unmatched")
+    if flag is not None and flag is not legacy:
+        semantics = "legacy" if flag else "corrected"
+        raise _BadFile(f"{name}: 'legacy_unmatched' is {json.dumps(flag)}: this is the {semantics} analysis, swapped files?")
+    baseline = data.get("baseline")
+    if not isinstance(baseline, dict) or not _is_number(baseline.get("AP")):
+        raise _BadFile(f"{name}: 'baseline.AP' must be a number")
+    delta = data.get("delta")
+    if not isinstance(delta, dict):
+        raise _BadFile(f"{name}: 'delta' must be an object of error type -> stats, got {_type_name(delta)}")
+    types = data.get("types", list(delta))
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise _BadFile(f"{name}: 'types' must be a list of strings")
+    gains: dict[str, float] = {}
+    for error_type in types:
+        stats = delta.get(error_type)
+        if not isinstance(stats, dict) or not _is_number(stats.get("AP")):
+            raise _BadFile(f"{name}: 'delta.{error_type}.AP' must be a number")
+        gains[error_type] = float(stats["AP"])
+    return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains)
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    records: list[dict[str, float]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise _BadFile(f"metrics.json cannot be read: {error}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            hint = " (truncated last line?)" if number == len(lines) else ""
+            raise _BadFile(f"metrics.json line {number}: invalid JSON: {error.msg}{hint}") from None
+        if not isinstance(record, dict):
+            raise _BadFile(f"metrics.json line {number}: expected an object, got {_type_name(record)}")
+        iteration = record.get("iteration")
+        if not _is_int(iteration):
+            raise _BadFile(f"metrics.json line {number}: 'iteration' must be an integer, got {_type_name(iteration)}")
+        point: dict[str, float] = {"iteration": iteration}
+        for key in TRAINING_KEYS:
+            if key in record:
+                value = record[key]
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise _BadFile(f"metrics.json line {number}: '{key}' must be a number, got {_type_name(value)}")
+                point[key] = float(value)  # NaN/inf kept: a diverged loss is worth seeing
+        if len(point) > 1:  # evaluation lines carry no training scalars
+            records.append(point)
+    return records
+
+
+def _required_files(expected: ExpectedRun) -> tuple[str, ...]:
+    files = ("eval.json", "errors.json", "errors_legacy.json")
+    # Released checkpoints are only evaluated: no training log, run.json optional.
+    return ("run.json", "metrics.json", *files) if expected.kind == "train" else files
+
+
+def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult:
+    """Read one run folder and decide its status; never raises for problems in the run's files.
+
+    Status, by precedence: ``missing`` (no folder or no result file), ``running`` (run.json says
+    so), ``failed`` (training failed, or a file is unreadable/truncated/mistyped), ``incomplete``
+    (interrupted, stopped before ``max_iter``, or a step's file not written yet), else ``finished``.
+
+    Args:
+        results_dir: ``results/{preset}``; ``expected.run_dir`` is relative to it.
+        expected: the run experiments.json lists.
+    Returns:
+        A :class:`RunResult`; its data fields are set only for files a table may use.
+    """
+    folder = Path(results_dir) / expected.run_dir
+    result = RunResult(expected=expected, status="finished")
+    names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
+    present = {name for name in names if (folder / name).exists()}
+    if not folder.is_dir():
+        result.status, result.problems = "missing", [f"no run folder {expected.run_dir}"]
+        return result
+    if not present:
+        result.status, result.problems = "missing", ["run folder has no result files yet"]
+        return result
+
+    broken: list[str] = []  # -> failed
+    unfinished: list[str] = []  # -> incomplete
+    info = None
+    if "run.json" in present:
+        try:
+            info = _validate_run_info(_read_run_json_file(folder / "run.json"), expected)
+        except _BadFile as error:
+            broken.append(str(error))
+    result.info = info
+
+    state = info.get("status") if info else None
+    if state == "running":
+        result.status = "running"
+        result.problems = [f"run.json says running{_progress(info)}; if no job is running, it was killed: re-run it"]
+        return result
+    if state == "failed":
+        detail = ", ".join(
+            f"{key} {info[key]}" for key in ("exit_code", "signal") if info.get(key) is not None
+        )
+        broken.append(f"training failed{_progress(info)}" + (f" ({detail})" if detail else ""))
+    elif state == "interrupted":
+        unfinished.append(f"training interrupted{_progress(info)}: re-run to resume")
+    elif state == "finished" and info.get("mode", "train") == "train" and expected.kind == "train":
+        iteration, max_iter = info.get("iteration"), info.get("max_iter")
+        if iteration is not None and max_iter is not None and iteration < max_iter:
+            unfinished.append(f"run.json says finished but stopped at iteration {iteration}/{max_iter}")
+    training_complete = (state == "finished" and not unfinished) or (
+        expected.kind == "released" and "run.json" not in present
+    )
+
+    readers = {
+        "eval.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
+        "errors.json": lambda path: _validate_errors(_read_run_json_file(path), "errors.json", legacy=False),
+        "errors_legacy.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy.json", legacy=True),
+        "metrics.json": _read_metrics,
+    }
+    loaded: dict[str, Any] = {}
+    for name, reader in readers.items():
+        if name not in present:
+            continue
+        try:
+            loaded[name] = reader(folder / name)
+        except _BadFile as error:
+            broken.append(str(error))
+    missing = [name for name in _required_files(expected) if name not in present]
+    if missing and training_complete:
+        unfinished.append(f"not written yet: {', '.join(missing)}")
+    elif missing and not broken and not unfinished and info is None:
+        unfinished.append(f"not written yet: {', '.join(missing)}")
+
+    if training_complete:
+        result.eval = loaded.get("eval.json")
+        result.errors = loaded.get("errors.json")
+        result.errors_legacy = loaded.get("errors_legacy.json")
+        result.metrics = loaded.get("metrics.json")
+    result.problems = broken + unfinished
+    result.status = "failed" if broken else "incomplete" if unfinished else "finished"
+    return result
+
+
+def _progress(info: dict[str, Any]) -> str:
+    iteration, max_iter = info.get("iteration"), info.get("max_iter")
+    if iteration is None:
+        return ""
+    return f" at iteration {iteration}" + (f"/{max_iter}" if max_iter is not None else "")

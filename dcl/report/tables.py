@@ -1,0 +1,694 @@
+"""The report's tables: one :class:`Table` model, four deterministic renderers, six builders.
+
+Every table is written as Markdown (for people and GitHub), LaTeX (``booktabs``, a complete
+``table`` float to ``\\input``), CSV (raw numbers for machines: means, stds and counts in their
+own columns) and HTML (what Snakemake's report shows inline). Renderers use fixed number formats
+and never timestamps, so an unchanged input gives byte-identical files.
+
+Display cells use a few Unicode signs (``±``, ``−``, ``Δ``, ``†``); the LaTeX renderer maps them
+to LaTeX and escapes everything else (``_``, ``&``, ``%`` ...).
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from dcl.report.analysis import (
+    CONFIDENCE,
+    PAIRED_TEST,
+    Comparison,
+    ExperimentStats,
+    PairedDifference,
+    Reproduction,
+    Summary,
+    error_types,
+    sort_key,
+)
+from dcl.report.inputs import FAMILY_STATS, STATUSES, PublishedEntry, RunResult
+
+__all__ = [
+    "Column",
+    "Table",
+    "ablation_table",
+    "comparison_table",
+    "error_table",
+    "inventory_table",
+    "latex_escape",
+    "main_table",
+    "reproduction_table",
+    "to_csv",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+    "value_sort_key",
+]
+
+DASH = "—"  # no data
+MARK = "†"  # fewer seeds than configured
+DATASET_NAMES = {"cityscapes": "Cityscapes", "coco": "COCO", "toy_cityscapes": "Toy Cityscapes", "toy_coco": "Toy COCO"}
+INIT_NAMES = {"imagenet": "ImageNet", "coco": "COCO", "scratch": "scratch"}
+METHOD_NAMES = {"baseline": "Baseline", "dcl": "DCL"}
+FAMILY_NAMES = {"cityscapes": "Cityscapes", "segm": "COCO mask", "bbox": "COCO box"}
+SEEDS_NOTE = f"{MARK} fewer seeds have results than configured; see the run inventory for why."
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+def init_name(init: str) -> str:
+    return INIT_NAMES.get(init, init)
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def metric_name(metric: str) -> str:
+    """``cityscapes.AP50`` -> ``Cityscapes AP50``, ``segm.APs`` -> ``COCO mask APs``."""
+    family, _, stat = metric.partition(".")
+    return f"{FAMILY_NAMES.get(family, family)} {stat}"
+
+
+# ----------------------------------------------------------------------------- number formats
+def _nan(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_number(value: float | None, digits: int = 2) -> str:
+    return DASH if _nan(value) else f"{value:.{digits}f}".replace("-", "−")
+
+
+def fmt_signed(value: float | None, digits: int = 2) -> str:
+    return DASH if _nan(value) else f"{value:+.{digits}f}".replace("-", "−")
+
+
+def fmt_summary(summary: Summary, digits: int = 2) -> str:
+    """``37.10 ± 0.21``; a single seed without ``±``; no seeds as a dash."""
+    if summary.n == 0 or _nan(summary.mean):
+        return DASH
+    if summary.n == 1:
+        return fmt_number(summary.mean, digits)
+    return f"{fmt_number(summary.mean, digits)} ± {fmt_number(summary.std, digits)}"
+
+
+def fmt_ci(difference: PairedDifference) -> str:
+    if _nan(difference.ci_low):
+        return "n/a"
+    return f"[{fmt_signed(difference.ci_low)}, {fmt_signed(difference.ci_high)}]"
+
+
+def fmt_p(p_value: float) -> str:
+    if _nan(p_value):
+        return "n/a"
+    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def fmt_seeds(n: int, expected: int) -> str:
+    return f"{n}/{expected}" + (MARK if n < expected else "")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    total = int(round(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+# ----------------------------------------------------------------------------- the table model
+@dataclass(frozen=True)
+class Column:
+    """A displayed column; ``group`` is a shared super-header (e.g. an error type over
+    "corrected" and "legacy"). ``tex=False`` leaves it out of the LaTeX table (identifiers a
+    reader of the paper does not need; the CSV keeps them); ``width`` wraps long text in LaTeX."""
+
+    key: str
+    header: str
+    align: str = "l"
+    group: str = ""
+    tex: bool = True
+    width: str = ""  # LaTeX p{width} column, e.g. "5cm"
+
+
+@dataclass
+class Table:
+    """One table in display form (``rows``: column key -> text) and raw form (``csv_rows``)."""
+
+    name: str
+    title: str
+    caption: str
+    columns: list[Column]
+    rows: list[dict[str, str]]
+    csv_columns: list[str]
+    csv_rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    empty: str = ""  # why there are no rows, shown instead of them
+    long: bool = False  # LaTeX longtable (may break across pages)
+    wide: bool = False  # LaTeX table* (full page width in two-column documents)
+
+
+def _column_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
+    """Consecutive columns sharing a group -> [(group, span), ...]."""
+    spans: list[tuple[str, int]] = []
+    for column in columns:
+        if spans and column.group and spans[-1][0] == column.group:
+            spans[-1] = (column.group, spans[-1][1] + 1)
+        else:
+            spans.append((column.group, 1))
+    return spans
+
+
+def to_markdown(table: Table) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    headers = [f"{c.group} {c.header}" if c.group else c.header for c in table.columns]
+    rule = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = [f"## {table.title}", "", table.caption, ""]
+    lines.append("| " + " | ".join(cell(h) for h in headers) + " |")
+    lines.append("| " + " | ".join(rule[c.align] for c in table.columns) + " |")
+    for row in table.rows:
+        lines.append("| " + " | ".join(cell(row.get(c.key, "")) for c in table.columns) + " |")
+    if not table.rows:
+        lines += ["", f"*No data: {table.empty}*"]
+    if table.notes:
+        lines.append("")
+        lines += [f"- {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "±": r"$\pm$", "−": r"$-$", "Δ": r"$\Delta$",
+    "†": r"\textsuperscript{\dag}", "—": "---", "–": "--", "×": r"$\times$", "≤": r"$\le$", "≥": r"$\ge$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters and map the report's Unicode signs to LaTeX."""
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def _latex_cell(text: str) -> str:
+    """Escape a cell; ``36.06 ± 0.41`` becomes ``36.06`` with a small ``±0.41`` to save width."""
+    parts, position = [], 0
+    for match in re.finditer(r"(\S+) ± (\S+)", text):
+        parts.append(latex_escape(text[position:match.start()]))
+        parts.append(f"{latex_escape(match.group(1))}{{\\scriptsize$\\pm${latex_escape(match.group(2))}}}")
+        position = match.end()
+    parts.append(latex_escape(text[position:]))
+    return "".join(parts)
+
+
+def to_latex(table: Table) -> str:
+    """A complete ``table``/``table*`` (or ``longtable``) float with ``booktabs`` rules, caption
+    and label, at ``\\footnotesize`` with narrow column separation so it fits a page."""
+    columns = [c for c in table.columns if c.tex]
+    spec = "".join(f"p{{{c.width}}}" if c.width else c.align for c in columns)
+    label = f"tab:dcl-{table.name.replace('_', '-')}"
+    caption = latex_escape(f"{table.title}. {table.caption}")
+    header: list[str] = []
+    groups = _column_groups(columns)
+    if any(group for group, _ in groups):
+        header.append(" & ".join(
+            f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}" if group else " & ".join([""] * span)
+            for group, span in groups
+        ) + r" \\")
+        start, rules = 1, []
+        for group, span in groups:
+            if group:
+                rules.append(f"\\cmidrule(lr){{{start}-{start + span - 1}}}")
+            start += span
+        header.append(" ".join(rules))
+    header.append(" & ".join(latex_escape(c.header) for c in columns) + r" \\")
+    body = [" & ".join(_latex_cell(row.get(c.key, "")) for c in columns) + r" \\" for row in table.rows]
+    if not table.rows:
+        body = [f"\\multicolumn{{{len(columns)}}}{{c}}{{\\emph{{No data: {latex_escape(table.empty)}}}}} \\\\"]
+    notes = [latex_escape(note) for note in table.notes]
+    lines = [
+        "% Generated by `dcl report`; do not edit: re-run `dcl report` instead.",
+        "% Needs \\usepackage{booktabs}" + (" and \\usepackage{longtable}." if table.long else " and \\usepackage{graphicx}."),
+    ]
+    if table.long:
+        lines += [
+            r"\begingroup\footnotesize\setlength{\tabcolsep}{3pt}",
+            f"\\begin{{longtable}}{{{spec}}}",
+            f"\\caption{{{caption}}}\\label{{{label}}} \\\\",
+            r"\toprule", *header, r"\midrule", r"\endfirsthead",
+            r"\toprule", *header, r"\midrule", r"\endhead",
+            r"\bottomrule", r"\endfoot",
+            *body,
+            r"\end{longtable}",
+            *[f"{note}\\par" for note in notes],
+            r"\endgroup",
+        ]
+        return "\n".join(lines) + "\n"
+    environment = "table*" if table.wide else "table"
+    lines += [
+        f"\\begin{{{environment}}}[tbp]",
+        r"\centering",
+        r"\footnotesize",
+        r"\setlength{\tabcolsep}{3pt}",
+        f"\\caption{{{caption}}}",
+        f"\\label{{{label}}}",
+        # Shrink to the line width only when wider (e.g. six COCO stats as mean ± std).
+        r"\ifdefined\dclreportbox\else\newsavebox{\dclreportbox}\fi",
+        r"\sbox{\dclreportbox}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule", *header, r"\midrule", *body, r"\bottomrule",
+        r"\end{tabular}}%",
+        r"\ifdim\wd\dclreportbox>\linewidth\resizebox{\linewidth}{!}{\usebox{\dclreportbox}}"
+        r"\else\usebox{\dclreportbox}\fi",
+    ]
+    if notes:
+        lines += [r"\par\smallskip", r"{\raggedright", *[f"{note}\\par" for note in notes], "}"]
+    lines.append(f"\\end{{{environment}}}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.csv_columns)
+    for row in table.csv_rows:
+        writer.writerow([_csv_value(row.get(column)) for column in table.csv_columns])
+    return buffer.getvalue()
+
+
+def to_html(table: Table) -> str:
+    """A small self-contained page (Snakemake's report shows HTML results inline)."""
+    e = html.escape
+    align = {"l": "left", "r": "right", "c": "center"}
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(table.title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+        "th,td{padding:.2em .6em;border-bottom:1px solid #ccc;white-space:nowrap}"
+        "thead th{border-bottom:2px solid #000}caption{text-align:left;margin-bottom:.5em}"
+        "td.reason{white-space:normal;max-width:40em}</style>",
+        "</head><body>",
+        "<table>",
+        f"<caption><b>{e(table.title)}.</b> {e(table.caption)}</caption>",
+        "<thead>",
+    ]
+    groups = _column_groups(table.columns)
+    if any(group for group, _ in groups):
+        lines.append("<tr>" + "".join(
+            f'<th colspan="{span}">{e(group)}</th>' if span > 1 else f"<th>{e(group)}</th>" for group, span in groups
+        ) + "</tr>")
+    lines.append("<tr>" + "".join(f'<th style="text-align:{align[c.align]}">{e(c.header)}</th>' for c in table.columns) + "</tr>")
+    lines += ["</thead>", "<tbody>"]
+    for row in table.rows:
+        cells = []
+        for c in table.columns:
+            css = ' class="reason"' if c.key == "reason" else ""
+            cells.append(f'<td{css} style="text-align:{align[c.align]}">{e(row.get(c.key, ""))}</td>')
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    if not table.rows:
+        lines.append(f'<tr><td colspan="{len(table.columns)}"><i>No data: {e(table.empty)}</i></td></tr>')
+    lines.append("</tbody></table>")
+    lines += [f"<p>{e(note)}</p>" for note in table.notes]
+    lines.append("</body></html>")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- builders
+_COCO_STATS = FAMILY_STATS["segm"]
+
+
+def _published_for(published: Sequence[PublishedEntry], experiment: ExperimentStats) -> PublishedEntry | None:
+    spec = experiment.spec
+    for entry in published:
+        if entry.reproducible and (entry.dataset, entry.init, entry.method, entry.metric) == (
+            spec.dataset, spec.init, spec.method, spec.metric
+        ):
+            return entry
+    return None
+
+
+def main_table(
+    experiments: Sequence[ExperimentStats], comparisons: Sequence[Comparison], published: Sequence[PublishedEntry]
+) -> Table:
+    """Main results: per dataset/init/method, mean ± std over seeds of the headline family's
+    stats, the published number and the difference, and DCL minus baseline (headline metric)."""
+    columns = [
+        Column("dataset", "Dataset"), Column("init", "Init"), Column("method", "Method"),
+        Column("experiment", "Experiment", tex=False), Column("metric", "AP type", tex=False),
+        Column("seeds", "Seeds", "r"), *[Column(stat, stat, "r") for stat in _COCO_STATS],
+        Column("published", "AP", "r", "Published"), Column("published_diff", "Δ", "r", "Published"),
+        Column("delta", "Δ", "r", "DCL − baseline"), Column("ci", f"{CONFIDENCE:.0%} CI", "r", "DCL − baseline"),
+        Column("p", "p", "r", "DCL − baseline"), Column("pairs", "pairs", "r", "DCL − baseline"),
+    ]
+    csv_columns = [
+        "dataset", "init", "method", "group", "kind", "experiment", "metric", "seeds_with_results",
+        "seeds_expected", *[f"{stat}_{part}" for stat in _COCO_STATS for part in ("mean", "std")],
+        "published", "published_diff", "delta_mean", "delta_ci_low", "delta_ci_high", "delta_p", "delta_pairs",
+    ]
+    headline = {(c.dcl.name, c.metric): c for c in comparisons}
+    rows, csv_rows = [], []
+    incomplete = False
+    for experiment in experiments:
+        spec = experiment.spec
+        if spec.group == "ablation":
+            continue
+        n = experiment.n_eval
+        incomplete |= n < experiment.expected
+        row = {
+            "dataset": dataset_name(spec.dataset), "init": init_name(spec.init),
+            "method": method_name(spec.method) + (" (released)" if spec.group == "released" else ""),
+            "experiment": spec.experiment, "metric": FAMILY_NAMES.get(spec.family, spec.family),
+            "seeds": fmt_seeds(n, experiment.expected),
+        }
+        raw: dict[str, Any] = {
+            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "group": spec.group,
+            "kind": spec.kind, "experiment": spec.experiment, "metric": spec.metric,
+            "seeds_with_results": n, "seeds_expected": experiment.expected,
+        }
+        for metric in experiment.stats:
+            stat = metric.split(".", 1)[1]
+            summary = experiment.summary(metric)
+            row[stat] = fmt_summary(summary) if n else DASH
+            raw[f"{stat}_mean"], raw[f"{stat}_std"] = summary.mean, summary.std
+        entry = _published_for(published, experiment)
+        if entry is not None:
+            mean = experiment.summary(spec.metric).mean
+            row["published"] = fmt_number(entry.value, 1)
+            row["published_diff"] = fmt_signed(mean - entry.value)
+            raw["published"], raw["published_diff"] = entry.value, mean - entry.value
+        comparison = headline.get((spec.experiment, spec.metric))
+        if comparison is not None:
+            difference = comparison.difference
+            row.update(delta=fmt_signed(difference.mean), ci=fmt_ci(difference), p=fmt_p(difference.p_value),
+                       pairs=str(difference.n))
+            raw.update(delta_mean=difference.mean, delta_ci_low=difference.ci_low,
+                       delta_ci_high=difference.ci_high, delta_p=difference.p_value, delta_pairs=difference.n)
+        rows.append(row)
+        csv_rows.append(raw)
+    notes = [
+        "AP type: official Cityscapes instance-level AP (cityscapesscripts) on Cityscapes data, "
+        "COCO mask AP on COCO data; all numbers in %.",
+        "Cells: mean ± sample standard deviation (ddof=1) over the seeds with results; Seeds: "
+        "seeds with results / seeds configured.",
+        f"DCL − baseline: on the DCL row, Δ of the headline AP against the baseline with the same "
+        f"dataset, init and group; seeds paired by seed index; {CONFIDENCE:.0%} CI from the t distribution "
+        f"of the mean paired difference; p: {PAIRED_TEST}; n/a with fewer than 2 pairs.",
+        "Published: the paper's number (or detectron2's model zoo for baselines), see results/published.yaml; "
+        "Δ published = mean − published.",
+    ]
+    if incomplete:
+        notes.insert(0, SEEDS_NOTE)
+    return Table(
+        name="main_results", title="Main results",
+        caption="Mask AP of Mask R-CNN baselines and DCL per dataset and initialisation, over seeds, "
+        "with the published numbers and the paired DCL − baseline difference.",
+        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        empty="no main or released experiments in experiments.json", wide=True,
+    )
+
+
+def comparison_table(comparisons: Sequence[Comparison]) -> Table:
+    """DCL minus baseline for every metric column, paired by seed."""
+    columns = [
+        Column("dataset", "Dataset"), Column("init", "Init"), Column("group", "Group"), Column("metric", "Metric"),
+        Column("baseline", "Baseline", "r"), Column("dcl", "DCL", "r"), Column("delta", "Δ", "r"),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r"), Column("pairs", "Pairs", "r"),
+    ]
+    csv_columns = [
+        "dataset", "init", "group", "baseline_experiment", "dcl_experiment", "metric",
+        "baseline_mean", "baseline_std", "baseline_n", "dcl_mean", "dcl_std", "dcl_n",
+        "delta_mean", "delta_ci_low", "delta_ci_high", "delta_p", "delta_pairs", "paired_seeds",
+    ]
+    rows, csv_rows = [], []
+    for comparison in comparisons:
+        spec, difference = comparison.dcl.spec, comparison.difference
+        base, dcl = comparison.baseline.summary(comparison.metric), comparison.dcl.summary(comparison.metric)
+        rows.append({
+            "dataset": dataset_name(spec.dataset), "init": init_name(spec.init), "group": spec.group,
+            "metric": metric_name(comparison.metric),
+            "baseline": f"{fmt_summary(base)} (n={base.n})", "dcl": f"{fmt_summary(dcl)} (n={dcl.n})",
+            "delta": fmt_signed(difference.mean), "ci": fmt_ci(difference), "p": fmt_p(difference.p_value),
+            "pairs": str(difference.n),
+        })
+        csv_rows.append({
+            "dataset": spec.dataset, "init": spec.init, "group": spec.group,
+            "baseline_experiment": comparison.baseline.name, "dcl_experiment": comparison.dcl.name,
+            "metric": comparison.metric, "baseline_mean": base.mean, "baseline_std": base.std,
+            "baseline_n": base.n, "dcl_mean": dcl.mean, "dcl_std": dcl.std, "dcl_n": dcl.n,
+            "delta_mean": difference.mean, "delta_ci_low": difference.ci_low, "delta_ci_high": difference.ci_high,
+            "delta_p": difference.p_value, "delta_pairs": difference.n,
+            "paired_seeds": " ".join(str(s) for s in difference.seeds),
+        })
+    notes = [
+        "Baseline, DCL: mean ± sample std over each experiment's seeds with results (n).",
+        f"Δ: mean of DCL − baseline over seeds present in both (seeds paired by seed index); "
+        f"{CONFIDENCE:.0%} CI: t distribution of the mean paired difference; p: {PAIRED_TEST}; "
+        "n/a with fewer than 2 pairs, and p n/a when all paired differences are equal.",
+    ]
+    return Table(
+        name="dcl_vs_baseline", title="DCL versus baseline",
+        caption="Paired difference DCL − baseline for every reported AP, per dataset, initialisation and group.",
+        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        empty="no DCL experiment with a matching baseline (same dataset, init and group) in experiments.json",
+        wide=True,
+    )
+
+
+def error_table(experiments: Sequence[ExperimentStats]) -> Table:
+    """AP gain from removing each error type, corrected and legacy semantics side by side."""
+    types = error_types(experiments)
+    columns = [
+        Column("dataset", "Dataset"), Column("init", "Init"), Column("method", "Method"),
+        Column("experiment", "Experiment"), Column("seeds", "Seeds", "r"), Column("ap", "AP", "r"),
+    ]
+    for error_type in types:
+        columns += [Column(f"{error_type}/corrected", "corr.", "r", error_type),
+                    Column(f"{error_type}/legacy", "legacy", "r", error_type)]
+    csv_columns = [
+        "dataset", "init", "method", "group", "experiment", "seeds_expected", "seeds_corrected", "seeds_legacy",
+        "ap_mean", "ap_std",
+        *[f"{t}_{semantics}_{part}" for t in types for semantics in ("corrected", "legacy") for part in ("mean", "std")],
+    ]
+    rows, csv_rows = [], []
+    incomplete = False
+    # Baselines, DCL and released models first (the paper's comparison), ablation models after.
+    for experiment in sorted(experiments, key=lambda e: (e.spec.group == "ablation", sort_key(e.spec))):
+        spec = experiment.spec
+        n, n_legacy, expected = experiment.n_errors(False), experiment.n_errors(True), experiment.expected
+        incomplete |= min(n, n_legacy) < expected
+        seeds = fmt_seeds(n, expected) if n == n_legacy else (
+            f"{n}/{expected} (legacy {n_legacy}/{expected})" + (MARK if min(n, n_legacy) < expected else "")
+        )
+        base = experiment.error_summary("baseline", legacy=False)
+        if base.n == 0:
+            base = experiment.error_summary("baseline", legacy=True)
+        row = {
+            "dataset": dataset_name(spec.dataset), "init": init_name(spec.init),
+            "method": method_name(spec.method) + ("" if spec.group == "main" else f" ({spec.group})"),
+            "experiment": spec.experiment, "seeds": seeds, "ap": fmt_number(base.mean),
+        }
+        raw: dict[str, Any] = {
+            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "group": spec.group,
+            "experiment": spec.experiment, "seeds_expected": expected, "seeds_corrected": n,
+            "seeds_legacy": n_legacy, "ap_mean": base.mean, "ap_std": base.std,
+        }
+        for error_type in types:
+            for semantics, legacy in (("corrected", False), ("legacy", True)):
+                summary = experiment.error_summary(error_type, legacy)
+                row[f"{error_type}/{semantics}"] = fmt_number(summary.mean)
+                raw[f"{error_type}_{semantics}_mean"], raw[f"{error_type}_{semantics}_std"] = summary.mean, summary.std
+        rows.append(row)
+        csv_rows.append(raw)
+    notes = [
+        "AP: COCO mask AP measured by the error analysis (`dcl errors`) before removing errors; "
+        "each error column: AP gain (AP, %) after removing that error type (A&B: several, in order), "
+        "mean over seeds (standard deviations in the CSV).",
+        "corr.: corrected semantics (an unmatched detection is left unchanged); legacy: the original "
+        "tool's semantics (an unmatched detection is treated as matched to the image's last GT), "
+        "which the paper's error tables used.",
+    ]
+    if incomplete:
+        notes.insert(0, SEEDS_NOTE)
+    return Table(
+        name="error_analysis", title="Segmentation-error analysis",
+        caption="AP gain from removing foreground false positives (fFP), background false positives (bFP) "
+        "and false negatives (FN), per model, in corrected and legacy semantics.",
+        columns=columns, rows=rows if types else [], csv_columns=csv_columns, csv_rows=csv_rows if types else [],
+        notes=notes, empty="no run has an errors.json or errors_legacy.json yet", wide=True,
+    )
+
+
+def value_sort_key(value: Any) -> tuple:
+    """Swept values in order: booleans (off, on), then numbers, then strings."""
+    if isinstance(value, bool):
+        return (0, int(value), "")
+    if isinstance(value, (int, float)):
+        return (1, value, "")
+    return (2, 0, str(value))
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
+    """Headline AP against each swept hyper-parameter."""
+    columns = [
+        Column("parameter", "Parameter"), Column("value", "Value", "r"), Column("experiment", "Experiment"),
+        Column("base", "Base experiment"), Column("metric", "Metric"), Column("seeds", "Seeds", "r"),
+        Column("ap", "AP", "r"),
+    ]
+    csv_columns = ["parameter", "key", "value", "base", "experiment", "dataset", "metric",
+                   "seeds_with_results", "seeds_expected", "mean", "std"]
+    ablations = sorted(
+        (e for e in experiments if e.spec.ablation is not None),
+        key=lambda e: (e.spec.ablation.parameter, e.spec.ablation.base, value_sort_key(e.spec.ablation.value), e.name),
+    )
+    rows, csv_rows = [], []
+    incomplete = False
+    for experiment in ablations:
+        spec, ablation = experiment.spec, experiment.spec.ablation
+        summary = experiment.summary(spec.metric)
+        incomplete |= experiment.n_eval < experiment.expected
+        rows.append({
+            "parameter": ablation.parameter, "value": fmt_value(ablation.value), "experiment": spec.experiment,
+            "base": ablation.base, "metric": metric_name(spec.metric),
+            "seeds": fmt_seeds(experiment.n_eval, experiment.expected), "ap": fmt_summary(summary),
+        })
+        csv_rows.append({
+            "parameter": ablation.parameter, "key": ablation.key,
+            # as written in experiments.json (2.0 stays 2.0, False is false)
+            "value": ablation.value if isinstance(ablation.value, str) else json.dumps(ablation.value),
+            "base": ablation.base,
+            "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric,
+            "seeds_with_results": experiment.n_eval, "seeds_expected": experiment.expected,
+            "mean": summary.mean, "std": summary.std,
+        })
+    notes = ["AP: mean ± sample standard deviation (ddof=1) over the seeds with results (AP, %)."]
+    if incomplete:
+        notes.insert(0, SEEDS_NOTE)
+    return Table(
+        name="ablations", title="Ablations",
+        caption="Headline AP of DCL for each value of each swept hyper-parameter "
+        "(MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*), one sweep at a time around its base experiment.",
+        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        empty="no ablation runs in experiments.json",
+    )
+
+
+def inventory_table(results: Sequence[RunResult]) -> Table:
+    """Every expected run with its status, reason, progress, wall time and GPUs."""
+    columns = [
+        Column("experiment", "Experiment"), Column("seed", "Seed", "r"), Column("kind", "Kind"),
+        Column("status", "Status"), Column("reason", "Reason", width="4.5cm"), Column("iterations", "Iterations", "r"),
+        Column("wall", "Wall time", "r"), Column("gpus", "GPUs"),
+    ]
+    csv_columns = ["experiment", "seed", "kind", "group", "dataset", "init", "method", "run_dir", "status",
+                   "reason", "iteration", "max_iter", "wall_time_s", "gpu_type", "gpu_count"]
+    rows, csv_rows = [], []
+    for result in sorted(results, key=lambda r: (sort_key(r.expected), r.expected.seed)):
+        spec, info = result.expected, result.info or {}
+        iteration, max_iter = info.get("iteration"), info.get("max_iter")
+        gpus = info.get("gpus") or {}
+        count, gpu_type = gpus.get("count"), gpus.get("type")
+        if count == 0:
+            gpu_text = "CPU"
+        elif count is None and gpu_type is None:
+            gpu_text = DASH
+        else:
+            gpu_text = " × ".join(str(part) for part in (count, gpu_type) if part is not None)
+        rows.append({
+            "experiment": spec.experiment, "seed": str(spec.seed), "kind": spec.kind, "status": result.status,
+            "reason": result.reason,
+            "iterations": DASH if iteration is None else f"{iteration}" + ("" if max_iter is None else f"/{max_iter}"),
+            "wall": fmt_duration(info.get("wall_time_s")), "gpus": gpu_text,
+        })
+        csv_rows.append({
+            "experiment": spec.experiment, "seed": spec.seed, "kind": spec.kind, "group": spec.group,
+            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "run_dir": spec.run_dir,
+            "status": result.status, "reason": result.reason, "iteration": iteration, "max_iter": max_iter,
+            "wall_time_s": info.get("wall_time_s"), "gpu_type": gpu_type, "gpu_count": count,
+        })
+    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+    notes = [
+        "Status: finished (all result files valid); running (run.json says so); incomplete (interrupted, "
+        "stopped early, or a step's file not written yet); failed (training failed, or a file is "
+        "unreadable, truncated or mistyped: the reason names it); missing (no results yet).",
+        "Totals: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f" of {len(results)} expected runs.",
+        "Wall time: h:mm:ss summed over attempts (run.json).",
+    ]
+    return Table(
+        name="run_inventory", title="Run inventory",
+        caption="Every run the experiment matrix expects, with its status and, when not finished, why.",
+        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        empty="experiments.json lists no runs", long=True,
+    )
+
+
+def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
+    """Each published number with what this reproduction measured and the verdict."""
+    columns = [
+        Column("detector", "Detector", width="2cm"), Column("dataset", "Dataset"), Column("init", "Init"),
+        Column("method", "Method"), Column("metric", "Metric"), Column("published", "Published", "r"),
+        Column("experiment", "Experiment", tex=False), Column("seeds", "Seeds", "r"),
+        Column("reproduced", "Reproduced", "r"), Column("diff", "Δ", "r"), Column("verdict", "Verdict", width="1.5cm"),
+        Column("reason", "Why", width="4cm"),
+    ]
+    csv_columns = ["detector", "dataset", "init", "method", "metric", "published", "source", "experiment",
+                   "kind", "seeds_with_results", "seeds_expected", "mean", "std", "difference", "verdict", "reason"]
+    rows, csv_rows = [], []
+    for item in rows_in:
+        entry, experiment, summary = item.entry, item.experiment, item.summary
+        rows.append({
+            "detector": entry.detector, "dataset": dataset_name(entry.dataset), "init": init_name(entry.init),
+            "method": method_name(entry.method), "metric": metric_name(entry.metric),
+            "published": fmt_number(entry.value, 1),
+            "experiment": experiment.name if experiment else DASH,
+            "seeds": fmt_seeds(summary.n, experiment.expected) if experiment else DASH,
+            "reproduced": fmt_summary(summary), "diff": fmt_signed(item.difference) if summary.n else DASH,
+            "verdict": item.verdict, "reason": item.reason,
+        })
+        csv_rows.append({
+            "detector": entry.detector, "dataset": entry.dataset, "init": entry.init, "method": entry.method,
+            "metric": entry.metric, "published": entry.value, "source": entry.source,
+            "experiment": experiment.name if experiment else None,
+            "kind": experiment.spec.kind if experiment else None,
+            "seeds_with_results": summary.n, "seeds_expected": experiment.expected if experiment else None,
+            "mean": summary.mean, "std": summary.std, "difference": item.difference if summary.n else None,
+            "verdict": item.verdict, "reason": item.reason,
+        })
+    notes = [
+        "Trained experiments: reproduced when all configured seeds have results, there are at least 2, "
+        "and |mean − published| ≤ 2 × sample std over seeds (the paper reports a single run: is it a "
+        "plausible draw from our seed distribution?).",
+        "Released checkpoints (evaluation only): reproduced when the value rounds to the published one "
+        "at its precision (|value − published| ≤ 0.05 for a number given to 0.1).",
+        "Sources of the published numbers: results/published.yaml.",
+    ]
+    return Table(
+        name="reproduction", title="Published numbers and their reproduction",
+        caption="Every published number next to this reproduction's mean ± std over seeds and the verdict.",
+        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        empty="results/published.yaml lists no numbers", wide=True,
+    )

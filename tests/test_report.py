@@ -1,0 +1,714 @@
+"""Tests of ``dcl report`` on fabricated result trees with known numbers.
+
+Every expected number is computed here from the fabricated inputs with independent formulas
+(``statistics``, the t distribution's quantile and tail), never read back from the report.
+The paper-like tree is built and reported once per module (report builds cost ~2 s: figures).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats as scipy_stats
+
+from dcl import cli
+from dcl.io import InputError
+from dcl.report import build_report, inputs
+from dcl.report.analysis import error_types, paired_difference, summarize
+from dcl.report.tables import latex_escape
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO / "results" / "published.yaml"
+CAPTIONS = REPO / "workflow" / "report"
+TABLES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
+FIGURES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+# ----------------------------------------------------------------------------- independent statistics
+def mean_std(values):
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def paired_by_hand(baseline, dcl):
+    """Mean paired difference, 95% t CI and two-sided p from the textbook formulas."""
+    d = [b - a for a, b in zip(baseline, dcl)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    se = sd / math.sqrt(n)
+    t = mean / se
+    half = scipy_stats.t.ppf(0.975, n - 1) * se
+    return mean, mean - half, mean + half, 2 * scipy_stats.t.sf(abs(t), n - 1)
+
+
+# ----------------------------------------------------------------------------- tree fabrication
+def run_record(experiment, seed, dataset, init, method, group="main", kind="train", ablation=None):
+    return {
+        "experiment": experiment, "seed": seed, "kind": kind, "dataset": dataset, "init": init, "method": method,
+        "group": group, "ablation": ablation,
+        "metric": "cityscapes.AP" if "cityscapes" in dataset else "segm.AP",
+        "run_dir": f"runs/{experiment}/seed{seed}",
+    }
+
+
+def coco_section(ap):
+    return {stat: ap + offset for stat, offset in zip(COCO_STATS, (0.0, 20.0, 5.0, -15.0, 2.0, 12.0))}
+
+
+def errors_record(gains, legacy, baseline_ap=30.0):
+    return {
+        "gt": "gt.json", "predictions": "p.json", "iou_type": "seg", "legacy_unmatched": legacy,
+        "types": list(gains), "baseline": {"AP": baseline_ap},
+        "fixed": {t: {"AP": baseline_ap + g} for t, g in gains.items()},
+        "delta": {t: {"AP": g} for t, g in gains.items()},
+    }
+
+
+def finished_run_json(seed, **extra):
+    info = {"status": "finished", "exit_code": 0, "signal": None, "mode": "train", "seed": seed,
+            "iteration": 100, "max_iter": 100, "wall_time_s": 5400.0, "gpus": {"count": 4, "type": "NVIDIA A100"}}
+    info.update(extra)
+    return info
+
+
+def metrics_lines(method, seed):
+    lines = []
+    for it in (19, 39, 59, 79, 99):
+        record = {"iteration": it, "total_loss": 2.0 / (it + 1) + seed * 0.01, "loss_mask": 0.5 / (it + 1),
+                  "lr": 0.01 * min(1.0, (it + 1) / 40)}
+        if method == "dcl":
+            record["loss_contrast"] = 1.0 / (it + 1)
+        lines.append(json.dumps(record))
+    lines.append(json.dumps({"iteration": 99, "segm/AP": 30.0}))  # an evaluation line: no training scalars
+    return "\n".join(lines) + "\n"
+
+
+def write_run(root, record, *, eval_json=None, errors=None, legacy=None, run_json="default", metrics="default"):
+    folder = root / record["run_dir"]
+    folder.mkdir(parents=True, exist_ok=True)
+    if run_json == "default":
+        run_json = finished_run_json(record["seed"]) if record["kind"] == "train" else None
+    if metrics == "default":
+        metrics = metrics_lines(record["method"], record["seed"]) if record["kind"] == "train" else None
+    for name, content in (("eval.json", eval_json), ("errors.json", errors), ("errors_legacy.json", legacy),
+                          ("run.json", run_json)):
+        if content is not None:
+            (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(metrics)
+
+
+# Headline APs per experiment and seed (None: that seed has no folder at all).
+CS_AP = {
+    "cityscapes_imagenet_baseline": [35.0, 35.6, 36.1],
+    "cityscapes_imagenet_dcl": [36.4, 37.3, 36.9],
+    "cityscapes_coco_baseline": [36.0, 36.4, None],
+    "cityscapes_coco_dcl": [37.5, 38.1, 37.7],
+}
+CS_AP50 = {
+    "cityscapes_imagenet_baseline": [60.2, 61.0, 61.5],
+    "cityscapes_imagenet_dcl": [62.0, 62.4, 61.8],
+    "cityscapes_coco_baseline": [61.0, 61.9, None],
+    "cityscapes_coco_dcl": [63.0, 63.1, 62.2],
+}
+COCO_AP = {"coco_imagenet_baseline": [35.1, 35.5], "coco_imagenet_dcl": [35.9, "corrupt"]}
+COCO_BOX_AP = [38.4, 38.9]
+RELEASED_AP = 37.14
+ABLATIONS = {  # experiment -> (parameter, value, APs over seeds)
+    "ablation_loss_weight_2.0": ("LOSS_WEIGHT", 2.0, [36.0, 36.6]),
+    "ablation_loss_weight_0.4": ("LOSS_WEIGHT", 0.4, [35.2, 35.9]),
+    "ablation_with_proj_off": ("WITH_PROJ", False, [36.1, 36.3]),
+}
+# AP gains per experiment, seed -> {type: gain}; legacy inflates FN by a known amount per seed.
+TYPES = ("FN", "fFP", "bFP", "fFP&bFP")  # deliberately not in display order
+
+
+def gains(experiment, seed, legacy):
+    base = {"fFP": 2.0 + 0.1 * seed, "bFP": 4.0 - 0.2 * seed, "FN": 9.0 + 0.3 * seed, "fFP&bFP": 6.5 + 0.05 * seed}
+    if "dcl" in experiment:
+        base["FN"] -= 2.0 + 0.1 * seed
+    if legacy:
+        base["FN"] += 5.0 + 0.4 * seed
+    return {t: base[t] for t in TYPES}
+
+
+def build_paper_tree(root: Path) -> list[dict]:
+    runs = []
+    for experiment, values in CS_AP.items():
+        _, init, method = experiment.split("_")
+        for seed, ap in enumerate(values):
+            record = run_record(experiment, seed, "cityscapes", init, method)
+            runs.append(record)
+            if ap is None:
+                continue
+            write_run(root, record,
+                      eval_json={"segm": coco_section(ap - 3), "cityscapes": {"AP": ap, "AP50": CS_AP50[experiment][seed]}},
+                      errors=errors_record(gains(experiment, seed, False), False, ap - 4),
+                      legacy=errors_record(gains(experiment, seed, True), True, ap - 4))
+    for experiment, values in COCO_AP.items():
+        method = experiment.rsplit("_", 1)[1]
+        for seed, ap in enumerate(values):
+            record = run_record(experiment, seed, "coco", "imagenet", method)
+            runs.append(record)
+            if ap == "corrupt":
+                write_run(root, record, eval_json='{"segm": {"AP": 35.', errors=errors_record(gains(experiment, seed, False), False),
+                          legacy=errors_record(gains(experiment, seed, True), True))
+                continue
+            eval_json = {"segm": coco_section(ap)}
+            if method == "baseline":
+                eval_json["bbox"] = coco_section(COCO_BOX_AP[seed])
+            write_run(root, record, eval_json=eval_json, errors=errors_record(gains(experiment, seed, False), False),
+                      legacy=errors_record(gains(experiment, seed, True), True))
+    record = run_record("released_cityscapes_imagenet_dcl", 0, "cityscapes", "imagenet", "dcl", group="released",
+                        kind="released")
+    runs.append(record)
+    write_run(root, record, eval_json={"cityscapes": {"AP": RELEASED_AP, "AP50": 62.0}},
+              errors=errors_record(gains("released_dcl", 0, False), False),
+              legacy=errors_record(gains("released_dcl", 0, True), True))
+    for experiment, (parameter, value, values) in ABLATIONS.items():
+        ablation = {"parameter": parameter, "key": f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{parameter}", "value": value,
+                    "base": "cityscapes_imagenet_dcl"}
+        for seed, ap in enumerate(values):
+            record = run_record(experiment, seed, "cityscapes", "imagenet", "dcl", group="ablation", ablation=ablation)
+            runs.append(record)
+            write_run(root, record, eval_json={"cityscapes": {"AP": ap, "AP50": ap + 25}},
+                      errors=errors_record(gains(experiment, seed, False), False),
+                      legacy=errors_record(gains(experiment, seed, True), True))
+    (root / "experiments.json").write_text(json.dumps({"preset": "paper", "runs": runs}, indent=1))
+    return runs
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def only(rows, **match):
+    found = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    assert len(found) == 1, (match, found)
+    return found[0]
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted([*root.glob("tables/*"), *root.glob("figures/*"), root / "README.md"])
+    }
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper")
+    build_paper_tree(root)
+    result = build_report(root, published_path=PUBLISHED)
+    return root, result
+
+
+# ----------------------------------------------------------------------------- statistics units
+def test_summarize_and_paired_difference_match_hand_formulas():
+    baseline = [35.0, 35.6, 36.1, 35.2]
+    dcl = [36.4, 37.3, 36.9, 36.0]
+    summary = summarize(dcl)
+    assert (summary.mean, summary.std, summary.n) == pytest.approx((*mean_std(dcl), 4))
+    difference = paired_difference(dict(enumerate(baseline)), dict(enumerate(dcl)))
+    assert (difference.mean, difference.ci_low, difference.ci_high, difference.p_value) == pytest.approx(
+        paired_by_hand(baseline, dcl))
+    # Pairing is by seed: unmatched seeds drop out, order of insertion does not matter.
+    shuffled = paired_difference({3: 35.2, 0: 35.0, 7: 99.0}, {0: 36.4, 3: 36.0, 5: 1.0})
+    assert shuffled.seeds == (0, 3)
+    assert shuffled.mean == pytest.approx(((36.4 - 35.0) + (36.0 - 35.2)) / 2)
+
+
+def test_paired_difference_edge_cases():
+    one = paired_difference({0: 1.0}, {0: 3.0})
+    assert one.mean == 2.0 and math.isnan(one.ci_low) and math.isnan(one.p_value)
+    none = paired_difference({0: 1.0}, {1: 3.0})
+    assert none.n == 0 and math.isnan(none.mean)
+    constant = paired_difference({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0})  # identical differences
+    assert (constant.mean, constant.ci_low, constant.ci_high) == pytest.approx((1.0, 1.0, 1.0))
+    assert math.isnan(constant.p_value)
+    single = summarize([5.0])
+    assert single.mean == 5.0 and math.isnan(single.std)
+
+
+def test_error_type_order_and_latex_escape():
+    assert error_types([]) == []
+    from dcl.report.analysis import ExperimentStats
+
+    fake = ExperimentStats(runs=[], errors={t: {} for t in ("FN", "fFP&bFP&FN", "bFP", "baseline", "fFP&bFP", "fFP")})
+    assert error_types([fake]) == ["fFP", "bFP", "FN", "fFP&bFP", "fFP&bFP&FN"]
+    assert latex_escape("a_b & 50% #1 {x} ~^\\ $ ± − Δ †") == (
+        r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{} \$ $\pm$ $-$ $\Delta$ "
+        r"\textsuperscript{\dag}"
+    )
+
+
+# ----------------------------------------------------------------------------- the paper-like tree
+def test_all_outputs_written(paper):
+    root, result = paper
+    for name in TABLES:
+        for extension in ("md", "tex", "csv", "html"):
+            assert (root / "tables" / f"{name}.{extension}").stat().st_size > 0
+    for name in FIGURES:
+        assert (root / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert (root / "README.md").is_file()
+    assert len(result.written) == len(TABLES) * 4 + len(FIGURES) * 2 + 1
+
+
+def test_main_table_means_stds_and_counts(paper):
+    root, _ = paper
+    rows = read_csv(root / "tables" / "main_results.csv")
+    markdown = (root / "tables" / "main_results.md").read_text()
+    for experiment in CS_AP:
+        values = [v for v in CS_AP[experiment] if v is not None]
+        values50 = [v for v in CS_AP50[experiment] if v is not None]
+        row = only(rows, experiment=experiment)
+        assert int(row["seeds_with_results"]) == len(values) and int(row["seeds_expected"]) == 3
+        mean, std = mean_std(values)
+        assert float(row["AP_mean"]) == pytest.approx(mean, rel=1e-5)
+        assert float(row["AP_std"]) == pytest.approx(std, rel=1e-5)
+        assert float(row["AP50_mean"]) == pytest.approx(statistics.mean(values50), rel=1e-5)
+        assert row["AP75_mean"] == ""  # Cityscapes reports AP and AP50 only
+        assert f"{mean:.2f} ± {std:.2f}" in markdown
+    # The incomplete group is flagged, not silently averaged.
+    assert "| cityscapes_coco_baseline | Cityscapes | 2/3† |" in markdown
+    assert "† fewer seeds have results than configured" in markdown
+    # COCO: six stats; one DCL seed has a corrupt eval.json -> 1/2 seeds, no std.
+    coco = only(rows, experiment="coco_imagenet_baseline")
+    for stat, offset in zip(COCO_STATS, (0.0, 20.0, 5.0, -15.0, 2.0, 12.0)):
+        assert float(coco[f"{stat}_mean"]) == pytest.approx(statistics.mean(v + offset for v in COCO_AP["coco_imagenet_baseline"]), rel=1e-5)
+    coco_dcl = only(rows, experiment="coco_imagenet_dcl")
+    assert (coco_dcl["seeds_with_results"], coco_dcl["AP_std"]) == ("1", "")
+    assert "| coco_imagenet_dcl | COCO mask | 1/2† | 35.90 |" in markdown
+
+
+def test_main_table_published_and_paired_delta(paper):
+    root, _ = paper
+    rows = read_csv(root / "tables" / "main_results.csv")
+    dcl = only(rows, experiment="cityscapes_imagenet_dcl")
+    mean = statistics.mean(CS_AP["cityscapes_imagenet_dcl"])
+    assert float(dcl["published"]) == 37.1
+    assert float(dcl["published_diff"]) == pytest.approx(mean - 37.1, rel=1e-5)
+    expected = paired_by_hand(CS_AP["cityscapes_imagenet_baseline"], CS_AP["cityscapes_imagenet_dcl"])
+    got = [float(dcl[k]) for k in ("delta_mean", "delta_ci_low", "delta_ci_high", "delta_p")]
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert dcl["delta_pairs"] == "3"
+    # COCO init: baseline seed 2 missing -> 2 pairs (seeds 0 and 1).
+    coco_init = only(rows, experiment="cityscapes_coco_dcl")
+    expected = paired_by_hand(CS_AP["cityscapes_coco_baseline"][:2], CS_AP["cityscapes_coco_dcl"][:2])
+    got = [float(coco_init[k]) for k in ("delta_mean", "delta_ci_low", "delta_ci_high", "delta_p")]
+    assert got == pytest.approx(expected, rel=1e-5) and coco_init["delta_pairs"] == "2"
+    # COCO: one pair only -> difference shown, CI and p n/a.
+    coco = only(rows, experiment="coco_imagenet_dcl")
+    assert float(coco["delta_mean"]) == pytest.approx(35.9 - 35.1, rel=1e-5)
+    assert (coco["delta_ci_low"], coco["delta_p"], coco["delta_pairs"]) == ("", "", "1")
+    markdown = (root / "tables" / "main_results.md").read_text()
+    assert "| +0.80 | n/a | n/a | 1 |" in markdown
+    low, high = expected[1], expected[2]
+    assert f"[{low:+.2f}, {high:+.2f}]".replace("-", "−") in markdown
+    assert "paired t-test" in markdown and "ttest_rel" in (root / "tables" / "main_results.tex").read_text().replace("\\_", "_")
+    # Baseline rows carry no delta; the released row compares to the published number.
+    assert only(rows, experiment="cityscapes_imagenet_baseline")["delta_mean"] == ""
+    released = only(rows, experiment="released_cityscapes_imagenet_dcl")
+    assert float(released["published_diff"]) == pytest.approx(RELEASED_AP - 37.1, rel=1e-4)
+
+
+def test_dcl_vs_baseline_every_metric(paper):
+    root, _ = paper
+    rows = read_csv(root / "tables" / "dcl_vs_baseline.csv")
+    row = only(rows, dcl_experiment="cityscapes_imagenet_dcl", metric="cityscapes.AP50")
+    expected = paired_by_hand(CS_AP50["cityscapes_imagenet_baseline"], CS_AP50["cityscapes_imagenet_dcl"])
+    got = [float(row[k]) for k in ("delta_mean", "delta_ci_low", "delta_ci_high", "delta_p")]
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert row["paired_seeds"] == "0 1 2" and row["baseline_n"] == "3"
+    assert {r["metric"] for r in rows if r["dcl_experiment"] == "coco_imagenet_dcl"} == {f"segm.{s}" for s in COCO_STATS}
+    assert not [r for r in rows if r["dcl_experiment"].startswith("ablation")]
+
+
+def test_error_table_corrected_and_legacy_side_by_side(paper):
+    root, _ = paper
+    rows = read_csv(root / "tables" / "error_analysis.csv")
+    for experiment, seeds in (("cityscapes_imagenet_dcl", [0, 1, 2]), ("cityscapes_coco_baseline", [0, 1]),
+                              ("coco_imagenet_dcl", [0, 1])):
+        row = only(rows, experiment=experiment)
+        assert int(row["seeds_corrected"]) == len(seeds) == int(row["seeds_legacy"])
+        for error_type in TYPES:
+            for semantics, legacy in (("corrected", False), ("legacy", True)):
+                values = [gains(experiment, s, legacy)[error_type] for s in seeds]
+                assert float(row[f"{error_type}_{semantics}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-5)
+                assert float(row[f"{error_type}_{semantics}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-5)
+    markdown = (root / "tables" / "error_analysis.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| Dataset"))
+    assert header.endswith("| fFP corr. | fFP legacy | bFP corr. | bFP legacy | FN corr. | FN legacy "
+                           "| fFP&bFP corr. | fFP&bFP legacy |")
+    # The corrupt eval.json of coco_imagenet_dcl seed 1 does not hide its valid error analysis.
+    fn = statistics.mean(gains("cityscapes_imagenet_baseline", s, False)["FN"] for s in range(3))
+    fn_legacy = statistics.mean(gains("cityscapes_imagenet_baseline", s, True)["FN"] for s in range(3))
+    assert f"| {fn:.2f} | {fn_legacy:.2f} |" in markdown
+    # Main comparisons first, ablations last.
+    order = [r["experiment"] for r in rows]
+    assert order.index("coco_imagenet_dcl") < order.index("ablation_loss_weight_0.4")
+    latex = (root / "tables" / "error_analysis.tex").read_text()
+    assert r"\multicolumn{2}{c}{fFP\&bFP}" in latex and r"\cmidrule(lr){7-8}" in latex
+
+
+def test_ablation_table(paper):
+    root, _ = paper
+    rows = read_csv(root / "tables" / "ablations.csv")
+    assert [(r["parameter"], r["value"]) for r in rows] == [
+        ("LOSS_WEIGHT", "0.4"), ("LOSS_WEIGHT", "2.0"), ("WITH_PROJ", "false")]
+    for experiment, (_, _, values) in ABLATIONS.items():
+        row = only(rows, experiment=experiment)
+        mean, std = mean_std(values)
+        assert float(row["mean"]) == pytest.approx(mean, rel=1e-5) and float(row["std"]) == pytest.approx(std, rel=1e-5)
+        assert row["seeds_with_results"] == row["seeds_expected"] == "2"
+    markdown = (root / "tables" / "ablations.md").read_text()
+    assert "| WITH_PROJ | off | ablation_with_proj_off |" in markdown
+
+
+def test_inventory_lists_every_expected_run(paper):
+    root, _ = paper
+    expected_runs = json.loads((root / "experiments.json").read_text())["runs"]
+    rows = read_csv(root / "tables" / "run_inventory.csv")
+    assert sorted((r["experiment"], int(r["seed"])) for r in rows) == sorted(
+        (r["experiment"], r["seed"]) for r in expected_runs)
+    missing = only(rows, experiment="cityscapes_coco_baseline", seed="2")
+    assert missing["status"] == "missing" and "no run folder" in missing["reason"]
+    corrupt = only(rows, experiment="coco_imagenet_dcl", seed="1")
+    assert corrupt["status"] == "failed"
+    assert "eval.json" in corrupt["reason"] and "truncated" in corrupt["reason"]
+    assert str(root) not in corrupt["reason"]  # no machine-specific paths in the outputs
+    done = only(rows, experiment="cityscapes_imagenet_dcl", seed="0")
+    assert (done["status"], done["reason"], done["iteration"], done["max_iter"]) == ("finished", "", "100", "100")
+    assert (done["wall_time_s"], done["gpu_type"], done["gpu_count"]) == ("5400", "NVIDIA A100", "4")
+    markdown = (root / "tables" / "run_inventory.md").read_text()
+    assert "| cityscapes_imagenet_dcl | 0 | train | finished |  | 100/100 | 1:30:00 | 4 × NVIDIA A100 |" in markdown
+    released = only(rows, experiment="released_cityscapes_imagenet_dcl")
+    assert released["status"] == "finished"  # evaluation only: no run.json or metrics.json needed
+
+
+def test_reproduction_verdicts_and_readme(paper):
+    root, result = paper
+    rows = read_csv(root / "tables" / "reproduction.csv")
+
+    def verdict(experiment, metric):
+        return only(rows, experiment=experiment, metric=metric)["verdict"]
+
+    # By hand: |mean - published| against 2 sample stds.
+    mean, std = mean_std(CS_AP["cityscapes_imagenet_dcl"])
+    assert abs(mean - 37.1) <= 2 * std
+    assert verdict("cityscapes_imagenet_dcl", "cityscapes.AP") == "reproduced"
+    mean, std = mean_std(CS_AP["cityscapes_coco_dcl"])
+    assert abs(mean - 38.6) > 2 * std
+    assert verdict("cityscapes_coco_dcl", "cityscapes.AP") == "not reproduced"
+    assert verdict("cityscapes_coco_baseline", "cityscapes.AP") == "cannot be judged"  # 2/3 seeds
+    assert verdict("coco_imagenet_dcl", "segm.AP") == "cannot be judged"  # 1/2 seeds (corrupt one)
+    mean, std = mean_std(COCO_AP["coco_imagenet_baseline"])
+    assert abs(mean - 35.2) <= 2 * std and verdict("coco_imagenet_baseline", "segm.AP") == "reproduced"
+    box = only(rows, experiment="coco_imagenet_baseline", metric="bbox.AP")
+    assert float(box["mean"]) == pytest.approx(statistics.mean(COCO_BOX_AP), rel=1e-5)
+    assert abs(RELEASED_AP - 37.1) <= 0.05 and verdict("released_cityscapes_imagenet_dcl", "cityscapes.AP") == "reproduced"
+    refinemask = only(rows, detector="RefineMask R50-FPN")
+    assert refinemask["verdict"] == "not reproducible" and refinemask["experiment"] == ""
+    readme = (root / "README.md").read_text()
+    assert "23 runs expected: 21 finished, 0 running, 0 incomplete, 1 failed, 1 missing." in readme
+    assert "|mean − published| ≤ 2 ×" in readme
+    section = readme.split("### Not reproduced (1)")[1].split("###")[0]
+    assert "`cityscapes_coco_dcl`" in section and "published 38.6" in section
+    assert "### Cannot be judged yet (2)" in readme and "### Reproduced (4)" in readme
+    assert "`coco_imagenet_dcl` seed 1: **failed**: eval.json" in readme
+    assert "RefineMask" in readme.split("### Listed, but not reproducible by this pipeline (1)")[1]
+    assert "no data" not in readme  # every figure has data here
+
+
+def test_latex_tables_are_balanced_booktabs(paper):
+    root, _ = paper
+    for name in TABLES:
+        text = (root / "tables" / f"{name}.tex").read_text()
+        check_latex(text, name)
+
+
+def check_latex(text: str, name: str) -> None:
+    body = [line for line in text.splitlines() if not line.startswith("%")]
+    source = "\n".join(body)
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", source):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack and stack.pop() == env, f"{name}: unbalanced \\end{{{env}}}"
+    assert not stack, f"{name}: unclosed {stack}"
+    assert source.count("{") - source.count(r"\{") == source.count("}") - source.count(r"\}"), name
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in source, (name, rule)
+    for line in body:
+        # % only as a line-end comment (after a brace); _ and # never unescaped.
+        assert not re.search(r"(?<!\\)[_#]", line) and not re.search(r"(?<!\\)%.", line), f"{name}: {line}"
+    spec = re.findall(r"[lrc]|p\{[^}]*\}", re.search(
+        r"\\begin\{(?:tabular|longtable)\}\{((?:[lrc]|p\{[^}]*\})+)\}", source).group(1))
+    rows = [line for line in body if line.endswith(r"\\") and not line.startswith(r"\caption")]
+    assert rows, name
+    for line in rows:
+        cells = re.split(r"(?<!\\)&", line[:-2])
+        spans = sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", line)) - len(
+            re.findall(r"\\multicolumn", line))
+        assert len(cells) + spans == len(spec), f"{name}: {len(cells) + spans} cells, {len(spec)} columns: {line}"
+
+
+def test_latex_compiles_when_an_engine_is_present(paper, tmp_path):
+    engine = next((e for e in ("pdflatex", "lualatex", "xelatex") if shutil.which(e)), None)
+    if engine is None:
+        pytest.skip("no LaTeX engine installed (structure is checked by test_latex_tables_are_balanced_booktabs)")
+    root, _ = paper
+    inputs_tex = "\n".join(f"\\input{{{(root / 'tables' / name).as_posix()}}}" for name in TABLES)
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\usepackage{longtable}\\usepackage{graphicx}\n"
+        "\\begin{document}\n" + inputs_tex + "\n\\end{document}\n")
+    done = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_figures_are_real_images(paper):
+    from PIL import Image
+
+    root, result = paper
+    assert result.figure_reasons == {name: "" for name in FIGURES}
+    for name in FIGURES:
+        with Image.open(root / "figures" / f"{name}.png") as image:
+            image.load()
+            assert image.width > 500 and image.height > 300
+            # Not blank: a real plot has many distinct colours.
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+
+
+def test_rerun_without_changes_is_byte_identical(paper):
+    root, _ = paper
+    before = tree_hashes(root)
+    build_report(root, published_path=PUBLISHED)
+    assert tree_hashes(root) == before
+    for path in [*root.glob("tables/*"), root / "README.md"]:
+        assert str(root) not in path.read_text(), path  # no absolute paths: identical across machines too
+
+
+def test_html_tables_for_the_snakemake_report(paper):
+    from html.parser import HTMLParser
+
+    root, _ = paper
+
+    class Counter(HTMLParser):
+        rows = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.rows += tag == "tr"
+
+    counter = Counter()
+    counter.feed((root / "tables" / "run_inventory.html").read_text())
+    assert counter.rows == 1 + 23  # header + one per expected run
+
+
+# ----------------------------------------------------------------------------- bad input
+def expected_run(kind="train", method="baseline"):
+    return inputs.ExpectedRun(
+        experiment="exp", seed=0, kind=kind, dataset="cityscapes", init="imagenet", method=method, group="main",
+        ablation=None, metric="cityscapes.AP", run_dir="runs/exp/seed0",
+    )
+
+
+GOOD_EVAL = {"cityscapes": {"AP": 30.0, "AP50": 55.0}}
+
+
+def good_files():
+    return {
+        "run.json": json.dumps(finished_run_json(0)), "metrics.json": metrics_lines("baseline", 0),
+        "eval.json": json.dumps(GOOD_EVAL), "errors.json": json.dumps(errors_record({"FN": 5.0}, False)),
+        "errors_legacy.json": json.dumps(errors_record({"FN": 7.0}, True)),
+    }
+
+
+# (files changed, expected status, words the reason must contain, is eval.json used by the tables)
+@pytest.mark.parametrize("change, status, words, eval_used", [
+    ({}, "finished", [], True),
+    ({"eval.json": '{"cityscapes": {"AP": 3'}, "failed", ["eval.json", "invalid JSON", "truncated"], False),
+    ({"eval.json": json.dumps({"cityscapes": {"AP": "30.0", "AP50": 55.0}})}, "failed",
+     ["cityscapes.AP", "must be a number", "str"], False),
+    ({"eval.json": json.dumps({"segm": {}})}, "failed", ["no 'cityscapes' section"], False),
+    ({"eval.json": json.dumps({"cityscapes": {"AP": None, "AP50": 1.0}})}, "failed", ["headline", "null"], False),
+    ({"eval.json": None}, "incomplete", ["not written yet: eval.json"], False),
+    # Later steps broken or missing: the run is flagged, its valid AP still counts (tables show n).
+    ({"errors_legacy.json": None}, "incomplete", ["not written yet: errors_legacy.json"], True),
+    ({"errors.json": json.dumps(errors_record({"FN": 5.0}, True))}, "failed", ["errors.json", "legacy", "swapped"], True),
+    ({"errors.json": json.dumps({"baseline": {"AP": 1.0}, "delta": {"FN": {"AP": "x"}}, "types": ["FN"]})}, "failed",
+     ["delta.FN.AP"], True),
+    ({"metrics.json": '{"iteration": 1, "total_loss": 1.0}\n{"iteration": 2, "total'}, "failed",
+     ["metrics.json line 2", "truncated"], True),
+    ({"metrics.json": '{"iteration": 1, "total_loss": "high"}\n'}, "failed", ["total_loss", "must be a number"], True),
+    # Training not (known to be) complete: a stale eval.json is never used.
+    ({"run.json": json.dumps({"status": "running", "iteration": 50, "max_iter": 100})}, "running", ["50/100"], False),
+    ({"run.json": json.dumps({"status": "interrupted", "iteration": 50, "max_iter": 100})}, "incomplete",
+     ["interrupted", "50/100"], False),
+    ({"run.json": json.dumps({"status": "failed", "exit_code": 3, "iteration": 5, "max_iter": 100})}, "failed",
+     ["training failed", "exit_code 3"], False),
+    ({"run.json": json.dumps(finished_run_json(0, iteration=90))}, "incomplete", ["90/100"], False),
+    ({"run.json": json.dumps(finished_run_json(0, iteration="100"))}, "failed", ["'iteration'", "integer", "str"], False),
+    ({"run.json": json.dumps(finished_run_json(0, gpus={"count": "4"}))}, "failed", ["gpus.count"], False),
+    ({"run.json": json.dumps(finished_run_json(1))}, "failed", ["seed is 1"], False),
+    ({"run.json": "[1, 2"}, "failed", ["run.json", "invalid JSON"], False),
+    ({"run.json": None}, "incomplete", ["not written yet: run.json"], False),
+])
+def test_bad_run_files_become_a_status_with_a_reason(tmp_path, change, status, words, eval_used):
+    files = {**good_files(), **change}
+    folder = tmp_path / "runs" / "exp" / "seed0"
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        if content is not None:
+            (folder / name).write_text(content)
+    result = inputs.load_run(tmp_path, expected_run())
+    assert result.status == status, result.reason
+    for word in words:
+        assert word in result.reason
+    assert str(tmp_path) not in result.reason
+    assert (result.eval is not None) == eval_used
+
+
+def test_stale_eval_of_a_failed_training_is_not_used(tmp_path):
+    folder = tmp_path / "runs" / "exp" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": "failed", "exit_code": 1}))
+    (folder / "eval.json").write_text(json.dumps(GOOD_EVAL))
+    result = inputs.load_run(tmp_path, expected_run())
+    assert result.status == "failed" and result.eval is None
+
+
+def test_missing_and_empty_run_folders(tmp_path):
+    assert inputs.load_run(tmp_path, expected_run()).status == "missing"
+    (tmp_path / "runs" / "exp" / "seed0").mkdir(parents=True)
+    result = inputs.load_run(tmp_path, expected_run())
+    assert (result.status, result.reason) == ("missing", "run folder has no result files yet")
+
+
+def test_missing_experiments_json_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert "experiments file not found" in message and str(tmp_path / "experiments.json") in message
+    assert not (tmp_path / "tables").exists()
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda r: r.update(seed="0"), ["runs[1]", "'seed'", "integer"]),
+    (lambda r: r.update(method="contrastive"), ["runs[1]", "'method'", "baseline, dcl"]),
+    (lambda r: r.update(metric="segm.AR1"), ["runs[1]", "unknown metric 'segm.AR1'"]),
+    (lambda r: r.update(group="ablation"), ["runs[1]", "needs an 'ablation' object"]),
+    (lambda r: r.update(dataset="coco"), ["runs[1]", "disagree"]),
+    (lambda r: r.update(seed=0), ["runs[1]", "listed twice"]),
+])
+def test_bad_experiments_json_names_record_and_field(tmp_path, mutate, words):
+    runs = [run_record("exp", 0, "cityscapes", "imagenet", "baseline"), run_record("exp", 1, "cityscapes", "imagenet", "baseline")]
+    mutate(runs[1])
+    (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": runs}))
+    with pytest.raises(InputError) as error:
+        inputs.load_experiments(tmp_path / "experiments.json")
+    for word in words:
+        assert word in str(error.value)
+    (tmp_path / "experiments.json").write_text('{"preset": "x", "runs": [')
+    with pytest.raises(InputError, match="truncated"):
+        inputs.load_experiments(tmp_path / "experiments.json")
+
+
+def test_bad_published_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "published.yaml"
+    path.write_text("published:\n  - {dataset: coco, init: imagenet, method: dcl, detector: x, metric: segm.AP, value: high, source: s}\n")
+    with pytest.raises(InputError, match=r"published\[0\]: 'value' must be a number"):
+        inputs.load_published(path)
+    with pytest.raises(InputError, match="not found"):
+        inputs.load_published(tmp_path / "nope.yaml")
+
+
+# ----------------------------------------------------------------------------- published.yaml data
+def test_published_yaml_holds_the_papers_numbers():
+    entries = inputs.load_published(PUBLISHED)
+    table = {(e.dataset, e.init, e.method, e.detector.split()[0], e.metric): (e.value, e.reproducible) for e in entries}
+    assert table == {
+        ("cityscapes", "imagenet", "dcl", "Mask", "cityscapes.AP"): (37.1, True),
+        ("cityscapes", "coco", "dcl", "Mask", "cityscapes.AP"): (38.6, True),
+        ("cityscapes", "imagenet", "dcl", "RefineMask", "cityscapes.AP"): (39.3, False),
+        ("coco", "imagenet", "dcl", "Mask", "segm.AP"): (35.6, True),
+        ("coco", "imagenet", "baseline", "Mask", "segm.AP"): (35.2, True),
+        ("coco", "imagenet", "baseline", "Mask", "bbox.AP"): (38.6, True),
+        ("cityscapes", "coco", "baseline", "Mask", "cityscapes.AP"): (36.5, True),
+    }
+    assert all(e.source for e in entries)
+    assert "mmdetection" in next(e for e in entries if not e.reproducible).note
+
+
+# ----------------------------------------------------------------------------- sparse tree: no-data figures
+def test_no_data_figures_are_labelled_placeholders_and_reported(tmp_path, monkeypatch, capsys):
+    """A toy matrix with nothing finished: every output still exists; figures say "No data" and why;
+    the default published.yaml is found from another working directory."""
+    runs = [run_record("toy_coco_baseline", 0, "toy_coco", "scratch", "baseline"),
+            run_record("toy_coco_dcl", 0, "toy_coco", "scratch", "dcl")]
+    results = tmp_path / "results" / "toy"
+    results.mkdir(parents=True)
+    (results / "experiments.json").write_text(json.dumps({"preset": "toy", "runs": runs}))
+    write_run(results, runs[1], run_json={"status": "running", "iteration": 3, "max_iter": 300}, metrics=None)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "results/toy"]) == 0
+    out = capsys.readouterr().out
+    for name in FIGURES:
+        assert f"figure {name}: no data" in out
+        assert (results / "figures" / f"{name}.png").stat().st_size > 0
+    readme = (results / "README.md").read_text()
+    assert "2 runs expected: 0 finished, 1 running, 0 incomplete, 0 failed, 1 missing." in readme
+    assert "no ablation runs in experiments.json" in readme and "**no data**" in readme
+    assert "### Not in this experiment matrix (6)" in readme
+    assert "*No data: no ablation runs in experiments.json*" in (results / "tables" / "ablations.md").read_text()
+    check_latex((results / "tables" / "ablations.tex").read_text(), "empty ablations")
+    assert read_csv(results / "tables" / "ablations.csv") == []
+
+
+# ----------------------------------------------------------------------------- Snakemake report
+def test_captions_are_valid_restructuredtext():
+    from docutils.core import publish_parts
+    from jinja2 import Template
+
+    names = {p.stem for p in CAPTIONS.glob("*.rst")}
+    assert names == {"workflow"} | {f"table_{t}" for t in TABLES} | {f"figure_{f}" for f in FIGURES}
+    for path in CAPTIONS.glob("*.rst"):
+        text = Template(path.read_text()).render()  # Snakemake renders captions with Jinja first
+        # halt_level 2: any docutils warning (bad markup, undefined |substitution|) raises.
+        publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 5})
+
+
+@pytest.mark.e2e
+def test_snakemake_html_report_with_captions(paper, tmp_path):
+    source, _ = paper
+    workdir = tmp_path / "wf"
+    shutil.copytree(source, workdir / "res", ignore=shutil.ignore_patterns("tables", "figures", "README.md"))
+    outputs = [f'report("res/tables/{t}.html", caption="{CAPTIONS}/table_{t}.rst", category="Tables")' for t in TABLES]
+    outputs += [f'report("res/figures/{f}.png", caption="{CAPTIONS}/figure_{f}.rst", category="Figures")' for f in FIGURES]
+    (workdir / "Snakefile").write_text(
+        f'report: "{CAPTIONS}/workflow.rst"\n'
+        "rule report:\n"
+        '    input: "res/experiments.json"\n'
+        f"    output: {', '.join(outputs)}, \"res/README.md\"\n"
+        f'    shell: "{sys.executable} -m dcl report res --published {PUBLISHED}"\n'
+    )
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "1"]
+    subprocess.run([*snakemake, "--quiet"], cwd=workdir, check=True, capture_output=True, timeout=300)
+    done = subprocess.run([*snakemake, "--report", "report.html"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    assert "System Message" not in html  # docutils errors would be rendered into the captions
+    for phrase in ("scipy.stats.ttest_rel", "dominant error", "plausible draw", "Run inventory", "white diamond"):
+        assert phrase in html, phrase
+    assert tree_hashes(workdir / "res") == tree_hashes(source)  # the same inputs give the same files
