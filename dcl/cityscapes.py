@@ -1,0 +1,295 @@
+"""Cityscapes <-> COCO: gtFine to a COCO instance file, and the official instance-level AP.
+
+``cityscapes_to_coco`` turns ``gtFine/<split>/*/*_gtFine_instanceIds.png`` into a COCO instance
+file for the 8 evaluated instance classes (the ``instancesonly_filtered_gtFine_<split>.json`` the
+error analysis and ``cityscapes_fine_instance_seg_val`` use). Conventions (docs/design.md):
+images sorted by path, ids 1..N, ``file_name`` relative to ``leftImg8bit/<split>``; categories
+1..8 person, rider, car, truck, bus, train, motorcycle, bicycle, each with its
+``cityscapes_label_id``; annotation ids 1..M in image order, within an image in increasing
+instanceIds value; pixels of an instance class without an instance id (value < 1000, e.g. a
+"car group") become one ``iscrowd: 1`` RLE annotation per class and image. Masks are exactly the
+instanceIds pixels (``segmentation="rle"``) or their outer contours (``"polygon"``, as Detectron's
+``convert_cityscapes_to_coco.py`` did; crowd regions and instances too small for a polygon stay
+RLE). ``area`` is always the pixel count.
+
+``cityscapes_instance_ap`` converts COCO predictions to cityscapesscripts' result format (per
+image a text file listing mask PNG, label id and score) in a temporary directory and runs
+cityscapesscripts' own ``evalInstanceLevelSemanticLabeling`` on them: the AP the Cityscapes
+benchmark and the paper report.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import tempfile
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from dcl.coco import GroundTruth, compact_rle
+from dcl.io import InputError, atomic_write_json
+
+__all__ = ["CATEGORIES", "cityscapes_to_coco", "write_cityscapes_results", "cityscapes_instance_ap"]
+
+# detectron2's order of the Cityscapes instance classes; label ids from cityscapesscripts.
+CATEGORIES = [
+    {"id": 1, "name": "person", "supercategory": "human", "cityscapes_label_id": 24},
+    {"id": 2, "name": "rider", "supercategory": "human", "cityscapes_label_id": 25},
+    {"id": 3, "name": "car", "supercategory": "vehicle", "cityscapes_label_id": 26},
+    {"id": 4, "name": "truck", "supercategory": "vehicle", "cityscapes_label_id": 27},
+    {"id": 5, "name": "bus", "supercategory": "vehicle", "cityscapes_label_id": 28},
+    {"id": 6, "name": "train", "supercategory": "vehicle", "cityscapes_label_id": 31},
+    {"id": 7, "name": "motorcycle", "supercategory": "vehicle", "cityscapes_label_id": 32},
+    {"id": 8, "name": "bicycle", "supercategory": "vehicle", "cityscapes_label_id": 33},
+]
+_CATEGORY_OF_LABEL = {c["cityscapes_label_id"]: c["id"] for c in CATEGORIES}
+
+_GT_SUFFIX = "_gtFine_instanceIds.png"
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+def _outer_polygons(mask: np.ndarray) -> list[list[float]] | None:
+    """Outer contours of a mask as COCO polygons, or None when some contour has < 3 points."""
+    import cv2  # only polygon mode needs OpenCV
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polygons = [contour.reshape(-1).astype(float).tolist() for contour in contours]
+    if not polygons or min(len(p) for p in polygons) < 6:
+        return None
+    return polygons
+
+
+def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.PathLike | None,
+                       segmentation: str = "rle") -> dict:
+    """Convert Cityscapes gtFine instance annotations of one split to a COCO instance file.
+
+    Args:
+        root: Cityscapes root, containing ``gtFine/<split>/<city>/*_gtFine_instanceIds.png`` (and
+            usually ``leftImg8bit/<split>``; when that directory exists every GT must have its image).
+        split: ``train``, ``val``, ``test``, ...
+        output: where to write the JSON (atomically); None: only return it.
+        segmentation: ``"rle"`` (exact masks) or ``"polygon"`` (outer contours).
+    Returns:
+        The COCO dict (images, annotations, categories), identical on every run.
+    Raises:
+        InputError: no such split, no GT files, a GT without its image, an unreadable GT PNG.
+    """
+    if segmentation not in ("rle", "polygon"):
+        raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+    root = Path(root)
+    gt_dir = root / "gtFine" / split
+    if not gt_dir.is_dir():
+        raise InputError(f"Cityscapes GT directory not found: {gt_dir}")
+    entries = sorted(
+        (f"{path.parent.name}/{path.name[: -len(_GT_SUFFIX)]}{_IMAGE_SUFFIX}", path)
+        for path in gt_dir.glob(f"*/*{_GT_SUFFIX}")
+    )
+    if not entries:
+        raise InputError(f"no *{_GT_SUFFIX} files in {gt_dir}/<city>/")
+    image_dir = root / "leftImg8bit" / split
+    if image_dir.is_dir():
+        missing = [name for name, _ in entries if not (image_dir / name).is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} GT file(s) in {gt_dir} have no image in {image_dir}, "
+                             f"e.g. {missing[0]}")
+
+    images, annotations = [], []
+    for image_id, (file_name, gt_path) in enumerate(entries, start=1):
+        try:
+            with Image.open(gt_path) as png:
+                instance_ids = np.asfortranarray(np.array(png, dtype=np.int32))
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read Cityscapes GT {gt_path}: {error}") from None
+        if instance_ids.ndim != 2:
+            raise InputError(f"{gt_path}: expected a single-channel instanceIds image, got shape {instance_ids.shape}")
+        height, width = instance_ids.shape
+        images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
+        for value in np.unique(instance_ids):
+            label_id = int(value) // 1000 if value >= 1000 else int(value)
+            category_id = _CATEGORY_OF_LABEL.get(label_id)
+            if category_id is None:
+                continue  # not one of the 8 evaluated instance classes (caravan, trailer, stuff)
+            mask = instance_ids == value  # Fortran order, as pycocotools wants
+            rle = mask_utils.encode(mask.view(np.uint8))
+            is_crowd = value < 1000
+            segm: object = compact_rle(rle)
+            if segmentation == "polygon" and not is_crowd:
+                polygons = _outer_polygons(np.ascontiguousarray(mask))
+                segm = polygons if polygons is not None else segm
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                "segmentation": segm, "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(is_crowd),
+            })
+    coco = {
+        "info": {"description": f"Cityscapes gtFine {split}: the 8 evaluated instance classes "
+                               f"({segmentation} masks, crowd regions as RLE)"},
+        "images": images,
+        "annotations": annotations,
+        "categories": copy.deepcopy(CATEGORIES),
+    }
+    if output is not None:
+        atomic_write_json(output, coco, indent=None)
+    return coco
+
+
+def _stem(file_name: str) -> str:
+    """``frankfurt/frankfurt_000000_000294_leftImg8bit.png`` -> ``frankfurt_000000_000294``."""
+    base = os.path.basename(file_name)
+    base = base[: -len(_IMAGE_SUFFIX)] if base.endswith(_IMAGE_SUFFIX) else os.path.splitext(base)[0]
+    return base
+
+
+def _label_ids(gt: GroundTruth) -> dict[int, int]:
+    """COCO category id -> Cityscapes label id (``cityscapes_label_id``, else by class name)."""
+    from cityscapesscripts.helpers.labels import name2label
+
+    mapping = {}
+    for category_id, category in gt.categories.items():
+        if "cityscapes_label_id" in category:
+            mapping[category_id] = int(category["cityscapes_label_id"])
+        elif category.get("name") in name2label and name2label[category["name"]].hasInstances:
+            mapping[category_id] = name2label[category["name"]].id
+    return mapping
+
+
+def write_cityscapes_results(gt: GroundTruth, predictions: Sequence[Mapping], directory: str | os.PathLike) -> list[str]:
+    """Write predictions in cityscapesscripts' instance result format.
+
+    Per GT image ``<stem>_pred.txt`` (one line per detection: mask PNG path relative to the
+    file, Cityscapes label id, score) and the masks under ``masks/``.
+
+    Args:
+        gt: validated GT whose images are Cityscapes images.
+        predictions: validated COCO records with RLE ``segmentation``.
+        directory: output directory (created).
+    Returns:
+        The text files' absolute paths, in the order of ``gt.images``.
+    Raises:
+        InputError: a detection's category has no Cityscapes label id.
+    """
+    directory = Path(directory).resolve()
+    (directory / "masks").mkdir(parents=True, exist_ok=True)
+    label_ids = _label_ids(gt)
+    by_image: dict[int, list[Mapping]] = {image_id: [] for image_id in gt.images}
+    for index, det in enumerate(predictions):
+        if det["category_id"] not in label_ids:
+            name = gt.categories[det["category_id"]].get("name")
+            raise InputError(f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
+                             "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)")
+        by_image[det["image_id"]].append(det)
+    paths = []
+    for image_id, image in gt.images.items():
+        stem = _stem(image.get("file_name", str(image_id)))
+        lines = []
+        for k, det in enumerate(by_image[image_id]):
+            mask_name = f"masks/{stem}_{k:04d}.png"
+            Image.fromarray(mask_utils.decode(det["segmentation"]) * 255).save(directory / mask_name, compress_level=1)
+            lines.append(f"{mask_name} {label_ids[det['category_id']]} {det['score']!r}\n")
+        text_path = directory / f"{stem}_pred.txt"
+        text_path.write_text("".join(lines))
+        paths.append(str(text_path))
+    return paths
+
+
+def _write_dict_to_json(data: object, path: str) -> None:
+    """cityscapesscripts' ``writeDict2JSON``, able to write numpy scalars (numpy 2 counts are
+    numpy integers, which its JSON writer cannot serialise)."""
+    with open(path, "w") as f:
+        json.dump(data, f, default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__,
+                  sort_keys=True, indent=4)
+
+
+@contextlib.contextmanager
+def _cityscapes_evaluation_module() -> Iterator[types.ModuleType]:
+    """cityscapesscripts' instance evaluation module, made to run on numpy 2.4 while we use it:
+    ``np.in1d`` (removed in numpy 2.4) is provided to it, and its JSON writer accepts numpy
+    integers. Its computations are untouched."""
+    import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as module
+
+    originals = {"np": module.np, "writeDict2JSON": module.writeDict2JSON}
+    if not hasattr(module.np, "in1d"):
+        shim = types.ModuleType("numpy")
+        shim.__dict__.update(module.np.__dict__)
+        shim.in1d = lambda ar1, ar2, *args, **kwargs: np.isin(np.ravel(ar1), ar2, *args, **kwargs)
+        module.np = shim
+    module.writeDict2JSON = _write_dict_to_json
+    try:
+        yield module
+    finally:
+        for name, value in originals.items():
+            setattr(module, name, value)
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _percent(value: float) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else 100.0 * value
+
+
+def cityscapes_instance_ap(gt: GroundTruth, predictions: Sequence[Mapping], root: str | os.PathLike,
+                           split: str = "val") -> dict:
+    """The official Cityscapes instance-level AP (and AP at 50% overlap), by cityscapesscripts.
+
+    Args:
+        gt: validated COCO GT of Cityscapes images (``file_name`` as in ``cityscapes_to_coco``).
+        predictions: validated COCO records with RLE masks.
+        root: Cityscapes root with ``gtFine/<split>``: the instanceIds PNGs are the GT evaluated.
+        split: the split the GT file describes.
+    Returns:
+        ``{"AP", "AP50", "per_class": {name: {"AP", "AP50"}}}`` in percent (None: no GT and no
+        detection of that class).
+    Raises:
+        InputError: a GT image without its instanceIds PNG, or cityscapesscripts refusing the input.
+    """
+    gt_dir = Path(root) / "gtFine" / split
+    gt_files = []
+    for image in gt.images.values():
+        stem = _stem(image.get("file_name", ""))
+        city = stem.split("_")[0]
+        path = gt_dir / city / f"{stem}{_GT_SUFFIX}"
+        if not path.is_file():
+            raise InputError(f"image {image.get('file_name')!r} (id {image['id']}) has no Cityscapes GT {path}")
+        gt_files.append(str(path.resolve()))
+    with tempfile.TemporaryDirectory(prefix="dcl-cityscapes-") as tmp, _cityscapes_evaluation_module() as cs_eval:
+        tmp_path = Path(tmp).resolve()
+        prediction_files = write_cityscapes_results(gt, predictions, tmp_path / "results")
+        args = copy.copy(cs_eval.args)
+        args.predictionPath = str(tmp_path / "results")
+        args.predictionWalk = None
+        args.gtInstancesFile = str(tmp_path / "gtInstances.json")  # its cache, never the package's
+        args.exportFile = str(tmp_path / "result.json")
+        args.JSONOutput = False
+        args.quiet = True
+        args.colorized = False
+        args.csv = False
+        output = io.StringIO()
+        try:
+            # It writes matches.json to the working directory: keep that in the temporary one.
+            with _working_directory(tmp_path), contextlib.redirect_stdout(output):
+                result = cs_eval.evaluateImgLists(prediction_files, gt_files, args)
+        except SystemExit:
+            raise InputError(f"cityscapesscripts rejected the input: {output.getvalue().strip()}") from None
+    averages = result["averages"]
+    return {
+        "AP": _percent(averages["allAp"]),
+        "AP50": _percent(averages["allAp50%"]),
+        "per_class": {name: {"AP": _percent(values["ap"]), "AP50": _percent(values["ap50%"])}
+                      for name, values in averages["classes"].items()},
+    }

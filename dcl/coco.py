@@ -1,0 +1,415 @@
+"""COCO ground truth and results: strict loading, validation and run-length-encoded mask helpers.
+
+Shared by ``dcl evaluate`` and ``dcl errors``. Every problem with the input becomes a
+``dcl.io.InputError`` that names the file, the record (index in the file's list) and what is
+wrong, before any evaluation starts, so a bad file never produces a half-finished result.
+
+Masks stay in COCO's compressed run-length encoding (RLE) throughout: pycocotools merges,
+intersects and measures them without ever decoding a full-resolution array. The one operation
+pycocotools lacks, the complement of a mask, is done here on the uncompressed run lengths
+(:func:`rle_counts`, :func:`complement`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from dcl.io import InputError, read_json
+
+__all__ = [
+    "STAT_NAMES",
+    "GroundTruth",
+    "load_ground_truth",
+    "load_predictions",
+    "segmentation_to_rle",
+    "rle_counts",
+    "complement",
+    "compact_rle",
+]
+
+# The 12 numbers COCOeval.summarize() prints, in its order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+# Report this many problems in one error message; the rest are counted.
+_MAX_REPORTED_PROBLEMS = 5
+
+
+@dataclass
+class GroundTruth:
+    """A validated COCO instance ground-truth file.
+
+    ``data`` is the file's content as loaded (never modified here); ``source`` names it in
+    messages; ``path`` is the file it came from (None for a dict); ``images`` and ``categories``
+    index the records by id.
+    """
+
+    data: dict
+    source: str
+    path: str | None = None
+    images: dict[int, dict] = field(default_factory=dict)
+    categories: dict[int, dict] = field(default_factory=dict)
+
+
+class _Problems:
+    """Collects per-record problems so one error message can list the first few and count all."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.messages: list[str] = []
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < _MAX_REPORTED_PROBLEMS:
+            self.messages.append(message)
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        lines = "\n  ".join(self.messages)
+        more = f"\n  ... and {self.count - len(self.messages)} more" if self.count > len(self.messages) else ""
+        raise InputError(f"{self.source}: {self.count} invalid record(s):\n  {lines}{more}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _source_name(source: Any, default: str) -> str:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else default
+
+
+def _load(source: Any, what: str) -> Any:
+    if isinstance(source, (str, os.PathLike)):
+        return read_json(source, what)
+    return source
+
+
+# --------------------------------------------------------------------------------------------
+# Run-length encoding helpers
+# --------------------------------------------------------------------------------------------
+
+def rle_counts(strings: Sequence[bytes | str]) -> list[np.ndarray]:
+    """Decode COCO's compressed RLE strings to run lengths, all strings in one vectorised pass.
+
+    The format (pycocotools' ``rleToString``): each run length is written in 5-bit groups, low
+    bits first, as characters ``48 + group`` with bit 0x20 meaning "more groups follow" and bit
+    0x10 of the last group the sign; from the fourth run on, the value stored is the difference
+    to the run two places earlier.
+
+    Args:
+        strings: compressed ``counts`` values (``bytes`` or ASCII ``str``).
+    Returns:
+        One int64 array of run lengths per string (first run = zeros, column-major order).
+    Raises:
+        ValueError: a string is not valid compressed RLE.
+    """
+    if not strings:
+        return []
+    encoded = [s.encode("ascii") if isinstance(s, str) else bytes(s) for s in strings]
+    lengths = np.fromiter((len(s) for s in encoded), dtype=np.int64, count=len(encoded))
+    if lengths.sum() == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in encoded]
+    chars = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    if chars.min() < 48 or chars.max() > 48 + 63:
+        raise ValueError("compressed RLE contains characters outside '0'..'o'")
+    chars = chars - np.uint8(48)
+    last = (chars & 0x20) == 0  # the last character of each number
+    string_ends = np.cumsum(lengths)
+    if not last[string_ends[lengths > 0] - 1].all():
+        raise ValueError("compressed RLE ends in the middle of a number")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    group_lengths = ends - starts + 1
+    longest = int(group_lengths.max())
+    if longest > 12:
+        raise ValueError("compressed RLE contains a number longer than 60 bits")
+    # Numbers are 1-3 characters long: loop over character positions, not over numbers.
+    values = (chars[starts] & 0x1F).astype(np.int64)
+    for k in range(1, longest):
+        longer = np.flatnonzero(group_lengths > k)
+        values[longer] |= (chars[starts[longer] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = (chars[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(np.int64(1), 5 * group_lengths[negative])
+
+    # Undo the delta coding per string: run m (m > 2) = stored value + run m-2, i.e. running
+    # sums along the odd runs from 1 and along the even runs from 2.
+    first_group = np.searchsorted(ends, string_ends - lengths)
+    groups_per_string = np.diff(np.append(first_group, len(ends)))
+    index_in_string = np.arange(len(ends)) - np.repeat(first_group, groups_per_string)
+    counts = values
+    for parity, lowest in ((0, 2), (1, 1)):
+        in_chain = ((index_in_string & 1) == parity) & (index_in_string >= lowest)
+        running = np.cumsum(np.where(in_chain, values, 0))
+        before_string = np.concatenate(([0], running))[first_group]
+        counts = np.where(in_chain, running - np.repeat(before_string, groups_per_string), counts)
+    if (counts < 0).any():
+        raise ValueError("compressed RLE decodes to a negative run length")
+    return np.split(counts, np.cumsum(groups_per_string)[:-1])
+
+
+def compact_rle(rle: Mapping) -> dict:
+    """A compressed RLE with ``counts`` as ``str`` (JSON-serialisable, accepted by both AP backends)."""
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def complement(rle: Mapping) -> dict:
+    """The mask's complement (pixels outside it), as compressed RLE.
+
+    Run lengths alternate zeros/ones starting with zeros, so the complement is the same runs
+    with a leading empty run of zeros added (or the existing one removed).
+    """
+    counts = rle_counts([rle["counts"]])[0].tolist()
+    flipped = counts[1:] if counts and counts[0] == 0 else [0] + counts
+    height, width = (int(v) for v in rle["size"])
+    return compact_rle(mask_utils.frPyObjects({"size": [height, width], "counts": flipped}, height, width))
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE.
+
+    The same conversion as pycocotools' ``COCO.annToRLE``, so masks match what COCOeval sees.
+    """
+    if isinstance(segmentation, list):
+        return compact_rle(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
+    if isinstance(segmentation["counts"], list):
+        return compact_rle(mask_utils.frPyObjects(segmentation, height, width))
+    return compact_rle(segmentation)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+def _check_segmentation(segmentation: Any, height: int, width: int, where: str, problems: _Problems,
+                        compressed: list[tuple[str, bytes | str, int]]) -> bool:
+    """Check one segmentation's structure; compressed strings are queued for one batch decode."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            problems.add(f"{where}: 'segmentation' is an empty polygon list")
+            return False
+        for polygon in segmentation:
+            if (not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2
+                    or not all(_is_number(v) for v in polygon)):
+                problems.add(f"{where}: a polygon must be a list of at least 3 x,y pairs of numbers")
+                return False
+        return True
+    if not isinstance(segmentation, Mapping) or "counts" not in segmentation or "size" not in segmentation:
+        problems.add(f"{where}: 'segmentation' must be polygons or an RLE dict with 'size' and 'counts'")
+        return False
+    size = segmentation["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        problems.add(f"{where}: RLE 'size' must be [height, width], got {size!r}")
+        return False
+    if [int(size[0]), int(size[1])] != [height, width]:
+        problems.add(f"{where}: mask size {int(size[0])}x{int(size[1])} (height x width) disagrees "
+                     f"with the image's {height}x{width}")
+        return False
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            problems.add(f"{where}: uncompressed RLE 'counts' must be non-negative integers")
+            return False
+        if sum(counts) != height * width:
+            problems.add(f"{where}: RLE covers {sum(counts)} pixels, the {height}x{width} image has "
+                         f"{height * width}: wrong mask size")
+            return False
+        return True
+    if not isinstance(counts, (str, bytes)):
+        problems.add(f"{where}: RLE 'counts' must be a string (compressed) or a list of integers")
+        return False
+    compressed.append((where, counts, height * width))
+    return True
+
+
+def _check_compressed(compressed: list[tuple[str, bytes | str, int]], problems: _Problems) -> None:
+    """Decode all queued compressed RLE strings at once; each must cover exactly its image.
+
+    pycocotools trusts these strings blindly (a wrong one can make it write past its buffer),
+    so checking them here is what makes a wrong mask size an error instead of a crash.
+    """
+    batch = 20000  # bounds the temporary arrays of the vectorised decoder
+    for start in range(0, len(compressed), batch):
+        chunk = compressed[start:start + batch]
+        try:
+            decoded = rle_counts([counts for _, counts, _ in chunk])
+        except (ValueError, UnicodeEncodeError):
+            decoded = []
+            for where, counts, _ in chunk:  # find the culprit(s)
+                try:
+                    decoded.append(rle_counts([counts])[0])
+                except (ValueError, UnicodeEncodeError) as error:
+                    problems.add(f"{where}: RLE 'counts' is not valid compressed RLE ({error})")
+                    decoded.append(None)
+        for (where, _, pixels), counts in zip(chunk, decoded):
+            if counts is not None and int(counts.sum()) != pixels:
+                problems.add(f"{where}: RLE covers {int(counts.sum())} pixels but its image has {pixels}: "
+                             "wrong mask size or corrupted 'counts'")
+
+
+def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation: bool = True) -> GroundTruth:
+    """Load and validate a COCO instance GT file (or an already loaded dict; it is not modified).
+
+    Checks: images with unique integer ids and positive height/width; categories with unique
+    integer ids; annotations with unique integer ids, known image and category ids, a numeric
+    ``area``, and (when ``need_segmentation``) polygons or an RLE of the image's size.
+    """
+    name = _source_name(source, "GT (dict)")
+    data = _load(source, "GT file")
+    if not isinstance(data, Mapping):
+        hint = " (this looks like a results file: pass it as PRED and the GT with -a)" if isinstance(data, list) else ""
+        raise InputError(f"{name}: a COCO GT file must be a JSON object, got {type(data).__name__}{hint}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"{name}: a COCO GT file needs a list '{key}'")
+    problems = _Problems(name)
+    gt = GroundTruth(data=data, source=name,
+                     path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None)
+    for index, image in enumerate(data["images"]):
+        where = f"images[{index}]"
+        if not isinstance(image, Mapping) or not _is_int(image.get("id")):
+            problems.add(f"{where}: needs an integer 'id'")
+            continue
+        if not (_is_int(image.get("height")) and _is_int(image.get("width"))
+                and image["height"] > 0 and image["width"] > 0):
+            problems.add(f"{where} (id {image['id']}): needs positive integer 'height' and 'width'")
+            continue
+        if image["id"] in gt.images:
+            problems.add(f"{where}: duplicate image id {image['id']}")
+            continue
+        gt.images[int(image["id"])] = image
+    for index, category in enumerate(data["categories"]):
+        where = f"categories[{index}]"
+        if not isinstance(category, Mapping) or not _is_int(category.get("id")):
+            problems.add(f"{where}: needs an integer 'id'")
+        elif category["id"] in gt.categories:
+            problems.add(f"{where}: duplicate category id {category['id']}")
+        else:
+            gt.categories[int(category["id"])] = category
+    problems.raise_if_any()
+
+    annotation_ids: set[int] = set()
+    compressed: list[tuple[str, bytes | str, int]] = []
+    for index, ann in enumerate(data["annotations"]):
+        where = f"annotations[{index}]"
+        if not isinstance(ann, Mapping):
+            problems.add(f"{where}: must be a JSON object")
+            continue
+        if not _is_int(ann.get("id")):
+            problems.add(f"{where}: needs an integer 'id'")
+            continue
+        where = f"annotations[{index}] (id {ann['id']})"
+        if ann["id"] in annotation_ids:
+            problems.add(f"{where}: duplicate annotation id")
+            continue
+        annotation_ids.add(ann["id"])
+        image = gt.images.get(ann.get("image_id")) if _is_int(ann.get("image_id")) else None
+        if image is None:
+            problems.add(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+            continue
+        if not (_is_int(ann.get("category_id")) and ann["category_id"] in gt.categories):
+            problems.add(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+            continue
+        if not _is_number(ann.get("area")):
+            problems.add(f"{where}: needs a numeric 'area' (COCOeval uses it for the size ranges)")
+            continue
+        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
+            problems.add(f"{where}: 'iscrowd' must be 0 or 1")
+            continue
+        if "bbox" in ann and not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4
+                                  and all(_is_number(v) for v in ann["bbox"])):
+            problems.add(f"{where}: 'bbox' must be [x, y, width, height]")
+            continue
+        if need_segmentation:
+            if "segmentation" not in ann:
+                problems.add(f"{where}: missing 'segmentation'")
+                continue
+            _check_segmentation(ann["segmentation"], image["height"], image["width"], where, problems, compressed)
+    _check_compressed(compressed, problems)
+    problems.raise_if_any()
+    return gt
+
+
+def load_predictions(source: str | os.PathLike | Iterable[Mapping], gt: GroundTruth, *,
+                     need_segmentation: bool = True, need_bbox: bool = False) -> list[dict]:
+    """Load and validate COCO results against ``gt``; return normalised copies.
+
+    Each returned record has ``image_id``, ``category_id``, ``score`` and, when present in the
+    input, ``segmentation`` (compressed RLE, ``counts`` as ``str``) and ``bbox``. Records keep
+    their order (AP depends on it for equal scores). The input is not modified.
+
+    Raises:
+        InputError: not a list; a record without ``score`` / ``segmentation`` (when needed) /
+            ``bbox`` (when needed); an image or category id not in the GT; a mask whose size
+            disagrees with its image.
+    """
+    name = _source_name(source, "predictions (list)")
+    data = _load(source, "predictions file")
+    if isinstance(data, Mapping):
+        hint = " (this looks like a GT file: pass the GT with -a)" if "annotations" in data else ""
+        raise InputError(f"{name}: a COCO results file must be a JSON list of detections{hint}")
+    if not isinstance(data, list):
+        data = list(data)
+    problems = _Problems(name)
+    compressed: list[tuple[str, bytes | str, int]] = []
+    records: list[dict] = []
+    for index, det in enumerate(data):
+        where = f"record {index}"
+        if not isinstance(det, Mapping):
+            problems.add(f"{where}: must be a JSON object")
+            continue
+        image = gt.images.get(det.get("image_id")) if _is_int(det.get("image_id")) else None
+        if image is None:
+            problems.add(f"{where}: image_id {det.get('image_id')!r} is not in the GT file {gt.source}")
+            continue
+        where = f"record {index} (image_id {det['image_id']})"
+        if not (_is_int(det.get("category_id")) and det["category_id"] in gt.categories):
+            problems.add(f"{where}: category_id {det.get('category_id')!r} is not in the GT file's categories")
+            continue
+        if "score" not in det:
+            problems.add(f"{where}: missing 'score'")
+            continue
+        if not _is_number(det["score"]):
+            problems.add(f"{where}: 'score' must be a finite number, got {det['score']!r}")
+            continue
+        record = {"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
+                  "score": float(det["score"])}
+        if "bbox" in det:
+            box = det["bbox"]
+            if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)
+                    and box[2] >= 0 and box[3] >= 0):
+                problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
+                continue
+            record["bbox"] = [float(v) for v in box]
+        elif need_bbox:
+            problems.add(f"{where}: missing 'bbox' (needed for box AP)")
+            continue
+        if "segmentation" in det:
+            if not _check_segmentation(det["segmentation"], image["height"], image["width"], where,
+                                       problems, compressed):
+                continue
+            record["segmentation"] = det["segmentation"]
+        elif need_segmentation:
+            problems.add(f"{where}: missing 'segmentation'")
+            continue
+        records.append(record)
+    _check_compressed(compressed, problems)
+    problems.raise_if_any()
+    for record in records:
+        if "segmentation" in record:
+            image = gt.images[record["image_id"]]
+            record["segmentation"] = segmentation_to_rle(record["segmentation"], image["height"], image["width"])
+    return records

@@ -1,0 +1,183 @@
+"""dcl evaluate: both backends equal pycocotools' COCOeval run directly on the same files."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from dcl.coco import STAT_NAMES, load_ground_truth
+from dcl.evaluation import CocoEvaluator, evaluate
+from dcl.io import InputError
+from instance_fixtures import encode, make_cases, make_random, merge_datasets, rect
+
+
+def pycocotools_direct(gt_path, predictions_path, iou_type, drop_bbox):
+    """The reference: pycocotools on the files, as its README shows (no dcl code involved)."""
+    results = json.loads(open(predictions_path).read())
+    if drop_bbox:
+        for r in results:
+            r.pop("bbox", None)
+    gt = COCO(str(gt_path))
+    evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return {name: None if value == -1 else 100 * value for name, value in zip(STAT_NAMES, evaluator.stats)}
+
+
+def assert_stats_close(actual, expected, tol):
+    assert list(actual) == list(STAT_NAMES)
+    for name in STAT_NAMES:
+        if expected[name] is None:
+            assert actual[name] is None, name
+        else:
+            assert actual[name] == pytest.approx(expected[name], abs=tol), name
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    gt, predictions = merge_datasets(make_cases(), make_random(3, num_images=20), make_random(4, num_images=20))
+    directory = tmp_path_factory.mktemp("eval")
+    (directory / "gt.json").write_text(json.dumps(gt))
+    (directory / "pred.json").write_text(json.dumps(predictions))
+    return directory / "gt.json", directory / "pred.json"
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_segm_and_bbox_equal_pycocotools_direct(files, backend):
+    gt_path, predictions_path = files
+    # Box AP needs every detection to have a box; the fixtures leave some out on purpose.
+    predictions = json.loads(predictions_path.read_text())
+    with_boxes = predictions_path.with_name("pred_boxes.json")
+    with_boxes.write_text(json.dumps([p for p in predictions if "bbox" in p]))
+    result = evaluate(gt_path, with_boxes, iou_types=["segm", "bbox"], backend=backend)
+    assert result["backend"] == backend and result["num_predictions"] == len(json.loads(with_boxes.read_text()))
+    assert_stats_close(result["segm"], pycocotools_direct(gt_path, with_boxes, "segm", drop_bbox=True), 1e-6)
+    assert_stats_close(result["bbox"], pycocotools_direct(gt_path, with_boxes, "bbox", drop_bbox=False), 1e-6)
+    assert 0 < result["segm"]["AP"] < 100
+
+
+def test_backends_agree(files):
+    gt_path, predictions_path = files
+    a = evaluate(gt_path, predictions_path, backend="pycocotools")
+    b = evaluate(gt_path, predictions_path, backend="faster-coco-eval")
+    assert "bbox" not in a  # not every detection has a box: masks only by default
+    assert_stats_close(a["segm"], b["segm"], 1e-6)
+
+
+def test_mask_ap_uses_mask_areas(tmp_path):
+    # An unmatched L-shaped detection: mask area 30 (small), box area 20x20 = 400 ... and a second
+    # scene scaled so the box is "medium" (> 32^2) while the mask is "small": only the mask area
+    # puts it among the small detections' false positives.
+    H, W = 80, 80
+    gt = {"images": [{"id": 1, "height": H, "width": W}],
+          "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode(rect(H, W, 0, 0, 20, 20)),
+                           "area": 400.0, "bbox": [0, 0, 20, 20], "iscrowd": 0}]}
+    l_shape = rect(H, W, 40, 40, 42, 79) | rect(H, W, 40, 40, 79, 42)
+    predictions = [{"image_id": 1, "category_id": 1, "segmentation": encode(rect(H, W, 0, 0, 20, 20)),
+                    "bbox": [0, 0, 20, 20], "score": 0.5},
+                   {"image_id": 1, "category_id": 1, "segmentation": encode(l_shape),
+                    "bbox": [40, 40, 39, 39], "score": 0.9}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(predictions))
+    result = evaluate(tmp_path / "gt.json", tmp_path / "pred.json", iou_types=["segm"])
+    with_mask_area = pycocotools_direct(tmp_path / "gt.json", tmp_path / "pred.json", "segm", drop_bbox=True)
+    with_box_area = pycocotools_direct(tmp_path / "gt.json", tmp_path / "pred.json", "segm", drop_bbox=False)
+    assert_stats_close(result["segm"], with_mask_area, 1e-9)
+    assert with_mask_area["APs"] != with_box_area["APs"]
+
+
+def test_empty_predictions_give_zero_with_warning(files):
+    gt_path, _ = files
+    for backend in ("pycocotools", "faster-coco-eval"):
+        with pytest.warns(UserWarning, match="no detections"):
+            result = evaluate(gt_path, [], backend=backend)
+        assert result["warnings"] and result["num_predictions"] == 0
+        assert result["segm"]["AP"] == 0.0 and result["segm"]["AR100"] == 0.0
+        assert result["segm"]["APl"] is None  # the fixtures have no large GT
+
+
+def test_evaluator_does_not_modify_inputs(files):
+    gt_path, predictions_path = files
+    gt = json.loads(gt_path.read_text())
+    predictions = json.loads(predictions_path.read_text())
+    before = json.dumps([gt, predictions])
+    evaluate(gt, predictions, backend="pycocotools")
+    evaluate(gt, predictions, backend="faster-coco-eval")
+    assert json.dumps([gt, predictions]) == before
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda gt: gt.pop("images"), r"needs a list 'images'"),
+    (lambda gt: gt["annotations"][1].update(category_id=9), r"annotations\[1\] \(id 2\): category_id 9 is not in"),
+    (lambda gt: gt["annotations"][2].update(id=1), r"annotations\[2\] \(id 1\): duplicate annotation id"),
+    (lambda gt: gt["annotations"][0].pop("area"), r"annotations\[0\] \(id 1\): needs a numeric 'area'"),
+    (lambda gt: gt["annotations"][0].update(segmentation=encode(np.zeros((5, 5), bool))),
+     r"annotations\[0\] \(id 1\): mask size 5x5"),
+])
+def test_invalid_gt_is_named(change, message):
+    gt, predictions = make_cases()
+    change(gt)
+    with pytest.raises(InputError, match=message):
+        evaluate(gt, predictions)
+
+
+def test_results_and_gt_swapped_is_explained(files):
+    gt_path, predictions_path = files
+    with pytest.raises(InputError, match="looks like a results file"):
+        load_ground_truth(predictions_path)
+    with pytest.raises(InputError, match="looks like a GT file"):
+        evaluate(gt_path, gt_path)
+
+
+def test_box_ap_requires_boxes_when_asked():
+    gt, predictions = make_cases()
+    with pytest.raises(InputError, match=r"record 10 \(image_id 7\): missing 'bbox'"):
+        evaluate(gt, predictions, iou_types=["bbox"])
+
+
+def test_cli_writes_eval_json(files, tmp_path):
+    gt_path, predictions_path = files
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "dcl", "evaluate", str(predictions_path), "-a", str(gt_path),
+                             "--backend", "pycocotools", "-o", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(out.read_text())
+    assert set(written) == {"gt", "predictions", "backend", "num_images", "num_predictions", "warnings", "segm"}
+    assert written["gt"] == str(gt_path) and written["num_images"] == 47
+    assert_stats_close(written["segm"], pycocotools_direct(gt_path, predictions_path, "segm", True), 1e-9)
+    assert "segm" in result.stdout and "AP50" in result.stdout
+
+
+def test_cli_rejects_unknown_image_ids(files, tmp_path):
+    gt_path, predictions_path = files
+    predictions = json.loads(predictions_path.read_text())
+    predictions[3]["image_id"] = 12345
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(predictions))
+    result = subprocess.run([sys.executable, "-m", "dcl", "evaluate", str(bad), "-a", str(gt_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "bad.json" in result.stderr and "record 3: image_id 12345 is not in the GT file" in result.stderr
+
+
+def test_evaluator_reuses_its_gt_index(files):
+    gt_path, predictions_path = files
+    gt = load_ground_truth(gt_path)
+    evaluator = CocoEvaluator(gt, "segm", "faster-coco-eval")
+    from dcl.coco import load_predictions
+
+    records = load_predictions(predictions_path, gt)
+    assert evaluator(records) == evaluator(records)
+    assert evaluator(records[: len(records) // 2]) != evaluator(records)
+
+
+def test_modules_import_neither_torch_nor_detectron2():
+    code = ("import sys, dcl.coco, dcl.evaluation, dcl.errors, dcl.cityscapes; "
+            "print('torch' in sys.modules, 'detectron2' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
