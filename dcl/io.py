@@ -16,6 +16,10 @@ from typing import Any, Iterator
 
 __all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json"]
 
+# The process umask, read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 class InputError(ValueError):
     """Bad user input (file, record, what is wrong); the CLI prints it without a traceback."""
@@ -35,6 +39,9 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
         dir=destination.parent,
     )
     os.close(fd)
+    # mkstemp creates mode 0600; give the result the permissions open() would (0666 & ~umask),
+    # so files in shared project directories stay readable by the group.
+    os.chmod(tmp, 0o666 & ~_UMASK)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

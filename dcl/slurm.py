@@ -1,0 +1,129 @@
+"""Where a ``dcl train`` process sits in a cluster: machine count, machine rank, rendezvous URL.
+
+From the command line when given, else from the Slurm job step that started the process: a
+multi-node step (``srun --ntasks-per-node=1 dcl train --num-gpus G ...`` on N nodes) gives
+``N`` machines, rank ``$SLURM_NODEID`` and ``tcp://<first host of $SLURM_STEP_NODELIST>:<port>``
+(``$MASTER_PORT``, else 20000 + job id mod 20000: the same on every node, different between
+jobs); anything else is one machine. Standard library only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+from typing import Mapping, Optional
+
+from dcl.io import InputError
+
+__all__ = ["DistributedLayout", "expand_hostlist", "resolve_distributed", "slurm_job"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedLayout:
+    """Where this process sits: ``num_machines``, ``machine_rank``, ``dist_url``; ``source`` says
+    where they came from ("command line", "slurm", "single machine")."""
+
+    num_machines: int
+    machine_rank: int
+    dist_url: str
+    source: str
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Expand a Slurm hostlist expression (``gpu[01-03,07],login-1``) as ``scontrol show
+    hostnames`` does: comma-separated items, each with any number of ``[...]`` groups of numbers
+    and ranges (zero padding kept)."""
+    items, depth, current = [], 0, ""
+    for char in hostlist.strip():
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0 or depth > 1:
+            raise ValueError(f"malformed Slurm hostlist: {hostlist!r}")
+        current += char
+    if depth:
+        raise ValueError(f"malformed Slurm hostlist: {hostlist!r}")
+    items.append(current)
+    hosts = []
+    for item in filter(None, items):
+        pieces = re.split(r"\[([^\]]*)\]", item)  # literal, group, literal, group, ..., literal
+        choices = []
+        for index, piece in enumerate(pieces):
+            if index % 2 == 0:
+                choices.append([piece])
+                continue
+            values = []
+            for part in piece.split(","):
+                low, _, high = part.partition("-")
+                if not low.isdigit() or (high and not high.isdigit()):
+                    raise ValueError(f"malformed Slurm hostlist range {part!r} in {hostlist!r}")
+                width = len(low)
+                values += [f"{n:0{width}d}" for n in range(int(low), int(high or low) + 1)]
+            choices.append(values)
+        hosts += ["".join(combo) for combo in itertools.product(*choices)]
+    return hosts
+
+
+def resolve_distributed(
+    num_machines: Optional[int],
+    machine_rank: Optional[int],
+    dist_url: Optional[str],
+    env: Optional[Mapping[str, str]] = None,
+) -> DistributedLayout:
+    """Machine count, machine rank and rendezvous URL: from the command line where given, else
+    from the Slurm job step (several nodes, one task per node), else a single machine.
+
+    Raises:
+        InputError: a multi-node Slurm allocation not started through ``srun``, or a multi-node
+            step with more than one task per node.
+    """
+    env = dict(os.environ if env is None else env)
+    if num_machines is not None and machine_rank is not None and dist_url is not None:
+        return DistributedLayout(num_machines, machine_rank, dist_url, "command line")
+    slurm_nodes = 1
+    if "SLURM_JOB_ID" in env:
+        in_step = "SLURM_STEP_ID" in env
+        slurm_nodes = int(env.get("SLURM_STEP_NUM_NODES" if in_step else "SLURM_JOB_NUM_NODES",
+                                  env.get("SLURM_NNODES", "1")))
+        if slurm_nodes > 1 and num_machines is None:
+            if not in_step:
+                raise InputError(
+                    f"this Slurm job has {slurm_nodes} nodes but dcl train was not started by srun; "
+                    "start one task per node: srun --ntasks-per-node=1 dcl train ..."
+                )
+            tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", slurm_nodes)))
+            if tasks != slurm_nodes:
+                raise InputError(
+                    f"the Slurm step runs {tasks} tasks on {slurm_nodes} nodes; dcl train needs one task "
+                    "per node (it starts --num-gpus workers itself): srun --ntasks-per-node=1 dcl train ..."
+                )
+            nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+            try:
+                master = expand_hostlist(nodelist)[0]
+            except (ValueError, IndexError):
+                raise InputError(f"cannot read the first host of the Slurm node list {nodelist!r}") from None
+            port = int(env.get("MASTER_PORT") or 20000 + int(re.sub(r"\D", "", env["SLURM_JOB_ID"]) or 0) % 20000)
+            return DistributedLayout(
+                slurm_nodes,
+                int(env.get("SLURM_NODEID", "0")) if machine_rank is None else machine_rank,
+                f"tcp://{master}:{port}" if dist_url is None else dist_url,
+                "slurm",
+            )
+    machines = 1 if num_machines is None else num_machines
+    if machines > 1 and (machine_rank is None or dist_url is None):
+        raise InputError("--num-machines > 1 outside a multi-node Slurm step needs --machine-rank and --dist-url")
+    # "auto": a free local port, so concurrent single-node jobs on one host do not collide.
+    return DistributedLayout(machines, machine_rank or 0, dist_url or "auto",
+                             "command line" if num_machines is not None else "single machine")
+
+
+def slurm_job(env: Optional[Mapping[str, str]] = None) -> Optional[dict]:
+    """The Slurm job this process runs in (for ``run.json``), or None outside Slurm."""
+    env = os.environ if env is None else env
+    if "SLURM_JOB_ID" not in env:
+        return None
+    return {"job_id": env["SLURM_JOB_ID"], "nodes": env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST")),
+            "ntasks": int(env["SLURM_NTASKS"]) if env.get("SLURM_NTASKS", "").isdigit() else None}

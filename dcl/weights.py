@@ -1,0 +1,303 @@
+"""``dcl weights``: pretrained and released checkpoints in a local weights directory.
+
+GPU nodes of a cluster often have no internet. ``dcl weights download`` runs where there is
+internet (a login node; the workflow runs it as a local rule) and stores each file under the
+weights directory; ``dcl train`` then maps ``MODEL.WEIGHTS`` values that are URLs to those local
+files and never downloads anything itself.
+
+Weights directory: ``--weights-dir``, else ``$DCL_WEIGHTS_DIR``, else ``./weights``.
+Where a URL is stored (:func:`local_path`):
+
+* ``detectron2://<path>`` (detectron2's model zoo, ``https://dl.fbaipublicfiles.com/detectron2/<path>``)
+  -> ``<weights-dir>/detectron2/<path>``, e.g. ``weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl``;
+* ``http(s)://<host>/<path>`` -> ``<weights-dir>/<host>/<path>``; the query string is not part of
+  the name, and a path without a file name (``.../f/25b6.../?dl=1``) is stored as
+  ``<path>/checkpoint.pth`` (detectron2 reads ``.pth`` files as PyTorch checkpoints, as the
+  released DCL models are).
+
+A download goes to ``<file>.part`` (resumed with an HTTP Range request after an interruption,
+retried a few times), is checked against its ``Content-Length`` and, when given as
+``URL#sha256=<hex>``, its SHA-256, and is then renamed into place; ``<file>.sha256`` records the
+digest. Concurrent downloads of the same file wait for each other (a lock file).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import logging
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Optional
+
+from dcl.io import InputError, atomic_write_text
+
+__all__ = [
+    "DETECTRON2_PREFIX",
+    "DETECTRON2_BASE_URL",
+    "ENV_WEIGHTS_DIR",
+    "DEFAULT_WEIGHTS_DIR",
+    "default_weights_dir",
+    "is_remote",
+    "split_checksum",
+    "download_url",
+    "local_path",
+    "resolve",
+    "download",
+    "add_arguments",
+    "run",
+]
+
+logger = logging.getLogger(__name__)
+
+DETECTRON2_PREFIX = "detectron2://"
+# What detectron2's own path handler maps detectron2:// to.
+DETECTRON2_BASE_URL = "https://dl.fbaipublicfiles.com/detectron2/"
+ENV_WEIGHTS_DIR = "DCL_WEIGHTS_DIR"
+DEFAULT_WEIGHTS_DIR = "weights"
+_NAMELESS_FILE = "checkpoint.pth"
+_CHUNK = 1 << 20
+_ATTEMPTS = 4
+_TIMEOUT_S = 60
+
+
+def default_weights_dir(weights_dir: str | os.PathLike | None = None) -> Path:
+    """``weights_dir`` if given, else ``$DCL_WEIGHTS_DIR``, else ``./weights``."""
+    return Path(weights_dir or os.environ.get(ENV_WEIGHTS_DIR) or DEFAULT_WEIGHTS_DIR)
+
+
+def is_remote(spec: str) -> bool:
+    """True for the weights specs this module stores locally (detectron2://, http://, https://)."""
+    return spec.startswith((DETECTRON2_PREFIX, "http://", "https://"))
+
+
+def split_checksum(spec: str) -> tuple[str, Optional[str]]:
+    """Split ``URL#sha256=<hex>`` into the URL and the lower-case hex digest (or None)."""
+    url, sep, fragment = spec.partition("#")
+    if not sep:
+        return spec, None
+    match = re.fullmatch(r"sha256=([0-9a-fA-F]{64})", fragment)
+    if not match:
+        raise InputError(f"{spec}: the only URL fragment understood is #sha256=<64 hex digits>")
+    return url, match.group(1).lower()
+
+
+def download_url(spec: str) -> str:
+    """The URL to fetch for a weights spec (detectron2:// expanded, checksum fragment removed)."""
+    url, _ = split_checksum(spec)
+    if url.startswith(DETECTRON2_PREFIX):
+        return DETECTRON2_BASE_URL + url[len(DETECTRON2_PREFIX):]
+    return url
+
+
+def local_path(spec: str, weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``spec`` lives in the weights directory (see the module docstring).
+
+    Raises:
+        InputError: not a detectron2:// or http(s):// URL, or a path that would leave the
+            weights directory.
+    """
+    url, _ = split_checksum(spec)
+    root = default_weights_dir(weights_dir)
+    if url.startswith(DETECTRON2_PREFIX):
+        host, path = "detectron2", url[len(DETECTRON2_PREFIX):]
+    elif url.startswith(("http://", "https://")):
+        parsed = urllib.parse.urlsplit(url)
+        host, path = parsed.netloc, parsed.path
+    else:
+        raise InputError(f"{spec}: not a detectron2://, http:// or https:// URL")
+    parts = [p for p in urllib.parse.unquote(path).split("/") if p]
+    if not host or any(p in (".", "..") for p in parts) or "/" in host or host in (".", ".."):
+        raise InputError(f"{spec}: cannot be stored under the weights directory (bad host or path)")
+    if not parts or path.endswith("/") or "." not in parts[-1]:
+        parts.append(_NAMELESS_FILE)
+    return root.joinpath(host, *parts)
+
+
+def resolve(spec: str, weights_dir: str | os.PathLike | None = None) -> str:
+    """Map a ``MODEL.WEIGHTS`` value to a local file, without any network access.
+
+    URLs (detectron2://, http(s)://) become their file in the weights directory; other values
+    (local paths, "") are returned unchanged.
+
+    Raises:
+        InputError: the URL's file is not in the weights directory; the message gives the
+            ``dcl weights download`` command to run where there is internet.
+    """
+    if not is_remote(spec):
+        return spec
+    path = local_path(spec, weights_dir)
+    if path.is_file():
+        return str(path)
+    root = default_weights_dir(weights_dir)
+    raise InputError(
+        f"MODEL.WEIGHTS {spec} is not in the weights directory {root} (looked for {path}); "
+        f"on a machine with internet run: dcl weights download {spec} --weights-dir {root}"
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_into(url: str, part: Path) -> Optional[int]:
+    """Append the rest of ``url`` to ``part`` (Range request when ``part`` has bytes).
+
+    Returns:
+        The expected total size in bytes, or None when the server does not say.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "dcl-pipeline (dcl weights download)"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:
+            # Range not satisfiable: the partial file is stale or already complete; start over.
+            part.unlink()
+            return _fetch_into(url, part)
+        raise
+    with response:
+        status = getattr(response, "status", 200)
+        length = response.headers.get("Content-Length")
+        if status == 206:
+            total = offset + int(length) if length is not None else None
+            mode = "ab"
+        else:  # the server ignored the Range header: the body is the whole file
+            total = int(length) if length is not None else None
+            mode = "wb"
+            offset = 0
+        with open(part, mode) as out:
+            done = offset
+            progress = _progress(total, done, url)
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                done += len(chunk)
+                progress(done)
+            out.flush()
+            os.fsync(out.fileno())
+    return total
+
+
+def _progress(total: Optional[int], start: int, url: str):
+    """A callback printing progress to a terminal (nothing when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return lambda done: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False)
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    return update
+
+
+def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Download ``spec`` (``URL[#sha256=<hex>]``) into the weights directory, atomically.
+
+    An existing file is kept (and checked when a digest is given) unless ``force``.
+
+    Returns:
+        The local path.
+
+    Raises:
+        InputError: unreachable host, HTTP error, truncated download after retries, or a
+            checksum mismatch (the partial file is deleted in that case).
+    """
+    _, expected = split_checksum(spec)
+    url = download_url(spec)
+    dest = local_path(spec, weights_dir)
+    part = dest.with_name(dest.name + ".part")
+    with _locked(dest.with_name(dest.name + ".lock")):
+        if dest.is_file() and not force:
+            if expected and _sha256(dest) != expected:
+                raise InputError(
+                    f"{dest} exists but its SHA-256 is not {expected}; delete it or pass --force"
+                )
+            logger.info("%s: already present at %s", spec, dest)
+            return dest
+        if force:
+            part.unlink(missing_ok=True)
+        total = None
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                total = _fetch_into(url, part)
+            except urllib.error.HTTPError as error:
+                raise InputError(f"{url}: HTTP {error.code} {error.reason}") from None
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+                reason = getattr(error, "reason", error)
+                if attempt == _ATTEMPTS:
+                    raise InputError(
+                        f"{url}: download failed after {attempt} attempts ({reason}); the partial "
+                        f"file {part} is kept and the next run resumes it. Is there internet here?"
+                    ) from None
+                logger.warning("%s: %s; retrying (%d/%d)", url, reason, attempt, _ATTEMPTS)
+                time.sleep(min(2 ** attempt, 10))
+                continue
+            size = part.stat().st_size
+            if total is None or size == total:
+                break
+            if attempt == _ATTEMPTS:
+                raise InputError(f"{url}: got {size} of {total} bytes after {attempt} attempts; run again to resume")
+            logger.warning("%s: got %d of %d bytes; resuming", url, size, total)
+        digest = _sha256(part)
+        if expected and digest != expected:
+            part.unlink()
+            raise InputError(f"{url}: SHA-256 {digest} does not match the expected {expected}; download deleted")
+        os.replace(part, dest)
+        atomic_write_text(dest.with_name(dest.name + ".sha256"), f"{digest}  {dest.name}\n")
+        logger.info("%s: %d bytes, sha256 %s -> %s", spec, dest.stat().st_size, digest, dest)
+        return dest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    get = actions.add_parser("download", help="download checkpoints into the weights directory")
+    get.add_argument("specs", nargs="+", metavar="URL",
+                     help="detectron2://<path> or http(s)://... , optionally with #sha256=<hex>")
+    get.add_argument("--force", action="store_true", help="download again even if the file exists")
+    where = actions.add_parser("path", help="print where each URL is (or would be) stored; no network")
+    where.add_argument("specs", nargs="+", metavar="URL")
+    for sub in (get, where):
+        sub.add_argument("--weights-dir", default=None,
+                         help=f"weights directory (default: ${ENV_WEIGHTS_DIR}, else ./{DEFAULT_WEIGHTS_DIR})")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "path":
+        for spec in args.specs:
+            print(local_path(spec, args.weights_dir))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for spec in args.specs:
+        print(download(spec, args.weights_dir, force=args.force))
+    return 0
