@@ -68,17 +68,22 @@ class RunRecord:
             if previous is not None and previous.get("mode") != fields["mode"]:
                 previous = None
         started = now()
+        iteration = fields.get("iteration")
+        if previous and isinstance(previous.get("iteration"), int) and previous["iteration"] > (iteration or 0):
+            # Resuming: until the checkpoint is loaded, the progress is what the last attempt recorded
+            # (an attempt stopped before loading it must not reset the count to 0).
+            iteration = previous["iteration"]
         data = {
             "status": "running", "exit_code": None, "signal": None, "mode": fields["mode"],
             **{k: v for k, v in fields.items() if k != "mode"},
             "start_time": previous.get("start_time", started) if previous else started,
             "end_time": None,
             "wall_time_s": float(previous.get("wall_time_s") or 0.0) if previous else 0.0,
-            "iteration": fields.get("iteration"),
+            "iteration": iteration,
             "max_iter": fields.get("max_iter"),
             "attempts": list(previous.get("attempts", [])) if previous else [],
         }
-        data["attempts"].append({"start_time": started, "end_time": None, "start_iter": fields.get("iteration"),
+        data["attempts"].append({"start_time": started, "end_time": None, "start_iter": iteration,
                                  "end_iter": None, "status": "running", "host": fields.get("host")})
         record = cls(path, data)
         record.write()
@@ -103,7 +108,8 @@ class RunRecord:
         attempt = self.data["attempts"][-1]
         attempt.update(end_time=ended, status=status)
         if iteration is not None:
-            self.data["iteration"] = iteration
+            # Completed iterations never go back: a checkpoint holds at least what was recorded.
+            self.data["iteration"] = max(iteration, self.data.get("iteration") or 0)
         attempt["end_iter"] = self.data.get("iteration")
         self.data.update(status=status, exit_code=exit_code, signal=signal_name, end_time=ended,
                          wall_time_s=round(self._previous_wall + elapsed, 3))

@@ -165,6 +165,12 @@ def test_run_record_keeps_attempts_across_resumes(tmp_path):
         (0, 20, "interrupted", "h1"), (20, 50, "finished", "h2")]
     assert data["start_time"] == data["attempts"][0]["start_time"]
     assert data["wall_time_s"] >= 0
+    # A resumed attempt stopped before it loads its checkpoint keeps the recorded progress.
+    third = RunRecord.begin(path, resume=True, fields=fields)
+    assert read_json(path)["iteration"] == 50
+    third.close("interrupted", EXIT_INTERRUPTED, iteration=0, signal_name="SIGTERM")
+    assert read_json(path)["iteration"] == 50
+    assert read_json(path)["attempts"][-1]["start_iter"] == 50
     # A fresh (non-resumed) run starts a new record.
     RunRecord.begin(path, resume=False, fields=fields)
     assert len(read_json(path)["attempts"]) == 1
