@@ -1,0 +1,654 @@
+"""The workflow config: loading, schema validation, expansion into runs, ``dcl train`` command lines.
+
+A workflow config (``configs/paper.yaml``, ``configs/toy.yaml``; documented in
+``configs/README.md``) declares an *experiment matrix*: trained experiments (each for every seed),
+one-parameter ablation sweeps around a DCL experiment, and released checkpoints that skip training.
+:class:`Plan` turns a validated config into runs (one experiment x seed each) and everything the
+Snakemake workflow needs to know about a run: its folders, its ``dcl train`` command line, its
+resources. ``dcl plan CONFIG -o experiments.json`` writes the list of runs the report expects
+(format in ``docs/design.md``).
+
+The same code serves both callers, so the Snakefile and ``dcl plan`` can never disagree about what
+a config means. No torch and no detectron2 here: the Snakefile imports this on a login node.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from dcl.io import InputError, atomic_write_json
+
+__all__ = [
+    "REPO_ROOT",
+    "SCHEMA_PATH",
+    "DCL_KEY_PREFIX",
+    "DCL_DEFAULTS",
+    "DCL_HEAD_OVERRIDES",
+    "RESERVED_OVERRIDES",
+    "DATASETS",
+    "Dataset",
+    "Resources",
+    "Run",
+    "Plan",
+    "read_config_file",
+    "parse_config_assignment",
+    "merge_config",
+    "load_config",
+    "validate_config",
+    "format_override_value",
+    "add_arguments",
+    "run",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+DCL_KEY_PREFIX = "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS."
+# The loss's defaults (dcl.modeling.add_dcl_config; docs/paper-facts): an ablation value equal to
+# its base experiment's effective value is that experiment, so it is not trained a second time.
+DCL_DEFAULTS: dict[str, Any] = {
+    "LOSS_WEIGHT": 1.2,
+    "NUM_SAMPLES": 32,
+    "TEMPERATURE": 0.07,
+    "WITH_PROJ": True,
+    "MAX_INSTANCES": 100,
+    "LOSS_FUNC": "dense_contrast_loss",
+}
+# What `method: dcl` switches on (the original README's command lines).
+DCL_HEAD_OVERRIDES: tuple[tuple[str, str], ...] = (
+    ("MODEL.ROI_HEADS.NAME", "ContrastRoIHeads"),
+    ("MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"),
+)
+# Keys the workflow sets itself; an experiment's `overrides` may not, or two places would decide.
+RESERVED_OVERRIDES: dict[str, str] = {
+    "SEED": "seeds come from `seeds`",
+    "OUTPUT_DIR": "the workflow puts every run in {work_dir}/{preset}/{experiment}/seed{seed}",
+    "MODEL.WEIGHTS": "use the experiment's `weights` (a name from the `weights` table or a path)",
+    "MODEL.ROI_HEADS.NAME": "use `method: dcl` or `method: baseline`",
+    "MODEL.ROI_MASK_HEAD.NAME": "use `method: dcl` or `method: baseline`",
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where a dataset's validation ground truth lives, relative to the datasets root."""
+
+    name: str
+    gt: str
+    cityscapes_root: str | None
+    metric: str
+    toy: bool
+
+
+DATASETS: dict[str, Dataset] = {
+    "coco": Dataset("coco", "coco/annotations/instances_val2017.json", None, "segm.AP", False),
+    "cityscapes": Dataset("cityscapes", "cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
+                          "cityscapes", "cityscapes.AP", False),
+    "toy_coco": Dataset("toy_coco", "toy/coco/annotations/instances_val.json", None, "segm.AP", True),
+    "toy_cityscapes": Dataset("toy_cityscapes", "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
+                              "toy/cityscapes", "cityscapes.AP", True),
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run asks for: GPUs (also ``--num-gpus``), CPU cores, memory (MB), minutes."""
+
+    gpus: int
+    cpus: int
+    mem_mb: int
+    runtime: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run (experiment x seed) as the report lists it, with what it takes to produce it.
+
+    ``folder`` names the experiment whose run folder holds the results: the run's own name, except
+    for an ablation point whose value is its base experiment's (that model is trained once).
+    """
+
+    experiment: str
+    seed: int
+    kind: str  # train | released
+    dataset: str
+    init: str
+    method: str
+    group: str  # main | ablation | released
+    ablation: dict[str, Any] | None
+    folder: str
+    config_file: str
+    overrides: tuple[tuple[str, str], ...] = field(repr=False)
+    weights_file: str | None
+    resources: Resources
+
+    @property
+    def run_dir(self) -> str:
+        """The run's folder relative to ``results/{preset}``."""
+        return f"runs/{self.folder}/seed{self.seed}"
+
+    @property
+    def metric(self) -> str:
+        return DATASETS[self.dataset].metric
+
+    def record(self) -> dict[str, Any]:
+        """The run's entry in ``experiments.json`` (docs/design.md)."""
+        return {
+            "experiment": self.experiment, "seed": self.seed, "kind": self.kind,
+            "dataset": self.dataset, "init": self.init, "method": self.method,
+            "group": self.group, "ablation": self.ablation, "metric": self.metric,
+            "run_dir": self.run_dir,
+        }
+
+
+# ----------------------------------------------------------------------------- reading configs
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a YAML (or JSON) workflow config file; ``InputError`` says which file and where."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"workflow config not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"workflow config {path} cannot be read: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InputError(f"workflow config {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"workflow config {path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_config_assignment(text: str) -> dict[str, Any]:
+    """``KEY=VALUE`` exactly as Snakemake's ``--config`` reads it: an int, a float, ``True`` /
+    ``False``, else YAML read with the BaseLoader (nested scalars stay strings), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[a-zA-Z_][\w-]*\w", key):
+        raise InputError(f"--config {text!r}: expected KEY=VALUE with KEY a config key")
+    if value == "":
+        return {key: None}
+    for parse in (int, float):
+        try:
+            return {key: parse(value)}
+        except ValueError:
+            pass
+    if value in ("True", "False"):
+        return {key: value == "True"}
+    try:
+        return {key: yaml.load(value, Loader=yaml.BaseLoader)}
+    except yaml.YAMLError:
+        return {key: value}
+
+
+def merge_config(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` in place the way Snakemake layers config files and
+    ``--config``: mappings merge key by key, anything else (lists included) is replaced."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge_config(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_config(paths: Iterable[str | os.PathLike], assignments: Iterable[str] = ()) -> dict[str, Any]:
+    """Config files layered in order, then ``KEY=VALUE`` assignments (as ``snakemake
+    --configfile A B --config K=V``); not validated yet."""
+    config: dict[str, Any] = {}
+    for path in paths:
+        merge_config(config, read_config_file(path))
+    for assignment in assignments:
+        merge_config(config, parse_config_assignment(assignment))
+    return config
+
+
+# ----------------------------------------------------------------------------- validation
+_SCHEMA_CACHE: dict[str, Any] = {}
+
+
+def _schema() -> dict[str, Any]:
+    if "schema" not in _SCHEMA_CACHE:
+        try:
+            _SCHEMA_CACHE["schema"] = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"the workflow config schema is missing: {SCHEMA_PATH} "
+                             "(dcl plan needs the repository checkout, not just the installed package)") from None
+    return _SCHEMA_CACHE["schema"]
+
+
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        return target
+    return {}
+
+
+def _known_keys(node: dict[str, Any], root: dict[str, Any]) -> list[str]:
+    """The property names a (sub)schema declares, through ``$ref`` and ``allOf``."""
+    keys = list(node.get("properties", {}))
+    target = _resolve(node, root)
+    if target:
+        keys += _known_keys(target, root)
+    for part in node.get("allOf", []):
+        keys += _known_keys(part, root)
+    return list(dict.fromkeys(keys))
+
+
+def _location(path: Iterable[Any], config: Any) -> str:
+    """``experiments[2] (cityscapes_coco_dcl).seeds[0]`` for a JSON path into the config."""
+    text, node = "", config
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                text += f" ({node['name']})"
+        else:
+            text += f".{part}" if text else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return text or "top level"
+
+
+def _describe(error: Any, config: Any, root: dict[str, Any]) -> str:
+    where = _location(error.absolute_path, config)
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
+        known = _known_keys(error.schema, root)
+        unknown = [key for key in error.instance if key not in known]
+        if known and unknown:
+            parts = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                parts.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            return f"{where}: {'; '.join(parts)}; allowed keys: {', '.join(known)}"
+    if "propertyNames" in error.relative_schema_path:
+        return f"{where}: key {error.instance!r} is not allowed ({error.message})"
+    return f"{where}: {error.message}"
+
+
+def validate_config(config: dict[str, Any], source: str = "workflow config") -> dict[str, Any]:
+    """Check ``config`` against ``workflow/schemas/config.schema.yaml``.
+
+    Returns:
+        ``config`` itself, unchanged.
+
+    Raises:
+        InputError: every violation, one per line, each with its location in the config
+            (``experiments[2] (cityscapes_coco_dcl).seeds[0]: 'a' is not of type 'integer'``)
+            and, for a misspelt key, the closest allowed one.
+    """
+    from jsonschema import Draft202012Validator
+
+    schema = _schema()
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = list(dict.fromkeys(_describe(error, config, schema) for error in errors))
+        raise InputError(f"invalid {source}:\n" + "\n".join(f"  - {line}" for line in lines))
+    return config
+
+
+# ----------------------------------------------------------------------------- overrides
+def format_override_value(value: Any) -> str:
+    """A config value as detectron2's ``merge_from_list`` reads it back (``literal_eval``)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(repr(v) if isinstance(v, str) else format_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as config values: ``True`` is not the number 1."""
+    return (type(a) is bool) == (type(b) is bool) and a == b
+
+
+# ----------------------------------------------------------------------------- the plan
+class Plan:
+    """A validated workflow config expanded into runs.
+
+    Args:
+        config: the workflow config (already merged from files and ``--config``).
+        source: how to name the config in error messages (its file name).
+        repo_root: where relative detectron2 config paths are found (the repository).
+        working_dir: the directory paths in command lines are relative to (Snakemake's working
+            directory; outputs, datasets and weights paths in the config are relative to it).
+
+    Raises:
+        InputError: the config breaks the schema or a rule the schema cannot express (unique
+            names, ablation bases, reserved overrides, missing detectron2 config files).
+    """
+
+    def __init__(self, config: dict[str, Any], source: str = "workflow config", *,
+                 repo_root: str | os.PathLike = REPO_ROOT, working_dir: str | os.PathLike | None = None) -> None:
+        validate_config(config, source)
+        self.config = config
+        self.source = source
+        self.repo_root = Path(repo_root).resolve()
+        self.working_dir = Path(working_dir if working_dir is not None else os.getcwd()).resolve()
+        self._problems: list[str] = []
+        self.preset: str = config["preset"]
+        self.datasets_root: str = config["datasets_root"].rstrip("/") or "/"
+        self.weights_dir: str = config["weights_dir"].rstrip("/") or "/"
+        self.results: str = f"{config['results_dir'].rstrip('/')}/{self.preset}"
+        self.work: str = f"{config['work_dir'].rstrip('/')}/{self.preset}"
+        self.logs: str = f"logs/{self.preset}"
+        self.published: str | None = (None if config["published"] is None
+                                      else self._repository_file(config["published"], "published", "published numbers file"))
+        self.global_overrides = tuple((k, format_override_value(v)) for k, v in config["train_overrides"].items())
+        self._missing_configs: dict[str, list[str]] = {}
+        self.runs: list[Run] = []
+        self._expand()
+        for value, users in self._missing_configs.items():
+            users = list(dict.fromkeys(users))
+            self._problems.append(
+                f"detectron2 config file {value} does not exist"
+                + ("" if Path(value).is_absolute() else f" (relative to the repository, {self.repo_root})")
+                + f"; used by {', '.join(users[:3])}" + (f" and {len(users) - 3} more" if len(users) > 3 else ""))
+        if self._problems:
+            problems = dict.fromkeys(self._problems)
+            raise InputError(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.jobs: dict[tuple[str, int], Run] = {}
+        for run_ in self.runs:
+            if run_.folder == run_.experiment:
+                self.jobs[(run_.experiment, run_.seed)] = run_
+
+    # -- expansion --------------------------------------------------------------------------
+    def _repository_path(self, value: str) -> tuple[str, bool]:
+        """A file of the repository named in the config (relative to the repository unless
+        absolute): how command lines name it (as typed when the working directory is the
+        repository, else absolute) and whether it exists."""
+        path = Path(value)
+        absolute = path if path.is_absolute() else self.repo_root / path
+        typed = not path.is_absolute() and (self.working_dir / path).resolve() == absolute.resolve()
+        return (value if typed else str(absolute)), absolute.is_file()
+
+    def _config_path(self, value: str, where: str) -> str:
+        name, exists = self._repository_path(value)
+        if not exists:
+            self._missing_configs.setdefault(value, []).append(where)
+        return name
+
+    def _repository_file(self, value: str, where: str, what: str) -> str:
+        name, exists = self._repository_path(value)
+        if not exists:
+            self._problems.append(f"{where}: {what} {value} does not exist"
+                                  + ("" if Path(value).is_absolute() else f" (relative to the repository, {self.repo_root})"))
+        return name
+
+    def _weights(self, value: str | None, where: str) -> str | None:
+        if value is None:
+            return None
+        table = self.config["weights"]
+        if value in table:
+            return self._download_path(table[value]["url"], f"weights.{value}")
+        if "://" in value:
+            self._problems.append(f"{where}: weights {value!r} is a URL; declare it in the top-level "
+                                  "`weights` table (name: {url: ...}) and refer to it by name, so it is "
+                                  "downloaded before any compute job starts")
+        return value
+
+    def _download_path(self, url: str, where: str) -> str | None:
+        from dcl.weights import local_path
+
+        try:
+            return str(local_path(url, self.weights_dir))
+        except InputError as error:
+            self._problems.append(f"{where}: {error}")
+            return None
+
+    def _overrides(self, entry: dict[str, Any], where: str) -> list[tuple[str, str]]:
+        pairs = []
+        for key, value in entry.get("overrides", {}).items():
+            if key in RESERVED_OVERRIDES:
+                self._problems.append(f"{where}: override {key} is set by the workflow: {RESERVED_OVERRIDES[key]}")
+            elif key.startswith(DCL_KEY_PREFIX):
+                self._problems.append(f"{where}: override {key}: put it in the experiment's `dcl` mapping as "
+                                      f"{key[len(DCL_KEY_PREFIX):]}")
+            pairs.append((key, format_override_value(value)))
+        return pairs
+
+    def _resources(self, entry: dict[str, Any]) -> Resources:
+        merged = {**self.config["defaults"]["resources"], **entry.get("resources", {})}
+        return Resources(**merged)
+
+    def _model_runs(self, entry: dict[str, Any], where: str, *, kind: str, group: str, seeds: list[int],
+                    ablation: dict[str, Any] | None = None, folder: str | None = None) -> list[Run]:
+        if entry.get("dcl") and entry["method"] != "dcl":
+            self._problems.append(f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']})")
+        overrides = self._overrides(entry, where)
+        if entry["method"] == "dcl":
+            overrides += list(DCL_HEAD_OVERRIDES)
+            overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
+        config_file = self._config_path(entry["config"], where)
+        weights = self._weights(entry.get("weights"), where)
+        resources = self._resources(entry)
+        return [Run(experiment=entry["name"], seed=seed, kind=kind, dataset=entry["dataset"], init=entry["init"],
+                    method=entry["method"], group=group, ablation=ablation, folder=folder or entry["name"],
+                    config_file=config_file, overrides=tuple(overrides), weights_file=weights,
+                    resources=resources)
+                for seed in seeds]
+
+    def _expand(self) -> None:
+        config = self.config
+        names: dict[str, str] = {}
+
+        def claim(name: str, where: str) -> None:
+            if name in names:
+                self._problems.append(f"{where}: experiment name {name!r} is already used by {names[name]}")
+            else:
+                names[name] = where
+
+        experiments: dict[str, dict[str, Any]] = {}
+        for index, entry in enumerate(config["experiments"]):
+            where = _location(["experiments", index], config)
+            claim(entry["name"], where)
+            experiments[entry["name"]] = entry
+            seeds = entry.get("seeds", config["defaults"]["seeds"])
+            self.runs += self._model_runs(entry, where, kind="train", group="main", seeds=seeds)
+
+        for index, sweep in enumerate(config["ablations"]):
+            where = f"ablations[{index}] ({sweep['base']} {sweep['parameter']})"
+            base = experiments.get(sweep["base"])
+            base_where = names.get(sweep["base"], where)
+            if base is None:
+                self._problems.append(f"{where}: base {sweep['base']!r} is not one of the `experiments`"
+                                      + (f" (known: {', '.join(experiments)})" if experiments else ""))
+                continue
+            if base["method"] != "dcl":
+                self._problems.append(f"{where}: base {sweep['base']!r} has method {base['method']}; "
+                                      "ablations sweep a parameter of the contrastive loss (method: dcl)")
+                continue
+            parameter = sweep["parameter"]
+            base_value = base.get("dcl", {}).get(parameter, DCL_DEFAULTS[parameter])
+            base_seeds = base.get("seeds", config["defaults"]["seeds"])
+            seeds = sweep.get("seeds", base_seeds)
+            for value in sweep["values"]:
+                name = f"{sweep['base']}_{parameter.lower()}_{_slug(value)}"
+                point_where = f"{where} value {value!r}"
+                claim(name, point_where)
+                entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
+                entry.pop("seeds", None)
+                self._check_dcl_value(entry["dcl"], point_where)
+                ablation = {"parameter": parameter, "key": DCL_KEY_PREFIX + parameter, "value": value,
+                            "base": sweep["base"]}
+                if _same_value(value, base_value) and set(seeds) <= set(base_seeds):
+                    # The base experiment *is* this point: its runs are reused, not trained twice.
+                    self.runs += self._model_runs(entry, base_where, kind="train", group="ablation", seeds=seeds,
+                                                  ablation=ablation, folder=sweep["base"])
+                else:
+                    # Problems of the base's own settings are reported once, under the base.
+                    self.runs += self._model_runs(entry, base_where, kind="train", group="ablation", seeds=seeds,
+                                                  ablation=ablation)
+
+        for index, entry in enumerate(config["released"]):
+            where = _location(["released", index], config)
+            claim(entry["name"], where)
+            self.runs += self._model_runs(entry, where, kind="released", group="released", seeds=[0])
+
+    def _check_dcl_value(self, dcl: dict[str, Any], where: str) -> None:
+        from jsonschema import Draft202012Validator
+
+        schema = _schema()
+        for error in Draft202012Validator(schema["$defs"]["dcl"]).iter_errors(dcl):
+            self._problems.append(f"{where}: {error.message}")
+
+    # -- queries ----------------------------------------------------------------------------
+    def run(self, experiment: str, seed: int | str) -> Run:
+        """The run whose results live in ``runs/{experiment}/seed{seed}``."""
+        return self.jobs[(experiment, int(seed))]
+
+    @property
+    def train_jobs(self) -> list[Run]:
+        return [r for r in self.jobs.values() if r.kind == "train"]
+
+    @property
+    def released_jobs(self) -> list[Run]:
+        return [r for r in self.jobs.values() if r.kind == "released"]
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted({r.dataset for r in self.jobs.values()})
+
+    @property
+    def downloads(self) -> dict[str, str]:
+        """Checkpoints the runs need, local path (where `dcl weights` stores it) -> URL."""
+        needed = {r.weights_file for r in self.jobs.values()}
+        table = {self._download_path(item["url"], name): item["url"] for name, item in self.config["weights"].items()}
+        return {path: url for path, url in sorted(table.items()) if path in needed}
+
+    def output_dir(self, run_: Run) -> str:
+        """detectron2's OUTPUT_DIR for a run (checkpoints, predictions): in the work directory."""
+        return f"{self.work}/{run_.folder}/seed{run_.seed}"
+
+    def results_dir(self, run_: Run) -> str:
+        return f"{self.results}/{run_.run_dir}"
+
+    def predictions(self, run_: Run) -> str:
+        return f"{self.output_dir(run_)}/inference/coco_instances_results.json"
+
+    def gt(self, dataset: str) -> str:
+        """The validation ground truth (COCO JSON) ``dcl evaluate`` and ``dcl errors`` compare to."""
+        return f"{self.datasets_root}/{DATASETS[dataset].gt}"
+
+    def cityscapes_root(self, dataset: str) -> str | None:
+        root = DATASETS[dataset].cityscapes_root
+        return None if root is None else f"{self.datasets_root}/{root}"
+
+    def evaluate_options(self, run_: Run) -> str:
+        """``dcl evaluate`` options beyond predictions, GT and output: the official Cityscapes AP
+        for Cityscapes datasets, the configured COCO backend."""
+        words = []
+        root = self.cityscapes_root(run_.dataset)
+        if root is not None:
+            words += ["--cityscapes-root", root, "--split", "val"]
+        if self.config["evaluation"]["backend"]:
+            words += ["--backend", self.config["evaluation"]["backend"]]
+        return shlex.join(words)
+
+    def errors_options(self, legacy: bool) -> str:
+        """``dcl errors`` options: the original tool's unmatched-detection handling for the legacy
+        analysis, the configured COCO backend."""
+        words = ["--legacy-unmatched"] if legacy else []
+        if self.config["evaluation"]["backend"]:
+            words += ["--backend", self.config["evaluation"]["backend"]]
+        return shlex.join(words)
+
+    def environment(self) -> list[str]:
+        """Environment assignments every ``dcl train`` gets, so the datasets root and weights
+        directory of the config are the ones it reads, whatever the calling shell has set."""
+        return [f"DETECTRON2_DATASETS={self.datasets_root}", f"DCL_TOY_DATASETS={self.datasets_root}/toy",
+                f"DCL_WEIGHTS_DIR={self.weights_dir}"]
+
+    def train_arguments(self, run_: Run) -> list[str]:
+        """``dcl train`` arguments for a run, without ``--num-gpus`` (the workflow takes that from
+        the job's resources). Training always resumes from the last checkpoint in OUTPUT_DIR, so a
+        job that was stopped (time limit, pre-emption, failure) continues when it is re-run."""
+        args = ["--config-file", run_.config_file]
+        args += ["--eval-only"] if run_.kind == "released" else ["--resume"]
+        args += ["--results-dir", self.results_dir(run_)]
+        pairs = list(run_.overrides)
+        if run_.weights_file is not None:
+            pairs.append(("MODEL.WEIGHTS", run_.weights_file))
+        pairs += self.global_overrides
+        pairs += [("SEED", str(run_.seed)), ("OUTPUT_DIR", self.output_dir(run_))]
+        for key, value in pairs:
+            args += [key, value]
+        return args
+
+    def train_command(self, run_: Run, num_gpus: int | None = None) -> str:
+        """The whole shell command of a run (what the workflow's train rule runs)."""
+        # A CPU run (no GPUs, MODEL.DEVICE cpu) is one worker process.
+        gpus = max(1, run_.resources.gpus) if num_gpus is None else num_gpus
+        words = ["env", *self.environment(), "dcl", "train", "--num-gpus", str(gpus), *self.train_arguments(run_)]
+        return shlex.join(words)
+
+    def document(self) -> dict[str, Any]:
+        """``experiments.json``: the preset and every run the report should find."""
+        return {"preset": self.preset, "runs": [r.record() for r in self.runs]}
+
+    def digest(self) -> str:
+        """Changes exactly when ``experiments.json`` would (the plan rule's rerun trigger)."""
+        return hashlib.sha256(json.dumps(self.document(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- dcl plan
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("configs", nargs="+", metavar="CONFIG",
+                        help="workflow config file(s), layered in order (e.g. configs/paper.yaml)")
+    parser.add_argument("--config", dest="assignments", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override top-level config keys, as snakemake --config does")
+    parser.add_argument("-o", "--output", help="write experiments.json here (default: only print the summary)")
+    parser.add_argument("--commands", action="store_true",
+                        help="print the `dcl train` command line of every run to train or evaluate")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.configs, args.assignments)
+    source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
+    plan = Plan(config, source)
+    if args.output:
+        atomic_write_json(args.output, plan.document())
+    if args.commands:
+        for run_ in plan.jobs.values():
+            print(plan.train_command(run_))
+        return 0
+    trained, released = plan.train_jobs, plan.released_jobs
+    gpu_hours = sum(r.resources.gpus * r.resources.runtime for r in trained + released) / 60
+    print(f"preset {plan.preset}: {len(plan.runs)} runs in experiments.json; "
+          f"{len(trained)} to train, {len(released)} released checkpoints to evaluate "
+          f"(at most {gpu_hours:.0f} GPU-hours by the time limits)")
+    width = max((len(r.experiment) for r in plan.runs), default=10)
+    print(f"{'experiment':{width}s}  {'group':8s} {'dataset':14s} {'method':8s} seeds")
+    by_experiment: dict[str, list[Run]] = {}
+    for run_ in plan.runs:
+        by_experiment.setdefault(run_.experiment, []).append(run_)
+    for name, runs in by_experiment.items():
+        first = runs[0]
+        seeds = ",".join(str(r.seed) for r in runs)
+        shared = f"  (= {first.folder})" if first.folder != name else ""
+        print(f"{name:{width}s}  {first.group:8s} {first.dataset:14s} {first.method:8s} {seeds}{shared}")
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0

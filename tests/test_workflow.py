@@ -1,0 +1,339 @@
+"""The Snakemake workflow: dry-runs of the paper matrix, config errors before anything runs, profiles,
+lint, the toy DAG end to end, incremental re-runs.
+
+Expected job counts and command lines are derived here by hand from the paper's recipes; the Slurm
+submission flags are produced by the executor plugin's own code from the resources the dry-run
+reports, so the test checks that our resource names mean what the plugin reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# dcl must be on PATH for the jobs, as in an activated environment.
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+for variable in ("SBATCH_PARTITION", "SBATCH_ACCOUNT", "DETECTRON2_DATASETS", "DCL_TOY_DATASETS", "DCL_WEIGHTS_DIR"):
+    ENV.pop(variable, None)
+# A stuck job must fail the test, not hang CI.
+TIMEOUT_S = 900
+
+
+def snakemake(*args, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, *map(str, args)], cwd=cwd, env=env or ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry-)run."""
+    match = re.search(r"Job stats:\njob\s+count\n[-\s]+\n(.*?)\ntotal\s+\d+", output, re.S)
+    assert match, output[-3000:]
+    return {name: int(count) for name, count in (line.split() for line in match.group(1).splitlines())}
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """Each job block of `snakemake -n -p`: rule, wildcards, resources, input and shell command."""
+    jobs = []
+    for block in re.split(r"\n\[[^\]\n]+\]\n", output)[1:]:
+        match = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not match:
+            continue
+        job = {"rule": match.group(1)}
+        for key in ("input", "output", "wildcards", "resources", "log"):
+            found = re.search(rf"^    {key}: (.*)$", block, re.M)
+            job[key] = found.group(1) if found else ""
+        command = re.search(r"^Shell command: (.*)$", block, re.M)
+        job["shell"] = command.group(1) if command else ""
+        job["resources"] = dict(item.split("=", 1) for item in job["resources"].split(", ") if "=" in item)
+        job["wildcards"] = dict(item.split("=", 1) for item in job["wildcards"].split(", ") if "=" in item)
+        jobs.append(job)
+    return jobs
+
+
+# ----------------------------------------------------------------------------- the paper, dry
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory):
+    """`snakemake -n -p --profile slurm` of the paper config, without any data, as on a login node."""
+    workdir = tmp_path_factory.mktemp("paper")
+    env = {**ENV, "SBATCH_PARTITION": "gpuq", "SBATCH_ACCOUNT": "dcl-project"}
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p",
+                       cwd=workdir, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_paper_dry_run_plans_every_job(paper_dry_run):
+    # 54 trainings = 3 settings x 2 methods x 3 seeds + 12 new ablation points x 3 seeds;
+    # 7 released checkpoints; each of the 61 runs is evaluated once and analysed twice.
+    assert job_stats(paper_dry_run) == {
+        "check_dataset": 2, "cityscapes_to_coco": 1, "download_weights": 8, "train": 54, "inference": 7,
+        "evaluate": 61, "errors": 122, "plan": 1, "report": 1, "all": 1,
+    }
+
+
+def test_paper_training_jobs_ask_for_the_recipe_resources(paper_dry_run):
+    jobs = [j for j in dry_run_jobs(paper_dry_run) if j["rule"] == "train"]
+    assert len(jobs) == 54
+    for job in jobs:
+        resources = job["resources"]
+        coco = job["wildcards"]["experiment"].startswith("coco")
+        assert resources["gpu"] == "4"
+        assert resources["cpus_per_task"] == "16"
+        assert resources["runtime"] == ("1440" if coco else "720")
+        assert resources["mem_mb"] == ("128000" if coco else "64000")
+        assert resources["slurm_extra"] == "--signal=TERM@300"
+        assert resources["slurm_partition"] == "gpuq" and resources["slurm_account"] == "dcl-project"
+        # The data check (a local rule) comes before any training job.
+        dataset = "coco" if coco else "cityscapes"
+        assert f"work_dirs/paper/data/{dataset}.check.json" in job["input"]
+    inference = [j for j in dry_run_jobs(paper_dry_run) if j["rule"] == "inference"]
+    assert {j["resources"]["gpu"] for j in inference} == {"1"}
+    assert all("slurm_extra" not in j["resources"] for j in inference)
+
+
+def test_paper_training_command_lines(paper_dry_run):
+    # OMP_NUM_THREADS is the job's threads: in a dry run Snakemake shows them capped at --cores
+    # (1); a Slurm job gets its cpus_per_task (checked above).
+    commands = {(j["wildcards"]["experiment"], j["wildcards"]["seed"]): re.sub(r" OMP_NUM_THREADS=\d+", "", j["shell"])
+                for j in dry_run_jobs(paper_dry_run) if j["rule"] in ("train", "inference")}
+    env = "exec env DETECTRON2_DATASETS=datasets DCL_TOY_DATASETS=datasets/toy DCL_WEIGHTS_DIR=weights"
+    # The original README's Cityscapes (COCO init) DCL command, with the workflow's own additions:
+    # seed, output and results folders, local weights, --resume. (Run outside the repository, the
+    # detectron2 config files are named by their absolute path.)
+    assert commands[("cityscapes_coco_dcl", "2")] == (
+        f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/cityscapes_mask_rcnn_R_50_FPN_coco.yaml"
+        f" --resume --results-dir results/paper/runs/cityscapes_coco_dcl/seed2 SOLVER.IMS_PER_BATCH 8"
+        f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
+        f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.6"
+        f" MODEL.WEIGHTS weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+        f" SEED 2 OUTPUT_DIR work_dirs/paper/cityscapes_coco_dcl/seed2 > logs/paper/train/cityscapes_coco_dcl/seed2.log 2>&1")
+    assert commands[("coco_dcl", "0")] == (
+        f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/coco_mask_rcnn_R_50_FPN_1x.yaml"
+        f" --resume --results-dir results/paper/runs/coco_dcl/seed0 SOLVER.IMS_PER_BATCH 16"
+        f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
+        f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 0.1 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+        f" SEED 0 OUTPUT_DIR work_dirs/paper/coco_dcl/seed0 > logs/paper/train/coco_dcl/seed0.log 2>&1")
+    temperature = shlex.split(commands[("cityscapes_imagenet_dcl_temperature_0.2", "1")].split(" > ")[0])
+    pairs = dict(zip(temperature[temperature.index("--results-dir") + 2::2], temperature[temperature.index("--results-dir") + 3::2]))
+    assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE"] == "0.2"
+    assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT"] == "1.2"
+    released = shlex.split(commands[("released_coco_dcl", "0")].split(" > ")[0])
+    assert "--eval-only" in released and "--resume" not in released
+    assert released[released.index("MODEL.WEIGHTS") + 1] == "weights/cloud.tsinghua.edu.cn/f/4298adf3b07441188430/checkpoint.pth"
+
+
+def test_paper_evaluation_and_error_commands(paper_dry_run):
+    jobs = dry_run_jobs(paper_dry_run)
+    evaluate = {j["wildcards"]["experiment"]: j for j in jobs if j["rule"] == "evaluate" and j["wildcards"]["seed"] == "0"}
+    assert evaluate["cityscapes_imagenet_dcl"]["shell"] == (
+        "dcl evaluate work_dirs/paper/cityscapes_imagenet_dcl/seed0/inference/coco_instances_results.json"
+        " -a datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
+        " --cityscapes-root datasets/cityscapes --split val -j 1"
+        " -o results/paper/runs/cityscapes_imagenet_dcl/seed0/eval.json > logs/paper/evaluate/cityscapes_imagenet_dcl/seed0.log 2>&1")
+    assert "--cityscapes-root" not in evaluate["coco_dcl"]["shell"]
+    assert " -a datasets/coco/annotations/instances_val2017.json " in evaluate["coco_dcl"]["shell"]
+    errors = [j for j in jobs if j["rule"] == "errors"]
+    legacy = [j for j in errors if j["wildcards"]["analysis"] == "errors_legacy"]
+    assert len(legacy) == 61 and all("--legacy-unmatched" in j["shell"] for j in legacy)
+    assert not any("--legacy-unmatched" in j["shell"] for j in errors if j not in legacy)
+    # The workflow profile's per-rule resources (profiles/default).
+    assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in errors} == {("4", "32000")}
+    assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "16000")}
+
+
+def test_slurm_submission_of_a_training_job(paper_dry_run):
+    """What sbatch gets for a training job: the plugin's own code on the dry-run's resources."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    job = next(j for j in dry_run_jobs(paper_dry_run) if j["rule"] == "train")
+    resources = {key: int(value) if value.isdigit() else value for key, value in job["resources"].items()}
+    fake_job = SimpleNamespace(resources=SimpleNamespace(**resources, get=resources.get), threads=1, name="train")
+    validate_slurm_extra(fake_job)  # our slurm_extra uses no option the plugin manages itself
+    call = get_submit_command(fake_job, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c",
+                                         "account": " -A dcl-project", "partition": " -p gpuq", "workdir": "/w"})
+    call += set_gres_string(fake_job)
+    assert "--cpus-per-task=16" in call and " --gpus=4" in call and "--signal=TERM@300" in call
+    assert re.search(r" -t '?(720|1440)'?", call) and re.search(r" --mem (64000|128000)", call)
+
+
+def test_slurm_profile_works_from_the_repository_root_as_typed():
+    # Exactly the README's command (plus -n): Snakemake finds ./slurm/ and profiles/default/.
+    result = snakemake("--profile", "slurm", "-n", "--quiet", "all", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Using profiles slurm and workflow specific profile profiles/default" in result.stderr
+
+
+def test_local_rules_run_on_the_login_node():
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
+                                storage_settings=StorageSettings(), snakefile=REPO / "Snakefile", workdir=REPO)
+        rules = {rule.name: rule.name in workflow._workflow._localrules for rule in workflow._workflow.rules}
+    assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True, "download_weights": True,
+                     "train": False, "inference": False, "evaluate": False, "errors": False, "plan": True,
+                     "report": True, "all": True}
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_report_outputs_are_what_dcl_report_writes():
+    from dcl.report import FIGURE_NAMES, TABLE_NAMES
+
+    text = (REPO / "workflow" / "rules" / "report.smk").read_text()
+    tables = yaml.safe_load(re.search(r"REPORT_TABLES = (\[.*?\])", text).group(1))
+    figures = yaml.safe_load(re.search(r"REPORT_FIGURES = (\[.*?\])", text).group(1))
+    assert tables == list(TABLE_NAMES) and figures == list(FIGURE_NAMES)
+    for name in tables:
+        assert (REPO / "workflow" / "report" / f"table_{name}.rst").is_file()
+    for name in figures:
+        assert (REPO / "workflow" / "report" / f"figure_{name}.rst").is_file()
+
+
+# ----------------------------------------------------------------------------- config errors
+def write_config(path: Path, change) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
+    config["preset"] = "broken"  # no configs/broken.yaml: this file is the whole config
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["experiments"][2].update(sedds=[0, 1]),
+     "experiments[2] (toy_coco_baseline): unknown key 'sedds' (did you mean 'seeds'?)"),
+    (lambda c: c["defaults"]["resources"].update(runtime="soon"), "defaults.resources.runtime: 'soon' is not of type 'integer'"),
+])
+def test_a_config_typo_fails_before_anything_runs(tmp_path, change, message):
+    config = write_config(tmp_path / "broken.yaml", change)
+    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "--cores", "1", cwd=tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"invalid {config.name}" in output or "invalid " in output
+    assert message in output
+    assert "Job stats" not in output and not (tmp_path / "datasets").exists() and not (tmp_path / "results").exists()
+
+
+def test_missing_data_fails_in_the_first_local_rule_with_what_to_download(tmp_path):
+    def coco_only(config):
+        config["experiments"] = [{"name": "coco_baseline", "dataset": "coco", "init": "imagenet",
+                                  "config": "configs/coco_mask_rcnn_R_50_FPN_1x.yaml", "method": "baseline"}]
+        config["ablations"] = []
+
+    config = write_config(tmp_path / "coco.yaml", coco_only)
+    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "--cores", "1",
+                       "--show-failed-logs", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Error in rule check_dataset" in output
+    assert "instances_val2017.json" in output  # dcl data check says what is missing and where
+    assert not (tmp_path / "logs" / "broken" / "train").exists()
+
+
+# ----------------------------------------------------------------------------- the toy DAG, for real
+TOY_OVERRIDES = "train_overrides={SOLVER.MAX_ITER: 20, SOLVER.CHECKPOINT_PERIOD: 10}"
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """The whole toy DAG with the local executor (2 cores), a 20-iteration schedule."""
+    workdir = tmp_path_factory.mktemp("toy")
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local",
+                       "--config", "preset=toy", TOY_OVERRIDES, "--cores", "2", cwd=workdir, timeout=TIMEOUT_S)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return workdir
+
+
+@pytest.mark.e2e
+def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
+    from dcl.experiments import Plan, read_config_file
+    from dcl.report import FIGURE_NAMES, TABLE_NAMES
+
+    results = toy_run / "results" / "toy"
+    config = read_config_file(REPO / "configs" / "toy.yaml")
+    config["train_overrides"].update({"SOLVER.MAX_ITER": "20", "SOLVER.CHECKPOINT_PERIOD": "10"})  # --config merges
+    expected = Plan(config, repo_root=REPO, working_dir=toy_run).document()
+    assert json.loads((results / "experiments.json").read_text()) == expected
+    for record in expected["runs"]:
+        folder = results / record["run_dir"]
+        for name in ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json"):
+            assert (folder / name).is_file(), folder / name
+        assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+        assert json.loads((folder / "run.json").read_text())["iteration"] == 20
+        evaluation = json.loads((folder / "eval.json").read_text())
+        assert evaluation["num_images"] == 16
+        assert ("cityscapes" in evaluation) == (record["dataset"] == "toy_cityscapes")
+        assert json.loads((folder / "errors_legacy.json").read_text())["legacy_unmatched"] is True
+        assert json.loads((folder / "errors.json").read_text())["legacy_unmatched"] is False
+    for name in TABLE_NAMES:
+        assert (results / "tables" / f"{name}.md").is_file()
+    for name in FIGURE_NAMES:
+        assert (results / "figures" / f"{name}.png").stat().st_size > 0
+    assert "6 runs expected: 6 finished" in (results / "README.md").read_text()
+    # Checkpoints and detectron2 output stay out of results/.
+    assert not list(results.rglob("*.pth"))
+    assert (toy_run / "work_dirs" / "toy" / "toy_coco_dcl" / "seed0" / "model_final.pth").is_file()
+
+
+@pytest.mark.e2e
+def test_toy_rerun_does_nothing_and_a_new_seed_runs_only_its_jobs(toy_run):
+    base = ["--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local", "--cores", "2"]
+    again = snakemake(*base, "--config", "preset=toy", TOY_OVERRIDES, "-n", cwd=toy_run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
+    config["defaults"]["seeds"] = [0, 3]
+    (toy_run / "toy_more_seeds.yaml").write_text(yaml.safe_dump(config))
+    more = snakemake(*base, "--configfile", "toy_more_seeds.yaml", "--config", TOY_OVERRIDES, "-n", cwd=toy_run)
+    assert more.returncode == 0, more.stderr[-3000:]
+    output = more.stdout + more.stderr
+    # 5 trainings of seed 3 (4 experiments + 1 new ablation point), each evaluated and analysed twice.
+    assert job_stats(output) == {"train": 5, "evaluate": 5, "errors": 10, "plan": 1, "report": 1, "all": 1}
+    seeds = Counter(j["wildcards"].get("seed") for j in dry_run_jobs(output))
+    assert seeds == Counter({"3": 20, None: 3})
+
+
+@pytest.mark.e2e
+def test_toy_released_checkpoint_is_evaluated_without_training(toy_run):
+    """A `released` experiment (here: a toy checkpoint the run above trained) goes straight to
+    inference, evaluation and error analysis."""
+    config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
+    checkpoint = toy_run / "work_dirs" / "toy" / "toy_coco_baseline" / "seed0" / "model_final.pth"
+    released = toy_run / "released.pth"
+    shutil.copy(checkpoint, released)
+    config["released"] = [{"name": "toy_coco_released", "dataset": "toy_coco", "init": "scratch",
+                           "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
+                           "weights": str(released)}]
+    (toy_run / "toy_released.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local", "--cores", "2",
+                       "--configfile", "toy_released.yaml", "--config", TOY_OVERRIDES, cwd=toy_run, timeout=TIMEOUT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert job_stats(output) == {"inference": 1, "evaluate": 1, "errors": 2, "plan": 1, "report": 1, "all": 1}
+    folder = toy_run / "results" / "toy" / "runs" / "toy_coco_released" / "seed0"
+    run = json.loads((folder / "run.json").read_text())
+    assert run["mode"] == "eval-only" and run["status"] == "finished"
+    # The same weights on the same data: the released run's AP is the trained run's.
+    trained = json.loads((toy_run / "results" / "toy" / "runs" / "toy_coco_baseline" / "seed0" / "eval.json").read_text())
+    assert json.loads((folder / "eval.json").read_text())["segm"] == trained["segm"]

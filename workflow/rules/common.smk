@@ -1,0 +1,120 @@
+# Config validation and the wiring helpers every rule uses. The logic (what a config means, which
+# runs exist, their command lines) is dcl.experiments; this file only connects it to Snakemake.
+import json
+import os
+import re
+import shlex
+
+from snakemake.utils import validate
+from snakemake_interface_common.exceptions import WorkflowError
+
+from dcl.experiments import DATASETS, Plan
+from dcl.io import InputError
+
+
+def _relative(path):
+    """A path as the user would type it: relative to the working directory when inside it."""
+    path = os.path.abspath(path)
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _config_sources():
+    """The config files in the order Snakemake layered them, and the --config assignments."""
+    files = [_relative(PRESET_FILE)] if os.path.exists(PRESET_FILE) else []
+    for path in workflow.config_settings.configfiles:
+        if _relative(path) not in files:
+            files.append(_relative(path))
+    assignments = []
+    for key, value in workflow.config_settings.config.items():
+        assignments.append(f"{key}=" if value is None else f"{key}={json.dumps(value)}")
+    return files, assignments
+
+
+CONFIG_FILES, CONFIG_ASSIGNMENTS = _config_sources()
+try:
+    PLAN = Plan(
+        config,
+        source=" + ".join(CONFIG_FILES + (["--config"] if CONFIG_ASSIGNMENTS else [])) or "workflow config",
+        repo_root=workflow.basedir,
+        working_dir=os.getcwd(),
+    )
+except InputError as error:
+    # One line per problem, with its place in the config; no traceback for a typo.
+    raise WorkflowError(str(error)) from None
+# The standard Snakemake check too (the same schema; it can no longer fail here).
+validate(config, "../schemas/config.schema.yaml")
+
+RESULTS = PLAN.results
+WORK = PLAN.work
+LOGS = PLAN.logs
+ROOT = PLAN.datasets_root
+WEIGHTS = PLAN.weights_dir
+RUN_DIR = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
+OUTPUT_DIR = f"{WORK}/{{experiment}}/seed{{seed}}"
+PREDICTIONS = f"{OUTPUT_DIR}/inference/coco_instances_results.json"
+# Every dcl call sees the config's datasets root, whatever the calling shell exports.
+DCL_ENV = shlex.join(["env", *PLAN.environment()])
+
+
+def _alternatives(names):
+    # A regex that matches nothing when there are no names (a rule with no jobs).
+    return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
+
+
+TRAINED = _alternatives({run.experiment for run in PLAN.train_jobs})
+RELEASED = _alternatives({run.experiment for run in PLAN.released_jobs})
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    dataset=_alternatives(DATASETS),
+
+
+def run_of(wildcards):
+    return PLAN.run(wildcards.experiment, wildcards.seed)
+
+
+def check_stamp(dataset):
+    return f"{WORK}/data/{dataset}.check.json"
+
+
+def dataset_inputs(dataset):
+    """What must exist before a run of ``dataset`` trains or is evaluated: the data check (which
+    for the toy datasets waits for their generation), and for Cityscapes the validation ground
+    truth converted to COCO JSON. ``ancient``: re-checking the data must not make finished runs
+    look outdated."""
+    inputs = {"data_check": ancient(check_stamp(dataset))}
+    if dataset == "cityscapes":
+        inputs["gt"] = ancient(PLAN.gt(dataset))
+    return inputs
+
+
+def model_inputs(wildcards):
+    run = run_of(wildcards)
+    inputs = dataset_inputs(run.dataset)
+    if run.weights_file is not None:
+        inputs["weights"] = ancient(run.weights_file)
+    return inputs
+
+
+def evaluation_inputs(wildcards):
+    run = run_of(wildcards)
+    return {"predictions": PREDICTIONS.format(**wildcards), **dataset_inputs(run.dataset)}
+
+
+def run_outputs(run):
+    """The files one run folder holds when the run is complete."""
+    folder = PLAN.results_dir(run)
+    names = ["run.json", "eval.json", "errors.json", "errors_legacy.json"]
+    if run.kind == "train":
+        names.append("metrics.json")
+    return [f"{folder}/{name}" for name in names]
+
+
+def all_run_outputs():
+    return [path for run in PLAN.jobs.values() for path in run_outputs(run)]
+
+
+def final_outputs():
+    return [f"{RESULTS}/experiments.json", f"{RESULTS}/README.md"]

@@ -1,0 +1,18 @@
+# COCO mask/box AP of each run's predictions, plus the official Cityscapes AP on Cityscapes data.
+
+
+rule evaluate:
+    input:
+        unpack(evaluation_inputs),
+    output:
+        f"{RUN_DIR}/eval.json",
+    log:
+        f"{LOGS}/evaluate/{{experiment}}/seed{{seed}}.log",
+    threads: 1
+    params:
+        gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),
+        options=lambda wildcards: PLAN.evaluate_options(run_of(wildcards)),
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "dcl evaluate {input.predictions} -a {params.gt} {params.options} -j {threads} -o {output} > {log} 2>&1"

@@ -1,0 +1,63 @@
+# Aggregation on the login node: the list of expected runs, then the paper's tables and figures.
+# `snakemake --report report.zip` collects the tables and figures with their captions
+# (workflow/report/*.rst).
+
+# What `dcl report` writes (dcl.report.TABLE_NAMES / FIGURE_NAMES; tests check they agree).
+REPORT_TABLES = ["main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory"]
+REPORT_FIGURES = ["error_breakdown", "ablations", "training_curves", "reproduced_vs_published"]
+
+
+rule plan:
+    # Rewritten exactly when the expanded run list changes (the digest is a rerun trigger).
+    output:
+        f"{RESULTS}/experiments.json",
+    log:
+        f"{LOGS}/plan.log",
+    localrule: True
+    params:
+        configs=shlex.join(CONFIG_FILES),
+        assignments=shlex.join(["--config", *CONFIG_ASSIGNMENTS]) if CONFIG_ASSIGNMENTS else "",
+        digest=PLAN.digest(),
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "dcl plan {params.configs} {params.assignments} -o {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        experiments=f"{RESULTS}/experiments.json",
+        runs=all_run_outputs(),
+        published=PLAN.published or [],
+    output:
+        readme=f"{RESULTS}/README.md",
+        tables=[
+            report(
+                f"{RESULTS}/tables/{name}.html",
+                caption=f"../report/table_{name}.rst",
+                category="Tables",
+                labels={"table": name},
+            )
+            for name in REPORT_TABLES
+        ],
+        table_files=[f"{RESULTS}/tables/{name}.{ext}" for name in REPORT_TABLES for ext in ("md", "tex", "csv")],
+        figures=[
+            report(
+                f"{RESULTS}/figures/{name}.png",
+                caption=f"../report/figure_{name}.rst",
+                category="Figures",
+                labels={"figure": name},
+            )
+            for name in REPORT_FIGURES
+        ],
+        figure_files=[f"{RESULTS}/figures/{name}.pdf" for name in REPORT_FIGURES],
+    log:
+        f"{LOGS}/report.log",
+    localrule: True
+    params:
+        results=lambda wildcards, output: os.path.dirname(output.readme),
+        published=f"--published {shlex.quote(PLAN.published)}" if PLAN.published else "",
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "dcl report {params.results} --experiments {input.experiments} {params.published} > {log} 2>&1"

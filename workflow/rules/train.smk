@@ -1,0 +1,71 @@
+# Training (one job per experiment x seed) and inference of released checkpoints. The command
+# line comes from dcl.experiments.Plan.train_arguments; --num-gpus from the job's resources.
+#
+# Stopping and resuming: `dcl train` checkpoints and exits non-zero on SIGTERM/SIGUSR1, and every
+# training command passes --resume, so a re-run (Snakemake's `retries`, or the next invocation)
+# continues from OUTPUT_DIR's last checkpoint. Checkpoints are not declared outputs, so Snakemake
+# never deletes them when a job fails. Under the Slurm executor the job runs as
+# `srun ... python -m snakemake` (a job step) -> bash -> dcl train; Slurm's `--signal=TERM@300`
+# (no `B:`) signals every process of the job steps 300 s before the time limit: Snakemake handles
+# TERM by waiting for its running job, and `exec` makes dcl train the shell itself, so the signal
+# reaches it directly. (`B:USR1` would reach only the batch shell, and plain USR1 would kill the
+# job step's Snakemake, and with it the step, before the checkpoint is written.)
+
+
+rule train:
+    input:
+        unpack(model_inputs),
+    output:
+        run=f"{RUN_DIR}/run.json",
+        metrics=f"{RUN_DIR}/metrics.json",
+        predictions=PREDICTIONS,
+    log:
+        f"{LOGS}/train/{{experiment}}/seed{{seed}}.log",
+    wildcard_constraints:
+        experiment=TRAINED,
+    threads: lambda wildcards: run_of(wildcards).resources.cpus
+    resources:
+        gpu=lambda wildcards: run_of(wildcards).resources.gpus,
+        # Slurm's --cpus-per-task, stated: `threads` depend on the submitting host's --cores.
+        cpus_per_task=lambda wildcards: run_of(wildcards).resources.cpus,
+        mem_mb=lambda wildcards: run_of(wildcards).resources.mem_mb,
+        runtime=lambda wildcards: run_of(wildcards).resources.runtime,
+        slurm_extra="--signal=TERM@300",
+    params:
+        env=DCL_ENV,
+        # GPUs of the job; a CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
+        num_gpus=lambda wildcards, resources: max(1, resources.gpu),
+        args=lambda wildcards: shlex.join(PLAN.train_arguments(run_of(wildcards))),
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log} 2>&1"
+
+
+rule inference:
+    # Released checkpoints: `dcl train --eval-only` writes predictions, nothing is trained.
+    input:
+        unpack(model_inputs),
+    output:
+        run=f"{RUN_DIR}/run.json",
+        predictions=PREDICTIONS,
+    log:
+        f"{LOGS}/inference/{{experiment}}/seed{{seed}}.log",
+    wildcard_constraints:
+        experiment=RELEASED,
+    threads: lambda wildcards: run_of(wildcards).resources.cpus
+    resources:
+        gpu=lambda wildcards: run_of(wildcards).resources.gpus,
+        # Slurm's --cpus-per-task, stated: `threads` depend on the submitting host's --cores.
+        cpus_per_task=lambda wildcards: run_of(wildcards).resources.cpus,
+        mem_mb=lambda wildcards: run_of(wildcards).resources.mem_mb,
+        runtime=lambda wildcards: run_of(wildcards).resources.runtime,
+    params:
+        env=DCL_ENV,
+        # GPUs of the job; a CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
+        num_gpus=lambda wildcards, resources: max(1, resources.gpu),
+        args=lambda wildcards: shlex.join(PLAN.train_arguments(run_of(wildcards))),
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log} 2>&1"
