@@ -356,7 +356,10 @@ class Plan:
         self.logs: str = f"logs/{self.preset}"
         self.published: str | None = (None if config["published"] is None
                                       else self._repository_file(config["published"], "published", "published numbers file"))
-        self.global_overrides = tuple((k, format_override_value(v)) for k, v in config["train_overrides"].items())
+        # Sorted: the same overrides must give the same command (a Snakemake rerun trigger)
+        # whichever config file or --config put each key there first. Keys are distinct, so
+        # their order does not change the merged detectron2 config.
+        self.global_overrides = tuple((k, format_override_value(v)) for k, v in sorted(config["train_overrides"].items()))
         self._missing_configs: dict[str, list[str]] = {}
         self.runs: list[Run] = []
         self._expand()

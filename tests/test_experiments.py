@@ -175,7 +175,8 @@ def test_toy_preset_runs_on_the_cpu():
 
 
 def test_global_overrides_come_last_so_they_win():
-    plan = paper_plan(train_overrides={"SOLVER.MAX_ITER": 20, "SOLVER.STEPS": [10, 15], "TEST.EVAL_PERIOD": "0"})
+    # In key order, whatever order the config layers put them in (the command is a rerun trigger).
+    plan = paper_plan(train_overrides={"TEST.EVAL_PERIOD": "0", "SOLVER.MAX_ITER": 20, "SOLVER.STEPS": [10, 15]})
     arguments = plan.train_arguments(plan.run("coco_dcl", 0))
     assert arguments[-12:] == ["MODEL.WEIGHTS", R50, "SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "[10, 15]", "TEST.EVAL_PERIOD", "0",
                                "SEED", "0", "OUTPUT_DIR", "work_dirs/paper/coco_dcl/seed0"]
@@ -351,7 +352,7 @@ def test_dcl_plan_prints_the_commands(tmp_path):
         words = shlex.split(line)
         assert words[4:6] == ["dcl", "train"]
         assert words[-10:-1] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[130]", "SOLVER.WARMUP_ITERS", "50",
-                                 "SEED", "0", "OUTPUT_DIR"]
+                                 "SEED", "0", "OUTPUT_DIR"]  # in key order
 
 
 def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):

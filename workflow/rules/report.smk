@@ -8,7 +8,7 @@ REPORT_FIGURES = ["error_breakdown", "ablations", "training_curves", "reproduced
 
 
 rule plan:
-    # Rewritten exactly when the expanded run list changes (the digest is a rerun trigger).
+    # Rewritten when the expanded run list (its digest: a rerun trigger) or the config sources change.
     output:
         f"{RESULTS}/experiments.json",
     log:
