@@ -4,7 +4,8 @@ From the command line when given, else from the Slurm job step that started the 
 multi-node step (``srun --ntasks-per-node=1 dcl train --num-gpus G ...`` on N nodes) gives
 ``N`` machines, rank ``$SLURM_NODEID`` and ``tcp://<first host of $SLURM_STEP_NODELIST>:<port>``
 (``$MASTER_PORT``, else 20000 + job id mod 20000: the same on every node, different between
-jobs); anything else is one machine. Standard library only.
+jobs); anything else is one machine. Also the pre-timeout signal a training job asks Slurm
+for. Standard library only.
 """
 from __future__ import annotations
 
@@ -16,7 +17,21 @@ from typing import Mapping, Optional
 
 from dcl.io import InputError
 
-__all__ = ["DistributedLayout", "expand_hostlist", "resolve_distributed", "slurm_job"]
+__all__ = ["DistributedLayout", "expand_hostlist", "resolve_distributed", "slurm_job", "stop_signal_option"]
+
+# SIGTERM, to every process of the job steps (no `B:`, which reaches only the batch shell), this
+# long before the time limit: time for the current iteration and a checkpoint.
+STOP_SIGNAL, STOP_SIGNAL_SECONDS = "TERM", 300
+# Slurm may send the signal up to a minute before the requested offset.
+SIGNAL_EARLY_SECONDS = 60
+
+
+def stop_signal_option(runtime_minutes: int) -> str:
+    """``sbatch --signal`` for a training job with this time limit: 5 minutes before it, but at
+    most half the limit and at least Slurm's one-minute slack (so a short job still trains
+    before it is signalled, as far as a limit of 2 minutes or more allows)."""
+    half = int(runtime_minutes) * 60 // 2
+    return f"--signal={STOP_SIGNAL}@{max(SIGNAL_EARLY_SECONDS, min(STOP_SIGNAL_SECONDS, half))}"
 
 
 @dataclasses.dataclass(frozen=True)

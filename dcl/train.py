@@ -36,7 +36,8 @@ an early one with ``sbatch --signal=TERM@300``, or ``B:TERM@300`` when ``dcl tra
 batch script itself rather than under ``srun``) lets the current iteration finish, saves a checkpoint at it
 (atomically: temporary file + rename, then ``last_checkpoint`` the same way), marks ``run.json``
 ``interrupted`` and exits with :data:`EXIT_INTERRUPTED`. During an evaluation the signal stops it
-at once. ``--resume`` continues from the saved iteration with the same LR schedule and the same
+at once; during the set-up (Slurm may send its early signal up to a minute before the requested
+offset) the run ends as interrupted before its first iteration. ``--resume`` continues from the saved iteration with the same LR schedule and the same
 data order (the sampler's seed is checkpointed and the images already seen are skipped; with
 aspect-ratio grouping, batches formed after the resume can differ slightly). Data-loader workers
 ignore these signals, so a signal sent to the whole process group cannot kill them mid-step.
@@ -159,13 +160,15 @@ def _default_stop_signals() -> None:
 
 
 class StopSignal:
-    """Process-wide record of SIGTERM/SIGUSR1. While ``defer`` is set (the training loop) the
-    handler only records the signal and the loop stops after the current iteration; otherwise
-    (set-up, evaluation) it raises :class:`TrainingInterrupted` at once."""
+    """Process-wide record of SIGTERM/SIGUSR1. While ``defer`` is set (the set-up until the run
+    record exists, the training loop) the handler only records the signal, and the run stops at
+    ``stop_point`` (the loop: after the current iteration); otherwise (building the trainer,
+    evaluation) it raises :class:`TrainingInterrupted` at once."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
         self.defer = False
+        self.stop_point = "after the current iteration"  # where a deferred stop happens (for the log)
         self.skipped_evaluation = False
         self._owner_pid: Optional[int] = None
 
@@ -188,14 +191,27 @@ class StopSignal:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
+    @contextlib.contextmanager
+    def handling(self, stop_point: str) -> Iterator[None]:
+        """Handle the stop signals (deferred, stopping at ``stop_point``) inside the block; then
+        restore the previous handlers and forget the signal (``dcl train`` called in-process)."""
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        self.install()
+        self.defer, self.stop_point = True, stop_point
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.signum, self.defer, self.skipped_evaluation = None, False, False
+
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._owner_pid:
             return  # a forked data-loader worker: the main process handles the signal
         first = self.signum is None
         self.signum = signum
         if first:
-            logger.warning("received %s: stopping %s", self.name,
-                           "after the current iteration" if self.defer else "now")
+            logger.warning("received %s: stopping %s", self.name, self.stop_point if self.defer else "now")
             if not self.defer:
                 raise TrainingInterrupted(signum)
 
@@ -530,11 +546,15 @@ def _worker(job: _Job) -> None:
 
     register_datasets()
     STOP.install()
+    STOP.defer = True  # until the run record exists a signal is only recorded
     record = None
     if comm.is_main_process():
         record = RunRecord.begin(Path(job.record_path), resume=job.resume, fields=job.record_fields)
     trainer = None
     try:
+        STOP.defer, STOP.stop_point = False, "after the current iteration"
+        if STOP.requested:  # received during the set-up
+            raise TrainingInterrupted(STOP.signum)
         if job.eval_only:
             model = Trainer.build_model(cfg)
             AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=job.resume)
@@ -748,6 +768,13 @@ def _take_trailing_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Slurm's pre-timeout signal may come up to a minute before the requested offset, so also
+    # during the set-up: record it, and end the run as interrupted once its run record exists.
+    with STOP.handling(stop_point="once the run is set up"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _take_trailing_options(args)
     opts = args.opts
     cfg = load_config(args.config_file, opts)

@@ -21,7 +21,7 @@ from dcl import train
 from dcl.cli import main
 from dcl.io import InputError, read_json
 from dcl.runrecord import RunRecord
-from dcl.slurm import DistributedLayout, expand_hostlist, resolve_distributed, slurm_job
+from dcl.slurm import DistributedLayout, expand_hostlist, resolve_distributed, slurm_job, stop_signal_option
 from dcl.train import EXIT_INTERRUPTED, AtomicCheckpointer, ResumableTrainingSampler, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +100,13 @@ def test_distributed_layout_from_a_multi_node_srun_step():
 def test_slurm_job_record():
     assert slurm_job({}) is None
     assert slurm_job({**STEP, "SLURM_NTASKS": "2"}) == {"job_id": "123456", "nodes": "gpu[07-08]", "ntasks": 2}
+
+
+@pytest.mark.parametrize("runtime, option", [
+    (1440, "--signal=TERM@300"), (10, "--signal=TERM@300"), (6, "--signal=TERM@180"),
+    (3, "--signal=TERM@90"), (2, "--signal=TERM@60"), (1, "--signal=TERM@60")])
+def test_stop_signal_leaves_five_minutes_or_half_a_short_limit(runtime, option):
+    assert stop_signal_option(runtime) == option
 
 
 def test_distributed_layout_command_line_wins():
@@ -303,6 +310,40 @@ def test_missing_inputs_are_clear_errors(project_dir, capsys):
         assert "no CUDA GPU is visible here; add `MODEL.DEVICE cpu`" in capsys.readouterr().err
     assert main(["train", "--num-gpus", "2", "--config-file", TOY]) == 1
     assert "MODEL.DEVICE cpu runs in one process" in capsys.readouterr().err
+
+
+def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(project_dir, monkeypatch):
+    """Slurm's pre-timeout signal may come while dcl train is still setting up (before any
+    training handler exists): it is recorded, the run ends as interrupted before any iteration
+    (exit 75, so the retry resumes), and the caller's signal handlers are restored."""
+    import dcl.datasets
+
+    register = dcl.datasets.register_datasets
+
+    def register_then_signalled():
+        register()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(dcl.datasets, "register_datasets", register_then_signalled)
+    caller_received = []
+
+    def caller_handler(signum, frame):  # reached only if dcl train does not handle the signal
+        caller_received.append(signum)
+
+    handler_before = signal.signal(signal.SIGTERM, caller_handler)
+    out = project_dir / "out"
+    try:
+        code = main(["train", "--config-file", TOY, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)])
+        assert signal.getsignal(signal.SIGTERM) is caller_handler
+    finally:
+        signal.signal(signal.SIGTERM, handler_before)
+    assert (code, caller_received) == (EXIT_INTERRUPTED, [])
+    record = read_json(out / "run.json")
+    assert (record["status"], record["exit_code"], record["signal"], record["iteration"]) == (
+        "interrupted", EXIT_INTERRUPTED, "SIGTERM", 0)
+    assert [a["status"] for a in record["attempts"]] == ["interrupted"]
+    assert not (out / "last_checkpoint").exists()  # nothing trained, nothing to resume from
+    assert not train.STOP.requested
 
 
 # --------------------------------------------------------------------------- end to end on the CPU

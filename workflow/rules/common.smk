@@ -10,6 +10,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 
 from dcl.experiments import DATASETS, Plan
 from dcl.io import InputError
+from dcl.slurm import stop_signal_option
 
 
 def _relative(path):

@@ -6,9 +6,9 @@
 # continues from OUTPUT_DIR's last checkpoint. Checkpoints are not declared outputs, so Snakemake
 # never deletes them when a job fails. Under the Slurm executor the job runs as
 # `srun ... python -m snakemake` (a job step) -> bash -> dcl train; Slurm's `--signal=TERM@300`
-# (no `B:`) signals every process of the job steps 300 s before the time limit: Snakemake handles
-# TERM by waiting for its running job, and `exec` makes dcl train the shell itself, so the signal
-# reaches it directly. (`B:USR1` would reach only the batch shell, and plain USR1 would kill the
+# (no `B:`; dcl.slurm.stop_signal_option: less for limits under 10 minutes) signals every process
+# of the job steps 300 s before the time limit: Snakemake handles TERM by waiting for its running
+# job, and `exec` makes dcl train the shell itself, so the signal reaches it directly. (`B:USR1` would reach only the batch shell, and plain USR1 would kill the
 # job step's Snakemake, and with it the step, before the checkpoint is written.)
 
 
@@ -30,7 +30,7 @@ rule train:
         cpus_per_task=lambda wildcards: run_of(wildcards).resources.cpus,
         mem_mb=lambda wildcards: run_of(wildcards).resources.mem_mb,
         runtime=lambda wildcards: run_of(wildcards).resources.runtime,
-        slurm_extra="--signal=TERM@300",
+        slurm_extra=lambda wildcards: stop_signal_option(run_of(wildcards).resources.runtime),
     params:
         env=DCL_ENV,
         # GPUs of the job; a CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
