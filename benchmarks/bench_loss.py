@@ -39,18 +39,22 @@ sys.path.insert(0, str(REPO))
 from dcl.loss import DenseContrastiveLoss, dense_contrastive_loss, sample_points  # noqa: E402
 
 
+def roi_loss(anchors, positives, negatives, temperature):
+    """One RoI's loss from its (K, C) anchor, positive and negative features, as the original."""
+    sim_pos = anchors @ positives.T / temperature
+    sim_neg = anchors @ negatives.T / temperature
+    shift = sim_pos.max(1, keepdim=True)[0].detach()
+    exp_pos = (sim_pos - shift).exp()
+    exp_neg = (sim_neg - shift).exp().sum(1, keepdim=True)
+    return (-torch.log(exp_pos / (exp_pos + exp_neg))).mean()
+
+
 def loop_loss(feats, anchor_idx, pos_idx, neg_idx, temperature):
     """Per-RoI loop, as in the original implementation: (N,) losses."""
     losses = []
     for r in range(feats.shape[0]):
         f = feats[r].flatten(1)  # (C, H*W)
-        anchors, positives, negatives = f[:, anchor_idx[r]].T, f[:, pos_idx[r]].T, f[:, neg_idx[r]].T
-        sim_pos = anchors @ positives.T / temperature
-        sim_neg = anchors @ negatives.T / temperature
-        shift = sim_pos.max(1, keepdim=True)[0].detach()
-        exp_pos = (sim_pos - shift).exp()
-        exp_neg = (sim_neg - shift).exp().sum(1, keepdim=True)
-        losses.append((-torch.log(exp_pos / (exp_pos + exp_neg))).mean())
+        losses.append(roi_loss(f[:, anchor_idx[r]].T, f[:, pos_idx[r]].T, f[:, neg_idx[r]].T, temperature))
     return torch.stack(losses)
 
 
@@ -63,13 +67,8 @@ def loop_module(feats, masks, proj_head, num_samples, temperature):
         a = inside[torch.randint(len(inside), (num_samples,))]
         p = inside[torch.randint(len(inside), (num_samples,))]
         n = outside[torch.randint(len(outside), (num_samples,))]
-        anchors, positives, negatives = x[r][:, a[:, 0], a[:, 1]].T, x[r][:, p[:, 0], p[:, 1]].T, x[r][:, n[:, 0], n[:, 1]].T
-        sim_pos = anchors @ positives.T / temperature
-        sim_neg = anchors @ negatives.T / temperature
-        shift = sim_pos.max(1, keepdim=True)[0].detach()
-        exp_pos = (sim_pos - shift).exp()
-        exp_neg = (sim_neg - shift).exp().sum(1, keepdim=True)
-        losses.append((-torch.log(exp_pos / (exp_pos + exp_neg))).mean())
+        losses.append(roi_loss(x[r][:, a[:, 0], a[:, 1]].T, x[r][:, p[:, 0], p[:, 1]].T,
+                               x[r][:, n[:, 0], n[:, 1]].T, temperature))
     return torch.stack(losses).mean()
 
 

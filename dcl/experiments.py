@@ -28,13 +28,12 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from dcl.io import InputError, atomic_write_json
+from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
+from dcl.io import InputError, atomic_write_json, read_yaml
 
 __all__ = [
     "REPO_ROOT",
     "SCHEMA_PATH",
-    "DCL_KEY_PREFIX",
-    "DCL_DEFAULTS",
     "DCL_HEAD_OVERRIDES",
     "RESERVED_OVERRIDES",
     "DATASETS",
@@ -55,17 +54,6 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
-DCL_KEY_PREFIX = "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS."
-# The loss's defaults (dcl.modeling.add_dcl_config; docs/paper-facts): an ablation value equal to
-# its base experiment's effective value is that experiment, so it is not trained a second time.
-DCL_DEFAULTS: dict[str, Any] = {
-    "LOSS_WEIGHT": 1.2,
-    "NUM_SAMPLES": 32,
-    "TEMPERATURE": 0.07,
-    "WITH_PROJ": True,
-    "MAX_INSTANCES": 100,
-    "LOSS_FUNC": "dense_contrast_loss",
-}
 # What `method: dcl` switches on (the original README's command lines).
 DCL_HEAD_OVERRIDES: tuple[tuple[str, str], ...] = (
     ("MODEL.ROI_HEADS.NAME", "ContrastRoIHeads"),
@@ -156,17 +144,7 @@ class Run:
 # ----------------------------------------------------------------------------- reading configs
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Load a YAML (or JSON) workflow config file; ``InputError`` says which file and where."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"workflow config not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"workflow config {path} cannot be read: {error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InputError(f"workflow config {path} is not valid YAML: {error}") from None
+    data = read_yaml(path, "workflow config")
     if not isinstance(data, dict):
         raise InputError(f"workflow config {path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
@@ -484,6 +462,7 @@ class Plan:
                                       "ablations sweep a parameter of the contrastive loss (method: dcl)")
                 continue
             parameter = sweep["parameter"]
+            # A value equal to the base's effective one is the base experiment: not trained twice.
             base_value = base.get("dcl", {}).get(parameter, DCL_DEFAULTS[parameter])
             base_seeds = base.get("seeds", config["defaults"]["seeds"])
             seeds = sweep.get("seeds", base_seeds)

@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json"]
+import yaml
+
+__all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "read_yaml"]
 
 # The process umask, read once (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -90,3 +92,18 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     except json.JSONDecodeError as e:
         hint = " (the file ends early: truncated?)" if e.pos >= os.path.getsize(path) - 1 else ""
         raise InputError(f"{what} {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}") from None
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file", missing_hint: str = "") -> Any:
+    """Load YAML (``yaml.safe_load``), turning a missing, unreadable or malformed file into an
+    ``InputError`` that says which file and what is wrong (``missing_hint`` follows "not found")."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as stream:  # a stream: YAML's messages name the file
+            return yaml.safe_load(stream)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}{missing_hint}") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{what} {path} is not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{what} {path} cannot be read: {error}") from None

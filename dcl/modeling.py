@@ -36,6 +36,7 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
+from dcl.contrast_config import DCL_DEFAULTS
 from dcl.loss import LOSS_FUNCTIONS, DenseContrastiveLoss
 
 __all__ = [
@@ -46,16 +47,6 @@ __all__ = [
     "check_dcl_config",
     "is_dcl_model_config",
 ]
-
-# MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.<key>: the published defaults (paper-facts.md).
-DCL_DEFAULTS: dict[str, object] = {
-    "LOSS_WEIGHT": 1.2,
-    "NUM_SAMPLES": 32,
-    "TEMPERATURE": 0.07,
-    "WITH_PROJ": True,
-    "MAX_INSTANCES": 100,
-    "LOSS_FUNC": "dense_contrast_loss",
-}
 
 
 def add_dcl_config(cfg: CfgNode) -> CfgNode:

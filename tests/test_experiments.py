@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl.experiments import (DCL_DEFAULTS, Plan, format_override_value, load_config, merge_config,
+from dcl.experiments import (Plan, format_override_value, load_config, merge_config,
                              parse_config_assignment, read_config_file)
 from dcl.io import InputError
 
@@ -189,12 +189,6 @@ def test_digest_changes_exactly_with_the_run_list():
     config = read_config_file(PAPER)
     config["defaults"]["seeds"] = [0, 1, 2, 3]
     assert Plan(config, repo_root=REPO, working_dir=REPO).digest() != paper_plan().digest()
-
-
-def test_dcl_defaults_agree_with_the_model_code():
-    from dcl.modeling import DCL_DEFAULTS as MODEL_DEFAULTS
-
-    assert DCL_DEFAULTS == dict(MODEL_DEFAULTS)
 
 
 # ----------------------------------------------------------------------------- ablations

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dcl.io import InputError, atomic_path, atomic_write_json, read_json
+from dcl.io import InputError, atomic_path, atomic_write_json, read_json, read_yaml
 
 
 def test_failed_write_leaves_destination_untouched(tmp_path):
@@ -32,3 +32,21 @@ def test_truncated_json_names_file_and_position(tmp_path):
 def test_missing_json_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_json(tmp_path / "nope.json", "predictions file")
+
+
+def test_yaml_errors_name_the_file_and_the_problem(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("a: [1, 2]\n")
+    assert read_yaml(good) == {"a": [1, 2]}
+    with pytest.raises(InputError, match=r"^published numbers file not found: .*nope.yaml \(pass --published\)$"):
+        read_yaml(tmp_path / "nope.yaml", "published numbers file", missing_hint=" (pass --published)")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(InputError, match=r"(?s)workflow config .*bad.yaml is not valid YAML: .*bad.yaml\", line 2"):
+        read_yaml(bad, "workflow config")
+    with pytest.raises(InputError, match="cannot be read"):
+        read_yaml(tmp_path, "workflow config")  # a directory
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InputError, match="binary.yaml cannot be read"):
+        read_yaml(binary)

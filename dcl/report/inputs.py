@@ -21,9 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from dcl.io import InputError, read_json
+from dcl.io import InputError, read_json, read_yaml
 
 __all__ = [
     "FAMILY_STATS",
@@ -255,16 +254,7 @@ def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
             reproducible entries for the same dataset/init/method/metric (ambiguous comparison).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"published numbers file not found: {path} (pass --published)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"published numbers file {path} cannot be read: {error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InputError(f"{path}: invalid YAML: {error}") from None
+    data = read_yaml(path, "published numbers file", missing_hint=" (pass --published)")
     if not isinstance(data, dict) or not isinstance(data.get("published"), list):
         raise InputError(f"{path}: expected a mapping with a 'published' list")
     entries: list[PublishedEntry] = []
