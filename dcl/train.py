@@ -37,10 +37,11 @@ batch script itself rather than under ``srun``) lets the current iteration finis
 (atomically: temporary file + rename, then ``last_checkpoint`` the same way), marks ``run.json``
 ``interrupted`` and exits with :data:`EXIT_INTERRUPTED`. During an evaluation the signal stops it
 at once; during the set-up (Slurm may send its early signal up to a minute before the requested
-offset) the run ends as interrupted before its first iteration. ``--resume`` continues from the saved iteration with the same LR schedule and the same
-data order (the sampler's seed is checkpointed and the images already seen are skipped; with
-aspect-ratio grouping, batches formed after the resume can differ slightly). Data-loader workers
-ignore these signals, so a signal sent to the whole process group cannot kill them mid-step.
+offset) the run ends as interrupted before its first iteration. ``--resume`` continues from the
+saved iteration with the same LR schedule and the same data order (the sampler's seed is
+checkpointed and the images already seen are skipped; with aspect-ratio grouping, batches formed
+after the resume can differ slightly). Data-loader workers ignore these signals, so a signal
+sent to the whole process group cannot kill them mid-step.
 
 Exit codes: 0 finished; 1 failed (bad input: a one-line message; a crash: the traceback; both
 recorded in ``run.json``); 2 command-line usage error; 75 (``EX_TEMPFAIL``) interrupted: run the
@@ -807,6 +808,11 @@ def _run(args: argparse.Namespace) -> int:
         except SystemExit as exit_:
             return int(exit_.code or 0)
         return 0
+    if STOP.requested:  # signalled during the set-up: start no workers, record the interruption
+        if layout.machine_rank == 0:
+            RunRecord.begin(Path(job.record_path), resume=job.resume, fields=job.record_fields).close(
+                "interrupted", EXIT_INTERRUPTED, signal_name=STOP.name)
+        return EXIT_INTERRUPTED
     _forward_signals_to_workers()
     try:
         launch(_worker, args.num_gpus, num_machines=layout.num_machines, machine_rank=layout.machine_rank,

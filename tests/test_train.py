@@ -312,11 +312,17 @@ def test_missing_inputs_are_clear_errors(project_dir, capsys):
     assert "MODEL.DEVICE cpu runs in one process" in capsys.readouterr().err
 
 
-def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(project_dir, monkeypatch):
+@pytest.mark.parametrize("num_gpus", [1, 2])
+def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(num_gpus, project_dir, monkeypatch):
     """Slurm's pre-timeout signal may come while dcl train is still setting up (before any
     training handler exists): it is recorded, the run ends as interrupted before any iteration
-    (exit 75, so the retry resumes), and the caller's signal handlers are restored."""
+    (exit 75, so the retry resumes), and the caller's signal handlers are restored. With several
+    GPUs no worker is started (here: a stand-in launch, as there are no GPUs)."""
     import dcl.datasets
+
+    if num_gpus > 1:
+        monkeypatch.setattr(train, "_check_devices", lambda *args: None)
+        monkeypatch.setattr(train, "launch", lambda *args, **kwargs: pytest.fail("workers were launched"))
 
     register = dcl.datasets.register_datasets
 
@@ -333,7 +339,8 @@ def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(project_dir
     handler_before = signal.signal(signal.SIGTERM, caller_handler)
     out = project_dir / "out"
     try:
-        code = main(["train", "--config-file", TOY, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)])
+        code = main(["train", "--num-gpus", str(num_gpus), "--config-file", TOY, "SOLVER.MAX_ITER", "1",
+                     "OUTPUT_DIR", str(out)])
         assert signal.getsignal(signal.SIGTERM) is caller_handler
     finally:
         signal.signal(signal.SIGTERM, handler_before)

@@ -21,7 +21,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-
 from dcl.io import InputError, read_json, read_yaml
 
 __all__ = [
