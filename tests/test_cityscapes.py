@@ -229,5 +229,5 @@ def test_perfect_predictions_score_100(cityscapes_root, tmp_path):
 def test_missing_cityscapes_gt_is_an_input_error(cityscapes_root, tmp_path):
     coco = cityscapes_to_coco(cityscapes_root, "val", None)
     coco["images"][0]["file_name"] = "nowhere/nowhere_000000_000000_leftImg8bit.png"
-    with pytest.raises(InputError, match="has no Cityscapes GT"):
+    with pytest.raises(InputError, match="has no Cityscapes GT"), pytest.warns(UserWarning, match="no detections"):
         evaluate(coco, [], cityscapes_root=cityscapes_root)
