@@ -101,7 +101,7 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
             for index, experiment in enumerate(models):
                 summaries = [experiment.error_summary(t, legacy) for t in types]
                 heights = [0.0 if math.isnan(s.mean) else s.mean for s in summaries]
-                spreads = [0.0 if math.isnan(s.std) else s.std for s in summaries]
+                spreads = [s.std for s in summaries]  # NaN (one seed): no error bar, not a zero one
                 axes.bar(
                     positions + offsets[index], heights, width, yerr=spreads, capsize=2,
                     color=_color(experiment.spec, index), edgecolor="black", linewidth=0.5,
@@ -163,7 +163,7 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 if summary.n:
                     xs.append(x)
                     means.append(summary.mean)
-                    stds.append(0.0 if math.isnan(summary.std) else summary.std)
+                    stds.append(summary.std)  # NaN (one seed): no error bar
             axes.errorbar(xs, means, yerr=stds, color=color, marker="s", markersize=4, capsize=3,
                           label=f"base: {base}")
         axes.set_title(parameter)
