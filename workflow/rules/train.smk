@@ -12,6 +12,16 @@
 # job step's Snakemake, and with it the step, before the checkpoint is written.)
 
 
+# A training or inference job's resources, from its experiment in the workflow config.
+RUN_RESOURCES = dict(
+    gpu=lambda wildcards: run_of(wildcards).resources.gpus,
+    # Slurm's --cpus-per-task, stated: `threads` depend on the submitting host's --cores.
+    cpus_per_task=lambda wildcards: run_of(wildcards).resources.cpus,
+    mem_mb=lambda wildcards: run_of(wildcards).resources.mem_mb,
+    runtime=lambda wildcards: run_of(wildcards).resources.runtime,
+)
+
+
 rule train:
     input:
         unpack(model_inputs),
@@ -25,11 +35,7 @@ rule train:
         experiment=TRAINED,
     threads: lambda wildcards: run_of(wildcards).resources.cpus
     resources:
-        gpu=lambda wildcards: run_of(wildcards).resources.gpus,
-        # Slurm's --cpus-per-task, stated: `threads` depend on the submitting host's --cores.
-        cpus_per_task=lambda wildcards: run_of(wildcards).resources.cpus,
-        mem_mb=lambda wildcards: run_of(wildcards).resources.mem_mb,
-        runtime=lambda wildcards: run_of(wildcards).resources.runtime,
+        **RUN_RESOURCES,
         slurm_extra=lambda wildcards: stop_signal_option(run_of(wildcards).resources.runtime),
     params:
         env=DCL_ENV,
@@ -42,10 +48,10 @@ rule train:
         "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log} 2>&1"
 
 
-rule inference:
-    # Released checkpoints: `dcl train --eval-only` writes predictions, nothing is trained.
-    input:
-        unpack(model_inputs),
+# Released checkpoints: the same command, which for them is `dcl train --eval-only` and writes
+# predictions; nothing is trained, so there are no training metrics and no checkpoint to save
+# before a time limit.
+use rule train as inference with:
     output:
         run=f"{RUN_DIR}/run.json",
         predictions=PREDICTIONS,
@@ -53,19 +59,5 @@ rule inference:
         f"{LOGS}/inference/{{experiment}}/seed{{seed}}.log",
     wildcard_constraints:
         experiment=RELEASED,
-    threads: lambda wildcards: run_of(wildcards).resources.cpus
     resources:
-        gpu=lambda wildcards: run_of(wildcards).resources.gpus,
-        # Slurm's --cpus-per-task, stated: `threads` depend on the submitting host's --cores.
-        cpus_per_task=lambda wildcards: run_of(wildcards).resources.cpus,
-        mem_mb=lambda wildcards: run_of(wildcards).resources.mem_mb,
-        runtime=lambda wildcards: run_of(wildcards).resources.runtime,
-    params:
-        env=DCL_ENV,
-        # GPUs of the job; a CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
-        num_gpus=lambda wildcards, resources: max(1, resources.gpu),
-        args=lambda wildcards: shlex.join(PLAN.train_arguments(run_of(wildcards))),
-    conda:
-        "../envs/dcl.yaml"
-    shell:
-        "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log} 2>&1"
+        **RUN_RESOURCES,
