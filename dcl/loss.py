@@ -17,7 +17,8 @@ on each pixel independently, so :class:`DenseContrastiveLoss` gathers the ``3K``
 per RoI first and projects/normalises only those: the same values as projecting the whole
 ``H x W`` map, for ``3K / (H*W)`` (~1/8 at 28x28, K=32) of the cost.
 
-This module imports only torch (detectron2 glue lives in :mod:`dcl.modeling`).
+This module imports only torch (and the plain defaults of :mod:`dcl.contrast_config`; detectron2
+glue lives in :mod:`dcl.modeling`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dcl.contrast_config import DCL_DEFAULTS
 
 __all__ = [
     "LOSS_FUNCTIONS",
@@ -145,6 +148,14 @@ def sample_points(
         r = int(bad[0])
         kind = "foreground" if int(area[r]) == 0 else "background"
         raise ValueError(f"RoI {r} has no {kind} pixel to sample from ({bad.numel()} such RoIs)")
+    return _draw_points(foreground, num_samples, generator)
+
+
+def _draw_points(
+    foreground: torch.Tensor, num_samples: int, generator: Optional[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sample_points` without its checks, for callers whose masks are known to be valid
+    (the checks cost a host-device synchronisation). ``foreground``: BoolTensor (N, H*W)."""
     fg_weight = foreground.to(torch.float32)
     bg_weight = 1.0 - fg_weight
     anchor_idx = torch.multinomial(fg_weight, num_samples, replacement=True, generator=generator)
@@ -209,12 +220,12 @@ class DenseContrastiveLoss(nn.Module):
         self,
         channels: int = 256,
         *,
-        loss_weight: float = 1.2,
-        num_samples: int = 32,
-        temperature: float = 0.07,
-        with_proj: bool = True,
-        max_instances: int = 100,
-        loss_func: str = "dense_contrast_loss",
+        loss_weight: float = DCL_DEFAULTS["LOSS_WEIGHT"],
+        num_samples: int = DCL_DEFAULTS["NUM_SAMPLES"],
+        temperature: float = DCL_DEFAULTS["TEMPERATURE"],
+        with_proj: bool = DCL_DEFAULTS["WITH_PROJ"],
+        max_instances: int = DCL_DEFAULTS["MAX_INSTANCES"],
+        loss_func: str = DCL_DEFAULTS["LOSS_FUNC"],
     ):
         """
         Args:
@@ -310,7 +321,8 @@ class DenseContrastiveLoss(nn.Module):
             return DenseContrastiveLossOutput(
                 zero, num_rois, 0, feats.new_zeros(0), valid_rois, empty_idx, empty_idx, empty_idx
             )
-        anchor_idx, pos_idx, neg_idx = sample_points(masks[valid_rois], self.num_samples, generator)
+        # Valid RoIs have more than num_samples mask and background pixels: sample without re-checking.
+        anchor_idx, pos_idx, neg_idx = _draw_points(masks[valid_rois].flatten(1), self.num_samples, generator)
         # Gather for every RoI (pixel 0 for those not valid; cheap), then keep the valid rows:
         # feats is never sliced, so its gradient is built by a single scatter.
         index = torch.zeros(feats.shape[0], 3 * self.num_samples, dtype=torch.long, device=feats.device)

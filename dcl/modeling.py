@@ -36,7 +36,7 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from dcl.contrast_config import DCL_DEFAULTS
+from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.loss import LOSS_FUNCTIONS, DenseContrastiveLoss
 
 __all__ = [
@@ -82,7 +82,7 @@ def check_dcl_config(cfg: CfgNode) -> None:
     if "CONTRAST_LOSS" not in cfg.MODEL.ROI_MASK_HEAD:
         raise ValueError("config has no MODEL.ROI_MASK_HEAD.CONTRAST_LOSS: call dcl.modeling.add_dcl_config(cfg)")
     c = cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
-    prefix = "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS."
+    prefix = DCL_KEY_PREFIX
     if c.LOSS_FUNC not in LOSS_FUNCTIONS:
         raise ValueError(f"{prefix}LOSS_FUNC {c.LOSS_FUNC!r} is unknown; known: {', '.join(sorted(LOSS_FUNCTIONS))}")
     for key, ok in (("LOSS_WEIGHT", c.LOSS_WEIGHT >= 0), ("NUM_SAMPLES", c.NUM_SAMPLES >= 1),

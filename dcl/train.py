@@ -55,6 +55,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import operator
 import os
 import shutil
 import signal
@@ -70,12 +71,12 @@ import torch.utils.data as torchdata
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
+from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.data.common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import dcl.modeling  # noqa: F401  (registers the DCL heads)
@@ -243,7 +244,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
     (Slurm may signal every process of the step; the main process decides when to stop)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    seed_all_rng(torch.initial_seed() % 2**31 + worker_id)
+    worker_init_reset_seed(worker_id)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -372,14 +373,6 @@ def _eval_results_path(cfg: CfgNode) -> Path:
     return Path(cfg.OUTPUT_DIR) / "inference" / EVAL_RESULTS
 
 
-def _single(batch: list) -> Any:
-    return batch[0]
-
-
-def _as_list(batch: list) -> list:
-    return batch
-
-
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with: COCO evaluation (official pycocotools code when
     detectron2 has no compiled extension), :class:`AtomicCheckpointer`, a stop-signal hook, a
@@ -410,11 +403,11 @@ class Trainer(DefaultTrainer):
         batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
             single = torchdata.DataLoader(dataset, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                          collate_fn=_single, worker_init_fn=_ignore_stop_signals)
+                                          collate_fn=operator.itemgetter(0), worker_init_fn=_ignore_stop_signals)
             return _Deferred(AspectRatioGroupedDataset(single, batch_size))
         return _Deferred(torchdata.DataLoader(
             dataset, batch_size=batch_size, drop_last=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
-            collate_fn=_as_list, worker_init_fn=_ignore_stop_signals,
+            collate_fn=trivial_batch_collator, worker_init_fn=_ignore_stop_signals,
         ))
 
     # -- evaluation
