@@ -31,9 +31,9 @@ __all__ = ["FIGURE_NAMES", "TABLE_NAMES", "ReportResult", "add_arguments", "buil
            "default_published_path", "run"]
 
 TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
-TABLE_FORMATS = ("md", "tex", "csv", "html")
+_TABLE_RENDERERS = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
 FIGURE_NAMES = figures.FIGURES
-FIGURE_FORMATS = ("png", "pdf")
+FIGURE_FORMATS = figures.FORMATS
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -97,11 +97,10 @@ def build_report(
         tables.inventory_table(runs),
     ]
     written: list[Path] = []
-    renderers = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
     for table in built:
-        for extension in TABLE_FORMATS:
+        for extension, render in _TABLE_RENDERERS.items():
             path = results_dir / "tables" / f"{table.name}.{extension}"
-            atomic_write_text(path, renderers[extension](table))
+            atomic_write_text(path, render(table))
             written.append(path)
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
     written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]
@@ -128,8 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = build_report(args.results_dir, args.experiments, args.published)
-    counts = {s: sum(r.status == s for r in result.runs) for s in inputs.STATUSES}
-    print(f"dcl report: {len(result.runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in inputs.STATUSES))
+    print(f"dcl report: {len(result.runs)} runs: " + inputs.status_totals(result.runs))
     for run_result in result.runs:
         if run_result.status not in ("finished", "missing"):
             spec = run_result.expected

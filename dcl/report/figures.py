@@ -26,7 +26,7 @@ from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.report.inputs import TRAINING_KEYS
 from dcl.report.tables import dataset_name, fmt_value, init_name, method_name, metric_name, value_sort_key
 
-__all__ = ["FIGURES", "OKABE_ITO", "write_figures"]
+__all__ = ["FIGURES", "FORMATS", "OKABE_ITO", "write_figures"]
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 _MODEL_COLORS = {
@@ -45,6 +45,12 @@ _CURVE_LABELS = {
     "loss_contrast": ("loss_contrast (DCL)", "loss"), "lr": ("learning rate", "learning rate"),
 }
 FIGURES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
+# Each figure is written once per format; the metadata dropped keeps files byte-identical.
+_SAVE_OPTIONS = {
+    "png": {"metadata": {"Software": None}},
+    "pdf": {"metadata": {"Creator": None, "Producer": None, "CreationDate": None}},
+}
+FORMATS = tuple(_SAVE_OPTIONS)
 
 
 def _color(spec: Any, index: int = 0) -> str:
@@ -58,21 +64,17 @@ def _model_label(experiment: ExperimentStats) -> str:
 
 
 def _save(figure: Figure, directory: Path, name: str) -> None:
-    options = {
-        "png": {"metadata": {"Software": None}},
-        "pdf": {"metadata": {"Creator": None, "Producer": None, "CreationDate": None}},
-    }
-    for extension, kwargs in options.items():
+    for extension, kwargs in _SAVE_OPTIONS.items():
         with atomic_path(directory / f"{name}.{extension}") as tmp:
             figure.savefig(tmp, format=extension, **kwargs)
 
 
-def _no_data(title: str, reason: str) -> Figure:
+def _no_data(title: str, reason: str) -> tuple[Figure, str]:
     figure = Figure(figsize=(_WIDTH, 1.4), layout="constrained")
     axes = figure.add_subplot()
     axes.set_axis_off()
     axes.text(0.5, 0.5, f"{title}\nNo data: {reason}", ha="center", va="center", fontsize=11, wrap=True)
-    return figure
+    return figure, reason
 
 
 def _bar_offsets(count: int, width: float) -> np.ndarray:
@@ -88,7 +90,7 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
         if experiment.spec.group != "ablation" and (experiment.n_errors(False) or experiment.n_errors(True)):
             by_dataset.setdefault(experiment.spec.dataset, []).append(experiment)
     if not by_dataset:
-        return _no_data(title, "no baseline/DCL run has an errors.json yet"), "no baseline/DCL run has an errors.json yet"
+        return _no_data(title, "no baseline/DCL run has an errors.json yet")
     figure = Figure(figsize=(_WIDTH, 2.4 * len(by_dataset) + 0.6), layout="constrained")
     grid = figure.subplots(len(by_dataset), 2, squeeze=False, sharey="row")
     for row, (dataset, models) in enumerate(by_dataset.items()):
@@ -132,10 +134,10 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
         if ablation is not None:
             sweeps.setdefault(ablation.parameter, {}).setdefault(ablation.base, []).append(experiment)
     if not sweeps:
-        return _no_data(title, "no ablation runs in experiments.json"), "no ablation runs in experiments.json"
+        return _no_data(title, "no ablation runs in experiments.json")
     sweeps = {p: b for p, b in sweeps.items() if any(e.n_eval for es in b.values() for e in es)}
     if not sweeps:
-        return _no_data(title, "no ablation run has results yet"), "no ablation run has results yet"
+        return _no_data(title, "no ablation run has results yet")
     parameters = sorted(sweeps)
     columns = min(2, len(parameters))
     rows = math.ceil(len(parameters) / columns)
@@ -202,10 +204,10 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     if key in point:
                         records.append((experiment.name, run.expected.seed, point["iteration"], key, point[key]))
     if not records:
-        reason = "no finished training run of the main experiments has a metrics.json"
-        return _no_data(title, reason), reason
+        return _no_data(title, "no finished training run of the main experiments has a metrics.json")
     frame = pd.DataFrame.from_records(records, columns=["experiment", "seed", "iteration", "key", "value"])
     curves = frame.groupby(["experiment", "key", "iteration"], sort=True)["value"].agg(["mean", "min", "max"])
+    seed_counts = frame.groupby(["experiment", "key"])["seed"].nunique()
     by_name = {e.name: e for e in experiments}
     datasets: dict[str, list[ExperimentStats]] = {}
     for name in sorted(frame["experiment"].unique(), key=lambda n: experiments.index(by_name[n])):
@@ -226,7 +228,7 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 iterations = curve.index.to_numpy()
                 axes.fill_between(iterations, curve["min"].to_numpy(), curve["max"].to_numpy(),
                                   color=color, alpha=0.2, linewidth=0)
-                seeds = int(frame[(frame.experiment == experiment.name) & (frame.key == key)]["seed"].nunique())
+                seeds = int(seed_counts[(experiment.name, key)])
                 axes.plot(iterations, curve["mean"].to_numpy(), color=color,
                           label=f"{_model_label(experiment)} (n={seeds})")
                 drawn = True
@@ -257,7 +259,7 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
             reason = "no experiment with a published number has results yet"
         else:
             reason = "no experiment in experiments.json has a published number (dataset/init/method)"
-        return _no_data(title, reason), reason
+        return _no_data(title, reason)
     figure = Figure(figsize=(_WIDTH, 0.42 * len(points) + 1.3), layout="constrained")
     axes = figure.add_subplot()
     labels = []

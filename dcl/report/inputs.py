@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from dcl.io import InputError, read_json, read_yaml
 
@@ -35,6 +35,7 @@ __all__ = [
     "load_experiments",
     "load_published",
     "load_run",
+    "status_totals",
 ]
 
 # Stats of each eval.json section the tables show, in display order (design.md, eval.json).
@@ -134,6 +135,11 @@ class RunResult:
     @property
     def reason(self) -> str:
         return "; ".join(self.problems)
+
+
+def status_totals(results: Sequence[RunResult]) -> str:
+    """``"3 finished, 0 running, ..."``: runs per status, every status in STATUSES order."""
+    return ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES)
 
 
 # ----------------------------------------------------------------------------- small validators
@@ -438,11 +444,11 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     """
     folder = Path(results_dir) / expected.run_dir
     result = RunResult(expected=expected, status="finished")
-    names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
-    present = {name for name in names if (folder / name).exists()}
     if not folder.is_dir():
         result.status, result.problems = "missing", [f"no run folder {expected.run_dir}"]
         return result
+    names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
+    present = {name for name in names if (folder / name).exists()}
     if not present:
         result.status, result.problems = "missing", ["run folder has no result files yet"]
         return result
@@ -492,9 +498,7 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         except _BadFile as error:
             broken.append(str(error))
     missing = [name for name in _required_files(expected) if name not in present]
-    if missing and training_complete:
-        unfinished.append(f"not written yet: {', '.join(missing)}")
-    elif missing and not broken and not unfinished and info is None:
+    if missing and (training_complete or (not broken and not unfinished and info is None)):
         unfinished.append(f"not written yet: {', '.join(missing)}")
 
     if training_complete:

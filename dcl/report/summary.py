@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 from dcl.report.analysis import CONFIDENCE, PAIRED_TEST, Comparison, Reproduction
 from dcl.report.figures import FIGURES
-from dcl.report.inputs import STATUSES, RunResult
+from dcl.report.inputs import STATUSES, RunResult, status_totals
 from dcl.report.tables import (
     Table,
     dataset_name,
@@ -71,8 +71,7 @@ def readme(
         "## Runs",
         "",
     ]
-    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
-    lines.append(f"{len(results)} runs expected: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + ".")
+    lines.append(f"{len(results)} runs expected: " + status_totals(results) + ".")
     unfinished = [r for r in results if r.status != "finished"]
     if unfinished:
         lines += ["", "Not finished (tables use only runs with results, and say how many seeds they have):", ""]

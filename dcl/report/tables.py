@@ -30,7 +30,7 @@ from dcl.report.analysis import (
     error_types,
     sort_key,
 )
-from dcl.report.inputs import FAMILY_STATS, STATUSES, PublishedEntry, RunResult
+from dcl.report.inputs import FAMILY_STATS, PublishedEntry, RunResult, status_totals
 
 __all__ = [
     "Column",
@@ -630,12 +630,11 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
             "status": result.status, "reason": result.reason, "iteration": iteration, "max_iter": max_iter,
             "wall_time_s": info.get("wall_time_s"), "gpu_type": gpu_type, "gpu_count": count,
         })
-    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
     notes = [
         "Status: finished (all result files valid); running (run.json says so); incomplete (interrupted, "
         "stopped early, or a step's file not written yet); failed (training failed, or a file is "
         "unreadable, truncated or mistyped: the reason names it); missing (no results yet).",
-        "Totals: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f" of {len(results)} expected runs.",
+        "Totals: " + status_totals(results) + f" of {len(results)} expected runs.",
         "Wall time: h:mm:ss summed over attempts (run.json).",
     ]
     return Table(
