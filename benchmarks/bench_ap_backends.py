@@ -11,8 +11,6 @@ one CPU); prints seconds, the speed ratio and the largest difference between the
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from dcl.coco import STAT_NAMES, load_ground_truth, load_predictions
 from dcl.evaluation import BACKENDS, CocoEvaluator
+from synthetic_instances import pin_to_one_cpu, write_dataset  # the script's directory is sys.path[0]
 
 
 def _time(gt_path: Path, pred_path: Path, backend: str, iou_type: str, repeat: int) -> tuple[float, float, dict]:
@@ -41,17 +40,11 @@ def main() -> int:
     parser.add_argument("--pred", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pin_to_one_cpu()
     with tempfile.TemporaryDirectory(prefix="bench-ap-") as tmp:
         if args.gt is None or args.pred is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from synthetic_instances import make_dataset
-
-            gt, predictions = make_dataset()
             args.gt, args.pred = Path(tmp) / "gt.json", Path(tmp) / "pred.json"
-            args.gt.write_text(json.dumps(gt))
-            args.pred.write_text(json.dumps(predictions))
+            write_dataset(args.gt, args.pred)
         print(f"files: {args.gt} ({args.gt.stat().st_size / 1e6:.1f} MB), {args.pred} "
               f"({args.pred.stat().st_size / 1e6:.1f} MB); best of {args.repeat}, seconds")
         print(f"{'IoU type':8s} {'load+validate':>14s} " + " ".join(f"{b:>17s}" for b in BACKENDS)

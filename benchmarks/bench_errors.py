@@ -23,6 +23,8 @@ default, since that is what the original tool computed; ``--mode default`` compa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthetic_instances import pin_to_one_cpu, write_dataset  # the script's directory is sys.path[0]
+
 TYPES = ["fFP", "bFP", "FN"]
 CHUNK_BYTES = 256 * 2**20
 
@@ -43,9 +47,6 @@ CHUNK_BYTES = 256 * 2**20
 # --------------------------------------------------------------------------------------------
 
 def _coco_ap(gt_path: str, results: list[dict]) -> list[float]:
-    import contextlib
-    import io
-
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -63,9 +64,6 @@ def original_dense(gt_path: str, pred_path: str, types: list[str], legacy: bool)
     {"baseline": stats, "fixed": {type: stats}} (stats: the 12 COCO numbers in percent)."""
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
-
-    import contextlib
-    import io
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(gt_path)
@@ -125,14 +123,9 @@ def original_dense(gt_path: str, pred_path: str, types: list[str], legacy: bool)
 # Child processes: one measured run each
 # --------------------------------------------------------------------------------------------
 
-def _pin_to_one_cpu() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
 def _child(variant: str, gt_path: str, pred_path: str, types: list[str], legacy: bool, workers: int) -> None:
     if workers == 1:
-        _pin_to_one_cpu()
+        pin_to_one_cpu()
     import pycocotools.coco  # noqa: F401  (imports are not what is measured)
 
     from dcl.coco import STAT_NAMES
@@ -212,13 +205,8 @@ def _max_difference(a: dict, b: dict) -> float:
 
 
 def _write_dataset(directory: Path, name: str, **kwargs) -> tuple[Path, Path, dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from synthetic_instances import make_dataset
-
-    gt, predictions = make_dataset(**kwargs)
     gt_path, pred_path = directory / f"{name}_gt.json", directory / f"{name}_pred.json"
-    gt_path.write_text(json.dumps(gt))
-    pred_path.write_text(json.dumps(predictions))
+    gt, predictions = write_dataset(gt_path, pred_path, **kwargs)
     summary = {"images": len(gt["images"]), "gt": sum(not a["iscrowd"] for a in gt["annotations"]),
                "crowd": sum(a["iscrowd"] for a in gt["annotations"]), "detections": len(predictions),
                "max_dets_per_image": max(np.bincount([p["image_id"] for p in predictions]))}

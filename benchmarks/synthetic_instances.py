@@ -8,12 +8,15 @@ match nothing. Deterministic for a given seed.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["CATEGORIES", "make_dataset"]
+__all__ = ["CATEGORIES", "make_dataset", "write_dataset", "pin_to_one_cpu"]
 
 CATEGORIES = [{"id": i + 1, "name": name} for i, name in enumerate(
     ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"])]
@@ -115,3 +118,17 @@ def make_dataset(num_images: int = 20, height: int = 1024, width: int = 2048, *,
     gt = {"info": {"description": f"synthetic instances (seed {seed})"}, "images": images,
           "annotations": annotations, "categories": CATEGORIES}
     return gt, detections
+
+
+def write_dataset(gt_path: Path, pred_path: Path, **kwargs) -> tuple[dict, list[dict]]:
+    """``make_dataset(**kwargs)`` written to ``gt_path`` and ``pred_path`` as JSON; returns both."""
+    gt, predictions = make_dataset(**kwargs)
+    gt_path.write_text(json.dumps(gt))
+    pred_path.write_text(json.dumps(predictions))
+    return gt, predictions
+
+
+def pin_to_one_cpu() -> None:
+    """Run this process on one CPU (where the OS allows it), so timings are single-core ones."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

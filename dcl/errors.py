@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from dcl.coco import STAT_NAMES, GroundTruth, compact_rle, complement, load_ground_truth, load_predictions, \
     segmentation_to_rle
-from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, CocoEvaluator, format_stats_table
+from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, CocoEvaluator, check_backend, format_stats_table
 from dcl.io import InputError, atomic_write_json
 
 __all__ = [
@@ -223,16 +223,18 @@ def _image_tasks(gt: GroundTruth, predictions: Sequence[Mapping]) -> list[_Image
     return tasks
 
 
-def _check_options(types: Iterable[str], iou_type: str) -> list[str]:
+def _check_options(types: Iterable[str], iou_type: str) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The canonical type names (``"fFP&bFP"``) and their parsed kinds, in the given order."""
     if iou_type not in IOU_TYPES:
         raise InputError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")
-    names = ["&".join(parse_error_type(t)) for t in types]
+    parsed = [parse_error_type(t) for t in types]
+    names = ["&".join(kinds) for kinds in parsed]
     if not names:
         raise InputError("no error types given")
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise InputError(f"error type(s) listed twice: {', '.join(sorted(duplicates))}")
-    return names
+    return names, parsed
 
 
 def _workers(workers: int) -> int:
@@ -261,12 +263,11 @@ def fix_predictions(gt: str | os.PathLike | Mapping | GroundTruth, predictions: 
     Returns:
         ``{type name: prediction list}``, each list in the input order, masks as compressed RLE.
     """
-    names = _check_options(types, iou_type)
+    names, parsed = _check_options(types, iou_type)
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt)
     records = load_predictions(predictions, gt)
     tasks = _image_tasks(gt, records)
-    parsed = [parse_error_type(n) for n in names]
     per_task = [_fix_image(task, parsed, iou_type, legacy_unmatched)[0] for task in tasks]
     return {name: _with_masks(records, tasks, (fixed[t] for fixed in per_task)) for t, name in enumerate(names)}
 
@@ -366,9 +367,8 @@ def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLi
     Raises:
         InputError: bad options, GT or predictions (file, record, what is wrong).
     """
-    names = _check_options(types, iou_type)
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    names, parsed = _check_options(types, iou_type)
+    check_backend(backend)
     workers = _workers(workers)
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt)
@@ -378,7 +378,6 @@ def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLi
         warnings_list.append(EMPTY_PREDICTIONS_WARNING)
         warnings.warn(EMPTY_PREDICTIONS_WARNING, stacklevel=2)
     tasks = _image_tasks(gt, records)
-    parsed = [parse_error_type(n) for n in names]
     pool = None
     if workers > 1 and tasks:
         # Created before the progress bar's monitor thread exists: forking a threaded process is unsafe.

@@ -31,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "IOU_TYPES",
+    "check_backend",
     "CocoEvaluator",
     "results_for",
     "evaluate",
@@ -44,6 +45,12 @@ DEFAULT_BACKEND = "faster-coco-eval"
 IOU_TYPES = ("segm", "bbox")
 
 EMPTY_PREDICTIONS_WARNING = "the predictions file has no detections: every AP and AR is 0"
+
+
+def check_backend(backend: str) -> None:
+    """Raise InputError unless ``backend`` is one of ``BACKENDS`` (a user's option)."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def results_for(predictions: Sequence[Mapping], iou_type: str) -> list[dict]:
@@ -175,8 +182,7 @@ def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | o
     for iou_type in iou_types:
         if iou_type not in IOU_TYPES:
             raise InputError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     needs_masks = "segm" in iou_types or cityscapes_root is not None
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt, need_segmentation=needs_masks)
