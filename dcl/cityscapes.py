@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -38,16 +39,11 @@ from dcl.io import InputError, atomic_write_json
 
 __all__ = ["CATEGORIES", "cityscapes_to_coco", "write_cityscapes_results", "cityscapes_instance_ap"]
 
-# detectron2's order of the Cityscapes instance classes; label ids from cityscapesscripts.
+# The 8 evaluated instance classes (person, rider, car, truck, bus, train, motorcycle, bicycle)
+# in cityscapesscripts' label order, which is detectron2's order too: ids 1..8.
 CATEGORIES = [
-    {"id": 1, "name": "person", "supercategory": "human", "cityscapes_label_id": 24},
-    {"id": 2, "name": "rider", "supercategory": "human", "cityscapes_label_id": 25},
-    {"id": 3, "name": "car", "supercategory": "vehicle", "cityscapes_label_id": 26},
-    {"id": 4, "name": "truck", "supercategory": "vehicle", "cityscapes_label_id": 27},
-    {"id": 5, "name": "bus", "supercategory": "vehicle", "cityscapes_label_id": 28},
-    {"id": 6, "name": "train", "supercategory": "vehicle", "cityscapes_label_id": 31},
-    {"id": 7, "name": "motorcycle", "supercategory": "vehicle", "cityscapes_label_id": 32},
-    {"id": 8, "name": "bicycle", "supercategory": "vehicle", "cityscapes_label_id": 33},
+    {"id": i + 1, "name": label.name, "supercategory": label.category, "cityscapes_label_id": label.id}
+    for i, label in enumerate(label for label in CITYSCAPES_LABELS if label.hasInstances and not label.ignoreInEval)
 ]
 _CATEGORY_OF_LABEL = {c["cityscapes_label_id"]: c["id"] for c in CATEGORIES}
 

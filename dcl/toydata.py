@@ -51,6 +51,7 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
+from dcl.coco import rle_counts
 from dcl.io import InputError, atomic_write_json, read_json
 
 __all__ = [
@@ -296,11 +297,13 @@ def _overlaps(a: _Object, b: _Object) -> bool:
 
 
 def _place_objects(rng: np.random.Generator, spec: _SceneSpec, background: list[_Object],
-                   first_class: int) -> list[_Object]:
+                   first_class: int) -> tuple[list[_Object], np.ndarray]:
     """Objects drawn over ``background``, back to front: an optional crowd region, then
-    instances, about half of them placed against an earlier one so they touch or overlap."""
+    instances, about half of them placed against an earlier one so they touch or overlap.
+    Returns them and their ``_paint`` map."""
     height, width = spec.height, spec.width
     objects = list(background)
+    objects_ids = _paint(height, width, objects)
     num_instances = int(rng.integers(spec.num_instances[0], spec.num_instances[1] + 1))
     kinds = (["group"] if rng.random() < 0.3 else []) + ["instance"] * num_instances
     for order, kind in enumerate(kinds):
@@ -339,14 +342,17 @@ def _place_objects(rng: np.random.Generator, spec: _SceneSpec, background: list[
                     or polygon[:, 1].max() > height - 1:
                 continue
             candidate = _Object(kind, toy_class.name, class_index, polygon)
-            candidate.full_area = int((_paint(height, width, [candidate]) > 0).sum())
+            alone = _paint(height, width, [candidate]) > 0
+            candidate.full_area = int(alone.sum())
             trial = objects + [candidate]
-            ids = _paint(height, width, trial)
+            # The candidate is painted last and a polygon's fill ignores what is below it, so
+            # this equals _paint(height, width, trial).
+            ids = np.where(alone, np.int32(len(trial)), objects_ids)
             affected = [i for i, o in enumerate(trial) if o.kind != "stuff" and _overlaps(o, candidate)]
             if all(_visible_ok(ids, i, trial[i], spec) for i in affected):
-                objects = trial
+                objects, objects_ids = trial, ids
                 break
-    return objects
+    return objects, objects_ids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -450,21 +456,9 @@ def _coco_scene(rng: np.random.Generator, spec: _SceneSpec, index: int) -> tuple
     image[:] = base
     image += _smooth_field(rng, height, width, 5, 14) + 2 * _smooth_field(rng, height, width, 3, 10)[..., :1]
     _clutter(rng, image)
-    objects = _place_objects(rng, spec, [], index % len(spec.classes))
-    ids = _paint(height, width, objects)
+    objects, ids = _place_objects(rng, spec, [], index % len(spec.classes))
     _paint_objects(rng, image, ids, objects, spec)
     return _finish(rng, image), ids, objects
-
-
-def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO's uncompressed RLE (as used for crowd regions): run lengths in column-major order,
-    starting with a run of zeros."""
-    flat = mask.ravel(order="F").astype(np.uint8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
-    if flat[0]:
-        runs = [0] + runs
-    return {"counts": runs, "size": [int(mask.shape[0]), int(mask.shape[1])]}
 
 
 def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple[int, int]) -> dict[str, int]:
@@ -483,7 +477,9 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
             visible = ids == obj_index + 1
             rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
             if obj.kind == "group":
-                segmentation: Any = _uncompressed_rle(visible)
+                # Crowd regions as COCO's uncompressed RLE: the plain run lengths of ``rle``.
+                segmentation: Any = {"counts": rle_counts([rle["counts"]])[0].tolist(),
+                                     "size": [int(v) for v in rle["size"]]}
             else:
                 outers, holes = mask_outlines(visible)
                 if len(outers) != 1 or holes:  # _place_objects guarantees this
@@ -566,8 +562,7 @@ def _paint_stuff(rng: np.random.Generator, image: np.ndarray, ids: np.ndarray, o
 def _cityscapes_scene(rng: np.random.Generator, spec: _SceneSpec, index: int) -> tuple[Image.Image, np.ndarray, list[_Object]]:
     height, width = spec.height, spec.width
     background = _cityscapes_background(rng, height, width)
-    objects = _place_objects(rng, spec, background, index % len(spec.classes))
-    ids = _paint(height, width, objects)
+    objects, ids = _place_objects(rng, spec, background, index % len(spec.classes))
     image = np.zeros((height, width, 3), np.float32)
     _paint_stuff(rng, image, ids, objects)
     _clutter(rng, image, region=np.isin(ids, [i + 1 for i, o in enumerate(objects) if o.kind == "stuff"]))
