@@ -4,15 +4,26 @@ Two parts: a hand-made image per case the analysis must get right (touching inst
 region, an unmatched detection, a class confusion, an exact IoU tie, GT without detections,
 detections without non-crowd GT, overlapping GT, polygon / uncompressed / compressed RLE GT), and
 random scenes for breadth. Images are small so dense reference implementations stay fast.
+
+Also the helpers the tests share: the pycocotools reference statistics, their comparison, and
+running ``python -m dcl``. Nothing here imports dcl: the references stay independent of it.
 """
 from __future__ import annotations
 
-import numpy as np
-from pycocotools import mask as mask_utils
+import subprocess
+import sys
 
-__all__ = ["encode", "rect", "make_cases", "make_random", "merge_datasets"]
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+__all__ = ["encode", "uncompressed", "rect", "box", "make_cases", "make_random", "merge_datasets",
+           "coco_stats", "assert_stats_close", "run_dcl"]
 
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+# COCOeval.summarize's 12 statistics, in its order (written out, not taken from dcl.coco).
+_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
 def encode(mask: np.ndarray) -> dict:
@@ -38,7 +49,7 @@ def rect(height: int, width: int, y0: int, x0: int, y1: int, x1: int) -> np.ndar
     return mask
 
 
-def _box(mask: np.ndarray) -> list[float]:
+def box(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
     if not len(xs):
         return [0.0, 0.0, 0.0, 0.0]
@@ -64,13 +75,13 @@ class _Builder:
         else:
             segmentation = encode(mask)
         self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": category,
-                                 "segmentation": segmentation, "area": float(mask.sum()), "bbox": _box(mask),
+                                 "segmentation": segmentation, "area": float(mask.sum()), "bbox": box(mask),
                                  "iscrowd": int(crowd)})
 
     def det(self, image_id: int, category: int, mask: np.ndarray, score: float, *, with_box: bool = True) -> None:
         record = {"image_id": image_id, "category_id": category, "segmentation": encode(mask), "score": score}
         if with_box:
-            record["bbox"] = _box(mask)
+            record["bbox"] = box(mask)
         self.detections.append(record)
 
     def dataset(self) -> tuple[dict, list[dict]]:
@@ -167,3 +178,29 @@ def merge_datasets(*datasets: tuple[dict, list[dict]]) -> tuple[dict, list[dict]
                         for a in gt["annotations"]]
         detections += [dict(d, image_id=d["image_id"] + image_offset) for d in dets]
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}, detections
+
+
+def coco_stats(api, results: list[dict], iou_type: str) -> dict:
+    """pycocotools' COCOeval of ``results`` against the GT ``api`` (a ``COCO``): the 12
+    statistics by name, in percent, None for -1."""
+    evaluator = COCOeval(api, api.loadRes(results), iou_type)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return {name: None if value == -1 else 100 * value for name, value in zip(_STAT_NAMES, evaluator.stats)}
+
+
+def assert_stats_close(actual: dict, expected: dict, tol: float = 1e-9) -> None:
+    """Equal within ``tol`` (None exactly where expected is None); ``actual`` has the 12 names in order."""
+    assert list(actual) == list(_STAT_NAMES)
+    assert actual.keys() == expected.keys()
+    for name in _STAT_NAMES:
+        if expected[name] is None:
+            assert actual[name] is None, name
+        else:
+            assert actual[name] == pytest.approx(expected[name], abs=tol), name
+
+
+def run_dcl(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m dcl ARGS`` (each str()-ed) in a subprocess, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "dcl", *map(str, args)], capture_output=True, text=True, cwd=cwd)

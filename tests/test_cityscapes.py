@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 from dcl.cityscapes import cityscapes_to_coco
 from dcl.evaluation import evaluate
 from dcl.io import InputError
+from instance_fixtures import encode
 
 # label id -> our category id (person, rider, car, truck, bus, train, motorcycle, bicycle)
 CATEGORY_OF_LABEL = {24: 1, 25: 2, 26: 3, 27: 4, 28: 5, 31: 6, 32: 7, 33: 8}
@@ -135,16 +136,13 @@ def predictions_for(coco, seed=0):
             mask = mask.max(axis=2)
         for _ in range(2):
             shifted = np.roll(mask, tuple(int(v) for v in rng.integers(-4, 5, 2)), axis=(0, 1))
-            rle = mask_utils.encode(np.asfortranarray(shifted))
             category = ann["category_id"] if rng.random() < 0.8 else int(rng.integers(1, 9))
             results.append({"image_id": ann["image_id"], "category_id": category, "score": round(float(rng.random()), 4),
-                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+                            "segmentation": encode(shifted)})
     for image in coco["images"]:
         box = np.zeros((image["height"], image["width"]), np.uint8)
         box[5:25, 5:45] = 1
-        rle = mask_utils.encode(np.asfortranarray(box))
-        results.append({"image_id": image["id"], "category_id": 3, "score": 0.3,
-                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        results.append({"image_id": image["id"], "category_id": 3, "score": 0.3, "segmentation": encode(box)})
     return results
 
 

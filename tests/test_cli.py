@@ -3,10 +3,7 @@ import subprocess
 import sys
 
 from dcl.cli import SUBCOMMANDS
-
-
-def run_dcl(*args):
-    return subprocess.run([sys.executable, "-m", "dcl", *args], capture_output=True, text=True)
+from instance_fixtures import run_dcl
 
 
 def test_help_lists_every_subcommand():

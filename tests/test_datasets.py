@@ -39,31 +39,6 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def _cityscapes_val_as_coco(cityscapes: Path) -> Path:
-    """A COCO JSON of the toy Cityscapes val split, written here independently of dcl.cityscapes:
-    categories 1..8 in detectron2's order, instances and groups (iscrowd) from instanceIds."""
-    label_ids = [24, 25, 26, 27, 28, 31, 32, 33]
-    images, annotations = [], []
-    image_root = cityscapes / "leftImg8bit" / "val"
-    for image_id, image in enumerate(sorted(image_root.glob("*/*_leftImg8bit.png")), start=1):
-        gt = cityscapes / "gtFine" / "val" / image.parent.name / image.name.replace("leftImg8bit", "gtFine_instanceIds")
-        ids = np.asarray(Image.open(gt)).astype(np.int64)
-        images.append({"id": image_id, "file_name": str(image.relative_to(image_root)),
-                       "height": ids.shape[0], "width": ids.shape[1]})
-        for value in np.unique(ids[ids >= 24]):
-            label_id = int(value // 1000 if value >= 1000 else value)
-            rle = mask_util.encode(np.asfortranarray((ids == value).astype(np.uint8)))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": label_ids.index(label_id) + 1, "iscrowd": int(value < 1000),
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                                "area": int(mask_util.area(rle)), "bbox": mask_util.toBbox(rle).tolist()})
-    categories = [{"id": i + 1, "name": id2label[label_id].name} for i, label_id in enumerate(label_ids)]
-    path = cityscapes / "annotations" / "instancesonly_filtered_gtFine_val.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
-
-
 # ----------------------------------------------------------------------------------------------
 # Roots
 
@@ -140,10 +115,6 @@ def test_check_toy_datasets(clean_env, tmp_path, toy, capsys):
     clean_env.setenv("DCL_TOY_DATASETS", str(toy))
     assert main(["data", "check", "--dataset", "toy_coco"]) == 0
     assert check_dataset("toy_cityscapes", splits=["train"])["found"] == {"train": {"images": 2}}
-    converted = toy / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
-    if not converted.exists():  # written by dcl data toy once dcl.cityscapes exists
-        with pytest.raises(InputError, match="instancesonly_filtered_gtFine_val.json \\(file\\) is missing"):
-            check_dataset("toy_cityscapes", splits=["val"])
     clean_env.setenv("DCL_TOY_DATASETS", str(tmp_path / "none"))
     capsys.readouterr()
     assert main(["data", "check", "--dataset", "toy_coco", "--splits", "train"]) == 1
@@ -220,8 +191,6 @@ def test_registration_names_metadata_and_idempotence(clean_env, tmp_path, toy):
 
 def test_registered_datasets_load(clean_env, toy):
     clean_env.setenv("DCL_TOY_DATASETS", str(toy))
-    if not (toy / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json").exists():
-        _cityscapes_val_as_coco(toy / "cityscapes")  # dcl data toy writes it once dcl.cityscapes exists
     register_datasets()
     from detectron2.data import DatasetCatalog
 

@@ -5,19 +5,17 @@ full-resolution boolean masks, explicit loops, pycocotools only to rasterise GT 
 (the reference tool). dcl.errors works on RLE with vectorised matching; nothing is shared.
 """
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from dcl.coco import STAT_NAMES, complement, rle_counts
 from dcl.errors import analyze, fix_predictions, parse_error_type
 from dcl.io import InputError
-from instance_fixtures import encode, make_cases, make_random, merge_datasets, rect, uncompressed
+from instance_fixtures import assert_stats_close, box, coco_stats, encode, make_cases, make_random, merge_datasets, \
+    rect, run_dcl, uncompressed
 
 TYPES = ["fFP", "bFP", "FN", "fFP&bFP", "FN&fFP"]
 
@@ -31,13 +29,6 @@ def _gt_api(gt):
     api.dataset = json.loads(json.dumps(gt))
     api.createIndex()
     return api
-
-
-def _dense_box(mask):
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return (0.0, 0.0, 0.0, 0.0)
-    return (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
 
 
 def _box_iou(a, b):
@@ -74,7 +65,7 @@ def reference_fix(gt, predictions, types, iou_type="seg", legacy=False):
                     union = np.logical_or(det, gt_masks[g]).sum()
                     iou = np.logical_and(det, gt_masks[g]).sum() / union if union else 0.0
                 else:
-                    det_box = predictions[k].get("bbox") or _dense_box(det)
+                    det_box = predictions[k].get("bbox") or box(det)
                     iou = _box_iou(det_box, ann["bbox"])
                 if iou >= best_iou:  # ">=": a tie goes to the later GT
                     best, best_iou = g, iou
@@ -102,21 +93,7 @@ def reference_ap(gt, predictions, masks):
     """pycocotools COCOeval segm stats (percent, None for -1) of the predictions with these masks."""
     results = [{"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"],
                 "segmentation": encode(m)} for p, m in zip(predictions, masks)]
-    api = _gt_api(gt)
-    evaluator = COCOeval(api, api.loadRes(results), "segm")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return {n: None if v == -1 else 100 * v for n, v in zip(STAT_NAMES, evaluator.stats)}
-
-
-def assert_stats_close(actual, expected, tol=1e-9):
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        if expected[name] is None:
-            assert actual[name] is None, name
-        else:
-            assert actual[name] == pytest.approx(expected[name], abs=tol), name
+    return coco_stats(_gt_api(gt), results, "segm")
 
 
 @pytest.fixture(scope="module")
@@ -274,10 +251,6 @@ def test_invalid_predictions_are_named(change, message):
     change(predictions[0])
     with pytest.raises(InputError, match=message):
         analyze(gt, predictions, ["FN"])
-
-
-def run_dcl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dcl", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_writes_json_and_table(tmp_path, dataset):

@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from dcl.coco import STAT_NAMES, load_ground_truth
+from dcl.coco import load_ground_truth
 from dcl.evaluation import CocoEvaluator, evaluate
 from dcl.io import InputError
-from instance_fixtures import encode, make_cases, make_random, merge_datasets, rect
+from instance_fixtures import assert_stats_close, coco_stats, encode, make_cases, make_random, merge_datasets, rect, \
+    run_dcl
 
 
 def pycocotools_direct(gt_path, predictions_path, iou_type, drop_bbox):
@@ -20,21 +20,7 @@ def pycocotools_direct(gt_path, predictions_path, iou_type, drop_bbox):
     if drop_bbox:
         for r in results:
             r.pop("bbox", None)
-    gt = COCO(str(gt_path))
-    evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return {name: None if value == -1 else 100 * value for name, value in zip(STAT_NAMES, evaluator.stats)}
-
-
-def assert_stats_close(actual, expected, tol):
-    assert list(actual) == list(STAT_NAMES)
-    for name in STAT_NAMES:
-        if expected[name] is None:
-            assert actual[name] is None, name
-        else:
-            assert actual[name] == pytest.approx(expected[name], abs=tol), name
+    return coco_stats(COCO(str(gt_path)), results, iou_type)
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +129,7 @@ def test_box_ap_requires_boxes_when_asked():
 def test_cli_writes_eval_json(files, tmp_path):
     gt_path, predictions_path = files
     out = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "dcl", "evaluate", str(predictions_path), "-a", str(gt_path),
-                             "--backend", "pycocotools", "-o", str(out)], capture_output=True, text=True)
+    result = run_dcl("evaluate", predictions_path, "-a", gt_path, "--backend", "pycocotools", "-o", out)
     assert result.returncode == 0, result.stderr
     written = json.loads(out.read_text())
     assert set(written) == {"gt", "predictions", "backend", "num_images", "num_predictions", "warnings", "segm"}
@@ -159,8 +144,7 @@ def test_cli_rejects_unknown_image_ids(files, tmp_path):
     predictions[3]["image_id"] = 12345
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(predictions))
-    result = subprocess.run([sys.executable, "-m", "dcl", "evaluate", str(bad), "-a", str(gt_path)],
-                            capture_output=True, text=True)
+    result = run_dcl("evaluate", bad, "-a", gt_path)
     assert result.returncode == 1
     assert "bad.json" in result.stderr and "record 3: image_id 12345 is not in the GT file" in result.stderr
 

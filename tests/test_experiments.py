@@ -11,8 +11,6 @@ import ast
 import copy
 import json
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ import yaml
 from dcl.experiments import (Plan, format_override_value, load_config, merge_config,
                              parse_config_assignment, read_config_file)
 from dcl.io import InputError
+from instance_fixtures import run_dcl
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper.yaml"
@@ -324,20 +323,17 @@ def test_override_values_read_back_as_detectron2_reads_them(value):
 
 
 # ----------------------------------------------------------------------------- dcl plan
-def run_plan(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "dcl", "plan", *map(str, args)], capture_output=True, text=True, cwd=cwd)
-
-
 def test_dcl_plan_writes_experiments_json(tmp_path):
     output = tmp_path / "out" / "experiments.json"
-    result = run_plan("configs/paper.yaml", "-o", output)
+    result = run_dcl("plan", "configs/paper.yaml", "-o", output, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert json.loads(output.read_text()) == paper_plan().document()
     assert "preset paper: 73 runs in experiments.json; 54 to train, 7 released checkpoints" in result.stdout
 
 
 def test_dcl_plan_prints_the_commands(tmp_path):
-    result = run_plan("configs/toy.yaml", "--config", "train_overrides={SOLVER.MAX_ITER: 7}", "--commands")
+    result = run_dcl("plan", "configs/toy.yaml", "--config", "train_overrides={SOLVER.MAX_ITER: 7}", "--commands",
+                     cwd=REPO)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 5  # 4 experiments + 1 new ablation point, one seed each
@@ -353,7 +349,7 @@ def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):
     config = read_config_file(TOY)
     config["experiments"][0]["sedds"] = [1]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = run_plan(tmp_path / "bad.yaml", "-o", tmp_path / "x.json")
+    result = run_dcl("plan", tmp_path / "bad.yaml", "-o", tmp_path / "x.json", cwd=REPO)
     assert result.returncode == 1
     assert "dcl plan: error: invalid" in result.stderr
     assert "experiments[0] (toy_cityscapes_baseline): unknown key 'sedds' (did you mean 'seeds'?)" in result.stderr

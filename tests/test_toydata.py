@@ -487,7 +487,6 @@ def test_marker_counts_match_the_files(toy):
 
 
 def test_toy_cityscapes_coco_json_written_by_dcl_cityscapes(toy):
-    pytest.importorskip("dcl.cityscapes")
     marker = json.loads((toy / MARKER_NAME).read_text())
     assert marker["cityscapes_coco_json"] is True
     for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
