@@ -25,7 +25,6 @@ invocations at once.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from dcl.io import read_json
 
 pytestmark = pytest.mark.slurm
 
@@ -241,8 +242,11 @@ def run_snakemake(workdir: Path, args: list[str], env: dict[str, str], **kwargs)
     return finish_snakemake(workdir, start_snakemake(workdir, args, env, **kwargs))
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def dry_run(workdir: Path, args: list[str], env: dict[str, str]) -> SnakemakeRun:
+    """``snakemake ARGS --dry-run`` in ``workdir``: what it would do, nothing submitted."""
+    dry = subprocess.run([SNAKEMAKE, *args, "--dry-run"], cwd=workdir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    return SnakemakeRun(workdir, dry.returncode, dry.stdout + dry.stderr, 0.0)
 
 
 def wait_for(condition, what: str, timeout_s: float, process=None, interval_s: float = 0.5):
@@ -392,10 +396,9 @@ def test_toy_pipeline_outputs_are_complete(toy_run, slurm_cluster):
     assert_no_stale_locks(toy_run.workdir)
 
     # The state on disk is complete and consistent: a dry run of the same command has nothing to do.
-    dry = subprocess.run([SNAKEMAKE, *toy_run.args, "--dry-run"], cwd=toy_run.workdir,
-                         env=user_env(slurm_cluster), capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    dry = dry_run(toy_run.workdir, toy_run.args, user_env(slurm_cluster))
+    assert dry.returncode == 0, dry.output
+    assert "Nothing to be done" in dry.output, dry.output
 
 
 
@@ -494,12 +497,10 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, fault_wor
 def workflow_signal(workdir: Path, args: list[str], env: dict[str, str]) -> tuple[str, str]:
     """The pre-timeout signal the workflow asks Slurm for in the train rule (from a dry run):
     (``B:`` or "", signal name)."""
-    dry = subprocess.run([SNAKEMAKE, *args, "--dry-run"], cwd=workdir, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    run = SnakemakeRun(workdir, 0, dry.stdout + dry.stderr, 0.0)
+    dry = dry_run(workdir, args, env)
+    assert dry.returncode == 0, dry.output
     extras = {re.search(r"slurm_extra=(.*?)(?:, \w+=|$)", job.resources).group(1)
-              for job in run.jobs() if job.rule == "train"}
+              for job in dry.jobs() if job.rule == "train"}
     assert len(extras) == 1, extras
     match = re.search(r"--signal=(B:)?(\w+)@(\d+)", extras.pop())
     assert match, f"the train rule asks for no pre-timeout signal: {extras}"
@@ -624,6 +625,5 @@ def test_second_invocation_refuses_while_the_first_runs(slurm_cluster, completed
                 if r["Name"] == done.slurm_run_id]
     assert of_first == [done.submissions()[0][1]]
     assert_no_stale_locks(workdir)
-    dry = subprocess.run([SNAKEMAKE, *toy_run.args, "--dry-run"], cwd=workdir, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    dry = dry_run(workdir, toy_run.args, env)
+    assert "Nothing to be done" in dry.output, dry.output
