@@ -7,6 +7,7 @@ Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -43,8 +44,16 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dcl import early_signals
+
     argv = sys.argv[1:] if argv is None else list(argv)
     selected = next((arg for arg in argv if not arg.startswith("-")), None)
+    # `dcl train` takes seconds to import torch: a stop signal then must still end as interrupted.
+    with early_signals.recorded() if selected == "train" else contextlib.nullcontext():
+        return _main(argv, selected)
+
+
+def _main(argv: list[str], selected: str | None) -> int:
     parser = build_parser(selected if selected in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     from dcl.io import InputError

@@ -55,31 +55,34 @@ import dataclasses
 import itertools
 import json
 import logging
-import operator
 import os
+import random
 import shutil
 import signal
 import socket
 import sys
+import traceback
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import dcl.compat  # noqa: F401  (before any detectron2 module)
+import numpy as np
 import torch
 import torch.utils.data as torchdata
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
-from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
-from detectron2.data.common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
+from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import dcl.modeling  # noqa: F401  (registers the DCL heads)
+from dcl import early_signals
 from dcl import weights as dcl_weights
 from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
@@ -103,7 +106,7 @@ __all__ = [
 logger = logging.getLogger("dcl.train")
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): temporary failure, run again with --resume
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = early_signals.STOP_SIGNALS
 EVAL_RESULTS = "detectron2_eval.json"
 _RECORD_PERIOD = 20  # iterations between run.json progress updates (as detectron2's writers)
 
@@ -183,6 +186,11 @@ class StopSignal:
         return None if self.signum is None else signal.Signals(self.signum).name
 
     def install(self) -> None:
+        early = early_signals.take()  # received before this module was imported
+        if self.signum is None and early is not None:
+            logger.warning("received %s during start-up: stopping %s", signal.Signals(early).name,
+                           self.stop_point)
+            self.signum = early
         if self._owner_pid is None:
             # Forked helpers (detectron2's Cityscapes loader pool) must die on SIGTERM as by
             # default: Pool.terminate() stops its workers with it and waits for them, which
@@ -211,6 +219,8 @@ class StopSignal:
         if os.getpid() != self._owner_pid:
             return  # a forked data-loader worker: the main process handles the signal
         first = self.signum is None
+        if not first and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: abort without waiting for the checkpoint
         self.signum = signum
         if first:
             logger.warning("received %s: stopping %s", self.name, self.stop_point if self.defer else "now")
@@ -285,14 +295,22 @@ class AtomicCheckpointer(DetectionCheckpointer):
 # ----------------------------------------------------------------------------- data order
 
 class ResumableTrainingSampler(TrainingSampler):
-    """detectron2's TrainingSampler that can start part-way into its infinite index stream.
+    """detectron2's TrainingSampler as a stream of batches that can start part-way.
 
-    ``skip`` (per worker) indices are dropped from the start, so a resumed run continues the
-    stream where the interrupted one stopped; ``seed`` is checkpointed for that.
+    Each rank takes its share of detectron2's infinite index stream (positions ``rank``,
+    ``rank + world``, ...) and forms batches of ``batch_size`` from it, grouped by aspect ratio
+    like detectron2's ``AspectRatioGroupedDataset`` (landscape vs portrait, from the dataset
+    dicts' width/height) when ``aspect_ratios`` is given. A batch is a list of
+    ``(position, index)``: the global stream position seeds that image's augmentation.
+    Grouping works on indices only, so ``skip`` (batches) makes a resumed run start at exactly
+    the batch the interrupted one would have drawn next; ``seed`` is checkpointed for that.
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None):
+    def __init__(self, size: int, batch_size: int, aspect_ratios: Optional[list[int]] = None,
+                 shuffle: bool = True, seed: Optional[int] = None):
         super().__init__(size, shuffle, seed)
+        self.batch_size = batch_size
+        self.aspect_ratios = aspect_ratios  # per index: 0 landscape, 1 portrait
         self.skip = 0
 
     @property
@@ -303,20 +321,91 @@ class ResumableTrainingSampler(TrainingSampler):
     def seed(self, value: int) -> None:
         self._seed = int(value)
 
-    def __iter__(self):
-        start = self._rank + self.skip * self._world_size
-        yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return itertools.islice(self._batches(), self.skip, None)
+
+    def _batches(self) -> Iterator[list[tuple[int, int]]]:
+        positions = itertools.count(self._rank, self._world_size)
+        indices = itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+        buckets: list[list[tuple[int, int]]] = [[], []]
+        for position, index in zip(positions, indices):
+            bucket = buckets[self.aspect_ratios[index] if self.aspect_ratios else 0]
+            bucket.append((position, index))
+            if len(bucket) == self.batch_size:
+                yield bucket[:]
+                del bucket[:]
 
 
-class _Deferred:
-    """An iterable whose iterator starts nothing until the first item is requested (the
-    trainer creates its iterator before resuming, i.e. before the sampler knows its offset)."""
+def _sample_seed(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]) % 2**31
 
-    def __init__(self, iterable):
-        self.iterable = iterable
 
-    def __iter__(self):
-        yield from self.iterable
+class _SeededBatchMapper(torchdata.Dataset):
+    """Maps a batch of ``(position, index)`` to detectron2's list of dicts, each image with
+    every RNG seeded from (sampler seed, stream position): augmentation is a function of the
+    position alone, whichever worker maps it and however often the workers restart."""
+
+    def __init__(self, dicts: list[dict], mapper, sampler: ResumableTrainingSampler):
+        self.dicts, self.mapper, self.sampler = dicts, mapper, sampler
+
+    def __getitem__(self, batch: list[tuple[int, int]]) -> list[dict]:
+        return [self._map(position, index) for position, index in batch]
+
+    def _map(self, position: int, index: int) -> dict:
+        for attempt in range(10):
+            seed_all_rng(_sample_seed(self.sampler.seed, position, attempt))
+            mapped = self.mapper(self.dicts[index])
+            if mapped is not None:
+                return mapped
+            # As detectron2's MapDataset: the mapper rejected the image, take another one.
+            index = random.randrange(len(self.dicts))
+        raise RuntimeError(f"the data mapper rejected 10 images in a row (last: {self.dicts[index].get('file_name')})")
+
+
+def _as_is(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+class _LazyLoader:
+    """A data loader whose iterator starts nothing until the first batch is requested (the
+    trainer creates its iterator before resuming, i.e. before the sampler knows its offset),
+    and whose worker processes :meth:`close` ends for certain."""
+
+    def __init__(self, loader: torchdata.DataLoader):
+        self.loader = loader
+        self._iterator = None
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        yield from self._iterator
+
+    def close(self) -> None:
+        iterator, self._iterator = self._iterator, None
+        workers = list(getattr(iterator, "_workers", []))
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # asks the workers to exit and joins them for a few seconds
+        _kill(workers)
+
+
+def _kill(processes) -> None:
+    """SIGKILL what is still alive: the loader workers ignore the stop signals, which is also
+    what the interpreter's exit handler sends before it waits for them forever."""
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=10)
+
+
+def _kill_loader_workers() -> None:
+    """Any data-loader worker of this process still alive (e.g. an evaluation loader whose
+    iterator an exception kept): kill it, so the process can exit."""
+    import multiprocessing
+
+    from torch.utils.data._utils.worker import _worker_loop
+
+    _kill([p for p in multiprocessing.active_children() if getattr(p, "_target", None) is _worker_loop])
 
 
 class _DataOrderHook(hooks.HookBase):
@@ -331,6 +420,18 @@ class _DataOrderHook(hooks.HookBase):
     def load_state_dict(self, state: dict) -> None:
         if self.sampler is not None and "sampler_seed" in state:
             self.sampler.seed = state["sampler_seed"]
+
+
+class _IterationSeedHook(hooks.HookBase):
+    """Seeds every RNG of the training process from (SEED, iteration, rank) before each step,
+    so what a step draws (RoI and DCL point sampling) does not depend on what ran before it:
+    a resumed run draws what the uninterrupted one drew."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_step(self) -> None:
+        seed_all_rng(_sample_seed(self.seed, self.trainer.iter, comm.get_rank()))
 
 
 class _StopHook(hooks.HookBase):
@@ -381,13 +482,15 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode, record: Optional["RunRecord"] = None):
         self._record = record
         self._train_sampler: Optional[ResumableTrainingSampler] = None
+        self._loaders: list[_LazyLoader] = []
         self.completed_iterations = 0
         super().__init__(cfg)
 
     # -- data
     def build_train_loader(self, cfg: CfgNode):
-        """detectron2's training loader (same dataset, mapper, sampler stream, batching) with a
-        resumable sampler and signal-immune workers; other samplers use detectron2's loader."""
+        """detectron2's training data (same dataset, mapper, index stream and aspect-ratio
+        batches) from a resumable batch sampler, with per-image seeded augmentation and
+        signal-immune workers; other samplers use detectron2's loader."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return super().build_train_loader(cfg)
         dicts = get_detection_dataset_dicts(
@@ -396,19 +499,23 @@ class Trainer(DefaultTrainer):
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-        sampler = ResumableTrainingSampler(len(dicts))
+        aspect_ratios = [0 if d["width"] > d["height"] else 1 for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+        sampler = ResumableTrainingSampler(len(dicts), cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), aspect_ratios)
         if self._train_sampler is None:  # the first loader is the trainer's (PreciseBN builds more)
             self._train_sampler = sampler
-        dataset = ToIterableDataset(MapDataset(DatasetFromList(dicts, copy=False), DatasetMapper(cfg, True)), sampler)
-        batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-        if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-            single = torchdata.DataLoader(dataset, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                          collate_fn=operator.itemgetter(0), worker_init_fn=_ignore_stop_signals)
-            return _Deferred(AspectRatioGroupedDataset(single, batch_size))
-        return _Deferred(torchdata.DataLoader(
-            dataset, batch_size=batch_size, drop_last=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
-            collate_fn=trivial_batch_collator, worker_init_fn=_ignore_stop_signals,
+        loader = _LazyLoader(torchdata.DataLoader(
+            _SeededBatchMapper(dicts, DatasetMapper(cfg, True), sampler), sampler=sampler, batch_size=None,
+            num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_as_is, worker_init_fn=_ignore_stop_signals,
+            # Its own generator: starting the workers (on the first batch, also of a resumed run)
+            # must not draw from the training's RNG.
+            generator=torch.Generator().manual_seed(sampler.seed),
         ))
+        self._loaders.append(loader)
+        return loader
+
+    def close_data_loaders(self) -> None:
+        for loader in self._loaders:
+            loader.close()
 
     # -- evaluation
     @classmethod
@@ -445,7 +552,7 @@ class Trainer(DefaultTrainer):
         extra = [_DataOrderHook(self._train_sampler), _StopHook()]
         if self._record is not None:
             extra.append(_RecordHook(self._record))
-        return built[:position] + extra + built[position:]
+        return [_IterationSeedHook(self.cfg.SEED)] + built[:position] + extra + built[position:]
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
@@ -453,7 +560,23 @@ class Trainer(DefaultTrainer):
             self.checkpointer.saved_iteration = self.start_iter - 1
         self.completed_iterations = self.start_iter
         if self._train_sampler is not None:
-            self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+            self._train_sampler.skip = self.start_iter  # one batch per iteration
+
+    # The optimizer's state (SGD momentum, and the LR the scheduler last set) belongs to the
+    # checkpoint: detectron2 v0.6's DefaultTrainer saves only its hooks' states (later versions
+    # add this same entry).
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+        else:  # an older checkpoint: at least the LR of the restored schedule
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+                group["lr"] = lr
 
     def save_progress(self) -> None:
         """Checkpoint the completed iterations unless that checkpoint exists (main process)."""
@@ -523,6 +646,17 @@ def _copy_results(cfg: CfgNode, record_path: Path, results_dir: str, eval_only: 
                 shutil.copyfile(source, tmp)
 
 
+def _end_interrupted(trainer: Optional[Trainer], record: Optional[RunRecord], signal_name: Optional[str]) -> None:
+    """Checkpoint the completed iterations and record the interruption (every worker calls it)."""
+    STOP.defer = True  # no second interruption while saving
+    if trainer is not None:
+        trainer.save_progress()
+    comm.synchronize()  # other workers must not exit before the checkpoint is written
+    if record is not None:
+        record.close("interrupted", EXIT_INTERRUPTED, signal_name=signal_name,
+                     iteration=trainer.completed_iterations if trainer is not None else None)
+
+
 def _worker(job: _Job) -> None:
     """One training/evaluation process (detectron2's ``launch`` calls it on every worker)."""
     cfg = load_config(job.config_file, job.opts)
@@ -562,29 +696,22 @@ def _worker(job: _Job) -> None:
         if STOP.skipped_evaluation:  # a signal after the last step: the final evaluation is still due
             raise TrainingInterrupted(STOP.signum or signal.SIGTERM)
     except TrainingInterrupted as stop:
-        STOP.defer = True  # no second interruption while saving
-        if trainer is not None:
-            trainer.save_progress()
-        comm.synchronize()  # other workers must not exit before the checkpoint is written
-        if record is not None:
-            record.close("interrupted", EXIT_INTERRUPTED, signal_name=signal.Signals(stop.signum).name,
-                         iteration=trainer.completed_iterations if trainer is not None else None)
+        _end_interrupted(trainer, record, signal.Signals(stop.signum).name)
         logger.warning("%s; resume with --resume (exit code %d)", stop, EXIT_INTERRUPTED)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except BaseException as error:
         if STOP.requested and isinstance(error, Exception):
             # e.g. data-loader workers killed by the same signal: an interruption, not a crash.
             logger.warning("error after %s (%s): treating the run as interrupted", STOP.name, error)
-            if trainer is not None:
-                trainer.save_progress()
-            if record is not None:
-                record.close("interrupted", EXIT_INTERRUPTED, signal_name=STOP.name,
-                             iteration=trainer.completed_iterations if trainer is not None else None)
+            _end_interrupted(trainer, record, STOP.name)
             raise SystemExit(EXIT_INTERRUPTED) from None
         if record is not None and record.data["status"] == "running":
             record.close("failed", 1, error=f"{type(error).__name__}: {error}",
                          iteration=trainer.completed_iterations if trainer is not None else None)
         raise
+    finally:
+        if trainer is not None:
+            trainer.close_data_loaders()
     if record is not None:
         record.close("finished", 0, iteration=cfg.SOLVER.MAX_ITER if not job.eval_only else None)
         if job.results_dir:
@@ -765,7 +892,20 @@ def run(args: argparse.Namespace) -> int:
     # Slurm's pre-timeout signal may come up to a minute before the requested offset, so also
     # during the set-up: record it, and end the run as interrupted once its run record exists.
     with STOP.handling(stop_point="once the run is set up"):
-        return _run(args)
+        try:
+            return _run(args)
+        except InputError:
+            raise
+        except KeyboardInterrupt:
+            print("dcl train: aborted by a second Ctrl-C (no checkpoint written)", file=sys.stderr)
+            return 130
+        except Exception:
+            # The traceback (also in log.txt and run.json); returning instead of raising lets
+            # the frames that hold data loaders go before the interpreter's exit handlers run.
+            traceback.print_exc()
+            return 1
+        finally:
+            _kill_loader_workers()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import pytest
 import dcl.compat  # noqa: F401  (before detectron2)
 import torch
 from detectron2.data.samplers import TrainingSampler
+from detectron2.utils import comm
 
 from dcl import train
 from dcl.cli import main
@@ -146,14 +147,43 @@ def test_checkpoints_are_atomic_and_last_checkpoint_never_points_to_a_broken_fil
     assert loaded["iteration"] == 9 and torch.equal(loaded["model"]["weight"], model.weight)
 
 
-def test_resumable_sampler_continues_detectron2s_index_stream():
-    reference = list(itertools.islice(iter(TrainingSampler(10, seed=3)), 25, 55))
-    sampler = ResumableTrainingSampler(10, seed=3)
+def aspect_grouped_batches(indices, landscape, batch_size):
+    """detectron2's AspectRatioGroupedDataset, written out on (position, index) pairs."""
+    buckets = {True: [], False: []}
+    for position, index in enumerate(indices):
+        bucket = buckets[landscape[index]]
+        bucket.append((position, index))
+        if len(bucket) == batch_size:
+            yield bucket[:]
+            bucket.clear()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_resumable_sampler_continues_detectron2s_batches(grouped):
+    landscape = [i % 3 != 0 for i in range(10)]
+    stream = list(itertools.islice(iter(TrainingSampler(10, seed=3)), 400))
+    if grouped:
+        reference = list(itertools.islice(aspect_grouped_batches(stream, landscape, 4), 25, 55))
+    else:
+        reference = [list(enumerate(stream))[i:i + 4] for i in range(100, 220, 4)]
+    sampler = ResumableTrainingSampler(10, 4, [0 if flat else 1 for flat in landscape] if grouped else None, seed=3)
     sampler.skip = 25
     assert list(itertools.islice(iter(sampler), 30)) == reference
-    hook = train._DataOrderHook(ResumableTrainingSampler(10, seed=99))
+    hook = train._DataOrderHook(ResumableTrainingSampler(10, 4, seed=99))
     hook.load_state_dict(train._DataOrderHook(sampler).state_dict())
     assert hook.sampler.seed == 3
+
+
+def test_resumable_sampler_shards_the_stream_over_ranks(monkeypatch):
+    """Rank r of W takes stream positions r, r + W, ...: together the ranks see one stream."""
+    stream = list(itertools.islice(iter(TrainingSampler(10, seed=5)), 24))
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(comm, "get_rank", lambda: rank)
+        monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+        batches = itertools.islice(iter(ResumableTrainingSampler(10, 3, seed=5)), 4)
+        seen += [pair for batch in batches for pair in batch]
+    assert sorted(seen) == list(enumerate(stream))
 
 
 def test_run_record_keeps_attempts_across_resumes(tmp_path):
@@ -508,3 +538,130 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
     predictions = json.loads((out / "inference" / "coco_instances_results.json").read_text())
     gt = read_json(toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json")
     assert predictions and {p["image_id"] for p in predictions} <= {image["id"] for image in gt["images"]}
+
+
+# --------------------------------------------------------------------------- failures and resumes
+
+LOSS_RECORDING = """
+import json, os, signal, sys
+import dcl.train  # first: applies dcl.compat before detectron2 loads
+from detectron2.engine import HookBase
+
+STOPS = [int(i) for i in os.environ.get("STOP_AFTER", "").split(",") if i]
+SIGNAL = getattr(signal, os.environ.get("STOP_SIGNAL", "SIGTERM"))
+
+class RecordAndStop(HookBase):
+    def after_step(self):
+        with open(os.environ["LOSSES"], "a") as f:
+            f.write(json.dumps({"iteration": self.trainer.iter,
+                                "total_loss": self.trainer.storage.history("total_loss").latest()}) + "\\n")
+        if self.trainer.iter in STOPS:
+            os.kill(os.getpid(), SIGNAL)
+
+build_hooks = dcl.train.Trainer.build_hooks
+dcl.train.Trainer.build_hooks = lambda self: [RecordAndStop()] + build_hooks(self)
+from dcl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def toy_command(out, *extra):
+    return ["train", "--config-file", TOY, *extra, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", str(BASE_LR),
+            "SOLVER.WARMUP_ITERS", str(WARMUP), "DATALOADER.NUM_WORKERS", "1", "SEED", "1",
+            "OUTPUT_DIR", str(out)]
+
+
+def assert_no_process_left(pgid):
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+@pytest.mark.e2e
+def test_a_diverging_training_fails_at_once_and_leaves_no_process(toy_datasets, tmp_path):
+    """NaN loss with two data-loader workers alive (they ignore SIGTERM): exit 1 within a
+    minute, run.json failed with the reason, no process of the run left."""
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    command = ["train", "--config-file", TOY, "--resume", "SEED", "0", "SOLVER.BASE_LR", "100000.0",
+               "SOLVER.MAX_ITER", "30", "DATALOADER.NUM_WORKERS", "2", "OUTPUT_DIR", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "dcl", *command], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("a training whose loss became NaN did not exit within 60 s")
+    assert proc.returncode == 1, output[-3000:]
+    assert "FloatingPointError: Loss became infinite or NaN" in output
+    assert_no_process_left(proc.pid)
+    record = read_json(out / "run.json")
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+    assert record["error"].startswith("FloatingPointError: Loss became infinite or NaN")
+
+
+@pytest.mark.e2e
+def test_ctrl_c_checkpoints_like_a_preemption(toy_datasets, tmp_path):
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1",
+           "LOSSES": str(tmp_path / "losses.jsonl"), "STOP_AFTER": "2", "STOP_SIGNAL": "SIGINT"}
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LOSS_RECORDING)
+    out = tmp_path / "out"
+    code, output = run_dcl(toy_command(out, "SOLVER.MAX_ITER", "20", "DATASETS.TEST", "()"), env, tmp_path,
+                           launcher=launcher, timeout=300)
+    assert code == EXIT_INTERRUPTED, output[-3000:]
+    record = read_json(out / "run.json")
+    assert (record["status"], record["signal"], record["iteration"]) == ("interrupted", "SIGINT", 3)
+    assert (out / "last_checkpoint").read_text() == "model_0000002.pth"
+
+
+@pytest.mark.e2e
+def test_a_signal_right_after_the_start_ends_the_run_as_interrupted(toy_datasets, tmp_path):
+    """SIGTERM while `dcl train` is still importing torch: exit 75 with its run.json, not 143."""
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "dcl", *toy_command(out, "SOLVER.MAX_ITER", "5")], cwd=tmp_path,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(0.7)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, output[-3000:]
+    record = read_json(out / "run.json")
+    assert (record["status"], record["signal"], record["iteration"]) == ("interrupted", "SIGTERM", 0)
+
+
+def relative_l2(a, b):
+    num = sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a)
+    den = sum(float((a[k].double() ** 2).sum()) for k in a)
+    return (num / den) ** 0.5
+
+
+@pytest.mark.e2e
+def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, tmp_path):
+    """CPU, fixed threads: the DCL model stopped after iterations 3 and 6 and resumed twice
+    (data-loader workers restarted each time) has the uninterrupted run's loss at every
+    iteration and its final weights: optimizer, LR schedule, RNGs and data order restored."""
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LOSS_RECORDING)
+    base_env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, stops in (("straight", ""), ("resumed", "3,6")):
+        out, losses = tmp_path / name, tmp_path / f"{name}.jsonl"
+        env = {**base_env, "LOSSES": str(losses), "STOP_AFTER": stops}
+        command = toy_command(out, *DCL_HEADS, "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "DATASETS.TEST", "()")
+        codes = []
+        for attempt in range(3):
+            code, output = run_dcl(command + (["--resume"] if attempt else []), env, tmp_path, launcher=launcher,
+                                   timeout=300)
+            codes.append(code)
+            if code != EXIT_INTERRUPTED:
+                break
+        assert codes[-1] == 0, output[-3000:]
+        runs[name] = ([json.loads(line) for line in losses.read_text().splitlines()],
+                      torch.load(out / "model_final.pth", weights_only=False)["model"])
+    assert codes == [EXIT_INTERRUPTED, EXIT_INTERRUPTED, 0]
+    (straight, straight_weights), (resumed, resumed_weights) = runs["straight"], runs["resumed"]
+    assert [line["iteration"] for line in resumed] == list(range(10))
+    for a, b in zip(straight, resumed):
+        assert b["total_loss"] == pytest.approx(a["total_loss"], rel=1e-5), (a, b)
+    assert relative_l2(straight_weights, resumed_weights) < 1e-5
