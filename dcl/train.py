@@ -57,6 +57,7 @@ import json
 import logging
 import operator
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -68,6 +69,7 @@ from typing import Any, Iterator, Optional
 import dcl.compat  # noqa: F401  (before any detectron2 module)
 import torch
 import torch.utils.data as torchdata
+import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
@@ -81,6 +83,7 @@ from detectron2.utils.logger import setup_logger
 
 import dcl.modeling  # noqa: F401  (registers the DCL heads)
 from dcl import weights as dcl_weights
+from dcl.experiments import SEED_LIMIT
 from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.runrecord import RUN_RECORD, RunRecord, git_state, now
@@ -96,6 +99,7 @@ __all__ = [
     "Trainer",
     "TrainingInterrupted",
     "load_config",
+    "refuse_unsafe_yaml",
     "add_arguments",
     "run",
 ]
@@ -122,6 +126,7 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
     if config_file:
         if not Path(config_file).is_file():
             raise InputError(f"config file not found: {config_file}")
+        refuse_unsafe_yaml(config_file)
         try:
             cfg.merge_from_file(config_file)
         except Exception as error:  # yacs raises KeyError/ValueError/AssertionError/yaml errors
@@ -136,8 +141,41 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
         check_dcl_config(cfg)
     except ValueError as error:
         raise InputError(str(error)) from None
+    if cfg.SEED >= SEED_LIMIT:
+        raise InputError(f"SEED {cfg.SEED} is out of range: numpy takes seeds below 2^32 (< 0: random)")
     cfg.freeze()
     return cfg
+
+
+def refuse_unsafe_yaml(config_file: str) -> None:
+    """Parse ``config_file`` and its ``_BASE_`` files as plain YAML first: detectron2's
+    ``merge_from_file`` falls back to ``yaml.unsafe_load``, which runs ``!!python/...`` tags.
+
+    Raises:
+        InputError: a file is not plain YAML (a Python tag, a syntax error), naming it.
+    """
+    seen = set()
+    path = config_file
+    while path is not None and path not in seen:
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                data = yaml.safe_load(stream)
+        except yaml.constructor.ConstructorError as error:
+            mark = error.problem_mark
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise InputError(f"{path}{where}: {error.problem}; config files must be plain YAML "
+                             "(Python tags are refused: they run code)") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
+        base = data.get("_BASE_") if isinstance(data, dict) else None
+        if base is None or not isinstance(base, str):
+            return
+        # detectron2's rule for _BASE_: ~ expanded, relative to the including file; URLs it fetches.
+        base = os.path.expanduser(base)
+        if base.startswith(("https://", "http://")):
+            return
+        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
 def _describe(error: BaseException) -> str:
@@ -280,6 +318,29 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    def _load_file(self, filename: str) -> dict:
+        """detectron2's loading, refusing files that could run code: ``.pkl`` weights must be
+        plain data (checked by a restricted unpickler first), other files load with
+        ``torch.load(weights_only=True)`` (PyTorch's default), whose refusal is one line."""
+        if filename.endswith(".pkl"):
+            dcl_weights.check_plain_pickle(filename)  # then read a second time, by detectron2
+        try:
+            return super()._load_file(filename)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            reason = _torch_load_reason(error)
+            raise InputError(f"weights file {filename} is refused by torch.load(weights_only=True): {reason}; "
+                             "only checkpoints of tensors and plain data are loaded") from None
+
+
+def _torch_load_reason(error: BaseException) -> str:
+    """Why torch.load refused a file, in one line: PyTorch's message is a page of advice (its first
+    paragraph) around the reason (e.g. "Unsupported global: GLOBAL posix.system ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith(("(1)", "(2)", "Check the documentation"))]
+    reason = lines[0].removeprefix("WeightsUnpickler error: ").split(". ")[0] if lines else ""
+    return reason or type(error).__name__
 
 
 # ----------------------------------------------------------------------------- data order
@@ -627,6 +688,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_devices(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
     if num_gpus < 1:
         raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
+    if cfg.SEED + num_gpus * num_machines > SEED_LIMIT:  # detectron2 seeds rank r with SEED + r
+        raise InputError(f"SEED {cfg.SEED} + one per worker ({num_gpus * num_machines}) is out of numpy's "
+                         "seed range (below 2^32)")
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda"):
         available = torch.cuda.device_count()
@@ -660,9 +724,11 @@ def _resolve_weights(cfg: CfgNode, resume: bool, weights_dir: Optional[str]) -> 
     spec = cfg.MODEL.WEIGHTS
     if not spec:
         return None
-    local = dcl_weights.resolve(spec, weights_dir)
-    if not dcl_weights.is_remote(spec) and not Path(local).is_file():
-        raise InputError(f"MODEL.WEIGHTS file not found: {spec}")
+    local = dcl_weights.resolve(spec, weights_dir)  # a URL's file: checked against its recorded digest
+    if not dcl_weights.is_remote(spec):
+        if not Path(local).is_file():
+            raise InputError(f"MODEL.WEIGHTS file not found: {spec}")
+        dcl_weights.verify(local, record_if_missing=False)  # a downloaded file named by its path
     return local if local != spec else None
 
 

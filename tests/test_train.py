@@ -3,6 +3,7 @@ commands, and (e2e) real CPU training runs that are stopped by a signal, resumed
 import itertools
 import json
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -58,6 +59,90 @@ def test_load_config_rejects_bad_input_clearly(tmp_path, body, opts, message):
 def test_load_config_missing_file():
     with pytest.raises(InputError, match="config file not found: nope.yaml"):
         load_config("nope.yaml", [])
+
+
+RUNS_CODE = '!!python/object/apply:os.system ["touch pwned"]'
+
+
+@pytest.mark.parametrize("where", ["file", "base"])
+def test_python_tags_in_config_files_are_refused_before_detectron2_reads_them(tmp_path, monkeypatch, where):
+    """detectron2's merge_from_file falls back to yaml.unsafe_load, which would run the tag."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    base = tmp_path / "sub" / "base.yaml"
+    base.write_text(f'_BASE_: "{TOY}"\n' + (f"SEED: {RUNS_CODE}\n" if where == "base" else ""))
+    config = tmp_path / "sub" / "cfg.yaml"
+    config.write_text('_BASE_: "base.yaml"\n' + (f"SEED: {RUNS_CODE}\n" if where == "file" else ""))
+    faulty = base if where == "base" else config
+    message = (rf"{faulty} \(line 2\): could not determine a constructor for the tag "
+               r"'tag:yaml.org,2002:python/object/apply:os.system'; config files must be plain YAML")
+    with pytest.raises(InputError, match=message):
+        load_config(str(config), [])
+    result = subprocess.run([sys.executable, "-m", "dcl", "train", "--dry-run", "--config-file", str(config)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, result.stderr.strip().splitlines()[-1])  # (after torch's import warnings)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_seeds_numpy_cannot_take_are_refused():
+    with pytest.raises(InputError, match=r"SEED 4294967296 is out of range: numpy takes seeds below 2\^32"):
+        load_config(TOY, ["SEED", str(2**32)])
+    assert load_config(TOY, ["SEED", str(2**32 - 1)]).SEED == 2**32 - 1
+    with pytest.raises(InputError, match=r"SEED 4294967295 \+ one per worker \(2\)"):
+        train._check_devices(load_config(TOY, ["SEED", str(2**32 - 1)]), 1, 2)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_weights_that_could_run_code_are_refused_in_one_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    model = torch.nn.Linear(2, 3)
+    checkpointer = AtomicCheckpointer(model)
+    evil_pth = tmp_path / "evil.pth"
+    torch.save({"model": model.state_dict(), "x": RunsCode()}, evil_pth)
+    with pytest.raises(InputError, match=r"evil.pth is refused by torch.load\(weights_only=True\): [^\n;]*"
+                                         r"GLOBAL posix.system[^\n]*; only checkpoints of tensors"):
+        checkpointer.load(str(evil_pth))
+    evil_pkl = tmp_path / "evil.pkl"
+    evil_pkl.write_bytes(pickle.dumps({"model": {"weight": np.zeros((3, 2), np.float32)}, "x": RunsCode()}))
+    with pytest.raises(InputError, match=r"evil.pkl is refused: it refers to posix.system"):
+        checkpointer.load(str(evil_pkl))
+    assert not (tmp_path / "pwned").exists()
+    # detectron2's model-zoo format of plain data loads.
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"model": {"weight": np.full((3, 2), 2.0, np.float32),
+                                              "bias": np.ones(3, np.float32)}, "__author__": "test"}, protocol=2))
+    checkpointer.load(str(plain))
+    assert torch.equal(model.weight, torch.full((3, 2), 2.0))
+
+
+@pytest.mark.e2e
+def test_train_refuses_unsafe_weights_as_a_subprocess(tmp_path):
+    torch.save({"model": {}, "x": RunsCode()}, tmp_path / "evil.pth")
+    result = subprocess.run([sys.executable, "-m", "dcl", "train", "--eval-only", "--config-file", TOY,
+                             "MODEL.WEIGHTS", "evil.pth", "OUTPUT_DIR", "out"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "dcl train: error: weights file evil.pth is refused by torch.load(weights_only=True)" in result.stderr
+    assert read_json(tmp_path / "out" / "run.json")["status"] == "failed"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_downloaded_weights_file_is_checked_against_its_recorded_digest(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "weights" / "detectron2" / "model.pkl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x80\x02swapped")
+    path.with_name("model.pkl.sha256").write_text(f"{'0' * 64}  model.pkl\n")
+    for spec in ("detectron2://model.pkl", str(path)):
+        assert main(["train", "--dry-run", "--config-file", TOY, "--weights-dir", "weights", "MODEL.WEIGHTS", spec]) == 1
+        assert f"{path.relative_to(tmp_path) if '://' in spec else path}: SHA-256" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- distributed layout
