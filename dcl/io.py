@@ -35,7 +35,12 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
     ``suffix`` defaults to the destination's own (some writers pick the format from it).
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.is_dir():
+        raise InputError(f"output {destination} is a directory; name a file")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"output {destination}: a parent of it is a file, not a directory") from None
     fd, tmp = tempfile.mkstemp(
         prefix=f".{destination.name}.", suffix=destination.suffix if suffix is None else suffix,
         dir=destination.parent,
