@@ -84,7 +84,8 @@ from detectron2.utils.logger import setup_logger
 import dcl.modeling  # noqa: F401  (registers the DCL heads)
 from dcl import weights as dcl_weights
 from dcl.experiments import SEED_LIMIT
-from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json, \
+    remove_stale_temporaries, staging_directory
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.runrecord import RUN_RECORD, RunRecord, git_state, now
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
@@ -94,6 +95,7 @@ __all__ = [
     "STOP_SIGNALS",
     "EVAL_RESULTS",
     "AtomicCheckpointer",
+    "AtomicCOCOEvaluator",
     "ResumableTrainingSampler",
     "StopSignal",
     "Trainer",
@@ -423,6 +425,43 @@ class _RecordHook(hooks.HookBase):
             self.record.update(iteration=done)
 
 
+class AtomicCOCOEvaluator(COCOEvaluator):
+    """detectron2's COCOEvaluator whose output files (``coco_instances_results.json``, the
+    workflow's predictions, and ``instances_predictions.pth``) appear whole or not at all: it
+    writes them into a staging directory, from which each is renamed into place."""
+
+    def evaluate(self, img_ids=None):
+        if not self._output_dir or not comm.is_main_process():
+            return super().evaluate(img_ids)
+        output_dir = self._output_dir
+        try:
+            with staging_directory(output_dir) as staging:
+                self._output_dir = str(staging)
+                return super().evaluate(img_ids)
+        finally:
+            self._output_dir = output_dir
+
+
+def _prepare_output_dir(output_dir: Path) -> None:
+    """Before a run starts in ``output_dir``: remove the temporaries a killed attempt left
+    (checkpoints being written, the evaluator's staging directory), and cut a torn last line
+    off ``metrics.json`` (detectron2 appends to it; a new line must not be glued to a fragment)."""
+    if not output_dir.is_dir():
+        return
+    for path in remove_stale_temporaries(output_dir):
+        logger.warning("removed %s, left by an interrupted write", path)
+    metrics = output_dir / "metrics.json"
+    if metrics.is_file():
+        with open(metrics, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
+                logger.warning("%s: removed a torn last line (%d bytes) left by a killed run", metrics,
+                               len(data) - data.rfind(b"\n") - 1)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 def _inference_dir(cfg: CfgNode, dataset_name: str) -> Path:
@@ -478,8 +517,8 @@ class Trainer(DefaultTrainer):
         # are explicit: inferred from the predictions, a model without detections (early in
         # training) would get no segm entry at all instead of NaN AP.
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
-                             use_fast_impl=dcl.compat.has_extension())
+        return AtomicCOCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
+                                   use_fast_impl=dcl.compat.has_extension())
 
     @classmethod
     def test(cls, cfg: CfgNode, model, evaluators=None):
@@ -855,6 +894,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _with_seed(cfg, int.from_bytes(os.urandom(4), "little") % 2**31)
         worker_opts += ["SEED", str(cfg.SEED)]
     output_dir = Path(cfg.OUTPUT_DIR)
+    if layout.machine_rank == 0:
+        _prepare_output_dir(output_dir)
     job = _Job(
         config_file=args.config_file, opts=worker_opts, resume=args.resume, eval_only=args.eval_only,
         results_dir=args.results_dir, record_fields=_record_fields(args, cfg, layout, weights),

@@ -593,3 +593,67 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
     predictions = json.loads((out / "inference" / "coco_instances_results.json").read_text())
     gt = read_json(toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json")
     assert predictions and {p["image_id"] for p in predictions} <= {image["id"] for image in gt["images"]}
+
+
+# --------------------------------------------------------------------------- atomic outputs
+
+def test_evaluator_outputs_appear_whole_or_not_at_all(tmp_path, monkeypatch):
+    """detectron2 writes coco_instances_results.json in place; ours goes through a staging folder."""
+    from detectron2.evaluation import COCOEvaluator
+
+    def writes(fail):
+        def evaluate(self, img_ids=None):
+            with open(os.path.join(self._output_dir, "coco_instances_results.json"), "w") as f:
+                f.write('[{"image_id": 1')
+                if fail:
+                    raise RuntimeError("killed mid-write")
+                f.write("}]")
+            return {"segm": {"AP": 1.0}}
+        return evaluate
+
+    evaluator = object.__new__(train.AtomicCOCOEvaluator)
+    evaluator._output_dir = str(tmp_path)
+    monkeypatch.setattr(COCOEvaluator, "evaluate", writes(fail=True))
+    with pytest.raises(RuntimeError):
+        evaluator.evaluate()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(COCOEvaluator, "evaluate", writes(fail=False))
+    assert evaluator.evaluate() == {"segm": {"AP": 1.0}}
+    assert [p.name for p in tmp_path.iterdir()] == ["coco_instances_results.json"]
+    assert json.loads((tmp_path / "coco_instances_results.json").read_text()) == [{"image_id": 1}]
+    assert evaluator._output_dir == str(tmp_path)
+
+
+@pytest.mark.e2e
+def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
+    """SIGKILL (no handler runs): run.json stays 'running', a checkpoint or evaluator temporary
+    may be left half-written, metrics.json may end in a torn line. The next start cleans up."""
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    args = ["train", "--config-file", TOY, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
+            "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "1", "OUTPUT_DIR", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "dcl", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (out / "model_0000002.pth").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert read_json(out / "run.json")["status"] == "running"  # nobody closed it
+    # What a kill during a checkpoint save / the evaluation / a metrics append leaves.
+    (out / ".model_0000005.pth.k1ll3d_x.pth").write_bytes(b"PK\x03\x04half")
+    (out / "inference" / ".staging.k1ll3d_x").mkdir(parents=True)
+    (out / "inference" / ".staging.k1ll3d_x" / "coco_instances_results.json").write_text('[{"image_id"')
+    with open(out / "metrics.json", "a") as f:
+        f.write('{"iteration": 4, "tot')
+
+    code, output = run_dcl(args + ["--resume"], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert not [p for p in out.rglob(".*")], sorted(out.rglob(".*"))
+    record = read_json(out / "run.json")
+    assert record["status"] == "finished"
+    assert [a["status"] for a in record["attempts"]] == ["lost", "finished"]
+    assert record["attempts"][0]["end_iter"] is not None
+    assert all(json.loads(line) for line in (out / "metrics.json").read_text().splitlines())
+    assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
