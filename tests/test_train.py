@@ -268,6 +268,16 @@ def test_run_record_keeps_attempts_across_resumes(tmp_path):
     assert len(read_json(path)["attempts"]) == 1
 
 
+def test_an_attempt_killed_without_closing_its_record_is_marked_lost(tmp_path):
+    path = tmp_path / "run.json"
+    fields = {"mode": "train", "host": "h1", "iteration": 0, "max_iter": 50, "command": ["dcl", "train"]}
+    killed = RunRecord.begin(path, resume=False, fields=fields)
+    killed.start_iteration(0)
+    killed.update(iteration=20)  # then SIGKILL: no close()
+    RunRecord.begin(path, resume=True, fields=fields).close("finished", 0, iteration=50)
+    assert [(a["status"], a["end_iter"]) for a in read_json(path)["attempts"]] == [("lost", 20), ("finished", 50)]
+
+
 # --------------------------------------------------------------------------- the original README's commands
 
 # The training and evaluation commands of the original README, verbatim but for
