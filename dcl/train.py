@@ -158,7 +158,7 @@ def refuse_unsafe_yaml(config_file: str) -> None:
     """
     seen = set()
     path = config_file
-    while path is not None and path not in seen:
+    while path not in seen:  # (a _BASE_ cycle: detectron2 reports it)
         seen.add(path)
         try:
             with open(path, encoding="utf-8") as stream:
@@ -329,10 +329,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
             dcl_weights.check_plain_pickle(filename)  # then read a second time, by detectron2
         try:
             return super()._load_file(filename)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-            reason = _torch_load_reason(error)
-            raise InputError(f"weights file {filename} is refused by torch.load(weights_only=True): {reason}; "
-                             "only checkpoints of tensors and plain data are loaded") from None
+        except pickle.UnpicklingError as error:
+            raise InputError(f"weights file {filename} is refused by torch.load(weights_only=True): "
+                             f"{_torch_load_reason(error)}; only checkpoints of tensors and plain data are loaded") from None
+        except (RuntimeError, EOFError) as error:  # e.g. a truncated zip archive
+            raise InputError(f"weights file {filename} cannot be loaded (corrupted, or not a checkpoint?): "
+                             f"{_torch_load_reason(error)}") from None
 
 
 def _torch_load_reason(error: BaseException) -> str:
@@ -894,7 +896,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _with_seed(cfg, int.from_bytes(os.urandom(4), "little") % 2**31)
         worker_opts += ["SEED", str(cfg.SEED)]
     output_dir = Path(cfg.OUTPUT_DIR)
-    if layout.machine_rank == 0:
+    if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
         _prepare_output_dir(output_dir)
     job = _Job(
         config_file=args.config_file, opts=worker_opts, resume=args.resume, eval_only=args.eval_only,

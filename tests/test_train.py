@@ -109,6 +109,11 @@ def test_weights_that_could_run_code_are_refused_in_one_line(tmp_path, monkeypat
     with pytest.raises(InputError, match=r"evil.pth is refused by torch.load\(weights_only=True\): [^\n;]*"
                                          r"GLOBAL posix.system[^\n]*; only checkpoints of tensors"):
         checkpointer.load(str(evil_pth))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(evil_pth.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"truncated.pth cannot be loaded \(corrupted, or not a checkpoint\?\): "
+                                         r"PytorchStreamReader failed reading zip archive"):
+        checkpointer.load(str(truncated))
     evil_pkl = tmp_path / "evil.pkl"
     evil_pkl.write_bytes(pickle.dumps({"model": {"weight": np.zeros((3, 2), np.float32)}, "x": RunsCode()}))
     with pytest.raises(InputError, match=r"evil.pkl is refused: it refers to posix.system"):
