@@ -75,7 +75,8 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
     Returns:
         The COCO dict (images, annotations, categories), identical on every run.
     Raises:
-        InputError: no such split, no GT files, a GT without its image, an unreadable GT PNG.
+        InputError: no such split, no GT files, a GT without its image or of another size than
+            it, an unreadable GT PNG.
     """
     if segmentation not in ("rle", "polygon"):
         raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
@@ -106,6 +107,12 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
         if instance_ids.ndim != 2:
             raise InputError(f"{gt_path}: expected a single-channel instanceIds image, got shape {instance_ids.shape}")
         height, width = instance_ids.shape
+        image_path = image_dir / file_name
+        if image_path.is_file():
+            with Image.open(image_path) as image:  # reads the header only
+                if image.size != (width, height):
+                    raise InputError(f"{gt_path}: instanceIds is {width}x{height} but its image {image_path} is "
+                                     f"{image.size[0]}x{image.size[1]} (width x height): not its GT")
         images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
         for value in np.unique(instance_ids):
             label_id = int(value) // 1000 if value >= 1000 else int(value)

@@ -206,6 +206,13 @@ def _check_segmentation(segmentation: Any, height: int, width: int, where: str, 
                     or not all(_is_number(v) for v in polygon)):
                 problems.add(f"{where}: a polygon must be a list of at least 3 x,y pairs of numbers")
                 return False
+            # pycocotools rasterises every edge pixel by pixel: far-off points exhaust the memory
+            # (or overflow it: a segfault). One image size around the image is generous.
+            xs, ys = polygon[0::2], polygon[1::2]
+            if not (-width <= min(xs) and max(xs) <= 2 * width and -height <= min(ys) and max(ys) <= 2 * height):
+                problems.add(f"{where}: polygon coordinates (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}) "
+                             f"lie far outside the {width}x{height} image (width x height)")
+                return False
         return True
     if not isinstance(segmentation, Mapping) or "counts" not in segmentation or "size" not in segmentation:
         problems.add(f"{where}: 'segmentation' must be polygons or an RLE dict with 'size' and 'counts'")
@@ -323,15 +330,16 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
         if not (_is_int(ann.get("category_id")) and ann["category_id"] in gt.categories):
             problems.add(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
             continue
-        if not _is_number(ann.get("area")):
-            problems.add(f"{where}: needs a numeric 'area' (COCOeval uses it for the size ranges)")
+        if not _is_number(ann.get("area")) or ann["area"] < 0:
+            problems.add(f"{where}: needs a non-negative numeric 'area' (COCOeval uses it for the size ranges)")
             continue
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
             problems.add(f"{where}: 'iscrowd' must be 0 or 1")
             continue
         if "bbox" in ann and not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4
-                                  and all(_is_number(v) for v in ann["bbox"])):
-            problems.add(f"{where}: 'bbox' must be [x, y, width, height]")
+                                  and all(_is_number(v) for v in ann["bbox"])
+                                  and ann["bbox"][2] >= 0 and ann["bbox"][3] >= 0):
+            problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
             continue
         if need_segmentation:
             if "segmentation" not in ann:
@@ -361,6 +369,9 @@ def load_predictions(source: str | os.PathLike | Iterable[Mapping], gt: GroundTr
     if isinstance(data, Mapping):
         hint = " (this looks like a GT file: pass the GT with -a)" if "annotations" in data else ""
         raise InputError(f"{name}: a COCO results file must be a JSON list of detections{hint}")
+    if data is None or isinstance(data, (str, bytes, int, float)):
+        kind = {type(None): "null", str: "a string", bytes: "bytes", bool: "a boolean"}.get(type(data), "a number")
+        raise InputError(f"{name}: a COCO results file must be a JSON list of detections, got {kind}")
     if not isinstance(data, list):
         data = list(data)
     problems = _Problems(name)

@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 from dcl.coco import STAT_NAMES, GroundTruth, compact_rle, complement, load_ground_truth, load_predictions, \
     segmentation_to_rle
-from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, CocoEvaluator, check_backend, format_stats_table
+from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, EMPTY_GT_WARNING, CocoEvaluator, check_backend, \
+    format_stats_table, usable_cpus
 from dcl.io import InputError, atomic_write_json
 
 __all__ = [
@@ -240,9 +241,7 @@ def _check_options(types: Iterable[str], iou_type: str) -> tuple[list[str], list
 def _workers(workers: int) -> int:
     if workers < 0:
         raise InputError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
-    if workers:
-        return workers
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(workers, usable_cpus()) if workers else usable_cpus()  # more processes than CPUs only cost
 
 
 def _with_masks(predictions: Sequence[Mapping], tasks: Sequence[_ImageTask],
@@ -374,6 +373,9 @@ def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLi
         gt = load_ground_truth(gt)
     records = load_predictions(pred, gt)
     warnings_list = []
+    if not gt.data["annotations"]:
+        warnings_list.append(EMPTY_GT_WARNING)
+        warnings.warn(EMPTY_GT_WARNING, stacklevel=2)
     if not records:
         warnings_list.append(EMPTY_PREDICTIONS_WARNING)
         warnings.warn(EMPTY_PREDICTIONS_WARNING, stacklevel=2)
@@ -442,7 +444,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reproduce the original tool: a detection matching no GT is treated as matched "
                              "to the image's last GT by fFP and FN (the published tables used this)")
     parser.add_argument("-j", "--workers", type=int, default=1,
-                        help="worker processes (0 = one per CPU; default: %(default)s)")
+                        help="worker processes, at most the usable CPUs (0 = one per CPU; default: %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="COCO AP implementation (identical numbers; default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="OUT.json", help="write the results as JSON (atomically)")

@@ -45,6 +45,12 @@ DEFAULT_BACKEND = "faster-coco-eval"
 IOU_TYPES = ("segm", "bbox")
 
 EMPTY_PREDICTIONS_WARNING = "the predictions file has no detections: every AP and AR is 0"
+EMPTY_GT_WARNING = "the GT file has no annotations: AP and AR are undefined (null)"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_backend(backend: str) -> None:
@@ -173,7 +179,7 @@ def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | o
         cityscapes_root: Cityscapes root (with ``gtFine/<split>``): add the official
             Cityscapes AP / AP50 (per class too), computed by cityscapesscripts.
         split: Cityscapes split of the GT file.
-        threads: threads for faster-coco-eval's mask IoU.
+        threads: threads for faster-coco-eval's mask IoU (at most the usable CPUs).
     Raises:
         InputError: invalid GT or predictions (file, record, what is wrong).
     """
@@ -189,6 +195,9 @@ def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | o
     records = load_predictions(predictions, gt, need_segmentation=needs_masks,
                                need_bbox=explicit and "bbox" in iou_types)
     warnings_list: list[str] = []
+    if not gt.data["annotations"]:
+        warnings_list.append(EMPTY_GT_WARNING)
+        warnings.warn(EMPTY_GT_WARNING, stacklevel=2)
     if not records:
         warnings_list.append(EMPTY_PREDICTIONS_WARNING)
         warnings.warn(EMPTY_PREDICTIONS_WARNING, stacklevel=2)
@@ -209,7 +218,7 @@ def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | o
         "warnings": warnings_list,
     }
     for iou_type in iou_types:
-        result[iou_type] = CocoEvaluator(gt, iou_type, backend, threads)(records)
+        result[iou_type] = CocoEvaluator(gt, iou_type, backend, min(threads, usable_cpus()))(records)
     if cityscapes_root is not None:
         from dcl.cityscapes import cityscapes_instance_ap
 
@@ -257,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="Cityscapes split of the GT file (default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="eval.json", help="write the results as JSON (atomically)")
     parser.add_argument("-j", "--threads", type=int, default=1,
-                        help="threads for faster-coco-eval's mask IoU (default: %(default)s)")
+                        help="threads for faster-coco-eval's mask IoU, at most the usable CPUs (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "SCHEMA_PATH",
     "DCL_HEAD_OVERRIDES",
     "RESERVED_OVERRIDES",
+    "SEED_LIMIT",
     "DATASETS",
     "Dataset",
     "Resources",
@@ -53,6 +54,8 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum).
+SEED_LIMIT = 2**32
 
 # What `method: dcl` switches on (the original README's command lines).
 DCL_HEAD_OVERRIDES: tuple[tuple[str, str], ...] = (
@@ -425,6 +428,10 @@ class Plan:
         config_file = self._config_path(entry["config"], where)
         weights = self._weights(entry.get("weights"), where)
         resources = self._resources(entry)
+        for seed in seeds:
+            if seed + max(1, resources.gpus) > SEED_LIMIT:  # detectron2 seeds rank r with seed + r
+                self._problems.append(f"{where}: seed {seed} + one per GPU ({resources.gpus}) exceeds "
+                                      f"numpy's seed range (below 2^32)")
         return [Run(experiment=entry["name"], seed=seed, kind=kind, dataset=entry["dataset"], init=entry["init"],
                     method=entry["method"], group=group, ablation=ablation, folder=folder or entry["name"],
                     config_file=config_file, overrides=tuple(overrides), weights_file=weights,

@@ -10,13 +10,16 @@ import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
-__all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "read_yaml"]
+__all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "read_yaml",
+           "staging_directory", "remove_stale_temporaries"]
 
 # The process umask, read once (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -35,7 +38,12 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
     ``suffix`` defaults to the destination's own (some writers pick the format from it).
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.is_dir():
+        raise InputError(f"output {destination} is a directory; name a file")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"output {destination}: a parent of it is a file, not a directory") from None
     fd, tmp = tempfile.mkstemp(
         prefix=f".{destination.name}.", suffix=destination.suffix if suffix is None else suffix,
         dir=destination.parent,
@@ -50,6 +58,53 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
         os.replace(tmp_path, destination)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staging_directory(destination_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory in ``destination_dir``; on success move every file
+    written into it to ``destination_dir`` (each synced, then renamed: atomic per file).
+
+    For writers that pick their own file names (detectron2's evaluator). On an exception the
+    directory and what it holds are removed; no destination file is touched.
+    """
+    destination_dir = Path(destination_dir)
+    destination_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=destination_dir))  # atomic_path's pattern
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(path, destination_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# What atomic_path and staging_directory leave behind when the process is killed (SIGKILL, a
+# node failure): ".<name>.<8 random characters from mkstemp/mkdtemp><suffix>".
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of interrupted atomic writes under ``directory`` (recursively).
+
+    Only when nothing writes there any more (at the start of the run that owns the directory).
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for path in sorted(Path(directory).rglob(".*")):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or not (match["suffix"] or "") == Path(match["name"]).suffix:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write_text(destination: str | os.PathLike, text: str) -> None:

@@ -67,6 +67,10 @@ class RunRecord:
                 logger.warning("ignoring unreadable %s: %s", path, error)
             if previous is not None and previous.get("mode") != fields["mode"]:
                 previous = None
+        if previous and previous.get("attempts") and previous["attempts"][-1].get("status") == "running":
+            # Its process ended without closing the record (SIGKILL, out of memory, a lost node).
+            logger.warning("%s: the previous attempt ended without a record (killed?); marking it lost", path)
+            previous["attempts"][-1].update(status="lost", end_iter=previous.get("iteration"))
         started = now()
         iteration = fields.get("iteration")
         if previous and isinstance(previous.get("iteration"), int) and previous["iteration"] > (iteration or 0):

@@ -57,6 +57,7 @@ import json
 import logging
 import os
 import random
+import pickle
 import shutil
 import signal
 import socket
@@ -70,6 +71,7 @@ import dcl.compat  # noqa: F401  (before any detectron2 module)
 import numpy as np
 import torch
 import torch.utils.data as torchdata
+import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
@@ -84,7 +86,9 @@ from detectron2.utils.logger import setup_logger
 import dcl.modeling  # noqa: F401  (registers the DCL heads)
 from dcl import early_signals
 from dcl import weights as dcl_weights
-from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from dcl.experiments import SEED_LIMIT
+from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json, \
+    remove_stale_temporaries, staging_directory
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.runrecord import RUN_RECORD, RunRecord, git_state, now
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
@@ -94,11 +98,13 @@ __all__ = [
     "STOP_SIGNALS",
     "EVAL_RESULTS",
     "AtomicCheckpointer",
+    "AtomicCOCOEvaluator",
     "ResumableTrainingSampler",
     "StopSignal",
     "Trainer",
     "TrainingInterrupted",
     "load_config",
+    "refuse_unsafe_yaml",
     "add_arguments",
     "run",
 ]
@@ -125,6 +131,7 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
     if config_file:
         if not Path(config_file).is_file():
             raise InputError(f"config file not found: {config_file}")
+        refuse_unsafe_yaml(config_file)
         try:
             cfg.merge_from_file(config_file)
         except Exception as error:  # yacs raises KeyError/ValueError/AssertionError/yaml errors
@@ -139,8 +146,41 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
         check_dcl_config(cfg)
     except ValueError as error:
         raise InputError(str(error)) from None
+    if cfg.SEED >= SEED_LIMIT:
+        raise InputError(f"SEED {cfg.SEED} is out of range: numpy takes seeds below 2^32 (< 0: random)")
     cfg.freeze()
     return cfg
+
+
+def refuse_unsafe_yaml(config_file: str) -> None:
+    """Parse ``config_file`` and its ``_BASE_`` files as plain YAML first: detectron2's
+    ``merge_from_file`` falls back to ``yaml.unsafe_load``, which runs ``!!python/...`` tags.
+
+    Raises:
+        InputError: a file is not plain YAML (a Python tag, a syntax error), naming it.
+    """
+    seen = set()
+    path = config_file
+    while path not in seen:  # (a _BASE_ cycle: detectron2 reports it)
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                data = yaml.safe_load(stream)
+        except yaml.constructor.ConstructorError as error:
+            mark = error.problem_mark
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise InputError(f"{path}{where}: {error.problem}; config files must be plain YAML "
+                             "(Python tags are refused: they run code)") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
+        base = data.get("_BASE_") if isinstance(data, dict) else None
+        if base is None or not isinstance(base, str):
+            return
+        # detectron2's rule for _BASE_: ~ expanded, relative to the including file; URLs it fetches.
+        base = os.path.expanduser(base)
+        if base.startswith(("https://", "http://")):
+            return
+        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
 def _describe(error: BaseException) -> str:
@@ -290,6 +330,31 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    def _load_file(self, filename: str) -> dict:
+        """detectron2's loading, refusing files that could run code: ``.pkl`` weights must be
+        plain data (checked by a restricted unpickler first), other files load with
+        ``torch.load(weights_only=True)`` (PyTorch's default), whose refusal is one line."""
+        if filename.endswith(".pkl"):
+            dcl_weights.check_plain_pickle(filename)  # then read a second time, by detectron2
+        try:
+            return super()._load_file(filename)
+        except pickle.UnpicklingError as error:
+            raise InputError(f"weights file {filename} is refused by torch.load(weights_only=True): "
+                             f"{_torch_load_reason(error)}; only checkpoints of tensors and plain data are loaded") from None
+        except (RuntimeError, EOFError) as error:  # e.g. a truncated zip archive
+            raise InputError(f"weights file {filename} cannot be loaded (corrupted, or not a checkpoint?): "
+                             f"{_torch_load_reason(error)}") from None
+
+
+def _torch_load_reason(error: BaseException) -> str:
+    """Why torch.load refused a file, in one line: PyTorch's message is a page of advice (its first
+    paragraph) around the reason (e.g. "Unsupported global: GLOBAL posix.system ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith(("(1)", "(2)", "Check the documentation"))]
+    reason = lines[0].removeprefix("WeightsUnpickler error: ").split(". ")[0] if lines else ""
+    return reason or type(error).__name__
 
 
 # ----------------------------------------------------------------------------- data order
@@ -463,6 +528,43 @@ class _RecordHook(hooks.HookBase):
             self.record.update(iteration=done)
 
 
+class AtomicCOCOEvaluator(COCOEvaluator):
+    """detectron2's COCOEvaluator whose output files (``coco_instances_results.json``, the
+    workflow's predictions, and ``instances_predictions.pth``) appear whole or not at all: it
+    writes them into a staging directory, from which each is renamed into place."""
+
+    def evaluate(self, img_ids=None):
+        if not self._output_dir or not comm.is_main_process():
+            return super().evaluate(img_ids)
+        output_dir = self._output_dir
+        try:
+            with staging_directory(output_dir) as staging:
+                self._output_dir = str(staging)
+                return super().evaluate(img_ids)
+        finally:
+            self._output_dir = output_dir
+
+
+def _prepare_output_dir(output_dir: Path) -> None:
+    """Before a run starts in ``output_dir``: remove the temporaries a killed attempt left
+    (checkpoints being written, the evaluator's staging directory), and cut a torn last line
+    off ``metrics.json`` (detectron2 appends to it; a new line must not be glued to a fragment)."""
+    if not output_dir.is_dir():
+        return
+    for path in remove_stale_temporaries(output_dir):
+        logger.warning("removed %s, left by an interrupted write", path)
+    metrics = output_dir / "metrics.json"
+    if metrics.is_file():
+        with open(metrics, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
+                logger.warning("%s: removed a torn last line (%d bytes) left by a killed run", metrics,
+                               len(data) - data.rfind(b"\n") - 1)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 def _inference_dir(cfg: CfgNode, dataset_name: str) -> Path:
@@ -524,8 +626,8 @@ class Trainer(DefaultTrainer):
         # are explicit: inferred from the predictions, a model without detections (early in
         # training) would get no segm entry at all instead of NaN AP.
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
-                             use_fast_impl=dcl.compat.has_extension())
+        return AtomicCOCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
+                                   use_fast_impl=dcl.compat.has_extension())
 
     @classmethod
     def test(cls, cfg: CfgNode, model, evaluators=None):
@@ -754,6 +856,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_devices(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
     if num_gpus < 1:
         raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
+    if cfg.SEED + num_gpus * num_machines > SEED_LIMIT:  # detectron2 seeds rank r with SEED + r
+        raise InputError(f"SEED {cfg.SEED} + one per worker ({num_gpus * num_machines}) is out of numpy's "
+                         "seed range (below 2^32)")
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda"):
         available = torch.cuda.device_count()
@@ -787,9 +892,11 @@ def _resolve_weights(cfg: CfgNode, resume: bool, weights_dir: Optional[str]) -> 
     spec = cfg.MODEL.WEIGHTS
     if not spec:
         return None
-    local = dcl_weights.resolve(spec, weights_dir)
-    if not dcl_weights.is_remote(spec) and not Path(local).is_file():
-        raise InputError(f"MODEL.WEIGHTS file not found: {spec}")
+    local = dcl_weights.resolve(spec, weights_dir)  # a URL's file: checked against its recorded digest
+    if not dcl_weights.is_remote(spec):
+        if not Path(local).is_file():
+            raise InputError(f"MODEL.WEIGHTS file not found: {spec}")
+        dcl_weights.verify(local, record_if_missing=False)  # a downloaded file named by its path
     return local if local != spec else None
 
 
@@ -929,6 +1036,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _with_seed(cfg, int.from_bytes(os.urandom(4), "little") % 2**31)
         worker_opts += ["SEED", str(cfg.SEED)]
     output_dir = Path(cfg.OUTPUT_DIR)
+    if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
+        _prepare_output_dir(output_dir)
     job = _Job(
         config_file=args.config_file, opts=worker_opts, resume=args.resume, eval_only=args.eval_only,
         results_dir=args.results_dir, record_fields=_record_fields(args, cfg, layout, weights),

@@ -19,6 +19,15 @@ A download goes to ``<file>.part`` (resumed with an HTTP Range request after an 
 retried a few times), is checked against its ``Content-Length`` and, when given as
 ``URL#sha256=<hex>``, its SHA-256, and is then renamed into place; ``<file>.sha256`` records the
 digest. Concurrent downloads of the same file wait for each other (a lock file).
+
+Integrity (trust on first use): no URL of the paper pins a hash, so ``<file>.sha256`` records the
+digest of the first download (or of a file found in place without a record) and every later use
+(``dcl weights download`` of a present file, ``dcl train``'s ``MODEL.WEIGHTS``) checks the file
+against it: a swapped or corrupted file is an error naming it. A download that is not a checkpoint
+(neither a zip archive, as ``torch.save`` writes, nor a pickle: e.g. an HTML error page) is
+refused. Pickled ``.pkl`` weights (detectron2's ImageNet and model-zoo files) are read only if they
+hold plain data (:func:`check_plain_pickle`: numpy arrays, dicts, lists, scalars), since
+unpickling anything else can run code.
 """
 from __future__ import annotations
 
@@ -28,7 +37,9 @@ import fcntl
 import hashlib
 import http.client
 import logging
+import io
 import os
+import pickle
 import re
 import sys
 import time
@@ -52,6 +63,8 @@ __all__ = [
     "local_path",
     "resolve",
     "download",
+    "verify",
+    "check_plain_pickle",
     "add_arguments",
     "run",
 ]
@@ -110,7 +123,10 @@ def local_path(spec: str, weights_dir: str | os.PathLike | None = None) -> Path:
     if url.startswith(DETECTRON2_PREFIX):
         host, path = "detectron2", url[len(DETECTRON2_PREFIX):]
     elif url.startswith(("http://", "https://")):
-        parsed = urllib.parse.urlsplit(url)
+        try:
+            parsed = urllib.parse.urlsplit(url)
+        except ValueError as error:  # e.g. an unclosed IPv6 bracket
+            raise InputError(f"{spec}: not a valid URL ({error})") from None
         host, path = parsed.netloc, parsed.path
     else:
         raise InputError(f"{spec}: not a detectron2://, http:// or https:// URL")
@@ -136,6 +152,7 @@ def resolve(spec: str, weights_dir: str | os.PathLike | None = None) -> str:
         return spec
     path = local_path(spec, weights_dir)
     if path.is_file():
+        verify(path)
         return str(path)
     root = default_weights_dir(weights_dir)
     raise InputError(
@@ -162,6 +179,91 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _record(path: Path, digest: str) -> None:
+    atomic_write_text(_record_path(path), f"{digest}  {path.name}\n")
+
+
+def verify(path: str | os.PathLike, *, record_if_missing: bool = True) -> None:
+    """Check ``path`` against the SHA-256 in ``<path>.sha256`` (written when it was downloaded).
+
+    Without a record, one is written now when ``record_if_missing`` (trust on first use).
+
+    Raises:
+        InputError: the file's digest differs from the record (swapped or corrupted), or the
+            record is unreadable.
+    """
+    path = Path(path)
+    record = _record_path(path)
+    digest = _sha256(path)
+    if not record.is_file():
+        if record_if_missing:
+            logger.info("%s: no digest recorded; recording sha256 %s (trust on first use)", path, digest)
+            with contextlib.suppress(OSError):  # a read-only weights directory: use it unrecorded
+                _record(path, digest)
+        return
+    try:
+        recorded = record.read_text(encoding="utf-8").split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise InputError(f"{record}: unreadable digest record of {path}; delete it to record the file again") from None
+    if digest != recorded:
+        raise InputError(f"{path}: SHA-256 {digest} differs from the one recorded when it was downloaded "
+                         f"({recorded}, in {record}): the file was changed or corrupted; download it again "
+                         "with `dcl weights download --force`")
+
+
+def _check_checkpoint_format(path: Path, url: str) -> None:
+    """Refuse a download that is neither a zip archive (``torch.save``) nor a pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # zip magic; pickle's PROTO opcode (protocol 2+, Python 2's cPickle and torch's legacy format).
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return
+    size = path.stat().st_size
+    path.unlink()
+    raise InputError(f"{url}: the download ({size} bytes, starting {head!r}) is not a checkpoint "
+                     "(neither a zip archive nor a pickle; an error page?); nothing stored")
+
+
+# What plain-data pickles (numpy arrays in dicts and lists) may refer to; nothing here runs code.
+_PLAIN_PICKLE_GLOBALS = {
+    ("collections", "OrderedDict"), ("_codecs", "encode"),  # bytes in a protocol-2 pickle of Python 3
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PLAIN_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        return super().find_class(module, name)
+
+
+def check_plain_pickle(path: str | os.PathLike) -> None:
+    """Read the pickle ``path`` allowing only plain data: dicts, lists, strings, numbers and numpy
+    arrays (detectron2's ``.pkl`` weights). Python 2 pickles are read as detectron2 reads them.
+
+    Raises:
+        InputError: the pickle refers to anything else (it could run code when unpickled) or is
+            not a readable pickle.
+    """
+    try:
+        with open(path, "rb") as f:
+            _PlainDataUnpickler(io.BufferedReader(f), encoding="latin1").load()
+    except OSError as error:
+        raise InputError(f"weights file {path} cannot be read: {error}") from None
+    except Exception as error:  # UnpicklingError, EOFError, ValueError, ... from a bad file
+        raise InputError(f"weights file {path} is refused: {error} (only plain data - numpy arrays, dicts, "
+                         "lists, numbers - is unpickled)") from None
 
 
 def _fetch_into(url: str, part: Path) -> Optional[int]:
@@ -243,6 +345,7 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
                 raise InputError(
                     f"{dest} exists but its SHA-256 is not {expected}; delete it or pass --force"
                 )
+            verify(dest)
             logger.info("%s: already present at %s", spec, dest)
             return dest
         if force:
@@ -273,8 +376,9 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
         if expected and digest != expected:
             part.unlink()
             raise InputError(f"{url}: SHA-256 {digest} does not match the expected {expected}; download deleted")
+        _check_checkpoint_format(part, url)
         os.replace(part, dest)
-        atomic_write_text(dest.with_name(dest.name + ".sha256"), f"{digest}  {dest.name}\n")
+        _record(dest, digest)
         logger.info("%s: %d bytes, sha256 %s -> %s", spec, dest.stat().st_size, digest, dest)
         return dest
 

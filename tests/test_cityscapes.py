@@ -1,6 +1,9 @@
 """dcl.cityscapes: gtFine -> COCO equals the instanceIds PNGs; Cityscapes AP equals cityscapesscripts."""
 import copy
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,6 +121,14 @@ def test_conversion_errors(cityscapes_root, tmp_path):
     Image.fromarray(_scene(0)).save(broken / "gtFine" / "val" / "x" / "x_000000_000000_gtFine_instanceIds.png")
     with pytest.raises(InputError, match=r"have no image .* x/x_000000_000000_leftImg8bit.png"):
         cityscapes_to_coco(broken, "val", None)
+    Image.fromarray(np.zeros((H // 2, W, 3), np.uint8)).save(broken / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png")
+    out = tmp_path / "gt.json"
+    result = subprocess.run([sys.executable, "-m", "dcl", "data", "cityscapes-to-coco", str(broken), "--split", "val",
+                             "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(rf"x_000000_000000_gtFine_instanceIds.png: instanceIds is {W}x{H} but its image \S+ is "
+                     rf"{W}x{H // 2} \(width x height\): not its GT", result.stderr), result.stderr
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------

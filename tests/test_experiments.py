@@ -231,6 +231,8 @@ def test_ablation_of_a_default_parameter_shares_the_base_runs(tmp_path):
     (lambda c: c.pop("released"), "top level: 'released' is a required property"),
     (lambda c: c["experiments"][0].update(overrides={"solver.max_iter": 5}), "key 'solver.max_iter' is not allowed"),
     (lambda c: c["weights"]["r50"].update(url="ftp://x/y.pkl"), "weights.r50.url: 'ftp://x/y.pkl' does not match"),
+    (lambda c: c["experiments"][0].update(seeds=[2**32]),
+     "experiments[0] (base).seeds[0]: 4294967296 is greater than the maximum of 4294967295"),
 ])
 def test_schema_errors_say_where_and_what(tmp_path, change, expected):
     config = minimal_config(tmp_path)
@@ -255,6 +257,8 @@ def test_every_schema_error_is_reported_at_once(tmp_path):
     (lambda c: c["experiments"][0].update(overrides={"SEED": 3}), "override SEED is set by the workflow"),
     (lambda c: c["experiments"][0].update(overrides={"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE": 0.1}),
      "put it in the experiment's `dcl` mapping as TEMPERATURE"),
+    (lambda c: c["experiments"][0].update(seeds=[2**32 - 2], resources={"gpus": 4}),
+     "experiments[0] (base): seed 4294967294 + one per GPU (4) exceeds numpy's seed range (below 2^32)"),
     (lambda c: c["experiments"][1].update(name="base"), "experiment name 'base' is already used by experiments[0] (base)"),
     (lambda c: c["experiments"][0].update(weights="https://example.org/model.pth"), "declare it in the top-level `weights` table"),
     (lambda c: c["experiments"][0].update(config="configs/missing.yaml"),

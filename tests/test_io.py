@@ -1,5 +1,6 @@
 """dcl.io: atomic writes never leave a half file; JSON errors say file, line and what."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,28 @@ def test_yaml_errors_name_the_file_and_the_problem(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(InputError, match="binary.yaml cannot be read"):
         read_yaml(binary)
+
+
+def test_stale_temporaries_of_atomic_writes_are_found_and_only_they(tmp_path, monkeypatch):
+    from dcl.io import remove_stale_temporaries, staging_directory
+
+    # A killed process leaves exactly the temporary that atomic_path created: keep it from being removed.
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "sub" / "model.pth") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    monkeypatch.undo()
+    staging = tmp_path / ".staging.zz9y8x7w"  # a staging_directory of a killed process
+    staging.mkdir()
+    (staging / "coco_instances_results.json").write_text("[")
+    kept = [tmp_path / "sub" / "model.pth", tmp_path / ".hidden", tmp_path / ".model.pth.short.pth",
+            tmp_path / ".run.json.ab12cd_e.txt"]
+    for path in kept:
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([staging, tmp])
+    assert all(path.exists() for path in kept) and not tmp.exists()
+    with staging_directory(tmp_path / "out") as folder:
+        (folder / "a.json").write_text("{}")
+        assert not (tmp_path / "out" / "a.json").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.json"]

@@ -550,9 +550,10 @@ def good_files():
     ({"errors.json": json.dumps(errors_record({"FN": 5.0}, True))}, "failed", ["errors.json", "legacy", "swapped"], True),
     ({"errors.json": json.dumps({"baseline": {"AP": 1.0}, "delta": {"FN": {"AP": "x"}}, "types": ["FN"]})}, "failed",
      ["delta.FN.AP"], True),
-    ({"metrics.json": '{"iteration": 1, "total_loss": 1.0}\n{"iteration": 2, "total'}, "failed",
-     ["metrics.json line 2", "truncated"], True),
-    ({"metrics.json": '{"iteration": 1, "total_loss": "high"}\n'}, "failed", ["total_loss", "must be a number"], True),
+    # A damaged metrics.json line (a torn append) is skipped with a warning; the run still counts.
+    ({"metrics.json": '{"iteration": 1, "total_loss": 1.0}\n{"iteration": 2, "total'}, "finished",
+     ["metrics.json: skipped unreadable line 2", "truncated"], True),
+    ({"metrics.json": '{"iteration": 1, "total_loss": "high"}\n'}, "finished", ["total_loss", "must be a number"], True),
     # Training not (known to be) complete: a stale eval.json is never used.
     ({"run.json": json.dumps({"status": "running", "iteration": 50, "max_iter": 100})}, "running", ["50/100"], False),
     ({"run.json": json.dumps({"status": "interrupted", "iteration": 50, "max_iter": 100})}, "incomplete",
@@ -712,3 +713,32 @@ def test_snakemake_html_report_with_captions(paper, tmp_path):
     for phrase in ("scipy.stats.ttest_rel", "dominant error", "plausible draw", "Run inventory", "white diamond"):
         assert phrase in html, phrase
     assert tree_hashes(workdir / "res") == tree_hashes(source)  # the same inputs give the same files
+
+
+def test_garbage_in_metrics_json_is_skipped_and_the_rest_is_read(tmp_path):
+    files = good_files()
+    lines = files["metrics.json"].splitlines()
+    files["metrics.json"] = "\n".join(lines[:1] + ["\x00\xff garbage {"] + lines[1:]) + "\n"
+    folder = tmp_path / "runs" / "exp" / "seed0"
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / name).write_text(content)
+    result = inputs.load_run(tmp_path, expected_run())
+    assert result.status == "finished" and result.eval is not None
+    assert result.warnings == ["metrics.json: skipped unreadable line 2: invalid JSON: Expecting value"]
+    assert [p["iteration"] for p in result.metrics] == [json.loads(line)["iteration"] for line in lines
+                                                        if "total_loss" in json.loads(line)]
+
+
+@pytest.mark.parametrize("run_dir", ["../../../../etc", "/etc", "runs/../../x"])
+def test_run_dirs_outside_the_results_tree_are_refused(tmp_path, run_dir):
+    path = tmp_path / "experiments.json"
+    record = {**run_record("exp", 0, "cityscapes", "imagenet", "baseline"), "run_dir": run_dir}
+    path.write_text(json.dumps({"preset": "p", "runs": [record]}))
+    message = rf"runs\[0\]: 'run_dir' {re.escape(run_dir)} must be a relative path inside the results directory"
+    with pytest.raises(InputError, match=message):
+        inputs.load_experiments(path)
+    result = subprocess.run([sys.executable, "-m", "dcl", "report", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and re.search(message, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.json"]

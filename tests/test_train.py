@@ -3,6 +3,7 @@ commands, and (e2e) real CPU training runs that are stopped by a signal, resumed
 import itertools
 import json
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -59,6 +60,95 @@ def test_load_config_rejects_bad_input_clearly(tmp_path, body, opts, message):
 def test_load_config_missing_file():
     with pytest.raises(InputError, match="config file not found: nope.yaml"):
         load_config("nope.yaml", [])
+
+
+RUNS_CODE = '!!python/object/apply:os.system ["touch pwned"]'
+
+
+@pytest.mark.parametrize("where", ["file", "base"])
+def test_python_tags_in_config_files_are_refused_before_detectron2_reads_them(tmp_path, monkeypatch, where):
+    """detectron2's merge_from_file falls back to yaml.unsafe_load, which would run the tag."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    base = tmp_path / "sub" / "base.yaml"
+    base.write_text(f'_BASE_: "{TOY}"\n' + (f"SEED: {RUNS_CODE}\n" if where == "base" else ""))
+    config = tmp_path / "sub" / "cfg.yaml"
+    config.write_text('_BASE_: "base.yaml"\n' + (f"SEED: {RUNS_CODE}\n" if where == "file" else ""))
+    faulty = base if where == "base" else config
+    message = (rf"{faulty} \(line 2\): could not determine a constructor for the tag "
+               r"'tag:yaml.org,2002:python/object/apply:os.system'; config files must be plain YAML")
+    with pytest.raises(InputError, match=message):
+        load_config(str(config), [])
+    result = subprocess.run([sys.executable, "-m", "dcl", "train", "--dry-run", "--config-file", str(config)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, result.stderr.strip().splitlines()[-1])  # (after torch's import warnings)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_seeds_numpy_cannot_take_are_refused():
+    with pytest.raises(InputError, match=r"SEED 4294967296 is out of range: numpy takes seeds below 2\^32"):
+        load_config(TOY, ["SEED", str(2**32)])
+    assert load_config(TOY, ["SEED", str(2**32 - 1)]).SEED == 2**32 - 1
+    with pytest.raises(InputError, match=r"SEED 4294967295 \+ one per worker \(2\)"):
+        train._check_devices(load_config(TOY, ["SEED", str(2**32 - 1)]), 1, 2)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_weights_that_could_run_code_are_refused_in_one_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    model = torch.nn.Linear(2, 3)
+    checkpointer = AtomicCheckpointer(model)
+    evil_pth = tmp_path / "evil.pth"
+    torch.save({"model": model.state_dict(), "x": RunsCode()}, evil_pth)
+    with pytest.raises(InputError, match=r"evil.pth is refused by torch.load\(weights_only=True\): [^\n;]*"
+                                         r"GLOBAL posix.system[^\n]*; only checkpoints of tensors"):
+        checkpointer.load(str(evil_pth))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(evil_pth.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"truncated.pth cannot be loaded \(corrupted, or not a checkpoint\?\): "
+                                         r"PytorchStreamReader failed reading zip archive"):
+        checkpointer.load(str(truncated))
+    evil_pkl = tmp_path / "evil.pkl"
+    evil_pkl.write_bytes(pickle.dumps({"model": {"weight": np.zeros((3, 2), np.float32)}, "x": RunsCode()}))
+    with pytest.raises(InputError, match=r"evil.pkl is refused: it refers to posix.system"):
+        checkpointer.load(str(evil_pkl))
+    assert not (tmp_path / "pwned").exists()
+    # detectron2's model-zoo format of plain data loads.
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"model": {"weight": np.full((3, 2), 2.0, np.float32),
+                                              "bias": np.ones(3, np.float32)}, "__author__": "test"}, protocol=2))
+    checkpointer.load(str(plain))
+    assert torch.equal(model.weight, torch.full((3, 2), 2.0))
+
+
+@pytest.mark.e2e
+def test_train_refuses_unsafe_weights_as_a_subprocess(tmp_path):
+    torch.save({"model": {}, "x": RunsCode()}, tmp_path / "evil.pth")
+    result = subprocess.run([sys.executable, "-m", "dcl", "train", "--eval-only", "--config-file", TOY,
+                             "MODEL.WEIGHTS", "evil.pth", "OUTPUT_DIR", "out"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "dcl train: error: weights file evil.pth is refused by torch.load(weights_only=True)" in result.stderr
+    assert read_json(tmp_path / "out" / "run.json")["status"] == "failed"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_downloaded_weights_file_is_checked_against_its_recorded_digest(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "weights" / "detectron2" / "model.pkl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x80\x02swapped")
+    path.with_name("model.pkl.sha256").write_text(f"{'0' * 64}  model.pkl\n")
+    for spec in ("detectron2://model.pkl", str(path)):
+        assert main(["train", "--dry-run", "--config-file", TOY, "--weights-dir", "weights", "MODEL.WEIGHTS", spec]) == 1
+        assert f"{path.relative_to(tmp_path) if '://' in spec else path}: SHA-256" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- distributed layout
@@ -211,6 +301,16 @@ def test_run_record_keeps_attempts_across_resumes(tmp_path):
     # A fresh (non-resumed) run starts a new record.
     RunRecord.begin(path, resume=False, fields=fields)
     assert len(read_json(path)["attempts"]) == 1
+
+
+def test_an_attempt_killed_without_closing_its_record_is_marked_lost(tmp_path):
+    path = tmp_path / "run.json"
+    fields = {"mode": "train", "host": "h1", "iteration": 0, "max_iter": 50, "command": ["dcl", "train"]}
+    killed = RunRecord.begin(path, resume=False, fields=fields)
+    killed.start_iteration(0)
+    killed.update(iteration=20)  # then SIGKILL: no close()
+    RunRecord.begin(path, resume=True, fields=fields).close("finished", 0, iteration=50)
+    assert [(a["status"], a["end_iter"]) for a in read_json(path)["attempts"]] == [("lost", 20), ("finished", 50)]
 
 
 # --------------------------------------------------------------------------- the original README's commands
@@ -665,3 +765,67 @@ def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, 
     for a, b in zip(straight, resumed):
         assert b["total_loss"] == pytest.approx(a["total_loss"], rel=1e-5), (a, b)
     assert relative_l2(straight_weights, resumed_weights) < 1e-5
+
+
+# --------------------------------------------------------------------------- atomic outputs
+
+def test_evaluator_outputs_appear_whole_or_not_at_all(tmp_path, monkeypatch):
+    """detectron2 writes coco_instances_results.json in place; ours goes through a staging folder."""
+    from detectron2.evaluation import COCOEvaluator
+
+    def writes(fail):
+        def evaluate(self, img_ids=None):
+            with open(os.path.join(self._output_dir, "coco_instances_results.json"), "w") as f:
+                f.write('[{"image_id": 1')
+                if fail:
+                    raise RuntimeError("killed mid-write")
+                f.write("}]")
+            return {"segm": {"AP": 1.0}}
+        return evaluate
+
+    evaluator = object.__new__(train.AtomicCOCOEvaluator)
+    evaluator._output_dir = str(tmp_path)
+    monkeypatch.setattr(COCOEvaluator, "evaluate", writes(fail=True))
+    with pytest.raises(RuntimeError):
+        evaluator.evaluate()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(COCOEvaluator, "evaluate", writes(fail=False))
+    assert evaluator.evaluate() == {"segm": {"AP": 1.0}}
+    assert [p.name for p in tmp_path.iterdir()] == ["coco_instances_results.json"]
+    assert json.loads((tmp_path / "coco_instances_results.json").read_text()) == [{"image_id": 1}]
+    assert evaluator._output_dir == str(tmp_path)
+
+
+@pytest.mark.e2e
+def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
+    """SIGKILL (no handler runs): run.json stays 'running', a checkpoint or evaluator temporary
+    may be left half-written, metrics.json may end in a torn line. The next start cleans up."""
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    args = ["train", "--config-file", TOY, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
+            "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "1", "OUTPUT_DIR", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "dcl", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (out / "model_0000002.pth").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert read_json(out / "run.json")["status"] == "running"  # nobody closed it
+    # What a kill during a checkpoint save / the evaluation / a metrics append leaves.
+    (out / ".model_0000005.pth.k1ll3d_x.pth").write_bytes(b"PK\x03\x04half")
+    (out / "inference" / ".staging.k1ll3d_x").mkdir(parents=True)
+    (out / "inference" / ".staging.k1ll3d_x" / "coco_instances_results.json").write_text('[{"image_id"')
+    with open(out / "metrics.json", "a") as f:
+        f.write('{"iteration": 4, "tot')
+
+    code, output = run_dcl(args + ["--resume"], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert not [p for p in out.rglob(".*")], sorted(out.rglob(".*"))
+    record = read_json(out / "run.json")
+    assert record["status"] == "finished"
+    assert [a["status"] for a in record["attempts"]] == ["lost", "finished"]
+    assert record["attempts"][0]["end_iter"] is not None
+    assert all(json.loads(line) for line in (out / "metrics.json").read_text().splitlines())
+    assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)

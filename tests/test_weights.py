@@ -3,7 +3,10 @@ server (full, resumed with a Range request, interrupted, checksummed, failing)."
 import hashlib
 import http.server
 import os
+import pickle
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -12,7 +15,9 @@ from dcl import weights
 from dcl.cli import main
 from dcl.io import InputError
 
-PAYLOAD = os.urandom(300_000)
+# Starts as a pickle does (downloads that are not checkpoints are refused).
+PAYLOAD = b"\x80\x02" + os.urandom(300_000)
+HTML_ERROR = b"<html>404 Not Found</html>\n"  # 27 bytes, served with status 200
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -32,6 +37,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/html/"):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(HTML_ERROR)))
+            self.end_headers()
+            self.wfile.write(HTML_ERROR)
+            return
         if not self.path.startswith("/files/"):
             self.send_error(404, "Not Found")
             return
@@ -169,3 +180,70 @@ def test_cli(server, tmp_path, capsys):
         assert f.read() == PAYLOAD
     assert main(["weights", "download", url(server, "/missing.pth"), "--weights-dir", str(tmp_path)]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_weights_path_of_a_malformed_url_is_one_line():
+    result = subprocess.run([sys.executable, "-m", "dcl", "weights", "path", "http://[::1"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["dcl weights: error: http://[::1: not a valid URL (Invalid IPv6 URL)"]
+
+
+# --------------------------------------------------------------------------- integrity
+
+def test_a_download_that_is_not_a_checkpoint_is_refused(server, tmp_path):
+    with pytest.raises(InputError, match=r"the download \(27 bytes, starting b'<htm'\) is not a checkpoint"):
+        weights.download(url(server, "/html/model.pth"), tmp_path)
+    target = weights.local_path(url(server, "/html/model.pth"), tmp_path)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.pth.lock"]  # nothing stored
+
+
+def test_a_swapped_file_is_an_error_naming_it_on_every_later_use(server, tmp_path, capsys):
+    path = weights.download(url(server), tmp_path)  # first use: digest recorded
+    assert path.with_name(path.name + ".sha256").read_text().split()[0] == SHA
+    weights.verify(path)
+    path.write_bytes(PAYLOAD[:-1] + b"!")  # corrupted (or swapped) after the download
+    with pytest.raises(InputError, match=rf"{path}: SHA-256 .* differs from the one recorded"):
+        weights.download(url(server), tmp_path)
+    with pytest.raises(InputError, match="differs from the one recorded"):
+        weights.resolve(url(server), tmp_path)
+    assert main(["weights", "download", url(server), "--weights-dir", str(tmp_path)]) == 1
+    assert str(path) in capsys.readouterr().err
+    assert main(["weights", "download", "--force", url(server), "--weights-dir", str(tmp_path)]) == 0
+    weights.verify(path)  # downloaded again: recorded again
+
+
+def test_a_file_found_without_a_record_is_recorded_then_checked(tmp_path):
+    spec = "detectron2://a/b.pkl"
+    target = weights.local_path(spec, tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"\x80\x02weights")
+    weights.resolve(spec, tmp_path)  # trust on first use
+    assert target.with_name("b.pkl.sha256").read_text().split()[0] == hashlib.sha256(b"\x80\x02weights").hexdigest()
+    target.write_bytes(b"\x80\x02other")
+    with pytest.raises(InputError, match="differs from the one recorded"):
+        weights.resolve(spec, tmp_path)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_only_plain_data_pickles_are_read(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"model": {"conv1.weight": np.ones((2, 3), np.float32), "n": [1, 2.5, "x"]},
+                                    "__author__": "me"}, protocol=2))
+    weights.check_plain_pickle(plain)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"w": np.zeros(2)}, "x": RunsCode()}, protocol=2))
+    with pytest.raises(InputError, match=r"evil.pkl is refused: it refers to posix.system"):
+        weights.check_plain_pickle(evil)
+    not_pickle = tmp_path / "text.pkl"
+    not_pickle.write_text("hello")
+    with pytest.raises(InputError, match="text.pkl is refused"):
+        weights.check_plain_pickle(not_pickle)
+    assert not (tmp_path / "pwned").exists()

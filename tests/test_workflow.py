@@ -337,3 +337,60 @@ def test_toy_released_checkpoint_is_evaluated_without_training(toy_run):
     # The same weights on the same data: the released run's AP is the trained run's.
     trained = json.loads((toy_run / "results" / "toy" / "runs" / "toy_coco_baseline" / "seed0" / "eval.json").read_text())
     assert json.loads((folder / "eval.json").read_text())["segm"] == trained["segm"]
+
+
+# ----------------------------------------------------------------------------- hostile paths
+# Shell metacharacters and spaces in every user-chosen path: each must reach its command as one
+# quoted word, never as shell code (a `pwned` file anywhere means a command ran it).
+HOSTILE = {
+    "results_dir": "res $(touch pwned)",
+    "work_dir": "work `touch pwned`; x",
+    "datasets_root": "data $(touch pwned) &",
+    "weights_dir": "w $(touch pwned)|",
+}
+
+
+def hostile_config(path: Path, *, cityscapes: bool) -> Path:
+    def change(config):
+        config.update(HOSTILE, published=None)
+        if cityscapes:  # a Cityscapes run with downloaded weights: cityscapes_to_coco and download_weights
+            config["weights"] = {"w": {"url": "http://127.0.0.1:9/x/y$(touch%20pwned).pkl"}}
+            config["experiments"].append({"name": "cs", "dataset": "cityscapes", "init": "imagenet", "weights": "w",
+                                          "config": "configs/cityscapes_mask_rcnn_R_50_FPN.yaml", "method": "baseline"})
+
+    return write_config(path, change)
+
+
+def test_hostile_paths_are_one_word_in_every_command(tmp_path):
+    config = hostile_config(tmp_path / "hostile.yaml", cityscapes=True)
+    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "-n", "-p", "--cores", "1", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    jobs = dry_run_jobs(output)
+    assert {j["rule"] for j in jobs} >= {"toy_data", "check_dataset", "cityscapes_to_coco", "download_weights", "train",
+                                         "evaluate", "errors", "plan", "report"}
+    for job in jobs:
+        if job["shell"] in ("", "None"):  # rule all
+            continue
+        words = shlex.split(job["shell"])  # as bash splits it, quotes removed
+        # Every word that holds a piece of a hostile path holds the whole of it (here: at the start).
+        for word in words:
+            if "pwned" in word and "://" not in word:
+                value = word.split("=", 1)[1] if re.match(r"[A-Z_0-9]+=", word) else word
+                assert any(value.startswith(d) for d in HOSTILE.values()) or "/y$(touch pwned).pkl" in value, (word, job["shell"])
+        assert "2>&1" in words and words.count(">") == 1, job["shell"]  # no redirection came from a path
+    plan = next(j for j in jobs if j["rule"] == "plan")
+    assert shlex.split(plan["shell"])[-4] == "res $(touch pwned)/broken/experiments.json"
+
+
+def test_hostile_paths_run_the_first_rules_and_nothing_else(tmp_path):
+    config = hostile_config(tmp_path / "hostile.yaml", cityscapes=False)
+    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "--until", "plan", "check_dataset",
+                       "--cores", "1", cwd=tmp_path, timeout=TIMEOUT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert not list(tmp_path.rglob("pwned")) and not list(REPO.rglob("pwned"))
+    assert json.loads((tmp_path / HOSTILE["results_dir"] / "broken" / "experiments.json").read_text())["runs"]
+    for dataset in ("toy_coco", "toy_cityscapes"):
+        assert (tmp_path / HOSTILE["work_dir"] / "broken" / "data" / f"{dataset}.check.json").is_file()
+    assert (tmp_path / HOSTILE["datasets_root"] / "toy" / "coco").is_dir()

@@ -129,9 +129,11 @@ def run(args: argparse.Namespace) -> int:
     result = build_report(args.results_dir, args.experiments, args.published)
     print(f"dcl report: {len(result.runs)} runs: " + inputs.status_totals(result.runs))
     for run_result in result.runs:
+        spec = run_result.expected
         if run_result.status not in ("finished", "missing"):
-            spec = run_result.expected
             print(f"  {spec.experiment} seed {spec.seed}: {run_result.status}: {run_result.reason}", file=sys.stderr)
+        elif run_result.warnings:
+            print(f"  {spec.experiment} seed {spec.seed}: warning: {'; '.join(run_result.warnings)}", file=sys.stderr)
     verdicts: dict[str, int] = {}
     for row in result.reproduction:
         verdicts[row.verdict] = verdicts.get(row.verdict, 0) + 1

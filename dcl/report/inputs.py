@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from dcl.io import InputError, read_json, read_yaml
@@ -131,10 +131,11 @@ class RunResult:
     errors: ErrorAnalysis | None = None
     errors_legacy: ErrorAnalysis | None = None
     metrics: list[dict[str, float]] | None = None  # per logged iteration: iteration + TRAINING_KEYS
+    warnings: list[str] = field(default_factory=list)  # what was skipped; does not change the status
 
     @property
     def reason(self) -> str:
-        return "; ".join(self.problems)
+        return "; ".join(self.problems + self.warnings)
 
 
 def status_totals(results: Sequence[RunResult]) -> str:
@@ -236,6 +237,10 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             run_dir=_require_str(record, "run_dir", where),
         )
         _check_metric(run.metric, where)
+        parts = PurePosixPath(run.run_dir).parts
+        if not parts or PurePosixPath(run.run_dir).is_absolute() or ".." in parts:
+            raise InputError(f"{where}: 'run_dir' {run.run_dir} must be a relative path inside the results "
+                             "directory (like runs/<experiment>/seed<seed>)")
         if (run.experiment, run.seed) in seen:
             raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
         seen.add((run.experiment, run.seed))
@@ -392,35 +397,55 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
     return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains)
 
 
-def _read_metrics(path: Path) -> list[dict[str, float]]:
-    records: list[dict[str, float]] = []
+def _metrics_point(line: str) -> dict[str, float] | None:
+    """One metrics.json line as iteration + TRAINING_KEYS (None: a line without training scalars).
+
+    Raises:
+        ValueError: the line is not a valid record (the message says why).
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON: {error.msg}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected an object, got {_type_name(record)}")
+    iteration = record.get("iteration")
+    if not _is_int(iteration):
+        raise ValueError(f"'iteration' must be an integer, got {_type_name(iteration)}")
+    point: dict[str, float] = {"iteration": iteration}
+    for key in TRAINING_KEYS:
+        if key in record:
+            value = record[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"'{key}' must be a number, got {_type_name(value)}")
+            point[key] = float(value)  # NaN/inf kept: a diverged loss is worth seeing
+    return point if len(point) > 1 else None  # evaluation lines carry no training scalars
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, float]], list[str]]:
+    """The training points of metrics.json, and a message per line that could not be read.
+
+    detectron2 appends one JSON line per logging period, so a killed run can leave a torn last
+    line, and one damaged line must not hide the others: bad lines are skipped and reported.
+    """
+    records: list[dict[str, float]] = []
+    skipped: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
         raise _BadFile(f"metrics.json cannot be read: {error}") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
+            point = _metrics_point(line)
+        except ValueError as error:
             hint = " (truncated last line?)" if number == len(lines) else ""
-            raise _BadFile(f"metrics.json line {number}: invalid JSON: {error.msg}{hint}") from None
-        if not isinstance(record, dict):
-            raise _BadFile(f"metrics.json line {number}: expected an object, got {_type_name(record)}")
-        iteration = record.get("iteration")
-        if not _is_int(iteration):
-            raise _BadFile(f"metrics.json line {number}: 'iteration' must be an integer, got {_type_name(iteration)}")
-        point: dict[str, float] = {"iteration": iteration}
-        for key in TRAINING_KEYS:
-            if key in record:
-                value = record[key]
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise _BadFile(f"metrics.json line {number}: '{key}' must be a number, got {_type_name(value)}")
-                point[key] = float(value)  # NaN/inf kept: a diverged loss is worth seeing
-        if len(point) > 1:  # evaluation lines carry no training scalars
+            skipped.append(f"line {number}: {error}{hint}")
+            continue
+        if point is not None:
             records.append(point)
-    return records
+    return records, skipped
 
 
 def _required_files(expected: ExpectedRun) -> tuple[str, ...]:
@@ -501,11 +526,15 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     if missing and (training_complete or (not broken and not unfinished and info is None)):
         unfinished.append(f"not written yet: {', '.join(missing)}")
 
+    metrics, skipped = loaded.get("metrics.json", (None, []))
+    if skipped:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        result.warnings.append(f"metrics.json: skipped unreadable {skipped[0]}{more}")
     if training_complete:
         result.eval = loaded.get("eval.json")
         result.errors = loaded.get("errors.json")
         result.errors_legacy = loaded.get("errors_legacy.json")
-        result.metrics = loaded.get("metrics.json")
+        result.metrics = metrics
     result.problems = broken + unfinished
     result.status = "failed" if broken else "incomplete" if unfinished else "finished"
     return result

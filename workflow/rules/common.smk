@@ -55,6 +55,8 @@ RUN_DIR = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
 OUTPUT_DIR = f"{WORK}/{{experiment}}/seed{{seed}}"
 PREDICTIONS = f"{OUTPUT_DIR}/inference/coco_instances_results.json"
 # Every dcl call sees the config's datasets root, whatever the calling shell exports.
+# Shell commands quote every placeholder that can hold user text: paths as {...:q}, and params
+# built here (DCL_ENV, argument lists) with shlex, so a config path is one word, never shell code.
 DCL_ENV = shlex.join(["env", *PLAN.environment()])
 
 

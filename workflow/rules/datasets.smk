@@ -13,7 +13,7 @@ rule toy_data:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl data toy --out {output} > {log} 2>&1"
+        "dcl data toy --out {output:q} > {log:q} 2>&1"
 
 
 rule check_dataset:
@@ -31,7 +31,7 @@ rule check_dataset:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "{params.env} dcl data check --dataset {wildcards.dataset} --root {params.root} -o {output} > {log} 2>&1"
+        "{params.env} dcl data check --dataset {wildcards.dataset:q} --root {params.root:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule cityscapes_to_coco:
@@ -50,4 +50,4 @@ rule cityscapes_to_coco:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl data cityscapes-to-coco {params.root} --split val -o {output} > {log} 2>&1"
+        "dcl data cityscapes-to-coco {params.root:q} --split val -o {output:q} > {log:q} 2>&1"

@@ -19,4 +19,4 @@ rule errors:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl errors {input.predictions} -a {params.gt} {params.options} -j {threads} -o {output} > {log} 2>&1"
+        "dcl errors {input.predictions:q} -a {params.gt:q} {params.options} -j {threads} -o {output:q} > {log:q} 2>&1"

@@ -15,4 +15,4 @@ rule evaluate:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl evaluate {input.predictions} -a {params.gt} {params.options} -j {threads} -o {output} > {log} 2>&1"
+        "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} -j {threads} -o {output:q} > {log:q} 2>&1"

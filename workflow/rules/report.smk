@@ -21,7 +21,7 @@ rule plan:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl plan {params.configs} {params.assignments} -o {output} > {log} 2>&1"
+        "dcl plan {params.configs} {params.assignments} -o {output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -60,4 +60,4 @@ rule report:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl report {params.results} --experiments {input.experiments} {params.published} > {log} 2>&1"
+        "dcl report {params.results:q} --experiments {input.experiments:q} {params.published} > {log:q} 2>&1"

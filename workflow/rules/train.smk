@@ -45,7 +45,7 @@ rule train:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log} 2>&1"
+        "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log:q} 2>&1"
 
 
 # Released checkpoints: the same command, which for them is `dcl train --eval-only` and writes

@@ -17,4 +17,4 @@ rule download_weights:
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl weights download {params.url:q} --weights-dir {params.weights_dir} > {log} 2>&1"
+        "dcl weights download {params.url:q} --weights-dir {params.weights_dir:q} > {log:q} 2>&1"
