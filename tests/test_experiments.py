@@ -158,7 +158,12 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
     first = json.loads(path.read_text())["runs"][0]
     assert first == {"experiment": "cityscapes_imagenet_baseline", "seed": 0, "kind": "train", "dataset": "cityscapes",
                      "init": "imagenet", "method": "baseline", "group": "main", "ablation": None,
-                     "metric": "cityscapes.AP", "run_dir": "runs/cityscapes_imagenet_baseline/seed0"}
+                     "metric": "cityscapes.AP", "run_dir": "runs/cityscapes_imagenet_baseline/seed0",
+                     # the live run.json and the logs, relative to results/paper (the working
+                     # directory holds results/, work_dirs/ and logs/)
+                     "output_dir": "../../work_dirs/paper/cityscapes_imagenet_baseline/seed0",
+                     "logs": {step: f"../../logs/paper/{step}/cityscapes_imagenet_baseline/seed0.log"
+                              for step in ("train", "evaluate", "errors", "errors_legacy")}}
     metrics = {r.experiment: r.metric for r in runs}
     assert metrics["coco_dcl"] == "segm.AP" and metrics["modelzoo_cityscapes_mask_rcnn_R_50_FPN"] == "cityscapes.AP"
 

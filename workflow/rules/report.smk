@@ -5,6 +5,9 @@
 # What `dcl report` writes (dcl.report.TABLE_NAMES / FIGURE_NAMES; tests check they agree).
 REPORT_TABLES = ["main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory"]
 REPORT_FIGURES = ["error_breakdown", "ablations", "training_curves", "reproduced_vs_published"]
+REPORT_ARGS = shlex.join(
+    [RESULTS, "--experiments", f"{RESULTS}/experiments.json", *(["--published", PLAN.published] if PLAN.published else [])]
+)
 
 
 rule plan:
@@ -55,9 +58,18 @@ rule report:
         f"{LOGS}/report.log",
     localrule: True
     params:
-        results=lambda wildcards, output: os.path.dirname(output.readme),
-        published=f"--published {shlex.quote(PLAN.published)}" if PLAN.published else "",
+        args=REPORT_ARGS,
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl report {params.results} --experiments {input.experiments} {params.published} > {log} 2>&1"
+        "dcl report {params.args} > {log} 2>&1"
+
+
+onerror:
+    # Some job failed (with keep-going, once every other job has ended): the report rule did not
+    # run, so write the tables, figures and README of everything that finished, each failed run
+    # listed with its reason and log. Through this Snakemake's Python, which imports dcl already.
+    if os.path.exists(f"{RESULTS}/experiments.json"):
+        shell(f"mkdir -p {LOGS} && {shlex.quote(sys.executable)} -m dcl report {REPORT_ARGS} > {LOGS}/report.log 2>&1 "
+              f"&& echo 'dcl report: some runs failed; the report of what finished: {RESULTS}/README.md' "
+              f"|| echo 'dcl report failed too: see {LOGS}/report.log'")
