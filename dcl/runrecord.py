@@ -208,14 +208,15 @@ def format_duration(seconds: Optional[float]) -> str:
     return f"{minutes}m" if minutes else f"{secs}s"
 
 
-def describe_progress(state: Progress) -> str:
-    """``iteration 120/160, 1.52 it/s, ETA 26s, chunk 2`` (the parts that are known)."""
+def describe_progress(state: Progress, eta: bool = True) -> str:
+    """``iteration 120/160, 1.52 it/s, ETA 26s, chunk 2`` (the parts that are known; speed and
+    ETA only of a running run; ``eta=False``: nothing that depends on the current time)."""
     parts = []
     if state.iteration is not None:
         parts.append(f"iteration {state.iteration}" + (f"/{state.max_iter}" if state.max_iter is not None else ""))
-    if state.rate:
+    if state.rate and state.status == "running":
         parts.append(f"{state.rate:.2f} it/s")
-    if state.eta_s is not None:
+    if eta and state.eta_s is not None:
         parts.append(f"ETA {format_duration(state.eta_s)}")
     if state.chunks > 1:
         parts.append(f"chunk {state.chunks}")

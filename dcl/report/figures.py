@@ -44,7 +44,7 @@ _STYLE = {
 _CURVE_LABELS = {
     "total_loss": ("total loss", "loss"), "loss_mask": ("loss_mask", "loss"),
     "loss_contrast": ("loss_contrast (DCL)", "loss"), "lr": ("learning rate", "learning rate"),
-    _VALIDATION: ("validation AP (TEST.EVAL_PERIOD)", "AP (%)"),
+    _VALIDATION: ("validation AP", "AP (%)"),  # of the periodic evaluation (TEST.EVAL_PERIOD)
 }
 _CURVES = TRAINING_KEYS + (_VALIDATION,)
 FIGURES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")

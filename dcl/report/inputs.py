@@ -555,7 +555,8 @@ def _live_result(expected: ExpectedRun) -> RunResult | None:
     state = info.get("status") if info else None
     if state not in ("running", "failed", "interrupted"):
         return None
-    where = describe_progress(progress(info))
+    # No ETA: the README is the same file until a run file changes.
+    where = describe_progress(progress(info), eta=False)
     where = f" ({where})" if where else ""
     log = run_log(expected)
     if state == "running":
