@@ -235,3 +235,59 @@ def test_report_lists_live_runs_and_writes_nothing_into_run_folders(tree, capsys
             "log: logs/toy/train/toy_coco_baseline/seed0.log") in readme
     # Unchanged run files, unchanged README (no ETA or age in it).
     assert cli.main(["report", str(tree)]) == 0 and (tree / "README.md").read_text() == readme
+
+
+# ----------------------------------------------------------------------------- a real training, mid-run
+@pytest.mark.e2e
+def test_a_toy_training_mid_run_is_running_with_an_eta_then_interrupted(tmp_path):
+    """The workflow's own command for one toy run (Plan.train_command, a longer schedule): while it
+    trains, `dcl status` shows it running with its iteration and an ETA and `dcl report` lists it
+    as running; stopped by SIGTERM, it is interrupted."""
+    import shlex
+    import signal
+    import time
+
+    config = read_config_file(REPO / "configs" / "toy.yaml")
+    config["train_overrides"] = {"SOLVER.MAX_ITER": 2000, "SOLVER.IMS_PER_BATCH": 2, "DATALOADER.NUM_WORKERS": 0,
+                                 "SOLVER.CHECKPOINT_PERIOD": 100000}
+    plan = Plan(config, repo_root=REPO, working_dir=tmp_path)
+    results = tmp_path / plan.results
+    results.mkdir(parents=True)
+    (results / "experiments.json").write_text(json.dumps(plan.document()))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", "datasets/toy", "--num-train", "8",
+                    "--num-val", "4"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    words = shlex.split(plan.train_command(plan.run("toy_coco_baseline", 0)))  # env ... dcl train ...
+    at_dcl = words.index("dcl")
+    live_record = tmp_path / plan.output_dir(plan.run("toy_coco_baseline", 0)) / "run.json"
+    training = subprocess.Popen([*words[:at_dcl], sys.executable, "-m", "dcl", *words[at_dcl + 1:]], cwd=tmp_path,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # two progress updates after the start: a speed
+            info = json.loads(live_record.read_text()) if live_record.is_file() else {}
+            if (info.get("iteration") or 0) >= 40:
+                break
+            assert training.poll() is None, "the training ended early"
+            time.sleep(1)
+        else:
+            pytest.fail("no progress in 5 minutes")
+        shown = subprocess.run([sys.executable, "-m", "dcl", "status", "--json"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        row = by_name(json.loads(shown.stdout))["toy_coco_baseline"]
+        assert row["state"] == "running" and row["iteration"] >= 40 and row["max_iter"] == 2000, row
+        assert row["rate"] > 0 and row["eta_s"] > 0 and row["chunks"] == 1
+        assert by_name(json.loads(shown.stdout))["toy_coco_dcl"]["state"] == "pending"
+        reported = subprocess.run([sys.executable, "-m", "dcl", "report", str(plan.results)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+        assert reported.returncode == 0, reported.stderr
+        assert "`toy_coco_baseline` seed 0: **running**: training (iteration " in (results / "README.md").read_text()
+    finally:
+        os.killpg(training.pid, signal.SIGTERM)
+        code = training.wait(timeout=120)
+    assert code == 75
+    stopped = subprocess.run([sys.executable, "-m", "dcl", "status", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+    row = by_name(json.loads(stopped.stdout))["toy_coco_baseline"]
+    assert row["state"] == "interrupted" and row["reason"] == "stopped by SIGTERM"
