@@ -270,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiments", metavar="PATH", type=Path, default=None,
                         help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)")
     parser.add_argument("--watch", metavar="SECONDS", type=float, nargs="?", const=60.0, default=None,
-                        help="refresh every SECONDS (default 60) until Ctrl-C")
+                        help="refresh every SECONDS (default 60) until Ctrl-C (put it after RESULTS_DIR)")
     parser.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     parser.add_argument("--no-slurm", dest="use_slurm", action="store_false",
                         help="do not ask squeue (only run.json files count)")
