@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("dcl.evaluation", "COCO and Cityscapes mask AP of a COCO results file"),
     "errors": ("dcl.errors", "segmentation-error analysis: AP gain from removing fFP, bFP, FN"),
     "report": ("dcl.report", "aggregate run results into the paper's tables and figures"),
+    "status": ("dcl.status", "state, progress and ETA of every run of a preset (while the workflow runs, or after)"),
     "weights": ("dcl.weights", "download pretrained/released checkpoints into a local weights directory"),
     "plan": ("dcl.experiments", "validate a workflow config and write its list of runs (experiments.json)"),
     "info": ("dcl.info", "versions of dcl, torch, detectron2 and the compatibility shims in use"),

@@ -534,6 +534,23 @@ class Plan:
     def results_dir(self, run_: Run) -> str:
         return f"{self.results}/{run_.run_dir}"
 
+    def log_pattern(self, step: str) -> str:
+        """The log file of a run's workflow step (``train``, ``inference``, ``evaluate``, ``errors``,
+        ``errors_legacy``; or a ``{wildcard}``), with ``{experiment}`` and ``{seed}`` wildcards."""
+        return f"{self.logs}/{step}/{{experiment}}/seed{{seed}}.log"
+
+    def logs_of(self, run_: Run) -> dict[str, str]:
+        """Each workflow step's log file of a run (paths relative to the working directory)."""
+        steps = ("train" if run_.kind == "train" else "inference", "evaluate", "errors", "errors_legacy")
+        return {step: self.log_pattern(step).format(experiment=run_.folder, seed=run_.seed) for step in steps}
+
+    def _from_results(self, path: str) -> str:
+        """A working-directory path as ``experiments.json`` gives it: relative to the results
+        directory, so the tree can be moved as a whole (absolute when either path is)."""
+        if os.path.isabs(path) or os.path.isabs(self.results):
+            return str(self.working_dir / path)
+        return os.path.relpath(path, self.results)
+
     def predictions(self, run_: Run) -> str:
         return f"{self.output_dir(run_)}/inference/coco_instances_results.json"
 
@@ -595,7 +612,13 @@ class Plan:
 
     def document(self) -> dict[str, Any]:
         """``experiments.json``: the preset and every run the report should find."""
-        return {"preset": self.preset, "runs": [r.record() for r in self.runs]}
+        runs = []
+        for run_ in self.runs:
+            # Where `dcl status` and `dcl report` find the live run.json of a run that has not
+            # finished, and the logs of its steps.
+            runs.append({**run_.record(), "output_dir": self._from_results(self.output_dir(run_)),
+                         "logs": {step: self._from_results(path) for step, path in self.logs_of(run_).items()}})
+        return {"preset": self.preset, "runs": runs}
 
     def digest(self) -> str:
         """Changes exactly when ``experiments.json`` would (the plan rule's rerun trigger)."""

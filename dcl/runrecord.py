@@ -2,12 +2,16 @@
 
 The format is in ``docs/design.md`` ("Per-run files"). :class:`RunRecord` rewrites the file
 atomically on every change, so a reader never sees half of it, and a resumed run (``--resume``,
-same mode) keeps its earlier attempts, start time and wall time. Standard library only.
+same mode) keeps its earlier attempts, start time and wall time. :func:`progress` reads the
+progress of a run back (iteration, speed, ETA, chunks) for ``dcl status`` and ``dcl report``.
+Standard library only.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +19,8 @@ from typing import Any, Optional
 
 from dcl.io import InputError, atomic_write_json, read_json
 
-__all__ = ["RUN_RECORD", "RunRecord", "git_state", "now"]
+__all__ = ["RUN_RECORD", "Progress", "RunRecord", "describe_progress", "format_duration", "git_state", "now",
+           "parse_time", "progress", "read_record"]
 
 logger = logging.getLogger("dcl.runrecord")
 
@@ -25,6 +30,16 @@ RUN_RECORD = "run.json"
 def now() -> str:
     """The current time, ISO 8601 UTC, to the second."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_time(text: object) -> Optional[float]:
+    """A time :func:`now` wrote, as seconds since the epoch; None when absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def git_state() -> tuple[Optional[str], Optional[bool]]:
@@ -87,13 +102,19 @@ class RunRecord:
             "max_iter": fields.get("max_iter"),
             "attempts": list(previous.get("attempts", [])) if previous else [],
         }
+        slurm = fields.get("slurm") or {}
         data["attempts"].append({"start_time": started, "end_time": None, "start_iter": iteration,
-                                 "end_iter": None, "status": "running", "host": fields.get("host")})
+                                 "end_iter": None, "status": "running", "host": fields.get("host"),
+                                 "pid": os.getpid(), "slurm_job_id": slurm.get("job_id"),
+                                 "train_start_time": None})
         record = cls(path, data)
         record.write()
         return record
 
     def write(self) -> None:
+        # The time of the last progress update: with the attempt's start iteration and time, the
+        # speed of the run; an old one on a "running" record means a process that died silently.
+        self.data["update_time"] = now()
         atomic_write_json(self.path, self.data)
 
     def update(self, **fields: Any) -> None:
@@ -102,7 +123,7 @@ class RunRecord:
 
     def start_iteration(self, iteration: int) -> None:
         self.data["iteration"] = iteration
-        self.data["attempts"][-1]["start_iter"] = iteration
+        self.data["attempts"][-1].update(start_iter=iteration, train_start_time=now())
         self.write()
 
     def close(self, status: str, exit_code: int, *, iteration: Optional[int] = None,
@@ -122,3 +143,85 @@ class RunRecord:
         else:
             self.data.pop("error", None)
         self.write()
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far a run is, read from its ``run.json``.
+
+    ``rate`` (iterations per second) is the current attempt's: iterations since its checkpoint was
+    loaded over the time since then, to the last update (periodic evaluations included, so the
+    ETA includes them too); None before two progress updates. ``eta_s`` is None without a rate.
+    ``age_s`` is the time since the last update, at ``at``.
+    """
+
+    status: Optional[str]
+    iteration: Optional[int]
+    max_iter: Optional[int]
+    chunks: int
+    rate: Optional[float]
+    eta_s: Optional[float]
+    age_s: Optional[float]
+
+
+def progress(data: dict, at: Optional[float] = None) -> Progress:
+    """The :class:`Progress` of a run record (``run.json`` as a dict; tolerant of missing fields,
+    such as in records written before ``update_time`` existed)."""
+    at = time.time() if at is None else at
+    iteration, max_iter = data.get("iteration"), data.get("max_iter")
+    iteration = iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+    max_iter = max_iter if isinstance(max_iter, int) and not isinstance(max_iter, bool) else None
+    attempts = [a for a in data.get("attempts") or [] if isinstance(a, dict)]
+    updated = parse_time(data.get("update_time"))
+    rate = eta = None
+    if attempts and iteration is not None:
+        last = attempts[-1]
+        started, first = parse_time(last.get("train_start_time")), last.get("start_iter")
+        if started is not None and updated is not None and isinstance(first, int) and updated > started \
+                and iteration > first:
+            rate = (iteration - first) / (updated - started)
+    if rate and max_iter is not None and data.get("status") == "running":
+        # From the last update: the iterations done since then are not known yet.
+        eta = max(0.0, (max_iter - iteration) / rate - max(0.0, at - updated))
+    return Progress(status=data.get("status"), iteration=iteration, max_iter=max_iter, chunks=len(attempts),
+                    rate=rate, eta_s=eta, age_s=None if updated is None else max(0.0, at - updated))
+
+
+def read_record(path: Path) -> Optional[dict]:
+    """A ``run.json`` as a dict, or None when it is absent or unreadable (a reader of a live run
+    must not fail: the file is replaced atomically, but may be from an older, broken version)."""
+    try:
+        data = read_json(path, "run record")
+    except (InputError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``2d03h``, ``5h07m``, ``12m``, ``40s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m" if minutes else f"{secs}s"
+
+
+def describe_progress(state: Progress, eta: bool = True) -> str:
+    """``iteration 120/160, 1.52 it/s, ETA 26s, chunk 2`` (the parts that are known; speed and
+    ETA only of a running run; ``eta=False``: nothing that depends on the current time)."""
+    parts = []
+    if state.iteration is not None:
+        parts.append(f"iteration {state.iteration}" + (f"/{state.max_iter}" if state.max_iter is not None else ""))
+    if state.rate and state.status == "running":
+        parts.append(f"{state.rate:.2f} it/s")
+    if eta and state.eta_s is not None:
+        parts.append(f"ETA {format_duration(state.eta_s)}")
+    if state.chunks > 1:
+        parts.append(f"chunk {state.chunks}")
+    return ", ".join(parts)

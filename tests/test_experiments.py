@@ -158,9 +158,47 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
     first = json.loads(path.read_text())["runs"][0]
     assert first == {"experiment": "cityscapes_imagenet_baseline", "seed": 0, "kind": "train", "dataset": "cityscapes",
                      "init": "imagenet", "method": "baseline", "group": "main", "ablation": None,
-                     "metric": "cityscapes.AP", "run_dir": "runs/cityscapes_imagenet_baseline/seed0"}
+                     "metric": "cityscapes.AP", "run_dir": "runs/cityscapes_imagenet_baseline/seed0",
+                     # the live run.json and the logs, relative to results/paper (the working
+                     # directory holds results/, work_dirs/ and logs/)
+                     "output_dir": "../../work_dirs/paper/cityscapes_imagenet_baseline/seed0",
+                     "logs": {step: f"../../logs/paper/{step}/cityscapes_imagenet_baseline/seed0.log"
+                              for step in ("train", "evaluate", "errors", "errors_legacy")}}
     metrics = {r.experiment: r.metric for r in runs}
     assert metrics["coco_dcl"] == "segm.AP" and metrics["modelzoo_cityscapes_mask_rcnn_R_50_FPN"] == "cityscapes.AP"
+
+
+def test_experiments_json_locates_work_dirs_and_logs_from_wherever_it_is_read(tmp_path, monkeypatch):
+    """output_dir and logs are relative to experiments.json's folder (absolute for an absolute
+    work_dir), and the report resolves them to the rule's paths from the working directory."""
+    from dcl.report.inputs import load_experiments
+
+    monkeypatch.chdir(tmp_path)
+    plan = Plan(read_config_file(TOY), repo_root=REPO, working_dir=tmp_path)
+    path = tmp_path / plan.results / "experiments.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(plan.document()))
+    run_ = plan.run("toy_coco_dcl", 0)
+    expected = {(r.experiment, r.seed): r for r in load_experiments(Path(plan.results) / "experiments.json")[1]}
+    read = expected[("toy_coco_dcl_loss_weight_1.2", 0)]  # an ablation point trained by its base run
+    assert read.output_dir == plan.output_dir(run_) == "work_dirs/toy/toy_coco_dcl/seed0"
+    assert read.logs["train"] == plan.log_pattern("train").format(experiment="toy_coco_dcl", seed=0)
+    assert read.logs == {step: f"logs/toy/{step}/toy_coco_dcl/seed0.log"
+                         for step in ("train", "evaluate", "errors", "errors_legacy")}
+    # From elsewhere, the same files.
+    monkeypatch.chdir(tmp_path / "results")
+    elsewhere = load_experiments(Path("toy/experiments.json"))[1][0]
+    assert (Path(elsewhere.output_dir).resolve() ==
+            (tmp_path / plan.output_dir(plan.run(elsewhere.experiment, elsewhere.seed))).resolve())
+    # An absolute work directory stays absolute; a released checkpoint's log is its inference log.
+    config = read_config_file(TOY)
+    config["work_dir"] = str(tmp_path / "scratch")
+    config["released"] = [{"name": "toy_released", "dataset": "toy_coco", "init": "scratch",
+                           "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
+                           "weights": "model.pth"}]
+    records = {r["experiment"]: r for r in Plan(config, repo_root=REPO, working_dir=tmp_path).document()["runs"]}
+    assert records["toy_coco_dcl"]["output_dir"] == str(tmp_path / "scratch/toy/toy_coco_dcl/seed0")
+    assert records["toy_released"]["logs"]["inference"] == "../../logs/toy/inference/toy_released/seed0.log"
 
 
 def test_toy_preset_runs_on_the_cpu():

@@ -742,3 +742,43 @@ def test_run_dirs_outside_the_results_tree_are_refused(tmp_path, run_dir):
                             timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr and re.search(message, result.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.json"]
+
+
+# ----------------------------------------------------------------------------- validation AP over training
+def test_training_curves_show_the_periodic_evaluation_ap(tmp_path):
+    """metrics.json evaluation lines (detectron2's EvalHook, TEST.EVAL_PERIOD) become a validation-AP
+    panel: per experiment the mean over seeds at each evaluated iteration; on Cityscapes the
+    official AP when it is logged, else segm/AP."""
+    from dcl.report import analysis, figures
+
+    runs = [run_record("coco_imagenet_baseline", s, "coco", "imagenet", "baseline") for s in (0, 1)]
+    runs += [run_record("cityscapes_imagenet_dcl", 0, "cityscapes", "imagenet", "dcl")]
+    ap = {("coco_imagenet_baseline", 0): {49: 10.0, 99: 20.0}, ("coco_imagenet_baseline", 1): {49: 12.0, 99: 23.0},
+          ("cityscapes_imagenet_dcl", 0): {49: 15.0, 99: 25.0}}
+    for record in runs:
+        lines = metrics_lines(record["method"], record["seed"]).splitlines()[:-1]  # drop its eval line
+        for iteration, value in ap[(record["experiment"], record["seed"])].items():
+            point = {"iteration": iteration, "segm/AP": value, "segm/AP50": value + 20}
+            if record["dataset"] == "cityscapes":
+                point["cityscapes/AP"] = value - 5  # the official metric, preferred over segm/AP
+            lines.append(json.dumps(point))
+        write_run(tmp_path, record, metrics="\n".join(lines) + "\n")
+    results = [inputs.load_run(tmp_path, inputs.load_experiments(write_experiments(tmp_path, runs))[1][i])
+               for i in range(len(runs))]
+    figure, reason = figures.training_curves(analysis.experiment_stats(results))
+    assert reason == ""
+    columns = len(inputs.TRAINING_KEYS) + 1
+    panels = [a for a in figure.axes if a.get_subplotspec() is not None]
+    assert panels[columns - 1].get_title() == "validation AP"
+    drawn = {}
+    for row in range(len(panels) // columns):
+        dataset = panels[row * columns].get_ylabel().split("\n")[0]
+        for line in panels[row * columns + columns - 1].get_lines():
+            drawn[(dataset, line.get_label().split(",")[0])] = (list(line.get_xdata()), list(line.get_ydata()))
+    assert drawn == {("COCO", "Baseline"): ([49, 99], [11.0, 21.5]), ("Cityscapes", "DCL"): ([49, 99], [10.0, 20.0])}
+
+
+def write_experiments(root, runs):
+    path = root / "experiments.json"
+    path.write_text(json.dumps({"preset": "t", "runs": runs}))
+    return path

@@ -7,6 +7,7 @@ reports, so the test checks that our resource names mean what the plugin reads.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -394,3 +395,40 @@ def test_hostile_paths_run_the_first_rules_and_nothing_else(tmp_path):
     for dataset in ("toy_coco", "toy_cityscapes"):
         assert (tmp_path / HOSTILE["work_dir"] / "broken" / "data" / f"{dataset}.check.json").is_file()
     assert (tmp_path / HOSTILE["datasets_root"] / "toy" / "coco").is_dir()
+
+
+@pytest.mark.e2e
+def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_run):
+    """One experiment fails (an unknown backbone: it fails at set-up, exit 1): with keep-going the
+    workflow exits non-zero, and Snakemake's onerror hook has written the tables, figures and
+    README for every finished run, naming the failed one with its reason and log."""
+    config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
+    config["experiments"].append({"name": "toy_coco_broken", "dataset": "toy_coco", "init": "scratch",
+                                  "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
+                                  "overrides": {"MODEL.BACKBONE.NAME": "build_no_such_backbone"}})
+    (toy_run / "toy_broken.yaml").write_text(yaml.safe_dump(config))
+    results = toy_run / "results" / "toy"
+    before = (results / "README.md").stat().st_mtime
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local", "--cores", "2",
+                       "--keep-going", "--configfile", "toy_broken.yaml", "--config", TOY_OVERRIDES, cwd=toy_run,
+                       timeout=TIMEOUT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-5000:]
+    assert "Error in rule train" in output and "some runs failed; the report of what finished" in output
+    readme = (results / "README.md").read_text()
+    assert (results / "README.md").stat().st_mtime > before
+    # The 6 runs of the toy matrix (the released one of the test above is not in this config) and the broken one.
+    assert "7 runs expected: 6 finished, 0 running, 0 incomplete, 1 failed, 0 missing." in readme
+    failed = next(line for line in readme.splitlines() if line.startswith("- `toy_coco_broken` seed 0"))
+    assert "**failed**" in failed and "build_no_such_backbone" in failed
+    assert "log: logs/toy/train/toy_coco_broken/seed0.log" in failed and (toy_run / "logs/toy/train/toy_coco_broken/seed0.log").is_file()
+    with open(results / "tables" / "run_inventory.csv", newline="") as handle:
+        inventory = {row["experiment"]: row["status"] for row in csv.DictReader(handle)}
+    assert inventory == {**{run["experiment"]: "finished" for run in json.loads((results / "experiments.json").read_text())["runs"]},
+                         "toy_coco_broken": "failed"}
+    # The finished runs' numbers are in the tables: one row per dataset x method of the main matrix.
+    main = (results / "tables" / "main_results.md").read_text()
+    assert main.count("Toy COCO") >= 2 and main.count("Toy Cityscapes") >= 2
+    for name in ("training_curves", "error_breakdown", "ablations"):
+        assert (results / "figures" / f"{name}.png").stat().st_mtime > before
+    assert not list((results / "runs").glob("toy_coco_broken/seed0/*"))  # the report writes no run files

@@ -24,17 +24,29 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Any
+
 from dcl.io import InputError, atomic_write_text
-from dcl.report import analysis, figures, inputs, summary, tables
+from dcl.report import inputs
+
+if TYPE_CHECKING:
+    from dcl.report import analysis
 
 __all__ = ["FIGURE_NAMES", "TABLE_NAMES", "ReportResult", "add_arguments", "build_report",
            "default_published_path", "run"]
 
 TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
-_TABLE_RENDERERS = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
-FIGURE_NAMES = figures.FIGURES
-FIGURE_FORMATS = figures.FORMATS
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def __getattr__(name: str) -> Any:
+    # pandas, scipy and matplotlib load only for a report: `dcl status` reads run folders through
+    # dcl.report.inputs and must start fast.
+    if name in ("FIGURE_NAMES", "FIGURE_FORMATS"):
+        from dcl.report import figures
+
+        return figures.FIGURES if name == "FIGURE_NAMES" else figures.FORMATS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -74,6 +86,9 @@ def build_report(
     Raises:
         InputError: missing/invalid experiments.json or published.yaml (run files never raise).
     """
+    from dcl.report import analysis, figures, summary, tables
+
+    renderers = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
     results_dir = Path(results_dir)
     experiments_path = Path(experiments_path) if experiments_path else results_dir / "experiments.json"
     if not experiments_path.is_file():
@@ -98,12 +113,12 @@ def build_report(
     ]
     written: list[Path] = []
     for table in built:
-        for extension, render in _TABLE_RENDERERS.items():
+        for extension, render in renderers.items():
             path = results_dir / "tables" / f"{table.name}.{extension}"
             atomic_write_text(path, render(table))
             written.append(path)
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
-    written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]
+    written += [results_dir / "figures" / f"{name}.{ext}" for name in figures.FIGURES for ext in figures.FORMATS]
     readme_path = results_dir / "README.md"
     atomic_write_text(readme_path, summary.readme(preset, runs, reproduction, comparisons, built, figure_reasons))
     written.append(readme_path)

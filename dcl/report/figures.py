@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from dcl.io import atomic_path
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
-from dcl.report.inputs import TRAINING_KEYS
+from dcl.report.inputs import EVAL_KEYS, TRAINING_KEYS
 from dcl.report.tables import dataset_name, fmt_value, init_name, method_name, metric_name, value_sort_key
 
 __all__ = ["FIGURES", "FORMATS", "OKABE_ITO", "write_figures"]
@@ -35,6 +35,7 @@ _MODEL_COLORS = {
 }
 _FALLBACK_COLORS = ("#000000", "#009E73", "#CC79A7", "#F0E442")
 _WIDTH = 7.0  # inches: a two-column page width
+_VALIDATION = "validation AP"  # the training-curves column of the periodic evaluation
 _STYLE = {
     "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
     "legend.fontsize": 8, "figure.titlesize": 10, "lines.linewidth": 1.5, "axes.grid": True, "grid.alpha": 0.3,
@@ -43,7 +44,9 @@ _STYLE = {
 _CURVE_LABELS = {
     "total_loss": ("total loss", "loss"), "loss_mask": ("loss_mask", "loss"),
     "loss_contrast": ("loss_contrast (DCL)", "loss"), "lr": ("learning rate", "learning rate"),
+    _VALIDATION: ("validation AP", "AP (%)"),  # of the periodic evaluation (TEST.EVAL_PERIOD)
 }
+_CURVES = TRAINING_KEYS + (_VALIDATION,)
 FIGURES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
 # Each figure is written once per format; the metadata dropped keeps files byte-identical.
 _SAVE_OPTIONS = {
@@ -191,18 +194,27 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
 
 # ----------------------------------------------------------------------------- training curves
 def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
-    """Rows: datasets; columns: total_loss, loss_mask, loss_contrast, lr against iteration; one
-    line per main experiment (mean over seeds, shaded min-max over seeds)."""
+    """Rows: datasets; columns: total_loss, loss_mask, loss_contrast, lr and the periodic
+    evaluation's AP against iteration; one line per main experiment (mean over seeds, shaded
+    min-max over seeds). The AP is the run's headline metric when the evaluation logs it
+    (``cityscapes/AP``), else COCO-style mask AP (``segm/AP``)."""
     title = "Training curves"
     records = []
     for experiment in experiments:
         if experiment.spec.group != "main":
             continue
+        headline = experiment.spec.metric.replace(".", "/")
         for run in experiment.runs:
-            for point in run.metrics or ():
+            points = run.metrics or ()
+            logged = {key for point in points for key in EVAL_KEYS if key in point}
+            validation = headline if headline in logged else "segm/AP"
+            for point in points:
                 for key in TRAINING_KEYS:
                     if key in point:
                         records.append((experiment.name, run.expected.seed, point["iteration"], key, point[key]))
+                if validation in point:
+                    records.append((experiment.name, run.expected.seed, point["iteration"], _VALIDATION,
+                                    point[validation]))
     if not records:
         return _no_data(title, "no finished training run of the main experiments has a metrics.json")
     frame = pd.DataFrame.from_records(records, columns=["experiment", "seed", "iteration", "key", "value"])
@@ -212,10 +224,10 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
     datasets: dict[str, list[ExperimentStats]] = {}
     for name in sorted(frame["experiment"].unique(), key=lambda n: experiments.index(by_name[n])):
         datasets.setdefault(by_name[name].spec.dataset, []).append(by_name[name])
-    figure = Figure(figsize=(_WIDTH + 2.0, 2.0 * len(datasets) + 0.5), layout="constrained")
-    grid = figure.subplots(len(datasets), len(TRAINING_KEYS), squeeze=False)
+    figure = Figure(figsize=(_WIDTH + 3.5, 2.0 * len(datasets) + 0.5), layout="constrained")
+    grid = figure.subplots(len(datasets), len(_CURVES), squeeze=False)
     for row, (dataset, members) in enumerate(datasets.items()):
-        for column, key in enumerate(TRAINING_KEYS):
+        for column, key in enumerate(_CURVES):
             axes = grid[row][column]
             label, unit = _CURVE_LABELS[key]
             drawn = False
@@ -229,12 +241,14 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 axes.fill_between(iterations, curve["min"].to_numpy(), curve["max"].to_numpy(),
                                   color=color, alpha=0.2, linewidth=0)
                 seeds = int(seed_counts[(experiment.name, key)])
-                axes.plot(iterations, curve["mean"].to_numpy(), color=color,
-                          label=f"{_model_label(experiment)} (n={seeds})")
+                # Evaluations are few points: marked, so a single one is visible.
+                axes.plot(iterations, curve["mean"].to_numpy(), color=color, marker="o" if key == _VALIDATION else None,
+                          markersize=3, label=f"{_model_label(experiment)} (n={seeds})")
                 drawn = True
             if not drawn:
-                axes.text(0.5, 0.5, "not logged\n(no DCL run)" if key == "loss_contrast" else "not logged",
-                          ha="center", va="center", transform=axes.transAxes)
+                note = {"loss_contrast": "not logged\n(no DCL run)",
+                        _VALIDATION: "not logged\n(TEST.EVAL_PERIOD 0?)"}.get(key, "not logged")
+                axes.text(0.5, 0.5, note, ha="center", va="center", transform=axes.transAxes)
             elif key == "lr":
                 axes.set_yscale("log")
             if row == 0:

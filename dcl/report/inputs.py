@@ -22,10 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from dcl.io import InputError, read_json, read_yaml
+from dcl.runrecord import RUN_RECORD, describe_progress, progress, read_record
 
 __all__ = [
     "FAMILY_STATS",
     "STATUSES",
+    "EVAL_KEYS",
     "TRAINING_KEYS",
     "Ablation",
     "ExpectedRun",
@@ -35,6 +37,7 @@ __all__ = [
     "load_experiments",
     "load_published",
     "load_run",
+    "run_log",
     "status_totals",
 ]
 
@@ -52,6 +55,8 @@ GROUPS = ("main", "released", "ablation")
 RUN_STATES = ("running", "finished", "failed", "interrupted")
 # detectron2 metrics.json scalars the training-curve figure draws.
 TRAINING_KEYS = ("total_loss", "loss_mask", "loss_contrast", "lr")
+# The periodic evaluation's AP (TEST.EVAL_PERIOD) in metrics.json: "{eval.json section}/AP".
+EVAL_KEYS = tuple(f"{family}/AP" for family in FAMILY_STATS)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,10 @@ class ExpectedRun:
     ablation: Ablation | None
     metric: str
     run_dir: str
+    # Where the workflow trains it (the live run.json) and each step's log, as paths from the
+    # working directory of the caller (resolved from experiments.json); None/empty in older files.
+    output_dir: str | None = field(default=None, compare=False)
+    logs: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def family(self) -> str:
@@ -130,7 +139,7 @@ class RunResult:
     eval: dict[str, float | None] | None = None  # flat: {"segm.AP": 35.2, "cityscapes.AP50": ...}
     errors: ErrorAnalysis | None = None
     errors_legacy: ErrorAnalysis | None = None
-    metrics: list[dict[str, float]] | None = None  # per logged iteration: iteration + TRAINING_KEYS
+    metrics: list[dict[str, float]] | None = None  # per logged iteration: iteration + TRAINING_KEYS / EVAL_KEYS
     warnings: list[str] = field(default_factory=list)  # what was skipped; does not change the status
 
     @property
@@ -187,6 +196,21 @@ def _parse_ablation(value: Any, where: str) -> Ablation:
     )
 
 
+def _locations(record: dict, base: Path, where: str) -> dict[str, Any]:
+    """``output_dir`` and ``logs`` of an experiments.json record (relative to its directory unless
+    absolute) as paths from the working directory; absent in files written before they existed."""
+    found: dict[str, Any] = {}
+    output_dir, logs = record.get("output_dir"), record.get("logs", {})
+    if output_dir is not None:
+        if not isinstance(output_dir, str) or not output_dir:
+            raise InputError(f"{where}: 'output_dir' must be a non-empty string, got {_type_name(output_dir)}")
+        found["output_dir"] = os.path.normpath(base / output_dir)
+    if not isinstance(logs, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in logs.items()):
+        raise InputError(f"{where}: 'logs' must be an object of step -> log path")
+    found["logs"] = {step: os.path.normpath(base / log) for step, log in logs.items()}
+    return found
+
+
 def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
     """Read and validate ``experiments.json``.
 
@@ -235,6 +259,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
             metric=_require_str(record, "metric", where),
             run_dir=_require_str(record, "run_dir", where),
+            **_locations(record, path.parent, where),
         )
         _check_metric(run.metric, where)
         parts = PurePosixPath(run.run_dir).parts
@@ -398,7 +423,7 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
 
 
 def _metrics_point(line: str) -> dict[str, float] | None:
-    """One metrics.json line as iteration + TRAINING_KEYS (None: a line without training scalars).
+    """One metrics.json line as iteration + TRAINING_KEYS / EVAL_KEYS (None: nothing to draw).
 
     Raises:
         ValueError: the line is not a valid record (the message says why).
@@ -413,13 +438,13 @@ def _metrics_point(line: str) -> dict[str, float] | None:
     if not _is_int(iteration):
         raise ValueError(f"'iteration' must be an integer, got {_type_name(iteration)}")
     point: dict[str, float] = {"iteration": iteration}
-    for key in TRAINING_KEYS:
+    for key in TRAINING_KEYS + EVAL_KEYS:
         if key in record:
             value = record[key]
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ValueError(f"'{key}' must be a number, got {_type_name(value)}")
             point[key] = float(value)  # NaN/inf kept: a diverged loss is worth seeing
-    return point if len(point) > 1 else None  # evaluation lines carry no training scalars
+    return point if len(point) > 1 else None  # other lines (timing only, other metrics) have nothing to draw
 
 
 def _read_metrics(path: Path) -> tuple[list[dict[str, float]], list[str]]:
@@ -469,6 +494,11 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     """
     folder = Path(results_dir) / expected.run_dir
     result = RunResult(expected=expected, status="finished")
+    if not (folder / "run.json").exists():
+        # Not finished (its run.json reaches the results only then): the live record, if any.
+        live = _live_result(expected)
+        if live is not None:
+            return live
     if not folder.is_dir():
         result.status, result.problems = "missing", [f"no run folder {expected.run_dir}"]
         return result
@@ -538,6 +568,34 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     result.problems = broken + unfinished
     result.status = "failed" if broken else "incomplete" if unfinished else "finished"
     return result
+
+
+def run_log(expected: ExpectedRun) -> str | None:
+    """The log of a run's training (or inference) job, where experiments.json names it."""
+    return expected.logs.get("train" if expected.kind == "train" else "inference")
+
+
+def _live_result(expected: ExpectedRun) -> RunResult | None:
+    """A run that is training, failed or was interrupted, from the run.json in its work directory
+    (OUTPUT_DIR); None when there is none (not started, or a results tree copied elsewhere)."""
+    if expected.output_dir is None:
+        return None
+    info = read_record(Path(expected.output_dir) / RUN_RECORD)
+    state = info.get("status") if info else None
+    if state not in ("running", "failed", "interrupted"):
+        return None
+    # No ETA: the README is the same file until a run file changes.
+    where = describe_progress(progress(info), eta=False)
+    where = f" ({where})" if where else ""
+    log = run_log(expected)
+    if state == "running":
+        return RunResult(expected, "running", [f"training{where}"], info=info)
+    if state == "interrupted":
+        return RunResult(expected, "incomplete", [f"training interrupted{where}: resumes when the workflow runs it again"],
+                         info=info)
+    error = info.get("error") or f"exit code {info.get('exit_code')}"
+    return RunResult(expected, "failed", [f"training failed{where}: {error}" + (f"; log: {log}" if log else "")],
+                     info=info)
 
 
 def _progress(info: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ __all__ = ["FIGURE_TITLES", "readme"]
 FIGURE_TITLES = {
     "error_breakdown": "Error breakdown (baseline vs DCL, corrected and legacy semantics)",
     "ablations": "AP against each ablated hyper-parameter",
-    "training_curves": "Training curves (total loss, loss_mask, loss_contrast, learning rate)",
+    "training_curves": "Training curves (total loss, loss_mask, loss_contrast, learning rate, validation AP)",
     "reproduced_vs_published": "Reproduced vs published AP",
 }
 _VERDICT_SECTIONS = (

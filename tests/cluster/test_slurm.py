@@ -25,6 +25,7 @@ invocations at once.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -492,6 +493,41 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, fault_wor
     assert read_json(workdir / "results/toy_cancel/runs/toy_coco_baseline/seed0/eval.json")["num_images"] == 16
     assert (workdir / "results/toy_cancel/README.md").is_file()
     assert_no_stale_locks(workdir)
+
+
+def dcl_status(workdir: Path, preset: str, env: dict[str, str]) -> dict:
+    """``dcl status results/<preset> --json`` on the login node."""
+    shown = subprocess.run([str(VENV_BIN / "dcl"), "status", f"results/{preset}", "--json"], cwd=workdir, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+def test_status_shows_a_slurm_training_with_its_job_and_node(slurm_cluster, fault_workdir):
+    """`dcl status` beside `snakemake --profile slurm`: the training is running, with its
+    iteration, speed and ETA from run.json and its Slurm job and node from squeue (the executor's
+    job comment names the run); once the workflow is done, finished."""
+    workdir, env = fault_workdir, user_env(slurm_cluster)
+    fault_config(workdir, "toy_status", "toy_coco_baseline",
+                 {"SOLVER.MAX_ITER": 6 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5})
+    args = ["--profile", "slurm", "--configfile", "toy_status.yaml", *cluster_test_settings(workdir)]
+    run_json = workdir / "work_dirs/toy_status/toy_coco_baseline/seed0/run.json"
+    head = start_snakemake(workdir, args, env, log_name="status.out")
+    try:
+        record = wait_for(lambda: training_progress(run_json, 2 * RECORD_PERIOD, attempts=1),
+                          "the training to record 40 iterations", 600, head)
+        status = dcl_status(workdir, "toy_status", env)
+        row = status["runs"][0]
+        assert status["slurm"] is True, status
+        assert (row["experiment"], row["state"], row["job_id"]) == ("toy_coco_baseline", "running",
+                                                                    record["slurm"]["job_id"]), row
+        assert row["node"] and row["iteration"] >= 2 * RECORD_PERIOD and row["max_iter"] == 6 * RECORD_PERIOD, row
+        assert row["rate"] > 0 and row["eta_s"] is not None and row["chunks"] == 1, row
+    finally:
+        run = finish_snakemake(workdir, head)
+    assert run.returncode == 0, run.tail()
+    row = dcl_status(workdir, "toy_status", env)["runs"][0]
+    assert (row["state"], row["iteration"], row["chunks"]) == ("finished", 6 * RECORD_PERIOD, 1), row
 
 
 def workflow_signal(workdir: Path, args: list[str], env: dict[str, str]) -> tuple[str, str]:

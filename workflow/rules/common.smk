@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import sys
 
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError

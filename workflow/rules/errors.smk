@@ -9,7 +9,7 @@ rule errors:
     output:
         f"{RUN_DIR}/{{analysis}}.json",
     log:
-        f"{LOGS}/{{analysis}}/{{experiment}}/seed{{seed}}.log",
+        PLAN.log_pattern("{analysis}"),
     wildcard_constraints:
         analysis="errors|errors_legacy",
     threads: 1

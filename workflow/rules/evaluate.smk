@@ -7,7 +7,7 @@ rule evaluate:
     output:
         f"{RUN_DIR}/eval.json",
     log:
-        f"{LOGS}/evaluate/{{experiment}}/seed{{seed}}.log",
+        PLAN.log_pattern("evaluate"),
     threads: 1
     params:
         gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),

@@ -5,6 +5,9 @@
 # What `dcl report` writes (dcl.report.TABLE_NAMES / FIGURE_NAMES; tests check they agree).
 REPORT_TABLES = ["main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory"]
 REPORT_FIGURES = ["error_breakdown", "ablations", "training_curves", "reproduced_vs_published"]
+REPORT_ARGS = shlex.join(
+    [RESULTS, "--experiments", f"{RESULTS}/experiments.json", *(["--published", PLAN.published] if PLAN.published else [])]
+)
 
 
 rule plan:
@@ -55,9 +58,19 @@ rule report:
         f"{LOGS}/report.log",
     localrule: True
     params:
-        results=lambda wildcards, output: os.path.dirname(output.readme),
-        published=f"--published {shlex.quote(PLAN.published)}" if PLAN.published else "",
+        args=REPORT_ARGS,
     conda:
         "../envs/dcl.yaml"
     shell:
-        "dcl report {params.results:q} --experiments {input.experiments:q} {params.published} > {log:q} 2>&1"
+        "dcl report {params.args} > {log:q} 2>&1"
+
+
+onerror:
+    # Some job failed (with keep-going, once every other job has ended): the report rule did not
+    # run, so write the tables, figures and README of everything that finished, each failed run
+    # listed with its reason and log. Through this Snakemake's Python, which imports dcl already.
+    if os.path.exists(f"{RESULTS}/experiments.json"):
+        log, readme = shlex.quote(f"{LOGS}/report.log"), shlex.quote(f"{RESULTS}/README.md")
+        shell(f"mkdir -p {shlex.quote(LOGS)} && {shlex.quote(sys.executable)} -m dcl report {REPORT_ARGS} > {log} 2>&1 "
+              f"&& echo 'dcl report: some runs failed; the report of what finished:' {readme} "
+              f"|| echo 'dcl report failed too: see' {log}")

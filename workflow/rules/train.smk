@@ -30,7 +30,7 @@ rule train:
         metrics=f"{RUN_DIR}/metrics.json",
         predictions=PREDICTIONS,
     log:
-        f"{LOGS}/train/{{experiment}}/seed{{seed}}.log",
+        PLAN.log_pattern("train"),
     wildcard_constraints:
         experiment=TRAINED,
     threads: lambda wildcards: run_of(wildcards).resources.cpus
@@ -56,7 +56,7 @@ use rule train as inference with:
         run=f"{RUN_DIR}/run.json",
         predictions=PREDICTIONS,
     log:
-        f"{LOGS}/inference/{{experiment}}/seed{{seed}}.log",
+        PLAN.log_pattern("inference"),
     wildcard_constraints:
         experiment=RELEASED,
     resources:
