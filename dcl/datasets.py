@@ -331,8 +331,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("root", metavar="ROOT", help="Cityscapes root (holds gtFine/ and leftImg8bit/)")
     convert.add_argument("--split", choices=SPLITS, default="val", help="split to convert (default val)")
     convert.add_argument("-o", "--output", required=True, metavar="OUT.json", help="COCO JSON to write")
-    convert.add_argument("--segmentation", choices=("rle", "polygon"), default="rle",
-                         help="segmentation encoding (default rle)")
+    convert.add_argument("--segmentation", choices=("rle", "polygon"), default=None,
+                         help="segmentation encoding of the default style (default rle)")
+    convert.add_argument("--style", choices=("default", "detectron"), default="default",
+                         help="default: exact masks, group regions as crowd; detectron: the file "
+                              "Detectron's tools/convert_cityscapes_to_coco.py wrote (the original "
+                              "error analysis' GT): external contours, no group regions, instances "
+                              "with a 1-2 pixel fragment dropped; same image and category ids")
 
     check = commands.add_parser(
         "check", help="verify a dataset is in place (what is missing, what to download, where)",
@@ -369,8 +374,12 @@ def _run_convert(args: argparse.Namespace) -> int:
         if error.name != "dcl.cityscapes":
             raise
         raise InputError("this installation has no dcl.cityscapes module (Cityscapes -> COCO converter)") from None
-    cityscapes_to_coco(args.root, args.split, args.output, segmentation=args.segmentation)
-    print(f"wrote {args.output}")
+    if args.style == "detectron" and args.segmentation is not None:
+        raise InputError("--segmentation applies to --style default only (the detectron style is polygons)")
+    coco = cityscapes_to_coco(args.root, args.split, args.output, segmentation=args.segmentation or "rle",
+                              style=args.style)
+    print(f"wrote {args.output} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+          f"{args.style} style)")
     return 0
 
 

@@ -71,22 +71,29 @@ RESERVED_OVERRIDES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Where a dataset's validation ground truth lives, relative to the datasets root."""
+    """Where a dataset's validation ground truth lives, relative to the datasets root.
+
+    ``legacy_gt``: the GT file the original error-analysis tool used, where it differs from
+    ``gt`` (Cityscapes: Detectron's conversion, ``dcl data cityscapes-to-coco --style detectron``).
+    """
 
     name: str
     gt: str
     cityscapes_root: str | None
     metric: str
     toy: bool
+    legacy_gt: str | None = None
 
 
 DATASETS: dict[str, Dataset] = {
     "coco": Dataset("coco", "coco/annotations/instances_val2017.json", None, "segm.AP", False),
     "cityscapes": Dataset("cityscapes", "cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                          "cityscapes", "cityscapes.AP", False),
+                          "cityscapes", "cityscapes.AP", False,
+                          "cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"),
     "toy_coco": Dataset("toy_coco", "toy/coco/annotations/instances_val.json", None, "segm.AP", True),
     "toy_cityscapes": Dataset("toy_cityscapes", "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                              "toy/cityscapes", "cityscapes.AP", True),
+                              "toy/cityscapes", "cityscapes.AP", True,
+                              "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"),
 }
 
 
@@ -533,6 +540,12 @@ class Plan:
     def gt(self, dataset: str) -> str:
         """The validation ground truth (COCO JSON) ``dcl evaluate`` and ``dcl errors`` compare to."""
         return f"{self.datasets_root}/{DATASETS[dataset].gt}"
+
+    def errors_gt(self, dataset: str, legacy: bool) -> str:
+        """The GT of ``dcl errors``: the original tool's file for the legacy analysis where the
+        dataset has one (Cityscapes: Detectron's conversion), else ``gt``."""
+        legacy_gt = DATASETS[dataset].legacy_gt
+        return f"{self.datasets_root}/{legacy_gt}" if legacy and legacy_gt else self.gt(dataset)
 
     def cityscapes_root(self, dataset: str) -> str | None:
         root = DATASETS[dataset].cityscapes_root

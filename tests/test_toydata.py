@@ -344,7 +344,7 @@ def test_cityscapes_files_follow_the_official_conventions(toy):
             np.testing.assert_array_equal(instance_ids, expected_instance)
             np.testing.assert_array_equal(label_ids, expected_label)
             np.testing.assert_array_equal(label_ids, np.where(instance_ids >= 1000, instance_ids // 1000, instance_ids))
-            assert set(np.unique(label_ids)) <= {7, 11, 23} | INSTANCE_LABEL_IDS
+            assert set(np.unique(label_ids)) <= {7, 11, 17, 23} | INSTANCE_LABEL_IDS  # road, building, pole, sky
             assert {7, 23} <= set(np.unique(label_ids))  # road and sky always
             for label_id in np.unique(label_ids):
                 assert (colours[label_ids == label_id] == id2label[int(label_id)].color).all()

@@ -79,7 +79,7 @@ def test_paper_dry_run_plans_every_job(paper_dry_run):
     # 54 trainings = 3 settings x 2 methods x 3 seeds + 12 new ablation points x 3 seeds;
     # 7 released checkpoints; each of the 61 runs is evaluated once and analysed twice.
     assert job_stats(paper_dry_run) == {
-        "check_dataset": 2, "cityscapes_to_coco": 1, "download_weights": 8, "train": 54, "inference": 7,
+        "check_dataset": 2, "cityscapes_to_coco": 1, "cityscapes_to_coco_detectron": 1, "download_weights": 8, "train": 54, "inference": 7,
         "evaluate": 61, "errors": 122, "plan": 1, "report": 1, "all": 1,
     }
 
@@ -149,6 +149,17 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
     legacy = [j for j in errors if j["wildcards"]["analysis"] == "errors_legacy"]
     assert len(legacy) == 61 and all("--legacy-unmatched" in j["shell"] for j in legacy)
     assert not any("--legacy-unmatched" in j["shell"] for j in errors if j not in legacy)
+    # The original tool's GT for the legacy analysis: Detectron's conversion on Cityscapes.
+    gt_of = {(j["wildcards"]["experiment"], j["wildcards"]["analysis"]): j["shell"].split(" -a ")[1].split()[0]
+             for j in errors if j["wildcards"]["seed"] == "0"}
+    assert gt_of["cityscapes_imagenet_dcl", "errors_legacy"] == \
+        "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
+    assert gt_of["cityscapes_imagenet_dcl", "errors"] == "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
+    assert gt_of["coco_dcl", "errors_legacy"] == gt_of["coco_dcl", "errors"] == "datasets/coco/annotations/instances_val2017.json"
+    convert = [j for j in jobs if j["rule"] == "cityscapes_to_coco_detectron"]
+    assert [j["shell"].split(" > ")[0] for j in convert] == [
+        "dcl data cityscapes-to-coco datasets/cityscapes --split val --style detectron"
+        " -o datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"]
     # The workflow profile's per-rule resources (profiles/default).
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in errors} == {("4", "32000")}
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "16000")}
@@ -186,7 +197,8 @@ def test_local_rules_run_on_the_login_node():
         workflow = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
                                 storage_settings=StorageSettings(), snakefile=REPO / "Snakefile", workdir=REPO)
         rules = {rule.name: rule.name in workflow._workflow._localrules for rule in workflow._workflow.rules}
-    assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True, "download_weights": True,
+    assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True,
+                     "cityscapes_to_coco_detectron": True, "download_weights": True,
                      "train": False, "inference": False, "evaluate": False, "errors": False, "plan": True,
                      "report": True, "all": True}
 
@@ -283,8 +295,10 @@ def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
         evaluation = json.loads((folder / "eval.json").read_text())
         assert evaluation["num_images"] == 16
         assert ("cityscapes" in evaluation) == (record["dataset"] == "toy_cityscapes")
-        assert json.loads((folder / "errors_legacy.json").read_text())["legacy_unmatched"] is True
+        legacy = json.loads((folder / "errors_legacy.json").read_text())
+        assert legacy["legacy_unmatched"] is True
         assert json.loads((folder / "errors.json").read_text())["legacy_unmatched"] is False
+        assert legacy["gt"].endswith(".detectron.json") == (record["dataset"] == "toy_cityscapes")
     for name in TABLE_NAMES:
         assert (results / "tables" / f"{name}.md").is_file()
     for name in FIGURE_NAMES:

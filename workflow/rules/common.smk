@@ -76,6 +76,10 @@ def run_of(wildcards):
     return PLAN.run(wildcards.experiment, wildcards.seed)
 
 
+# The datasets with a GT of the original error analysis (Cityscapes), by folder under the datasets root.
+CITYSCAPES_DATASET_OF_FOLDER = {d.cityscapes_root: name for name, d in DATASETS.items() if d.legacy_gt}
+
+
 def check_stamp(dataset):
     return f"{WORK}/data/{dataset}.check.json"
 
@@ -102,6 +106,17 @@ def model_inputs(wildcards):
 def evaluation_inputs(wildcards):
     run = run_of(wildcards)
     return {"predictions": PREDICTIONS.format(**wildcards), **dataset_inputs(run.dataset)}
+
+
+def errors_gt(wildcards):
+    return PLAN.errors_gt(run_of(wildcards).dataset, wildcards.analysis == "errors_legacy")
+
+
+def errors_inputs(wildcards):
+    inputs = evaluation_inputs(wildcards)
+    if errors_gt(wildcards) != PLAN.gt(run_of(wildcards).dataset):
+        inputs["legacy_gt"] = ancient(errors_gt(wildcards))  # made by cityscapes_to_coco_detectron
+    return inputs
 
 
 def run_outputs(run):

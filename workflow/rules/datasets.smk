@@ -51,3 +51,24 @@ rule cityscapes_to_coco:
         "../envs/dcl.yaml"
     shell:
         "dcl data cityscapes-to-coco {params.root} --split val -o {output} > {log} 2>&1"
+
+
+rule cityscapes_to_coco_detectron:
+    # The GT of the original error analysis (Detectron's conversion rules), for errors_legacy:
+    # same image and category ids as the file above, so the same predictions score on both.
+    # {cityscapes}: the dataset's folder under the datasets root (cityscapes or toy/cityscapes).
+    input:
+        lambda wildcards: ancient(check_stamp(CITYSCAPES_DATASET_OF_FOLDER[wildcards.cityscapes])),
+    output:
+        f"{ROOT}/{{cityscapes}}/annotations/instancesonly_filtered_gtFine_val.detectron.json",
+    log:
+        f"{LOGS}/data/cityscapes_to_coco_detectron_{{cityscapes}}.log",
+    wildcard_constraints:
+        cityscapes=_alternatives(CITYSCAPES_DATASET_OF_FOLDER),
+    localrule: True
+    params:
+        root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "dcl data cityscapes-to-coco {params.root} --split val --style detectron -o {output} > {log} 2>&1"

@@ -1,11 +1,12 @@
 # The segmentation-error analysis of each run: how much AP removing fFP, bFP or FN would gain.
 # `errors.json` matches each detection correctly; `errors_legacy.json` reproduces the original
-# tool, which the paper's tables used (an unmatched detection counts against the last GT).
+# tool, which the paper's tables used (an unmatched detection counts against the last GT), on
+# the original tool's GT: for Cityscapes the file Detectron's converter wrote (PLAN.errors_gt).
 
 
 rule errors:
     input:
-        unpack(evaluation_inputs),
+        unpack(errors_inputs),
     output:
         f"{RUN_DIR}/{{analysis}}.json",
     log:
@@ -14,7 +15,7 @@ rule errors:
         analysis="errors|errors_legacy",
     threads: 1
     params:
-        gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),
+        gt=errors_gt,
         options=lambda wildcards: PLAN.errors_options(wildcards.analysis == "errors_legacy"),
     conda:
         "../envs/dcl.yaml"
