@@ -18,7 +18,9 @@ the real ones):
   3 categories (ids 1..3), image ids 1..N, annotation ids 1..M in image order, polygon
   segmentations that trace the visible pixels exactly (pixel-edge outlines: pycocotools rasterises
   them back to the same pixels), ``area`` = visible pixels, ``bbox`` XYWH, crowd regions as
-  uncompressed RLE with ``iscrowd: 1``.
+  uncompressed RLE with ``iscrowd: 1``. ``coco/annotations/instances_occ_val.json``: the toy
+  COCO-OCC, the val images in which two instances' boxes overlap by >= 0.2 of the smaller one,
+  renumbered 1..K (``dcl.coco.occlusion_subset``).
 * ``cityscapes/leftImg8bit/{train,val}/<city>/<city>_000000_<frame:06d>_leftImg8bit.png`` and
   ``cityscapes/gtFine/{train,val}/<city>/<city>_000000_<frame:06d>_gtFine_{polygons.json,
   instanceIds.png,labelIds.png,color.png}`` with the real Cityscapes label ids (the 8 instance
@@ -27,7 +29,9 @@ the real ones):
   cityscapesscripts' own ``json2instanceImg``/``json2labelImg`` code, so instance ids are
   ``label_id * 1000 + k`` for instances and the plain label id for group (crowd) regions.
 * ``cityscapes/annotations/instancesonly_filtered_gtFine_{train,val}.json`` (COCO JSON by
-  ``dcl.cityscapes.cityscapes_to_coco``; skipped with a logged note where that module is absent).
+  ``dcl.cityscapes.cityscapes_to_coco``; skipped with a logged note where that module is absent)
+  and ``instancesonly_filtered_gtFine_val.detectron.json`` (Detectron's conversion rules, the
+  original error analysis' GT).
 * ``.dcl-toy.json``: the marker (generator version, arguments, counts). Re-running into a
   directory that has it regenerates the data (byte-identical for the same arguments); a non-empty
   directory without it is refused and left untouched.
@@ -77,6 +81,7 @@ GENERATOR_VERSION = 2
 MARKER_NAME = ".dcl-toy.json"
 MARKER_GENERATOR = "dcl.toydata"
 DEFAULT_SIZE = (128, 128)
+OCCLUSION_MIN_OVERLAP = 0.2  # of the toy COCO-OCC (coco/annotations/instances_occ_val.json)
 _TMP_PREFIX = ".dcl-toy-tmp-"
 _SPLITS = ("train", "val")
 _DATASET_KEYS = {"coco": 0, "cityscapes": 1}
@@ -505,6 +510,13 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
         "categories": [{"id": c.dataset_id, "name": c.name, "supercategory": "shape"} for c in COCO_CLASSES],
     }
     atomic_write_json(root / "annotations" / f"instances_{split}.json", dataset, indent=None)
+    if split == "val":
+        # The toy COCO-OCC: its occluded images, renumbered like the real subset.
+        from dcl.coco import load_ground_truth, occlusion_subset
+
+        subset = occlusion_subset(load_ground_truth(dataset), OCCLUSION_MIN_OVERLAP)
+        subset["info"]["description"] = "dcl toy COCO-OCC: the val images with overlapping instances"
+        atomic_write_json(root / "annotations" / "instances_occ_val.json", subset, indent=None)
     crowd = sum(a["iscrowd"] for a in annotations)
     return {"images": len(images), "instances": len(annotations) - crowd, "crowd_regions": crowd}
 
@@ -695,6 +707,8 @@ def _convert_cityscapes(root: Path, final_root: Path) -> bool:
         return False
     for split in _SPLITS:
         cityscapes_to_coco(str(root), split, str(root / "annotations" / f"instancesonly_filtered_gtFine_{split}.json"))
+    cityscapes_to_coco(str(root), "val", str(root / "annotations" / "instancesonly_filtered_gtFine_val.detectron.json"),
+                       style="detectron")
     return True
 
 

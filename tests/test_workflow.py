@@ -165,6 +165,27 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "16000")}
 
 
+def test_coco_runs_are_also_scored_on_coco_occ_when_it_is_there(tmp_path):
+    from dcl.experiments import Plan, read_config_file
+
+    (tmp_path / "datasets" / "coco").mkdir(parents=True)
+    (tmp_path / "datasets" / "coco" / "instances_occ2017_new.json").write_text("{}")
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p", cwd=tmp_path,
+                       env={**ENV, "SBATCH_PARTITION": "gpuq"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_jobs(result.stdout + result.stderr)
+    plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=tmp_path)
+    coco_runs = {(r.experiment, str(r.seed)) for r in plan.jobs.values() if r.dataset == "coco"}
+    occ = [j for j in jobs if j["rule"] == "evaluate_occ"]
+    assert {(j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in occ} == coco_runs
+    assert all(" -a datasets/coco/instances_occ2017_new.json --predictions-gt "
+               "datasets/coco/annotations/instances_val2017.json " in j["shell"] for j in occ)
+    analyses = Counter(j["wildcards"]["analysis"] for j in jobs if j["rule"] == "errors")
+    assert analyses["errors_occ"] == analyses["errors_legacy_occ"] == len(coco_runs)
+    check = next(j for j in jobs if j["rule"] == "check_dataset" and j["wildcards"]["dataset"] == "coco")
+    assert "--occlusion-subset datasets/coco/instances_occ2017_new.json" in check["shell"]
+
+
 def test_slurm_submission_of_a_training_job(paper_dry_run):
     """What sbatch gets for a training job: the plugin's own code on the dry-run's resources."""
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
@@ -199,7 +220,7 @@ def test_local_rules_run_on_the_login_node():
         rules = {rule.name: rule.name in workflow._workflow._localrules for rule in workflow._workflow.rules}
     assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True,
                      "cityscapes_to_coco_detectron": True, "download_weights": True,
-                     "train": False, "inference": False, "evaluate": False, "errors": False, "plan": True,
+                     "train": False, "inference": False, "evaluate": False, "evaluate_occ": False, "errors": False, "plan": True,
                      "report": True, "all": True}
 
 
@@ -299,6 +320,8 @@ def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
         assert legacy["legacy_unmatched"] is True
         assert json.loads((folder / "errors.json").read_text())["legacy_unmatched"] is False
         assert legacy["gt"].endswith(".detectron.json") == (record["dataset"] == "toy_cityscapes")
+        for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json"):  # the toy COCO-OCC
+            assert (folder / name).is_file() == (record["dataset"] == "toy_coco"), folder / name
     for name in TABLE_NAMES:
         assert (results / "tables" / f"{name}.md").is_file()
     for name in FIGURE_NAMES:

@@ -76,10 +76,6 @@ def run_of(wildcards):
     return PLAN.run(wildcards.experiment, wildcards.seed)
 
 
-# The datasets with a GT of the original error analysis (Cityscapes), by folder under the datasets root.
-CITYSCAPES_DATASET_OF_FOLDER = {d.cityscapes_root: name for name, d in DATASETS.items() if d.legacy_gt}
-
-
 def check_stamp(dataset):
     return f"{WORK}/data/{dataset}.check.json"
 
@@ -109,20 +105,44 @@ def evaluation_inputs(wildcards):
 
 
 def errors_gt(wildcards):
-    return PLAN.errors_gt(run_of(wildcards).dataset, wildcards.analysis == "errors_legacy")
+    """GT of an analysis: errors / errors_legacy on val (the legacy one on the original tool's GT),
+    *_occ on the occlusion subset."""
+    dataset = run_of(wildcards).dataset
+    if wildcards.analysis.endswith("_occ"):
+        return PLAN.occlusion_gt(dataset)
+    return PLAN.errors_gt(dataset, wildcards.analysis == "errors_legacy")
+
+
+def _with_gt(inputs, dataset, gt):
+    """``inputs`` plus a GT file other than val's: made by cityscapes_to_coco_detectron, or the
+    user's COCO-OCC file. Toy ones are part of the toy data (the data check waits for it)."""
+    if gt != PLAN.gt(dataset) and not DATASETS[dataset].toy:
+        inputs["analysis_gt"] = ancient(gt)
+    return inputs
 
 
 def errors_inputs(wildcards):
-    inputs = evaluation_inputs(wildcards)
-    if errors_gt(wildcards) != PLAN.gt(run_of(wildcards).dataset):
-        inputs["legacy_gt"] = ancient(errors_gt(wildcards))  # made by cityscapes_to_coco_detectron
-    return inputs
+    return _with_gt(evaluation_inputs(wildcards), run_of(wildcards).dataset, errors_gt(wildcards))
+
+
+def occlusion_inputs(wildcards):
+    dataset = run_of(wildcards).dataset
+    return _with_gt(evaluation_inputs(wildcards), dataset, PLAN.occlusion_gt(dataset))
+
+
+def subset_options(wildcards):
+    """For the occlusion subset: the val predictions are mapped onto its images by file name."""
+    if wildcards.get("analysis", "eval_occ").endswith("_occ"):
+        return shlex.join(["--predictions-gt", PLAN.gt(run_of(wildcards).dataset)])
+    return ""
 
 
 def run_outputs(run):
     """The files one run folder holds when the run is complete."""
     folder = PLAN.results_dir(run)
     names = ["run.json", "eval.json", "errors.json", "errors_legacy.json"]
+    if PLAN.occlusion_gt(run.dataset):
+        names += ["eval_occ.json", "errors_occ.json", "errors_legacy_occ.json"]
     if run.kind == "train":
         names.append("metrics.json")
     return [f"{folder}/{name}" for name in names]

@@ -28,10 +28,13 @@ rule check_dataset:
     params:
         env=DCL_ENV,
         root=ROOT,
+        # COCO-OCC, where the user has it: validated here too (absent: a note, not an error).
+        occlusion=lambda wildcards: (f"--occlusion-subset {shlex.quote(PLAN.occlusion_subset)}"
+                                     if wildcards.dataset == "coco" and PLAN.occlusion_subset else ""),
     conda:
         "../envs/dcl.yaml"
     shell:
-        "{params.env} dcl data check --dataset {wildcards.dataset} --root {params.root} -o {output} > {log} 2>&1"
+        "{params.env} dcl data check --dataset {wildcards.dataset} --root {params.root} {params.occlusion} -o {output} > {log} 2>&1"
 
 
 rule cityscapes_to_coco:
@@ -56,15 +59,13 @@ rule cityscapes_to_coco:
 rule cityscapes_to_coco_detectron:
     # The GT of the original error analysis (Detectron's conversion rules), for errors_legacy:
     # same image and category ids as the file above, so the same predictions score on both.
-    # {cityscapes}: the dataset's folder under the datasets root (cityscapes or toy/cityscapes).
+    # (`dcl data toy` writes the toy one itself.)
     input:
-        lambda wildcards: ancient(check_stamp(CITYSCAPES_DATASET_OF_FOLDER[wildcards.cityscapes])),
+        ancient(check_stamp("cityscapes")),
     output:
-        f"{ROOT}/{{cityscapes}}/annotations/instancesonly_filtered_gtFine_val.detectron.json",
+        PLAN.errors_gt("cityscapes", legacy=True),
     log:
-        f"{LOGS}/data/cityscapes_to_coco_detectron_{{cityscapes}}.log",
-    wildcard_constraints:
-        cityscapes=_alternatives(CITYSCAPES_DATASET_OF_FOLDER),
+        f"{LOGS}/data/cityscapes_to_coco_detectron.log",
     localrule: True
     params:
         root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),

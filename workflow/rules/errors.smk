@@ -2,6 +2,8 @@
 # `errors.json` matches each detection correctly; `errors_legacy.json` reproduces the original
 # tool, which the paper's tables used (an unmatched detection counts against the last GT), on
 # the original tool's GT: for Cityscapes the file Detectron's converter wrote (PLAN.errors_gt).
+# COCO runs, where the occlusion subset (COCO-OCC) is there, get both on it too (*_occ.json),
+# from the val predictions mapped onto its images by file name.
 
 
 rule errors:
@@ -12,11 +14,12 @@ rule errors:
     log:
         f"{LOGS}/{{analysis}}/{{experiment}}/seed{{seed}}.log",
     wildcard_constraints:
-        analysis="errors|errors_legacy",
+        analysis="errors|errors_legacy|errors_occ|errors_legacy_occ",
     threads: 1
     params:
         gt=errors_gt,
-        options=lambda wildcards: PLAN.errors_options(wildcards.analysis == "errors_legacy"),
+        options=lambda wildcards: " ".join(filter(None, [subset_options(wildcards),
+                                                         PLAN.errors_options(wildcards.analysis.startswith("errors_legacy"))])),
     conda:
         "../envs/dcl.yaml"
     shell:
