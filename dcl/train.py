@@ -75,7 +75,7 @@ from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.data.common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup, hooks, launch
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -417,8 +417,14 @@ class Trainer(DefaultTrainer):
         # are explicit: inferred from the predictions, a model without detections (early in
         # training) would get no segm entry at all instead of NaN AP.
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
+        coco = COCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
                              use_fast_impl=dcl.compat.has_extension())
+        from dcl.cityscapes_evaluator import CityscapesAPEvaluator, is_cityscapes
+
+        if cfg.MODEL.MASK_ON and is_cityscapes(dataset_name):
+            # The paper's Cityscapes metric beside COCO AP, as the original train_net.py printed it.
+            return DatasetEvaluators([coco, CityscapesAPEvaluator(dataset_name)])
+        return coco
 
     @classmethod
     def test(cls, cfg: CfgNode, model, evaluators=None):

@@ -504,7 +504,25 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
                             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
     assert code == 0, output[-3000:]
     assert read_json(out / "run.json")["status"] == "finished"
-    assert set(read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]) == {"bbox", "segm"}
+    evaluation = read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]
+    assert set(evaluation) == {"bbox", "segm", "cityscapes"}
     predictions = json.loads((out / "inference" / "coco_instances_results.json").read_text())
-    gt = read_json(toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json")
+    gt_file = toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
+    gt = read_json(gt_file)
     assert predictions and {p["image_id"] for p in predictions} <= {image["id"] for image in gt["images"]}
+    # The official Cityscapes AP, during training: what `dcl evaluate --cityscapes-root` (tested
+    # against cityscapesscripts run directly) gives on the same predictions.
+    from dcl.evaluation import evaluate
+
+    reference = evaluate(str(gt_file), predictions, cityscapes_root=toy_datasets / "cityscapes")["cityscapes"]
+    assert evaluation["cityscapes"] == {"AP": reference["AP"], "AP50": reference["AP50"]}
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any(m.get("cityscapes/AP") == reference["AP"] and "segm/AP" in m for m in metrics)
+    assert "Cityscapes instance-level AP (cityscapesscripts): AP" in (out / "log.txt").read_text()
+    assert "copypaste: Task: cityscapes" in (out / "log.txt").read_text()
+    # --eval-only records it too.
+    code, output = run_dcl(["train", "--eval-only", "--config-file", config, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]["cityscapes"] == evaluation["cityscapes"]
+    assert "Cityscapes instance-level AP (cityscapesscripts)" in (out / "inference" / "log.txt").read_text()
