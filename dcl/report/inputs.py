@@ -113,6 +113,7 @@ class ErrorAnalysis:
 
     baseline_ap: float
     gains: dict[str, float]
+    gt: str | None = None  # base name of the GT file the analysis used
 
 
 @dataclass
@@ -131,6 +132,10 @@ class RunResult:
     errors: ErrorAnalysis | None = None
     errors_legacy: ErrorAnalysis | None = None
     metrics: list[dict[str, float]] | None = None  # per logged iteration: iteration + TRAINING_KEYS
+    # On the occlusion subset (COCO-OCC), where the run has it: eval_occ.json, errors_occ.json, ...
+    eval_occ: dict[str, float | None] | None = None
+    errors_occ: ErrorAnalysis | None = None
+    errors_legacy_occ: ErrorAnalysis | None = None
 
     @property
     def reason(self) -> str:
@@ -389,7 +394,9 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
         if not isinstance(stats, dict) or not _is_number(stats.get("AP")):
             raise _BadFile(f"{name}: 'delta.{error_type}.AP' must be a number")
         gains[error_type] = float(stats["AP"])
-    return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains)
+    gt = data.get("gt")
+    return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains,
+                         gt=os.path.basename(gt) if isinstance(gt, str) and gt else None)
 
 
 def _read_metrics(path: Path) -> list[dict[str, float]]:
@@ -449,6 +456,8 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         return result
     names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
     present = {name for name in names if (folder / name).exists()}
+    optional = {name for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json")
+                if (folder / name).exists()}
     if not present:
         result.status, result.problems = "missing", ["run folder has no result files yet"]
         return result
@@ -488,10 +497,15 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         "errors.json": lambda path: _validate_errors(_read_run_json_file(path), "errors.json", legacy=False),
         "errors_legacy.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy.json", legacy=True),
         "metrics.json": _read_metrics,
+        # Optional (COCO runs when the occlusion subset is there): never required.
+        "eval_occ.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
+        "errors_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_occ.json", legacy=False),
+        "errors_legacy_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy_occ.json",
+                                                                legacy=True),
     }
     loaded: dict[str, Any] = {}
     for name, reader in readers.items():
-        if name not in present:
+        if name not in present | optional:
             continue
         try:
             loaded[name] = reader(folder / name)
@@ -506,6 +520,9 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         result.errors = loaded.get("errors.json")
         result.errors_legacy = loaded.get("errors_legacy.json")
         result.metrics = loaded.get("metrics.json")
+        result.eval_occ = loaded.get("eval_occ.json")
+        result.errors_occ = loaded.get("errors_occ.json")
+        result.errors_legacy_occ = loaded.get("errors_legacy_occ.json")
     result.problems = broken + unfinished
     result.status = "failed" if broken else "incomplete" if unfinished else "finished"
     return result

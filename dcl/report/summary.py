@@ -122,7 +122,7 @@ def readme(
     for table in tables:
         lines.append(f"- [{table.title}](tables/{table.name}.md) "
                      f"([tex](tables/{table.name}.tex), [csv](tables/{table.name}.csv), [html](tables/{table.name}.html))"
-                     + ("" if table.rows else f": no data ({table.empty})"))
+                     + ("" if table.rows or table.parts else f": no data ({table.empty})"))
     lines += ["", "## Figures", "", "Each as PNG and PDF:", ""]
     for name in FIGURES:
         reason = figure_reasons.get(name, "")
