@@ -741,3 +741,53 @@ def test_snakemake_html_report_with_captions(paper, tmp_path):
     for phrase in ("scipy.stats.ttest_rel", "dominant error", "plausible draw", "Run inventory", "white diamond"):
         assert phrase in html, phrase
     assert tree_hashes(workdir / "res") == tree_hashes(source)  # the same inputs give the same files
+
+
+def _coco_occ_tree(root: Path, used: bool) -> None:
+    runs = []
+    for method, base in (("baseline", 30.0), ("dcl", 31.0)):
+        for seed in (0, 1):
+            record = run_record(f"coco_{method}", seed, "coco", "imagenet", method)
+            runs.append(record)
+            if not used:
+                write_run(root, record, eval_json={"segm": coco_section(base + seed)},
+                          errors=errors_record(gains(method, seed, False), False),
+                          legacy=errors_record(gains(method, seed, True), True))
+                continue
+            write_run(root, record, eval_json={"segm": coco_section(base + seed)},
+                      errors=errors_record(gains(method, seed, False), False),
+                      legacy=errors_record(gains(method, seed, True), True))
+            folder = root / record["run_dir"]
+            (folder / "eval_occ.json").write_text(json.dumps({"segm": coco_section(base - 5 + 0.5 * seed)}))
+            occ_errors = errors_record({"fFP": 3.0 + seed, "bFP": 1.0, "FN": 8.0}, False)
+            occ_errors["gt"] = "datasets/coco/instances_occ2017_new.json"
+            (folder / "errors_occ.json").write_text(json.dumps(occ_errors))
+            occ_legacy = errors_record({"fFP": 3.5 + seed, "bFP": 1.0, "FN": 11.0}, True)
+            occ_legacy["gt"] = "datasets/coco/instances_occ2017_new.json"
+            (folder / "errors_legacy_occ.json").write_text(json.dumps(occ_legacy))
+    occlusion = {"path": "datasets/coco/instances_occ2017_new.json", "used": used}
+    (root / "experiments.json").write_text(json.dumps({"preset": "occ", "occlusion_subset": occlusion, "runs": runs}))
+
+
+def test_coco_occ_column_tables_and_note(tmp_path):
+    used, absent = tmp_path / "used", tmp_path / "absent"
+    _coco_occ_tree(used, True)
+    _coco_occ_tree(absent, False)
+    build_report(used, published_path=PUBLISHED)
+    build_report(absent, published_path=PUBLISHED)
+    main = (used / "tables" / "main_results.md").read_text()
+    header = next(line for line in main.splitlines() if line.startswith("| Method"))
+    assert "| OCC AP |" in header and "OCC AP" not in (absent / "tables" / "main_results.md").read_text()
+    occ = [statistics.mean([25.0, 25.5]), statistics.mean([26.0, 26.5])]
+    assert f"{occ[0]:.2f} ± {statistics.stdev([25.0, 25.5]):.2f}" in main
+    assert f"| DCL − baseline | 2 pairs |" in main and f"+{occ[1] - occ[0]:.2f}" in main
+    errors = (used / "tables" / "error_analysis.md").read_text()
+    section = errors.split("### COCO, occlusion subset (COCO-OCC)")[1]
+    assert "GT files: legacy instances_occ2017_new.json; corrected instances_occ2017_new.json" in section
+    baseline = next(line for line in section.splitlines() if line.startswith("| Baseline, ImageNet"))
+    cells = [c.strip() for c in baseline.strip("|").split("|")]
+    assert cells[3:6] == [f"{statistics.mean([3.5, 4.5]):.2f}", "1.00", "11.00"]  # legacy fFP, bFP, FN
+    assert "### COCO, occlusion subset" not in (absent / "tables" / "error_analysis.md").read_text()
+    assert "also evaluated and error-analysed on the occlusion subset" in (used / "README.md").read_text()
+    note = [line for line in (absent / "README.md").read_text().splitlines() if "COCO-OCC" in line]
+    assert len(note) == 1 and note[0].startswith("Note: no occlusion subset (COCO-OCC) at `datasets/coco/")

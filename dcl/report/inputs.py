@@ -33,6 +33,7 @@ __all__ = [
     "PublishedEntry",
     "RunResult",
     "load_experiments",
+    "load_occlusion_subset",
     "load_published",
     "load_run",
     "status_totals",
@@ -256,6 +257,16 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
 
 
 # ----------------------------------------------------------------------------- published.yaml
+def load_occlusion_subset(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``experiments.json``'s ``occlusion_subset``: ``{"path", "used"}``, or None (no COCO runs)."""
+    value = read_json(Path(path), "experiments file").get("occlusion_subset")
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("path"), str) and isinstance(value.get("used"), bool)):
+        raise InputError(f"{path}: 'occlusion_subset' must be an object with 'path' (string) and 'used' (boolean)")
+    return value
+
+
 def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
     """Read and validate ``published.yaml`` (a ``published:`` list of entries).
 
