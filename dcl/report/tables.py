@@ -93,7 +93,8 @@ def fmt_number(value: float | None, digits: int = 2) -> str:
 
 
 def fmt_signed(value: float | None, digits: int = 2) -> str:
-    return DASH if _nan(value) else f"{value:+.{digits}f}".replace("-", "−")
+    # round first: a tiny negative difference is +0.00, not −0.00
+    return DASH if _nan(value) else f"{round(value, digits) + 0.0:+.{digits}f}".replace("-", "−")
 
 
 def fmt_summary(summary: Summary, digits: int = 2) -> str:
@@ -410,8 +411,8 @@ def _best_marks(rows: list[dict[str, str]], values: list[dict[str, float]], keys
     for key in keys:
         column = [v.get(key, math.nan) for v in values]
         finite = [v for v in column if not _nan(v)]
-        if len(finite) < 2:
-            continue
+        if len(finite) < 2 or max(finite) - min(finite) < 1e-9:
+            continue  # nothing to single out
         best = max(finite)
         for row, value in zip(rows, column):
             if not _nan(value) and abs(value - best) < 1e-9 and row.get(key, DASH) != DASH:
@@ -461,6 +462,8 @@ def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
                 row.update(ci=fmt_ci(difference), p=fmt_p(difference.p_value),
                            seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""))
         rows.append(row)
+    if all(row.get("published", DASH) == DASH for row in rows):
+        columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
     headline = headers[members[0].spec.metric]
     what = ("Official Cityscapes instance-level AP and AP50 (cityscapesscripts), COCO-style mask AP beside"
             if family == "cityscapes" else "COCO mask AP")
@@ -662,7 +665,7 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         spec = experiment.spec
         n, n_legacy, expected = experiment.n_errors(False), experiment.n_errors(True), experiment.expected
         incomplete |= min(n, n_legacy) < expected
-        if n or n_legacy:
+        if (n or n_legacy) and not is_base_point(experiment):  # a base point repeats its base's runs
             by_dataset.setdefault(spec.dataset, []).append(experiment)
         base = experiment.error_summary("baseline", legacy=False)
         if base.n == 0:
