@@ -375,7 +375,9 @@ def test_toy_released_checkpoint_is_evaluated_without_training(toy_run):
                        "--configfile", "toy_released.yaml", "--config", TOY_OVERRIDES, cwd=toy_run, timeout=TIMEOUT_S)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert job_stats(output) == {"inference": 1, "evaluate": 1, "errors": 2, "plan": 1, "report": 1, "all": 1}
+    # A toy COCO checkpoint: also scored on the toy COCO-OCC (one evaluation, two analyses).
+    assert job_stats(output) == {"inference": 1, "evaluate": 1, "evaluate_occ": 1, "errors": 4, "plan": 1,
+                                 "report": 1, "all": 1}
     folder = toy_run / "results" / "toy" / "runs" / "toy_coco_released" / "seed0"
     run = json.loads((folder / "run.json").read_text())
     assert run["mode"] == "eval-only" and run["status"] == "finished"
