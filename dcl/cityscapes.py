@@ -12,6 +12,17 @@ instanceIds pixels (``segmentation="rle"``) or their outer contours (``"polygon"
 ``convert_cityscapes_to_coco.py`` did; crowd regions and instances too small for a polygon stay
 RLE). ``area`` is always the pixel count.
 
+``style="detectron"`` instead reproduces the file Detectron's ``tools/convert_cityscapes_to_coco.py``
+wrote (through the ``instances2dict_with_polygons`` helper of its install notes), the default GT
+of the original error-analysis tool and so of the paper's error tables: only pixels with an
+instance id (>= 1000) count, so group regions are dropped, not marked crowd; an instance's
+segmentation is its external contours (OpenCV, every boundary pixel, no approximation); an
+instance any of whose contours has 4 or fewer coordinates (a separate fragment of one or two
+pixels) is dropped whole; ``iscrowd`` is 0, ``area`` the pixel count and the box the polygons'
+extent with Detectron's ``+1`` width and height. Image ids, file names, category ids and the
+annotation order are those of the default conversion, so one predictions file scores against
+both.
+
 ``cityscapes_instance_ap`` converts COCO predictions to cityscapesscripts' result format (per
 image a text file listing mask PNG, label id and score) in a temporary directory and runs
 cityscapesscripts' own ``evalInstanceLevelSemanticLabeling`` on them: the AP the Cityscapes
@@ -37,7 +48,7 @@ from pycocotools import mask as mask_utils
 from dcl.coco import GroundTruth, compact_rle
 from dcl.io import InputError, atomic_write_json
 
-__all__ = ["CATEGORIES", "cityscapes_to_coco", "write_cityscapes_results", "cityscapes_instance_ap"]
+__all__ = ["CATEGORIES", "CONVERSION_STYLES", "cityscapes_to_coco", "write_cityscapes_results", "cityscapes_instance_ap"]
 
 # The 8 evaluated instance classes (person, rider, car, truck, bus, train, motorcycle, bicycle)
 # in cityscapesscripts' label order, which is detectron2's order too: ids 1..8.
@@ -47,6 +58,7 @@ CATEGORIES = [
 ]
 _CATEGORY_OF_LABEL = {c["cityscapes_label_id"]: c["id"] for c in CATEGORIES}
 
+CONVERSION_STYLES = ("default", "detectron")
 _GT_SUFFIX = "_gtFine_instanceIds.png"
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
@@ -62,8 +74,25 @@ def _outer_polygons(mask: np.ndarray) -> list[list[float]] | None:
     return polygons
 
 
+def _detectron_annotation(mask: np.ndarray) -> dict | None:
+    """Segmentation, area and box of one instance as Detectron's converter made them, or None
+    where it dropped the instance (no contour, or a contour of at most 4 coordinates)."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polygons = [contour.reshape(-1).tolist() for contour in contours]
+    if not polygons or min(len(p) for p in polygons) <= 4:
+        return None
+    x0 = min(min(p[0::2]) for p in polygons)
+    x1 = max(max(p[0::2]) for p in polygons)
+    y0 = min(min(p[1::2]) for p in polygons)
+    y1 = max(max(p[1::2]) for p in polygons)
+    return {"segmentation": polygons, "area": int(mask.sum()),
+            "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)], "iscrowd": 0}
+
+
 def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.PathLike | None,
-                       segmentation: str = "rle") -> dict:
+                       segmentation: str = "rle", style: str = "default") -> dict:
     """Convert Cityscapes gtFine instance annotations of one split to a COCO instance file.
 
     Args:
@@ -71,7 +100,8 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
             usually ``leftImg8bit/<split>``; when that directory exists every GT must have its image).
         split: ``train``, ``val``, ``test``, ...
         output: where to write the JSON (atomically); None: only return it.
-        segmentation: ``"rle"`` (exact masks) or ``"polygon"`` (outer contours).
+        segmentation: ``"rle"`` (exact masks) or ``"polygon"`` (outer contours); default style only.
+        style: ``"default"`` or ``"detectron"`` (Detectron's conversion rules, module docstring).
     Returns:
         The COCO dict (images, annotations, categories), identical on every run.
     Raises:
@@ -80,6 +110,8 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
     """
     if segmentation not in ("rle", "polygon"):
         raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+    if style not in CONVERSION_STYLES:
+        raise ValueError(f"style must be one of {CONVERSION_STYLES}, got {style!r}")
     root = Path(root)
     gt_dir = root / "gtFine" / split
     if not gt_dir.is_dir():
@@ -120,6 +152,14 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
             if category_id is None:
                 continue  # not one of the 8 evaluated instance classes (caravan, trailer, stuff)
             mask = instance_ids == value  # Fortran order, as pycocotools wants
+            if style == "detectron":
+                if value < 1000:
+                    continue  # a group region: no instance id, not in Detectron's file
+                annotation = _detectron_annotation(np.ascontiguousarray(mask))
+                if annotation is not None:
+                    annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                        "category_id": category_id, **annotation})
+                continue
             rle = mask_utils.encode(mask.view(np.uint8))
             is_crowd = value < 1000
             segm: object = compact_rle(rle)
@@ -131,9 +171,12 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
                 "segmentation": segm, "area": int(mask_utils.area(rle)),
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(is_crowd),
             })
+    description = (f"Cityscapes gtFine {split}: the 8 evaluated instance classes "
+                   + (f"({segmentation} masks, crowd regions as RLE)" if style == "default" else
+                      "as Detectron's tools/convert_cityscapes_to_coco.py converted them (external "
+                      "contours, no group regions, instances with a 1-2 pixel fragment dropped)"))
     coco = {
-        "info": {"description": f"Cityscapes gtFine {split}: the 8 evaluated instance classes "
-                               f"({segmentation} masks, crowd regions as RLE)"},
+        "info": {"description": description, "style": style},
         "images": images,
         "annotations": annotations,
         "categories": copy.deepcopy(CATEGORIES),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,9 @@ __all__ = [
     "rle_counts",
     "complement",
     "compact_rle",
+    "map_predictions_by_file_name",
+    "occlusion_subset",
+    "inputs_on_subset",
 ]
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
@@ -424,3 +428,98 @@ def load_predictions(source: str | os.PathLike | Iterable[Mapping], gt: GroundTr
             image = gt.images[record["image_id"]]
             record["segmentation"] = segmentation_to_rle(record["segmentation"], image["height"], image["width"])
     return records
+
+
+def _image_name(image: Mapping) -> str:
+    return os.path.basename(str(image.get("file_name", "")))
+
+
+def map_predictions_by_file_name(predictions: str | os.PathLike | Sequence[Mapping],
+                                 source: GroundTruth, target: GroundTruth) -> list[dict]:
+    """Predictions made on ``source``'s images, re-keyed to ``target``'s image ids by file name
+    (its base name, so ``val2017/x.jpg`` and ``x.jpg`` agree). Detections on images that ``target``
+    lacks are dropped: how a subset of val (COCO-OCC) is scored from the val predictions.
+
+    Raises:
+        InputError: an image of ``target`` that ``source`` does not have, or a file name that
+            is not unique in either file.
+    """
+    records = _load(predictions, "predictions file")
+    name = _source_name(predictions, "predictions (list)")
+    if not isinstance(records, list):
+        raise InputError(f"{name}: a COCO results file must be a JSON list, got {type(records).__name__}")
+    ids_by_name: dict[str, int] = {}
+    for gt in (source, target):
+        names = [_image_name(image) for image in gt.images.values()]
+        duplicate = next((n for n, count in Counter(names).items() if count > 1), None)
+        if duplicate is not None:
+            raise InputError(f"{gt.source}: file name {duplicate!r} occurs more than once, so images "
+                             "cannot be matched by file name")
+    for image_id, image in source.images.items():
+        ids_by_name[_image_name(image)] = image_id
+    target_of_source: dict[int, int] = {}
+    missing = []
+    for image_id, image in target.images.items():
+        source_id = ids_by_name.get(_image_name(image))
+        if source_id is None:
+            missing.append(_image_name(image))
+        else:
+            target_of_source[source_id] = image_id
+    if missing:
+        raise InputError(f"{target.source}: {len(missing)} image(s) are not in {source.source} "
+                         f"(matched by file name), e.g. {missing[0]!r}")
+    mapped = []
+    for record in records:
+        image_id = record.get("image_id") if isinstance(record, Mapping) else None
+        if image_id in target_of_source:
+            mapped.append({**record, "image_id": target_of_source[image_id]})
+    return mapped
+
+
+def occlusion_subset(gt: GroundTruth, min_overlap: float = 0.2) -> dict:
+    """The images of a COCO GT in which objects occlude each other, as a COCO GT of their own.
+
+    An image belongs to the subset when two of its non-crowd instances have boxes whose
+    intersection covers at least ``min_overlap`` of the smaller box (the criterion of BCNet's
+    COCO-OCC, 0.2). Images and annotations are renumbered 1..N in the input's order (so using
+    the subset with val predictions needs the mapping by file name, as for the real COCO-OCC);
+    file names, sizes and categories are kept.
+    """
+    by_image: dict[int, list[Mapping]] = {image_id: [] for image_id in gt.images}
+    for ann in gt.data["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+
+    def occluded(anns: list[Mapping]) -> bool:
+        boxes = [ann["bbox"] for ann in anns if not ann.get("iscrowd") and "bbox" in ann]
+        for i, (x0, y0, w0, h0) in enumerate(boxes):
+            for x1, y1, w1, h1 in boxes[i + 1:]:
+                inter = max(0.0, min(x0 + w0, x1 + w1) - max(x0, x1)) * max(0.0, min(y0 + h0, y1 + h1) - max(y0, y1))
+                smaller = min(w0 * h0, w1 * h1)
+                if smaller > 0 and inter >= min_overlap * smaller:
+                    return True
+        return False
+
+    images, annotations = [], []
+    for image in gt.data["images"]:
+        anns = by_image[image["id"]]
+        if not occluded(anns):
+            continue
+        new_id = len(images) + 1
+        images.append({**image, "id": new_id})
+        annotations += [{**ann, "id": len(annotations) + k + 1, "image_id": new_id} for k, ann in enumerate(anns)]
+    return {"info": {"description": f"occlusion subset of {gt.source}: images with two instances whose "
+                                    f"boxes overlap by >= {min_overlap:g} of the smaller box"},
+            "images": images, "annotations": annotations, "categories": list(gt.data["categories"])}
+
+
+def inputs_on_subset(annotations: str | os.PathLike, predictions: str | os.PathLike,
+                     predictions_gt: str | os.PathLike | None) -> tuple[GroundTruth | str | os.PathLike,
+                                                                        list[dict] | str | os.PathLike]:
+    """GT and predictions for ``dcl evaluate`` / ``dcl errors``: as given, or, with
+    ``predictions_gt`` (the GT whose image ids the predictions use), the predictions mapped onto
+    ``annotations``' images by file name (``--predictions-gt``)."""
+    if predictions_gt is None:
+        return annotations, predictions
+    gt = load_ground_truth(annotations)
+    source = load_ground_truth(predictions_gt, need_segmentation=False)
+    return gt, map_predictions_by_file_name(predictions, source, gt)

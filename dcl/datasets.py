@@ -2,6 +2,7 @@
 
 ``dcl data toy``                 write the synthetic COCO + Cityscapes datasets (``dcl.toydata``)
 ``dcl data cityscapes-to-coco``  Cityscapes gtFine -> COCO JSON (``dcl.cityscapes``)
+``dcl data occlusion-subset``    the occluded images of a COCO GT (the toy COCO-OCC)
 ``dcl data check``               verify a dataset is in place before any job is submitted; say
                                  exactly what is missing, what to download and where to put it
 
@@ -331,8 +332,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("root", metavar="ROOT", help="Cityscapes root (holds gtFine/ and leftImg8bit/)")
     convert.add_argument("--split", choices=SPLITS, default="val", help="split to convert (default val)")
     convert.add_argument("-o", "--output", required=True, metavar="OUT.json", help="COCO JSON to write")
-    convert.add_argument("--segmentation", choices=("rle", "polygon"), default="rle",
-                         help="segmentation encoding (default rle)")
+    convert.add_argument("--segmentation", choices=("rle", "polygon"), default=None,
+                         help="segmentation encoding of the default style (default rle)")
+    convert.add_argument("--style", choices=("default", "detectron"), default="default",
+                         help="default: exact masks, group regions as crowd; detectron: the file "
+                              "Detectron's tools/convert_cityscapes_to_coco.py wrote (the original "
+                              "error analysis' GT): external contours, no group regions, instances "
+                              "with a 1-2 pixel fragment dropped; same image and category ids")
+
+    subset = commands.add_parser(
+        "occlusion-subset", help="the occluded images of a COCO GT file (a COCO-OCC-like subset)",
+        description="Write the images of a COCO GT file in which two non-crowd instances' boxes "
+                    "overlap by at least --min-overlap of the smaller box, renumbered 1..N (the "
+                    "toy counterpart of COCO-OCC, instances_occ2017_new.json).")
+    subset.add_argument("annotations", metavar="GT.json", help="COCO GT file (e.g. the toy COCO val)")
+    subset.add_argument("-o", "--output", required=True, metavar="OUT.json", help="COCO JSON to write")
+    subset.add_argument("--min-overlap", type=float, default=0.2,
+                        help="intersection / smaller box area (default %(default)s)")
 
     check = commands.add_parser(
         "check", help="verify a dataset is in place (what is missing, what to download, where)",
@@ -343,6 +359,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="datasets root (default $DETECTRON2_DATASETS, else ./datasets); toy "
                             "datasets are in $DCL_TOY_DATASETS, else DATASETS_ROOT/toy")
     check.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    check.add_argument("--occlusion-subset", default=None, metavar="OCC.json",
+                       help="also check this occlusion subset of COCO val (COCO-OCC); absent is a note, "
+                            "not an error")
     check.add_argument("-o", "--output", default=None, metavar="STAMP",
                        help="on success, write a small JSON stamp here (atomically)")
 
@@ -369,13 +388,56 @@ def _run_convert(args: argparse.Namespace) -> int:
         if error.name != "dcl.cityscapes":
             raise
         raise InputError("this installation has no dcl.cityscapes module (Cityscapes -> COCO converter)") from None
-    cityscapes_to_coco(args.root, args.split, args.output, segmentation=args.segmentation)
-    print(f"wrote {args.output}")
+    if args.style == "detectron" and args.segmentation is not None:
+        raise InputError("--segmentation applies to --style default only (the detectron style is polygons)")
+    coco = cityscapes_to_coco(args.root, args.split, args.output, segmentation=args.segmentation or "rle",
+                              style=args.style)
+    print(f"wrote {args.output} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+          f"{args.style} style)")
     return 0
+
+
+def _run_occlusion_subset(args: argparse.Namespace) -> int:
+    from dcl.coco import load_ground_truth, occlusion_subset
+
+    if not 0 < args.min_overlap <= 1:
+        raise InputError(f"--min-overlap must be in (0, 1], not {args.min_overlap}")
+    subset = occlusion_subset(load_ground_truth(args.annotations), args.min_overlap)
+    if not subset["images"]:
+        raise InputError(f"{args.annotations}: no image has overlapping instances (--min-overlap {args.min_overlap})")
+    atomic_write_json(args.output, subset, indent=None)
+    print(f"wrote {args.output} ({len(subset['images'])} images, {len(subset['annotations'])} annotations)")
+    return 0
+
+
+def check_occlusion_subset(path: str | os.PathLike, val_gt: str | os.PathLike) -> dict[str, Any]:
+    """The COCO-OCC subset's state for the stamp: absent (a note, not an error), or valid (a COCO GT
+    whose every image is in the val GT by file name).
+
+    Raises:
+        InputError: the file is there but unreadable, not COCO, or has images val lacks.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {"path": str(path), "present": False}
+    from dcl.coco import load_ground_truth, map_predictions_by_file_name
+
+    subset = load_ground_truth(path)
+    map_predictions_by_file_name([], load_ground_truth(val_gt, need_segmentation=False), subset)
+    return {"path": str(path), "present": True, "images": len(subset.images)}
 
 
 def _run_check(args: argparse.Namespace) -> int:
     summary = check_dataset(args.dataset, args.root, args.splits)
+    if args.occlusion_subset:
+        if args.dataset not in ("coco", "toy_coco"):
+            raise InputError("--occlusion-subset is a subset of COCO val: use it with --dataset coco or toy_coco")
+        coco = Path(summary["root"]) / "coco" / "annotations"
+        val_gt = coco / ("instances_val2017.json" if args.dataset == "coco" else "instances_val.json")
+        summary["occlusion_subset"] = check_occlusion_subset(args.occlusion_subset, val_gt)
+        if not summary["occlusion_subset"]["present"]:
+            print(f"note: no occlusion subset (COCO-OCC) at {args.occlusion_subset}: COCO runs are "
+                  "evaluated on val only")
     if args.output:
         atomic_write_json(args.output, summary)
     print(f"dataset {args.dataset!r} is in place under {summary['root']} (splits: {', '.join(summary['splits'])})")
@@ -383,5 +445,6 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    handlers = {"toy": _run_toy, "cityscapes-to-coco": _run_convert, "check": _run_check}
+    handlers = {"toy": _run_toy, "cityscapes-to-coco": _run_convert, "occlusion-subset": _run_occlusion_subset,
+                "check": _run_check}
     return handlers[args.data_command](args)

@@ -45,7 +45,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from dcl.coco import STAT_NAMES, GroundTruth, compact_rle, complement, load_ground_truth, load_predictions, \
-    segmentation_to_rle
+    inputs_on_subset, segmentation_to_rle
 from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, EMPTY_GT_WARNING, CocoEvaluator, check_backend, \
     format_stats_table, usable_cpus
 from dcl.io import InputError, atomic_write_json
@@ -435,6 +435,10 @@ def format_report(result: Mapping) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("predictions", metavar="PRED.json", help="COCO results file with masks (RLE)")
     parser.add_argument("-a", "--annotations", metavar="GT.json", required=True, help="COCO ground-truth file")
+    parser.add_argument("--predictions-gt", metavar="VAL.json",
+                        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
+                             "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
+                             "those on other images dropped")
     parser.add_argument("-t", "--types", nargs="+", default=list(DEFAULT_TYPES), metavar="TYPE",
                         help="error types to remove: fFP, bFP, FN, or several joined by '&' (quote it "
                              "in the shell: 'fFP&bFP'); default: %(default)s")
@@ -453,9 +457,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # warnings are in the result and printed below
-        result = analyze(args.annotations, args.predictions, args.types, iou_type=args.iou_type,
+        gt, predictions = inputs_on_subset(args.annotations, args.predictions, args.predictions_gt)
+        result = analyze(gt, predictions, args.types, iou_type=args.iou_type,
                          legacy_unmatched=args.legacy_unmatched, workers=args.workers, backend=args.backend,
                          progress=True)
+    result.update(predictions=args.predictions, predictions_gt=args.predictions_gt)
     if args.output:
         atomic_write_json(args.output, result)
     print(format_report(result))

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dcl.coco import STAT_NAMES, GroundTruth, load_ground_truth, load_predictions
+from dcl.coco import STAT_NAMES, GroundTruth, inputs_on_subset, load_ground_truth, load_predictions
 from dcl.io import InputError, atomic_write_json
 
 __all__ = [
@@ -257,6 +257,10 @@ def _format_result(result: Mapping) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("predictions", metavar="PRED.json", help="COCO results file (list of detections)")
     parser.add_argument("-a", "--annotations", metavar="GT.json", required=True, help="COCO ground-truth file")
+    parser.add_argument("--predictions-gt", metavar="VAL.json",
+                        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
+                             "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
+                             "those on other images dropped")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="COCO evaluation implementation (identical numbers; default: %(default)s)")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, metavar="TYPE",
@@ -272,8 +276,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # warnings are in the result and printed below
-        result = evaluate(args.annotations, args.predictions, iou_types=args.iou_types, backend=args.backend,
+        gt, predictions = inputs_on_subset(args.annotations, args.predictions, args.predictions_gt)
+        result = evaluate(gt, predictions, iou_types=args.iou_types, backend=args.backend,
                           cityscapes_root=args.cityscapes_root, split=args.split, threads=args.threads)
+    result.update(predictions=args.predictions, predictions_gt=args.predictions_gt)
     if args.output:
         atomic_write_json(args.output, result)
     print(_format_result(result))

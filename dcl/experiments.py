@@ -74,23 +74,35 @@ RESERVED_OVERRIDES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Where a dataset's validation ground truth lives, relative to the datasets root."""
+    """Where a dataset's validation ground truth lives, relative to the datasets root.
+
+    ``legacy_gt``: the GT file the original error-analysis tool used, where it differs from
+    ``gt`` (Cityscapes: Detectron's conversion, ``dcl data cityscapes-to-coco --style detectron``).
+    """
 
     name: str
     gt: str
     cityscapes_root: str | None
     metric: str
     toy: bool
+    legacy_gt: str | None = None
+    occlusion: bool = False  # COCO val: also scored on the occlusion subset (COCO-OCC) when there is one
 
 
 DATASETS: dict[str, Dataset] = {
-    "coco": Dataset("coco", "coco/annotations/instances_val2017.json", None, "segm.AP", False),
+    "coco": Dataset("coco", "coco/annotations/instances_val2017.json", None, "segm.AP", False, occlusion=True),
     "cityscapes": Dataset("cityscapes", "cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                          "cityscapes", "cityscapes.AP", False),
-    "toy_coco": Dataset("toy_coco", "toy/coco/annotations/instances_val.json", None, "segm.AP", True),
+                          "cityscapes", "cityscapes.AP", False,
+                          "cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"),
+    "toy_coco": Dataset("toy_coco", "toy/coco/annotations/instances_val.json", None, "segm.AP", True, occlusion=True),
     "toy_cityscapes": Dataset("toy_cityscapes", "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                              "toy/cityscapes", "cityscapes.AP", True),
+                              "toy/cityscapes", "cityscapes.AP", True,
+                              "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"),
 }
+
+# The toy occlusion subset, under the datasets root: part of the toy data (`dcl data toy` makes it
+# from the toy COCO val), where the real COCO-OCC file is the user's to download.
+TOY_OCCLUSION_SUBSET = "toy/coco/annotations/instances_occ_val.json"
 
 
 @dataclass(frozen=True)
@@ -335,6 +347,8 @@ class Plan:
         self.results: str = f"{config['results_dir'].rstrip('/')}/{self.preset}"
         self.work: str = f"{config['work_dir'].rstrip('/')}/{self.preset}"
         self.logs: str = f"logs/{self.preset}"
+        self.occlusion_subset: str | None = config.get("occlusion_subset",
+                                                       f"{self.datasets_root}/coco/instances_occ2017_new.json")
         self.published: str | None = (None if config["published"] is None
                                       else self._repository_file(config["published"], "published", "published numbers file"))
         # Sorted: the same overrides must give the same command (a Snakemake rerun trigger)
@@ -558,6 +572,30 @@ class Plan:
         """The validation ground truth (COCO JSON) ``dcl evaluate`` and ``dcl errors`` compare to."""
         return f"{self.datasets_root}/{DATASETS[dataset].gt}"
 
+    def errors_gt(self, dataset: str, legacy: bool = False) -> str:
+        """The GT of ``dcl errors``: the original tool's file for the legacy analysis where the
+        dataset has one (Cityscapes: Detectron's conversion), else ``gt``."""
+        legacy_gt = DATASETS[dataset].legacy_gt
+        return f"{self.datasets_root}/{legacy_gt}" if legacy and legacy_gt else self.gt(dataset)
+
+    def occlusion_gt(self, dataset: str) -> str | None:
+        """The occlusion subset (COCO-OCC) the runs of ``dataset`` are also scored on: the config's
+        ``occlusion_subset`` for COCO datasets, when the file exists or the workflow makes it
+        (the toy one); else None (the report then says so in one line)."""
+        path = self.occlusion_subset
+        if path is None or not DATASETS[dataset].occlusion:
+            return None
+        made_here = DATASETS[dataset].toy and path == f"{self.datasets_root}/{TOY_OCCLUSION_SUBSET}"
+        return path if made_here or (self.working_dir / path).is_file() else None
+
+    def occlusion_document(self) -> dict[str, Any] | None:
+        """What experiments.json says about the occlusion subset: its path and whether it is used."""
+        path = self.occlusion_subset
+        coco = [r.dataset for r in self.runs if DATASETS[r.dataset].occlusion]
+        if path is None or not coco:
+            return None
+        return {"path": path, "used": self.occlusion_gt(coco[0]) is not None}
+
     def cityscapes_root(self, dataset: str) -> str | None:
         root = DATASETS[dataset].cityscapes_root
         return None if root is None else f"{self.datasets_root}/{root}"
@@ -618,7 +656,7 @@ class Plan:
             # finished, and the logs of its steps.
             runs.append({**run_.record(), "output_dir": self._from_results(self.output_dir(run_)),
                          "logs": {step: self._from_results(path) for step, path in self.logs_of(run_).items()}})
-        return {"preset": self.preset, "runs": runs}
+        return {"preset": self.preset, "occlusion_subset": self.occlusion_document(), "runs": runs}
 
     def digest(self) -> str:
         """Changes exactly when ``experiments.json`` would (the plan rule's rerun trigger)."""

@@ -6,7 +6,10 @@ objects whose class shows in both shape and colour, so a small Mask R-CNN learns
 hundred CPU iterations. Objects are painted back to front; many touch or overlap, and the visible
 mask of an occluded object excludes its occluders (so foreground false positives are possible).
 About a quarter of the images hold a crowd region (a patch of many small same-class objects),
-annotated as ``iscrowd`` (COCO) or as a ``<class>group`` polygon (Cityscapes).
+annotated as ``iscrowd`` (COCO) or as a ``<class>group`` polygon (Cityscapes). In about a third of
+the Cityscapes images a pole stands in front of an instance one or two pixels from its edge, so
+that instance's visible mask has a separate 1-2 pixel fragment, as real occluders leave them (the
+case Detectron's Cityscapes conversion drops whole).
 
 Layout under ``DIR`` (``H x W`` is ``--size``; Cityscapes images are ``H x 2H``, the 1:2 aspect of
 the real ones):
@@ -15,16 +18,20 @@ the real ones):
   3 categories (ids 1..3), image ids 1..N, annotation ids 1..M in image order, polygon
   segmentations that trace the visible pixels exactly (pixel-edge outlines: pycocotools rasterises
   them back to the same pixels), ``area`` = visible pixels, ``bbox`` XYWH, crowd regions as
-  uncompressed RLE with ``iscrowd: 1``.
+  uncompressed RLE with ``iscrowd: 1``. ``coco/annotations/instances_occ_val.json``: the toy
+  COCO-OCC, the val images in which two instances' boxes overlap by >= 0.2 of the smaller one,
+  renumbered 1..K (``dcl.coco.occlusion_subset``).
 * ``cityscapes/leftImg8bit/{train,val}/<city>/<city>_000000_<frame:06d>_leftImg8bit.png`` and
   ``cityscapes/gtFine/{train,val}/<city>/<city>_000000_<frame:06d>_gtFine_{polygons.json,
   instanceIds.png,labelIds.png,color.png}`` with the real Cityscapes label ids (the 8 instance
-  classes plus sky, building and road as background). As in the real dataset, the polygons are
+  classes plus sky, building, road and pole as background). As in the real dataset, the polygons are
   whole (amodal) outlines in drawing order and the PNGs are rendered from them by
   cityscapesscripts' own ``json2instanceImg``/``json2labelImg`` code, so instance ids are
   ``label_id * 1000 + k`` for instances and the plain label id for group (crowd) regions.
 * ``cityscapes/annotations/instancesonly_filtered_gtFine_{train,val}.json`` (COCO JSON by
-  ``dcl.cityscapes.cityscapes_to_coco``; skipped with a logged note where that module is absent).
+  ``dcl.cityscapes.cityscapes_to_coco``; skipped with a logged note where that module is absent)
+  and ``instancesonly_filtered_gtFine_val.detectron.json`` (Detectron's conversion rules, the
+  original error analysis' GT).
 * ``.dcl-toy.json``: the marker (generator version, arguments, counts). Re-running into a
   directory that has it regenerates the data (byte-identical for the same arguments); a non-empty
   directory without it is refused and left untouched.
@@ -70,10 +77,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when the output for the same arguments changes.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_NAME = ".dcl-toy.json"
 MARKER_GENERATOR = "dcl.toydata"
 DEFAULT_SIZE = (128, 128)
+OCCLUSION_MIN_OVERLAP = 0.2  # of the toy COCO-OCC (coco/annotations/instances_occ_val.json)
 _TMP_PREFIX = ".dcl-toy-tmp-"
 _SPLITS = ("train", "val")
 _DATASET_KEYS = {"coco": 0, "cityscapes": 1}
@@ -502,6 +510,13 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
         "categories": [{"id": c.dataset_id, "name": c.name, "supercategory": "shape"} for c in COCO_CLASSES],
     }
     atomic_write_json(root / "annotations" / f"instances_{split}.json", dataset, indent=None)
+    if split == "val":
+        # The toy COCO-OCC: its occluded images, renumbered like the real subset.
+        from dcl.coco import load_ground_truth, occlusion_subset
+
+        subset = occlusion_subset(load_ground_truth(dataset), OCCLUSION_MIN_OVERLAP)
+        subset["info"]["description"] = "dcl toy COCO-OCC: the val images with overlapping instances"
+        atomic_write_json(root / "annotations" / "instances_occ_val.json", subset, indent=None)
     crowd = sum(a["iscrowd"] for a in annotations)
     return {"images": len(images), "instances": len(annotations) - crowd, "crowd_regions": crowd}
 
@@ -551,6 +566,8 @@ def _paint_stuff(rng: np.random.Generator, image: np.ndarray, ids: np.ndarray, o
             x0, y0, _, _ = obj.bbox
             window = region & ((xs - x0) % 7 < 3) & ((ys - y0) % 9 >= 3) & ((ys - y0) % 9 < 6)
             image[window] *= 0.55
+        elif obj.label == "pole":
+            image[region] = np.array([105, 105, 100], np.float32)
         else:  # road, with a dashed lane marking
             image[region] = np.array([72, 72, 78], np.float32) + rng.uniform(-8, 8, 3)
             lane_y = int(rng.uniform(0.7, 0.85) * height)
@@ -559,10 +576,61 @@ def _paint_stuff(rng: np.random.Generator, image: np.ndarray, ids: np.ndarray, o
         image[region] += texture[region]
 
 
+def _cut_fragment(rng: np.random.Generator, spec: _SceneSpec, objects: list[_Object],
+                  ids: np.ndarray) -> tuple[list[_Object], np.ndarray]:
+    """Stand a pole (a vertical strip down to the image's bottom) in front of an instance, one or
+    two pixels inside its leftmost or rightmost column, so that its visible mask keeps a separate
+    fragment of 1-2 pixels. Every other object stays as ``_visible_ok`` wants it; when no instance
+    allows that, the scene is returned unchanged."""
+    from scipy import ndimage
+
+    height = spec.height
+    candidates = [i for i, o in enumerate(objects) if o.kind == "instance"]
+    for index in rng.permutation(candidates).tolist():
+        visible = ids == index + 1
+        columns = np.nonzero(visible.any(0))[0]
+        counts = visible.sum(0)
+        for side in rng.permutation(2).tolist():
+            edge = int(columns[0] if side == 0 else columns[-1])
+            # The fragment: the edge column, plus the next one while it stays within 2 pixels.
+            step = 1 if side == 0 else -1
+            kept, column = 0, edge
+            while kept + counts[column] <= 2 and counts[column] > 0:
+                kept += int(counts[column])
+                column += step
+            if kept == 0:
+                continue
+            pole_width = int(rng.integers(2, 4))
+            x0, x1 = (column, column + pole_width - 1) if side == 0 else (column - pole_width + 1, column)
+            if x0 < 0 or x1 > spec.width - 1:
+                continue
+            top = max(0, int(np.nonzero(visible.any(1))[0][0]) - int(rng.integers(2, 12)))
+            polygon = np.array([(x0, top), (x1, top), (x1, height - 1), (x0, height - 1)], np.int64)
+            pole = _Object("stuff", "pole", -1, polygon)
+            trial = objects + [pole]
+            trial_ids = np.where(_paint(height, spec.width, [pole]) > 0, np.int32(len(trial)), ids)
+            cut = trial_ids == index + 1
+            labels, pieces = ndimage.label(cut, structure=np.ones((3, 3)))
+            sizes = sorted(np.bincount(labels.ravel())[1:].tolist())
+            if pieces != 2 or sizes[0] > 2:
+                continue
+            main_piece = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+            outers, holes = mask_outlines(main_piece)
+            if sizes[1] < spec.min_visible_pixels or sizes[1] < 0.5 * objects[index].full_area \
+                    or len(outers) != 1 or holes:
+                continue
+            others = [i for i, o in enumerate(objects) if o.kind != "stuff" and i != index and _overlaps(o, pole)]
+            if all(_visible_ok(trial_ids, i, objects[i], spec) for i in others):
+                return trial, trial_ids
+    return objects, ids
+
+
 def _cityscapes_scene(rng: np.random.Generator, spec: _SceneSpec, index: int) -> tuple[Image.Image, np.ndarray, list[_Object]]:
     height, width = spec.height, spec.width
     background = _cityscapes_background(rng, height, width)
     objects, ids = _place_objects(rng, spec, background, index % len(spec.classes))
+    if index % 3 == 1:
+        objects, ids = _cut_fragment(rng, spec, objects, ids)
     image = np.zeros((height, width, 3), np.float32)
     _paint_stuff(rng, image, ids, objects)
     _clutter(rng, image, region=np.isin(ids, [i + 1 for i, o in enumerate(objects) if o.kind == "stuff"]))
@@ -639,6 +707,8 @@ def _convert_cityscapes(root: Path, final_root: Path) -> bool:
         return False
     for split in _SPLITS:
         cityscapes_to_coco(str(root), split, str(root / "annotations" / f"instancesonly_filtered_gtFine_{split}.json"))
+    cityscapes_to_coco(str(root), "val", str(root / "annotations" / "instancesonly_filtered_gtFine_val.detectron.json"),
+                       style="detectron")
     return True
 
 

@@ -78,7 +78,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup, hooks, launch
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
@@ -97,8 +97,11 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "STOP_SIGNALS",
     "EVAL_RESULTS",
+    "TTA_FOLDER",
     "AtomicCheckpointer",
     "AtomicCOCOEvaluator",
+    "ExpectedResultsError",
+    "check_expected_results",
     "ResumableTrainingSampler",
     "StopSignal",
     "Trainer",
@@ -567,13 +570,40 @@ def _prepare_output_dir(output_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- trainer
 
-def _inference_dir(cfg: CfgNode, dataset_name: str) -> Path:
-    base = Path(cfg.OUTPUT_DIR) / "inference"
+def _inference_dir(cfg: CfgNode, dataset_name: str, folder: str = "inference") -> Path:
+    base = Path(cfg.OUTPUT_DIR) / folder
     return base if len(cfg.DATASETS.TEST) <= 1 else base / dataset_name
 
 
-def _eval_results_path(cfg: CfgNode) -> Path:
-    return Path(cfg.OUTPUT_DIR) / "inference" / EVAL_RESULTS
+def _eval_results_path(cfg: CfgNode, folder: str = "inference") -> Path:
+    return Path(cfg.OUTPUT_DIR) / folder / EVAL_RESULTS
+
+
+TTA_FOLDER = "inference_TTA"  # train_net.py's folder for the test-time-augmentation evaluation
+
+
+class ExpectedResultsError(RuntimeError):
+    """``TEST.EXPECTED_RESULTS`` not met (detectron2's ``verify_results`` failed)."""
+
+
+def check_expected_results(cfg: CfgNode, results: dict) -> None:
+    """detectron2's ``verify_results``, as train_net.py calls it, with its ``sys.exit(1)`` turned
+    into an error that says what was expected and what came out (run.json records it)."""
+    from detectron2.evaluation import verify_results
+
+    expected = cfg.TEST.EXPECTED_RESULTS
+    got = {f"{task} {metric}": results.get(task, {}).get(metric) for task, metric, _, _ in expected}
+    wanted = "; ".join(f"{task} {metric} {value} +- {tolerance}" for task, metric, value, tolerance in expected)
+    missing = sorted({task for task, *_ in expected} - set(results))
+    if not missing:
+        try:
+            verify_results(cfg, results)
+            return
+        except SystemExit:  # it logged the comparison
+            pass
+    raise ExpectedResultsError(f"TEST.EXPECTED_RESULTS not met: expected {wanted}; got {got}"
+                               + (f" (no {', '.join(missing)} results; there are {', '.join(results)})"
+                                  if missing else ""))
 
 
 class Trainer(DefaultTrainer):
@@ -621,28 +651,61 @@ class Trainer(DefaultTrainer):
 
     # -- evaluation
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str):
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         # detectron2's fast evaluator is C++ (detectron2._C); without it use pycocotools. Tasks
         # are explicit: inferred from the predictions, a model without detections (early in
         # training) would get no segm entry at all instead of NaN AP.
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return AtomicCOCOEvaluator(dataset_name, tasks=tasks, output_dir=str(_inference_dir(cfg, dataset_name)),
+        coco = AtomicCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder or str(_inference_dir(cfg, dataset_name)),
                                    use_fast_impl=dcl.compat.has_extension())
+        from dcl.cityscapes_evaluator import CityscapesAPEvaluator, is_cityscapes
+
+        if cfg.MODEL.MASK_ON and is_cityscapes(dataset_name):
+            # The paper's Cityscapes metric beside COCO AP, as the original train_net.py printed it.
+            return DatasetEvaluators([coco, CityscapesAPEvaluator(dataset_name)])
+        return coco
 
     @classmethod
     def test(cls, cfg: CfgNode, model, evaluators=None):
         """Evaluate on ``DATASETS.TEST`` and write ``inference/detectron2_eval.json``; skipped
         (returns {}) once a stop signal was received, interruptible by one while it runs."""
+        return cls._evaluate(cfg, model, evaluators, "inference")
+
+    @classmethod
+    def _evaluate(cls, cfg: CfgNode, model, evaluators, folder: str):
         if _agreed(STOP.requested):
             logger.warning("evaluation skipped: %s received", STOP.name)
             STOP.skipped_evaluation = True
             return {}
         with STOP.deferred(False):
-            results = super().test(cfg, model, evaluators)
+            results = super(Trainer, cls).test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.DATASETS.TEST:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
-            atomic_write_json(_eval_results_path(cfg), _plain(per_dataset))
+            atomic_write_json(_eval_results_path(cfg, folder), _plain(per_dataset))
         return results
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model):
+        """``TEST.AUG.ENABLED``: the evaluation with detectron2's ``GeneralizedRCNNWithTTA``, as
+        train_net.py runs it: evaluators writing to ``OUTPUT_DIR/inference_TTA`` (with its
+        ``detectron2_eval.json``), result keys suffixed ``_TTA``."""
+        from detectron2.modeling import GeneralizedRCNNWithTTA
+
+        logger.info("Running inference with test-time augmentation ...")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=str(_inference_dir(cfg, name, TTA_FOLDER)))
+                      for name in cfg.DATASETS.TEST]
+        results = cls._evaluate(cfg, GeneralizedRCNNWithTTA(cfg, model), evaluators, TTA_FOLDER)
+        return {f"{key}_TTA": value for key, value in results.items()}
+
+    def train(self):
+        """DefaultTrainer.train, with a failed ``TEST.EXPECTED_RESULTS`` check raising
+        :class:`ExpectedResultsError` instead of detectron2's bare ``sys.exit(1)``."""
+        super(DefaultTrainer, self).train(self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            if not hasattr(self, "_last_eval_results"):
+                raise ExpectedResultsError("TEST.EXPECTED_RESULTS is set but training ran no evaluation")
+            check_expected_results(self.cfg, self._last_eval_results)
+            return self._last_eval_results
 
     # -- hooks and checkpoints
     def build_hooks(self):
@@ -654,7 +717,14 @@ class Trainer(DefaultTrainer):
         extra = [_DataOrderHook(self._train_sampler), _StopHook()]
         if self._record is not None:
             extra.append(_RecordHook(self._record))
-        return [_IterationSeedHook(self.cfg.SEED)] + built[:position] + extra + built[position:]
+        built = [_IterationSeedHook(self.cfg.SEED)] + built[:position] + extra + built[position:]
+        if self.cfg.TEST.AUG.ENABLED:
+            # train_net.py's TTA evaluation after the last iteration, here before the writers, so
+            # its results reach metrics.json and TensorBoard too.
+            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            writer = next((i for i, h in enumerate(built) if isinstance(h, hooks.PeriodicWriter)), len(built))
+            built.insert(writer, tta)
+        return built
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
@@ -788,7 +858,11 @@ def _worker(job: _Job) -> None:
         if job.eval_only:
             model = Trainer.build_model(cfg)
             AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=job.resume)
-            Trainer.test(cfg, model)
+            results = Trainer.test(cfg, model)
+            if cfg.TEST.AUG.ENABLED:  # as train_net.py: plain and TTA results, then the check
+                results.update(Trainer.test_with_TTA(cfg, model))
+            if comm.is_main_process() and not STOP.skipped_evaluation:
+                check_expected_results(cfg, results)
         else:
             trainer = Trainer(cfg, record)
             trainer.resume_or_load(resume=job.resume)

@@ -1,4 +1,5 @@
 """dcl.cityscapes: gtFine -> COCO equals the instanceIds PNGs; Cityscapes AP equals cityscapesscripts."""
+import argparse
 import copy
 import json
 import re
@@ -11,6 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from dcl.cityscapes import cityscapes_to_coco
+from dcl.cli import main
 from dcl.evaluation import evaluate
 from dcl.io import InputError
 from instance_fixtures import encode
@@ -240,3 +242,102 @@ def test_missing_cityscapes_gt_is_an_input_error(cityscapes_root, tmp_path):
     coco["images"][0]["file_name"] = "nowhere/nowhere_000000_000000_leftImg8bit.png"
     with pytest.raises(InputError, match="has no Cityscapes GT"), pytest.warns(UserWarning, match="no detections"):
         evaluate(coco, [], cityscapes_root=cityscapes_root)
+
+
+# ------------------------------------------------------------------------------------------
+# --style detectron: the GT Detectron's convert_cityscapes_to_coco.py wrote, against the rules
+# written out here with scipy's connected components (not OpenCV's contours)
+# ------------------------------------------------------------------------------------------
+
+def _detectron_rules(ids: np.ndarray) -> list[tuple[int, int, np.ndarray, list[np.ndarray]]]:
+    """(category, instance id, mask, external pieces) of every instance Detectron's converter keeps.
+
+    Only instance ids (>= 1000) of the 8 classes; the pieces are the 8-connected components that
+    no other component of the same instance encloses (what external contours trace); an instance
+    with a piece of 1 or 2 pixels (a contour of <= 2 points, <= 4 coordinates) is dropped."""
+    from scipy import ndimage
+
+    kept = []
+    for value in sorted(set(ids.ravel().tolist())):
+        if value < 1000 or value // 1000 not in CATEGORY_OF_LABEL:
+            continue
+        mask = ids == value
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        pieces = [labels == k for k in range(1, count + 1)]
+        filled = [ndimage.binary_fill_holes(p) for p in pieces]
+        external = [p for i, p in enumerate(pieces)
+                    if not any(j != i and (filled[j] & p).any() for j in range(count))]
+        if min(p.sum() for p in external) <= 2:
+            continue
+        kept.append((CATEGORY_OF_LABEL[value // 1000], value, mask, external))
+    return kept
+
+
+@pytest.fixture(scope="module")
+def toy_cityscapes(tmp_path_factory):
+    from dcl.toydata import generate_toy_datasets
+
+    out = tmp_path_factory.mktemp("toy")
+    generate_toy_datasets(out, num_train=1, num_val=8)
+    return out / "cityscapes"
+
+
+def test_toy_cityscapes_has_group_regions_and_fragmented_instances(toy_cityscapes):
+    """What makes the Detectron-style test meaningful: regions without instance id, and instances
+    whose visible mask has a separate fragment of 1-2 pixels."""
+    from scipy import ndimage
+
+    groups = fragments = 0
+    for path in sorted((toy_cityscapes / "gtFine" / "val").glob("*/*_gtFine_instanceIds.png")):
+        ids = np.array(Image.open(path)).astype(np.int64)
+        groups += sum(1 for v in np.unique(ids) if v in CATEGORY_OF_LABEL)
+        for value in np.unique(ids[ids >= 1000]):
+            labels, count = ndimage.label(ids == value, structure=np.ones((3, 3)))
+            fragments += count > 1 and min(np.bincount(labels.ravel())[1:]) <= 2
+    assert groups >= 1 and fragments >= 2, (groups, fragments)
+
+
+def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
+    default = cityscapes_to_coco(toy_cityscapes, "val", None)
+    out = tmp_path / "detectron.json"
+    assert main(["data", "cityscapes-to-coco", str(toy_cityscapes), "--split", "val", "--style", "detectron",
+                 "-o", str(out)]) == 0
+    detectron = json.loads(out.read_text())
+    # One predictions file scores against both: the same images and categories.
+    assert detectron["images"] == default["images"]
+    assert detectron["categories"] == default["categories"]
+    assert [a["id"] for a in detectron["annotations"]] == list(range(1, len(detectron["annotations"]) + 1))
+    dropped = crowd_in_default = 0
+    for image in detectron["images"]:
+        city, name = image["file_name"].split("/")
+        ids = np.array(Image.open(toy_cityscapes / "gtFine" / "val" / city /
+                                  name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png"))).astype(np.int64)
+        expected = _detectron_rules(ids)
+        anns = [a for a in detectron["annotations"] if a["image_id"] == image["id"]]
+        default_anns = [a for a in default["annotations"] if a["image_id"] == image["id"]]
+        crowd_in_default += sum(a["iscrowd"] for a in default_anns)
+        dropped += sum(1 for a in default_anns if not a["iscrowd"]) - len(expected)
+        assert len(anns) == len(expected)
+        for ann, (category, _value, mask, external) in zip(anns, expected):
+            ys, xs = np.nonzero(mask)
+            assert (ann["category_id"], ann["iscrowd"], ann["area"]) == (category, 0, mask.sum())
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            # One polygon per external piece, through that piece's pixels, every step to an
+            # 8-neighbour (no approximation).
+            assert len(ann["segmentation"]) == len(external)
+            traced = set()
+            for polygon in ann["segmentation"]:
+                points = np.array(polygon).reshape(-1, 2)
+                piece = [k for k, p in enumerate(external) if p[points[0, 1], points[0, 0]]]
+                assert len(piece) == 1 and external[piece[0]][points[:, 1], points[:, 0]].all()
+                steps = np.abs(points - np.roll(points, 1, axis=0)).max(1)
+                assert len(points) == 1 or steps.max() == 1
+                traced.add(piece[0])
+            assert traced == set(range(len(external)))
+    assert dropped >= 2 and crowd_in_default >= 1  # the differences the test is about occurred
+    with pytest.raises(InputError, match="--segmentation applies to --style default only"):
+        from dcl.datasets import _run_convert
+
+        _run_convert(argparse.Namespace(root=str(toy_cityscapes), split="val", output=str(tmp_path / "x.json"),
+                                        style="detectron", segmentation="polygon"))
+    assert not (tmp_path / "x.json").exists()

@@ -138,14 +138,20 @@ def test_check_argument_errors_exit_2(tmp_path):
 def test_cityscapes_to_coco_delegates_to_dcl_cityscapes(tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("dcl.cityscapes")
-    fake.cityscapes_to_coco = lambda root, split, output, segmentation="rle": calls.append(
-        (root, split, output, segmentation))
+
+    def cityscapes_to_coco(root, split, output, segmentation="rle", style="default"):
+        calls.append((root, split, output, segmentation, style))
+        return {"images": [], "annotations": []}
+
+    fake.cityscapes_to_coco = cityscapes_to_coco
     monkeypatch.setitem(sys.modules, "dcl.cityscapes", fake)
     out = str(tmp_path / "val.json")
     assert main(["data", "cityscapes-to-coco", "/data/cityscapes", "-o", out]) == 0
     assert main(["data", "cityscapes-to-coco", "/data/cs", "--split", "train", "-o", out,
                  "--segmentation", "polygon"]) == 0
-    assert calls == [("/data/cityscapes", "val", out, "rle"), ("/data/cs", "train", out, "polygon")]
+    assert main(["data", "cityscapes-to-coco", "/data/cs", "--style", "detectron", "-o", out]) == 0
+    assert calls == [("/data/cityscapes", "val", out, "rle", "default"), ("/data/cs", "train", out, "polygon", "default"),
+                     ("/data/cs", "val", out, "rle", "detectron")]
     monkeypatch.setitem(sys.modules, "dcl.cityscapes", None)
     capsys.readouterr()
     assert main(["data", "cityscapes-to-coco", "/data/cs", "-o", out]) == 1

@@ -264,6 +264,7 @@ def test_cli_writes_json_and_table(tmp_path, dataset):
     expected = json.loads(json.dumps(analyze(gt, predictions, ["fFP", "fFP&bFP"], legacy_unmatched=True)))
     assert written.pop("gt") == str(tmp_path / "gt.json") and expected.pop("gt") is None
     assert written.pop("predictions") == str(tmp_path / "pred.json") and expected.pop("predictions") is None
+    assert written.pop("predictions_gt") is None  # val predictions on val: no mapping
     assert written == expected
     assert "fFP&bFP" in result.stdout and "baseline" in result.stdout and "legacy" in result.stdout
 

@@ -133,7 +133,8 @@ def test_cli_writes_eval_json(files, tmp_path):
     result = run_dcl("evaluate", predictions_path, "-a", gt_path, "--backend", "pycocotools", "-o", out)
     assert result.returncode == 0, result.stderr
     written = json.loads(out.read_text())
-    assert set(written) == {"gt", "predictions", "backend", "num_images", "num_predictions", "warnings", "segm"}
+    assert set(written) == {"gt", "predictions", "backend", "num_images", "num_predictions", "warnings", "segm",
+                            "predictions_gt"}
     assert written["gt"] == str(gt_path) and written["num_images"] == 47
     assert_stats_close(written["segm"], pycocotools_direct(gt_path, predictions_path, "segm", True), 1e-9)
     assert "segm" in result.stdout and "AP50" in result.stdout

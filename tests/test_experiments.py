@@ -11,6 +11,7 @@ import ast
 import copy
 import json
 import shlex
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -378,13 +379,16 @@ def test_dcl_plan_prints_the_commands(tmp_path):
                      cwd=REPO)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 5  # 4 experiments + 1 new ablation point, one seed each
-    # --config merges into the preset's train_overrides (160 iterations, LR step at 130, warm-up 50).
+    assert len(lines) == 9  # 4 experiments x 2 seeds + 1 new ablation point (seed 0)
+    # --config merges into the preset's train_overrides (120 iterations, LR step at 100, warm-up 40).
+    seeds = []
     for line in lines:
         words = shlex.split(line)
         assert words[4:6] == ["dcl", "train"]
-        assert words[-10:-1] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[130]", "SOLVER.WARMUP_ITERS", "50",
-                                 "SEED", "0", "OUTPUT_DIR"]  # in key order
+        assert words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[100]", "SOLVER.WARMUP_ITERS", "40",
+                                 "SEED"] and words[-2] == "OUTPUT_DIR"  # in key order
+        seeds.append(words[-3])
+    assert Counter(seeds) == {"0": 5, "1": 4}
 
 
 def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):

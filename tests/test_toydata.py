@@ -344,7 +344,7 @@ def test_cityscapes_files_follow_the_official_conventions(toy):
             np.testing.assert_array_equal(instance_ids, expected_instance)
             np.testing.assert_array_equal(label_ids, expected_label)
             np.testing.assert_array_equal(label_ids, np.where(instance_ids >= 1000, instance_ids // 1000, instance_ids))
-            assert set(np.unique(label_ids)) <= {7, 11, 23} | INSTANCE_LABEL_IDS
+            assert set(np.unique(label_ids)) <= {7, 11, 17, 23} | INSTANCE_LABEL_IDS  # road, building, pole, sky
             assert {7, 23} <= set(np.unique(label_ids))  # road and sky always
             for label_id in np.unique(label_ids):
                 assert (colours[label_ids == label_id] == id2label[int(label_id)].color).all()
@@ -500,8 +500,8 @@ def test_toy_cityscapes_coco_json_written_by_dcl_cityscapes(toy):
 def test_conversion_hook_calls_dcl_cityscapes(tmp_path, monkeypatch):
     calls = []
 
-    def cityscapes_to_coco(root, split, output, segmentation="rle"):
-        calls.append((Path(root).name, split, Path(output).name))
+    def cityscapes_to_coco(root, split, output, segmentation="rle", style="default"):
+        calls.append((Path(root).name, split, Path(output).name, style))
         assert (Path(root) / "gtFine" / split).is_dir()  # the data is complete when converted
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({"split": split}))
@@ -510,8 +510,9 @@ def test_conversion_hook_calls_dcl_cityscapes(tmp_path, monkeypatch):
     fake.cityscapes_to_coco = cityscapes_to_coco
     monkeypatch.setitem(sys.modules, "dcl.cityscapes", fake)
     marker = generate_toy_datasets(tmp_path, num_train=1, num_val=1)
-    assert calls == [("cityscapes", "train", "instancesonly_filtered_gtFine_train.json"),
-                     ("cityscapes", "val", "instancesonly_filtered_gtFine_val.json")]
+    assert calls == [("cityscapes", "train", "instancesonly_filtered_gtFine_train.json", "default"),
+                     ("cityscapes", "val", "instancesonly_filtered_gtFine_val.json", "default"),
+                     ("cityscapes", "val", "instancesonly_filtered_gtFine_val.detectron.json", "detectron")]
     assert marker["cityscapes_coco_json"] is True
     written = tmp_path / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
     assert json.loads(written.read_text()) == {"split": "val"}

@@ -634,9 +634,11 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
                             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
     assert code == 0, output[-3000:]
     assert read_json(out / "run.json")["status"] == "finished"
-    assert set(read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]) == {"bbox", "segm"}
+    evaluation = read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]
+    assert set(evaluation) == {"bbox", "segm", "cityscapes"}
     predictions = json.loads((out / "inference" / "coco_instances_results.json").read_text())
-    gt = read_json(toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json")
+    gt_file = toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
+    gt = read_json(gt_file)
     assert predictions and {p["image_id"] for p in predictions} <= {image["id"] for image in gt["images"]}
 
 
@@ -829,3 +831,57 @@ def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
     assert record["attempts"][0]["end_iter"] is not None
     assert all(json.loads(line) for line in (out / "metrics.json").read_text().splitlines())
     assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
+
+
+    # The official Cityscapes AP, during training: what `dcl evaluate --cityscapes-root` (tested
+    # against cityscapesscripts run directly) gives on the same predictions.
+    from dcl.evaluation import evaluate
+
+    reference = evaluate(str(gt_file), predictions, cityscapes_root=toy_datasets / "cityscapes")["cityscapes"]
+    assert evaluation["cityscapes"] == {"AP": reference["AP"], "AP50": reference["AP50"]}
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any(m.get("cityscapes/AP") == reference["AP"] and "segm/AP" in m for m in metrics)
+    assert "Cityscapes instance-level AP (cityscapesscripts): AP" in (out / "log.txt").read_text()
+    assert "copypaste: Task: cityscapes" in (out / "log.txt").read_text()
+    # --eval-only records it too.
+    code, output = run_dcl(["train", "--eval-only", "--config-file", config, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]["cityscapes"] == evaluation["cityscapes"]
+    assert "Cityscapes instance-level AP (cityscapesscripts)" in (out / "inference" / "log.txt").read_text()
+
+
+@pytest.mark.e2e
+def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_datasets, tmp_path):
+    """TEST.AUG.ENABLED: detectron2's GeneralizedRCNNWithTTA after training and in --eval-only,
+    in OUTPUT_DIR/inference_TTA with `_TTA` result keys; TEST.EXPECTED_RESULTS: verify_results,
+    a miss failing the run with what was expected."""
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    tta = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(112, 128)", "TEST.AUG.MAX_SIZE", "256",
+           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    code, output = run_dcl(["train", "--config-file", TOY, *DCL_HEADS, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+                            "DATALOADER.NUM_WORKERS", "0", *tta, "TEST.EXPECTED_RESULTS", "[['segm', 'AP', 50.0, 100.0]]",
+                            "OUTPUT_DIR", str(out)], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert "Running inference with test-time augmentation" in output and "Results verification passed" in output
+    plain = read_json(out / "inference" / "detectron2_eval.json")["toy_coco_val"]
+    augmented = read_json(out / "inference_TTA" / "detectron2_eval.json")["toy_coco_val"]
+    assert set(plain) == set(augmented) == {"bbox", "segm"}  # the same format, in its own folder
+    assert plain["segm"] != augmented["segm"]
+    assert json.loads((out / "inference_TTA" / "coco_instances_results.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any(m.get("segm_TTA/AP") == augmented["segm"]["AP"] for m in metrics)
+    # --eval-only: the plain and the TTA evaluation, then the check (here of the TTA result).
+    weights = ["MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(out)]
+    expected = f"[['segm_TTA', 'AP', {augmented['segm']['AP']!r}, 1e-6]]"
+    code, output = run_dcl(["train", "--eval-only", "--config-file", TOY, *tta, "TEST.EXPECTED_RESULTS", expected,
+                            *weights], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert read_json(out / "inference_TTA" / "detectron2_eval.json")["toy_coco_val"] == augmented
+    # A result outside its tolerance fails the run, saying what was expected.
+    code, output = run_dcl(["train", "--eval-only", "--config-file", TOY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                            "TEST.EXPECTED_RESULTS", "[['segm', 'AP', -1.0, 0.5]]", *weights], env, tmp_path)
+    assert code == 1
+    record = read_json(out / "inference" / "run.json")
+    assert record["status"] == "failed" and "TEST.EXPECTED_RESULTS not met: expected segm AP -1.0 +- 0.5" in record["error"]

@@ -80,7 +80,7 @@ def test_paper_dry_run_plans_every_job(paper_dry_run):
     # 54 trainings = 3 settings x 2 methods x 3 seeds + 12 new ablation points x 3 seeds;
     # 7 released checkpoints; each of the 61 runs is evaluated once and analysed twice.
     assert job_stats(paper_dry_run) == {
-        "check_dataset": 2, "cityscapes_to_coco": 1, "download_weights": 8, "train": 54, "inference": 7,
+        "check_dataset": 2, "cityscapes_to_coco": 1, "cityscapes_to_coco_detectron": 1, "download_weights": 8, "train": 54, "inference": 7,
         "evaluate": 61, "errors": 122, "plan": 1, "report": 1, "all": 1,
     }
 
@@ -150,9 +150,41 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
     legacy = [j for j in errors if j["wildcards"]["analysis"] == "errors_legacy"]
     assert len(legacy) == 61 and all("--legacy-unmatched" in j["shell"] for j in legacy)
     assert not any("--legacy-unmatched" in j["shell"] for j in errors if j not in legacy)
+    # The original tool's GT for the legacy analysis: Detectron's conversion on Cityscapes.
+    gt_of = {(j["wildcards"]["experiment"], j["wildcards"]["analysis"]): j["shell"].split(" -a ")[1].split()[0]
+             for j in errors if j["wildcards"]["seed"] == "0"}
+    assert gt_of["cityscapes_imagenet_dcl", "errors_legacy"] == \
+        "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
+    assert gt_of["cityscapes_imagenet_dcl", "errors"] == "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
+    assert gt_of["coco_dcl", "errors_legacy"] == gt_of["coco_dcl", "errors"] == "datasets/coco/annotations/instances_val2017.json"
+    convert = [j for j in jobs if j["rule"] == "cityscapes_to_coco_detectron"]
+    assert [j["shell"].split(" > ")[0] for j in convert] == [
+        "dcl data cityscapes-to-coco datasets/cityscapes --split val --style detectron"
+        " -o datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"]
     # The workflow profile's per-rule resources (profiles/default).
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in errors} == {("4", "32000")}
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "16000")}
+
+
+def test_coco_runs_are_also_scored_on_coco_occ_when_it_is_there(tmp_path):
+    from dcl.experiments import Plan, read_config_file
+
+    (tmp_path / "datasets" / "coco").mkdir(parents=True)
+    (tmp_path / "datasets" / "coco" / "instances_occ2017_new.json").write_text("{}")
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p", cwd=tmp_path,
+                       env={**ENV, "SBATCH_PARTITION": "gpuq"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_jobs(result.stdout + result.stderr)
+    plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=tmp_path)
+    coco_runs = {(r.experiment, str(r.seed)) for r in plan.jobs.values() if r.dataset == "coco"}
+    occ = [j for j in jobs if j["rule"] == "evaluate_occ"]
+    assert {(j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in occ} == coco_runs
+    assert all(" -a datasets/coco/instances_occ2017_new.json --predictions-gt "
+               "datasets/coco/annotations/instances_val2017.json " in j["shell"] for j in occ)
+    analyses = Counter(j["wildcards"]["analysis"] for j in jobs if j["rule"] == "errors")
+    assert analyses["errors_occ"] == analyses["errors_legacy_occ"] == len(coco_runs)
+    check = next(j for j in jobs if j["rule"] == "check_dataset" and j["wildcards"]["dataset"] == "coco")
+    assert "--occlusion-subset datasets/coco/instances_occ2017_new.json" in check["shell"]
 
 
 def test_slurm_submission_of_a_training_job(paper_dry_run):
@@ -187,8 +219,9 @@ def test_local_rules_run_on_the_login_node():
         workflow = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
                                 storage_settings=StorageSettings(), snakefile=REPO / "Snakefile", workdir=REPO)
         rules = {rule.name: rule.name in workflow._workflow._localrules for rule in workflow._workflow.rules}
-    assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True, "download_weights": True,
-                     "train": False, "inference": False, "evaluate": False, "errors": False, "plan": True,
+    assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True,
+                     "cityscapes_to_coco_detectron": True, "download_weights": True,
+                     "train": False, "inference": False, "evaluate": False, "evaluate_occ": False, "errors": False, "plan": True,
                      "report": True, "all": True}
 
 
@@ -284,13 +317,21 @@ def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
         evaluation = json.loads((folder / "eval.json").read_text())
         assert evaluation["num_images"] == 16
         assert ("cityscapes" in evaluation) == (record["dataset"] == "toy_cityscapes")
-        assert json.loads((folder / "errors_legacy.json").read_text())["legacy_unmatched"] is True
+        legacy = json.loads((folder / "errors_legacy.json").read_text())
+        assert legacy["legacy_unmatched"] is True
         assert json.loads((folder / "errors.json").read_text())["legacy_unmatched"] is False
+        assert legacy["gt"].endswith(".detectron.json") == (record["dataset"] == "toy_cityscapes")
+        for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json"):  # the toy COCO-OCC
+            assert (folder / name).is_file() == (record["dataset"] == "toy_coco"), folder / name
     for name in TABLE_NAMES:
         assert (results / "tables" / f"{name}.md").is_file()
     for name in FIGURE_NAMES:
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
-    assert "6 runs expected: 6 finished" in (results / "README.md").read_text()
+    readme = (results / "README.md").read_text()
+    assert "10 runs expected: 10 finished" in readme
+    # Two seeds per main experiment: the paired statistics are filled in, not n/a.
+    main = (results / "tables" / "main_results.md").read_text()
+    assert main.count("| DCL − baseline | 2 pairs |") == 2 and "also evaluated and error-analysed" in readme
     # Checkpoints and detectron2 output stay out of results/.
     assert not list(results.rglob("*.pth"))
     assert (toy_run / "work_dirs" / "toy" / "toy_coco_dcl" / "seed0" / "model_final.pth").is_file()
@@ -309,10 +350,14 @@ def test_toy_rerun_does_nothing_and_a_new_seed_runs_only_its_jobs(toy_run):
     more = snakemake(*base, "--configfile", "toy_more_seeds.yaml", "--config", TOY_OVERRIDES, "-n", cwd=toy_run)
     assert more.returncode == 0, more.stderr[-3000:]
     output = more.stdout + more.stderr
-    # 5 trainings of seed 3 (4 experiments + 1 new ablation point), each evaluated and analysed twice.
-    assert job_stats(output) == {"train": 5, "evaluate": 5, "errors": 10, "plan": 1, "report": 1, "all": 1}
+    # 4 trainings of seed 3 (the ablation point keeps its seed 0), each evaluated and analysed twice;
+    # the 2 toy COCO ones also on the toy COCO-OCC.
+    assert job_stats(output) == {"train": 4, "evaluate": 4, "evaluate_occ": 2, "errors": 12, "plan": 1,
+                                 "report": 1, "all": 1}
     seeds = Counter(j["wildcards"].get("seed") for j in dry_run_jobs(output))
-    assert seeds == Counter({"3": 20, None: 3})
+    # seed 3 of the 4 main experiments: train, evaluate, 2 analyses each; the 2 toy COCO ones also
+    # evaluate_occ and 2 analyses on the toy COCO-OCC (the ablation point keeps its seed 0).
+    assert seeds == Counter({"3": 22, None: 3})
 
 
 @pytest.mark.e2e
@@ -331,7 +376,9 @@ def test_toy_released_checkpoint_is_evaluated_without_training(toy_run):
                        "--configfile", "toy_released.yaml", "--config", TOY_OVERRIDES, cwd=toy_run, timeout=TIMEOUT_S)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert job_stats(output) == {"inference": 1, "evaluate": 1, "errors": 2, "plan": 1, "report": 1, "all": 1}
+    # A toy COCO checkpoint: also scored on the toy COCO-OCC (one evaluation, two analyses).
+    assert job_stats(output) == {"inference": 1, "evaluate": 1, "evaluate_occ": 1, "errors": 4, "plan": 1,
+                                 "report": 1, "all": 1}
     folder = toy_run / "results" / "toy" / "runs" / "toy_coco_released" / "seed0"
     run = json.loads((folder / "run.json").read_text())
     assert run["mode"] == "eval-only" and run["status"] == "finished"

@@ -120,7 +120,8 @@ def build_report(
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
     written += [results_dir / "figures" / f"{name}.{ext}" for name in figures.FIGURES for ext in figures.FORMATS]
     readme_path = results_dir / "README.md"
-    atomic_write_text(readme_path, summary.readme(preset, runs, reproduction, comparisons, built, figure_reasons))
+    atomic_write_text(readme_path, summary.readme(preset, runs, reproduction, comparisons, built, figure_reasons,
+                                                  occlusion=inputs.load_occlusion_subset(experiments_path)))
     written.append(readme_path)
     return ReportResult(written=written, runs=runs, figure_reasons=figure_reasons, reproduction=reproduction)
 

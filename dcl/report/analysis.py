@@ -148,6 +148,10 @@ class ExperimentStats:
     values: dict[str, dict[int, float]] = field(default_factory=dict)
     errors: dict[str, dict[int, float]] = field(default_factory=dict)
     errors_legacy: dict[str, dict[int, float]] = field(default_factory=dict)
+    # The same on the occlusion subset (COCO-OCC); its eval metrics are in ``values`` as "occ.segm.AP".
+    errors_occ: dict[str, dict[int, float]] = field(default_factory=dict)
+    errors_legacy_occ: dict[str, dict[int, float]] = field(default_factory=dict)
+    gt_files: dict[str, set[str]] = field(default_factory=dict)  # analysis -> GT base names used
 
     @property
     def spec(self) -> ExpectedRun:
@@ -165,8 +169,14 @@ class ExperimentStats:
     def n_eval(self) -> int:
         return sum(run.eval is not None for run in self.runs)
 
-    def n_errors(self, legacy: bool) -> int:
-        return sum((run.errors_legacy if legacy else run.errors) is not None for run in self.runs)
+    def _analyses(self, legacy: bool, occ: bool) -> dict[str, dict[int, float]]:
+        if occ:
+            return self.errors_legacy_occ if legacy else self.errors_occ
+        return self.errors_legacy if legacy else self.errors
+
+    def n_errors(self, legacy: bool, occ: bool = False) -> int:
+        name = ("errors_legacy" if legacy else "errors") + ("_occ" if occ else "")
+        return sum(getattr(run, name) is not None for run in self.runs)
 
     @property
     def stats(self) -> tuple[str, ...]:
@@ -181,11 +191,11 @@ class ExperimentStats:
             return Summary(math.nan, math.nan, 0)
         return summarize(by_seed[s] for s in sorted(by_seed))
 
-    def error_summary(self, error_type: str, legacy: bool) -> Summary:
+    def error_summary(self, error_type: str, legacy: bool, occ: bool = False) -> Summary:
         """AP gain of ``error_type`` (or ``"baseline"`` AP) over the seeds whose analysis has it;
-        NaN when some analysed seed lacks that type."""
-        by_seed = (self.errors_legacy if legacy else self.errors).get(error_type, {})
-        if len(by_seed) != self.n_errors(legacy) or not by_seed:
+        NaN when some analysed seed lacks that type. ``occ``: on the occlusion subset."""
+        by_seed = self._analyses(legacy, occ).get(error_type, {})
+        if len(by_seed) != self.n_errors(legacy, occ) or not by_seed:
             return Summary(math.nan, math.nan, 0)
         return summarize(by_seed[s] for s in sorted(by_seed))
 
@@ -204,9 +214,17 @@ def experiment_stats(results: Iterable[RunResult]) -> list[ExperimentStats]:
             for metric, value in (run.eval or {}).items():
                 if value is not None:
                     stats.values.setdefault(metric, {})[seed] = value
-            for target, analysis in ((stats.errors, run.errors), (stats.errors_legacy, run.errors_legacy)):
+            for metric, value in (run.eval_occ or {}).items():
+                if value is not None:
+                    stats.values.setdefault(f"occ.{metric}", {})[seed] = value
+            for name, target, analysis in (("errors", stats.errors, run.errors),
+                                           ("errors_legacy", stats.errors_legacy, run.errors_legacy),
+                                           ("errors_occ", stats.errors_occ, run.errors_occ),
+                                           ("errors_legacy_occ", stats.errors_legacy_occ, run.errors_legacy_occ)):
                 if analysis is None:
                     continue
+                if analysis.gt:
+                    stats.gt_files.setdefault(name, set()).add(analysis.gt)
                 target.setdefault("baseline", {})[seed] = analysis.baseline_ap
                 for error_type, gain in analysis.gains.items():
                     target.setdefault(error_type, {})[seed] = gain

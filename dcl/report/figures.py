@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 from dcl.io import atomic_path
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.report.inputs import EVAL_KEYS, TRAINING_KEYS
-from dcl.report.tables import dataset_name, fmt_value, init_name, method_name, metric_name, value_sort_key
+from dcl.report.tables import (dataset_name, fmt_value, init_name, is_base_point, method_name, metric_name,
+                               reference_baseline, value_sort_key)
 
 __all__ = ["FIGURES", "FORMATS", "OKABE_ITO", "write_figures"]
 
@@ -80,6 +81,15 @@ def _no_data(title: str, reason: str) -> tuple[Figure, str]:
     return figure, reason
 
 
+def axis_label(metrics: Sequence[str]) -> str:
+    """What an AP axis shows: ``Cityscapes AP (%)``, ``mask AP (%)``, ``box AP (%)``."""
+    names = []
+    for metric in metrics:
+        family, _, stat = metric.partition(".")
+        names.append({"cityscapes": "Cityscapes ", "segm": "mask ", "bbox": "box "}.get(family, "") + stat)
+    return f"{' / '.join(dict.fromkeys(names))} (%)"
+
+
 def _bar_offsets(count: int, width: float) -> np.ndarray:
     return (np.arange(count) - (count - 1) / 2) * width
 
@@ -120,7 +130,7 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
             axes.set_xlabel("error type removed")
             axes.axhline(0, color="black", linewidth=0.5)
             if column == 0:
-                axes.set_ylabel("AP gain (AP, %)")
+                axes.set_ylabel("mask AP gain (points)")
             else:
                 axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="model (seeds)")
     figure.suptitle("AP gain from removing each error type (mean ± std over seeds)")
@@ -170,10 +180,24 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     means.append(summary.mean)
                     stds.append(summary.std)  # NaN (one seed): no error bar
             axes.errorbar(xs, means, yerr=stds, color=color, marker="s", markersize=4, capsize=3,
-                          label=f"base: {base}")
+                          label=f"DCL (base: {base})")
+            for experiment in members:
+                summary = experiment.summary(experiment.spec.metric)
+                if is_base_point(experiment) and summary.n:
+                    axes.plot([position[experiment.spec.ablation.value]], [summary.mean], marker="*", color=color,
+                              markersize=12, markeredgecolor="black", markeredgewidth=0.5, linestyle="none",
+                              label="base value")
+            baseline = reference_baseline(experiments, base)
+            if baseline is not None:
+                summary = baseline.summary(baseline.spec.metric)
+                if summary.n:
+                    axes.axhline(summary.mean, color=_color(baseline.spec), linestyle="--", linewidth=1.0,
+                                 label=f"baseline, no DCL (n={summary.n})")
+                    if not math.isnan(summary.std):
+                        axes.axhspan(summary.mean - summary.std, summary.mean + summary.std,
+                                     color=_color(baseline.spec), alpha=0.12, linewidth=0)
         axes.set_title(parameter)
-        if len(bases) > 1:
-            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+        axes.legend(loc="best", frameon=False, fontsize=7)
         if not numeric:
             axes.set_xticks([position[v] for v in values], [fmt_value(v) for v in values])
         elif min(values) > 0 and max(values) >= 8 * min(values):
@@ -182,13 +206,14 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
             axes.set_xticks(values, [fmt_value(v) for v in values])
             axes.minorticks_off()
         axes.set_xlabel(parameter)
-        axes.set_ylabel(f"{' / '.join(metric_name(m) for m in sorted(metrics))} (AP, %)")
+        axes.set_ylabel(axis_label(sorted(metrics)))
     for index in range(len(parameters), rows * columns):
         grid[index // columns][index % columns].set_visible(False)
     all_bases = sorted({base for bases in sweeps.values() for base in bases})
-    shared = f"base experiment {all_bases[0]}; " if len(all_bases) == 1 else ""
-    figure.suptitle(f"Headline AP against each swept DCL hyper-parameter\n"
-                    f"({shared}points: seeds; squares: mean ± std over seeds)")
+    shared = f"base experiment {all_bases[0]}" if len(all_bases) == 1 else "several base experiments"
+    figure.suptitle(f"Headline AP against each swept DCL hyper-parameter ({shared})\n"
+                    "points: seeds; squares: mean ± std over seeds; star: the base value;\n"
+                    "dashed line and band: the baseline without DCL, mean ± std")
     return figure, ""
 
 
@@ -300,7 +325,8 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
     axes.set_yticks(range(len(points)), labels[::-1])
     axes.set_ylim(-0.7, len(points) - 0.3)
     axes.grid(axis="y", visible=False)
-    axes.set_xlabel("AP (AP, %)")
+    metrics = sorted({r.entry.metric for r in points})
+    axes.set_xlabel(axis_label(metrics) if len(metrics) == 1 else "AP (%)")
     axes.set_title(title)
     verdicts = axes.twinx()  # the verdict of each row, on the right
     verdicts.set_ylim(axes.get_ylim())

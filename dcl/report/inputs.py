@@ -35,6 +35,7 @@ __all__ = [
     "PublishedEntry",
     "RunResult",
     "load_experiments",
+    "load_occlusion_subset",
     "load_published",
     "load_run",
     "run_log",
@@ -122,6 +123,7 @@ class ErrorAnalysis:
 
     baseline_ap: float
     gains: dict[str, float]
+    gt: str | None = None  # base name of the GT file the analysis used
 
 
 @dataclass
@@ -141,6 +143,10 @@ class RunResult:
     errors_legacy: ErrorAnalysis | None = None
     metrics: list[dict[str, float]] | None = None  # per logged iteration: iteration + TRAINING_KEYS / EVAL_KEYS
     warnings: list[str] = field(default_factory=list)  # what was skipped; does not change the status
+    # On the occlusion subset (COCO-OCC), where the run has it: eval_occ.json, errors_occ.json, ...
+    eval_occ: dict[str, float | None] | None = None
+    errors_occ: ErrorAnalysis | None = None
+    errors_legacy_occ: ErrorAnalysis | None = None
 
     @property
     def reason(self) -> str:
@@ -281,6 +287,16 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
 
 
 # ----------------------------------------------------------------------------- published.yaml
+def load_occlusion_subset(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``experiments.json``'s ``occlusion_subset``: ``{"path", "used"}``, or None (no COCO runs)."""
+    value = read_json(Path(path), "experiments file").get("occlusion_subset")
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("path"), str) and isinstance(value.get("used"), bool)):
+        raise InputError(f"{path}: 'occlusion_subset' must be an object with 'path' (string) and 'used' (boolean)")
+    return value
+
+
 def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
     """Read and validate ``published.yaml`` (a ``published:`` list of entries).
 
@@ -419,7 +435,9 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
         if not isinstance(stats, dict) or not _is_number(stats.get("AP")):
             raise _BadFile(f"{name}: 'delta.{error_type}.AP' must be a number")
         gains[error_type] = float(stats["AP"])
-    return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains)
+    gt = data.get("gt")
+    return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains,
+                         gt=os.path.basename(gt) if isinstance(gt, str) and gt else None)
 
 
 def _metrics_point(line: str) -> dict[str, float] | None:
@@ -504,6 +522,8 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         return result
     names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
     present = {name for name in names if (folder / name).exists()}
+    optional = {name for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json")
+                if (folder / name).exists()}
     if not present:
         result.status, result.problems = "missing", ["run folder has no result files yet"]
         return result
@@ -543,10 +563,15 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         "errors.json": lambda path: _validate_errors(_read_run_json_file(path), "errors.json", legacy=False),
         "errors_legacy.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy.json", legacy=True),
         "metrics.json": _read_metrics,
+        # Optional (COCO runs when the occlusion subset is there): never required.
+        "eval_occ.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
+        "errors_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_occ.json", legacy=False),
+        "errors_legacy_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy_occ.json",
+                                                                legacy=True),
     }
     loaded: dict[str, Any] = {}
     for name, reader in readers.items():
-        if name not in present:
+        if name not in present | optional:
             continue
         try:
             loaded[name] = reader(folder / name)
@@ -565,6 +590,9 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         result.errors = loaded.get("errors.json")
         result.errors_legacy = loaded.get("errors_legacy.json")
         result.metrics = metrics
+        result.eval_occ = loaded.get("eval_occ.json")
+        result.errors_occ = loaded.get("errors_occ.json")
+        result.errors_legacy_occ = loaded.get("errors_legacy_occ.json")
     result.problems = broken + unfinished
     result.status = "failed" if broken else "incomplete" if unfinished else "finished"
     return result

@@ -4,7 +4,7 @@ Plain Markdown, no timestamps or absolute paths (the file is byte-identical when
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from dcl.report.analysis import CONFIDENCE, PAIRED_TEST, Comparison, Reproduction
 from dcl.report.figures import FIGURES
@@ -60,8 +60,9 @@ def readme(
     comparisons: Sequence[Comparison],
     tables: Sequence[Table],
     figure_reasons: Mapping[str, str],
+    occlusion: Mapping[str, Any] | None = None,
 ) -> str:
-    """The summary page (Markdown)."""
+    """The summary page (Markdown). ``occlusion``: experiments.json's ``occlusion_subset``."""
     lines = [
         f"# Reproduction summary: `{preset or 'results'}`",
         "",
@@ -78,6 +79,13 @@ def readme(
         for result in sorted(unfinished, key=lambda r: (STATUSES.index(r.status), r.expected.experiment, r.expected.seed)):
             lines.append(f"- `{result.expected.experiment}` seed {result.expected.seed}: **{result.status}**: {result.reason}")
     lines += ["", "Every run: [run inventory](tables/run_inventory.md).", ""]
+    if occlusion is not None:
+        if occlusion["used"]:
+            lines += [f"COCO runs are also evaluated and error-analysed on the occlusion subset `{occlusion['path']}` "
+                      "(COCO-OCC, from their val predictions): the OCC AP column and the occlusion error tables.", ""]
+        else:
+            lines += [f"Note: no occlusion subset (COCO-OCC) at `{occlusion['path']}`, so COCO runs have no "
+                      "occlusion results; put the file there and run the workflow again to add them.", ""]
 
     lines += [
         "## Published numbers",
@@ -122,7 +130,7 @@ def readme(
     for table in tables:
         lines.append(f"- [{table.title}](tables/{table.name}.md) "
                      f"([tex](tables/{table.name}.tex), [csv](tables/{table.name}.csv), [html](tables/{table.name}.html))"
-                     + ("" if table.rows else f": no data ({table.empty})"))
+                     + ("" if table.rows or table.parts else f": no data ({table.empty})"))
     lines += ["", "## Figures", "", "Each as PNG and PDF:", ""]
     for name in FIGURES:
         reason = figure_reasons.get(name, "")

@@ -28,6 +28,7 @@ from dcl.report.analysis import (
     Reproduction,
     Summary,
     error_types,
+    paired_difference,
     sort_key,
 )
 from dcl.report.inputs import FAMILY_STATS, PublishedEntry, RunResult, status_totals
@@ -76,6 +77,12 @@ def metric_name(metric: str) -> str:
     return f"{FAMILY_NAMES.get(family, family)} {stat}"
 
 
+def short_metric_name(metric: str) -> str:
+    """``cityscapes.AP50`` -> ``AP50`` (official), ``segm.AP`` -> ``mask AP``, ``bbox.AP`` -> ``box AP``."""
+    family, _, stat = metric.partition(".")
+    return {"cityscapes": "", "segm": "mask ", "bbox": "box "}.get(family, f"{family} ") + stat
+
+
 # ----------------------------------------------------------------------------- number formats
 def _nan(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -86,7 +93,8 @@ def fmt_number(value: float | None, digits: int = 2) -> str:
 
 
 def fmt_signed(value: float | None, digits: int = 2) -> str:
-    return DASH if _nan(value) else f"{value:+.{digits}f}".replace("-", "−")
+    # round first: a tiny negative difference is +0.00, not −0.00
+    return DASH if _nan(value) else f"{round(value, digits) + 0.0:+.{digits}f}".replace("-", "−")
 
 
 def fmt_summary(summary: Summary, digits: int = 2) -> str:
@@ -151,6 +159,10 @@ class Table:
     empty: str = ""  # why there are no rows, shown instead of them
     long: bool = False  # LaTeX longtable (may break across pages)
     wide: bool = False  # LaTeX table* (full page width in two-column documents)
+    # Several tables in one file (one per dataset, per swept parameter, ...): each part is
+    # rendered as a table of its own (in LaTeX its own float); ``rows`` is then unused, and the
+    # CSV holds the raw rows of all parts.
+    parts: list["Table"] = field(default_factory=list)
 
 
 def _column_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
@@ -164,13 +176,34 @@ def _column_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
     return spans
 
 
-def to_markdown(table: Table) -> str:
+BOLD = "**"  # a display cell "**x**" is the best value of its column (bold in every format)
+
+
+def _bold(text: str) -> str:
+    return f"{BOLD}{text}{BOLD}"
+
+
+def _split_bold(text: str) -> tuple[bool, str]:
+    if len(text) > 4 and text.startswith(BOLD) and text.endswith(BOLD):
+        return True, text[2:-2]
+    return False, text
+
+
+def to_markdown(table: Table, level: int = 2) -> str:
+    if table.parts:
+        lines = [f"{'#' * level} {table.title}", "", table.caption, ""]
+        for part in table.parts:
+            lines.append(to_markdown(part, level + 1))
+        if table.notes:
+            lines += [f"- {note}" for note in table.notes]
+        return "\n".join(lines).rstrip("\n") + "\n"
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
     headers = [f"{c.group} {c.header}" if c.group else c.header for c in table.columns]
     rule = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = [f"## {table.title}", "", table.caption, ""]
+    lines = [f"{'#' * level} {table.title}", "", table.caption, ""]
     lines.append("| " + " | ".join(cell(h) for h in headers) + " |")
     lines.append("| " + " | ".join(rule[c.align] for c in table.columns) + " |")
     for row in table.rows:
@@ -196,8 +229,14 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
 
 
-def _latex_cell(text: str) -> str:
-    """Escape a cell; ``36.06 ± 0.41`` becomes ``36.06`` with a small ``±0.41`` to save width."""
+def _latex_cell(text: str, breakable: bool = False) -> str:
+    """Escape a cell; ``36.06 ± 0.41`` becomes ``36.06`` with a small ``±0.41`` to save width;
+    ``**x**`` is bold; ``breakable`` (text in a fixed-width column) may break after ``/`` and ``_``."""
+    bold, text = _split_bold(text)
+    if bold:
+        return f"\\textbf{{{_latex_cell(text)}}}"
+    if breakable:
+        return latex_escape(text).replace("/", "/\\allowbreak{}").replace("\\_", "\\_\\allowbreak{}")
     parts, position = [], 0
     for match in re.finditer(r"(\S+) ± (\S+)", text):
         parts.append(latex_escape(text[position:match.start()]))
@@ -209,7 +248,17 @@ def _latex_cell(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A complete ``table``/``table*`` (or ``longtable``) float with ``booktabs`` rules, caption
-    and label, at ``\\footnotesize`` with narrow column separation so it fits a page."""
+    and label, at ``\\footnotesize`` with narrow column separation, sized to fit a column (or the
+    page width for ``table*``) without resizing; one float per part."""
+    if table.parts:
+        floats = []
+        for index, part in enumerate(table.parts):
+            last = index == len(table.parts) - 1
+            named = Table(**{**part.__dict__, "name": f"{table.name}_{index + 1}",
+                             "notes": part.notes + (table.notes if last else [])})
+            floats.append(to_latex(named))
+        header = floats[0].split("\n", 2)[:2]
+        return "\n".join(header) + "\n" + "\n".join(f.split("\n", 2)[2] for f in floats)
     columns = [c for c in table.columns if c.tex]
     spec = "".join(f"p{{{c.width}}}" if c.width else c.align for c in columns)
     label = f"tab:dcl-{table.name.replace('_', '-')}"
@@ -228,13 +277,13 @@ def to_latex(table: Table) -> str:
             start += span
         header.append(" ".join(rules))
     header.append(" & ".join(latex_escape(c.header) for c in columns) + r" \\")
-    body = [" & ".join(_latex_cell(row.get(c.key, "")) for c in columns) + r" \\" for row in table.rows]
+    body = [" & ".join(_latex_cell(row.get(c.key, ""), bool(c.width)) for c in columns) + r" \\" for row in table.rows]
     if not table.rows:
         body = [f"\\multicolumn{{{len(columns)}}}{{c}}{{\\emph{{No data: {latex_escape(table.empty)}}}}} \\\\"]
     notes = [latex_escape(note) for note in table.notes]
     lines = [
         "% Generated by `dcl report`; do not edit: re-run `dcl report` instead.",
-        "% Needs \\usepackage{booktabs}" + (" and \\usepackage{longtable}." if table.long else " and \\usepackage{graphicx}."),
+        "% Needs \\usepackage{booktabs}" + (" and \\usepackage{longtable}." if table.long else "."),
     ]
     if table.long:
         lines += [
@@ -258,14 +307,9 @@ def to_latex(table: Table) -> str:
         r"\setlength{\tabcolsep}{3pt}",
         f"\\caption{{{caption}}}",
         f"\\label{{{label}}}",
-        # Shrink to the line width only when wider (e.g. six COCO stats as mean ± std).
-        r"\ifdefined\dclreportbox\else\newsavebox{\dclreportbox}\fi",
-        r"\sbox{\dclreportbox}{%",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule", *header, r"\midrule", *body, r"\bottomrule",
-        r"\end{tabular}}%",
-        r"\ifdim\wd\dclreportbox>\linewidth\resizebox{\linewidth}{!}{\usebox{\dclreportbox}}"
-        r"\else\usebox{\dclreportbox}\fi",
+        r"\end{tabular}",
     ]
     if notes:
         lines += [r"\par\smallskip", r"{\raggedright", *[f"{note}\\par" for note in notes], "}"]
@@ -292,19 +336,38 @@ def to_csv(table: Table) -> str:
     return buffer.getvalue()
 
 
+def _html_cell(text: str) -> str:
+    bold, text = _split_bold(text)
+    return f"<b>{html.escape(text)}</b>" if bold else html.escape(text)
+
+
 def to_html(table: Table) -> str:
     """A small self-contained page (Snakemake's report shows HTML results inline)."""
-    e = html.escape
-    align = {"l": "left", "r": "right", "c": "center"}
     lines = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(table.title)}</title>",
-        "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+        f"<title>{html.escape(table.title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
         "th,td{padding:.2em .6em;border-bottom:1px solid #ccc;white-space:nowrap}"
         "thead th{border-bottom:2px solid #000}caption{text-align:left;margin-bottom:.5em}"
         "td.reason{white-space:normal;max-width:40em}</style>",
         "</head><body>",
+    ]
+    if table.parts:
+        lines.append(f"<p><b>{html.escape(table.title)}.</b> {html.escape(table.caption)}</p>")
+        for part in table.parts:
+            lines += _html_table(part)
+        lines += [f"<p>{html.escape(note)}</p>" for note in table.notes]
+    else:
+        lines += _html_table(table)
+    lines.append("</body></html>")
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(table: Table) -> list[str]:
+    e = html.escape
+    align = {"l": "left", "r": "right", "c": "center"}
+    lines = [
         "<table>",
         f"<caption><b>{e(table.title)}.</b> {e(table.caption)}</caption>",
         "<thead>",
@@ -320,14 +383,13 @@ def to_html(table: Table) -> str:
         cells = []
         for c in table.columns:
             css = ' class="reason"' if c.key == "reason" else ""
-            cells.append(f'<td{css} style="text-align:{align[c.align]}">{e(row.get(c.key, ""))}</td>')
+            cells.append(f'<td{css} style="text-align:{align[c.align]}">{_html_cell(row.get(c.key, ""))}</td>')
         lines.append("<tr>" + "".join(cells) + "</tr>")
     if not table.rows:
         lines.append(f'<tr><td colspan="{len(table.columns)}"><i>No data: {e(table.empty)}</i></td></tr>')
     lines.append("</tbody></table>")
     lines += [f"<p>{e(note)}</p>" for note in table.notes]
-    lines.append("</body></html>")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ----------------------------------------------------------------------------- builders
@@ -342,6 +404,75 @@ def _published_for(published: Sequence[PublishedEntry], experiment: ExperimentSt
         ):
             return entry
     return None
+
+
+def _best_marks(rows: list[dict[str, str]], values: list[dict[str, float]], keys: Sequence[str]) -> None:
+    """Bold the best (highest) mean of each column among ``rows`` (ties: all of them)."""
+    for key in keys:
+        column = [v.get(key, math.nan) for v in values]
+        finite = [v for v in column if not _nan(v)]
+        if len(finite) < 2 or max(finite) - min(finite) < 1e-9:
+            continue  # nothing to single out
+        best = max(finite)
+        for row, value in zip(rows, column):
+            if not _nan(value) and abs(value - best) < 1e-9 and row.get(key, DASH) != DASH:
+                row[key] = _bold(row[key])
+
+
+def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
+               published: Sequence[PublishedEntry]) -> Table:
+    """One dataset/initialisation in the paper's layout: a row per model, then DCL − baseline."""
+    family = members[0].spec.family
+    stats = [f"{family}.{stat}" for stat in FAMILY_STATS[family]]
+    headers = {f"{family}.{stat}": stat for stat in FAMILY_STATS[family]}
+    if family == "cityscapes":
+        # The official metric first, COCO-style mask AP on the same predictions beside it.
+        stats.append("segm.AP")
+        headers["segm.AP"] = "COCO AP"
+    if any(e.values.get("occ.segm.AP") for e in members):
+        stats.append("occ.segm.AP")
+        headers["occ.segm.AP"] = "OCC AP"
+    columns = [Column("method", "Method"), Column("seeds", "Seeds", "r"),
+               *[Column(m, headers[m], "r") for m in stats],
+               Column("published", "Paper", "r"), Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r")]
+    rows, means = [], []
+    for experiment in members:
+        spec, n = experiment.spec, experiment.n_eval
+        row = {"method": method_name(spec.method) + (" (released)" if spec.group == "released" else ""),
+               "seeds": fmt_seeds(n, experiment.expected)}
+        mean_of: dict[str, float] = {}
+        for metric in stats:
+            summary = experiment.summary(metric) if metric in experiment.values else Summary(math.nan, math.nan, 0)
+            row[metric] = fmt_summary(summary) if n else DASH
+            mean_of[metric] = summary.mean
+        entry = _published_for(published, experiment)
+        row["published"] = fmt_number(entry.value, 1) if entry is not None else DASH
+        rows.append(row)
+        means.append(mean_of)
+    _best_marks(rows, means, stats)
+    baselines = [e for e in members if e.spec.method == "baseline" and e.spec.group == "main"]
+    for dcl in (e for e in members if e.spec.method == "dcl" and e.spec.group == "main"):
+        if len(baselines) != 1:
+            continue
+        row = {"method": "DCL − baseline", "seeds": ""}
+        for metric in stats:
+            difference = paired_difference(baselines[0].values.get(metric, {}), dcl.values.get(metric, {}))
+            row[metric] = fmt_signed(difference.mean)
+            if metric == dcl.spec.metric:
+                row.update(ci=fmt_ci(difference), p=fmt_p(difference.p_value),
+                           seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""))
+        rows.append(row)
+    if all(row.get("published", DASH) == DASH for row in rows):
+        columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
+    headline = headers[members[0].spec.metric]
+    what = ("Official Cityscapes instance-level AP and AP50 (cityscapesscripts), COCO-style mask AP beside"
+            if family == "cityscapes" else "COCO mask AP")
+    return Table(
+        name="main", title=f"{dataset_name(dataset)}, {init_name(init)} initialisation",
+        caption=f"{what}; mean ± std over seeds; best in bold; DCL − baseline with the {CONFIDENCE:.0%} CI "
+                f"and p-value of {headline}.",
+        columns=columns, rows=rows, csv_columns=[], csv_rows=[], wide=len(stats) > 4,
+    )
 
 
 def main_table(
@@ -365,10 +496,12 @@ def main_table(
     headline = {(c.dcl.name, c.metric): c for c in comparisons}
     rows, csv_rows = [], []
     incomplete = False
+    groups: dict[tuple[str, str], list[ExperimentStats]] = {}
     for experiment in experiments:
         spec = experiment.spec
         if spec.group == "ablation":
             continue
+        groups.setdefault((spec.dataset, spec.init), []).append(experiment)
         n = experiment.n_eval
         incomplete |= n < experiment.expected
         row = {
@@ -403,31 +536,34 @@ def main_table(
         rows.append(row)
         csv_rows.append(raw)
     notes = [
-        "AP type: official Cityscapes instance-level AP (cityscapesscripts) on Cityscapes data, "
-        "COCO mask AP on COCO data; all numbers in %.",
+        "All numbers in %. Cityscapes: AP, AP50 are the official instance-level metric (cityscapesscripts), "
+        "COCO AP the COCO-style mask AP of the same predictions; COCO: mask AP."
+        + (" OCC AP: mask AP on the occlusion subset COCO-OCC, from the val predictions." if any(
+            "occ.segm.AP" in e.values for e in experiments) else ""),
         "Cells: mean ± sample standard deviation (ddof=1) over the seeds with results; Seeds: "
-        "seeds with results / seeds configured.",
-        f"DCL − baseline: on the DCL row, Δ of the headline AP against the baseline with the same "
-        f"dataset, init and group; seeds paired by seed index; {CONFIDENCE:.0%} CI from the t distribution "
-        f"of the mean paired difference; p: {PAIRED_TEST}; n/a with fewer than 2 pairs.",
-        "Published: the paper's number (or detectron2's model zoo for baselines), see results/published.yaml; "
-        "Δ published = mean − published.",
+        "seeds with results / seeds configured; the best mean of each column is in bold.",
+        f"DCL − baseline: mean paired difference per column (seeds paired by seed index); "
+        f"{CONFIDENCE:.0%} CI (t distribution of the mean paired difference) and p ({PAIRED_TEST}) "
+        "of the headline AP; n/a with fewer than 2 pairs.",
+        "Paper: the published number (or detectron2's model zoo for baselines), see results/published.yaml; "
+        "the CSV has mean − published.",
     ]
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
+    parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
     return Table(
         name="main_results", title="Main results",
-        caption="Mask AP of Mask R-CNN baselines and DCL per dataset and initialisation, over seeds, "
+        caption="Mask AP of Mask R-CNN baselines and DCL, one table per dataset and initialisation, over seeds, "
         "with the published numbers and the paired DCL − baseline difference.",
         columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="no main or released experiments in experiments.json", wide=True,
+        empty="no main or released experiments in experiments.json", wide=True, parts=parts,
     )
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> Table:
     """DCL minus baseline for every metric column, paired by seed."""
     columns = [
-        Column("dataset", "Dataset"), Column("init", "Init"), Column("group", "Group"), Column("metric", "Metric"),
+        Column("dataset", "Dataset"), Column("init", "Init"), Column("group", "Group", tex=False), Column("metric", "Metric"),
         Column("baseline", "Baseline", "r"), Column("dcl", "DCL", "r"), Column("delta", "Δ", "r"),
         Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r"), Column("pairs", "Pairs", "r"),
     ]
@@ -471,67 +607,104 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
     )
 
 
+_LEGACY_GROUP = "legacy (original tool)"
+_CORRECTED_GROUP = "corrected"
+
+
+def _gt_note(members: Sequence[ExperimentStats], occ: bool) -> str:
+    suffix = "_occ" if occ else ""
+    files = {}
+    for name in ("errors_legacy", "errors"):
+        found = sorted({gt for e in members for gt in e.gt_files.get(name + suffix, set())})
+        files[name] = ", ".join(found) if found else "not recorded"
+    return f"GT files: legacy {files['errors_legacy']}; corrected {files['errors']}."
+
+
+def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[str], occ: bool) -> Table:
+    """Rows: models; columns: AP, then the AP gain of each error type, legacy and corrected side by side."""
+    columns = [Column("model", "Model"), Column("seeds", "Seeds", "r"), Column("ap", "AP", "r")]
+    for group in (_LEGACY_GROUP, _CORRECTED_GROUP):
+        columns += [Column(f"{t}/{group}", t, "r", group) for t in types]
+    rows = []
+    for experiment in members:
+        spec = experiment.spec
+        n, n_legacy = experiment.n_errors(False, occ), experiment.n_errors(True, occ)
+        base = experiment.error_summary("baseline", legacy=True, occ=occ)
+        if base.n == 0:
+            base = experiment.error_summary("baseline", legacy=False, occ=occ)
+        label = method_name(spec.method) + f", {init_name(spec.init)}"
+        if spec.group == "released":
+            label += " (released)"
+        elif spec.group == "ablation":
+            label = f"DCL, {spec.ablation.parameter.replace('_', ' ').lower()} {fmt_value(spec.ablation.value)}"
+        row = {"model": label, "seeds": fmt_seeds(min(n, n_legacy), experiment.expected), "ap": fmt_number(base.mean)}
+        for group, legacy in ((_LEGACY_GROUP, True), (_CORRECTED_GROUP, False)):
+            for error_type in types:
+                row[f"{error_type}/{group}"] = fmt_number(experiment.error_summary(error_type, legacy, occ).mean)
+        rows.append(row)
+    return Table(name="errors", title=title, caption=_gt_note(members, occ), columns=columns, rows=rows,
+                 csv_columns=[], csv_rows=[], wide=len(types) > 3)
+
+
 def error_table(experiments: Sequence[ExperimentStats]) -> Table:
-    """AP gain from removing each error type, corrected and legacy semantics side by side."""
+    """AP gain from removing each error type, legacy and corrected semantics side by side, one
+    table per dataset (and one on the occlusion subset where there is one)."""
     types = error_types(experiments)
-    columns = [
-        Column("dataset", "Dataset"), Column("init", "Init"), Column("method", "Method"),
-        Column("experiment", "Experiment"), Column("seeds", "Seeds", "r"), Column("ap", "AP", "r"),
-    ]
-    for error_type in types:
-        columns += [Column(f"{error_type}/corrected", "corr.", "r", error_type),
-                    Column(f"{error_type}/legacy", "legacy", "r", error_type)]
     csv_columns = [
         "dataset", "init", "method", "group", "experiment", "seeds_expected", "seeds_corrected", "seeds_legacy",
         "ap_mean", "ap_std",
         *[f"{t}_{semantics}_{part}" for t in types for semantics in ("corrected", "legacy") for part in ("mean", "std")],
+        "gt_corrected", "gt_legacy",
     ]
-    rows, csv_rows = [], []
+    csv_rows = []
     incomplete = False
     # Baselines, DCL and released models first (the paper's comparison), ablation models after.
-    for experiment in sorted(experiments, key=lambda e: (e.spec.group == "ablation", sort_key(e.spec))):
+    ordered = sorted(experiments, key=lambda e: (e.spec.group == "ablation", sort_key(e.spec)))
+    by_dataset: dict[str, list[ExperimentStats]] = {}
+    for experiment in ordered:
         spec = experiment.spec
         n, n_legacy, expected = experiment.n_errors(False), experiment.n_errors(True), experiment.expected
         incomplete |= min(n, n_legacy) < expected
-        seeds = fmt_seeds(n, expected) if n == n_legacy else (
-            f"{n}/{expected} (legacy {n_legacy}/{expected})" + (MARK if min(n, n_legacy) < expected else "")
-        )
+        if (n or n_legacy) and not is_base_point(experiment):  # a base point repeats its base's runs
+            by_dataset.setdefault(spec.dataset, []).append(experiment)
         base = experiment.error_summary("baseline", legacy=False)
         if base.n == 0:
             base = experiment.error_summary("baseline", legacy=True)
-        row = {
-            "dataset": dataset_name(spec.dataset), "init": init_name(spec.init),
-            "method": method_name(spec.method) + ("" if spec.group == "main" else f" ({spec.group})"),
-            "experiment": spec.experiment, "seeds": seeds, "ap": fmt_number(base.mean),
-        }
         raw: dict[str, Any] = {
             "dataset": spec.dataset, "init": spec.init, "method": spec.method, "group": spec.group,
             "experiment": spec.experiment, "seeds_expected": expected, "seeds_corrected": n,
             "seeds_legacy": n_legacy, "ap_mean": base.mean, "ap_std": base.std,
+            "gt_corrected": " ".join(sorted(experiment.gt_files.get("errors", ()))),
+            "gt_legacy": " ".join(sorted(experiment.gt_files.get("errors_legacy", ()))),
         }
         for error_type in types:
             for semantics, legacy in (("corrected", False), ("legacy", True)):
                 summary = experiment.error_summary(error_type, legacy)
-                row[f"{error_type}/{semantics}"] = fmt_number(summary.mean)
                 raw[f"{error_type}_{semantics}_mean"], raw[f"{error_type}_{semantics}_std"] = summary.mean, summary.std
-        rows.append(row)
         csv_rows.append(raw)
+    parts = []
+    for dataset, members in by_dataset.items():
+        parts.append(_error_part(dataset_name(dataset), members, types, occ=False))
+        occluded = [e for e in members if e.n_errors(False, True) or e.n_errors(True, True)]
+        if occluded:
+            parts.append(_error_part(f"{dataset_name(dataset)}, occlusion subset (COCO-OCC)", occluded, types, occ=True))
     notes = [
-        "AP: COCO mask AP measured by the error analysis (`dcl errors`) before removing errors; "
-        "each error column: AP gain (AP, %) after removing that error type (A&B: several, in order), "
-        "mean over seeds (standard deviations in the CSV).",
-        "corr.: corrected semantics (an unmatched detection is left unchanged); legacy: the original "
-        "tool's semantics (an unmatched detection is treated as matched to the image's last GT), "
-        "which the paper's error tables used.",
+        "AP: COCO mask AP measured by the error analysis (`dcl errors`, legacy GT) before removing errors; "
+        "each error column: AP gain (percentage points) after removing that error type (A&B: several, in "
+        "order), mean over seeds (standard deviations in the CSV).",
+        "legacy: the original tool's semantics, with which the paper's error tables were made (an unmatched "
+        "detection is treated as matched to the image's last GT; on Cityscapes, the GT of Detectron's "
+        "conversion); corrected: an unmatched detection is left unchanged, on our default GT.",
     ]
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     return Table(
         name="error_analysis", title="Segmentation-error analysis",
         caption="AP gain from removing foreground false positives (fFP), background false positives (bFP) "
-        "and false negatives (FN), per model, in corrected and legacy semantics.",
-        columns=columns, rows=rows if types else [], csv_columns=csv_columns, csv_rows=csv_rows if types else [],
+        "and false negatives (FN), per model; legacy and corrected semantics side by side.",
+        columns=[Column("model", "Model")], rows=[], csv_columns=csv_columns, csv_rows=csv_rows if types else [],
         notes=notes, empty="no run has an errors.json or errors_legacy.json yet", wide=True,
+        parts=parts if types else [],
     )
 
 
@@ -550,6 +723,43 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def is_base_point(experiment: ExperimentStats) -> bool:
+    """An ablation point whose value is its base experiment's own (it reuses the base's runs)."""
+    ablation = experiment.spec.ablation
+    return ablation is not None and experiment.spec.run_dir.startswith(f"runs/{ablation.base}/")
+
+
+def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
+    """The main baseline (no DCL) of an ablation's base experiment: same dataset and init."""
+    spec = next((e.spec for e in experiments if e.name == base), None)
+    if spec is None:
+        spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
+    matches = [e for e in experiments if spec is not None and e.spec.method == "baseline" and e.spec.group == "main"
+               and (e.spec.dataset, e.spec.init) == (spec.dataset, spec.init)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _ablation_part(parameter: str, members: Sequence[ExperimentStats], experiments: Sequence[ExperimentStats]) -> Table:
+    metric = members[0].spec.metric
+    columns = [Column("value", parameter.replace("_", " ").lower(), "r"), Column("seeds", "Seeds", "r"),
+               Column("ap", metric_name(metric).replace("COCO mask ", "mask "), "r")]
+    rows, means = [], []
+    for experiment in members:
+        summary = experiment.summary(metric)
+        value = fmt_value(experiment.spec.ablation.value) + (" (base)" if is_base_point(experiment) else "")
+        rows.append({"value": value, "seeds": fmt_seeds(experiment.n_eval, experiment.expected),
+                     "ap": fmt_summary(summary)})
+        means.append({"ap": summary.mean})
+    _best_marks(rows, means, ["ap"])
+    bases = sorted({e.spec.ablation.base for e in members})
+    baseline = reference_baseline(experiments, bases[0]) if len(bases) == 1 else None
+    if baseline is not None:
+        rows.append({"value": "no DCL (baseline)", "seeds": fmt_seeds(baseline.n_eval, baseline.expected),
+                     "ap": fmt_summary(baseline.summary(metric))})
+    return Table(name="ablation", title=parameter, caption=f"around {', '.join(bases)}",
+                 columns=columns, rows=rows, csv_columns=[], csv_rows=[])
 
 
 def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
@@ -585,7 +795,12 @@ def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
             "seeds_with_results": experiment.n_eval, "seeds_expected": experiment.expected,
             "mean": summary.mean, "std": summary.std,
         })
-    notes = ["AP: mean ± sample standard deviation (ddof=1) over the seeds with results (AP, %)."]
+    by_parameter: dict[str, list[ExperimentStats]] = {}
+    for experiment in ablations:
+        by_parameter.setdefault(experiment.spec.ablation.parameter, []).append(experiment)
+    parts = [_ablation_part(parameter, members, experiments) for parameter, members in by_parameter.items()]
+    notes = ["AP in %: mean ± sample standard deviation (ddof=1) over the seeds with results; (base): the base "
+             "experiment's own value; no DCL: the baseline of the same dataset and initialisation; best in bold."]
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     return Table(
@@ -593,7 +808,7 @@ def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
         caption="Headline AP of DCL for each value of each swept hyper-parameter "
         "(MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*), one sweep at a time around its base experiment.",
         columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="no ablation runs in experiments.json",
+        empty="no ablation runs in experiments.json", parts=parts,
     )
 
 
@@ -601,7 +816,7 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
     """Every expected run with its status, reason, progress, wall time and GPUs."""
     columns = [
         Column("experiment", "Experiment"), Column("seed", "Seed", "r"), Column("kind", "Kind"),
-        Column("status", "Status"), Column("reason", "Reason", width="4.5cm"), Column("iterations", "Iterations", "r"),
+        Column("status", "Status"), Column("reason", "Reason", width="2.4cm"), Column("iterations", "Iterations", "r"),
         Column("wall", "Wall time", "r"), Column("gpus", "GPUs"),
     ]
     csv_columns = ["experiment", "seed", "kind", "group", "dataset", "init", "method", "run_dir", "status",
@@ -648,11 +863,11 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
 def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
     """Each published number with what this reproduction measured and the verdict."""
     columns = [
-        Column("detector", "Detector", width="2cm"), Column("dataset", "Dataset"), Column("init", "Init"),
+        Column("detector", "Detector", width="1.5cm"), Column("dataset", "Dataset"), Column("init", "Init"),
         Column("method", "Method"), Column("metric", "Metric"), Column("published", "Published", "r"),
-        Column("experiment", "Experiment", tex=False), Column("seeds", "Seeds", "r"),
+        Column("experiment", "Experiment", tex=False), Column("seeds", "Seeds", "r", tex=False),
         Column("reproduced", "Reproduced", "r"), Column("diff", "Δ", "r"), Column("verdict", "Verdict", width="1.5cm"),
-        Column("reason", "Why", width="4cm"),
+        Column("reason", "Why", width="2.2cm"),
     ]
     csv_columns = ["detector", "dataset", "init", "method", "metric", "published", "source", "experiment",
                    "kind", "seeds_with_results", "seeds_expected", "mean", "std", "difference", "verdict", "reason"]
@@ -661,7 +876,7 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
         entry, experiment, summary = item.entry, item.experiment, item.summary
         rows.append({
             "detector": entry.detector, "dataset": dataset_name(entry.dataset), "init": init_name(entry.init),
-            "method": method_name(entry.method), "metric": metric_name(entry.metric),
+            "method": method_name(entry.method), "metric": short_metric_name(entry.metric),
             "published": fmt_number(entry.value, 1),
             "experiment": experiment.name if experiment else DASH,
             "seeds": fmt_seeds(summary.n, experiment.expected) if experiment else DASH,

@@ -107,10 +107,45 @@ def evaluation_inputs(wildcards):
     return {"predictions": PREDICTIONS.format(**wildcards), **dataset_inputs(run.dataset)}
 
 
+def errors_gt(wildcards):
+    """GT of an analysis: errors / errors_legacy on val (the legacy one on the original tool's GT),
+    *_occ on the occlusion subset."""
+    dataset = run_of(wildcards).dataset
+    if wildcards.analysis.endswith("_occ"):
+        return PLAN.occlusion_gt(dataset)
+    return PLAN.errors_gt(dataset, wildcards.analysis == "errors_legacy")
+
+
+def _with_gt(inputs, dataset, gt):
+    """``inputs`` plus a GT file other than val's: made by cityscapes_to_coco_detectron, or the
+    user's COCO-OCC file. Toy ones are part of the toy data (the data check waits for it)."""
+    if gt != PLAN.gt(dataset) and not DATASETS[dataset].toy:
+        inputs["analysis_gt"] = ancient(gt)
+    return inputs
+
+
+def errors_inputs(wildcards):
+    return _with_gt(evaluation_inputs(wildcards), run_of(wildcards).dataset, errors_gt(wildcards))
+
+
+def occlusion_inputs(wildcards):
+    dataset = run_of(wildcards).dataset
+    return _with_gt(evaluation_inputs(wildcards), dataset, PLAN.occlusion_gt(dataset))
+
+
+def subset_options(wildcards):
+    """For the occlusion subset: the val predictions are mapped onto its images by file name."""
+    if wildcards.get("analysis", "eval_occ").endswith("_occ"):
+        return shlex.join(["--predictions-gt", PLAN.gt(run_of(wildcards).dataset)])
+    return ""
+
+
 def run_outputs(run):
     """The files one run folder holds when the run is complete."""
     folder = PLAN.results_dir(run)
     names = ["run.json", "eval.json", "errors.json", "errors_legacy.json"]
+    if PLAN.occlusion_gt(run.dataset):
+        names += ["eval_occ.json", "errors_occ.json", "errors_legacy_occ.json"]
     if run.kind == "train":
         names.append("metrics.json")
     return [f"{folder}/{name}" for name in names]

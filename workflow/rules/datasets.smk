@@ -28,10 +28,13 @@ rule check_dataset:
     params:
         env=DCL_ENV,
         root=ROOT,
+        # COCO-OCC, where the user has it: validated here too (absent: a note, not an error).
+        occlusion=lambda wildcards: (f"--occlusion-subset {shlex.quote(PLAN.occlusion_subset)}"
+                                     if wildcards.dataset == "coco" and PLAN.occlusion_subset else ""),
     conda:
         "../envs/dcl.yaml"
     shell:
-        "{params.env} dcl data check --dataset {wildcards.dataset:q} --root {params.root:q} -o {output:q} > {log:q} 2>&1"
+        "{params.env} dcl data check --dataset {wildcards.dataset:q} --root {params.root:q} {params.occlusion} -o {output:q} > {log:q} 2>&1"
 
 
 rule cityscapes_to_coco:
@@ -51,3 +54,22 @@ rule cityscapes_to_coco:
         "../envs/dcl.yaml"
     shell:
         "dcl data cityscapes-to-coco {params.root:q} --split val -o {output:q} > {log:q} 2>&1"
+
+
+rule cityscapes_to_coco_detectron:
+    # The GT of the original error analysis (Detectron's conversion rules), for errors_legacy:
+    # same image and category ids as the file above, so the same predictions score on both.
+    # (`dcl data toy` writes the toy one itself.)
+    input:
+        ancient(check_stamp("cityscapes")),
+    output:
+        PLAN.errors_gt("cityscapes", legacy=True),
+    log:
+        f"{LOGS}/data/cityscapes_to_coco_detectron.log",
+    localrule: True
+    params:
+        root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
+    conda:
+        "../envs/dcl.yaml"
+    shell:
+        "dcl data cityscapes-to-coco {params.root:q} --split val --style detectron -o {output:q} > {log:q} 2>&1"

@@ -1,21 +1,25 @@
 # The segmentation-error analysis of each run: how much AP removing fFP, bFP or FN would gain.
 # `errors.json` matches each detection correctly; `errors_legacy.json` reproduces the original
-# tool, which the paper's tables used (an unmatched detection counts against the last GT).
+# tool, which the paper's tables used (an unmatched detection counts against the last GT), on
+# the original tool's GT: for Cityscapes the file Detectron's converter wrote (PLAN.errors_gt).
+# COCO runs, where the occlusion subset (COCO-OCC) is there, get both on it too (*_occ.json),
+# from the val predictions mapped onto its images by file name.
 
 
 rule errors:
     input:
-        unpack(evaluation_inputs),
+        unpack(errors_inputs),
     output:
         f"{RUN_DIR}/{{analysis}}.json",
     log:
         PLAN.log_pattern("{analysis}"),
     wildcard_constraints:
-        analysis="errors|errors_legacy",
+        analysis="errors|errors_legacy|errors_occ|errors_legacy_occ",
     threads: 1
     params:
-        gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),
-        options=lambda wildcards: PLAN.errors_options(wildcards.analysis == "errors_legacy"),
+        gt=errors_gt,
+        options=lambda wildcards: " ".join(filter(None, [subset_options(wildcards),
+                                                         PLAN.errors_options(wildcards.analysis.startswith("errors_legacy"))])),
     conda:
         "../envs/dcl.yaml"
     shell:

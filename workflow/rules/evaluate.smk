@@ -16,3 +16,16 @@ rule evaluate:
         "../envs/dcl.yaml"
     shell:
         "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} -j {threads} -o {output:q} > {log:q} 2>&1"
+
+
+# COCO runs on the occlusion subset (COCO-OCC), from the val predictions: no extra inference.
+use rule evaluate as evaluate_occ with:
+    input:
+        unpack(occlusion_inputs),
+    output:
+        f"{RUN_DIR}/eval_occ.json",
+    log:
+        f"{LOGS}/evaluate_occ/{{experiment}}/seed{{seed}}.log",
+    params:
+        gt=lambda wildcards: PLAN.occlusion_gt(run_of(wildcards).dataset),
+        options=lambda wildcards: " ".join(filter(None, [subset_options(wildcards), PLAN.evaluate_options(run_of(wildcards))])),
