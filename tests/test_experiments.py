@@ -197,9 +197,9 @@ def test_experiments_json_locates_work_dirs_and_logs_from_wherever_it_is_read(tm
     config["released"] = [{"name": "toy_released", "dataset": "toy_coco", "init": "scratch",
                            "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
                            "weights": "model.pth"}]
-    records = {r["experiment"]: r for r in Plan(config, repo_root=REPO, working_dir=tmp_path).document()["runs"]}
-    assert records["toy_coco_dcl"]["output_dir"] == str(tmp_path / "scratch/toy/toy_coco_dcl/seed0")
-    assert records["toy_released"]["logs"]["inference"] == "../../logs/toy/inference/toy_released/seed0.log"
+    records = {(r["experiment"], r["seed"]): r for r in Plan(config, repo_root=REPO, working_dir=tmp_path).document()["runs"]}
+    assert records["toy_coco_dcl", 1]["output_dir"] == str(tmp_path / "scratch/toy/toy_coco_dcl/seed1")
+    assert records["toy_released", 0]["logs"]["inference"] == "../../logs/toy/inference/toy_released/seed0.log"
 
 
 def test_toy_preset_runs_on_the_cpu():

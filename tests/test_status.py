@@ -39,7 +39,9 @@ def at(seconds: float) -> float:
 def tree(tmp_path, monkeypatch):
     """A toy preset's working directory: results/toy/experiments.json and work_dirs/toy/."""
     monkeypatch.chdir(tmp_path)
-    plan = Plan(read_config_file(REPO / "configs" / "toy.yaml"), repo_root=REPO, working_dir=tmp_path)
+    config = read_config_file(REPO / "configs" / "toy.yaml")
+    config["defaults"]["seeds"] = [0]  # one line per experiment, as these tests name them
+    plan = Plan(config, repo_root=REPO, working_dir=tmp_path)
     results = Path("results/toy")
     results.mkdir(parents=True)
     (results / "experiments.json").write_text(json.dumps(plan.document()))
