@@ -56,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 # numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum).
 SEED_LIMIT = 2**32
+DEFAULT_MAX_CHUNKS = 50  # the schema's default for max_chunks
 
 # What `method: dcl` switches on (the original README's command lines).
 DCL_HEAD_OVERRIDES: tuple[tuple[str, str], ...] = (
@@ -355,6 +356,7 @@ class Plan:
         # whichever config file or --config put each key there first. Keys are distinct, so
         # their order does not change the merged detectron2 config.
         self.global_overrides = tuple((k, format_override_value(v)) for k, v in sorted(config["train_overrides"].items()))
+        self.max_chunks: int = int(config.get("max_chunks", DEFAULT_MAX_CHUNKS))
         self._missing_configs: dict[str, list[str]] = {}
         self.runs: list[Run] = []
         self._expand()
@@ -630,7 +632,7 @@ class Plan:
         the job's resources). Training always resumes from the last checkpoint in OUTPUT_DIR, so a
         job that was stopped (time limit, pre-emption, failure) continues when it is re-run."""
         args = ["--config-file", run_.config_file]
-        args += ["--eval-only"] if run_.kind == "released" else ["--resume"]
+        args += ["--eval-only"] if run_.kind == "released" else ["--resume", "--max-chunks", str(self.max_chunks)]
         args += ["--results-dir", self.results_dir(run_)]
         pairs = list(run_.overrides)
         if run_.weights_file is not None:

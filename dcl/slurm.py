@@ -5,7 +5,7 @@ multi-node step (``srun --ntasks-per-node=1 dcl train --num-gpus G ...`` on N no
 ``N`` machines, rank ``$SLURM_NODEID`` and ``tcp://<first host of $SLURM_STEP_NODELIST>:<port>``
 (``$MASTER_PORT``, else 20000 + job id mod 20000: the same on every node, different between
 jobs); anything else is one machine. Also the pre-timeout signal a training job asks Slurm
-for. Standard library only.
+for, and the requeue of a job for the next chunk of a training. Standard library only.
 """
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import dataclasses
 import itertools
 import os
 import re
+import subprocess
 from typing import Mapping, Optional
 
 from dcl.io import InputError
 
-__all__ = ["DistributedLayout", "expand_hostlist", "resolve_distributed", "slurm_job", "stop_signal_option"]
+__all__ = ["DistributedLayout", "expand_hostlist", "requeue_own_job", "resolve_distributed", "slurm_job",
+           "stop_signal_option"]
 
 # SIGTERM, to every process of the job steps (no `B:`, which reaches only the batch shell), this
 # long before the time limit: time for the current iteration and a checkpoint.
@@ -142,3 +144,21 @@ def slurm_job(env: Optional[Mapping[str, str]] = None) -> Optional[dict]:
         return None
     return {"job_id": env["SLURM_JOB_ID"], "nodes": env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST")),
             "ntasks": int(env["SLURM_NTASKS"]) if env.get("SLURM_NTASKS", "").isdigit() else None}
+
+
+def requeue_own_job(max_chunks: int, chunks_used: int) -> str:
+    """Put the Slurm batch job this process runs in back into the queue (``scontrol requeue``,
+    same job id, so Snakemake keeps waiting for it), for the next chunk of an interrupted
+    training; Slurm then ends this job. Returns what happened, for the log."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return "not in a Slurm job: nothing requeued"
+    if chunks_used >= max_chunks:
+        return f"{chunks_used} of at most {max_chunks} chunks used: not requeued (raise max_chunks to go on)"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"scontrol requeue {job_id} failed: {error}"
+    if done.returncode != 0:
+        return f"scontrol requeue {job_id} failed: {(done.stderr or done.stdout).strip()}"
+    return f"Slurm job {job_id} requeued for chunk {chunks_used + 1} of at most {max_chunks}"

@@ -91,7 +91,7 @@ from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text
     remove_stale_temporaries, staging_directory
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.runrecord import RUN_RECORD, RunRecord, git_state, now
-from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
+from dcl.slurm import DistributedLayout, requeue_own_job, resolve_distributed, slurm_job
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -787,7 +787,8 @@ class _Job:
 
 def _command(args: argparse.Namespace) -> list[str]:
     command = ["dcl", "train"]
-    for flag in ("config_file", "num_gpus", "num_machines", "machine_rank", "dist_url", "results_dir", "weights_dir"):
+    for flag in ("config_file", "num_gpus", "num_machines", "machine_rank", "dist_url", "results_dir", "weights_dir",
+                 "max_chunks"):
         value = getattr(args, flag, None)
         if value not in (None, ""):
             command += [f"--{flag.replace('_', '-')}", str(value)]
@@ -921,6 +922,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"on success copy {RUN_RECORD}, metrics.json, config.yaml and {EVAL_RESULTS} here")
     parser.add_argument("--weights-dir", default=None, metavar="DIR",
                         help=f"where URL weights are looked up (default: ${dcl_weights.ENV_WEIGHTS_DIR}, else ./weights)")
+    parser.add_argument("--max-chunks", type=int, default=None, metavar="N",
+                        help="in a Slurm batch job: when interrupted, requeue the job (scontrol requeue) "
+                             "to resume, until the run has had N attempts")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the command (config, weights, datasets, model on the CPU) without training")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -1074,7 +1078,10 @@ def run(args: argparse.Namespace) -> int:
     # during the set-up: record it, and end the run as interrupted once its run record exists.
     with STOP.handling(stop_point="once the run is set up"):
         try:
-            return _run(args)
+            code = _run(args)
+            if code == EXIT_INTERRUPTED and args.max_chunks is not None:
+                _requeue_for_the_next_chunk(args)
+            return code
         except InputError:
             raise
         except KeyboardInterrupt:
@@ -1089,8 +1096,22 @@ def run(args: argparse.Namespace) -> int:
             _kill_loader_workers()
 
 
+def _requeue_for_the_next_chunk(args: argparse.Namespace) -> None:
+    """An interrupted training in a Slurm batch job continues in the same job, requeued: the
+    workflow sees one job however many time limits or pre-emptions it takes (``--max-chunks``)."""
+    cfg = load_config(args.config_file, args.opts)
+    try:
+        attempts = len(read_json(_record_path(Path(cfg.OUTPUT_DIR), False), "run record").get("attempts", []))
+    except InputError as error:
+        logger.warning("not requeued: %s", error)
+        return
+    logger.warning("%s", requeue_own_job(args.max_chunks, attempts))
+
+
 def _run(args: argparse.Namespace) -> int:
     _take_trailing_options(args)
+    if args.max_chunks is not None and args.max_chunks < 1:
+        raise InputError(f"--max-chunks must be at least 1, got {args.max_chunks}")
     opts = args.opts
     cfg = load_config(args.config_file, opts)
     layout = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)

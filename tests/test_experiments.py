@@ -107,18 +107,26 @@ def test_paper_train_command_is_the_original_readme_recipe():
     plan = paper_plan()
     arguments = plan.train_arguments(plan.run("cityscapes_coco_dcl", 1))
     assert arguments == [
-        "--config-file", CITYSCAPES_COCO, "--resume", "--results-dir", "results/paper/runs/cityscapes_coco_dcl/seed1",
+        "--config-file", CITYSCAPES_COCO, "--resume", "--max-chunks", "50", "--results-dir", "results/paper/runs/cityscapes_coco_dcl/seed1",
         "SOLVER.IMS_PER_BATCH", "8", *DCL_HEADS, "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "1.6",
         "MODEL.WEIGHTS", COCO_3X, "SEED", "1", "OUTPUT_DIR", "work_dirs/paper/cityscapes_coco_dcl/seed1",
     ]
     arguments = plan.train_arguments(plan.run("coco_baseline", 0))
     assert arguments == [
-        "--config-file", COCO, "--resume", "--results-dir", "results/paper/runs/coco_baseline/seed0",
+        "--config-file", COCO, "--resume", "--max-chunks", "50", "--results-dir", "results/paper/runs/coco_baseline/seed0",
         "SOLVER.IMS_PER_BATCH", "16", "MODEL.WEIGHTS", R50, "SEED", "0", "OUTPUT_DIR", "work_dirs/paper/coco_baseline/seed0",
     ]
     arguments = plan.train_arguments(plan.run("cityscapes_imagenet_dcl_with_proj_off", 2))
     assert arguments[arguments.index("MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT"):][:4] == [
         "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "1.2", "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.WITH_PROJ", "False"]
+
+
+def test_max_chunks_comes_from_the_workflow_config():
+    config = read_config_file(TOY)
+    config["max_chunks"] = 7
+    plan = Plan(config, repo_root=REPO, working_dir=REPO)
+    arguments = plan.train_arguments(plan.run("toy_coco_dcl", 0))
+    assert arguments[arguments.index("--max-chunks") + 1] == "7"
 
 
 def test_paper_released_checkpoints_are_evaluated_not_trained():

@@ -23,7 +23,8 @@ from dcl import train
 from dcl.cli import main
 from dcl.io import InputError, read_json
 from dcl.runrecord import RunRecord
-from dcl.slurm import DistributedLayout, expand_hostlist, resolve_distributed, slurm_job, stop_signal_option
+from dcl.slurm import (DistributedLayout, expand_hostlist, requeue_own_job, resolve_distributed, slurm_job,
+                       stop_signal_option)
 from dcl.train import EXIT_INTERRUPTED, AtomicCheckpointer, ResumableTrainingSampler, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,6 +199,28 @@ def test_slurm_job_record():
     (3, "--signal=TERM@90"), (2, "--signal=TERM@60"), (1, "--signal=TERM@60")])
 def test_stop_signal_leaves_five_minutes_or_half_a_short_limit(runtime, option):
     assert stop_signal_option(runtime) == option
+
+
+def test_an_interrupted_slurm_job_requeues_itself_until_max_chunks(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert requeue_own_job(50, 3) == "not in a Slurm job: nothing requeued"
+    monkeypatch.setenv("SLURM_JOB_ID", "4711")
+    assert requeue_own_job(50, 3) == "Slurm job 4711 requeued for chunk 4 of at most 50"
+    assert calls.read_text() == "requeue 4711\n"
+    assert requeue_own_job(3, 3) == "3 of at most 3 chunks used: not requeued (raise max_chunks to go on)"
+    assert calls.read_text() == "requeue 4711\n"  # not called again
+    scontrol.write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
+    assert requeue_own_job(50, 1) == "scontrol requeue 4711 failed: Invalid job id specified"
+
+
+def test_max_chunks_must_be_positive(capsys):
+    assert main(["train", "--config-file", TOY, "--max-chunks", "0"]) == 1
+    assert "--max-chunks must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_distributed_layout_command_line_wins():

@@ -278,10 +278,13 @@ def training_progress(run_json: Path, at_least: int, attempts: int):
     return None
 
 
-def fault_config(workdir: Path, name: str, experiment: str, overrides: dict) -> Path:
-    """A workflow config of one's own: the toy preset reduced to one experiment and no ablation,
-    with its own schedule. The preset name gives it its own results/, work_dirs/ and logs/."""
+def fault_config(workdir: Path, name: str, experiment: str, overrides: dict, **settings) -> Path:
+    """A workflow config of one's own: the toy preset reduced to one experiment, one seed and no
+    ablation, with its own schedule (and other top-level ``settings``). The preset name gives it
+    its own results/, work_dirs/ and logs/."""
     config = yaml.safe_load((workdir / "configs/toy.yaml").read_text())
+    config.update(settings)
+    config["defaults"]["seeds"] = [0]
     config["preset"] = name
     config["experiments"] = [e for e in config["experiments"] if e["name"] == experiment]
     config["ablations"] = []
@@ -530,6 +533,76 @@ def test_status_shows_a_slurm_training_with_its_job_and_node(slurm_cluster, faul
     assert (row["state"], row["iteration"], row["chunks"]) == ("finished", 6 * RECORD_PERIOD, 1), row
 
 
+def job_state(cluster, job_id: str) -> str:
+    out = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "-o", "%T"], env=cluster.env,
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    return out[0] if out else ""
+
+
+def chunk_progress(run_json: Path, chunk: int):
+    """run.json once the ``chunk``-th attempt has recorded progress of its own, else None."""
+    record = training_progress(run_json, 1, attempts=chunk)
+    if record is not None and record["iteration"] > record["attempts"][-1]["start_iter"]:
+        return record
+    return None
+
+
+def test_a_training_preempted_six_times_completes_in_requeued_chunks(slurm_cluster, fault_workdir):
+    """Six pre-emptions (scancel --signal=TERM while it trains, as Slurm's pre-emption and
+    pre-timeout signal do): each time dcl train checkpoints, requeues its own job (the same
+    job id, so Snakemake keeps waiting) and the next chunk resumes, unattended. Slurm holds a
+    requeued job for a few minutes (reason BeginTime); the test lifts that hold (as a busy
+    cluster's queue wait would end) to keep the run short."""
+    workdir, env = fault_workdir, user_env(slurm_cluster)
+    preemptions = 6
+    fault_config(workdir, "toy_chunks", "toy_coco_baseline",
+                 {"SOLVER.MAX_ITER": 10 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5})
+    args = ["--profile", "slurm", "--configfile", "toy_chunks.yaml", *cluster_test_settings(workdir)]
+    output_dir = workdir / "work_dirs/toy_chunks/toy_coco_baseline/seed0"
+    run_json = output_dir / "run.json"
+    head = start_snakemake(workdir, args, env)
+    try:
+        job_id = None
+        for chunk in range(1, preemptions + 1):
+            record = wait_for(lambda: chunk_progress(run_json, chunk), f"chunk {chunk} to train", 600, head)
+            job_id = job_id or record["slurm"]["job_id"]
+            assert record["slurm"]["job_id"] == job_id, "a chunk ran as another Slurm job"
+            subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm_cluster.env, check=True, timeout=30)
+            wait_for(lambda: job_state(slurm_cluster, job_id) == "PENDING", f"job {job_id} to be requeued", 300, head)
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_cluster.env,
+                           check=True, timeout=30)
+        run = finish_snakemake(workdir, head)
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+    assert run.returncode == 0, run.tail()
+    record = read_json(run_json)
+    assert_attempts_chain(record, ["interrupted"] * preemptions + ["finished"])
+    assert record["slurm"]["job_id"] == job_id and run.slurm_ids_of("train") == [job_id]
+    assert stop_messages(output_dir / "log.txt") == ["SIGTERM"] * preemptions
+    assert training_starts(output_dir / "log.txt") == [a["start_iter"] for a in record["attempts"]]
+    assert "requeued for chunk 7 of at most 50" in (output_dir / "log.txt").read_text()
+    assert read_json(workdir / "results/toy_chunks/runs/toy_coco_baseline/seed0/run.json")["iteration"] == 10 * RECORD_PERIOD
+    assert "toy_coco_baseline" in (workdir / "results/toy_chunks/tables/run_inventory.md").read_text()
+
+
+def test_a_deterministic_failure_is_submitted_twice_at_most(slurm_cluster, fault_workdir):
+    """A training that fails (exit 1: here a NaN loss) is not requeued; the train rule's one
+    retry submits it once more, and then the workflow fails, with the report written."""
+    workdir, env = fault_workdir, user_env(slurm_cluster)
+    fault_config(workdir, "toy_nan", "toy_coco_baseline",
+                 {"SOLVER.MAX_ITER": 30, "SOLVER.BASE_LR": 100000.0, "SOLVER.CLIP_GRADIENTS.ENABLED": False})
+    run = run_snakemake(workdir, ["--profile", "slurm", "--configfile", "toy_nan.yaml", *cluster_test_settings(workdir)],
+                        env)
+    assert run.returncode != 0, run.tail()
+    assert len(run.slurm_ids_of("train")) == 2, run.tail()
+    record = read_json(workdir / "work_dirs/toy_nan/toy_coco_baseline/seed0/run.json")
+    assert record["status"] == "failed" and "NaN" in record["error"]
+    assert [a["status"] for a in record["attempts"]] == ["failed", "failed"]
+    assert "failed" in (workdir / "results/toy_nan/README.md").read_text()
+
+
 def workflow_signal(workdir: Path, args: list[str], env: dict[str, str]) -> tuple[str, str]:
     """The pre-timeout signal the workflow asks Slurm for in the train rule (from a dry run):
     (``B:`` or "", signal name)."""
@@ -546,11 +619,12 @@ def workflow_signal(workdir: Path, args: list[str], env: dict[str, str]) -> tupl
 def test_time_limit_signal_checkpoints_and_the_retry_resumes(slurm_cluster, fault_workdir):
     """The first attempt gets a 3-minute time limit for 400 iterations: Slurm's pre-timeout
     signal (the workflow's own, with an offset that fits in three minutes) makes dcl train
-    checkpoint and stop before the limit; Snakemake's retry (the profile's `retries`), with a
-    longer limit, resumes from the checkpoint and the pipeline completes."""
+    checkpoint and stop before the limit. With max_chunks 1 it does not requeue itself (that is
+    the chunk test's subject), so the train rule's retry, with a longer limit, resumes from the
+    checkpoint and the pipeline completes."""
     workdir, env = fault_workdir, user_env(slurm_cluster)
     fault_config(workdir, "toy_timeout", "toy_coco_dcl",
-                 {"SOLVER.MAX_ITER": 20 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5})
+                 {"SOLVER.MAX_ITER": 20 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5}, max_chunks=1)
     base = ["--profile", "slurm", "--configfile", "toy_timeout.yaml"]
     batch_only, name = workflow_signal(workdir, [*base, *cluster_test_settings(workdir)], env)
     assert batch_only == "", "--signal=B:... reaches only the batch shell, never dcl train"
@@ -571,6 +645,7 @@ def test_time_limit_signal_checkpoints_and_the_retry_resumes(slurm_cluster, faul
     assert training_starts(output_dir / "log.txt") == [a["start_iter"] for a in record["attempts"]]
     signal_name = name if name.startswith("SIG") else f"SIG{name}"
     assert stop_messages(output_dir / "log.txt") == [signal_name], "the signal did not reach dcl train in training"
+    assert "1 of at most 1 chunks used: not requeued" in (output_dir / "log.txt").read_text()
     # The first job ended on the signal inside its three minutes (FAILED with dcl train's exit code 75,
     # not killed by Slurm at the limit: TIMEOUT); the retry was a new job with the longer limit.
     first, retry = run.slurm_ids_of("train")
@@ -593,10 +668,8 @@ def test_bad_input_fails_its_job_only_and_the_fixed_rerun_completes(slurm_cluste
     independent = workdir / "results/toy/runs/toy_coco_baseline/seed0/eval.json"
     independent.unlink()
 
-    # Test-only: no retries for this invocation. The profile's `retries: 3` apply to every rule,
-    # so each of the 3 failing jobs would run 4 times, at the plugin's growing status-check
-    # interval (~3 more minutes), to fail the same way; retries are test_time_limit's subject.
-    failed = run_snakemake(workdir, [*toy_run.args, "--retries", "0"], env, log_name="failed.out")
+    # The profile retries no CPU step (`retries: 0`): each failing job runs once.
+    failed = run_snakemake(workdir, toy_run.args, env, log_name="failed.out")
     assert failed.returncode != 0, failed.tail()
     failed_jobs = [job for job in failed.jobs() if job.wildcards.get("experiment") == bad_run]
     assert {job.rule for job in failed_jobs} == {"evaluate", "errors"}, failed_jobs

@@ -1,9 +1,9 @@
 # Training (one job per experiment x seed) and inference of released checkpoints. The command
 # line comes from dcl.experiments.Plan.train_arguments; --num-gpus from the job's resources.
 #
-# Stopping and resuming: `dcl train` checkpoints and exits non-zero on SIGTERM/SIGUSR1, and every
-# training command passes --resume, so a re-run (Snakemake's `retries`, or the next invocation)
-# continues from OUTPUT_DIR's last checkpoint. Checkpoints are not declared outputs, so Snakemake
+# Stopping and resuming: `dcl train` checkpoints and exits 75 on SIGTERM/SIGUSR1/SIGINT, and every
+# training command passes --resume, so a re-run continues from OUTPUT_DIR's last checkpoint: in a
+# Slurm job dcl train requeues that job itself (`--max-chunks`), elsewhere the next invocation. Checkpoints are not declared outputs, so Snakemake
 # never deletes them when a job fails. Under the Slurm executor the job runs as
 # `srun ... python -m snakemake` (a job step) -> bash -> dcl train; Slurm's `--signal=TERM@300`
 # (no `B:`; dcl.slurm.stop_signal_option: less for limits under 10 minutes) signals every process
@@ -34,6 +34,10 @@ rule train:
     wildcard_constraints:
         experiment=TRAINED,
     threads: lambda wildcards: run_of(wildcards).resources.cpus
+    # Time limits and pre-emption are not failures: dcl train requeues its own Slurm job for the
+    # next chunk (--max-chunks, from the workflow config). A failure (exit 1) is submitted once
+    # more; only by the main Snakemake: inside a cluster job this would rerun it in the same job.
+    retries: 1 if workflow.is_main_process else 0
     resources:
         **RUN_RESOURCES,
         slurm_extra=lambda wildcards: stop_signal_option(run_of(wildcards).resources.runtime),
