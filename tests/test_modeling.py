@@ -234,3 +234,37 @@ def test_dcl_model_predicts_exactly_what_the_baseline_predicts_with_the_same_wei
         assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
         assert torch.equal(a.scores, b.scores)
         assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+# --------------------------------------------------------------------------- DCL's value and gradient path
+
+def test_loss_contrast_is_the_loss_module_on_post_relu_deconv_features_and_28x28_gt_crops():
+    from dcl.loss import DenseContrastiveLoss
+
+    _, ours = make_heads()
+    ours.train()
+    instances = training_instances()
+    x = torch.randn(7, 16, 14, 14, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    hooked = {}
+    ours.deconv_relu.register_forward_hook(lambda module, args, out: hooked.setdefault("features", out))
+    torch.manual_seed(5)
+    with EventStorage():
+        losses = ours(x, instances)
+    features = hooked["features"]
+    assert features.shape == (7, 16, 28, 28) and (features >= 0).all()
+    # The GT crops, made here from the full-image masks and the proposal boxes (detectron2's cropping).
+    crops = torch.cat([i.gt_masks.crop_and_resize(i.proposal_boxes.tensor, 28) for i in instances])
+    reference = DenseContrastiveLoss(16, loss_weight=1.2, num_samples=32, temperature=0.07, with_proj=True,
+                                     max_instances=100)
+    reference.load_state_dict(ours.contrast_loss.state_dict())
+    torch.manual_seed(5)
+    expected = reference(features.detach(), crops)
+    assert expected.num_valid_rois > 0
+    torch.testing.assert_close(losses["loss_contrast"], expected.loss)
+    # The gradient path: every mask-head conv, the deconvolution and the head's input (the
+    # backbone's pooled features) get a non-zero gradient from loss_contrast alone.
+    losses["loss_contrast"].backward()
+    for name in ("mask_fcn1", "mask_fcn2", "deconv"):
+        assert getattr(ours, name).weight.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+    assert ours.predictor.weight.grad is None  # the predictor is after the DCL features
