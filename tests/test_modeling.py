@@ -268,3 +268,39 @@ def test_loss_contrast_is_the_loss_module_on_post_relu_deconv_features_and_28x28
         assert getattr(ours, name).weight.grad.abs().sum() > 0, name
     assert x.grad.abs().sum() > 0
     assert ours.predictor.weight.grad is None  # the predictor is after the DCL features
+
+
+def toy_step_gradients(*extra):
+    """One toy training step: (gradient of loss_contrast alone, gradient of all losses) per parameter."""
+    model = toy_model(*DCL_HEADS, *extra)
+    model.train()
+    torch.manual_seed(1)
+    with EventStorage():
+        losses = model(toy_batch())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    contrast = torch.autograd.grad(losses["loss_contrast"], list(params.values()), retain_graph=True,
+                                   allow_unused=True)
+    total = torch.autograd.grad(sum(losses.values()), list(params.values()), allow_unused=True)
+    zero = lambda g, p: torch.zeros_like(p) if g is None else g  # noqa: E731
+    return ({n: zero(g, p) for (n, p), g in zip(params.items(), contrast)},
+            {n: zero(g, p) for (n, p), g in zip(params.items(), total)})
+
+
+def test_toy_training_step_dcl_gradient_reaches_head_and_backbone_and_vanishes_at_weight_zero():
+    contrast, total = toy_step_gradients()
+    head = "roi_heads.mask_head."
+    for name in (f"{head}mask_fcn1.weight", f"{head}deconv.weight"):
+        assert contrast[name].abs().sum() > 0, name
+    backbone = [n for n in contrast if n.startswith("backbone.")]
+    assert backbone and all(contrast[n].abs().sum() > 0 for n in backbone if "bottom_up" in n), backbone
+    assert contrast[f"{head}predictor.weight"].abs().sum() == 0
+    # LOSS_WEIGHT 0: the step's gradients are exactly those without the DCL contribution.
+    contrast0, total0 = toy_step_gradients("MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "0.0")
+    changed = 0
+    for name in total:
+        assert contrast0[name].abs().sum() == 0, name
+        # float32 sums in another order: tolerance relative to the gradient's scale
+        scale = float(total[name].abs().max()) + 1e-12
+        torch.testing.assert_close(total0[name], total[name] - contrast[name], rtol=1e-3, atol=1e-3 * scale)
+        changed += bool((contrast[name] != 0).any())
+    assert changed > 0
