@@ -234,3 +234,73 @@ def test_dcl_model_predicts_exactly_what_the_baseline_predicts_with_the_same_wei
         assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
         assert torch.equal(a.scores, b.scores)
         assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+# --------------------------------------------------------------------------- DCL's value and gradient path
+
+def test_loss_contrast_is_the_loss_module_on_post_relu_deconv_features_and_28x28_gt_crops():
+    from dcl.loss import DenseContrastiveLoss
+
+    _, ours = make_heads()
+    ours.train()
+    instances = training_instances()
+    x = torch.randn(7, 16, 14, 14, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    hooked = {}
+    ours.deconv_relu.register_forward_hook(lambda module, args, out: hooked.setdefault("features", out))
+    torch.manual_seed(5)
+    with EventStorage():
+        losses = ours(x, instances)
+    features = hooked["features"]
+    assert features.shape == (7, 16, 28, 28) and (features >= 0).all()
+    # The GT crops, made here from the full-image masks and the proposal boxes (detectron2's cropping).
+    crops = torch.cat([i.gt_masks.crop_and_resize(i.proposal_boxes.tensor, 28) for i in instances])
+    reference = DenseContrastiveLoss(16, loss_weight=1.2, num_samples=32, temperature=0.07, with_proj=True,
+                                     max_instances=100)
+    reference.load_state_dict(ours.contrast_loss.state_dict())
+    torch.manual_seed(5)
+    expected = reference(features.detach(), crops)
+    assert expected.num_valid_rois > 0
+    torch.testing.assert_close(losses["loss_contrast"], expected.loss)
+    # The gradient path: every mask-head conv, the deconvolution and the head's input (the
+    # backbone's pooled features) get a non-zero gradient from loss_contrast alone.
+    losses["loss_contrast"].backward()
+    for name in ("mask_fcn1", "mask_fcn2", "deconv"):
+        assert getattr(ours, name).weight.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+    assert ours.predictor.weight.grad is None  # the predictor is after the DCL features
+
+
+def toy_step_gradients(*extra):
+    """One toy training step: (gradient of loss_contrast alone, gradient of all losses) per parameter."""
+    model = toy_model(*DCL_HEADS, *extra)
+    model.train()
+    torch.manual_seed(1)
+    with EventStorage():
+        losses = model(toy_batch())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    contrast = torch.autograd.grad(losses["loss_contrast"], list(params.values()), retain_graph=True,
+                                   allow_unused=True)
+    total = torch.autograd.grad(sum(losses.values()), list(params.values()), allow_unused=True)
+    zero = lambda g, p: torch.zeros_like(p) if g is None else g  # noqa: E731
+    return ({n: zero(g, p) for (n, p), g in zip(params.items(), contrast)},
+            {n: zero(g, p) for (n, p), g in zip(params.items(), total)})
+
+
+def test_toy_training_step_dcl_gradient_reaches_head_and_backbone_and_vanishes_at_weight_zero():
+    contrast, total = toy_step_gradients()
+    head = "roi_heads.mask_head."
+    for name in (f"{head}mask_fcn1.weight", f"{head}deconv.weight"):
+        assert contrast[name].abs().sum() > 0, name
+    backbone = [n for n in contrast if n.startswith("backbone.")]
+    assert backbone and all(contrast[n].abs().sum() > 0 for n in backbone if "bottom_up" in n), backbone
+    assert contrast[f"{head}predictor.weight"].abs().sum() == 0
+    # LOSS_WEIGHT 0: the step's gradients are exactly those without the DCL contribution.
+    contrast0, total0 = toy_step_gradients("MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "0.0")
+    changed = 0
+    for name in total:
+        assert contrast0[name].abs().sum() == 0, name
+        # float32 sums in another order: tolerance relative to the gradient's scale
+        scale = float(total[name].abs().max()) + 1e-12
+        torch.testing.assert_close(total0[name], total[name] - contrast[name], rtol=1e-3, atol=1e-3 * scale)
+        changed += bool((contrast[name] != 0).any())
+    assert changed > 0

@@ -862,3 +862,60 @@ def test_coco_occ_column_tables_and_note(tmp_path):
     assert "also evaluated and error-analysed on the occlusion subset" in (used / "README.md").read_text()
     note = [line for line in (absent / "README.md").read_text().splitlines() if "COCO-OCC" in line]
     assert len(note) == 1 and note[0].startswith("Note: no occlusion subset (COCO-OCC) at `datasets/coco/")
+
+
+# ----------------------------------------------------------------------------- the verdict at its boundaries
+def judge(values, published, kind="train"):
+    """The verdict of a synthetic experiment (one finished run per value) against ``published``."""
+    from dcl.report.analysis import experiment_stats, reproduction
+
+    results = []
+    for seed, value in enumerate(values):
+        spec = inputs.ExpectedRun(experiment="x", seed=seed, kind=kind, dataset="cityscapes", init="imagenet",
+                                  method="dcl", group="released" if kind == "released" else "main",
+                                  ablation=None, metric="cityscapes.AP", run_dir=f"runs/x/seed{seed}")
+        results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
+    entry = inputs.PublishedEntry(dataset="cityscapes", init="imagenet", method="dcl", detector="d",
+                                  metric="cityscapes.AP", value=published, source="s", reproducible=True,
+                                  note="", index=0)
+    (row,) = reproduction([entry], experiment_stats(results))
+    return row.verdict
+
+
+def test_verdict_is_two_sample_stds_exactly():
+    # Seeds 36 and 38: sample std sqrt(2) (limit 2.828), population std 1 (limit 2), so a
+    # pstdev, 1-std or 3-std rule gives a different verdict at one of these published values.
+    values = [36.0, 38.0]
+    limit = 2 * statistics.stdev(values)
+    assert limit == pytest.approx(2 * math.sqrt(2))
+    for offset, expected in ((limit - 0.005, "reproduced"), (limit + 0.005, "not reproduced"),
+                             (-(limit - 0.005), "reproduced"), (-(limit + 0.005), "not reproduced"),
+                             (2.5, "reproduced"), (1.2, "reproduced"), (3.5, "not reproduced")):
+        assert judge(values, 37.0 + offset) == expected, offset
+
+
+def test_released_verdict_is_half_a_published_digit():
+    for value, expected in ((37.149, "reproduced"), (37.051, "reproduced"), (37.152, "not reproduced"),
+                            (37.048, "not reproduced"), (37.1, "reproduced")):
+        assert judge([value], 37.1, kind="released") == expected, value
+    assert judge([37.45], 37.0, kind="released") == "reproduced"  # an integer: +-0.5
+    assert judge([37.55], 37.0, kind="released") == "not reproduced"
+    assert judge([37.12], 37.12, kind="released") == "reproduced"
+    assert judge([37.126], 37.12, kind="released") == "not reproduced"  # 0.01 precision: +-0.005
+
+
+def test_paired_statistics_differ_from_the_plausible_wrong_formulas():
+    # n = 3 pairs: t quantile with df 2 (4.303) vs df 3 (3.182) vs z (1.960); p two-sided vs one.
+    baseline, dcl = [35.0, 35.6, 36.1], [36.4, 37.3, 36.9]
+    d = [b - a for a, b in zip(baseline, dcl)]
+    got = paired_difference(dict(enumerate(baseline)), dict(enumerate(dcl)))
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    t = mean / (sd / math.sqrt(3))
+    assert (got.ci_low, got.ci_high) == pytest.approx((mean - half, mean + half), rel=1e-9)
+    assert got.p_value == pytest.approx(2 * scipy_stats.t.sf(t, 2), rel=1e-9)
+    for wrong_half in (1.96 * sd / math.sqrt(3), scipy_stats.t.ppf(0.975, 3) * sd / math.sqrt(3),
+                       scipy_stats.t.ppf(0.975, 2) * statistics.pstdev(d) / math.sqrt(3)):
+        assert abs((got.ci_high - got.ci_low) / 2 - wrong_half) > 0.05
+    assert abs(got.p_value - scipy_stats.t.sf(t, 2)) > 0.005
+    assert summarize([36.0, 38.0]).std == pytest.approx(math.sqrt(2)) != pytest.approx(1.0)
