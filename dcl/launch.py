@@ -12,8 +12,9 @@
   SIGTERM, which a ``dcl train`` worker reads as a stop request (finish the iteration,
   checkpoint), and a worker blocked in a collective waiting for the failed one never gets
   there. Here each worker leads its own process group (with its data-loader workers), dies with
-  the launcher (``PR_SET_PDEATHSIG``), and once any worker exits with a code outside
-  ``clean_exits`` the others are killed (SIGKILL to their groups) and :func:`launch` returns.
+  the launcher (``PR_SET_PDEATHSIG``) and exits at once when it raises; once any worker exits
+  with a code outside ``clean_exits`` the others are killed (SIGKILL to their groups) and
+  :func:`launch` returns.
 
 Signals for the workers (Slurm's pre-timeout SIGTERM) must be forwarded by the caller: the
 workers are not in the launcher's process group.
@@ -29,12 +30,11 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from datetime import timedelta
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["DEFAULT_TIMEOUT", "LaunchResult", "launch"]
-
-logger = logging.getLogger("dcl.launch")
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)  # as detectron2's launch
 _PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -100,14 +100,13 @@ def launch(
         failed = None
         running = list(workers)
         while running and failed is None:
-            multiprocessing.connection.wait([p.sentinel for p in running])
-            for process in [p for p in running if not p.is_alive()]:
+            # In the order they ended: a worker that fails takes its peers down with it.
+            for sentinel in multiprocessing.connection.wait([p.sentinel for p in running]):
+                process = next(p for p in running if p.sentinel == sentinel)
                 process.join()
                 running.remove(process)
                 if failed is None and process.exitcode not in clean_exits:
                     failed = workers.index(process)
-        if failed is not None:
-            logger.error("worker %d exited with code %s: stopping the others", failed, workers[failed].exitcode)
     finally:
         _kill(workers)
     return LaunchResult([p.exitcode for p in workers], failed)
@@ -149,9 +148,21 @@ def _worker(local_rank: int, main_func, world_size: int, num_workers: int, machi
         else:
             _gloo_worker(local_rank, world_size, num_workers, machine_rank, dist_url, timeout)
             main_func(*args)
+    except SystemExit:
+        raise
     except InputError as error:  # bad input: one line, as the CLI prints it
         print(f"worker {machine_rank * num_workers + local_rank}: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    except BaseException:
+        traceback.print_exc()
+    else:
+        return
+    # A failed worker ends now: Python's exit would terminate and join its data-loader workers,
+    # which ignore SIGTERM (dcl.train) and, while the traceback holds the loader, never stop.
+    # The launcher kills them with the worker's process group.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _gloo_worker(local_rank: int, world_size: int, num_workers: int, machine_rank: int, dist_url: str,
