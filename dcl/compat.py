@@ -23,6 +23,12 @@ Shims:
     training, inference and our evaluation never touch ``_C``; the ops that do (rotated boxes and
     rotated NMS, deformable convolution, detectron2's C++ COCO evaluator) raise
     ``MissingExtensionError`` naming the missing build instead of failing obscurely.
+
+Applied on request only:
+
+``cpu-ddp`` (:func:`allow_cpu_ddp`, called by CPU workers of :mod:`dcl.launch`)
+    detectron2's ``create_ddp_model`` passes ``device_ids=[local rank]``, which
+    DistributedDataParallel rejects for a CPU model; for a CPU model it passes none.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import importlib.util
 import sys
 import types
 
-__all__ = ["APPLIED", "MissingExtensionError", "has_extension"]
+__all__ = ["APPLIED", "MissingExtensionError", "allow_cpu_ddp", "has_extension"]
 
 APPLIED: list[str] = []
 
@@ -137,6 +143,23 @@ def _stand_in_for_missing_extension() -> None:
     library.impl("nms_rotated", nms_rotated, "CompositeExplicitAutograd")
     globals()["_TORCH_LIBRARY"] = library  # the op lives as long as the Library object
     APPLIED.append("detectron2._C")
+
+
+def allow_cpu_ddp() -> None:
+    """Let detectron2's ``DefaultTrainer`` wrap a CPU model in DistributedDataParallel (gloo)."""
+    if "cpu-ddp" in APPLIED:
+        return
+    from detectron2.engine import defaults
+
+    create_ddp_model = defaults.create_ddp_model
+
+    def create_ddp_model_on_any_device(model, **kwargs):
+        if "device_ids" not in kwargs and all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs["device_ids"] = None
+        return create_ddp_model(model, **kwargs)
+
+    defaults.create_ddp_model = create_ddp_model_on_any_device
+    APPLIED.append("cpu-ddp")
 
 
 def _apply() -> None:

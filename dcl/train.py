@@ -11,8 +11,10 @@ Extra options: ``--results-dir DIR`` (on success, copy the small results there),
 ``--weights-dir DIR`` (local weights directory, see :mod:`dcl.weights`), ``--dry-run`` (check the
 command: parse, resolve weights and datasets, build the model on the CPU; train nothing).
 
-Devices. ``MODEL.DEVICE cpu`` trains in this process (``--num-gpus 1``). With CUDA,
-``--num-gpus N`` starts N workers through detectron2's ``launch`` (NCCL). Under Slurm, a job
+Devices. ``--num-gpus 1`` on one machine trains in this process. ``--num-gpus N`` starts N
+worker processes (:mod:`dcl.launch`): with CUDA one per GPU (NCCL, detectron2's worker set-up);
+with ``MODEL.DEVICE cpu`` N CPU workers (gloo), e.g. to test the distributed code without GPUs.
+If one worker fails the others are killed and ``dcl train`` exits 1. Under Slurm, a job
 step started by ``srun`` on several nodes (one task per node, e.g.
 ``srun --ntasks-per-node=1 dcl train --num-gpus 4 ...``) takes the machine count, machine rank
 and rendezvous address from Slurm (:mod:`dcl.slurm`) unless ``--num-machines``/``--machine-rank``/
@@ -77,7 +79,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import DefaultTrainer, default_setup, hooks, launch
+from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -89,6 +91,7 @@ from dcl import weights as dcl_weights
 from dcl.experiments import SEED_LIMIT
 from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, read_json, \
     remove_stale_temporaries, staging_directory
+from dcl.launch import launch
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.runrecord import RUN_RECORD, RunRecord, git_state, now
 from dcl.slurm import DistributedLayout, requeue_own_job, resolve_distributed, slurm_job
@@ -286,7 +289,9 @@ def _agreed(flag: bool) -> bool:
     """True if ``flag`` is set on any worker (all workers must call this together)."""
     if comm.get_world_size() == 1:
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    # NCCL reduces CUDA tensors only; gloo (CPU workers) CPU tensors.
+    on_gpu = torch.distributed.get_backend() == torch.distributed.Backend.NCCL
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     value = torch.tensor([int(flag)], device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
@@ -944,9 +949,9 @@ def _check_devices(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
             raise InputError("MODEL.DEVICE is cuda but no CUDA GPU is visible here; add `MODEL.DEVICE cpu` to run on the CPU")
         if num_gpus > available:
             raise InputError(f"--num-gpus {num_gpus} but this machine has {available} visible GPU(s)")
-    elif num_gpus * num_machines != 1:
+    elif device != "cpu" and num_gpus * num_machines != 1:
         raise InputError(f"MODEL.DEVICE {device} runs in one process: use --num-gpus 1 on one machine "
-                         "(detectron2's multi-process launch needs CUDA GPUs)")
+                         "(several workers need CUDA GPUs, or the CPU: MODEL.DEVICE cpu)")
     world = num_gpus * num_machines
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise InputError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
@@ -1151,17 +1156,21 @@ def _run(args: argparse.Namespace) -> int:
                 "interrupted", EXIT_INTERRUPTED, signal_name=STOP.name)
         return EXIT_INTERRUPTED
     _forward_signals_to_workers()
-    try:
-        launch(_worker, args.num_gpus, num_machines=layout.num_machines, machine_rank=layout.machine_rank,
-               dist_url=layout.dist_url, args=(job,))
-    except torch.multiprocessing.ProcessExitedException as error:
-        _mark_failed_if_running(Path(job.record_path), error.exit_code, f"worker exited with code {error.exit_code}")
-        return EXIT_INTERRUPTED if error.exit_code == EXIT_INTERRUPTED else 1
-    except torch.multiprocessing.ProcessRaisedException as error:
-        _mark_failed_if_running(Path(job.record_path), 1, f"worker raised: {str(error).strip().splitlines()[-1]}")
-        print(error, file=sys.stderr)
-        return 1
-    return 0
+    return _launch_workers(job, args.num_gpus, layout, backend="nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo")
+
+
+def _launch_workers(job: _Job, num_gpus: int, layout: DistributedLayout, backend: str) -> int:
+    """Run ``_worker(job)`` in ``num_gpus`` processes of this machine; the exit code of the run."""
+    result = launch(_worker, num_gpus, num_machines=layout.num_machines, machine_rank=layout.machine_rank,
+                    dist_url=layout.dist_url, backend=backend, args=(job,), clean_exits=(0, EXIT_INTERRUPTED))
+    if result.failed is None:
+        return EXIT_INTERRUPTED if EXIT_INTERRUPTED in result.exit_codes else 0
+    code = result.exit_codes[result.failed]
+    rank = layout.machine_rank * num_gpus + result.failed
+    reason = f"worker {rank} {'exited with code ' + str(code) if code >= 0 else 'killed by ' + signal.Signals(-code).name}"
+    _mark_failed_if_running(Path(job.record_path), 1, reason)
+    print(f"dcl train: error: {reason}; the other workers were stopped", file=sys.stderr)
+    return 1
 
 
 def _mark_failed_if_running(path: Path, exit_code: int, reason: str) -> None:

@@ -470,8 +470,10 @@ def test_missing_inputs_are_clear_errors(project_dir, capsys):
     if not torch.cuda.is_available():
         assert main(["train", "--num-gpus", "4", "--config-file", TOY, "MODEL.DEVICE", "cuda"]) == 1
         assert "no CUDA GPU is visible here; add `MODEL.DEVICE cpu`" in capsys.readouterr().err
-    assert main(["train", "--num-gpus", "2", "--config-file", TOY]) == 1
-    assert "MODEL.DEVICE cpu runs in one process" in capsys.readouterr().err
+    assert main(["train", "--num-gpus", "2", "--config-file", TOY, "MODEL.DEVICE", "mps"]) == 1
+    assert "MODEL.DEVICE mps runs in one process" in capsys.readouterr().err
+    assert main(["train", "--num-gpus", "3", "--config-file", TOY]) == 1  # CPU workers: gloo
+    assert "SOLVER.IMS_PER_BATCH 4 is not divisible by the 3 worker(s)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("num_gpus", [1, 2])

@@ -18,6 +18,7 @@ pretty-print configs when it is importable (its pins conflict with modern packag
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -53,7 +54,9 @@ def pip(*args: str) -> None:
 
 
 def main() -> int:
-    if importlib.util.find_spec("detectron2") is not None:
+    # --wheel-dir DIR: only build the wheel into DIR (tools/prepare_offline.py), install nothing.
+    wheel_dir = Path(sys.argv[sys.argv.index("--wheel-dir") + 1]) if "--wheel-dir" in sys.argv else None
+    if wheel_dir is None and importlib.util.find_spec("detectron2") is not None:
         import detectron2
 
         print(f"detectron2 {detectron2.__version__} already installed at {detectron2.__path__[0]}")
@@ -73,7 +76,11 @@ def main() -> int:
         script = _BUILD_SCRIPT.format(version=LOCAL_VERSION, dist=str(dist))
         subprocess.run([sys.executable, "-c", script], cwd=source_dir, check=True)
         (wheel,) = dist.glob("*.whl")
-        pip("install", str(wheel))
+        if wheel_dir is not None:
+            wheel_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(wheel, wheel_dir / wheel.name)
+        else:
+            pip("install", str(wheel))
     return 0
 
 
