@@ -45,7 +45,9 @@ __all__ = [
     "ContrastRoIHeads",
     "add_dcl_config",
     "check_dcl_config",
+    "contrast_loss_arguments",
     "is_dcl_model_config",
+    "record_contrast_stats",
 ]
 
 
@@ -69,8 +71,25 @@ def add_dcl_config(cfg: CfgNode) -> CfgNode:
 
 
 def is_dcl_model_config(cfg: CfgNode) -> bool:
-    """True when the config trains with the dense contrastive loss (the DCL mask head)."""
-    return cfg.MODEL.MASK_ON and cfg.MODEL.ROI_MASK_HEAD.NAME == ContrastConvUpsampleHead.__name__
+    """True when the config trains with the dense contrastive loss (a mask head registered with
+    ``has_contrast_loss``: ``ContrastConvUpsampleHead``, ``RefineMaskContrastHead``)."""
+    name = cfg.MODEL.ROI_MASK_HEAD.NAME
+    return bool(cfg.MODEL.MASK_ON and name in ROI_MASK_HEAD_REGISTRY
+                and getattr(ROI_MASK_HEAD_REGISTRY.get(name), "has_contrast_loss", False))
+
+
+def contrast_loss_arguments(cfg: CfgNode) -> dict:
+    """The ``CONTRAST_LOSS`` keys as keyword arguments of :class:`DenseContrastiveLoss`."""
+    c = cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
+    return dict(loss_weight=c.LOSS_WEIGHT, num_samples=c.NUM_SAMPLES, temperature=c.TEMPERATURE,
+                with_proj=c.WITH_PROJ, max_instances=c.MAX_INSTANCES, loss_func=c.LOSS_FUNC)
+
+
+def record_contrast_stats(result) -> None:
+    """Put a step's ``dcl/num_rois`` and ``dcl/num_valid_rois`` into the event storage."""
+    storage = get_event_storage()
+    storage.put_scalar("dcl/num_rois", result.num_rois)
+    storage.put_scalar("dcl/num_valid_rois", result.num_valid_rois)
 
 
 def check_dcl_config(cfg: CfgNode) -> None:
@@ -101,6 +120,8 @@ class ContrastConvUpsampleHead(MaskRCNNConvUpsampleHead):
     ``deconv_relu``, ``predictor``) and ``contrast_loss`` (a :class:`DenseContrastiveLoss`,
     holding ``proj_head`` when ``WITH_PROJ``), the original implementation's names.
     """
+
+    has_contrast_loss = True
 
     @configurable
     def __init__(
@@ -145,15 +166,7 @@ class ContrastConvUpsampleHead(MaskRCNNConvUpsampleHead):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         check_dcl_config(cfg)
-        c = cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
-        ret.update(
-            contrast_loss_weight=c.LOSS_WEIGHT,
-            contrast_num_samples=c.NUM_SAMPLES,
-            contrast_temperature=c.TEMPERATURE,
-            contrast_with_proj=c.WITH_PROJ,
-            contrast_max_instances=c.MAX_INSTANCES,
-            contrast_loss_func=c.LOSS_FUNC,
-        )
+        ret.update({f"contrast_{key}": value for key, value in contrast_loss_arguments(cfg).items()})
         return ret
 
     def mask_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,9 +206,7 @@ class ContrastConvUpsampleHead(MaskRCNNConvUpsampleHead):
         losses = {"loss_mask": mask_rcnn_loss(logits, instances, self.vis_period) * self.loss_weight}
         gt_masks = self._contrast_gt_masks(instances, features.shape[-1], features.device)
         result = self.contrast_loss(features, gt_masks)
-        storage = get_event_storage()
-        storage.put_scalar("dcl/num_rois", result.num_rois)
-        storage.put_scalar("dcl/num_valid_rois", result.num_valid_rois)
+        record_contrast_stats(result)
         losses["loss_contrast"] = result.loss
         return losses
 

@@ -86,6 +86,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import dcl.modeling  # noqa: F401  (registers the DCL heads)
+from dcl.refinemask import add_refinemask_config  # (registers the RefineMask heads)
 from dcl import early_signals
 from dcl import weights as dcl_weights
 from dcl.experiments import SEED_LIMIT
@@ -134,6 +135,7 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
     """
     cfg = get_cfg()
     add_dcl_config(cfg)
+    add_refinemask_config(cfg)
     if config_file:
         if not Path(config_file).is_file():
             raise InputError(f"config file not found: {config_file}")
