@@ -96,14 +96,6 @@ def assert_nested_close(actual, expected, rtol, where="results"):
 
 
 @pytest.fixture(scope="module")
-def toy_datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", str(root), "--num-train", "8",
-                    "--num-val", "4"], check=True, capture_output=True)
-    return root
-
-
-@pytest.fixture(scope="module")
 def two_workers(toy_datasets, tmp_path_factory):
     """`dcl train --num-gpus 2` (CPU): 2 workers x 2 images, trained and evaluated."""
     base = tmp_path_factory.mktemp("two_workers")

@@ -68,14 +68,6 @@ def test_mixed_precision_keeps_the_dcl_loss_float32_and_finite():
     assert all(torch.isfinite(p.grad).all() for p in head.contrast_loss.parameters())
 
 
-@pytest.fixture(scope="module")
-def toy_datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", str(root), "--num-train", "8",
-                    "--num-val", "4"], check=True, capture_output=True)
-    return root
-
-
 @pytest.mark.parametrize("amp", [False, True])
 def test_toy_dcl_training_on_cuda(amp, toy_datasets, tmp_path):
     out = tmp_path / "out"

@@ -548,14 +548,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def toy_datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", str(root), "--num-train", "8",
-                    "--num-val", "4"], check=True, capture_output=True)
-    return root
-
-
 def run_dcl(args, env, cwd, *, launcher=None, stop_when=None, timeout=600):
     """Run `dcl <args>` (or `python launcher <args>`); optionally SIGTERM its process group as
     soon as the file ``stop_when`` exists. Returns (exit code, output)."""
