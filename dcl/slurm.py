@@ -155,6 +155,15 @@ def requeue_own_job(max_chunks: int, chunks_used: int) -> str:
         return "not in a Slurm job: nothing requeued"
     if chunks_used >= max_chunks:
         return f"{chunks_used} of at most {max_chunks} chunks used: not requeued (raise max_chunks to go on)"
+    # scancel sends the same SIGTERM as a pre-emption or the pre-timeout signal, but marks the job
+    # CANCELLED first: a job someone cancelled must stay cancelled.
+    try:
+        state = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format", "%T"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"squeue --jobs {job_id} failed: {error}: not requeued"
+    if state != "RUNNING":
+        return f"Slurm job {job_id} is {state or 'not in the queue'} (cancelled?): not requeued"
     try:
         done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as error:

@@ -206,6 +206,9 @@ def test_an_interrupted_slurm_job_requeues_itself_until_max_chunks(tmp_path, mon
     scontrol = tmp_path / "scontrol"
     scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
     scontrol.chmod(0o755)
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/sh\necho RUNNING\n")
+    squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert requeue_own_job(50, 3) == "not in a Slurm job: nothing requeued"
@@ -216,6 +219,8 @@ def test_an_interrupted_slurm_job_requeues_itself_until_max_chunks(tmp_path, mon
     assert calls.read_text() == "requeue 4711\n"  # not called again
     scontrol.write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
     assert requeue_own_job(50, 1) == "scontrol requeue 4711 failed: Invalid job id specified"
+    squeue.write_text("#!/bin/sh\necho CANCELLED\n")  # scancel: the same SIGTERM, but cancelled
+    assert requeue_own_job(50, 1) == "Slurm job 4711 is CANCELLED (cancelled?): not requeued"
 
 
 def test_max_chunks_must_be_positive(capsys):

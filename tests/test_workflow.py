@@ -458,7 +458,7 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
     config["experiments"].append({"name": "toy_coco_broken", "dataset": "toy_coco", "init": "scratch",
                                   "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
-                                  "overrides": {"MODEL.BACKBONE.NAME": "build_no_such_backbone"}})
+                                  "seeds": [0], "overrides": {"MODEL.BACKBONE.NAME": "build_no_such_backbone"}})
     (toy_run / "toy_broken.yaml").write_text(yaml.safe_dump(config))
     results = toy_run / "results" / "toy"
     before = (results / "README.md").stat().st_mtime
@@ -470,8 +470,8 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     assert "Error in rule train" in output and "some runs failed; the report of what finished" in output
     readme = (results / "README.md").read_text()
     assert (results / "README.md").stat().st_mtime > before
-    # The 6 runs of the toy matrix (the released one of the test above is not in this config) and the broken one.
-    assert "7 runs expected: 6 finished, 0 running, 0 incomplete, 1 failed, 0 missing." in readme
+    # The 10 runs of the toy matrix (the released one of the test above is not in this config) and the broken one.
+    assert "11 runs expected: 10 finished, 0 running, 0 incomplete, 1 failed, 0 missing." in readme
     failed = next(line for line in readme.splitlines() if line.startswith("- `toy_coco_broken` seed 0"))
     assert "**failed**" in failed and "build_no_such_backbone" in failed
     assert "log: logs/toy/train/toy_coco_broken/seed0.log" in failed and (toy_run / "logs/toy/train/toy_coco_broken/seed0.log").is_file()
