@@ -33,21 +33,23 @@ TensorBoard events, ``log.txt``, checkpoints ``model_<iter>.pth`` + ``last_check
 run in a directory that holds a training ``run.json`` writes its ``run.json``, ``config.yaml`` and
 ``log.txt`` to ``inference/`` instead, keeping the training's own.
 
-Preemption. SIGTERM or SIGUSR1 (Slurm sends SIGTERM at a time limit and on preemption; ask for
+Preemption. SIGTERM, SIGUSR1 or SIGINT (Slurm sends SIGTERM at a time limit and on preemption; ask for
 an early one with ``sbatch --signal=TERM@300``, or ``B:TERM@300`` when ``dcl train`` runs in the
 batch script itself rather than under ``srun``) lets the current iteration finish, saves a checkpoint at it
 (atomically: temporary file + rename, then ``last_checkpoint`` the same way), marks ``run.json``
 ``interrupted`` and exits with :data:`EXIT_INTERRUPTED`. During an evaluation the signal stops it
 at once; during the set-up (Slurm may send its early signal up to a minute before the requested
-offset) the run ends as interrupted before its first iteration. ``--resume`` continues from the
-saved iteration with the same LR schedule and the same data order (the sampler's seed is
-checkpointed and the images already seen are skipped; with aspect-ratio grouping, batches formed
-after the resume can differ slightly). Data-loader workers ignore these signals, so a signal
-sent to the whole process group cannot kill them mid-step.
+offset) the run ends as interrupted before its first iteration. ``--resume`` continues the run
+as if it had not stopped: optimizer and scheduler state are checkpointed, batches come from a
+resumable index stream (:class:`ResumableTrainingSampler`), and every RNG is seeded per
+iteration and per image (README, "The resume guarantee"). In a Slurm batch job ``--max-chunks N``
+requeues the interrupted job itself (:func:`dcl.slurm.requeue_own_job`). Data-loader workers
+ignore these signals, so a signal sent to the whole process group cannot kill them mid-step;
+on any exit they are shut down (and killed if need be) before the process ends.
 
 Exit codes: 0 finished; 1 failed (bad input: a one-line message; a crash: the traceback; both
 recorded in ``run.json``); 2 command-line usage error; 75 (``EX_TEMPFAIL``) interrupted: run the
-same command with ``--resume``.
+same command with ``--resume``; 130 a second Ctrl-C.
 """
 from __future__ import annotations
 
