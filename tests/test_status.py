@@ -62,8 +62,9 @@ def record(state, *, iteration, max_iter=160, attempts=None, update=100.0, **ext
             "attempts": attempts, "update_time": iso(update), "slurm": None, **extra}
 
 
-def by_name(report):
-    return {r["experiment"]: r for r in report["runs"]}
+def by_name(report, seed=0):
+    """The rows of one seed (the toy preset trains two), by experiment."""
+    return {r["experiment"]: r for r in report["runs"] if r["seed"] == seed}
 
 
 # ----------------------------------------------------------------------------- progress

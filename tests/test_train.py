@@ -671,6 +671,22 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
     gt_file = toy_datasets / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
     gt = read_json(gt_file)
     assert predictions and {p["image_id"] for p in predictions} <= {image["id"] for image in gt["images"]}
+    # The official Cityscapes AP, during training: what `dcl evaluate --cityscapes-root` (tested
+    # against cityscapesscripts run directly) gives on the same predictions.
+    from dcl.evaluation import evaluate
+
+    reference = evaluate(str(gt_file), predictions, cityscapes_root=toy_datasets / "cityscapes")["cityscapes"]
+    assert evaluation["cityscapes"] == {"AP": reference["AP"], "AP50": reference["AP50"]}
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any(m.get("cityscapes/AP") == reference["AP"] and "segm/AP" in m for m in metrics)
+    assert "Cityscapes instance-level AP (cityscapesscripts): AP" in (out / "log.txt").read_text()
+    assert "copypaste: Task: cityscapes" in (out / "log.txt").read_text()
+    # --eval-only records it too.
+    code, output = run_dcl(["train", "--eval-only", "--config-file", config, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
+    assert code == 0, output[-3000:]
+    assert read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]["cityscapes"] == evaluation["cityscapes"]
+    assert "Cityscapes instance-level AP (cityscapesscripts)" in (out / "inference" / "log.txt").read_text()
 
 
 # --------------------------------------------------------------------------- failures and resumes
@@ -864,23 +880,6 @@ def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
     assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
 
 
-    # The official Cityscapes AP, during training: what `dcl evaluate --cityscapes-root` (tested
-    # against cityscapesscripts run directly) gives on the same predictions.
-    from dcl.evaluation import evaluate
-
-    reference = evaluate(str(gt_file), predictions, cityscapes_root=toy_datasets / "cityscapes")["cityscapes"]
-    assert evaluation["cityscapes"] == {"AP": reference["AP"], "AP50": reference["AP50"]}
-    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert any(m.get("cityscapes/AP") == reference["AP"] and "segm/AP" in m for m in metrics)
-    assert "Cityscapes instance-level AP (cityscapesscripts): AP" in (out / "log.txt").read_text()
-    assert "copypaste: Task: cityscapes" in (out / "log.txt").read_text()
-    # --eval-only records it too.
-    code, output = run_dcl(["train", "--eval-only", "--config-file", config, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
-    assert code == 0, output[-3000:]
-    assert read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]["cityscapes"] == evaluation["cityscapes"]
-    assert "Cityscapes instance-level AP (cityscapesscripts)" in (out / "inference" / "log.txt").read_text()
-
 
 @pytest.mark.e2e
 def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_datasets, tmp_path):
@@ -899,8 +898,10 @@ def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_dataset
     plain = read_json(out / "inference" / "detectron2_eval.json")["toy_coco_val"]
     augmented = read_json(out / "inference_TTA" / "detectron2_eval.json")["toy_coco_val"]
     assert set(plain) == set(augmented) == {"bbox", "segm"}  # the same format, in its own folder
-    assert plain["segm"] != augmented["segm"]
-    assert json.loads((out / "inference_TTA" / "coco_instances_results.json").read_text())
+    # After three iterations both APs may be 0: the predictions themselves tell the two apart.
+    plain_predictions = json.loads((out / "inference" / "coco_instances_results.json").read_text())
+    augmented_predictions = json.loads((out / "inference_TTA" / "coco_instances_results.json").read_text())
+    assert augmented_predictions and augmented_predictions != plain_predictions
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any(m.get("segm_TTA/AP") == augmented["segm"]["AP"] for m in metrics)
     # --eval-only: the plain and the TTA evaluation, then the check (here of the TTA result).

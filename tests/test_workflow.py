@@ -116,14 +116,14 @@ def test_paper_training_command_lines(paper_dry_run):
     # detectron2 config files are named by their absolute path.)
     assert commands[("cityscapes_coco_dcl", "2")] == (
         f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/cityscapes_mask_rcnn_R_50_FPN_coco.yaml"
-        f" --resume --results-dir results/paper/runs/cityscapes_coco_dcl/seed2 SOLVER.IMS_PER_BATCH 8"
+        f" --resume --max-chunks 50 --results-dir results/paper/runs/cityscapes_coco_dcl/seed2 SOLVER.IMS_PER_BATCH 8"
         f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.6"
         f" MODEL.WEIGHTS weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
         f" SEED 2 OUTPUT_DIR work_dirs/paper/cityscapes_coco_dcl/seed2 > logs/paper/train/cityscapes_coco_dcl/seed2.log 2>&1")
     assert commands[("coco_dcl", "0")] == (
         f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/coco_mask_rcnn_R_50_FPN_1x.yaml"
-        f" --resume --results-dir results/paper/runs/coco_dcl/seed0 SOLVER.IMS_PER_BATCH 16"
+        f" --resume --max-chunks 50 --results-dir results/paper/runs/coco_dcl/seed0 SOLVER.IMS_PER_BATCH 16"
         f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 0.1 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
         f" SEED 0 OUTPUT_DIR work_dirs/paper/coco_dcl/seed0 > logs/paper/train/coco_dcl/seed0.log 2>&1")
@@ -479,9 +479,12 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
         inventory = {row["experiment"]: row["status"] for row in csv.DictReader(handle)}
     assert inventory == {**{run["experiment"]: "finished" for run in json.loads((results / "experiments.json").read_text())["runs"]},
                          "toy_coco_broken": "failed"}
-    # The finished runs' numbers are in the tables: one row per dataset x method of the main matrix.
-    main = (results / "tables" / "main_results.md").read_text()
-    assert main.count("Toy COCO") >= 2 and main.count("Toy Cityscapes") >= 2
+    # The finished runs' numbers are in the tables: per dataset, a baseline and a DCL row with every seed.
+    sections = (results / "tables" / "main_results.md").read_text().split("\n### ")[1:]
+    by_dataset = {section.split(",")[0]: section for section in sections}
+    assert set(by_dataset) == {"Toy COCO", "Toy Cityscapes"}
+    for section in by_dataset.values():
+        assert "| Baseline | 2/2 |" in section and "| DCL | 2/2 |" in section
     for name in ("training_curves", "error_breakdown", "ablations"):
         assert (results / "figures" / f"{name}.png").stat().st_mtime > before
     assert not list((results / "runs").glob("toy_coco_broken/seed0/*"))  # the report writes no run files
