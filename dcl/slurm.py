@@ -1,10 +1,12 @@
 """Where a ``dcl train`` process sits in a cluster: machine count, machine rank, rendezvous URL.
 
-From the command line when given, else from the Slurm job step that started the process: a
-multi-node step (``srun --ntasks-per-node=1 dcl train --num-gpus G ...`` on N nodes) gives
-``N`` machines, rank ``$SLURM_NODEID`` and ``tcp://<first host of $SLURM_STEP_NODELIST>:<port>``
-(``$MASTER_PORT``, else 20000 + job id mod 20000: the same on every node, different between
-jobs); anything else is one machine. Also the pre-timeout signal a training job asks Slurm
+From the command line when given, else from the Slurm job step that started the process: each
+task of a step of T tasks (``srun --ntasks-per-node=K dcl train --num-gpus G ...`` on N nodes,
+T = N x K) is one detectron2 "machine" of G workers: T machines, rank ``$SLURM_PROCID`` and
+``tcp://<first host of $SLURM_STEP_NODELIST>:<port>`` (``$MASTER_PORT``, else 20000 + job id mod
+20000: the same on every node, different between jobs). K = 1 is the usual layout (one task per
+node starts the node's G workers); with K > 1 each task needs GPUs of its own
+(``--gpus-per-task=G``). Anything else is one machine. Also the pre-timeout signal a training job asks Slurm
 for, and the requeue of a job for the next chunk of a training. Standard library only.
 """
 from __future__ import annotations
@@ -39,12 +41,14 @@ def stop_signal_option(runtime_minutes: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class DistributedLayout:
     """Where this process sits: ``num_machines``, ``machine_rank``, ``dist_url``; ``source`` says
-    where they came from ("command line", "slurm", "single machine")."""
+    where they came from ("command line", "slurm", "single machine"); ``machines_per_node``: the
+    Slurm step's tasks per node (1 elsewhere)."""
 
     num_machines: int
     machine_rank: int
     dist_url: str
     source: str
+    machines_per_node: int = 1
 
 
 def expand_hostlist(hostlist: str) -> list[str]:
@@ -91,31 +95,30 @@ def resolve_distributed(
     env: Optional[Mapping[str, str]] = None,
 ) -> DistributedLayout:
     """Machine count, machine rank and rendezvous URL: from the command line where given, else
-    from the Slurm job step (several nodes, one task per node), else a single machine.
+    from the Slurm job step (one machine per task), else a single machine.
 
     Raises:
-        InputError: a multi-node Slurm allocation not started through ``srun``, or a multi-node
-            step with more than one task per node.
+        InputError: a multi-node Slurm allocation not started through ``srun``, or a step whose
+            tasks are spread unevenly over its nodes.
     """
     env = dict(os.environ if env is None else env)
     if num_machines is not None and machine_rank is not None and dist_url is not None:
         return DistributedLayout(num_machines, machine_rank, dist_url, "command line")
-    slurm_nodes = 1
-    if "SLURM_JOB_ID" in env:
+    if "SLURM_JOB_ID" in env and num_machines is None:
         in_step = "SLURM_STEP_ID" in env
-        slurm_nodes = int(env.get("SLURM_STEP_NUM_NODES" if in_step else "SLURM_JOB_NUM_NODES",
-                                  env.get("SLURM_NNODES", "1")))
-        if slurm_nodes > 1 and num_machines is None:
-            if not in_step:
+        nodes = int(env.get("SLURM_STEP_NUM_NODES" if in_step else "SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+        tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) if in_step else 1
+        if nodes > 1 and not in_step:
+            raise InputError(
+                f"this Slurm job has {nodes} nodes but dcl train was not started by srun; "
+                "start one task per node: srun --ntasks-per-node=1 dcl train ..."
+            )
+        if in_step and tasks > 1:
+            if tasks % nodes:
                 raise InputError(
-                    f"this Slurm job has {slurm_nodes} nodes but dcl train was not started by srun; "
-                    "start one task per node: srun --ntasks-per-node=1 dcl train ..."
-                )
-            tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", slurm_nodes)))
-            if tasks != slurm_nodes:
-                raise InputError(
-                    f"the Slurm step runs {tasks} tasks on {slurm_nodes} nodes; dcl train needs one task "
-                    "per node (it starts --num-gpus workers itself): srun --ntasks-per-node=1 dcl train ..."
+                    f"the Slurm step runs {tasks} tasks on {nodes} nodes; dcl train needs the same number "
+                    "of tasks on every node (usually one, which starts --num-gpus workers): "
+                    "srun --ntasks-per-node=1 dcl train ..."
                 )
             nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
             try:
@@ -124,10 +127,11 @@ def resolve_distributed(
                 raise InputError(f"cannot read the first host of the Slurm node list {nodelist!r}") from None
             port = int(env.get("MASTER_PORT") or 20000 + int(re.sub(r"\D", "", env["SLURM_JOB_ID"]) or 0) % 20000)
             return DistributedLayout(
-                slurm_nodes,
-                int(env.get("SLURM_NODEID", "0")) if machine_rank is None else machine_rank,
+                tasks,
+                int(env.get("SLURM_PROCID", "0")) if machine_rank is None else machine_rank,
                 f"tcp://{master}:{port}" if dist_url is None else dist_url,
                 "slurm",
+                tasks // nodes,
             )
     machines = 1 if num_machines is None else num_machines
     if machines > 1 and (machine_rank is None or dist_url is None):

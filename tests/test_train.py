@@ -189,6 +189,18 @@ def test_distributed_layout_from_a_multi_node_srun_step():
     assert resolve_distributed(None, None, "tcp://10.0.0.1:1234", STEP).dist_url == "tcp://10.0.0.1:1234"
 
 
+def test_distributed_layout_with_several_tasks_per_node():
+    # Each task is one machine, ranked by its task id: 2 tasks on one node, 8 on two.
+    one_node = {**STEP, "SLURM_JOB_NUM_NODES": "1", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07",
+                "SLURM_STEP_NODELIST": "gpu07", "SLURM_NODEID": "0", "SLURM_PROCID": "1"}
+    assert resolve_distributed(None, None, None, one_node) == DistributedLayout(2, 1, "tcp://gpu07:23456", "slurm", 2)
+    eight = {**STEP, "SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "6"}
+    assert resolve_distributed(None, None, None, eight) == DistributedLayout(8, 6, "tcp://gpu07:23456", "slurm", 4)
+    # One task in a step is a single machine, as outside Slurm.
+    single = {**one_node, "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}
+    assert resolve_distributed(None, None, None, single) == DistributedLayout(1, 0, "auto", "single machine")
+
+
 def test_slurm_job_record():
     assert slurm_job({}) is None
     assert slurm_job({**STEP, "SLURM_NTASKS": "2"}) == {"job_id": "123456", "nodes": "gpu[07-08]", "ntasks": 2}
@@ -237,8 +249,8 @@ def test_distributed_layout_refuses_ambiguous_slurm_launches():
     batch = {k: v for k, v in STEP.items() if not k.startswith("SLURM_STEP")}
     with pytest.raises(InputError, match="not started by srun.*srun --ntasks-per-node=1"):
         resolve_distributed(None, None, None, batch)
-    with pytest.raises(InputError, match="runs 8 tasks on 2 nodes"):
-        resolve_distributed(None, None, None, {**STEP, "SLURM_STEP_NUM_TASKS": "8"})
+    with pytest.raises(InputError, match="runs 3 tasks on 2 nodes.*same number of tasks on every node"):
+        resolve_distributed(None, None, None, {**STEP, "SLURM_STEP_NUM_TASKS": "3"})
     with pytest.raises(InputError, match="needs --machine-rank and --dist-url"):
         resolve_distributed(2, None, None, {})
 

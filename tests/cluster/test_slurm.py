@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -737,3 +738,60 @@ def test_second_invocation_refuses_while_the_first_runs(slurm_cluster, completed
     assert_no_stale_locks(workdir)
     dry = dry_run(workdir, toy_run.args, env)
     assert "Nothing to be done" in dry.output, dry.output
+
+
+# ----------------------------------------------------------------------------- several tasks per job
+
+def test_a_slurm_step_of_two_tasks_trains_as_two_machines(slurm_cluster, toy_datasets, tmp_path):
+    """`srun --ntasks-per-node=2 dcl train --num-gpus 1` in one sbatch job: each task is a machine
+    of one worker, ranked by its Slurm task id, meeting at the first host of the step - the layout
+    a multi-node job uses, derived by dcl train from Slurm's environment, not from the command
+    line. The two ranks train as those of `dcl train --num-gpus 2` on one machine: same losses,
+    same evaluation."""
+    train = ["train", "--config-file", str(REPO / "configs/toy_coco_mask_rcnn_R18_FPN.yaml"), "SOLVER.MAX_ITER", "6",
+             "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "3",
+             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    env = {**user_env(slurm_cluster), "DCL_TOY_DATASETS": str(toy_datasets)}
+    local = subprocess.run([str(VENV_BIN / "dcl"), *train, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path / "local")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    script = tmp_path / "job.sh"
+    command = [str(VENV_BIN / "dcl"), *train, "--num-gpus", "1", "OUTPUT_DIR", str(tmp_path / "slurm")]
+    script.write_text(f"#!/bin/bash\nexec srun --kill-on-bad-exit=1 {shlex.join(command)}\n")
+    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+                                "--mem=6000", "--time=15", f"--chdir={tmp_path}", f"--output={tmp_path}/job.log",
+                                str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    try:
+        wait_for(lambda: not job_is_active(slurm_cluster, job_id), "the two-task job to end", RUN_TIMEOUT_S)
+    finally:
+        scancel(slurm_cluster, job_id)  # nothing to cancel unless the wait timed out
+    log = (tmp_path / "job.log").read_text()
+    record = slurm_job_records(slurm_cluster, [job_id])[job_id]
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), (record, log[-3000:])
+
+    out = tmp_path / "slurm"
+    run = read_json(out / "run.json")
+    assert run["status"] == "finished" and run["slurm"]["job_id"] == job_id
+    # The job id picks the port (the same for every task of the job); rank 0 records the layout.
+    assert run["distributed"] == {"num_machines": 2, "machine_rank": 0, "machines_per_node": 2, "source": "slurm",
+                                  "dist_url": f"tcp://{record['NodeList']}:{20000 + int(job_id) % 20000}",
+                                  "num_gpus_per_machine": 1}
+    assert "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()
+
+    def last_losses(folder):
+        lines = [json.loads(line) for line in (folder / "metrics.json").read_text().splitlines()]
+        last = [line for line in lines if "total_loss" in line][-1]  # the last training iteration's
+        return {key: value for key, value in last.items() if key.startswith("loss_") or key == "total_loss"}
+
+    reference = last_losses(tmp_path / "local")
+    assert reference and last_losses(out) == pytest.approx(reference, rel=1e-4)
+    evaluation = read_json(out / "inference" / "detectron2_eval.json")["toy_coco_val"]
+    expected = read_json(tmp_path / "local" / "inference" / "detectron2_eval.json")["toy_coco_val"]
+    assert {task: set(values) for task, values in evaluation.items()} == {task: set(values) for task, values in expected.items()}
+    for task, values in expected.items():
+        for metric, value in values.items():  # None: a COCO -1 (no GT of that size)
+            assert evaluation[task][metric] == (None if value is None else pytest.approx(value, rel=1e-3, abs=1e-3)), (
+                task, metric)
