@@ -23,3 +23,13 @@ def toy_datasets(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", str(root), *TOY_IMAGES], check=True,
                    capture_output=True)
     return root
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (checks that no test depends on an earlier one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()

@@ -232,6 +232,24 @@ def test_sampling_rejects_rois_without_pixels_of_a_kind():
         sample_points(masks.float(), 4)
 
 
+def test_sampling_needs_a_positive_number_of_points():
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, 0, 0] = True
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"num_samples must be positive, got {bad}"):
+            sample_points(mask, bad)
+    anchor_idx, pos_idx, neg_idx = sample_points(mask, 1)  # K = 1 is the smallest valid setting
+    assert anchor_idx.tolist() == pos_idx.tolist() == [[0], [0]]
+    assert neg_idx.shape == (2, 1) and (neg_idx != 0).all()
+
+
+def test_sampling_without_rois_gives_empty_index_tensors_of_k_columns():
+    for masks in (torch.zeros(0, 28, 28, dtype=torch.bool), torch.zeros(0, 1, 3, dtype=torch.bool)):
+        indices = sample_points(masks, 5)
+        assert len(indices) == 3
+        for idx in indices:
+            assert idx.shape == (0, 5) and idx.dtype == torch.long and idx.device == masks.device
+
 def test_validity_rule_boundaries():
     k, side = 32, 28
     areas = [0, k, k + 1, side * side - k - 1, side * side - k, side * side]

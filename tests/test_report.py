@@ -865,21 +865,30 @@ def test_coco_occ_column_tables_and_note(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the verdict at its boundaries
-def judge(values, published, kind="train"):
-    """The verdict of a synthetic experiment (one finished run per value) against ``published``."""
+def judged(values, published, kind="train", unfinished=()):
+    """The reproduction row of a synthetic experiment (one finished run per value, then one run per
+    status in ``unfinished``) against ``published``."""
     from dcl.report.analysis import experiment_stats, reproduction
 
     results = []
-    for seed, value in enumerate(values):
+    for seed, value in enumerate([*values, *unfinished]):
         spec = inputs.ExpectedRun(experiment="x", seed=seed, kind=kind, dataset="cityscapes", init="imagenet",
                                   method="dcl", group="released" if kind == "released" else "main",
                                   ablation=None, metric="cityscapes.AP", run_dir=f"runs/x/seed{seed}")
-        results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
+        if seed < len(values):
+            results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
+        else:
+            results.append(inputs.RunResult(expected=spec, status=value))
     entry = inputs.PublishedEntry(dataset="cityscapes", init="imagenet", method="dcl", detector="d",
                                   metric="cityscapes.AP", value=published, source="s", reproducible=True,
                                   note="", index=0)
     (row,) = reproduction([entry], experiment_stats(results))
-    return row.verdict
+    return row
+
+
+def judge(values, published, kind="train"):
+    """The verdict of :func:`judged`."""
+    return judged(values, published, kind).verdict
 
 
 def test_verdict_is_two_sample_stds_exactly():
@@ -902,6 +911,17 @@ def test_released_verdict_is_half_a_published_digit():
     assert judge([37.55], 37.0, kind="released") == "not reproduced"
     assert judge([37.12], 37.12, kind="released") == "reproduced"
     assert judge([37.126], 37.12, kind="released") == "not reproduced"  # 0.01 precision: +-0.005
+
+
+def test_verdict_reasons_state_the_rule_that_decided():
+    # The reason is the summary table's explanation of the verdict: its comparison sign must follow it.
+    assert judged([37.12], 37.1, kind="released").reason == "|value − published| = 0.02 ≤ 0.05 (published precision)"
+    assert judged([37.2], 37.1, kind="released").reason == "|value − published| = 0.10 > 0.05 (published precision)"
+    assert judged([36.0, 38.0], 37.5).reason == "|mean − published| = 0.50 ≤ 2 std = 2.83"
+    assert judged([36.0, 38.0], 40.0).reason == "|mean − published| = 3.00 > 2 std = 2.83"
+    waiting = judged([36.0], 37.0, unfinished=("running", "failed"))
+    assert waiting.verdict == "cannot be judged"
+    assert waiting.reason == "1/3 seeds with results; waiting for seed 1 (running), 2 (failed)"
 
 
 def test_paired_statistics_differ_from_the_plausible_wrong_formulas():
