@@ -11,6 +11,7 @@ pycocotools lacks, the complement of a mask, is done here on the uncompressed ru
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections import Counter
@@ -523,3 +524,14 @@ def inputs_on_subset(annotations: str | os.PathLike, predictions: str | os.PathL
     gt = load_ground_truth(annotations)
     source = load_ground_truth(predictions_gt, need_segmentation=False)
     return gt, map_predictions_by_file_name(predictions, source, gt)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, predictions_help: str) -> None:
+    """The inputs of ``dcl evaluate`` and ``dcl errors``: PRED.json, ``-a GT.json`` and
+    ``--predictions-gt`` (see :func:`inputs_on_subset`)."""
+    parser.add_argument("predictions", metavar="PRED.json", help=predictions_help)
+    parser.add_argument("-a", "--annotations", metavar="GT.json", required=True, help="COCO ground-truth file")
+    parser.add_argument("--predictions-gt", metavar="VAL.json",
+                        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
+                             "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
+                             "those on other images dropped")

@@ -44,8 +44,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from dcl.coco import STAT_NAMES, GroundTruth, compact_rle, complement, load_ground_truth, load_predictions, \
-    inputs_on_subset, segmentation_to_rle
+from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, compact_rle, complement, load_ground_truth, \
+    load_predictions, inputs_on_subset, segmentation_to_rle
 from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, EMPTY_GT_WARNING, CocoEvaluator, check_backend, \
     format_stats_table, usable_cpus
 from dcl.io import InputError, atomic_write_json
@@ -433,12 +433,7 @@ def format_report(result: Mapping) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("predictions", metavar="PRED.json", help="COCO results file with masks (RLE)")
-    parser.add_argument("-a", "--annotations", metavar="GT.json", required=True, help="COCO ground-truth file")
-    parser.add_argument("--predictions-gt", metavar="VAL.json",
-                        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
-                             "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
-                             "those on other images dropped")
+    add_input_arguments(parser, predictions_help="COCO results file with masks (RLE)")
     parser.add_argument("-t", "--types", nargs="+", default=list(DEFAULT_TYPES), metavar="TYPE",
                         help="error types to remove: fFP, bFP, FN, or several joined by '&' (quote it "
                              "in the shell: 'fFP&bFP'); default: %(default)s")

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dcl.coco import STAT_NAMES, GroundTruth, inputs_on_subset, load_ground_truth, load_predictions
+from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, inputs_on_subset, load_ground_truth, load_predictions
 from dcl.io import InputError, atomic_write_json
 
 __all__ = [
@@ -255,12 +255,7 @@ def _format_result(result: Mapping) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("predictions", metavar="PRED.json", help="COCO results file (list of detections)")
-    parser.add_argument("-a", "--annotations", metavar="GT.json", required=True, help="COCO ground-truth file")
-    parser.add_argument("--predictions-gt", metavar="VAL.json",
-                        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
-                             "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
-                             "those on other images dropped")
+    add_input_arguments(parser, predictions_help="COCO results file (list of detections)")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="COCO evaluation implementation (identical numbers; default: %(default)s)")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, metavar="TYPE",
