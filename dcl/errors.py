@@ -45,10 +45,10 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, compact_rle, complement, load_ground_truth, \
-    load_predictions, inputs_on_subset, segmentation_to_rle
+    load_predictions, segmentation_to_rle
 from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, EMPTY_GT_WARNING, CocoEvaluator, check_backend, \
-    format_stats_table, usable_cpus
-from dcl.io import InputError, atomic_write_json
+    format_stats_table, run_on_inputs, usable_cpus
+from dcl.io import InputError
 
 __all__ = [
     "ERROR_KINDS",
@@ -450,16 +450,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # warnings are in the result and printed below
-        gt, predictions = inputs_on_subset(args.annotations, args.predictions, args.predictions_gt)
-        result = analyze(gt, predictions, args.types, iou_type=args.iou_type,
-                         legacy_unmatched=args.legacy_unmatched, workers=args.workers, backend=args.backend,
-                         progress=True)
-    result.update(predictions=args.predictions, predictions_gt=args.predictions_gt)
-    if args.output:
-        atomic_write_json(args.output, result)
-    print(format_report(result))
-    for message in result["warnings"]:
-        print(f"dcl errors: warning: {message}", file=sys.stderr)
-    return 0
+    def compute(gt, predictions):
+        return analyze(gt, predictions, args.types, iou_type=args.iou_type, legacy_unmatched=args.legacy_unmatched,
+                       workers=args.workers, backend=args.backend, progress=True)
+
+    return run_on_inputs(args, compute, format_report, "dcl errors")

@@ -21,7 +21,7 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, inputs_on_subset, load_ground_truth, load_predictions
@@ -268,16 +268,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads for faster-coco-eval's mask IoU, at most the usable CPUs (default: %(default)s)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_on_inputs(args: argparse.Namespace, compute: Callable[[Any, Any], dict], formatter: Callable[[dict], str],
+                  command: str) -> int:
+    """The body of ``dcl evaluate`` and ``dcl errors``: ``compute(gt, predictions)`` on the inputs of
+    :func:`dcl.coco.add_input_arguments`, the result (with its inputs named) to ``-o`` and, formatted,
+    to stdout; its warnings to stderr."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # warnings are in the result and printed below
         gt, predictions = inputs_on_subset(args.annotations, args.predictions, args.predictions_gt)
-        result = evaluate(gt, predictions, iou_types=args.iou_types, backend=args.backend,
-                          cityscapes_root=args.cityscapes_root, split=args.split, threads=args.threads)
+        result = compute(gt, predictions)
     result.update(predictions=args.predictions, predictions_gt=args.predictions_gt)
     if args.output:
         atomic_write_json(args.output, result)
-    print(_format_result(result))
+    print(formatter(result))
     for message in result["warnings"]:
-        print(f"dcl evaluate: warning: {message}", file=sys.stderr)
+        print(f"{command}: warning: {message}", file=sys.stderr)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    def compute(gt, predictions):
+        return evaluate(gt, predictions, iou_types=args.iou_types, backend=args.backend,
+                        cityscapes_root=args.cityscapes_root, split=args.split, threads=args.threads)
+
+    return run_on_inputs(args, compute, _format_result, "dcl evaluate")
