@@ -21,7 +21,7 @@ from dcl.io import InputError
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.refinemask import add_refinemask_config
 
-__all__ = ["check_datasets", "check_devices", "dry_run_summary", "load_config", "refuse_unsafe_yaml", "resolve_weights", "with_seed"]
+__all__ = ["check_datasets", "check_devices", "dry_run_summary", "load_config", "refuse_unsafe_yaml", "resolve_weights", "with_values"]
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:
@@ -94,11 +94,11 @@ def _describe(error: BaseException) -> str:
     return f"{text} ({type(error).__name__})" if text else type(error).__name__
 
 
-def with_seed(cfg: CfgNode, seed: int) -> CfgNode:
-    """A copy of the frozen ``cfg`` with ``SEED`` set to ``seed``."""
+def with_values(cfg: CfgNode, **values: object) -> CfgNode:
+    """A frozen copy of ``cfg`` with the top-level keys ``values`` (e.g. ``SEED``) replaced."""
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.SEED = seed
+    cfg.update(values)
     cfg.freeze()
     return cfg
 

@@ -134,6 +134,11 @@ class StopSignal:
             if not self.defer:
                 raise TrainingInterrupted(signum)
 
+    def raise_if_evaluation_skipped(self) -> None:
+        """Interrupt the run if the signal skipped an evaluation (after the last step: still due)."""
+        if self.skipped_evaluation:
+            raise TrainingInterrupted(self.signum or signal.SIGTERM)
+
     @contextlib.contextmanager
     def deferred(self, defer: bool) -> Iterator[None]:
         previous, self.defer = self.defer, defer

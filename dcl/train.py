@@ -54,21 +54,20 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from dcl import weights as dcl_weights
-from dcl.config import check_datasets, check_devices, dry_run_summary, load_config, resolve_weights, with_seed
+from dcl.config import check_datasets, check_devices, dry_run_summary, load_config, resolve_weights, with_values
 from dcl.engine import EVAL_RESULTS, AtomicCheckpointer, Trainer, check_expected_results, copy_results, \
     prepare_output_dir
+from dcl.info import environment_info
 from dcl.io import InputError
 from dcl.launch import launch
-from dcl.preemption import EXIT_INTERRUPTED, StopSignal, TrainingInterrupted, exit_if_interrupted, \
-    forward_signals_to_workers, requeue_for_the_next_chunk
+from dcl.preemption import EXIT_INTERRUPTED, StopSignal, exit_if_interrupted, forward_signals_to_workers, \
+    requeue_for_the_next_chunk
 from dcl.runrecord import RUN_RECORD, RunRecord, mark_failed_if_running, record_path, run_fields
 from dcl.sampler import kill_loader_workers
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
 
 __all__ = ["add_arguments", "main", "run", "setup"]
 
-
-# ----------------------------------------------------------------------------- command line
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -129,20 +128,6 @@ def _take_trailing_options(args: argparse.Namespace) -> None:
     args.opts = pairs
 
 
-# ----------------------------------------------------------------------------- set-up
-
-def _record_fields(args: argparse.Namespace, cfg: CfgNode, layout: DistributedLayout, weights: dict) -> dict:
-    from dcl.info import environment_info
-
-    return run_fields(eval_only=args.eval_only, command=_command(args), config_file=args.config_file,
-                      overrides=list(args.opts or []), seed=cfg.SEED, output_dir=cfg.OUTPUT_DIR,
-                      max_iter=cfg.SOLVER.MAX_ITER, on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"),
-                      num_gpus=args.num_gpus, distributed=dataclasses.asdict(layout), weights=weights,
-                      slurm=slurm_job(), environment=environment_info())
-
-
-# ----------------------------------------------------------------------------- one worker
-
 @dataclasses.dataclass
 class _Job:
     """Everything a worker process needs (picklable: spawned workers rebuild the config)."""
@@ -175,10 +160,7 @@ def setup(job: _Job) -> CfgNode:
     # config.yaml and log.txt go beside run.json: for an evaluation next to a training record,
     # OUTPUT_DIR/inference, so the training's own config.yaml is not overwritten.
     log_dir = str(Path(job.record_path).parent)
-    setup_cfg = cfg.clone()
-    setup_cfg.defrost()
-    setup_cfg.OUTPUT_DIR = log_dir
-    default_setup(setup_cfg, setup_args)
+    default_setup(with_values(cfg, OUTPUT_DIR=log_dir), setup_args)
     setup_logger(log_dir, distributed_rank=comm.get_rank(), name="dcl")
     from dcl.datasets import register_datasets
 
@@ -210,8 +192,7 @@ def main(job: _Job, stop: StopSignal) -> None:
             if record is not None:
                 record.start_iteration(trainer.start_iter)
             trainer.train()
-        if stop.skipped_evaluation:  # a signal after the last step: the final evaluation is still due
-            raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+        stop.raise_if_evaluation_skipped()  # a signal after the last step: the final evaluation is still due
     except BaseException as error:
         exit_if_interrupted(stop, trainer, record, error)
         if record is not None and record.status == "running":
@@ -226,8 +207,6 @@ def main(job: _Job, stop: StopSignal) -> None:
         if job.results_dir:
             copy_results(cfg, Path(job.record_path), job.results_dir, job.eval_only)
 
-
-# ----------------------------------------------------------------------------- the run
 
 def run(args: argparse.Namespace) -> int:
     stop = StopSignal()
@@ -272,17 +251,22 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     worker_opts = opts + (["MODEL.WEIGHTS", local_weights] if local_weights else [])
     if cfg.SEED < 0:
         # Draw the "random" seed here, so run.json and config.yaml say which one was used.
-        cfg = with_seed(cfg, int.from_bytes(os.urandom(4), "little") % 2**31)
+        cfg = with_values(cfg, SEED=int.from_bytes(os.urandom(4), "little") % 2**31)
         worker_opts += ["SEED", str(cfg.SEED)]
     output_dir = Path(cfg.OUTPUT_DIR)
     if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
         prepare_output_dir(output_dir)
     job = _Job(
         config_file=args.config_file, opts=worker_opts, resume=args.resume, eval_only=args.eval_only,
-        results_dir=args.results_dir, record_fields=_record_fields(args, cfg, layout, weights),
-        record_path=str(record_path(output_dir, args.eval_only)),
+        results_dir=args.results_dir, record_path=str(record_path(output_dir, args.eval_only)),
+        record_fields=run_fields(
+            eval_only=args.eval_only, command=_command(args), config_file=args.config_file, overrides=list(opts),
+            seed=cfg.SEED, output_dir=cfg.OUTPUT_DIR, max_iter=cfg.SOLVER.MAX_ITER, num_gpus=args.num_gpus,
+            on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"), distributed=dataclasses.asdict(layout),
+            weights=weights, slurm=slurm_job(), environment=environment_info()),
     )
-    code = _execute(job, stop, args.num_gpus, layout, backend="nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo")
+    backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
+    code = _execute(job, stop, args.num_gpus, layout, backend)
     if code == EXIT_INTERRUPTED and args.max_chunks is not None:
         requeue_for_the_next_chunk(Path(job.record_path), args.max_chunks)
     return code
@@ -302,8 +286,6 @@ def _execute(job: _Job, stop: StopSignal, num_gpus: int, layout: DistributedLayo
                 "interrupted", EXIT_INTERRUPTED, signal_name=stop.name)
         return EXIT_INTERRUPTED
     forward_signals_to_workers()
-
-
     result = launch(main, num_gpus, num_machines=layout.num_machines, machine_rank=layout.machine_rank,
                     dist_url=layout.dist_url, backend=backend, args=(job, StopSignal()),  # each its own
                     clean_exits=(0, EXIT_INTERRUPTED))
