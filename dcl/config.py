@@ -16,12 +16,13 @@ from detectron2.data import DatasetCatalog
 
 from dcl import weights as dcl_weights
 from dcl.experiments import SEED_LIMIT
-from dcl.slurm import DistributedLayout
 from dcl.io import InputError
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.refinemask import add_refinemask_config
+from dcl.slurm import DistributedLayout
 
-__all__ = ["check_datasets", "check_devices", "dry_run_summary", "load_config", "refuse_unsafe_yaml", "resolve_weights", "with_values"]
+__all__ = ["check_datasets", "check_devices", "dry_run_summary", "load_config", "refuse_unsafe_yaml",
+           "resolve_weights", "with_values"]
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:

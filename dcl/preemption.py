@@ -26,6 +26,7 @@ import signal
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import dcl.compat  # noqa: F401  (before any detectron2 module)
 import torch
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.engine import hooks
@@ -37,7 +38,8 @@ from dcl.runrecord import RunRecord, attempt_count
 from dcl.slurm import requeue_own_job
 
 __all__ = ["EXIT_INTERRUPTED", "STOP_SIGNALS", "StopHook", "StopSignal", "TrainingInterrupted", "agreed",
-           "end_interrupted", "exit_if_interrupted", "forward_signals_to_workers", "ignore_stop_signals", "requeue_for_the_next_chunk"]
+           "end_interrupted", "exit_if_interrupted", "forward_signals_to_workers", "ignore_stop_signals",
+           "requeue_for_the_next_chunk"]
 
 logger = logging.getLogger("dcl.train")
 

@@ -18,6 +18,7 @@ import itertools
 import random
 from typing import Iterator, Optional
 
+import dcl.compat  # noqa: F401  (before any detectron2 module)
 import numpy as np
 import torch
 import torch.utils.data as torchdata
