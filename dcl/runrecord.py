@@ -2,8 +2,11 @@
 
 The format is in ``docs/design.md`` ("Per-run files"). :class:`RunRecord` rewrites the file
 atomically on every change, so a reader never sees half of it, and a resumed run (``--resume``,
-same mode) keeps its earlier attempts, start time and wall time. :func:`progress` reads the
-progress of a run back (iteration, speed, ETA, chunks) for ``dcl status`` and ``dcl report``.
+same mode) keeps its earlier attempts, start time and wall time. Every write of ``dcl train``
+goes through this module: a new record's fields (:func:`run_fields`), where it lives
+(:func:`record_path`), one a dead worker left open (:func:`mark_failed_if_running`).
+:func:`progress` reads the progress of a run back (iteration, speed, ETA, chunks) for
+``dcl status`` and ``dcl report``.
 Standard library only.
 """
 from __future__ import annotations
