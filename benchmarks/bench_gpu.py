@@ -38,7 +38,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from bench_loss import loop_module  # noqa: E402
 from dcl.loss import DenseContrastiveLossOutput, valid_roi_mask  # noqa: E402
-from dcl.train import load_config  # noqa: E402
+from dcl.config import load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "cityscapes_mask_rcnn_R_50_FPN.yaml"
 DCL_HEADS = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"]

@@ -40,7 +40,7 @@ def bench(steps: int) -> None:
     from detectron2.utils.events import EventStorage
 
     from dcl.datasets import register_datasets, toy_root
-    from dcl.train import load_config
+    from dcl.config import load_config
 
     temporary = None
     if not (toy_root() / "cityscapes" / "annotations").is_dir():

@@ -2,8 +2,11 @@
 
 The format is in ``docs/design.md`` ("Per-run files"). :class:`RunRecord` rewrites the file
 atomically on every change, so a reader never sees half of it, and a resumed run (``--resume``,
-same mode) keeps its earlier attempts, start time and wall time. :func:`progress` reads the
-progress of a run back (iteration, speed, ETA, chunks) for ``dcl status`` and ``dcl report``.
+same mode) keeps its earlier attempts, start time and wall time. Every write of ``dcl train``
+goes through this module: a new record's fields (:func:`run_fields`), where it lives
+(:func:`record_path`), one a dead worker left open (:func:`mark_failed_if_running`).
+:func:`progress` reads the progress of a run back (iteration, speed, ETA, chunks) for
+``dcl status`` and ``dcl report``.
 Standard library only.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +23,9 @@ from typing import Any, Optional
 
 from dcl.io import InputError, atomic_write_json, read_json
 
-__all__ = ["RUN_RECORD", "Progress", "RunRecord", "describe_progress", "format_duration", "git_state", "now",
-           "parse_time", "progress", "read_record"]
+__all__ = ["RUN_RECORD", "Progress", "RunRecord", "attempt_count", "describe_progress", "format_duration",
+           "git_state", "mark_failed_if_running", "now", "parse_time", "progress", "read_record", "record_path",
+           "run_fields"]
 
 logger = logging.getLogger("dcl.runrecord")
 
@@ -58,6 +63,67 @@ def git_state() -> tuple[Optional[str], Optional[bool]]:
         return None, None  # an installed copy, not a checkout (or one nested in another repo)
     status = git("status", "--porcelain", "--untracked-files=no")
     return git("rev-parse", "HEAD"), (None if status is None else bool(status))
+
+
+def run_fields(*, eval_only: bool, command: list[str], config_file: str, overrides: list[str], seed: int,
+               output_dir: str, max_iter: int, on_gpu: bool, num_gpus: int, distributed: dict, weights: dict,
+               slurm: Optional[dict], environment: dict) -> dict:
+    """The fields of a new run's record (:meth:`RunRecord.begin`): ``num_gpus`` workers per
+    machine, ``distributed`` a :class:`dcl.slurm.DistributedLayout` as a dict, ``environment``
+    :func:`dcl.info.environment_info`."""
+    commit, dirty = git_state()
+    gpus = {"count": num_gpus * distributed["num_machines"] if on_gpu else 0,
+            "type": environment["cuda_devices"][0] if on_gpu and environment["cuda_devices"] else None}
+    return {
+        "mode": "eval-only" if eval_only else "train",
+        "command": command, "cwd": os.getcwd(), "config_file": config_file, "overrides": overrides,
+        "seed": seed, "output_dir": str(Path(output_dir).resolve()),
+        "git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(), "slurm": slurm, "gpus": gpus,
+        "versions": {**environment["versions"], "detectron2": environment["detectron2"]["version"]},
+        "compat_shims": environment["compat_shims"],
+        "iteration": None if eval_only else 0,
+        "max_iter": None if eval_only else max_iter,
+        "distributed": distributed | {"num_gpus_per_machine": num_gpus},
+        "weights": weights,
+    }
+
+
+def record_path(output_dir: Path, eval_only: bool) -> Path:
+    """Where a run in ``output_dir`` keeps its record: ``run.json``, except for an evaluation
+    beside a training's record, whose own goes to ``inference/``."""
+    path = output_dir / RUN_RECORD
+    if eval_only and path.is_file():
+        try:
+            if read_json(path, "run record").get("mode") == "train":
+                return output_dir / "inference" / RUN_RECORD
+        except InputError:
+            pass
+    return path
+
+
+def attempt_count(path: Path) -> int:
+    """How many attempts the record at ``path`` holds.
+
+    Raises:
+        InputError: the record is missing or unreadable.
+    """
+    return len(read_json(path, "run record").get("attempts", []))
+
+
+def mark_failed_if_running(path: Path, exit_code: int, reason: str) -> None:
+    """A process died without closing the record at ``path`` (killed, crashed hard): record the
+    failure, unless the record says how the run ended."""
+    if not path.is_file():
+        return
+    try:
+        data = read_json(path, "run record")
+    except InputError:
+        return
+    if data.get("status") == "running":
+        data.update(status="failed", exit_code=exit_code, end_time=now(), error=reason)
+        if data.get("attempts"):
+            data["attempts"][-1].update(end_time=data["end_time"], status="failed")
+        atomic_write_json(path, data)
 
 
 class RunRecord:
@@ -110,6 +176,10 @@ class RunRecord:
         record = cls(path, data)
         record.write()
         return record
+
+    @property
+    def status(self) -> str:
+        return self.data["status"]
 
     def write(self) -> None:
         # The time of the last progress update: with the attempt's start iteration and time, the

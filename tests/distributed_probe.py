@@ -18,7 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
-import dcl.train  # first: applies dcl.compat before detectron2 loads
+import dcl.engine  # first: applies dcl.compat before detectron2 loads
+import dcl.sampler
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -32,7 +33,7 @@ def _rank_iter(name):
     return tuple(int(x) for x in value.split(":")) if value else (None, None)
 
 
-class RecordingMapper(dcl.train.DatasetMapper):
+class RecordingMapper(dcl.sampler.DatasetMapper):
     def __call__(self, dataset_dict):
         if self.is_train:
             MAPPED.append(Path(dataset_dict["file_name"]).name)
@@ -80,9 +81,9 @@ class Probe(HookBase):
         out.write_text(json.dumps(record))
 
 
-dcl.train.DatasetMapper = RecordingMapper
-_build_hooks = dcl.train.Trainer.build_hooks
-dcl.train.Trainer.build_hooks = lambda self: [Probe()] + _build_hooks(self)
+dcl.sampler.DatasetMapper = RecordingMapper
+_build_hooks = dcl.engine.Trainer.build_hooks
+dcl.engine.Trainer.build_hooks = lambda self: [Probe()] + _build_hooks(self)
 
 if __name__ == "__main__":
     from dcl.cli import main

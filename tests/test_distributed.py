@@ -17,7 +17,7 @@ import pytest
 
 from dcl.io import read_json
 from dcl.launch import free_local_url
-from dcl.train import EXIT_INTERRUPTED
+from dcl.preemption import EXIT_INTERRUPTED
 
 pytestmark = pytest.mark.e2e
 

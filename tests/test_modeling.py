@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from torch.utils.flop_counter import FlopCounterMode
 
 from dcl.modeling import ContrastConvUpsampleHead, ContrastRoIHeads, add_dcl_config, check_dcl_config
-from dcl.train import load_config
+from dcl.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOY_CONFIG = str(CONFIGS / "toy_coco_mask_rcnn_R18_FPN.yaml")

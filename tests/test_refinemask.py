@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from dcl.modeling import is_dcl_model_config
 from dcl.refinemask import (RefineMaskContrastHead, RefineMaskHead, RefineMaskROIHeads, boundary_map,
                             refine_mask_loss, refine_stage_logits)
-from dcl.train import load_config
+from dcl.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOY_REFINEMASK = str(CONFIGS / "toy_cityscapes_refinemask_R18_FPN.yaml")

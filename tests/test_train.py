@@ -19,13 +19,16 @@ import torch
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
-from dcl import train
+from dcl import config, engine
 from dcl.cli import main
 from dcl.io import InputError, read_json
 from dcl.runrecord import RunRecord
 from dcl.slurm import (DistributedLayout, expand_hostlist, requeue_own_job, resolve_distributed, slurm_job,
                        stop_signal_option)
-from dcl.train import EXIT_INTERRUPTED, AtomicCheckpointer, ResumableTrainingSampler, load_config
+from dcl.config import load_config
+from dcl.engine import AtomicCheckpointer
+from dcl.preemption import EXIT_INTERRUPTED
+from dcl.sampler import ResumableTrainingSampler
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -92,7 +95,7 @@ def test_seeds_numpy_cannot_take_are_refused():
         load_config(TOY, ["SEED", str(2**32)])
     assert load_config(TOY, ["SEED", str(2**32 - 1)]).SEED == 2**32 - 1
     with pytest.raises(InputError, match=r"SEED 4294967295 \+ one per worker \(2\)"):
-        train._check_devices(load_config(TOY, ["SEED", str(2**32 - 1)]), 1, 2)
+        config.check_devices(load_config(TOY, ["SEED", str(2**32 - 1)]), 1, 2)
 
 
 class RunsCode:
@@ -267,7 +270,7 @@ def test_checkpoints_are_atomic_and_last_checkpoint_never_points_to_a_broken_fil
         f.write(b"\x80\x02partial")
         raise OSError("disk quota exceeded")
 
-    monkeypatch.setattr(train.torch, "save", dies_half_way)
+    monkeypatch.setattr(engine.torch, "save", dies_half_way)
     with pytest.raises(OSError, match="quota"):
         checkpointer.save("model_0000019", iteration=19)
     monkeypatch.undo()
@@ -299,8 +302,8 @@ def test_resumable_sampler_continues_detectron2s_batches(grouped):
     sampler = ResumableTrainingSampler(10, 4, [0 if flat else 1 for flat in landscape] if grouped else None, seed=3)
     sampler.skip = 25
     assert list(itertools.islice(iter(sampler), 30)) == reference
-    hook = train._DataOrderHook(ResumableTrainingSampler(10, 4, seed=99))
-    hook.load_state_dict(train._DataOrderHook(sampler).state_dict())
+    hook = engine._DataOrderHook(ResumableTrainingSampler(10, 4, seed=99))
+    hook.load_state_dict(engine._DataOrderHook(sampler).state_dict())
     assert hook.sampler.seed == 3
 
 
@@ -500,10 +503,11 @@ def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(num_gpus, p
     (exit 75, so the retry resumes), and the caller's signal handlers are restored. With several
     GPUs no worker is started (here: a stand-in launch, as there are no GPUs)."""
     import dcl.datasets
+    import dcl.train
 
     if num_gpus > 1:
-        monkeypatch.setattr(train, "_check_devices", lambda *args: None)
-        monkeypatch.setattr(train, "launch", lambda *args, **kwargs: pytest.fail("workers were launched"))
+        monkeypatch.setattr(dcl.train, "check_devices", lambda *args: None)
+        monkeypatch.setattr(dcl.train, "launch", lambda *args, **kwargs: pytest.fail("workers were launched"))
 
     register = dcl.datasets.register_datasets
 
@@ -531,7 +535,6 @@ def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(num_gpus, p
         "interrupted", EXIT_INTERRUPTED, "SIGTERM", 0)
     assert [a["status"] for a in record["attempts"]] == ["interrupted"]
     assert not (out / "last_checkpoint").exists()  # nothing trained, nothing to resume from
-    assert not train.STOP.requested
 
 
 # --------------------------------------------------------------------------- end to end on the CPU
@@ -550,7 +553,7 @@ def expected_lr(iteration):
 
 SELF_SIGNALLING = f"""
 import os, signal, sys
-import dcl.train  # first: applies dcl.compat before detectron2 loads
+import dcl.engine  # first: applies dcl.compat before detectron2 loads
 from detectron2.engine import HookBase
 
 class SignalSelf(HookBase):
@@ -558,8 +561,8 @@ class SignalSelf(HookBase):
         if self.trainer.iter == {STOP_AT}:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-build_hooks = dcl.train.Trainer.build_hooks
-dcl.train.Trainer.build_hooks = lambda self: [SignalSelf()] + build_hooks(self)
+build_hooks = dcl.engine.Trainer.build_hooks
+dcl.engine.Trainer.build_hooks = lambda self: [SignalSelf()] + build_hooks(self)
 from dcl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -705,7 +708,7 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
 
 LOSS_RECORDING = """
 import json, os, signal, sys
-import dcl.train  # first: applies dcl.compat before detectron2 loads
+import dcl.engine  # first: applies dcl.compat before detectron2 loads
 from detectron2.engine import HookBase
 
 STOPS = [int(i) for i in os.environ.get("STOP_AFTER", "").split(",") if i]
@@ -719,8 +722,8 @@ class RecordAndStop(HookBase):
         if self.trainer.iter in STOPS:
             os.kill(os.getpid(), SIGNAL)
 
-build_hooks = dcl.train.Trainer.build_hooks
-dcl.train.Trainer.build_hooks = lambda self: [RecordAndStop()] + build_hooks(self)
+build_hooks = dcl.engine.Trainer.build_hooks
+dcl.engine.Trainer.build_hooks = lambda self: [RecordAndStop()] + build_hooks(self)
 from dcl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -844,7 +847,7 @@ def test_evaluator_outputs_appear_whole_or_not_at_all(tmp_path, monkeypatch):
             return {"segm": {"AP": 1.0}}
         return evaluate
 
-    evaluator = object.__new__(train.AtomicCOCOEvaluator)
+    evaluator = object.__new__(engine.AtomicCOCOEvaluator)
     evaluator._output_dir = str(tmp_path)
     monkeypatch.setattr(COCOEvaluator, "evaluate", writes(fail=True))
     with pytest.raises(RuntimeError):

@@ -1,0 +1,181 @@
+"""The detectron2 config of ``dcl train``: detectron2's defaults, the DCL and RefineMask keys,
+a YAML file and ``KEY VALUE`` overrides (:func:`load_config`), and its checks against this
+machine (devices, registered datasets, local weights) before anything runs."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+import dcl.compat  # noqa: F401  (before any detectron2 module)
+import torch
+import yaml
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+
+from dcl import weights as dcl_weights
+from dcl.experiments import SEED_LIMIT
+from dcl.io import InputError
+from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
+from dcl.refinemask import add_refinemask_config
+from dcl.slurm import DistributedLayout
+
+__all__ = ["check_datasets", "check_devices", "dry_run_summary", "load_config", "refuse_unsafe_yaml",
+           "resolve_weights", "with_values"]
+
+
+def load_config(config_file: str, opts: list[str]) -> CfgNode:
+    """detectron2's default config + the DCL keys, merged with ``config_file`` and ``opts``.
+
+    Raises:
+        InputError: missing file, unknown key, malformed value or bad DCL setting, naming the
+            file or override at fault.
+    """
+    cfg = get_cfg()
+    add_dcl_config(cfg)
+    add_refinemask_config(cfg)
+    if config_file:
+        if not Path(config_file).is_file():
+            raise InputError(f"config file not found: {config_file}")
+        refuse_unsafe_yaml(config_file)
+        try:
+            cfg.merge_from_file(config_file)
+        except Exception as error:  # yacs raises KeyError/ValueError/AssertionError/yaml errors
+            raise InputError(f"{config_file}: {_describe(error)}") from None
+    if len(opts) % 2:
+        raise InputError(f"config overrides must be KEY VALUE pairs; got an odd number: {' '.join(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except Exception as error:
+        raise InputError(f"config override: {_describe(error)}") from None
+    try:
+        check_dcl_config(cfg)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if cfg.SEED >= SEED_LIMIT:
+        raise InputError(f"SEED {cfg.SEED} is out of range: numpy takes seeds below 2^32 (< 0: random)")
+    cfg.freeze()
+    return cfg
+
+
+def refuse_unsafe_yaml(config_file: str) -> None:
+    """Parse ``config_file`` and its ``_BASE_`` files as plain YAML first: detectron2's
+    ``merge_from_file`` falls back to ``yaml.unsafe_load``, which runs ``!!python/...`` tags.
+
+    Raises:
+        InputError: a file is not plain YAML (a Python tag, a syntax error), naming it.
+    """
+    seen = set()
+    path = config_file
+    while path not in seen:  # (a _BASE_ cycle: detectron2 reports it)
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                data = yaml.safe_load(stream)
+        except yaml.constructor.ConstructorError as error:
+            mark = error.problem_mark
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise InputError(f"{path}{where}: {error.problem}; config files must be plain YAML "
+                             "(Python tags are refused: they run code)") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
+        base = data.get("_BASE_") if isinstance(data, dict) else None
+        if base is None or not isinstance(base, str):
+            return
+        # detectron2's rule for _BASE_: ~ expanded, relative to the including file; URLs it fetches.
+        base = os.path.expanduser(base)
+        if base.startswith(("https://", "http://")):
+            return
+        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return f"{text} ({type(error).__name__})" if text else type(error).__name__
+
+
+def with_values(cfg: CfgNode, **values: object) -> CfgNode:
+    """A frozen copy of ``cfg`` with the top-level keys ``values`` (e.g. ``SEED``) replaced."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.update(values)
+    cfg.freeze()
+    return cfg
+
+
+def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
+    """Raises InputError unless ``cfg`` can run in ``num_gpus`` workers on each of ``num_machines``."""
+    if num_gpus < 1:
+        raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
+    if cfg.SEED + num_gpus * num_machines > SEED_LIMIT:  # detectron2 seeds rank r with SEED + r
+        raise InputError(f"SEED {cfg.SEED} + one per worker ({num_gpus * num_machines}) is out of numpy's "
+                         "seed range (below 2^32)")
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda"):
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise InputError("MODEL.DEVICE is cuda but no CUDA GPU is visible here; add `MODEL.DEVICE cpu` to run on the CPU")
+        if num_gpus > available:
+            raise InputError(f"--num-gpus {num_gpus} but this machine has {available} visible GPU(s)")
+    elif device != "cpu" and num_gpus * num_machines != 1:
+        raise InputError(f"MODEL.DEVICE {device} runs in one process: use --num-gpus 1 on one machine "
+                         "(several workers need CUDA GPUs, or the CPU: MODEL.DEVICE cpu)")
+    world = num_gpus * num_machines
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise InputError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
+                         f"{world} worker(s) (--num-gpus x machines)")
+
+
+def check_datasets(cfg: CfgNode, eval_only: bool) -> None:
+    """Raises InputError unless the datasets the run reads are registered."""
+    known = set(DatasetCatalog.list())
+    names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InputError(f"unknown dataset(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    if not eval_only and not cfg.DATASETS.TRAIN:
+        raise InputError("DATASETS.TRAIN is empty: nothing to train on")
+
+
+def resolve_weights(cfg: CfgNode, resume: bool, weights_dir: Optional[str]) -> Optional[str]:
+    """The local file to load as MODEL.WEIGHTS, or None when nothing needs resolving."""
+    if resume and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file():
+        return None  # the last checkpoint is loaded, MODEL.WEIGHTS is not read
+    spec = cfg.MODEL.WEIGHTS
+    if not spec:
+        return None
+    local = dcl_weights.resolve(spec, weights_dir)  # a URL's file: checked against its recorded digest
+    if not dcl_weights.is_remote(spec):
+        if not Path(local).is_file():
+            raise InputError(f"MODEL.WEIGHTS file not found: {spec}")
+        dcl_weights.verify(local, record_if_missing=False)  # a downloaded file named by its path
+    return local if local != spec else None
+
+
+def dry_run_summary(cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus: int, layout: DistributedLayout,
+                    weights: dict) -> dict:
+    """What ``dcl train --dry-run`` prints: the model ``cfg`` builds (on the CPU), its datasets,
+    solver, devices and weights."""
+    from detectron2.modeling import build_model
+
+    cpu_cfg = cfg.clone()
+    cpu_cfg.defrost()
+    cpu_cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cpu_cfg)
+    roi_heads = getattr(model, "roi_heads", None)
+    mask_head = getattr(roi_heads, "mask_head", None)
+    return {
+        "config_file": config_file, "mode": "eval-only" if eval_only else "train",
+        "meta_architecture": type(model).__name__,
+        "roi_heads": type(roi_heads).__name__ if roi_heads is not None else None,
+        "mask_head": type(mask_head).__name__ if mask_head is not None else None,
+        "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        "dcl": dict(cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS) if is_dcl_model_config(cfg) else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "datasets": {"train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)},
+        "solver": {"ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "base_lr": cfg.SOLVER.BASE_LR,
+                   "max_iter": cfg.SOLVER.MAX_ITER, "steps": list(cfg.SOLVER.STEPS)},
+        "device": cfg.MODEL.DEVICE, "num_gpus_per_machine": num_gpus,
+        "distributed": dataclasses.asdict(layout), "weights": weights, "output_dir": cfg.OUTPUT_DIR,
+    }
