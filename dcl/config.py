@@ -104,8 +104,9 @@ def with_values(cfg: CfgNode, **values: object) -> CfgNode:
     return cfg
 
 
-def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
-    """Raises InputError unless ``cfg`` can run in ``num_gpus`` workers on each of ``num_machines``."""
+def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int, machines_per_node: int = 1) -> None:
+    """Raises InputError unless ``cfg`` can run in ``num_gpus`` workers on each of ``num_machines``
+    (``machines_per_node`` of them sharing a node: Slurm tasks that need GPUs of their own)."""
     if num_gpus < 1:
         raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
     if cfg.SEED + num_gpus * num_machines > SEED_LIMIT:  # detectron2 seeds rank r with SEED + r
@@ -118,6 +119,10 @@ def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int) -> None:
             raise InputError("MODEL.DEVICE is cuda but no CUDA GPU is visible here; add `MODEL.DEVICE cpu` to run on the CPU")
         if num_gpus > available:
             raise InputError(f"--num-gpus {num_gpus} but this machine has {available} visible GPU(s)")
+        # Each worker takes GPU <local rank>: tasks that see all of the node's GPUs would share them.
+        if machines_per_node > 1 and available != num_gpus:
+            raise InputError(f"{machines_per_node} dcl train tasks on this node, each seeing {available} GPU(s) for "
+                             f"--num-gpus {num_gpus}: give each task its own (srun --gpus-per-task={num_gpus})")
     elif device != "cpu" and num_gpus * num_machines != 1:
         raise InputError(f"MODEL.DEVICE {device} runs in one process: use --num-gpus 1 on one machine "
                          "(several workers need CUDA GPUs, or the CPU: MODEL.DEVICE cpu)")

@@ -14,9 +14,9 @@ command: parse, resolve weights and datasets, build the model on the CPU; train 
 
 Devices. ``--num-gpus N`` workers per machine (:mod:`dcl.launch`): one per GPU (NCCL), or with
 ``MODEL.DEVICE cpu`` N CPU workers (gloo); 1 on one machine trains in this process. If one worker
-fails the others are killed and ``dcl train`` exits 1. In a multi-node ``srun`` step (one task per
-node) the machine count, rank and rendezvous address come from Slurm (:mod:`dcl.slurm`) unless
-given. ``SOLVER.IMS_PER_BATCH`` is the total over all GPUs. ``SEED`` < 0 (detectron2's "random")
+fails the others are killed and ``dcl train`` exits 1. In an ``srun`` step of several tasks (each
+task one machine, usually one per node) the machine count, rank and rendezvous address come from
+Slurm (:mod:`dcl.slurm`) unless given. ``SOLVER.IMS_PER_BATCH`` is the total over all GPUs. ``SEED`` < 0 (detectron2's "random")
 is replaced by a seed drawn here, so ``config.yaml`` and ``run.json`` say which one a run used.
 
 Outputs in ``OUTPUT_DIR`` (``docs/design.md``, "Per-run files"): detectron2's (``config.yaml``,
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-machines", type=int, default=None,
                         help="total number of machines (default: from a multi-node Slurm step, else 1)")
     parser.add_argument("--machine-rank", type=int, default=None,
-                        help="rank of this machine (default: $SLURM_NODEID in a multi-node step, else 0)")
+                        help="rank of this machine (default: $SLURM_PROCID in a Slurm step of several tasks, else 0)")
     parser.add_argument("--dist-url", default=None,
                         help="rendezvous URL, e.g. tcp://host:port (default: first Slurm node, else a free local port)")
     parser.add_argument("--results-dir", default=None, metavar="DIR",
@@ -237,7 +237,7 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     cfg = load_config(args.config_file, opts)
     layout = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)
     if not args.dry_run:
-        check_devices(cfg, args.num_gpus, layout.num_machines)
+        check_devices(cfg, args.num_gpus, layout.num_machines, layout.machines_per_node)
     from dcl.datasets import register_datasets
 
     register_datasets()

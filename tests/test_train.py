@@ -98,6 +98,17 @@ def test_seeds_numpy_cannot_take_are_refused():
         config.check_devices(load_config(TOY, ["SEED", str(2**32 - 1)]), 1, 2)
 
 
+def test_several_tasks_on_a_node_need_gpus_of_their_own(monkeypatch):
+    cfg = load_config(TOY, ["MODEL.DEVICE", "cuda", "SOLVER.IMS_PER_BATCH", "8"])
+    monkeypatch.setattr(config.torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(InputError, match=r"2 dcl train tasks on this node, each seeing 4 GPU\(s\) for --num-gpus 2: "
+                                         r"give each task its own \(srun --gpus-per-task=2\)"):
+        config.check_devices(cfg, 2, 4, machines_per_node=2)
+    config.check_devices(cfg, 4, 2, machines_per_node=1)  # one task per node: all of its GPUs
+    monkeypatch.setattr(config.torch.cuda, "device_count", lambda: 2)  # bound by --gpus-per-task
+    config.check_devices(cfg, 2, 4, machines_per_node=2)
+
+
 class RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
