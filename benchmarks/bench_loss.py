@@ -23,10 +23,8 @@ a test).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -130,22 +128,12 @@ def bench_loss(repeats: int) -> None:
 
 def bench_step(steps: int) -> None:
     import dcl.compat  # noqa: F401
-    from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
-    from detectron2.utils.events import EventStorage
 
-    from dcl.datasets import register_datasets, toy_root
     from dcl.config import load_config
+    from toy_steps import median_step_seconds, toy_batches, toy_datasets
 
-    temporary = None
-    if not (toy_root() / "coco" / "annotations" / "instances_train.json").is_file():
-        from dcl.toydata import generate_toy_datasets
-
-        temporary = tempfile.TemporaryDirectory(prefix="dcl-bench-toy-")
-        generate_toy_datasets(temporary.name)
-        os.environ["DCL_TOY_DATASETS"] = temporary.name
-    register_datasets()
     config = str(REPO / "configs" / "toy_coco_mask_rcnn_R18_FPN.yaml")
     dcl_heads = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"]
     cfg_base, cfg_dcl = load_config(config, []), load_config(config, dcl_heads)
@@ -155,32 +143,13 @@ def bench_step(steps: int) -> None:
     model.load_state_dict(base.state_dict(), strict=False)
     models = {"baseline": base, "dcl": model}
     optimizers = {name: build_optimizer(cfg_base if name == "baseline" else cfg_dcl, m) for name, m in models.items()}
-
-    mapper = DatasetMapper(cfg_base, True)
-    dicts = DatasetCatalog.get("toy_coco_train")
-    batch_size = cfg_base.SOLVER.IMS_PER_BATCH
-    batches = [[mapper(dicts[(i * batch_size + j) % len(dicts)]) for j in range(batch_size)] for i in range(steps + 2)]
-
-    times = {name: [] for name in models}
-    with EventStorage():
-        for i, batch in enumerate(batches):
-            for name in (("baseline", "dcl") if i % 2 else ("dcl", "baseline")):
-                m, opt = models[name], optimizers[name]
-                m.train()
-                start = time.perf_counter()
-                losses = m(batch)
-                opt.zero_grad()
-                sum(losses.values()).backward()
-                opt.step()
-                if i >= 2:  # the first steps warm up allocators and caches
-                    times[name].append(time.perf_counter() - start)
-    t_base, t_dcl = statistics.median(times["baseline"]), statistics.median(times["dcl"])
-    print(f"toy training step (configs/toy_coco_mask_rcnn_R18_FPN.yaml, batch {batch_size}), median of {steps}, "
-          f"{torch.get_num_threads()} thread(s):")
+    with toy_datasets():
+        median = median_step_seconds(models, optimizers, toy_batches(cfg_base, steps + 2))
+    t_base, t_dcl = median["baseline"], median["dcl"]
+    print(f"toy training step (configs/toy_coco_mask_rcnn_R18_FPN.yaml, batch {cfg_base.SOLVER.IMS_PER_BATCH}), "
+          f"median of {steps}, {torch.get_num_threads()} thread(s):")
     print(f"  baseline {t_base * 1e3:8.1f} ms   DCL {t_dcl * 1e3:8.1f} ms   "
           f"overhead {100 * (t_dcl - t_base) / t_base:+5.1f}% (target < 10%)")
-    if temporary is not None:
-        temporary.cleanup()
 
 
 def main() -> int:

@@ -13,11 +13,7 @@ temporary directory when absent. Exits 0 (a benchmark, not a test).
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -34,22 +30,12 @@ MODELS = {  # name -> (config file, overrides)
 
 def bench(steps: int) -> None:
     import dcl.compat  # noqa: F401
-    from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
-    from detectron2.utils.events import EventStorage
 
-    from dcl.datasets import register_datasets, toy_root
     from dcl.config import load_config
+    from toy_steps import median_step_seconds, toy_batches, toy_datasets
 
-    temporary = None
-    if not (toy_root() / "cityscapes" / "annotations").is_dir():
-        from dcl.toydata import generate_toy_datasets
-
-        temporary = tempfile.TemporaryDirectory(prefix="dcl-bench-toy-")
-        generate_toy_datasets(temporary.name)
-        os.environ["DCL_TOY_DATASETS"] = temporary.name
-    register_datasets()
     configs = {name: load_config(str(REPO / "configs" / file), opts) for name, (file, opts) in MODELS.items()}
     models, optimizers = {}, {}
     for name, cfg in configs.items():
@@ -57,35 +43,15 @@ def bench(steps: int) -> None:
         models[name] = build_model(cfg)
         optimizers[name] = build_optimizer(cfg, models[name])
     models["RefineMask + DCL"].load_state_dict(models["RefineMask"].state_dict(), strict=False)
-
     cfg = configs["Mask R-CNN"]
-    mapper = DatasetMapper(cfg, True)
-    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
-    batch_size = cfg.SOLVER.IMS_PER_BATCH
-    batches = [[mapper(dicts[(i * batch_size + j) % len(dicts)]) for j in range(batch_size)] for i in range(steps + 2)]
-
-    names = list(models)
-    times = {name: [] for name in names}
-    with EventStorage():
-        for i, batch in enumerate(batches):
-            for name in names[i % 3:] + names[:i % 3]:
-                model, optimizer = models[name], optimizers[name]
-                model.train()
-                start = time.perf_counter()
-                losses = model(batch)
-                optimizer.zero_grad()
-                sum(losses.values()).backward()
-                optimizer.step()
-                if i >= 2:  # the first steps warm up allocators and caches
-                    times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"toy Cityscapes training step (batch {batch_size}), median of {steps}, {torch.get_num_threads()} thread(s):")
-    for name in names:
+    with toy_datasets():
+        median = median_step_seconds(models, optimizers, toy_batches(cfg, steps + 2))
+    print(f"toy Cityscapes training step (batch {cfg.SOLVER.IMS_PER_BATCH}), median of {steps}, "
+          f"{torch.get_num_threads()} thread(s):")
+    for name in models:
         print(f"  {name:18s} {median[name] * 1e3:8.1f} ms")
     print(f"  RefineMask / Mask R-CNN        {median['RefineMask'] / median['Mask R-CNN']:.2f}x")
     print(f"  RefineMask + DCL / RefineMask  {median['RefineMask + DCL'] / median['RefineMask']:.2f}x")
-    if temporary is not None:
-        temporary.cleanup()
 
 
 def main() -> int:
