@@ -35,7 +35,6 @@ import argparse
 import multiprocessing
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +45,7 @@ from tqdm import tqdm
 
 from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, compact_rle, complement, load_ground_truth, \
     load_predictions, segmentation_to_rle
-from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, EMPTY_GT_WARNING, CocoEvaluator, check_backend, \
+from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, CocoEvaluator, check_backend, empty_input_warnings, \
     format_stats_table, run_on_inputs, usable_cpus
 from dcl.io import InputError
 
@@ -372,13 +371,7 @@ def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLi
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt)
     records = load_predictions(pred, gt)
-    warnings_list = []
-    if not gt.data["annotations"]:
-        warnings_list.append(EMPTY_GT_WARNING)
-        warnings.warn(EMPTY_GT_WARNING, stacklevel=2)
-    if not records:
-        warnings_list.append(EMPTY_PREDICTIONS_WARNING)
-        warnings.warn(EMPTY_PREDICTIONS_WARNING, stacklevel=2)
+    warnings_list = empty_input_warnings(gt, records, EMPTY_PREDICTIONS_WARNING)
     tasks = _image_tasks(gt, records)
     pool = None
     if workers > 1 and tasks:

@@ -164,6 +164,16 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """faster-coco-eval's print_function: it reports progress we do not want on stdout."""
 
 
+def empty_input_warnings(gt: GroundTruth, records: list, empty_predictions: str = EMPTY_PREDICTIONS_WARNING) -> list[str]:
+    """The warnings for a GT without annotations and for no detections, also issued as Python
+    warnings (to the caller of the caller)."""
+    found = [message for message, empty in ((EMPTY_GT_WARNING, not gt.data["annotations"]),
+                                            (empty_predictions, not records)) if empty]
+    for message in found:
+        warnings.warn(message, stacklevel=3)
+    return found
+
+
 def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | os.PathLike | Sequence[Mapping], *,
              iou_types: Sequence[str] | None = None, backend: str = DEFAULT_BACKEND,
              cityscapes_root: str | os.PathLike | None = None, split: str = "val",
@@ -194,13 +204,7 @@ def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | o
         gt = load_ground_truth(gt, need_segmentation=needs_masks)
     records = load_predictions(predictions, gt, need_segmentation=needs_masks,
                                need_bbox=explicit and "bbox" in iou_types)
-    warnings_list: list[str] = []
-    if not gt.data["annotations"]:
-        warnings_list.append(EMPTY_GT_WARNING)
-        warnings.warn(EMPTY_GT_WARNING, stacklevel=2)
-    if not records:
-        warnings_list.append(EMPTY_PREDICTIONS_WARNING)
-        warnings.warn(EMPTY_PREDICTIONS_WARNING, stacklevel=2)
+    warnings_list = empty_input_warnings(gt, records)
     if "bbox" in iou_types:
         missing = [i for i, ann in enumerate(gt.data["annotations"]) if "bbox" not in ann]
         if not explicit and (missing or not records or not all("bbox" in r for r in records)):
