@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dcl-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint clean tex
+.PHONY: install test demo lint format clean tex
 
 $(STAMP): pyproject.toml constraints.txt tools/install_detectron2.py tools/detectron2-sdist.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ tex:
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --config preset=toy
 	@echo "Tables, figures and the summary are in results/toy/ (start with results/toy/README.md)."
+
+# Lint and format checks (ruff for the Python, snakefmt for the workflow; settings in pyproject.toml).
+# `make format` applies both formatters.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/
 
 clean:
 	rm -rf $(VENV) .pytest_cache
