@@ -6,9 +6,10 @@ nothing to plot is written as a clearly labelled "No data: <why>" panel rather t
 axes, and :func:`write_figures` returns the reason so the summary can say so.
 
 Style: Okabe-Ito colours (colour-blind safe; baselines blue, DCL orange/vermillion, a lighter
-shade for COCO init), labelled axes with units, fonts readable at print width (7 inches). Files
-carry no timestamps or software versions (PNG ``Software``, PDF ``Creator``/``Producer``/
-``CreationDate`` are dropped), so an unchanged input gives byte-identical files.
+shade for COCO init; RefineMask: dotted bars, dashed lines, triangles), labelled axes with
+units, fonts readable at print width (7 inches). Files carry no timestamps or software versions
+(PNG ``Software``, PDF ``Creator``/``Producer``/``CreationDate`` are dropped), so an unchanged
+input gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ _MODEL_COLORS = {
     ("dcl", "imagenet"): "#D55E00", ("dcl", "coco"): "#E69F00", ("dcl", "scratch"): "#CC79A7",
 }
 _FALLBACK_COLORS = ("#000000", "#009E73", "#CC79A7", "#F0E442")
+# Colour says method and init; a detector other than Mask R-CNN gets its own hatch, line and marker.
+_DETECTOR_HATCH = {"refinemask": ".."}
+_DETECTOR_LINE = {"refinemask": "--"}
+_DETECTOR_MARKER = {"refinemask": "^"}
 _WIDTH = 7.0  # inches: a two-column page width
 _VALIDATION = "validation AP"  # the training-curves column of the periodic evaluation
 _STYLE = {
@@ -63,7 +68,7 @@ def _color(spec: Any, index: int = 0) -> str:
 
 def _model_label(experiment: ExperimentStats) -> str:
     spec = experiment.spec
-    label = f"{method_name(spec.method)}, {init_name(spec.init)} init"
+    label = f"{method_name(spec.method, spec.model)}, {init_name(spec.init)} init"
     return label + (" (released)" if spec.group == "released" else "")
 
 
@@ -120,7 +125,7 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 axes.bar(
                     positions + offsets[index], heights, width, yerr=spreads, capsize=2,
                     color=_color(experiment.spec, index), edgecolor="black", linewidth=0.5,
-                    hatch="//" if experiment.spec.group == "released" else None,
+                    hatch="//" if experiment.spec.group == "released" else _DETECTOR_HATCH.get(experiment.spec.model),
                     label=f"{_model_label(experiment)} (n={experiment.n_errors(False)}, legacy {experiment.n_errors(True)})"
                     if experiment.n_errors(False) != experiment.n_errors(True)
                     else f"{_model_label(experiment)} (n={experiment.n_errors(False)})",
@@ -268,7 +273,8 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 seeds = int(seed_counts[(experiment.name, key)])
                 # Evaluations are few points: marked, so a single one is visible.
                 axes.plot(iterations, curve["mean"].to_numpy(), color=color, marker="o" if key == _VALIDATION else None,
-                          markersize=3, label=f"{_model_label(experiment)} (n={seeds})")
+                          linestyle=_DETECTOR_LINE.get(experiment.spec.model, "-"), markersize=3,
+                          label=f"{_model_label(experiment)} (n={seeds})")
                 drawn = True
             if not drawn:
                 note = {"loss_contrast": "not logged\n(no DCL run)",
@@ -297,7 +303,7 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         if any(r.experiment is not None for r in rows):
             reason = "no experiment with a published number has results yet"
         else:
-            reason = "no experiment in experiments.json has a published number (dataset/init/method)"
+            reason = "no experiment in experiments.json has a published number (dataset/init/method/model)"
         return _no_data(title, reason)
     figure = Figure(figsize=(_WIDTH, 0.42 * len(points) + 1.3), layout="constrained")
     axes = figure.add_subplot()
@@ -313,14 +319,15 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
             axes.plot([summary.mean - 2 * spread, summary.mean + 2 * spread], [y, y], color=color, linewidth=1.0)
             axes.plot([summary.mean - spread, summary.mean + spread], [y, y], color=color, linewidth=3.5)
         kind = "released checkpoint" if released else "trained, mean ± std (thin: ± 2 std)"
-        label = f"{method_name(spec.method)}, {kind}"
-        axes.plot([summary.mean], [y], "s" if released else "o", color=color, markersize=6,
+        label = f"{method_name(spec.method, spec.model)}, {kind}"
+        marker = "s" if released else _DETECTOR_MARKER.get(spec.model, "o")
+        axes.plot([summary.mean], [y], marker, color=color, markersize=6,
                   label=None if label in seen else label)
         seen.add(label)
         axes.plot([item.entry.value], [y], "D", markerfacecolor="white", markeredgecolor="black", markersize=6,
                   label=None if "published" in seen else "published")
         seen.add("published")
-        labels.append(f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, {method_name(spec.method)}"
+        labels.append(f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, {method_name(spec.method, spec.model)}"
                       f"{' (released)' if released else ''}: {metric_name(item.entry.metric)}")
     axes.set_yticks(range(len(points)), labels[::-1])
     axes.set_ylim(-0.7, len(points) - 0.3)
