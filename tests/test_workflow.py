@@ -263,7 +263,7 @@ def write_config(path: Path, change) -> Path:
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["experiments"][2].update(sedds=[0, 1]),
-     "experiments[2] (toy_coco_baseline): unknown key 'sedds' (did you mean 'seeds'?)"),
+     "experiments[2] (toy_cityscapes_refinemask_baseline): unknown key 'sedds' (did you mean 'seeds'?)"),
     (lambda c: c["defaults"]["resources"].update(runtime="soon"), "defaults.resources.runtime: 'soon' is not of type 'integer'"),
 ])
 def test_a_config_typo_fails_before_anything_runs(tmp_path, change, message):
