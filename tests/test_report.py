@@ -303,7 +303,8 @@ def test_main_table_means_stds_and_counts(paper):
     methods = [line.split(" | ")[0].lstrip("| ") for line in imagenet.splitlines() if line.startswith("| ")][2:]
     assert methods == ["Mask R-CNN", "Mask R-CNN + DCL", "Mask R-CNN + DCL (released)", "Mask R-CNN + DCL − Mask R-CNN",
                        "RefineMask", "RefineMask + DCL", "RefineMask + DCL − RefineMask"]
-    base, dcl = REFINEMASK_AP["cityscapes_imagenet_refinemask_baseline"], REFINEMASK_AP["cityscapes_imagenet_refinemask_dcl"]
+    base = REFINEMASK_AP["cityscapes_imagenet_refinemask_baseline"]
+    dcl = REFINEMASK_AP["cityscapes_imagenet_refinemask_dcl"]
     delta, low, high, p = paired_by_hand(base, dcl)
     assert (f"| RefineMask | 3/3 | {'%.2f ± %.2f' % mean_std(base)} | {statistics.mean(base) + 26:.2f} ± "
             f"{mean_std(base)[1]:.2f} | — | 37.6 |") in imagenet

@@ -497,9 +497,10 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     sections = (results / "tables" / "main_results.md").read_text().split("\n### ")[1:]
     by_dataset = {section.split(",")[0]: section for section in sections}
     assert set(by_dataset) == {"Toy COCO", "Toy Cityscapes"}
-    assert "| Baseline | 2/2 |" in by_dataset["Toy COCO"] and "| DCL | 2/2 |" in by_dataset["Toy COCO"]
-    assert "| Mask R-CNN | 2/2 |" in by_dataset["Toy Cityscapes"] and "| Mask R-CNN + DCL | 2/2 |" in by_dataset["Toy Cityscapes"]
-    assert "| RefineMask | 1/1 |" in by_dataset["Toy Cityscapes"] and "| RefineMask + DCL | 1/1 |" in by_dataset["Toy Cityscapes"]
+    coco, cityscapes = by_dataset["Toy COCO"], by_dataset["Toy Cityscapes"]
+    assert "| Baseline | 2/2 |" in coco and "| DCL | 2/2 |" in coco
+    assert "| Mask R-CNN | 2/2 |" in cityscapes and "| Mask R-CNN + DCL | 2/2 |" in cityscapes
+    assert "| RefineMask | 1/1 |" in cityscapes and "| RefineMask + DCL | 1/1 |" in cityscapes
     for name in ("training_curves", "error_breakdown", "ablations"):
         assert (results / "figures" / f"{name}.png").stat().st_mtime > before
     assert not list((results / "runs").glob("toy_coco_broken/seed0/*"))  # the report writes no run files

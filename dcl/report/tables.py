@@ -620,7 +620,8 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         f"{CONFIDENCE:.0%} CI: t distribution of the mean paired difference; p: {PAIRED_TEST}; "
         "n/a with fewer than 2 pairs, and p n/a when all paired differences are equal.",
     ]
-    parts = [Table(name="dcl_vs_baseline", title=dataset_name(dataset), caption="DCL − baseline per initialisation, detector and AP.",
+    parts = [Table(name="dcl_vs_baseline", title=dataset_name(dataset),
+                   caption="DCL − baseline per initialisation, detector and AP.",
                    columns=columns, rows=rows, csv_columns=[], csv_rows=[], wide=True)
              for dataset, rows in by_dataset.items()]
     return Table(
