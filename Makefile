@@ -32,7 +32,8 @@ tex:
 	  else echo "note: pdflatex not found and cannot be installed here: the LaTeX compile test is skipped"; fi; }
 
 # The whole workflow on the synthetic toy data, on this machine's CPUs (a few minutes):
-# toy data, 9 trainings (2 seeds per main experiment), evaluation, error analyses, tables and figures in results/toy/.
+# toy data, 11 trainings (2 seeds per Mask R-CNN experiment, 1 per RefineMask one), evaluation,
+# error analyses, tables and figures in results/toy/.
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --config preset=toy
 	@echo "Tables, figures and the summary are in results/toy/ (start with results/toy/README.md)."

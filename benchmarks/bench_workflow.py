@@ -5,7 +5,7 @@
 
 1. `snakemake -n --profile slurm` of the full paper matrix (~60 training runs, ~260 jobs), without
    data, in a fresh working directory: best wall time of ``--repeat`` runs against the 5 s target.
-2. The toy preset's whole DAG (toy data, 5 trainings of the default schedule, evaluation, both
+2. The toy preset's whole DAG (toy data, 11 trainings of the default schedule, evaluation, both
    error analyses, report) with the local executor on ``--cores`` cores, in a fresh working
    directory, against the 10 minute target. Prints the time per rule from Snakemake's own log.
 

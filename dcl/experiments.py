@@ -35,6 +35,7 @@ __all__ = [
     "REPO_ROOT",
     "SCHEMA_PATH",
     "DCL_HEAD_OVERRIDES",
+    "MODEL_HEADS",
     "RESERVED_OVERRIDES",
     "SEED_LIMIT",
     "DATASETS",
@@ -63,13 +64,22 @@ DCL_HEAD_OVERRIDES: tuple[tuple[str, str], ...] = (
     ("MODEL.ROI_HEADS.NAME", "ContrastRoIHeads"),
     ("MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"),
 )
+# The heads each `model` and `method` train with (detectron2 registry names). A Mask R-CNN
+# baseline keeps its config's heads, so its command lines are the original README's.
+MODEL_HEADS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+    "mask_rcnn": {"baseline": (), "dcl": DCL_HEAD_OVERRIDES},
+    "refinemask": {
+        "baseline": (("MODEL.ROI_HEADS.NAME", "RefineMaskROIHeads"), ("MODEL.ROI_MASK_HEAD.NAME", "RefineMaskHead")),
+        "dcl": (("MODEL.ROI_HEADS.NAME", "RefineMaskROIHeads"), ("MODEL.ROI_MASK_HEAD.NAME", "RefineMaskContrastHead")),
+    },
+}
 # Keys the workflow sets itself; an experiment's `overrides` may not, or two places would decide.
 RESERVED_OVERRIDES: dict[str, str] = {
     "SEED": "seeds come from `seeds`",
     "OUTPUT_DIR": "the workflow puts every run in {work_dir}/{preset}/{experiment}/seed{seed}",
     "MODEL.WEIGHTS": "use the experiment's `weights` (a name from the `weights` table or a path)",
-    "MODEL.ROI_HEADS.NAME": "use `method: dcl` or `method: baseline`",
-    "MODEL.ROI_MASK_HEAD.NAME": "use `method: dcl` or `method: baseline`",
+    "MODEL.ROI_HEADS.NAME": "use `method: dcl` or `method: baseline` (and `model`)",
+    "MODEL.ROI_MASK_HEAD.NAME": "use `method: dcl` or `method: baseline` (and `model`)",
 }
 
 
@@ -137,6 +147,7 @@ class Run:
     overrides: tuple[tuple[str, str], ...] = field(repr=False)
     weights_file: str | None
     resources: Resources
+    model: str = "mask_rcnn"  # mask_rcnn | refinemask
 
     @property
     def run_dir(self) -> str:
@@ -151,7 +162,7 @@ class Run:
         """The run's entry in ``experiments.json`` (docs/design.md)."""
         return {
             "experiment": self.experiment, "seed": self.seed, "kind": self.kind,
-            "dataset": self.dataset, "init": self.init, "method": self.method,
+            "dataset": self.dataset, "init": self.init, "method": self.method, "model": self.model,
             "group": self.group, "ablation": self.ablation, "metric": self.metric,
             "run_dir": self.run_dir,
         }
@@ -438,8 +449,9 @@ class Plan:
         if entry.get("dcl") and entry["method"] != "dcl":
             self._problems.append(f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']})")
         overrides = self._overrides(entry, where)
+        model = entry.get("model", "mask_rcnn")
+        overrides += list(MODEL_HEADS[model][entry["method"]])
         if entry["method"] == "dcl":
-            overrides += list(DCL_HEAD_OVERRIDES)
             overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
         config_file = self._config_path(entry["config"], where)
         weights = self._weights(entry.get("weights"), where)
@@ -451,7 +463,7 @@ class Plan:
         return [Run(experiment=entry["name"], seed=seed, kind=kind, dataset=entry["dataset"], init=entry["init"],
                     method=entry["method"], group=group, ablation=ablation, folder=folder or entry["name"],
                     config_file=config_file, overrides=tuple(overrides), weights_file=weights,
-                    resources=resources)
+                    resources=resources, model=model)
                 for seed in seeds]
 
     def _expand(self) -> None:

@@ -72,19 +72,36 @@ def problems(tmp_path: Path, config: dict) -> str:
 def test_paper_matrix_has_every_run_of_the_paper():
     plan = paper_plan()
     trained = {(r.experiment, r.seed) for r in plan.train_jobs}
-    main = [f"{d}_{m}" for d in ("cityscapes_imagenet", "cityscapes_coco", "coco") for m in ("baseline", "dcl")]
+    main = [f"{d}_{m}" for d in ("cityscapes_imagenet", "cityscapes_coco", "coco", "cityscapes_imagenet_refinemask")
+            for m in ("baseline", "dcl")]
     sweeps = {"loss_weight": ["0.4", "0.8", "1.6", "2.0"], "num_samples": ["8", "16", "64"],
               "temperature": ["0.03", "0.1", "0.2", "0.5"], "with_proj": ["off"]}
     ablated = [f"cityscapes_imagenet_dcl_{p}_{v}" for p, values in sweeps.items() for v in values]
-    # 3 settings x 2 methods x 3 seeds, plus 12 new ablation points x 3 seeds (the sweep values
+    # 3 settings + RefineMask x 2 methods x 3 seeds, plus 12 new ablation points x 3 seeds (the sweep values
     # equal to the base's 1.2 / 32 / 0.07 / on are the base's own runs).
     assert trained == {(name, seed) for name in main + ablated for seed in (0, 1, 2)}
-    assert len(trained) == 54
+    assert len(trained) == 60
     assert {r.experiment for r in plan.released_jobs} == {
         "modelzoo_coco_mask_rcnn_R_50_FPN_1x", "modelzoo_coco_mask_rcnn_R_50_FPN_3x",
         "modelzoo_coco_mask_rcnn_R_101_FPN_3x", "modelzoo_cityscapes_mask_rcnn_R_50_FPN",
         "released_cityscapes_imagenet_dcl", "released_cityscapes_coco_dcl", "released_coco_dcl"}
     assert all(r.seed == 0 for r in plan.released_jobs)
+
+
+def test_paper_refinemask_runs_use_the_refinemask_heads_and_recipe():
+    plan = paper_plan()
+    for method, mask_head in (("baseline", "RefineMaskHead"), ("dcl", "RefineMaskContrastHead")):
+        run_ = plan.run(f"cityscapes_imagenet_refinemask_{method}", 1)
+        assert run_.model == "refinemask" and run_.record()["model"] == "refinemask"
+        pairs = dict(run_.overrides)
+        assert pairs["MODEL.ROI_HEADS.NAME"] == "RefineMaskROIHeads" and pairs["MODEL.ROI_MASK_HEAD.NAME"] == mask_head
+        assert pairs.get("MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT") == ("1.4" if method == "dcl" else None)
+        assert run_.config_file.endswith("configs/cityscapes_refinemask_R_50_FPN.yaml")
+        assert run_.weights_file == "weights/detectron2/ImageNetPretrained/torchvision/R-50.pkl"
+        assert (run_.resources.gpus, run_.resources.runtime) == (4, 1080)
+    # Mask R-CNN runs keep the original README's command lines: no head names for the baseline.
+    assert "MODEL.ROI_HEADS.NAME" not in dict(plan.run("cityscapes_imagenet_baseline", 0).overrides)
+    assert plan.run("cityscapes_imagenet_baseline", 0).record()["model"] == "mask_rcnn"
 
 
 def test_paper_ablation_points_at_the_base_value_reuse_the_base_runs():
@@ -143,7 +160,7 @@ def test_paper_released_checkpoints_are_evaluated_not_trained():
                                               "results/paper/runs/released_cityscapes_imagenet_dcl/seed0", *DCL_HEADS]
     assert run.weights_file == "weights/cloud.tsinghua.edu.cn/f/25b641d7ea2f4b34ac82/checkpoint.pth"
     # Every checkpoint the runs use is downloaded (once) by the workflow, none that is unused.
-    assert len(plan.downloads) == 8
+    assert len(plan.downloads) == 9
     assert plan.downloads[R50] == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 
 
@@ -163,10 +180,10 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
     path.write_text(json.dumps(paper_plan().document()))
     preset, runs = load_experiments(path)
     assert preset == "paper"
-    assert len(runs) == 18 + 48 + 7
+    assert len(runs) == 24 + 48 + 7
     first = json.loads(path.read_text())["runs"][0]
     assert first == {"experiment": "cityscapes_imagenet_baseline", "seed": 0, "kind": "train", "dataset": "cityscapes",
-                     "init": "imagenet", "method": "baseline", "group": "main", "ablation": None,
+                     "init": "imagenet", "method": "baseline", "model": "mask_rcnn", "group": "main", "ablation": None,
                      "metric": "cityscapes.AP", "run_dir": "runs/cityscapes_imagenet_baseline/seed0",
                      # the live run.json and the logs, relative to results/paper (the working
                      # directory holds results/, work_dirs/ and logs/)
@@ -174,6 +191,7 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
                      "logs": {step: f"../../logs/paper/{step}/cityscapes_imagenet_baseline/seed0.log"
                               for step in ("train", "evaluate", "errors", "errors_legacy")}}
     metrics = {r.experiment: r.metric for r in runs}
+    assert {r.model for r in runs if "refinemask" in r.experiment} == {"refinemask"}
     assert metrics["coco_dcl"] == "segm.AP" and metrics["modelzoo_cityscapes_mask_rcnn_R_50_FPN"] == "cityscapes.AP"
 
 
@@ -379,7 +397,7 @@ def test_dcl_plan_writes_experiments_json(tmp_path):
     result = run_dcl("plan", "configs/paper.yaml", "-o", output, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert json.loads(output.read_text()) == paper_plan().document()
-    assert "preset paper: 73 runs in experiments.json; 54 to train, 7 released checkpoints" in result.stdout
+    assert "preset paper: 79 runs in experiments.json; 60 to train, 7 released checkpoints" in result.stdout
 
 
 def test_dcl_plan_prints_the_commands(tmp_path):
@@ -387,7 +405,8 @@ def test_dcl_plan_prints_the_commands(tmp_path):
                      cwd=REPO)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 9  # 4 experiments x 2 seeds + 1 new ablation point (seed 0)
+    # 4 Mask R-CNN experiments x 2 seeds, 2 RefineMask experiments x 1 seed, 1 new ablation point (seed 0)
+    assert len(lines) == 11
     # --config merges into the preset's train_overrides (120 iterations, LR step at 100, warm-up 40).
     seeds = []
     for line in lines:
@@ -396,7 +415,7 @@ def test_dcl_plan_prints_the_commands(tmp_path):
         assert words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[100]", "SOLVER.WARMUP_ITERS", "40",
                                  "SEED"] and words[-2] == "OUTPUT_DIR"  # in key order
         seeds.append(words[-3])
-    assert Counter(seeds) == {"0": 5, "1": 4}
+    assert Counter(seeds) == {"0": 7, "1": 4}
 
 
 def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):

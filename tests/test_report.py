@@ -53,8 +53,8 @@ def paired_by_hand(baseline, dcl):
 
 
 # ----------------------------------------------------------------------------- tree fabrication
-def run_record(experiment, seed, dataset, init, method, group="main", kind="train", ablation=None):
-    return {
+def run_record(experiment, seed, dataset, init, method, group="main", kind="train", ablation=None, model=None):
+    return {**({"model": model} if model else {}),
         "experiment": experiment, "seed": seed, "kind": kind, "dataset": dataset, "init": init, "method": method,
         "group": group, "ablation": ablation,
         "metric": "cityscapes.AP" if "cityscapes" in dataset else "segm.AP",
@@ -124,6 +124,11 @@ CS_AP50 = {
 }
 COCO_AP = {"coco_imagenet_baseline": [35.1, 35.5], "coco_imagenet_dcl": [35.9, "corrupt"]}
 COCO_BOX_AP = [38.4, 38.9]
+# RefineMask (model: refinemask): DCL near 39.3 (reproduced), baseline well below 37.6.
+REFINEMASK_AP = {
+    "cityscapes_imagenet_refinemask_baseline": [36.1, 36.3, 35.9],
+    "cityscapes_imagenet_refinemask_dcl": [39.0, 39.6, 39.2],
+}
 RELEASED_AP = 37.14
 ABLATIONS = {  # experiment -> (parameter, value, APs over seeds)
     "ablation_loss_weight_2.0": ("LOSS_WEIGHT", 2.0, [36.0, 36.6]),
@@ -183,6 +188,14 @@ def build_paper_tree(root: Path) -> list[dict]:
             record = run_record(experiment, seed, "cityscapes", "imagenet", "dcl", group="ablation", ablation=ablation)
             runs.append(record)
             write_run(root, record, eval_json={"cityscapes": {"AP": ap, "AP50": ap + 25}},
+                      errors=errors_record(gains(experiment, seed, False), False),
+                      legacy=errors_record(gains(experiment, seed, True), True))
+    for experiment, values in REFINEMASK_AP.items():
+        method = experiment.rsplit("_", 1)[1]
+        for seed, ap in enumerate(values):
+            record = run_record(experiment, seed, "cityscapes", "imagenet", method, model="refinemask")
+            runs.append(record)
+            write_run(root, record, eval_json={"cityscapes": {"AP": ap, "AP50": ap + 26}},
                       errors=errors_record(gains(experiment, seed, False), False),
                       legacy=errors_record(gains(experiment, seed, True), True))
     (root / "experiments.json").write_text(json.dumps({"preset": "paper", "runs": runs}, indent=1))
@@ -284,6 +297,24 @@ def test_main_table_means_stds_and_counts(paper):
     # The incomplete group is flagged, not silently averaged.
     coco_init = markdown.split("### Cityscapes, COCO initialisation")[1].split("###")[0]
     assert "| Baseline | 2/3† | 36.20 ± 0.28 |" in coco_init
+    # RefineMask shares the Cityscapes ImageNet table, after Mask R-CNN (named there), each detector
+    # with its own published numbers and its own DCL − baseline, paired by seed.
+    imagenet = markdown.split("### Cityscapes, ImageNet initialisation")[1].split("###")[0]
+    methods = [line.split(" | ")[0].lstrip("| ") for line in imagenet.splitlines() if line.startswith("| ")][2:]
+    assert methods == ["Mask R-CNN", "Mask R-CNN + DCL", "Mask R-CNN + DCL (released)", "Mask R-CNN + DCL − Mask R-CNN",
+                       "RefineMask", "RefineMask + DCL", "RefineMask + DCL − RefineMask"]
+    base = REFINEMASK_AP["cityscapes_imagenet_refinemask_baseline"]
+    dcl = REFINEMASK_AP["cityscapes_imagenet_refinemask_dcl"]
+    delta, low, high, p = paired_by_hand(base, dcl)
+    assert (f"| RefineMask | 3/3 | {'%.2f ± %.2f' % mean_std(base)} | {statistics.mean(base) + 26:.2f} ± "
+            f"{mean_std(base)[1]:.2f} | — | 37.6 |") in imagenet
+    assert f"| RefineMask + DCL | 3/3 | **{'%.2f ± %.2f' % mean_std(dcl)}** |" in imagenet and "| 39.3 |" in imagenet
+    assert f"| RefineMask + DCL − RefineMask | 3 pairs | {delta:+.2f} |" in imagenet
+    assert f"[{low:+.2f}, {high:+.2f}] | {p:.3f} |" in imagenet
+    refinemask = only(rows, experiment="cityscapes_imagenet_refinemask_dcl")
+    assert (refinemask["model"], refinemask["method"], refinemask["published"]) == ("refinemask", "dcl", "39.3")
+    assert float(refinemask["delta_mean"]) == pytest.approx(delta, rel=1e-5)
+    assert only(rows, experiment="cityscapes_imagenet_baseline")["model"] == "mask_rcnn"
     assert "† fewer seeds have results than configured" in markdown
     # COCO: six stats; one DCL seed has a corrupt eval.json -> 1/2 seeds, no std.
     coco = only(rows, experiment="coco_imagenet_baseline")
@@ -335,6 +366,11 @@ def test_dcl_vs_baseline_every_metric(paper):
     assert row["paired_seeds"] == "0 1 2" and row["baseline_n"] == "3"
     assert {r["metric"] for r in rows if r["dcl_experiment"] == "coco_imagenet_dcl"} == {f"segm.{s}" for s in COCO_STATS}
     assert not [r for r in rows if r["dcl_experiment"].startswith("ablation")]
+    # RefineMask + DCL is paired with the RefineMask baseline, never with Mask R-CNN's.
+    row = only(rows, dcl_experiment="cityscapes_imagenet_refinemask_dcl", metric="cityscapes.AP")
+    assert row["baseline_experiment"] == "cityscapes_imagenet_refinemask_baseline"
+    assert only(rows, dcl_experiment="cityscapes_imagenet_dcl", metric="cityscapes.AP")["baseline_experiment"] == \
+        "cityscapes_imagenet_baseline"
 
 
 def test_error_table_corrected_and_legacy_side_by_side(paper):
@@ -358,9 +394,14 @@ def test_error_table_corrected_and_legacy_side_by_side(paper):
     # The corrupt eval.json of coco_imagenet_dcl seed 1 does not hide its valid error analysis.
     fn = statistics.mean(gains("cityscapes_imagenet_baseline", s, False)["FN"] for s in range(3))
     fn_legacy = statistics.mean(gains("cityscapes_imagenet_baseline", s, True)["FN"] for s in range(3))
-    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| Baseline, ImageNet | 3/3"))
+    # Cityscapes has RefineMask rows too: Mask R-CNN's are named.
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| Mask R-CNN, ImageNet | 3/3"))
     cells = [c.strip() for c in baseline_row.strip("|").split("|")]
     assert (cells[5], cells[9]) == (f"{fn_legacy:.2f}", f"{fn:.2f}")
+    cityscapes = markdown.split("### Cityscapes")[1]
+    assert cityscapes.index("| Mask R-CNN + DCL, ImageNet (released) |") < cityscapes.index("| RefineMask, ImageNet |")
+    assert only(rows, experiment="cityscapes_imagenet_refinemask_dcl")["model"] == "refinemask"
+    assert "| Baseline, ImageNet |" in markdown.split("### COCO")[1]  # Mask R-CNN only: not named
     # Main comparisons first, ablations last.
     order = [r["experiment"] for r in rows]
     assert order.index("coco_imagenet_dcl") < order.index("ablation_loss_weight_0.4")
@@ -429,16 +470,22 @@ def test_reproduction_verdicts_and_readme(paper):
     box = only(rows, experiment="coco_imagenet_baseline", metric="bbox.AP")
     assert float(box["mean"]) == pytest.approx(statistics.mean(COCO_BOX_AP), rel=1e-5)
     assert abs(RELEASED_AP - 37.1) <= 0.05 and verdict("released_cityscapes_imagenet_dcl", "cityscapes.AP") == "reproduced"
-    refinemask = only(rows, detector="RefineMask R50-FPN")
-    assert refinemask["verdict"] == "not reproducible" and refinemask["experiment"] == ""
+    # RefineMask numbers are judged against the RefineMask experiments only (and Mask R-CNN's
+    # against Mask R-CNN's: `only` above found one row each).
+    assert {r["experiment"] for r in rows if r["detector"] == "RefineMask R50-FPN"} == set(REFINEMASK_AP)
+    mean, std = mean_std(REFINEMASK_AP["cityscapes_imagenet_refinemask_dcl"])
+    assert abs(mean - 39.3) <= 2 * std and verdict("cityscapes_imagenet_refinemask_dcl", "cityscapes.AP") == "reproduced"
+    mean, std = mean_std(REFINEMASK_AP["cityscapes_imagenet_refinemask_baseline"])
+    assert abs(mean - 37.6) > 2 * std
+    assert verdict("cityscapes_imagenet_refinemask_baseline", "cityscapes.AP") == "not reproduced"
     readme = (root / "README.md").read_text()
-    assert "23 runs expected: 21 finished, 0 running, 0 incomplete, 1 failed, 1 missing." in readme
+    assert "29 runs expected: 27 finished, 0 running, 0 incomplete, 1 failed, 1 missing." in readme
     assert "|mean − published| ≤ 2 ×" in readme
-    section = readme.split("### Not reproduced (1)")[1].split("###")[0]
+    section = readme.split("### Not reproduced (2)")[1].split("###")[0]
     assert "`cityscapes_coco_dcl`" in section and "published 38.6" in section
-    assert "### Cannot be judged yet (2)" in readme and "### Reproduced (4)" in readme
+    assert "### Cannot be judged yet (2)" in readme and "### Reproduced (5)" in readme
     assert "`coco_imagenet_dcl` seed 1: **failed**: eval.json" in readme
-    assert "RefineMask" in readme.split("### Listed, but not reproducible by this pipeline (1)")[1]
+    assert "Listed, but not reproducible" not in readme  # every published number is reproducible now
     assert "no data" not in readme  # every figure has data here
 
 
@@ -543,7 +590,7 @@ def test_html_tables_for_the_snakemake_report(paper):
 
     counter = Counter()
     counter.feed((root / "tables" / "run_inventory.html").read_text())
-    assert counter.rows == 1 + 23  # header + one per expected run
+    assert counter.rows == 1 + 29  # header + one per expected run
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -671,14 +718,16 @@ def test_published_yaml_holds_the_papers_numbers():
     assert table == {
         ("cityscapes", "imagenet", "dcl", "Mask", "cityscapes.AP"): (37.1, True),
         ("cityscapes", "coco", "dcl", "Mask", "cityscapes.AP"): (38.6, True),
-        ("cityscapes", "imagenet", "dcl", "RefineMask", "cityscapes.AP"): (39.3, False),
+        ("cityscapes", "imagenet", "dcl", "RefineMask", "cityscapes.AP"): (39.3, True),
+        ("cityscapes", "imagenet", "baseline", "RefineMask", "cityscapes.AP"): (37.6, True),
         ("coco", "imagenet", "dcl", "Mask", "segm.AP"): (35.6, True),
         ("coco", "imagenet", "baseline", "Mask", "segm.AP"): (35.2, True),
         ("coco", "imagenet", "baseline", "Mask", "bbox.AP"): (38.6, True),
         ("cityscapes", "coco", "baseline", "Mask", "cityscapes.AP"): (36.5, True),
     }
-    assert all(e.source for e in entries)
-    assert "mmdetection" in next(e for e in entries if not e.reproducible).note
+    assert all(e.source for e in entries) and all(e.reproducible for e in entries)
+    assert {e.model for e in entries if e.detector.startswith("RefineMask")} == {"refinemask"}
+    assert {e.model for e in entries if e.detector.startswith("Mask")} == {"mask_rcnn"}
 
 
 # ----------------------------------------------------------------------------- sparse tree: no-data figures
@@ -700,7 +749,7 @@ def test_no_data_figures_are_labelled_placeholders_and_reported(tmp_path, monkey
     readme = (results / "README.md").read_text()
     assert "2 runs expected: 0 finished, 1 running, 0 incomplete, 0 failed, 1 missing." in readme
     assert "no ablation runs in experiments.json" in readme and "**no data**" in readme
-    assert "### Not in this experiment matrix (6)" in readme
+    assert "### Not in this experiment matrix (8)" in readme
     assert "*No data: no ablation runs in experiments.json*" in (results / "tables" / "ablations.md").read_text()
     check_latex((results / "tables" / "ablations.tex").read_text(), "empty ablations")
     assert read_csv(results / "tables" / "ablations.csv") == []

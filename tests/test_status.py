@@ -110,14 +110,15 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
     live("toy_coco_baseline").write_text(json.dumps(record(
         "failed", iteration=2, error="FloatingPointError: Loss became infinite or NaN at iteration=2", exit_code=1)))
     live("toy_coco_dcl").write_text(json.dumps(record("interrupted", iteration=60, signal="SIGTERM")))
-    # toy_coco_dcl_loss_weight_0.4: no record at all.
+    # toy_coco_dcl_loss_weight_0.4 and the two RefineMask runs: no record at all.
     report = status.collect(tree, use_slurm=False, at=at(180))
     runs = by_name(report)
-    assert len(runs) == 5  # the ablation point LOSS_WEIGHT 1.2 is toy_coco_dcl's run: one line
+    assert len(runs) == 7  # the ablation point LOSS_WEIGHT 1.2 is toy_coco_dcl's run: one line
     assert runs["toy_coco_dcl"]["also"] == ["toy_coco_dcl_loss_weight_1.2"]
     assert {name: r["state"] for name, r in runs.items()} == {
         "toy_cityscapes_baseline": "finished", "toy_cityscapes_dcl": "running", "toy_coco_baseline": "failed",
-        "toy_coco_dcl": "interrupted", "toy_coco_dcl_loss_weight_0.4": "pending"}
+        "toy_coco_dcl": "interrupted", "toy_coco_dcl_loss_weight_0.4": "pending",
+        "toy_cityscapes_refinemask_baseline": "pending", "toy_cityscapes_refinemask_dcl": "pending"}
     running = runs["toy_cityscapes_dcl"]
     assert running["rate"] == pytest.approx(90 / 160)  # 90 iterations from t=10 to t=170
     assert running["eta_s"] == pytest.approx(70 / (90 / 160) - 10)
@@ -126,7 +127,7 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
     assert failed["log"] == "logs/toy/train/toy_coco_baseline/seed0.log"
     assert runs["toy_coco_dcl"]["reason"] == "stopped by SIGTERM" and runs["toy_coco_dcl"]["chunks"] == 1
     assert report["totals"] == {"finished": 1, "running": 1, "queued": 0, "interrupted": 1, "failed": 1,
-                                "pending": 1, "missing": 0}
+                                "pending": 3, "missing": 0}
     assert report["iterations"] == {"done": 160 + 90 + 2 + 60, "total": 4 * 160}
 
     # squeue: the interrupted run's next chunk is queued, the fresh one is starting on a node.
@@ -200,7 +201,7 @@ def test_status_command_end_to_end(tree, tmp_path):
     assert "gpu04" in lines["toy_coco_dcl"]
     assert "queued" in lines["toy_cityscapes_dcl"] and "5151" in lines["toy_cityscapes_dcl"]
     assert "ValueError: bad; log: logs/toy/train/toy_coco_baseline/seed0.log" in done.stdout
-    assert done.stdout.splitlines()[-1].startswith("5 runs: 1 running, 1 queued, 1 failed, 2 pending")
+    assert done.stdout.splitlines()[-1].startswith("7 runs: 1 running, 1 queued, 1 failed, 4 pending")
     assert "with squeue" in done.stdout.splitlines()[0]
 
     as_json = subprocess.run([*command, "results/toy", "--json", "--no-slurm"], capture_output=True, text=True,
@@ -232,7 +233,7 @@ def test_report_lists_live_runs_and_writes_nothing_into_run_folders(tree, capsys
     assert new and all(p.startswith(("results/toy/tables", "results/toy/figures")) or p == "results/toy/README.md"
                        for p in new), new
     readme = (tree / "README.md").read_text()
-    assert "6 runs expected: 0 finished, 2 running, 0 incomplete, 1 failed, 3 missing." in readme
+    assert "8 runs expected: 0 finished, 2 running, 0 incomplete, 1 failed, 5 missing." in readme
     assert "`toy_coco_dcl` seed 0: **running**: training (iteration 90/160, 0.56 it/s)" in readme
     assert ("`toy_coco_baseline` seed 0: **failed**: training failed (iteration 2/160): FloatingPointError: NaN; "
             "log: logs/toy/train/toy_coco_baseline/seed0.log") in readme

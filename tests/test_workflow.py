@@ -77,23 +77,24 @@ def paper_dry_run(tmp_path_factory):
 
 
 def test_paper_dry_run_plans_every_job(paper_dry_run):
-    # 54 trainings = 3 settings x 2 methods x 3 seeds + 12 new ablation points x 3 seeds;
-    # 7 released checkpoints; each of the 61 runs is evaluated once and analysed twice.
+    # 60 trainings = (3 Mask R-CNN settings + RefineMask) x 2 methods x 3 seeds + 12 new ablation
+    # points x 3 seeds; 7 released checkpoints; each of the 67 runs is evaluated once and analysed twice.
     assert job_stats(paper_dry_run) == {
-        "check_dataset": 2, "cityscapes_to_coco": 1, "cityscapes_to_coco_detectron": 1, "download_weights": 8, "train": 54, "inference": 7,
-        "evaluate": 61, "errors": 122, "plan": 1, "report": 1, "all": 1,
+        "check_dataset": 2, "cityscapes_to_coco": 1, "cityscapes_to_coco_detectron": 1, "download_weights": 9,
+        "train": 60, "inference": 7, "evaluate": 67, "errors": 134, "plan": 1, "report": 1, "all": 1,
     }
 
 
 def test_paper_training_jobs_ask_for_the_recipe_resources(paper_dry_run):
     jobs = [j for j in dry_run_jobs(paper_dry_run) if j["rule"] == "train"]
-    assert len(jobs) == 54
+    assert len(jobs) == 60
     for job in jobs:
         resources = job["resources"]
         coco = job["wildcards"]["experiment"].startswith("coco")
+        refinemask = "refinemask" in job["wildcards"]["experiment"]
         assert resources["gpu"] == "4"
         assert resources["cpus_per_task"] == "16"
-        assert resources["runtime"] == ("1440" if coco else "720")
+        assert resources["runtime"] == ("1440" if coco else "1080" if refinemask else "720")
         assert resources["mem_mb"] == ("128000" if coco else "64000")
         assert resources["slurm_extra"] == "--signal=TERM@300"
         assert resources["slurm_partition"] == "gpuq" and resources["slurm_account"] == "dcl-project"
@@ -131,6 +132,13 @@ def test_paper_training_command_lines(paper_dry_run):
     pairs = dict(zip(temperature[temperature.index("--results-dir") + 2::2], temperature[temperature.index("--results-dir") + 3::2]))
     assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE"] == "0.2"
     assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT"] == "1.2"
+    assert commands[("cityscapes_imagenet_refinemask_dcl", "1")] == (
+        f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/cityscapes_refinemask_R_50_FPN.yaml"
+        f" --resume --max-chunks 50 --results-dir results/paper/runs/cityscapes_imagenet_refinemask_dcl/seed1"
+        f" MODEL.ROI_HEADS.NAME RefineMaskROIHeads MODEL.ROI_MASK_HEAD.NAME RefineMaskContrastHead"
+        f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.4 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/torchvision/R-50.pkl"
+        f" SEED 1 OUTPUT_DIR work_dirs/paper/cityscapes_imagenet_refinemask_dcl/seed1"
+        f" > logs/paper/train/cityscapes_imagenet_refinemask_dcl/seed1.log 2>&1")
     released = shlex.split(commands[("released_coco_dcl", "0")].split(" > ")[0])
     assert "--eval-only" in released and "--resume" not in released
     assert released[released.index("MODEL.WEIGHTS") + 1] == "weights/cloud.tsinghua.edu.cn/f/4298adf3b07441188430/checkpoint.pth"
@@ -148,7 +156,7 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
     assert " -a datasets/coco/annotations/instances_val2017.json " in evaluate["coco_dcl"]["shell"]
     errors = [j for j in jobs if j["rule"] == "errors"]
     legacy = [j for j in errors if j["wildcards"]["analysis"] == "errors_legacy"]
-    assert len(legacy) == 61 and all("--legacy-unmatched" in j["shell"] for j in legacy)
+    assert len(legacy) == 67 and all("--legacy-unmatched" in j["shell"] for j in legacy)
     assert not any("--legacy-unmatched" in j["shell"] for j in errors if j not in legacy)
     # The original tool's GT for the legacy analysis: Detectron's conversion on Cityscapes.
     gt_of = {(j["wildcards"]["experiment"], j["wildcards"]["analysis"]): j["shell"].split(" -a ")[1].split()[0]
@@ -255,7 +263,7 @@ def write_config(path: Path, change) -> Path:
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["experiments"][2].update(sedds=[0, 1]),
-     "experiments[2] (toy_coco_baseline): unknown key 'sedds' (did you mean 'seeds'?)"),
+     "experiments[2] (toy_cityscapes_refinemask_baseline): unknown key 'sedds' (did you mean 'seeds'?)"),
     (lambda c: c["defaults"]["resources"].update(runtime="soon"), "defaults.resources.runtime: 'soon' is not of type 'integer'"),
 ])
 def test_a_config_typo_fails_before_anything_runs(tmp_path, change, message):
@@ -328,10 +336,15 @@ def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
     for name in FIGURE_NAMES:
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
     readme = (results / "README.md").read_text()
-    assert "10 runs expected: 10 finished" in readme
-    # Two seeds per main experiment: the paired statistics are filled in, not n/a.
+    assert "12 runs expected: 12 finished" in readme
+    # Two seeds per Mask R-CNN experiment: the paired statistics are filled in, not n/a; one seed
+    # per RefineMask experiment, which shares the Toy Cityscapes table.
     main = (results / "tables" / "main_results.md").read_text()
-    assert main.count("| DCL − baseline | 2 pairs |") == 2 and "also evaluated and error-analysed" in readme
+    assert main.count("| DCL − baseline | 2 pairs |") == 1 and "also evaluated and error-analysed" in readme
+    cityscapes = main.split("### Toy Cityscapes")[1].split("###")[0]
+    assert "| Mask R-CNN + DCL − Mask R-CNN | 2 pairs |" in cityscapes
+    assert "| RefineMask | 1/1 |" in cityscapes and "| RefineMask + DCL | 1/1 |" in cityscapes
+    assert "| RefineMask + DCL − RefineMask | 1 pair |" in cityscapes
     # Checkpoints and detectron2 output stay out of results/.
     assert not list(results.rglob("*.pth"))
     assert (toy_run / "work_dirs" / "toy" / "toy_coco_dcl" / "seed0" / "model_final.pth").is_file()
@@ -470,8 +483,8 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     assert "Error in rule train" in output and "some runs failed; the report of what finished" in output
     readme = (results / "README.md").read_text()
     assert (results / "README.md").stat().st_mtime > before
-    # The 10 runs of the toy matrix (the released one of the test above is not in this config) and the broken one.
-    assert "11 runs expected: 10 finished, 0 running, 0 incomplete, 1 failed, 0 missing." in readme
+    # The 12 runs of the toy matrix (the released one of the test above is not in this config) and the broken one.
+    assert "13 runs expected: 12 finished, 0 running, 0 incomplete, 1 failed, 0 missing." in readme
     failed = next(line for line in readme.splitlines() if line.startswith("- `toy_coco_broken` seed 0"))
     assert "**failed**" in failed and "build_no_such_backbone" in failed
     assert "log: logs/toy/train/toy_coco_broken/seed0.log" in failed and (toy_run / "logs/toy/train/toy_coco_broken/seed0.log").is_file()
@@ -479,12 +492,15 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
         inventory = {row["experiment"]: row["status"] for row in csv.DictReader(handle)}
     assert inventory == {**{run["experiment"]: "finished" for run in json.loads((results / "experiments.json").read_text())["runs"]},
                          "toy_coco_broken": "failed"}
-    # The finished runs' numbers are in the tables: per dataset, a baseline and a DCL row with every seed.
+    # The finished runs' numbers are in the tables: per dataset, a baseline and a DCL row with every seed
+    # (Toy Cityscapes: of Mask R-CNN, named beside RefineMask, and of RefineMask).
     sections = (results / "tables" / "main_results.md").read_text().split("\n### ")[1:]
     by_dataset = {section.split(",")[0]: section for section in sections}
     assert set(by_dataset) == {"Toy COCO", "Toy Cityscapes"}
-    for section in by_dataset.values():
-        assert "| Baseline | 2/2 |" in section and "| DCL | 2/2 |" in section
+    coco, cityscapes = by_dataset["Toy COCO"], by_dataset["Toy Cityscapes"]
+    assert "| Baseline | 2/2 |" in coco and "| DCL | 2/2 |" in coco
+    assert "| Mask R-CNN | 2/2 |" in cityscapes and "| Mask R-CNN + DCL | 2/2 |" in cityscapes
+    assert "| RefineMask | 1/1 |" in cityscapes and "| RefineMask + DCL | 1/1 |" in cityscapes
     for name in ("training_curves", "error_breakdown", "ablations"):
         assert (results / "figures" / f"{name}.png").stat().st_mtime > before
     assert not list((results / "runs").glob("toy_coco_broken/seed0/*"))  # the report writes no run files

@@ -59,10 +59,11 @@ def _rank(value: str, order: Sequence[str]) -> tuple[int, str]:
 
 
 def sort_key(run: ExpectedRun) -> tuple:
-    """Rows in paper order: dataset, init, group, method, experiment name."""
+    """Rows in paper order: dataset, init, detector (Mask R-CNN first, then its released
+    checkpoints), group, method, experiment name."""
     return (
-        _rank(run.dataset, _DATASET_ORDER), _rank(run.init, _INIT_ORDER), _rank(run.group, _GROUP_ORDER),
-        _rank(run.method, _METHOD_ORDER), run.experiment,
+        _rank(run.dataset, _DATASET_ORDER), _rank(run.init, _INIT_ORDER), run.model != "mask_rcnn", run.model,
+        _rank(run.group, _GROUP_ORDER), _rank(run.method, _METHOD_ORDER), run.experiment,
     )
 
 
@@ -247,7 +248,7 @@ def error_types(experiments: Iterable[ExperimentStats]) -> list[str]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """DCL experiment vs the baseline of the same dataset, init and group, for one metric."""
+    """DCL experiment vs the baseline of the same dataset, init, group and model, for one metric."""
 
     baseline: ExperimentStats
     dcl: ExperimentStats
@@ -257,7 +258,7 @@ class Comparison:
 
 def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
     """DCL minus baseline for every DCL experiment of the main and released groups that has
-    exactly one baseline experiment with the same dataset, init, group and metric.
+    exactly one baseline experiment with the same dataset, init, group, model and metric.
 
     Returns:
         One :class:`Comparison` per (DCL experiment, metric of its family), in table order.
@@ -270,7 +271,7 @@ def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
         baselines = [
             e for e in experiments
             if e.spec.method == "baseline" and e.spec.group == spec.group and e.spec.dataset == spec.dataset
-            and e.spec.init == spec.init and e.spec.metric == spec.metric
+            and e.spec.init == spec.init and e.spec.metric == spec.metric and e.spec.model == spec.model
         ]
         if len(baselines) != 1:
             continue
@@ -325,7 +326,7 @@ def _judge(entry: PublishedEntry, experiment: ExperimentStats) -> Reproduction:
 
 def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[ExperimentStats]) -> list[Reproduction]:
     """Judge every published entry against each main/released experiment with the same dataset,
-    init and method (the entry's metric is read from that experiment's eval.json).
+    init, method and model (the entry's metric is read from that experiment's eval.json).
 
     Returns:
         One row per (entry, matching experiment); an entry without a match gets one row with
@@ -340,10 +341,11 @@ def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[Experi
         matches = [
             e for e in experiments
             if e.spec.group in ("main", "released")
-            and (e.spec.dataset, e.spec.init, e.spec.method) == (entry.dataset, entry.init, entry.method)
+            and (e.spec.dataset, e.spec.init, e.spec.method, e.spec.model)
+            == (entry.dataset, entry.init, entry.method, entry.model)
         ]
         if not matches:
             rows.append(Reproduction(entry, None, summarize([]), "not in matrix",
-                                     "no experiment of this dataset/init/method in experiments.json"))
+                                     "no experiment of this dataset/init/method/model in experiments.json"))
         rows.extend(_judge(entry, e) for e in matches)
     return rows

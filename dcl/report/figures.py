@@ -6,9 +6,10 @@ nothing to plot is written as a clearly labelled "No data: <why>" panel rather t
 axes, and :func:`write_figures` returns the reason so the summary can say so.
 
 Style: Okabe-Ito colours (colour-blind safe; baselines blue, DCL orange/vermillion, a lighter
-shade for COCO init), labelled axes with units, fonts readable at print width (7 inches). Files
-carry no timestamps or software versions (PNG ``Software``, PDF ``Creator``/``Producer``/
-``CreationDate`` are dropped), so an unchanged input gives byte-identical files.
+shade for COCO init; RefineMask: dotted bars, dashed lines, triangles), labelled axes with
+units, fonts readable at print width (7 inches). Files carry no timestamps or software versions
+(PNG ``Software``, PDF ``Creator``/``Producer``/``CreationDate`` are dropped), so an unchanged
+input gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ _MODEL_COLORS = {
     ("dcl", "imagenet"): "#D55E00", ("dcl", "coco"): "#E69F00", ("dcl", "scratch"): "#CC79A7",
 }
 _FALLBACK_COLORS = ("#000000", "#009E73", "#CC79A7", "#F0E442")
+# Colour says method and init; a detector other than Mask R-CNN gets its own hatch, line and marker.
+_DETECTOR_HATCH = {"refinemask": ".."}
+_DETECTOR_LINE = {"refinemask": "--"}
+_DETECTOR_MARKER = {"refinemask": "^"}
 _WIDTH = 7.0  # inches: a two-column page width
 _VALIDATION = "validation AP"  # the training-curves column of the periodic evaluation
 _STYLE = {
@@ -61,9 +66,10 @@ def _color(spec: Any, index: int = 0) -> str:
     return _MODEL_COLORS.get((spec.method, spec.init), _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
 
 
-def _model_label(experiment: ExperimentStats) -> str:
+def _model_label(experiment: ExperimentStats, named: bool = False) -> str:
+    """``named``: Mask R-CNN's rows say so too (beside other detectors), as in the tables."""
     spec = experiment.spec
-    label = f"{method_name(spec.method)}, {init_name(spec.init)} init"
+    label = f"{method_name(spec.method, spec.model, named)}, {init_name(spec.init)} init"
     return label + (" (released)" if spec.group == "released" else "")
 
 
@@ -111,6 +117,7 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
         positions = np.arange(len(types))
         width = 0.8 / len(models)
         offsets = _bar_offsets(len(models), width)
+        named = len({m.spec.model for m in models}) > 1
         for column, (legacy, semantics) in enumerate(((False, "corrected"), (True, "legacy (original tool)"))):
             axes = grid[row][column]
             for index, experiment in enumerate(models):
@@ -120,10 +127,11 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 axes.bar(
                     positions + offsets[index], heights, width, yerr=spreads, capsize=2,
                     color=_color(experiment.spec, index), edgecolor="black", linewidth=0.5,
-                    hatch="//" if experiment.spec.group == "released" else None,
-                    label=f"{_model_label(experiment)} (n={experiment.n_errors(False)}, legacy {experiment.n_errors(True)})"
+                    hatch="//" if experiment.spec.group == "released" else _DETECTOR_HATCH.get(experiment.spec.model),
+                    label=f"{_model_label(experiment, named)} (n={experiment.n_errors(False)}, "
+                          f"legacy {experiment.n_errors(True)})"
                     if experiment.n_errors(False) != experiment.n_errors(True)
-                    else f"{_model_label(experiment)} (n={experiment.n_errors(False)})",
+                    else f"{_model_label(experiment, named)} (n={experiment.n_errors(False)})",
                 )
             axes.set_xticks(positions, types)
             axes.set_title(f"{dataset_name(dataset)}: {semantics}")
@@ -252,6 +260,7 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
     figure = Figure(figsize=(_WIDTH + 3.5, 2.0 * len(datasets) + 0.5), layout="constrained")
     grid = figure.subplots(len(datasets), len(_CURVES), squeeze=False)
     for row, (dataset, members) in enumerate(datasets.items()):
+        named = len({m.spec.model for m in members}) > 1
         for column, key in enumerate(_CURVES):
             axes = grid[row][column]
             label, unit = _CURVE_LABELS[key]
@@ -268,7 +277,8 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 seeds = int(seed_counts[(experiment.name, key)])
                 # Evaluations are few points: marked, so a single one is visible.
                 axes.plot(iterations, curve["mean"].to_numpy(), color=color, marker="o" if key == _VALIDATION else None,
-                          markersize=3, label=f"{_model_label(experiment)} (n={seeds})")
+                          linestyle=_DETECTOR_LINE.get(experiment.spec.model, "-"), markersize=3,
+                          label=f"{_model_label(experiment, named)} (n={seeds})")
                 drawn = True
             if not drawn:
                 note = {"loss_contrast": "not logged\n(no DCL run)",
@@ -297,12 +307,13 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         if any(r.experiment is not None for r in rows):
             reason = "no experiment with a published number has results yet"
         else:
-            reason = "no experiment in experiments.json has a published number (dataset/init/method)"
+            reason = "no experiment in experiments.json has a published number (dataset/init/method/model)"
         return _no_data(title, reason)
     figure = Figure(figsize=(_WIDTH, 0.42 * len(points) + 1.3), layout="constrained")
     axes = figure.add_subplot()
     labels = []
     seen: set[str] = set()
+    named = len({item.experiment.spec.model for item in points}) > 1
     for row, item in enumerate(points):
         y = len(points) - 1 - row  # first entry on top
         spec, summary = item.experiment.spec, item.summary
@@ -313,15 +324,17 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
             axes.plot([summary.mean - 2 * spread, summary.mean + 2 * spread], [y, y], color=color, linewidth=1.0)
             axes.plot([summary.mean - spread, summary.mean + spread], [y, y], color=color, linewidth=3.5)
         kind = "released checkpoint" if released else "trained, mean ± std (thin: ± 2 std)"
-        label = f"{method_name(spec.method)}, {kind}"
-        axes.plot([summary.mean], [y], "s" if released else "o", color=color, markersize=6,
+        label = f"{method_name(spec.method, spec.model, named)}, {kind}"
+        marker = "s" if released else _DETECTOR_MARKER.get(spec.model, "o")
+        axes.plot([summary.mean], [y], marker, color=color, markersize=6,
                   label=None if label in seen else label)
         seen.add(label)
         axes.plot([item.entry.value], [y], "D", markerfacecolor="white", markeredgecolor="black", markersize=6,
                   label=None if "published" in seen else "published")
         seen.add("published")
-        labels.append(f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, {method_name(spec.method)}"
-                      f"{' (released)' if released else ''}: {metric_name(item.entry.metric)}")
+        labels.append(f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, "
+                      f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}: "
+                      f"{metric_name(item.entry.metric)}")
     axes.set_yticks(range(len(points)), labels[::-1])
     axes.set_ylim(-0.7, len(points) - 0.3)
     axes.grid(axis="y", visible=False)

@@ -84,6 +84,7 @@ class ExpectedRun:
     ablation: Ablation | None
     metric: str
     run_dir: str
+    model: str = "mask_rcnn"  # the detector family (experiments.json's optional `model`)
     # Where the workflow trains it (the live run.json) and each step's log, as paths from the
     # working directory of the caller (resolved from experiments.json); None/empty in older files.
     output_dir: str | None = field(default=None, compare=False)
@@ -109,6 +110,7 @@ class PublishedEntry:
     reproducible: bool
     note: str
     index: int  # position in the file, for messages and a stable order
+    model: str = "mask_rcnn"  # the detector family, as experiments.json's `model`
 
     @property
     def tolerance(self) -> float:
@@ -265,6 +267,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
             metric=_require_str(record, "metric", where),
             run_dir=_require_str(record, "run_dir", where),
+            model=_optional_model(record, where),
             **_locations(record, path.parent, where),
         )
         _check_metric(run.metric, where)
@@ -276,14 +279,22 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
         seen.add((run.experiment, run.seed))
         # All seeds of one experiment must describe the same model, or its mean is meaningless.
-        what = (run.kind, run.dataset, run.init, run.method, run.group, run.ablation, run.metric)
+        what = (run.kind, run.dataset, run.init, run.method, run.model, run.group, run.ablation, run.metric)
         if identity.setdefault(run.experiment, what) != what:
             raise InputError(
                 f"{where}: experiment {run.experiment!r} has runs that disagree on "
-                "kind/dataset/init/method/group/ablation/metric"
+                "kind/dataset/init/method/model/group/ablation/metric"
             )
         runs.append(run)
     return preset, runs
+
+
+def _optional_model(record: dict, where: str) -> str:
+    """The optional ``model`` field (detector family); ``mask_rcnn`` when absent."""
+    model = record.get("model", "mask_rcnn")
+    if not isinstance(model, str) or not model:
+        raise InputError(f"{where}: 'model' must be a non-empty string, got {_type_name(model)} {model!r}")
+    return model
 
 
 # ----------------------------------------------------------------------------- published.yaml
@@ -302,7 +313,7 @@ def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
 
     Raises:
         InputError: missing or malformed file, an entry with a missing/mistyped field, or two
-            reproducible entries for the same dataset/init/method/metric (ambiguous comparison).
+            reproducible entries for the same dataset/init/method/model/metric (ambiguous comparison).
     """
     path = Path(path)
     data = read_yaml(path, "published numbers file", missing_hint=" (pass --published)")
@@ -334,9 +345,10 @@ def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
             reproducible=reproducible,
             note=note,
             index=index,
+            model=_optional_model(record, where),
         )
         _check_metric(entry.metric, where)
-        key = (entry.dataset, entry.init, entry.method, entry.metric)
+        key = (entry.dataset, entry.init, entry.method, entry.model, entry.metric)
         if entry.reproducible:
             if key in keys:
                 raise InputError(f"{where}: a second reproducible entry for {'/'.join(key)}")

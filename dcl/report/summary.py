@@ -41,7 +41,7 @@ _VERDICT_SECTIONS = (
 
 def _describe(item: Reproduction) -> str:
     entry = item.entry
-    what = (f"{dataset_name(entry.dataset)}, {init_name(entry.init)} init, {method_name(entry.method)} "
+    what = (f"{dataset_name(entry.dataset)}, {init_name(entry.init)} init, {method_name(entry.method, entry.model)} "
             f"({entry.detector}), {metric_name(entry.metric)}: published {fmt_number(entry.value, 1)}")
     if item.experiment is None:
         return f"{what}: {item.reason}"

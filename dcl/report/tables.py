@@ -55,6 +55,8 @@ MARK = "†"  # fewer seeds than configured
 DATASET_NAMES = {"cityscapes": "Cityscapes", "coco": "COCO", "toy_cityscapes": "Toy Cityscapes", "toy_coco": "Toy COCO"}
 INIT_NAMES = {"imagenet": "ImageNet", "coco": "COCO", "scratch": "scratch"}
 METHOD_NAMES = {"baseline": "Baseline", "dcl": "DCL"}
+# Detector families (experiments.json's `model`); rows of those other than Mask R-CNN carry the name.
+MODEL_NAMES = {"mask_rcnn": "Mask R-CNN", "refinemask": "RefineMask"}
 FAMILY_NAMES = {"cityscapes": "Cityscapes", "segm": "COCO mask", "bbox": "COCO box"}
 SEEDS_NOTE = f"{MARK} fewer seeds have results than configured; see the run inventory for why."
 
@@ -67,7 +69,15 @@ def init_name(init: str) -> str:
     return INIT_NAMES.get(init, init)
 
 
-def method_name(method: str) -> str:
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
+def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> str:
+    """``Baseline`` / ``DCL`` for Mask R-CNN; ``RefineMask`` / ``RefineMask + DCL`` for RefineMask.
+    ``named``: Mask R-CNN's too (``Mask R-CNN`` / ``Mask R-CNN + DCL``), for rows beside other detectors."""
+    if model != "mask_rcnn" or named:
+        return model_name(model) + (" + DCL" if method == "dcl" else "")
     return METHOD_NAMES.get(method, method)
 
 
@@ -399,8 +409,8 @@ _COCO_STATS = FAMILY_STATS["segm"]
 def _published_for(published: Sequence[PublishedEntry], experiment: ExperimentStats) -> PublishedEntry | None:
     spec = experiment.spec
     for entry in published:
-        if entry.reproducible and (entry.dataset, entry.init, entry.method, entry.metric) == (
-            spec.dataset, spec.init, spec.method, spec.metric
+        if entry.reproducible and (entry.dataset, entry.init, entry.method, entry.model, entry.metric) == (
+            spec.dataset, spec.init, spec.method, spec.model, spec.metric
         ):
             return entry
     return None
@@ -421,7 +431,8 @@ def _best_marks(rows: list[dict[str, str]], values: list[dict[str, float]], keys
 
 def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
                published: Sequence[PublishedEntry]) -> Table:
-    """One dataset/initialisation in the paper's layout: a row per model, then DCL − baseline."""
+    """One dataset/initialisation in the paper's layout: per detector (Mask R-CNN, then e.g.
+    RefineMask), a row per model, then that detector's DCL − baseline."""
     family = members[0].spec.family
     stats = [f"{family}.{stat}" for stat in FAMILY_STATS[family]]
     headers = {f"{family}.{stat}": stat for stat in FAMILY_STATS[family]}
@@ -435,33 +446,41 @@ def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
     columns = [Column("method", "Method"), Column("seeds", "Seeds", "r"),
                *[Column(m, headers[m], "r") for m in stats],
                Column("published", "Paper", "r"), Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r")]
-    rows, means = [], []
-    for experiment in members:
-        spec, n = experiment.spec, experiment.n_eval
-        row = {"method": method_name(spec.method) + (" (released)" if spec.group == "released" else ""),
-               "seeds": fmt_seeds(n, experiment.expected)}
-        mean_of: dict[str, float] = {}
-        for metric in stats:
-            summary = experiment.summary(metric) if metric in experiment.values else Summary(math.nan, math.nan, 0)
-            row[metric] = fmt_summary(summary) if n else DASH
-            mean_of[metric] = summary.mean
-        entry = _published_for(published, experiment)
-        row["published"] = fmt_number(entry.value, 1) if entry is not None else DASH
-        rows.append(row)
-        means.append(mean_of)
-    _best_marks(rows, means, stats)
-    baselines = [e for e in members if e.spec.method == "baseline" and e.spec.group == "main"]
-    for dcl in (e for e in members if e.spec.method == "dcl" and e.spec.group == "main"):
-        if len(baselines) != 1:
-            continue
-        row = {"method": "DCL − baseline", "seeds": ""}
-        for metric in stats:
-            difference = paired_difference(baselines[0].values.get(metric, {}), dcl.values.get(metric, {}))
-            row[metric] = fmt_signed(difference.mean)
-            if metric == dcl.spec.metric:
-                row.update(ci=fmt_ci(difference), p=fmt_p(difference.p_value),
-                           seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""))
-        rows.append(row)
+    models = list(dict.fromkeys(e.spec.model for e in members))  # members are in table order
+    named = len(models) > 1  # say which detector "Baseline" is
+    rows, model_rows, means = [], [], []
+    for model in models:
+        own = [e for e in members if e.spec.model == model]
+        for experiment in own:
+            spec, n = experiment.spec, experiment.n_eval
+            released = " (released)" if spec.group == "released" else ""
+            row = {"method": method_name(spec.method, spec.model, named) + released,
+                   "seeds": fmt_seeds(n, experiment.expected)}
+            mean_of: dict[str, float] = {}
+            for metric in stats:
+                summary = experiment.summary(metric) if metric in experiment.values else Summary(math.nan, math.nan, 0)
+                row[metric] = fmt_summary(summary) if n else DASH
+                mean_of[metric] = summary.mean
+            entry = _published_for(published, experiment)
+            row["published"] = fmt_number(entry.value, 1) if entry is not None else DASH
+            rows.append(row)
+            model_rows.append(row)
+            means.append(mean_of)
+        baselines = [e for e in own if e.spec.method == "baseline" and e.spec.group == "main"]
+        for dcl in (e for e in own if e.spec.method == "dcl" and e.spec.group == "main"):
+            if len(baselines) != 1:
+                continue
+            name = ("DCL − baseline" if models == ["mask_rcnn"] else
+                    f"{method_name('dcl', model, named)} − {method_name('baseline', model, named)}")
+            row = {"method": name, "seeds": ""}
+            for metric in stats:
+                difference = paired_difference(baselines[0].values.get(metric, {}), dcl.values.get(metric, {}))
+                row[metric] = fmt_signed(difference.mean)
+                if metric == dcl.spec.metric:
+                    row.update(ci=fmt_ci(difference), p=fmt_p(difference.p_value),
+                               seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""))
+            rows.append(row)
+    _best_marks(model_rows, means, stats)  # the rows are shared: bold shows in `rows`
     if all(row.get("published", DASH) == DASH for row in rows):
         columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
     headline = headers[members[0].spec.metric]
@@ -489,7 +508,7 @@ def main_table(
         Column("p", "p", "r", "DCL − baseline"), Column("pairs", "pairs", "r", "DCL − baseline"),
     ]
     csv_columns = [
-        "dataset", "init", "method", "group", "kind", "experiment", "metric", "seeds_with_results",
+        "dataset", "init", "method", "model", "group", "kind", "experiment", "metric", "seeds_with_results",
         "seeds_expected", *[f"{stat}_{part}" for stat in _COCO_STATS for part in ("mean", "std")],
         "published", "published_diff", "delta_mean", "delta_ci_low", "delta_ci_high", "delta_p", "delta_pairs",
     ]
@@ -506,13 +525,13 @@ def main_table(
         incomplete |= n < experiment.expected
         row = {
             "dataset": dataset_name(spec.dataset), "init": init_name(spec.init),
-            "method": method_name(spec.method) + (" (released)" if spec.group == "released" else ""),
+            "method": method_name(spec.method, spec.model) + (" (released)" if spec.group == "released" else ""),
             "experiment": spec.experiment, "metric": FAMILY_NAMES.get(spec.family, spec.family),
             "seeds": fmt_seeds(n, experiment.expected),
         }
         raw: dict[str, Any] = {
-            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "group": spec.group,
-            "kind": spec.kind, "experiment": spec.experiment, "metric": spec.metric,
+            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "model": spec.model,
+            "group": spec.group, "kind": spec.kind, "experiment": spec.experiment, "metric": spec.metric,
             "seeds_with_results": n, "seeds_expected": experiment.expected,
         }
         for metric in experiment.stats:
@@ -553,38 +572,41 @@ def main_table(
     parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
     return Table(
         name="main_results", title="Main results",
-        caption="Mask AP of Mask R-CNN baselines and DCL, one table per dataset and initialisation, over seeds, "
-        "with the published numbers and the paired DCL − baseline difference.",
+        caption="Mask AP of the baselines (Mask R-CNN; RefineMask where configured) and DCL, one table per dataset "
+        "and initialisation, over seeds, with the published numbers and the paired DCL − baseline difference "
+        "of each detector.",
         columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
         empty="no main or released experiments in experiments.json", wide=True, parts=parts,
     )
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> Table:
-    """DCL minus baseline for every metric column, paired by seed."""
+    """DCL minus baseline for every metric column, paired by seed; one table per dataset."""
     columns = [
-        Column("dataset", "Dataset"), Column("init", "Init"), Column("group", "Group", tex=False), Column("metric", "Metric"),
+        Column("init", "Init"), Column("model", "Detector"),
+        Column("group", "Group", tex=False), Column("metric", "Metric"),
         Column("baseline", "Baseline", "r"), Column("dcl", "DCL", "r"), Column("delta", "Δ", "r"),
         Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r"), Column("pairs", "Pairs", "r"),
     ]
     csv_columns = [
-        "dataset", "init", "group", "baseline_experiment", "dcl_experiment", "metric",
+        "dataset", "init", "model", "group", "baseline_experiment", "dcl_experiment", "metric",
         "baseline_mean", "baseline_std", "baseline_n", "dcl_mean", "dcl_std", "dcl_n",
         "delta_mean", "delta_ci_low", "delta_ci_high", "delta_p", "delta_pairs", "paired_seeds",
     ]
-    rows, csv_rows = [], []
+    by_dataset: dict[str, list[dict[str, str]]] = {}
+    csv_rows = []
     for comparison in comparisons:
         spec, difference = comparison.dcl.spec, comparison.difference
         base, dcl = comparison.baseline.summary(comparison.metric), comparison.dcl.summary(comparison.metric)
-        rows.append({
-            "dataset": dataset_name(spec.dataset), "init": init_name(spec.init), "group": spec.group,
-            "metric": metric_name(comparison.metric),
+        by_dataset.setdefault(spec.dataset, []).append({
+            "init": init_name(spec.init), "model": model_name(spec.model),
+            "group": spec.group, "metric": short_metric_name(comparison.metric),  # the dataset is beside it
             "baseline": f"{fmt_summary(base)} (n={base.n})", "dcl": f"{fmt_summary(dcl)} (n={dcl.n})",
             "delta": fmt_signed(difference.mean), "ci": fmt_ci(difference), "p": fmt_p(difference.p_value),
             "pairs": str(difference.n),
         })
         csv_rows.append({
-            "dataset": spec.dataset, "init": spec.init, "group": spec.group,
+            "dataset": spec.dataset, "init": spec.init, "model": spec.model, "group": spec.group,
             "baseline_experiment": comparison.baseline.name, "dcl_experiment": comparison.dcl.name,
             "metric": comparison.metric, "baseline_mean": base.mean, "baseline_std": base.std,
             "baseline_n": base.n, "dcl_mean": dcl.mean, "dcl_std": dcl.std, "dcl_n": dcl.n,
@@ -598,12 +620,17 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         f"{CONFIDENCE:.0%} CI: t distribution of the mean paired difference; p: {PAIRED_TEST}; "
         "n/a with fewer than 2 pairs, and p n/a when all paired differences are equal.",
     ]
+    parts = [Table(name="dcl_vs_baseline", title=dataset_name(dataset),
+                   caption="DCL − baseline per initialisation, detector and AP.",
+                   columns=columns, rows=rows, csv_columns=[], csv_rows=[], wide=True)
+             for dataset, rows in by_dataset.items()]
     return Table(
         name="dcl_vs_baseline", title="DCL versus baseline",
-        caption="Paired difference DCL − baseline for every reported AP, per dataset, initialisation and group.",
-        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="no DCL experiment with a matching baseline (same dataset, init and group) in experiments.json",
-        wide=True,
+        caption="Paired difference DCL − baseline for every reported AP (one table per dataset), per "
+        "initialisation, detector and group.",
+        columns=[Column("init", "Init")], rows=[], csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        empty="no DCL experiment with a matching baseline (same dataset, init, detector and group) in experiments.json",
+        wide=True, parts=parts,
     )
 
 
@@ -626,17 +653,19 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
     for group in (_LEGACY_GROUP, _CORRECTED_GROUP):
         columns += [Column(f"{t}/{group}", t, "r", group) for t in types]
     rows = []
+    named = len({e.spec.model for e in members}) > 1  # say which detector "Baseline" is
     for experiment in members:
         spec = experiment.spec
         n, n_legacy = experiment.n_errors(False, occ), experiment.n_errors(True, occ)
         base = experiment.error_summary("baseline", legacy=True, occ=occ)
         if base.n == 0:
             base = experiment.error_summary("baseline", legacy=False, occ=occ)
-        label = method_name(spec.method) + f", {init_name(spec.init)}"
+        label = method_name(spec.method, spec.model, named) + f", {init_name(spec.init)}"
         if spec.group == "released":
             label += " (released)"
         elif spec.group == "ablation":
-            label = f"DCL, {spec.ablation.parameter.replace('_', ' ').lower()} {fmt_value(spec.ablation.value)}"
+            parameter = spec.ablation.parameter.replace("_", " ").lower()
+            label = f"{method_name('dcl', spec.model, named)}, {parameter} {fmt_value(spec.ablation.value)}"
         row = {"model": label, "seeds": fmt_seeds(min(n, n_legacy), experiment.expected), "ap": fmt_number(base.mean)}
         for group, legacy in ((_LEGACY_GROUP, True), (_CORRECTED_GROUP, False)):
             for error_type in types:
@@ -651,7 +680,8 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     table per dataset (and one on the occlusion subset where there is one)."""
     types = error_types(experiments)
     csv_columns = [
-        "dataset", "init", "method", "group", "experiment", "seeds_expected", "seeds_corrected", "seeds_legacy",
+        "dataset", "init", "method", "model", "group", "experiment", "seeds_expected", "seeds_corrected",
+        "seeds_legacy",
         "ap_mean", "ap_std",
         *[f"{t}_{semantics}_{part}" for t in types for semantics in ("corrected", "legacy") for part in ("mean", "std")],
         "gt_corrected", "gt_legacy",
@@ -671,8 +701,8 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         if base.n == 0:
             base = experiment.error_summary("baseline", legacy=True)
         raw: dict[str, Any] = {
-            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "group": spec.group,
-            "experiment": spec.experiment, "seeds_expected": expected, "seeds_corrected": n,
+            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "model": spec.model,
+            "group": spec.group, "experiment": spec.experiment, "seeds_expected": expected, "seeds_corrected": n,
             "seeds_legacy": n_legacy, "ap_mean": base.mean, "ap_std": base.std,
             "gt_corrected": " ".join(sorted(experiment.gt_files.get("errors", ()))),
             "gt_legacy": " ".join(sorted(experiment.gt_files.get("errors_legacy", ()))),
@@ -732,12 +762,12 @@ def is_base_point(experiment: ExperimentStats) -> bool:
 
 
 def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
-    """The main baseline (no DCL) of an ablation's base experiment: same dataset and init."""
+    """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and detector."""
     spec = next((e.spec for e in experiments if e.name == base), None)
     if spec is None:
         spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
     matches = [e for e in experiments if spec is not None and e.spec.method == "baseline" and e.spec.group == "main"
-               and (e.spec.dataset, e.spec.init) == (spec.dataset, spec.init)]
+               and (e.spec.dataset, e.spec.init, e.spec.model) == (spec.dataset, spec.init, spec.model)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -800,7 +830,8 @@ def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
         by_parameter.setdefault(experiment.spec.ablation.parameter, []).append(experiment)
     parts = [_ablation_part(parameter, members, experiments) for parameter, members in by_parameter.items()]
     notes = ["AP in %: mean ± sample standard deviation (ddof=1) over the seeds with results; (base): the base "
-             "experiment's own value; no DCL: the baseline of the same dataset and initialisation; best in bold."]
+             "experiment's own value; no DCL: the baseline of the same dataset, initialisation and detector; "
+             "best in bold."]
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     return Table(
@@ -815,7 +846,7 @@ def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
 def inventory_table(results: Sequence[RunResult]) -> Table:
     """Every expected run with its status, reason, progress, wall time and GPUs."""
     columns = [
-        Column("experiment", "Experiment"), Column("seed", "Seed", "r"), Column("kind", "Kind"),
+        Column("experiment", "Experiment", width="2.6cm"), Column("seed", "Seed", "r"), Column("kind", "Kind"),
         Column("status", "Status"), Column("reason", "Reason", width="2.4cm"), Column("iterations", "Iterations", "r"),
         Column("wall", "Wall time", "r"), Column("gpus", "GPUs"),
     ]

@@ -349,8 +349,9 @@ def test_toy_pipeline_runs_every_non_local_job_through_sbatch(toy_run, slurm_clu
     # Every non-local job was submitted once, and every submission is one of those jobs.
     submissions = toy_run.submissions()
     assert sorted(jobid for jobid, _, _ in submissions) == sorted(job.jobid for job in remote)
-    # trainings; evaluations; on the toy COCO-OCC (COCO runs); errors + errors_legacy (+ both on OCC)
-    assert len(remote) == 9 + 9 + 5 + 28
+    # trainings (9 Mask R-CNN, 2 RefineMask); evaluations; on the toy COCO-OCC (COCO runs);
+    # errors + errors_legacy (+ both on OCC)
+    assert len(remote) == 11 + 11 + 5 + 32
     slurm_ids = [slurm_id for _, slurm_id, _ in submissions]
     assert len(set(slurm_ids)) == len(slurm_ids)
 
@@ -381,7 +382,7 @@ def test_toy_pipeline_outputs_are_complete(toy_run, slurm_cluster):
     plan = read_json(results / "experiments.json")
     # An ablation value equal to its base experiment's reuses that run (same run_dir).
     trained = {run["run_dir"]: run for run in plan["runs"] if run["kind"] == "train"}
-    assert len(trained) == 9, sorted(trained)
+    assert len(trained) == 11, sorted(trained)
     for run_dir, run in trained.items():
         folder = results / run_dir
         record = read_json(folder / "run.json")
