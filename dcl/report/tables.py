@@ -52,6 +52,7 @@ __all__ = [
 
 DASH = "—"  # no data
 MARK = "†"  # fewer seeds than configured
+COCO_AP_MARK = "*"  # a Cityscapes number published as COCO-style AP, not the official metric
 DATASET_NAMES = {"cityscapes": "Cityscapes", "coco": "COCO", "toy_cityscapes": "Toy Cityscapes", "toy_coco": "Toy COCO"}
 INIT_NAMES = {"imagenet": "ImageNet", "coco": "COCO", "scratch": "scratch"}
 METHOD_NAMES = {"baseline": "Baseline", "dcl": "DCL"}
@@ -406,11 +407,13 @@ def _html_table(table: Table) -> list[str]:
 _COCO_STATS = FAMILY_STATS["segm"]
 
 
-def _published_for(published: Sequence[PublishedEntry], experiment: ExperimentStats) -> PublishedEntry | None:
+def _published_for(published: Sequence[PublishedEntry], experiment: ExperimentStats,
+                   metric: str | None = None) -> PublishedEntry | None:
+    """The reproducible published number of ``experiment`` for ``metric`` (default: its headline)."""
     spec = experiment.spec
     for entry in published:
         if entry.reproducible and (entry.dataset, entry.init, entry.method, entry.model, entry.metric) == (
-            spec.dataset, spec.init, spec.method, spec.model, spec.metric
+            spec.dataset, spec.init, spec.method, spec.model, metric or spec.metric
         ):
             return entry
     return None
@@ -463,6 +466,9 @@ def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
                 mean_of[metric] = summary.mean
             entry = _published_for(published, experiment)
             row["published"] = fmt_number(entry.value, 1) if entry is not None else DASH
+            if entry is None and _published_for(published, experiment, "segm.AP") is not None and "segm.AP" in stats:
+                # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
+                row["published"] = fmt_number(_published_for(published, experiment, "segm.AP").value, 1) + COCO_AP_MARK
             rows.append(row)
             model_rows.append(row)
             means.append(mean_of)
@@ -567,6 +573,10 @@ def main_table(
         "Paper: the published number (or detectron2's model zoo for baselines), see results/published.yaml; "
         "the CSV has mean − published.",
     ]
+    if any(_published_for(published, e) is None and _published_for(published, e, "segm.AP") is not None
+           for e in experiments if e.spec.family == "cityscapes"):
+        notes.append(f"Paper {COCO_AP_MARK}: published as COCO-style mask AP (compare with COCO AP), not the "
+                     "official Cityscapes metric.")
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
