@@ -36,6 +36,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    """Every table, figure and the results README of the preset."""
     input:
         final_outputs(),
     default_target: True

@@ -3,6 +3,7 @@
 
 
 rule toy_data:
+    """Generate the synthetic toy COCO and Cityscapes datasets (dcl data toy)."""
     # A directory output: Snakemake must not create folders inside it before `dcl data toy` runs
     # (it refuses a non-empty directory that is not already a toy dataset).
     output:
@@ -17,6 +18,7 @@ rule toy_data:
 
 
 rule check_dataset:
+    """Check a dataset's files before any GPU job is queued (dcl data check)."""
     input:
         # The toy datasets are made by the workflow; the real ones are the user's to download.
         lambda wildcards: rules.toy_data.output if DATASETS[wildcards.dataset].toy else [],
@@ -38,6 +40,7 @@ rule check_dataset:
 
 
 rule cityscapes_to_coco:
+    """Cityscapes val as COCO JSON, the GT of evaluation and error analysis."""
     # detectron2 evaluates Cityscapes val from this COCO JSON (docs/design.md), and so do
     # `dcl evaluate` and `dcl errors`: one set of image ids from training to the error tables.
     input:
@@ -57,6 +60,7 @@ rule cityscapes_to_coco:
 
 
 rule cityscapes_to_coco_detectron:
+    """Cityscapes val as COCO JSON by Detectron's rules, the GT of the legacy error analysis."""
     # The GT of the original error analysis (Detectron's conversion rules), for errors_legacy:
     # same image and category ids as the file above, so the same predictions score on both.
     # (`dcl data toy` writes the toy one itself.)

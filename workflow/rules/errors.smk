@@ -7,6 +7,7 @@
 
 
 rule errors:
+    """Segmentation-error analysis of one run: AP gain from removing fFP, bFP, FN (dcl errors)."""
     input:
         unpack(errors_inputs),
     output:

@@ -2,6 +2,7 @@
 
 
 rule evaluate:
+    """Mask AP of one run's predictions, COCO and official Cityscapes (dcl evaluate)."""
     input:
         unpack(evaluation_inputs),
     output:
@@ -20,6 +21,7 @@ rule evaluate:
 
 # COCO runs on the occlusion subset (COCO-OCC), from the val predictions: no extra inference.
 use rule evaluate as evaluate_occ with:
+    """Mask AP of one COCO run's val predictions on the occlusion subset COCO-OCC (dcl evaluate)."""
     input:
         unpack(occlusion_inputs),
     output:

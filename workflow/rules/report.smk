@@ -11,6 +11,7 @@ REPORT_ARGS = shlex.join(
 
 
 rule plan:
+    """The expanded list of runs, experiments.json (dcl plan)."""
     # Rewritten when the expanded run list (its digest: a rerun trigger) or the config sources change.
     output:
         f"{RESULTS}/experiments.json",
@@ -28,6 +29,7 @@ rule plan:
 
 
 rule report:
+    """Tables, figures and the results README from every run (dcl report)."""
     input:
         experiments=f"{RESULTS}/experiments.json",
         runs=all_run_outputs(),

@@ -23,6 +23,7 @@ RUN_RESOURCES = dict(
 
 
 rule train:
+    """Train and evaluate one run (experiment x seed) as a GPU job, resumable (dcl train)."""
     input:
         unpack(model_inputs),
     output:
@@ -56,6 +57,7 @@ rule train:
 # predictions; nothing is trained, so there are no training metrics and no checkpoint to save
 # before a time limit.
 use rule train as inference with:
+    """Evaluate a released checkpoint without training (dcl train --eval-only)."""
     output:
         run=f"{RUN_DIR}/run.json",
         predictions=PREDICTIONS,

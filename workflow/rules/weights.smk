@@ -3,6 +3,7 @@
 
 
 rule download_weights:
+    """Download a checkpoint into the weights directory on the login node (dcl weights download)."""
     output:
         f"{WEIGHTS}/{{weights_file}}",
     log:
