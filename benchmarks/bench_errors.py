@@ -74,7 +74,7 @@ def original_dense(gt_path: str, pred_path: str, types: list[str], legacy: bool)
     by_image: dict[int, list[int]] = {}
     for k, p in enumerate(predictions):
         by_image.setdefault(p["image_id"], []).append(k)
-    for image_id, image in gt.imgs.items():
+    for image_id in gt.imgs:
         anns = sorted((a for a in gt.imgToAnns[image_id] if not a["iscrowd"]), key=lambda a: a["category_id"])
         dets = sorted(by_image.get(image_id, []), key=lambda k: predictions[k]["category_id"])
         if not anns or not dets:

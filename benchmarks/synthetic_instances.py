@@ -68,7 +68,7 @@ def make_dataset(num_images: int = 20, height: int = 1024, width: int = 2048, *,
         images.append({"id": image_id, "file_name": f"synthetic_{image_id:06d}.png",
                        "height": height, "width": width})
         shapes = []
-        for k in range(int(rng.integers(*gt_per_image))):
+        for _ in range(int(rng.integers(*gt_per_image))):
             a, b = rng.uniform(20, 220) * scale, rng.uniform(20, 160) * scale
             if shapes and rng.random() < 0.5:  # touch or overlap the previous instance
                 px, py, pa, pb, _, _ = shapes[-1]

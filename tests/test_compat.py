@@ -48,7 +48,7 @@ def test_deformable_conv_cuda_kernels_fail_with_build_hint():
     conv = DeformConv(2, 2, kernel_size=3, padding=1)
     assert conv(torch.zeros(1, 2, 5, 5), torch.zeros(1, 18, 5, 5)).shape == (1, 2, 5, 5)
     with pytest.raises(MissingExtensionError, match="deform_conv_forward"):
-        _C.deform_conv_forward
+        _ = _C.deform_conv_forward
 
 
 @needs_stand_in

@@ -904,7 +904,7 @@ def test_coco_occ_column_tables_and_note(tmp_path):
     assert "| OCC AP |" in header and "OCC AP" not in (absent / "tables" / "main_results.md").read_text()
     occ = [statistics.mean([25.0, 25.5]), statistics.mean([26.0, 26.5])]
     assert f"{occ[0]:.2f} ± {statistics.stdev([25.0, 25.5]):.2f}" in main
-    assert f"| DCL − baseline | 2 pairs |" in main and f"+{occ[1] - occ[0]:.2f}" in main
+    assert "| DCL − baseline | 2 pairs |" in main and f"+{occ[1] - occ[0]:.2f}" in main
     errors = (used / "tables" / "error_analysis.md").read_text()
     section = errors.split("### COCO, occlusion subset (COCO-OCC)")[1]
     assert "GT files: legacy instances_occ2017_new.json; corrected instances_occ2017_new.json" in section

@@ -323,7 +323,7 @@ def test_resumable_sampler_shards_the_stream_over_ranks(monkeypatch):
     stream = list(itertools.islice(iter(TrainingSampler(10, seed=5)), 24))
     seen = []
     for rank in range(2):
-        monkeypatch.setattr(comm, "get_rank", lambda: rank)
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
         monkeypatch.setattr(comm, "get_world_size", lambda: 2)
         batches = itertools.islice(iter(ResumableTrainingSampler(10, 3, seed=5)), 4)
         seen += [pair for batch in batches for pair in batch]

@@ -571,11 +571,11 @@ def test_a_training_preempted_six_times_completes_in_requeued_chunks(slurm_clust
     try:
         job_id = None
         for chunk in range(1, preemptions + 1):
-            record = wait_for(lambda: chunk_progress(run_json, chunk), f"chunk {chunk} to train", 600, head)
+            record = wait_for(lambda chunk=chunk: chunk_progress(run_json, chunk), f"chunk {chunk} to train", 600, head)
             job_id = job_id or record["slurm"]["job_id"]
             assert record["slurm"]["job_id"] == job_id, "a chunk ran as another Slurm job"
             subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm_cluster.env, check=True, timeout=30)
-            wait_for(lambda: job_state(slurm_cluster, job_id) == "PENDING", f"job {job_id} to be requeued", 300, head)
+            wait_for(lambda job_id=job_id: job_state(slurm_cluster, job_id) == "PENDING", f"job {job_id} to be requeued", 300, head)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_cluster.env,
                            check=True, timeout=30)
         run = finish_snakemake(workdir, head)
