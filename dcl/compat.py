@@ -24,6 +24,12 @@ Shims:
     rotated NMS, deformable convolution, detectron2's C++ COCO evaluator) raise
     ``MissingExtensionError`` naming the missing build instead of failing obscurely.
 
+``torch-deprecations``
+    fvcore (imported by detectron2 v0.6) calls ``torch.jit.script`` at import, and detectron2's
+    anchor generator ``torch.meshgrid`` without ``indexing=``; recent PyTorch warns about each on
+    every run (``dcl train --help`` included), which users cannot act on. Those two warnings are
+    ignored (dcl itself uses neither function).
+
 Applied on request only:
 
 ``cpu-ddp`` (:func:`allow_cpu_ddp`, called by CPU workers of :mod:`dcl.launch`)
@@ -162,7 +168,17 @@ def allow_cpu_ddp() -> None:
     APPLIED.append("cpu-ddp")
 
 
+def _silence_torch_deprecations_in_detectron2() -> None:
+    import warnings
+
+    # Both are attributed to torch's own modules (the caller cannot be matched), hence by message.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+    APPLIED.append("torch-deprecations")
+
+
 def _apply() -> None:
+    _silence_torch_deprecations_in_detectron2()
     _restore_numpy_aliases()
     _restore_pillow_constants()
     _provide_pkg_resources()

@@ -19,6 +19,14 @@ def test_help_does_not_import_heavy_modules():
     assert result.stdout.split() == ["False", "False"]
 
 
+def test_subcommand_help_prints_no_third_party_warnings():
+    # dcl train imports torch and detectron2 (and fvcore, which warns about torch.jit.script).
+    for name in SUBCOMMANDS:
+        result = run_dcl(name, "--help")
+        assert result.returncode == 0 and result.stdout, name
+        assert result.stderr == "", (name, result.stderr)
+
+
 def test_unknown_subcommand_is_a_usage_error():
     result = run_dcl("trian")
     assert result.returncode == 2
