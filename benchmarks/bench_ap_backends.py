@@ -8,6 +8,7 @@ same seed: 20 images of 1024x2048, ~740 detections). Each backend loads fresh JS
 one CPU); prints seconds, the speed ratio and the largest difference between the two backends'
 12 statistics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,19 +46,28 @@ def main() -> int:
         if args.gt is None or args.pred is None:
             args.gt, args.pred = Path(tmp) / "gt.json", Path(tmp) / "pred.json"
             write_dataset(args.gt, args.pred)
-        print(f"files: {args.gt} ({args.gt.stat().st_size / 1e6:.1f} MB), {args.pred} "
-              f"({args.pred.stat().st_size / 1e6:.1f} MB); best of {args.repeat}, seconds")
-        print(f"{'IoU type':8s} {'load+validate':>14s} " + " ".join(f"{b:>17s}" for b in BACKENDS)
-              + f" {'ratio':>7s} {'max |diff|':>11s}")
+        print(
+            f"files: {args.gt} ({args.gt.stat().st_size / 1e6:.1f} MB), {args.pred} "
+            f"({args.pred.stat().st_size / 1e6:.1f} MB); best of {args.repeat}, seconds"
+        )
+        print(
+            f"{'IoU type':8s} {'load+validate':>14s} "
+            + " ".join(f"{b:>17s}" for b in BACKENDS)
+            + f" {'ratio':>7s} {'max |diff|':>11s}"
+        )
         for iou_type in ("segm", "bbox"):
             runs = {backend: _time(args.gt, args.pred, backend, iou_type, args.repeat) for backend in BACKENDS}
             (load_a, fast_s, fast), (load_b, ref_s, ref) = runs["faster-coco-eval"], runs["pycocotools"]
             difference = max((abs(fast[n] - ref[n]) for n in STAT_NAMES if ref[n] is not None), default=0.0)
             same_nulls = all((fast[n] is None) == (ref[n] is None) for n in STAT_NAMES)
-            print(f"{iou_type:8s} {min(load_a, load_b):14.3f} {fast_s:17.3f} {ref_s:17.3f} {ref_s / fast_s:6.2f}x "
-                  f"{difference:11.1e}" + ("" if same_nulls else "  (null statistics differ!)"))
-        print("backend columns: GT index + evaluate + accumulate + summarize; ratio = pycocotools / "
-              "faster-coco-eval; max |diff| over the 12 statistics, in AP points")
+            print(
+                f"{iou_type:8s} {min(load_a, load_b):14.3f} {fast_s:17.3f} {ref_s:17.3f} {ref_s / fast_s:6.2f}x "
+                f"{difference:11.1e}" + ("" if same_nulls else "  (null statistics differ!)")
+            )
+        print(
+            "backend columns: GT index + evaluate + accumulate + summarize; ratio = pycocotools / "
+            "faster-coco-eval; max |diff| over the 12 statistics, in AP points"
+        )
     return 0
 
 

@@ -20,6 +20,7 @@ detections, to show it does not grow with them.
 Both implementations run the original's unmatched-detection rule (``--legacy-unmatched``) by
 default, since that is what the original tool computed; ``--mode default`` compares the fixed rule.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ CHUNK_BYTES = 256 * 2**20
 # --------------------------------------------------------------------------------------------
 # The original algorithm, densely
 # --------------------------------------------------------------------------------------------
+
 
 def _coco_ap(gt_path: str, results: list[dict]) -> list[float]:
     from pycocotools.coco import COCO
@@ -80,18 +82,22 @@ def original_dense(gt_path: str, pred_path: str, types: list[str], legacy: bool)
         if not anns or not dets:
             continue
         gt_masks = np.stack([gt.annToMask(a).astype(bool) for a in anns])  # [G, H, W]
-        det_masks = np.stack([mask_utils.decode(predictions[k]["segmentation"]).astype(bool) for k in dets])  # [D, H, W]
+        det_masks = np.stack(
+            [mask_utils.decode(predictions[k]["segmentation"]).astype(bool) for k in dets]
+        )  # [D, H, W]
         num_gt = len(anns)
         chunk = max(1, CHUNK_BYTES // gt_masks[0].size // num_gt)
         inter = np.zeros((len(dets), num_gt))
         union = np.zeros((len(dets), num_gt))
         for start in range(0, len(dets), chunk):
-            block = det_masks[start:start + chunk, None]  # [d, 1, H, W] against [1, G, H, W]
-            inter[start:start + chunk] = np.count_nonzero(np.logical_and(block, gt_masks[None]), axis=(2, 3))
-            union[start:start + chunk] = np.count_nonzero(np.logical_or(block, gt_masks[None]), axis=(2, 3))
+            block = det_masks[start : start + chunk, None]  # [d, 1, H, W] against [1, G, H, W]
+            inter[start : start + chunk] = np.count_nonzero(np.logical_and(block, gt_masks[None]), axis=(2, 3))
+            union[start : start + chunk] = np.count_nonzero(np.logical_or(block, gt_masks[None]), axis=(2, 3))
         ious = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-        same_class = np.array([predictions[k]["category_id"] for k in dets])[:, None] == \
-            np.array([a["category_id"] for a in anns])[None, :]
+        same_class = (
+            np.array([predictions[k]["category_id"] for k in dets])[:, None]
+            == np.array([a["category_id"] for a in anns])[None, :]
+        )
         ious[~same_class] = 0.0
         union_all = gt_masks.any(axis=0)
         # fFP keeps a detection's own GT pixels and the pixels of no other GT.
@@ -123,6 +129,7 @@ def original_dense(gt_path: str, pred_path: str, types: list[str], legacy: bool)
 # Child processes: one measured run each
 # --------------------------------------------------------------------------------------------
 
+
 def _child(variant: str, gt_path: str, pred_path: str, types: list[str], legacy: bool, workers: int) -> None:
     if workers == 1:
         pin_to_one_cpu()
@@ -136,8 +143,10 @@ def _child(variant: str, gt_path: str, pred_path: str, types: list[str], legacy:
         result = original_dense(gt_path, pred_path, types, legacy)
     else:
         out = analyze(gt_path, pred_path, types, legacy_unmatched=legacy, workers=workers)
-        result = {"baseline": [out["baseline"][n] for n in STAT_NAMES],
-                  "fixed": {t: [out["fixed"][t][n] for n in STAT_NAMES] for t in types}}
+        result = {
+            "baseline": [out["baseline"][n] for n in STAT_NAMES],
+            "fixed": {t: [out["fixed"][t][n] for n in STAT_NAMES] for t in types},
+        }
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     # Per-process peak: this process's own high-water mark (VmHWM: ru_maxrss would include the
     # benchmark parent's memory from before the exec), and the largest -j worker's.
@@ -163,8 +172,18 @@ def _cpu_seconds() -> float:
 
 
 def _measure(variant: str, gt_path: Path, pred_path: Path, types: list[str], legacy: bool, workers: int = 1) -> dict:
-    command = [sys.executable, __file__, "--child", variant, str(gt_path), str(pred_path),
-               "--types", *types, "--workers", str(workers)] + (["--legacy"] if legacy else [])
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        str(gt_path),
+        str(pred_path),
+        "--types",
+        *types,
+        "--workers",
+        str(workers),
+    ] + (["--legacy"] if legacy else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -207,9 +226,13 @@ def _max_difference(a: dict, b: dict) -> float:
 def _write_dataset(directory: Path, name: str, **kwargs) -> tuple[Path, Path, dict]:
     gt_path, pred_path = directory / f"{name}_gt.json", directory / f"{name}_pred.json"
     gt, predictions = write_dataset(gt_path, pred_path, **kwargs)
-    summary = {"images": len(gt["images"]), "gt": sum(not a["iscrowd"] for a in gt["annotations"]),
-               "crowd": sum(a["iscrowd"] for a in gt["annotations"]), "detections": len(predictions),
-               "max_dets_per_image": max(np.bincount([p["image_id"] for p in predictions]))}
+    summary = {
+        "images": len(gt["images"]),
+        "gt": sum(not a["iscrowd"] for a in gt["annotations"]),
+        "crowd": sum(a["iscrowd"] for a in gt["annotations"]),
+        "detections": len(predictions),
+        "max_dets_per_image": max(np.bincount([p["image_id"] for p in predictions])),
+    }
     return gt_path, pred_path, summary
 
 
@@ -233,54 +256,82 @@ def main() -> int:
 
     legacy = args.mode == "legacy"
     with tempfile.TemporaryDirectory(prefix="bench-errors-") as tmp:
-        gt_path, pred_path, summary = _write_dataset(Path(tmp), "cityscapes_like", num_images=args.images,
-                                                     height=args.height, width=args.width, seed=args.seed)
-        print(f"data: {summary['images']} images of {args.height}x{args.width}, {summary['gt']} GT "
-              f"(+{summary['crowd']} crowd), {summary['detections']} detections "
-              f"(at most {summary['max_dets_per_image']} per image); types {', '.join(TYPES)}; "
-              f"unmatched detections: {'legacy rule' if legacy else 'fixed rule'}")
+        gt_path, pred_path, summary = _write_dataset(
+            Path(tmp), "cityscapes_like", num_images=args.images, height=args.height, width=args.width, seed=args.seed
+        )
+        print(
+            f"data: {summary['images']} images of {args.height}x{args.width}, {summary['gt']} GT "
+            f"(+{summary['crowd']} crowd), {summary['detections']} detections "
+            f"(at most {summary['max_dets_per_image']} per image); types {', '.join(TYPES)}; "
+            f"unmatched detections: {'legacy rule' if legacy else 'fixed rule'}"
+        )
         fast = _measure("fast", gt_path, pred_path, TYPES, legacy)
         fast2 = _measure("fast", gt_path, pred_path, TYPES, legacy, workers=2)
         dense = _measure("dense", gt_path, pred_path, TYPES, legacy)
         n = summary["images"]
         print(f"{'implementation':40s} {'seconds':>8s} {'s/image':>8s} {'CPU s':>8s} {'peak MB':>8s}")
-        for label, run in (("original algorithm, dense (1 core)", dense), ("dcl errors -j 1 (1 core)", fast),
-                           ("dcl errors -j 2", fast2)):
-            print(f"{label:40s} {run['seconds']:8.2f} {run['seconds'] / n:8.3f} {run['cpu_seconds']:8.2f} "
-                  f"{run['peak_mb']:8.0f}")
-        difference = max(_max_difference(fast["result"], dense["result"]),
-                         _max_difference(fast2["result"], dense["result"]))
-        print(f"speed-up on one core: {dense['seconds'] / fast['seconds']:.1f}x "
-              f"(target >= 10x; the issue's measurement of the original tool: 25.4 s -> "
-              f"{25.4 / fast['seconds']:.1f}x)")
+        for label, run in (
+            ("original algorithm, dense (1 core)", dense),
+            ("dcl errors -j 1 (1 core)", fast),
+            ("dcl errors -j 2", fast2),
+        ):
+            print(
+                f"{label:40s} {run['seconds']:8.2f} {run['seconds'] / n:8.3f} {run['cpu_seconds']:8.2f} "
+                f"{run['peak_mb']:8.0f}"
+            )
+        difference = max(
+            _max_difference(fast["result"], dense["result"]), _max_difference(fast2["result"], dense["result"])
+        )
+        print(
+            f"speed-up on one core: {dense['seconds'] / fast['seconds']:.1f}x "
+            f"(target >= 10x; the issue's measurement of the original tool: 25.4 s -> "
+            f"{25.4 / fast['seconds']:.1f}x)"
+        )
         print(f"-j 2 vs -j 1 here: {fast['seconds'] / fast2['seconds']:.2f}x (too little work to share; see below)")
-        print(f"numbers identical to the dense original: {'yes' if difference < 1e-9 else 'NO'} "
-              f"(largest difference {difference:.2e} AP points)")
+        print(
+            f"numbers identical to the dense original: {'yes' if difference < 1e-9 else 'NO'} "
+            f"(largest difference {difference:.2e} AP points)"
+        )
         gains = {t: dense["result"]["fixed"][t][0] - dense["result"]["baseline"][0] for t in TYPES}
         print("AP gains: " + ", ".join(f"{t} {g:+.2f}" for t, g in gains.items()))
 
         if not args.no_scaling:
-            gt_many, pred_many, many = _write_dataset(Path(tmp), "many", num_images=5 * args.images,
-                                                      height=args.height, width=args.width, seed=args.seed + 2)
+            gt_many, pred_many, many = _write_dataset(
+                Path(tmp), "many", num_images=5 * args.images, height=args.height, width=args.width, seed=args.seed + 2
+            )
             runs = {j: _measure("fast", gt_many, pred_many, TYPES, legacy, workers=j) for j in (1, 2)}
-            print(f"scaling: {many['images']} images, {many['detections']} detections: -j 1 "
-                  f"{runs[1]['seconds']:.2f} s ({runs[1]['cpu_seconds']:.2f} CPU s), -j 2 {runs[2]['seconds']:.2f} s "
-                  f"({runs[2]['cpu_seconds']:.2f} CPU s): {runs[1]['seconds'] / runs[2]['seconds']:.2f}x")
-            print(f"  for comparison, what this machine gives two processes right now: "
-                  f"{_parallel_capacity():.2f}x on a pure-CPU loop ({os.cpu_count()} CPUs, "
-                  f"load average {os.getloadavg()[0]:.1f})")
+            print(
+                f"scaling: {many['images']} images, {many['detections']} detections: -j 1 "
+                f"{runs[1]['seconds']:.2f} s ({runs[1]['cpu_seconds']:.2f} CPU s), -j 2 {runs[2]['seconds']:.2f} s "
+                f"({runs[2]['cpu_seconds']:.2f} CPU s): {runs[1]['seconds'] / runs[2]['seconds']:.2f}x"
+            )
+            print(
+                f"  for comparison, what this machine gives two processes right now: "
+                f"{_parallel_capacity():.2f}x on a pure-CPU loop ({os.cpu_count()} CPUs, "
+                f"load average {os.getloadavg()[0]:.1f})"
+            )
 
         if not args.no_memory:
-            big = dict(num_images=3, height=4096, width=8192, seed=args.seed + 1, gt_per_image=(20, 21),
-                       dets_per_gt=(4, 5), false_positives=(20, 21), max_dets=100)
+            big = dict(
+                num_images=3,
+                height=4096,
+                width=8192,
+                seed=args.seed + 1,
+                gt_per_image=(20, 21),
+                dets_per_gt=(4, 5),
+                false_positives=(20, 21),
+                max_dets=100,
+            )
             gt_big, pred_big, big_summary = _write_dataset(Path(tmp), "large", **big)
             large = _measure("fast", gt_big, pred_big, TYPES, legacy)
-            print(f"memory: {big_summary['images']} images of 4096x8192, {big_summary['gt']} GT, "
-                  f"{big_summary['detections']} detections ({big_summary['max_dets_per_image']} per image): "
-                  f"dcl errors peak {large['peak_mb']:.0f} MB in {large['seconds']:.2f} s "
-                  f"(a dense [D, G, H, W] mask tensor for one image would be "
-                  f"{100 * 20 * 4096 * 8192 / 2**30:.0f} GB); limit 2048 MB: "
-                  f"{'ok' if large['peak_mb'] < 2048 else 'EXCEEDED'}")
+            print(
+                f"memory: {big_summary['images']} images of 4096x8192, {big_summary['gt']} GT, "
+                f"{big_summary['detections']} detections ({big_summary['max_dets_per_image']} per image): "
+                f"dcl errors peak {large['peak_mb']:.0f} MB in {large['seconds']:.2f} s "
+                f"(a dense [D, G, H, W] mask tensor for one image would be "
+                f"{100 * 20 * 4096 * 8192 / 2**30:.0f} GB); limit 2048 MB: "
+                f"{'ok' if large['peak_mb'] < 2048 else 'EXCEEDED'}"
+            )
     return 0
 
 

@@ -18,6 +18,7 @@ overhead over the baseline in %, peak GPU memory, and inference s/image of basel
 same network at test time: the ratio must be ~1). Exits 0 whether or not the numbers are good
 (a benchmark, not a test); 1 if a step produced a non-finite loss.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,8 @@ def synthetic_batch(height: int, width: int, seed: int) -> list[dict]:
             w = int(torch.randint(width // 32, width // 6, (1,), generator=g))
             y0 = int(torch.randint(0, height - h, (1,), generator=g))
             x0 = int(torch.randint(0, width - w, (1,), generator=g))
-            masks[i, y0:y0 + h, x0:x0 + w] = True
-            image[:, y0:y0 + h, x0:x0 + w] = float(25 * (i % 10))
+            masks[i, y0 : y0 + h, x0 : x0 + w] = True
+            image[:, y0 : y0 + h, x0 : x0 + w] = float(25 * (i % 10))
             boxes.append([x0, y0, x0 + w, y0 + h])
         instances = Instances((height, width))
         instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
@@ -81,11 +82,13 @@ def use_loop_loss(model) -> None:
         if valid.numel() == 0:
             loss = feats.sum() * 0.0 + sum(p.sum() * 0.0 for p in contrast.parameters())
         else:
-            loss = contrast.loss_weight * loop_module(feats[valid], masks[valid], contrast.proj_head,
-                                                      contrast.num_samples, contrast.temperature)
+            loss = contrast.loss_weight * loop_module(
+                feats[valid], masks[valid], contrast.proj_head, contrast.num_samples, contrast.temperature
+            )
         empty = torch.empty(0, dtype=torch.long, device=feats.device)
-        return DenseContrastiveLossOutput(loss, num_rois, int(valid.numel()), loss.new_zeros(0), valid,
-                                          empty, empty, empty)
+        return DenseContrastiveLossOutput(
+            loss, num_rois, int(valid.numel()), loss.new_zeros(0), valid, empty, empty, empty
+        )
 
     contrast.forward = forward
 
@@ -146,24 +149,33 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=20, help="timed training steps per variant (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full: 1024x2048; small: 128x256")
-    parser.add_argument("--amp", choices=("both", "off", "on"), default=None,
-                        help="mixed precision variants (default: both on CUDA, off on the CPU)")
+    parser.add_argument(
+        "--amp",
+        choices=("both", "off", "on"),
+        default=None,
+        help="mixed precision variants (default: both on CUDA, off on the CPU)",
+    )
     args = parser.parse_args()
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_gpu: error: no CUDA GPU visible; use --device cpu", file=sys.stderr)
         return 1
     amp_modes = {"both": (False, True), "off": (False,), "on": (True,)}[
-        args.amp or ("both" if device.startswith("cuda") else "off")]
+        args.amp or ("both" if device.startswith("cuda") else "off")
+    ]
     height, width = SIZES[args.size]
     # Random weights through the config's frozen BN (made for ImageNet weights) overflow: BN
     # instead (a per-channel affine either way, a negligible share of the step), and a small LR.
     overrides = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "MODEL.RESNETS.NORM", "BN", "SOLVER.BASE_LR", "1e-4"]
     cfg_base, cfg_dcl = load_config(str(CONFIG), overrides), load_config(str(CONFIG), overrides + DCL_HEADS)
     batches = [synthetic_batch(height, width, seed) for seed in range(args.warmup + args.iters)]
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"R50-FPN Mask R-CNN ({CONFIG.name}), batch {BATCH} x {height}x{width}, {args.iters} steps "
-          f"(+{args.warmup} warm-up), {name}, torch {torch.__version__}")
+    name = (
+        torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"R50-FPN Mask R-CNN ({CONFIG.name}), batch {BATCH} x {height}x{width}, {args.iters} steps "
+        f"(+{args.warmup} warm-up), {name}, torch {torch.__version__}"
+    )
 
     torch.manual_seed(0)
     reference = build_model(cfg_base).state_dict()
@@ -182,25 +194,33 @@ def main() -> int:
             results[variant, amp] = seconds
             failed |= not torch.isfinite(torch.tensor(loss))
             base = results[("baseline", amp)]
-            print(f"  train  AMP {'on ' if amp else 'off'} {variant:9s} {seconds:7.3f} s/iter  "
-                  f"overhead {100 * (seconds - base) / base:+6.1f}%  peak memory "
-                  f"{'%.2f GiB' % peak if peak is not None else 'n/a'}  loss {loss:.3f}")
+            print(
+                f"  train  AMP {'on ' if amp else 'off'} {variant:9s} {seconds:7.3f} s/iter  "
+                f"overhead {100 * (seconds - base) / base:+6.1f}%  peak memory "
+                f"{'%.2f GiB' % peak if peak is not None else 'n/a'}  loss {loss:.3f}"
+            )
             del model
     if len(amp_modes) == 2:
-        print(f"  AMP speed-up: baseline {results['baseline', False] / results['baseline', True]:.2f}x, "
-                  f"DCL {results['dcl', False] / results['dcl', True]:.2f}x")
+        print(
+            f"  AMP speed-up: baseline {results['baseline', False] / results['baseline', True]:.2f}x, "
+            f"DCL {results['dcl', False] / results['dcl', True]:.2f}x"
+        )
     times = {}
     for variant, cfg in (("baseline", cfg_base), ("dcl", cfg_dcl)):
         model = build_model(cfg)
         model.load_state_dict(reference, strict=False)
         times[variant] = inference_time(model, batches, device, warmup=min(2, len(batches) * BATCH - 1))
         del model
-    print(f"  inference baseline {times['baseline']:.3f} s/image  DCL {times['dcl']:.3f} s/image  "
-          f"ratio {times['dcl'] / times['baseline']:.3f} (same network at test time: ~1)")
+    print(
+        f"  inference baseline {times['baseline']:.3f} s/image  DCL {times['dcl']:.3f} s/image  "
+        f"ratio {times['dcl'] / times['baseline']:.3f} (same network at test time: ~1)"
+    )
     for amp in amp_modes:
-        print(f"  DCL overhead (AMP {'on' if amp else 'off'}): vectorised "
-              f"{100 * (results['dcl', amp] / results['baseline', amp] - 1):+.1f}%, per-RoI loop "
-              f"{100 * (results['dcl-loop', amp] / results['baseline', amp] - 1):+.1f}%")
+        print(
+            f"  DCL overhead (AMP {'on' if amp else 'off'}): vectorised "
+            f"{100 * (results['dcl', amp] / results['baseline', amp] - 1):+.1f}%, per-RoI loop "
+            f"{100 * (results['dcl-loop', amp] / results['baseline', amp] - 1):+.1f}%"
+        )
     if failed:
         print("bench_gpu: error: a training step gave a non-finite loss", file=sys.stderr)
     return 1 if failed else 0

@@ -20,6 +20,7 @@ them in a temporary directory when absent.
 Prints the measured numbers; the process exits 0 whether or not a target is met (a benchmark, not
 a test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ def loop_module(feats, masks, proj_head, num_samples, temperature):
         a = inside[torch.randint(len(inside), (num_samples,))]
         p = inside[torch.randint(len(inside), (num_samples,))]
         n = outside[torch.randint(len(outside), (num_samples,))]
-        losses.append(roi_loss(x[r][:, a[:, 0], a[:, 1]].T, x[r][:, p[:, 0], p[:, 1]].T,
-                               x[r][:, n[:, 0], n[:, 1]].T, temperature))
+        losses.append(
+            roi_loss(x[r][:, a[:, 0], a[:, 1]].T, x[r][:, p[:, 0], p[:, 1]].T, x[r][:, n[:, 0], n[:, 1]].T, temperature)
+        )
     return torch.stack(losses).mean()
 
 
@@ -86,8 +88,11 @@ def bench_loss(repeats: int) -> None:
     masks = torch.zeros(n, side, side, dtype=torch.bool)
     for r in range(n):  # rectangles of 100..600 pixels: all valid for K = 32
         h, w = torch.randint(10, 25, (2,), generator=g).tolist()
-        top, left = torch.randint(0, side - h + 1, (1,), generator=g).item(), torch.randint(0, side - w + 1, (1,), generator=g).item()
-        masks[r, top:top + h, left:left + w] = True
+        top, left = (
+            torch.randint(0, side - h + 1, (1,), generator=g).item(),
+            torch.randint(0, side - w + 1, (1,), generator=g).item(),
+        )
+        masks[r, top : top + h, left : left + w] = True
     raw = torch.randn(n, c, side, side, generator=g).relu()
     feats = F.normalize(raw, dim=1).requires_grad_()
     idx = sample_points(masks, k, generator=g)
@@ -100,13 +105,16 @@ def bench_loss(repeats: int) -> None:
         def step():
             feats.grad = None
             fn(feats, *idx, temperature).mean().backward()
+
         return step
 
     t_vec = timed(run(dense_contrastive_loss), repeats)
     t_loop = timed(run(loop_loss), max(3, repeats // 4))
     print(f"loss, forward+backward, N={n} C={c} {side}x{side} K={k}, {torch.get_num_threads()} thread(s):")
-    print(f"  vectorised {t_vec * 1e3:8.2f} ms   per-RoI loop {t_loop * 1e3:8.2f} ms   "
-          f"speed-up {t_loop / t_vec:6.1f}x (target >= 20x)")
+    print(
+        f"  vectorised {t_vec * 1e3:8.2f} ms   per-RoI loop {t_loop * 1e3:8.2f} ms   "
+        f"speed-up {t_loop / t_vec:6.1f}x (target >= 20x)"
+    )
 
     module = DenseContrastiveLoss(c, num_samples=k, temperature=temperature, loss_weight=1.0)
     raw.requires_grad_()
@@ -122,8 +130,10 @@ def bench_loss(repeats: int) -> None:
     t_mod = timed(module_step, repeats)
     t_mod_loop = timed(loop_step, max(3, repeats // 4))
     print("whole DCL term (projection, normalisation, sampling, loss), forward+backward:")
-    print(f"  DenseContrastiveLoss {t_mod * 1e3:8.2f} ms   original-style loop {t_mod_loop * 1e3:8.2f} ms   "
-          f"speed-up {t_mod_loop / t_mod:6.1f}x")
+    print(
+        f"  DenseContrastiveLoss {t_mod * 1e3:8.2f} ms   original-style loop {t_mod_loop * 1e3:8.2f} ms   "
+        f"speed-up {t_mod_loop / t_mod:6.1f}x"
+    )
 
 
 def bench_step(steps: int) -> None:
@@ -146,10 +156,14 @@ def bench_step(steps: int) -> None:
     with toy_datasets():
         median = median_step_seconds(models, optimizers, toy_batches(cfg_base, steps + 2))
     t_base, t_dcl = median["baseline"], median["dcl"]
-    print(f"toy training step (configs/toy_coco_mask_rcnn_R18_FPN.yaml, batch {cfg_base.SOLVER.IMS_PER_BATCH}), "
-          f"median of {steps}, {torch.get_num_threads()} thread(s):")
-    print(f"  baseline {t_base * 1e3:8.1f} ms   DCL {t_dcl * 1e3:8.1f} ms   "
-          f"overhead {100 * (t_dcl - t_base) / t_base:+5.1f}% (target < 10%)")
+    print(
+        f"toy training step (configs/toy_coco_mask_rcnn_R18_FPN.yaml, batch {cfg_base.SOLVER.IMS_PER_BATCH}), "
+        f"median of {steps}, {torch.get_num_threads()} thread(s):"
+    )
+    print(
+        f"  baseline {t_base * 1e3:8.1f} ms   DCL {t_dcl * 1e3:8.1f} ms   "
+        f"overhead {100 * (t_dcl - t_base) / t_base:+5.1f}% (target < 10%)"
+    )
 
 
 def main() -> int:

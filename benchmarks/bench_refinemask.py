@@ -10,6 +10,7 @@ the ratios RefineMask / Mask R-CNN and RefineMask + DCL / RefineMask. Uses the t
 ``$DCL_TOY_DATASETS`` (else ``<$DETECTRON2_DATASETS or datasets>/toy``), generating them in a
 temporary directory when absent. Exits 0 (a benchmark, not a test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,10 @@ sys.path.insert(0, str(REPO))
 MODELS = {  # name -> (config file, overrides)
     "Mask R-CNN": ("toy_cityscapes_mask_rcnn_R18_FPN.yaml", []),
     "RefineMask": ("toy_cityscapes_refinemask_R18_FPN.yaml", []),
-    "RefineMask + DCL": ("toy_cityscapes_refinemask_R18_FPN.yaml", ["MODEL.ROI_MASK_HEAD.NAME", "RefineMaskContrastHead"]),
+    "RefineMask + DCL": (
+        "toy_cityscapes_refinemask_R18_FPN.yaml",
+        ["MODEL.ROI_MASK_HEAD.NAME", "RefineMaskContrastHead"],
+    ),
 }
 
 
@@ -46,8 +50,10 @@ def bench(steps: int) -> None:
     cfg = configs["Mask R-CNN"]
     with toy_datasets():
         median = median_step_seconds(models, optimizers, toy_batches(cfg, steps + 2))
-    print(f"toy Cityscapes training step (batch {cfg.SOLVER.IMS_PER_BATCH}), median of {steps}, "
-          f"{torch.get_num_threads()} thread(s):")
+    print(
+        f"toy Cityscapes training step (batch {cfg.SOLVER.IMS_PER_BATCH}), median of {steps}, "
+        f"{torch.get_num_threads()} thread(s):"
+    )
     for name in models:
         print(f"  {name:18s} {median[name] * 1e3:8.1f} ms")
     print(f"  RefineMask / Mask R-CNN        {median['RefineMask'] / median['Mask R-CNN']:.2f}x")

@@ -11,6 +11,7 @@ several chunks), the rest failed, interrupted or not started. Then times the who
 included; without Slurm, whose answer time is the cluster's), best of ``--repeat``, and the
 in-process :func:`dcl.status.collect` alone. Prints each time and its ratio to the target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,19 +36,46 @@ def iso(seconds_ago: float) -> str:
 
 def run_json(state: str, seed: int, iteration: int, chunks: int) -> dict:
     """A run.json as large as a real one (provenance, versions, attempts)."""
-    attempts = [{"start_time": iso(3600 * (chunks - i)), "end_time": None if i == chunks - 1 else iso(3600 * (chunks - i - 1)),
-                 "start_iter": 4000 * i, "end_iter": None if i == chunks - 1 else 4000 * (i + 1),
-                 "status": state if i == chunks - 1 else "interrupted", "host": f"gpu{i:02d}", "pid": 100 + i,
-                 "slurm_job_id": str(1000 + i), "train_start_time": iso(3600 * (chunks - i) - 60)} for i in range(chunks)]
+    attempts = [
+        {
+            "start_time": iso(3600 * (chunks - i)),
+            "end_time": None if i == chunks - 1 else iso(3600 * (chunks - i - 1)),
+            "start_iter": 4000 * i,
+            "end_iter": None if i == chunks - 1 else 4000 * (i + 1),
+            "status": state if i == chunks - 1 else "interrupted",
+            "host": f"gpu{i:02d}",
+            "pid": 100 + i,
+            "slurm_job_id": str(1000 + i),
+            "train_start_time": iso(3600 * (chunks - i) - 60),
+        }
+        for i in range(chunks)
+    ]
     return {
-        "status": state, "exit_code": None if state == "running" else 0, "signal": None, "mode": "train",
-        "command": ["dcl", "train", "--num-gpus", "4", "--config-file", "configs/x.yaml", "--resume"] + ["KEY", "VALUE"] * 20,
-        "cwd": "/project", "config_file": "configs/x.yaml", "overrides": ["KEY", "VALUE"] * 20, "seed": seed,
-        "output_dir": "/project/work_dirs/paper/x/seed0", "git_commit": "0" * 40, "git_dirty": False, "host": "gpu01",
-        "slurm": {"job_id": "1000", "nodes": "gpu01", "ntasks": 1}, "gpus": {"count": 4, "type": "NVIDIA A100"},
-        "versions": {"torch": "2.4", "detectron2": "0.6", "python": "3.11"}, "compat_shims": ["a", "b", "c"],
-        "start_time": iso(7200), "end_time": None, "wall_time_s": 3600.0, "iteration": iteration, "max_iter": 24000,
-        "attempts": attempts, "update_time": iso(30),
+        "status": state,
+        "exit_code": None if state == "running" else 0,
+        "signal": None,
+        "mode": "train",
+        "command": ["dcl", "train", "--num-gpus", "4", "--config-file", "configs/x.yaml", "--resume"]
+        + ["KEY", "VALUE"] * 20,
+        "cwd": "/project",
+        "config_file": "configs/x.yaml",
+        "overrides": ["KEY", "VALUE"] * 20,
+        "seed": seed,
+        "output_dir": "/project/work_dirs/paper/x/seed0",
+        "git_commit": "0" * 40,
+        "git_dirty": False,
+        "host": "gpu01",
+        "slurm": {"job_id": "1000", "nodes": "gpu01", "ntasks": 1},
+        "gpus": {"count": 4, "type": "NVIDIA A100"},
+        "versions": {"torch": "2.4", "detectron2": "0.6", "python": "3.11"},
+        "compat_shims": ["a", "b", "c"],
+        "start_time": iso(7200),
+        "end_time": None,
+        "wall_time_s": 3600.0,
+        "iteration": iteration,
+        "max_iter": 24000,
+        "attempts": attempts,
+        "update_time": iso(30),
         **({"error": "FloatingPointError: Loss became infinite or NaN at iteration=2"} if state == "failed" else {}),
     }
 
@@ -67,8 +95,9 @@ def build(root: Path) -> int:
             folder = results / run_dir
             folder.mkdir(parents=True)
             (folder / "run.json").write_text(json.dumps(run_json("finished", seed, 24000, 6)))
-            (folder / "metrics.json").write_text("".join(json.dumps({"iteration": i, "total_loss": 1.0}) + "\n"
-                                                         for i in range(19, 24000, 20)))
+            (folder / "metrics.json").write_text(
+                "".join(json.dumps({"iteration": i, "total_loss": 1.0}) + "\n" for i in range(19, 24000, 20))
+            )
             (folder / "eval.json").write_text(json.dumps({"segm": {"AP": 35.0}}))
         elif kind < 5 or index % 12 == 5:
             live = results / output_dir
@@ -101,9 +130,11 @@ def main() -> None:
         report = collect(Path("results/paper"), use_slurm=False)
         in_process = time.perf_counter() - start
     print(done.stdout.splitlines()[-1])
-    print(f"dcl status, {folders} run folders ({len(report['runs'])} lines): whole command {min(times):.3f} s "
-          f"(best of {args.repeat}), ratio to the {TARGET_S:.0f} s target {min(times) / TARGET_S:.2f}; "
-          f"reading the runs in-process {in_process * 1000:.1f} ms")
+    print(
+        f"dcl status, {folders} run folders ({len(report['runs'])} lines): whole command {min(times):.3f} s "
+        f"(best of {args.repeat}), ratio to the {TARGET_S:.0f} s target {min(times) / TARGET_S:.2f}; "
+        f"reading the runs in-process {in_process * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ temporary directory, ``--repeat`` times, and prints the best wall time and the p
 (what the wall time would be on an idle core; the machines this runs on are often shared), the
 time per image, and the ratio of the target to the measured wall time (> 1: faster than the target).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,11 @@ def main() -> None:
             cpu_times.append(time.process_time() - cpu_start)
     images = sum(split["images"] for dataset in marker["counts"].values() for split in dataset.values())
     best = min(times)
-    print(f"dcl data toy (defaults): {images} images in {best:.2f} s wall, {min(cpu_times):.2f} s CPU "
-          f"(best of {args.repeat}; {1000 * best / images:.1f} ms/image; Cityscapes COCO JSON written: "
-          f"{marker['cityscapes_coco_json']})")
+    print(
+        f"dcl data toy (defaults): {images} images in {best:.2f} s wall, {min(cpu_times):.2f} s CPU "
+        f"(best of {args.repeat}; {1000 * best / images:.1f} ms/image; Cityscapes COCO JSON written: "
+        f"{marker['cityscapes_coco_json']})"
+    )
     print(f"target {args.target:.0f} s / measured {best:.2f} s = {args.target / best:.1f}x")
 
 

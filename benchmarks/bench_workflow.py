@@ -11,6 +11,7 @@
 
 Prints each measured time and its ratio to the target (< 1 meets it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ TOY_TARGET_S = 600.0
 def snakemake(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
-                            cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"snakemake {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
@@ -75,23 +81,33 @@ def main() -> int:
         for _ in range(args.repeat):
             elapsed, result = snakemake(["--profile", str(REPO / "slurm"), "-n", "--quiet", "all"], Path(tmp))
             best = min(best, elapsed)
-        dry = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n",
-                              "--quiet", "rules"], cwd=tmp, capture_output=True, text=True).stdout
+        dry = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "--quiet", "rules"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        ).stdout
         jobs = re.search(r"^total\s+(\d+)", dry, re.M)
         trainings = re.search(r"^train\s+(\d+)", dry, re.M)
-        print(f"plan (snakemake -n, paper matrix: {trainings.group(1) if trainings else '?'} trainings, "
-              f"{jobs.group(1) if jobs else '?'} jobs): {best:.2f} s (best of {args.repeat}); "
-              f"target {PLAN_TARGET_S:.0f} s; ratio {best / PLAN_TARGET_S:.2f}")
+        print(
+            f"plan (snakemake -n, paper matrix: {trainings.group(1) if trainings else '?'} trainings, "
+            f"{jobs.group(1) if jobs else '?'} jobs): {best:.2f} s (best of {args.repeat}); "
+            f"target {PLAN_TARGET_S:.0f} s; ratio {best / PLAN_TARGET_S:.2f}"
+        )
 
     if args.plan_only:
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-toy-") as tmp:
-        elapsed, result = snakemake(["--profile", str(REPO / "profiles" / "local"), "--config", "preset=toy",
-                                     "--cores", str(args.cores)], Path(tmp))
+        elapsed, result = snakemake(
+            ["--profile", str(REPO / "profiles" / "local"), "--config", "preset=toy", "--cores", str(args.cores)],
+            Path(tmp),
+        )
         log = result.stdout + result.stderr
         done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", log)
-        print(f"toy run (whole DAG, default schedule, {args.cores} cores, {done[-1][1] if done else '?'} jobs): "
-              f"{elapsed:.0f} s; target {TOY_TARGET_S:.0f} s; ratio {elapsed / TOY_TARGET_S:.2f}")
+        print(
+            f"toy run (whole DAG, default schedule, {args.cores} cores, {done[-1][1] if done else '?'} jobs): "
+            f"{elapsed:.0f} s; target {TOY_TARGET_S:.0f} s; ratio {elapsed / TOY_TARGET_S:.2f}"
+        )
         for rule, seconds in sorted(rule_times(log).items(), key=lambda item: -item[1]):
             print(f"  {rule:20s} {seconds:7.0f} s (sum over its jobs)")
     return 0

@@ -6,6 +6,7 @@ region now and then; GT as polygons (most) or RLE. Detections are perturbed copi
 neighbours: foreground false positives), some with the wrong class, plus false positives that
 match nothing. Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ from pycocotools import mask as mask_utils
 
 __all__ = ["CATEGORIES", "make_dataset", "write_dataset", "pin_to_one_cpu"]
 
-CATEGORIES = [{"id": i + 1, "name": name} for i, name in enumerate(
-    ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"])]
+CATEGORIES = [
+    {"id": i + 1, "name": name}
+    for i, name in enumerate(["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"])
+]
 
 
 class _Canvas:
@@ -52,9 +55,17 @@ def _ellipse_polygon(cx: float, cy: float, a: float, b: float, theta: float, poi
     return np.stack([x, y], axis=1).ravel().round(2).tolist()
 
 
-def make_dataset(num_images: int = 20, height: int = 1024, width: int = 2048, *, seed: int = 0,
-                 gt_per_image: tuple[int, int] = (1, 10), dets_per_gt: tuple[int, int] = (2, 10),
-                 false_positives: tuple[int, int] = (0, 16), max_dets: int = 100) -> tuple[dict, list[dict]]:
+def make_dataset(
+    num_images: int = 20,
+    height: int = 1024,
+    width: int = 2048,
+    *,
+    seed: int = 0,
+    gt_per_image: tuple[int, int] = (1, 10),
+    dets_per_gt: tuple[int, int] = (2, 10),
+    false_positives: tuple[int, int] = (0, 16),
+    max_dets: int = 100,
+) -> tuple[dict, list[dict]]:
     """A COCO GT dict and a COCO results list (masks as compressed RLE, boxes from the masks).
 
     Ranges are [low, high) per image / per GT; defaults give about 106 GT and 740 detections on
@@ -65,8 +76,7 @@ def make_dataset(num_images: int = 20, height: int = 1024, width: int = 2048, *,
     scale = min(height, width) / 1024
     images, annotations, detections = [], [], []
     for image_id in range(1, num_images + 1):
-        images.append({"id": image_id, "file_name": f"synthetic_{image_id:06d}.png",
-                       "height": height, "width": width})
+        images.append({"id": image_id, "file_name": f"synthetic_{image_id:06d}.png", "height": height, "width": width})
         shapes = []
         for _ in range(int(rng.integers(*gt_per_image))):
             a, b = rng.uniform(20, 220) * scale, rng.uniform(20, 160) * scale
@@ -89,34 +99,70 @@ def make_dataset(num_images: int = 20, height: int = 1024, width: int = 2048, *,
             else:
                 segmentation = rle
                 area, box = float(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "segmentation": segmentation, "area": area, "bbox": box, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": segmentation,
+                    "area": area,
+                    "bbox": box,
+                    "iscrowd": 0,
+                }
+            )
         if rng.random() < 0.3:  # a crowd region
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
             rle = canvas.ellipse_rle(cx, cy, 150 * scale, 80 * scale, 0.0)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(rng.integers(1, len(CATEGORIES) + 1)),
-                                "segmentation": rle, "area": float(mask_utils.area(rle)),
-                                "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 1})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(1, len(CATEGORIES) + 1)),
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": 1,
+                }
+            )
         image_dets = []
         for cx, cy, a, b, theta, category in shapes:
             for _ in range(int(rng.integers(*dets_per_gt))):
                 shift = rng.normal(0, 0.15, 2) * (a + b) / 2
-                params = (cx + shift[0], cy + shift[1], a * rng.uniform(0.7, 1.3), b * rng.uniform(0.7, 1.3),
-                          theta + rng.normal(0, 0.2))
+                params = (
+                    cx + shift[0],
+                    cy + shift[1],
+                    a * rng.uniform(0.7, 1.3),
+                    b * rng.uniform(0.7, 1.3),
+                    theta + rng.normal(0, 0.2),
+                )
                 wrong_class = rng.random() < 0.15
                 image_dets.append((params, int(rng.integers(1, len(CATEGORIES) + 1)) if wrong_class else category))
         for _ in range(int(rng.integers(*false_positives))):
-            params = (rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 150) * scale,
-                      rng.uniform(10, 100) * scale, rng.uniform(0, math.pi))
+            params = (
+                rng.uniform(0, width),
+                rng.uniform(0, height),
+                rng.uniform(10, 150) * scale,
+                rng.uniform(10, 100) * scale,
+                rng.uniform(0, math.pi),
+            )
             image_dets.append((params, int(rng.integers(1, len(CATEGORIES) + 1))))
         for params, category in image_dets[:max_dets]:
             rle = canvas.ellipse_rle(*params)
-            detections.append({"image_id": image_id, "category_id": category, "segmentation": rle,
-                               "bbox": mask_utils.toBbox(rle).tolist(),
-                               "score": round(float(rng.uniform(0.05, 1.0)), 4)})
-    gt = {"info": {"description": f"synthetic instances (seed {seed})"}, "images": images,
-          "annotations": annotations, "categories": CATEGORIES}
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": rle,
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "score": round(float(rng.uniform(0.05, 1.0)), 4),
+                }
+            )
+    gt = {
+        "info": {"description": f"synthetic instances (seed {seed})"},
+        "images": images,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
     return gt, detections
 
 

@@ -1,5 +1,6 @@
 """Timed training steps on the toy datasets, for the benchmarks that compare models step by step
 (bench_loss.py, bench_refinemask.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,7 @@ def median_step_seconds(models: Mapping, optimizers: Mapping, batches: list, war
     times = {name: [] for name in names}
     with EventStorage():
         for i, batch in enumerate(batches):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 model, optimizer = models[name], optimizers[name]
                 model.train()
                 start = time.perf_counter()

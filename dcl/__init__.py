@@ -5,4 +5,5 @@ keys), ``train`` (the training entry point), ``datasets`` (dataset registration 
 ``toydata`` (synthetic datasets), ``evaluation`` (mask AP), ``errors`` (the fFP/bFP/FN analysis),
 ``report`` (tables and figures), ``compat`` (shims for the installed detectron2), ``cli``.
 """
+
 __version__ = "0.1.0"

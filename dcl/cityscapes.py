@@ -28,6 +28,7 @@ image a text file listing mask PNG, label id and score) in a temporary directory
 cityscapesscripts' own ``evalInstanceLevelSemanticLabeling`` on them: the AP the Cityscapes
 benchmark and the paper report.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +49,13 @@ from pycocotools import mask as mask_utils
 from dcl.coco import GroundTruth, compact_rle
 from dcl.io import InputError, atomic_write_json
 
-__all__ = ["CATEGORIES", "CONVERSION_STYLES", "cityscapes_to_coco", "write_cityscapes_results", "cityscapes_instance_ap"]
+__all__ = [
+    "CATEGORIES",
+    "CONVERSION_STYLES",
+    "cityscapes_to_coco",
+    "write_cityscapes_results",
+    "cityscapes_instance_ap",
+]
 
 # The 8 evaluated instance classes (person, rider, car, truck, bus, train, motorcycle, bicycle)
 # in cityscapesscripts' label order, which is detectron2's order too: ids 1..8.
@@ -87,12 +94,21 @@ def _detectron_annotation(mask: np.ndarray) -> dict | None:
     x1 = max(max(p[0::2]) for p in polygons)
     y0 = min(min(p[1::2]) for p in polygons)
     y1 = max(max(p[1::2]) for p in polygons)
-    return {"segmentation": polygons, "area": int(mask.sum()),
-            "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)], "iscrowd": 0}
+    return {
+        "segmentation": polygons,
+        "area": int(mask.sum()),
+        "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
+        "iscrowd": 0,
+    }
 
 
-def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.PathLike | None,
-                       segmentation: str = "rle", style: str = "default") -> dict:
+def cityscapes_to_coco(
+    root: str | os.PathLike,
+    split: str,
+    output: str | os.PathLike | None,
+    segmentation: str = "rle",
+    style: str = "default",
+) -> dict:
     """Convert Cityscapes gtFine instance annotations of one split to a COCO instance file.
 
     Args:
@@ -126,8 +142,7 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
     if image_dir.is_dir():
         missing = [name for name, _ in entries if not (image_dir / name).is_file()]
         if missing:
-            raise InputError(f"{len(missing)} GT file(s) in {gt_dir} have no image in {image_dir}, "
-                             f"e.g. {missing[0]}")
+            raise InputError(f"{len(missing)} GT file(s) in {gt_dir} have no image in {image_dir}, e.g. {missing[0]}")
 
     images, annotations = [], []
     for image_id, (file_name, gt_path) in enumerate(entries, start=1):
@@ -143,8 +158,10 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
         if image_path.is_file():
             with Image.open(image_path) as image:  # reads the header only
                 if image.size != (width, height):
-                    raise InputError(f"{gt_path}: instanceIds is {width}x{height} but its image {image_path} is "
-                                     f"{image.size[0]}x{image.size[1]} (width x height): not its GT")
+                    raise InputError(
+                        f"{gt_path}: instanceIds is {width}x{height} but its image {image_path} is "
+                        f"{image.size[0]}x{image.size[1]} (width x height): not its GT"
+                    )
         images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
         for value in np.unique(instance_ids):
             label_id = int(value) // 1000 if value >= 1000 else int(value)
@@ -157,8 +174,9 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
                     continue  # a group region: no instance id, not in Detectron's file
                 annotation = _detectron_annotation(np.ascontiguousarray(mask))
                 if annotation is not None:
-                    annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                        "category_id": category_id, **annotation})
+                    annotations.append(
+                        {"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id, **annotation}
+                    )
                 continue
             rle = mask_utils.encode(mask.view(np.uint8))
             is_crowd = value < 1000
@@ -166,15 +184,23 @@ def cityscapes_to_coco(root: str | os.PathLike, split: str, output: str | os.Pat
             if segmentation == "polygon" and not is_crowd:
                 polygons = _outer_polygons(np.ascontiguousarray(mask))
                 segm = polygons if polygons is not None else segm
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                "segmentation": segm, "area": int(mask_utils.area(rle)),
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": int(is_crowd),
-            })
-    description = (f"Cityscapes gtFine {split}: the 8 evaluated instance classes "
-                   + (f"({segmentation} masks, crowd regions as RLE)" if style == "default" else
-                      "as Detectron's tools/convert_cityscapes_to_coco.py converted them (external "
-                      "contours, no group regions, instances with a 1-2 pixel fragment dropped)"))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "segmentation": segm,
+                    "area": int(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": int(is_crowd),
+                }
+            )
+    description = f"Cityscapes gtFine {split}: the 8 evaluated instance classes " + (
+        f"({segmentation} masks, crowd regions as RLE)"
+        if style == "default"
+        else "as Detectron's tools/convert_cityscapes_to_coco.py converted them (external "
+        "contours, no group regions, instances with a 1-2 pixel fragment dropped)"
+    )
     coco = {
         "info": {"description": description, "style": style},
         "images": images,
@@ -206,7 +232,9 @@ def _label_ids(gt: GroundTruth) -> dict[int, int]:
     return mapping
 
 
-def write_cityscapes_results(gt: GroundTruth, predictions: Sequence[Mapping], directory: str | os.PathLike) -> list[str]:
+def write_cityscapes_results(
+    gt: GroundTruth, predictions: Sequence[Mapping], directory: str | os.PathLike
+) -> list[str]:
     """Write predictions in cityscapesscripts' instance result format.
 
     Per GT image ``<stem>_pred.txt`` (one line per detection: mask PNG path relative to the
@@ -228,8 +256,10 @@ def write_cityscapes_results(gt: GroundTruth, predictions: Sequence[Mapping], di
     for index, det in enumerate(predictions):
         if det["category_id"] not in label_ids:
             name = gt.categories[det["category_id"]].get("name")
-            raise InputError(f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
-                             "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)")
+            raise InputError(
+                f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
+                "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)"
+            )
         by_image[det["image_id"]].append(det)
     paths = []
     for image_id, image in gt.images.items():
@@ -249,8 +279,9 @@ def _write_dict_to_json(data: object, path: str) -> None:
     """cityscapesscripts' ``writeDict2JSON``, able to write numpy scalars (numpy 2 counts are
     numpy integers, which its JSON writer cannot serialise)."""
     with open(path, "w") as f:
-        json.dump(data, f, default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__,
-                  sort_keys=True, indent=4)
+        json.dump(
+            data, f, default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__, sort_keys=True, indent=4
+        )
 
 
 @contextlib.contextmanager
@@ -289,8 +320,9 @@ def _percent(value: float) -> float | None:
     return None if np.isnan(value) else 100.0 * value
 
 
-def cityscapes_instance_ap(gt: GroundTruth, predictions: Sequence[Mapping], root: str | os.PathLike,
-                           split: str = "val") -> dict:
+def cityscapes_instance_ap(
+    gt: GroundTruth, predictions: Sequence[Mapping], root: str | os.PathLike, split: str = "val"
+) -> dict:
     """The official Cityscapes instance-level AP (and AP at 50% overlap), by cityscapesscripts.
 
     Args:
@@ -336,6 +368,8 @@ def cityscapes_instance_ap(gt: GroundTruth, predictions: Sequence[Mapping], root
     return {
         "AP": _percent(averages["allAp"]),
         "AP50": _percent(averages["allAp50%"]),
-        "per_class": {name: {"AP": _percent(values["ap"]), "AP50": _percent(values["ap50%"])}
-                      for name, values in averages["classes"].items()},
+        "per_class": {
+            name: {"AP": _percent(values["ap"]), "AP50": _percent(values["ap50%"])}
+            for name, values in averages["classes"].items()
+        },
     }

@@ -10,6 +10,7 @@ workarounds), so training-time and workflow numbers agree exactly. Its result is
 ``metrics.json`` / TensorBoard as ``cityscapes/AP`` and ``cityscapes/AP50``, and ``dcl train``
 to ``inference/detectron2_eval.json``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -64,10 +65,14 @@ class CityscapesAPEvaluator(DatasetEvaluator):
         predictions = comm.gather(self._predictions, dst=0)
         if not comm.is_main_process():
             return {}
-        records = [dict(p, category_id=self._category_of_class[p["category_id"]])
-                   for p in itertools.chain(*predictions)]
+        records = [
+            dict(p, category_id=self._category_of_class[p["category_id"]]) for p in itertools.chain(*predictions)
+        ]
         gt = load_ground_truth(self._gt_json)
         result = cityscapes_instance_ap(gt, load_predictions(records, gt), self._root, self._split)
-        logger.info("Cityscapes instance-level AP (cityscapesscripts): AP %.2f  AP50 %.2f",
-                    result["AP"] or 0.0, result["AP50"] or 0.0)
+        logger.info(
+            "Cityscapes instance-level AP (cityscapesscripts): AP %.2f  AP50 %.2f",
+            result["AP"] or 0.0,
+            result["AP50"] or 0.0,
+        )
         return {"cityscapes": {"AP": result["AP"], "AP50": result["AP50"]}}

@@ -4,6 +4,7 @@ Subcommand modules are imported only when that subcommand runs, so ``dcl --help`
 subcommands (evaluation, error analysis, reporting) start without importing torch or detectron2.
 Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 """
+
 from __future__ import annotations
 
 import argparse

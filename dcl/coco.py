@@ -9,6 +9,7 @@ intersects and measures them without ever decoding a full-resolution array. The 
 pycocotools lacks, the complement of a mask, is done here on the uncompressed run lengths
 (:func:`rle_counts`, :func:`complement`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,8 +88,11 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
         and math.isfinite(value)
+    )
 
 
 def _source_name(source: Any, default: str) -> str:
@@ -104,6 +108,7 @@ def _load(source: Any, what: str) -> Any:
 # --------------------------------------------------------------------------------------------
 # Run-length encoding helpers
 # --------------------------------------------------------------------------------------------
+
 
 def rle_counts(strings: Sequence[bytes | str]) -> list[np.ndarray]:
     """Decode COCO's compressed RLE strings to run lengths, all strings in one vectorised pass.
@@ -167,8 +172,10 @@ def rle_counts(strings: Sequence[bytes | str]) -> list[np.ndarray]:
 def compact_rle(rle: Mapping) -> dict:
     """A compressed RLE with ``counts`` as ``str`` (JSON-serialisable, accepted by both AP backends)."""
     counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
-            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def complement(rle: Mapping) -> dict:
@@ -199,24 +206,37 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
 # Validation
 # --------------------------------------------------------------------------------------------
 
-def _check_segmentation(segmentation: Any, height: int, width: int, where: str, problems: _Problems,
-                        compressed: list[tuple[str, bytes | str, int]]) -> bool:
+
+def _check_segmentation(
+    segmentation: Any,
+    height: int,
+    width: int,
+    where: str,
+    problems: _Problems,
+    compressed: list[tuple[str, bytes | str, int]],
+) -> bool:
     """Check one segmentation's structure; compressed strings are queued for one batch decode."""
     if isinstance(segmentation, list):
         if not segmentation:
             problems.add(f"{where}: 'segmentation' is an empty polygon list")
             return False
         for polygon in segmentation:
-            if (not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2
-                    or not all(_is_number(v) for v in polygon)):
+            if (
+                not isinstance(polygon, list)
+                or len(polygon) < 6
+                or len(polygon) % 2
+                or not all(_is_number(v) for v in polygon)
+            ):
                 problems.add(f"{where}: a polygon must be a list of at least 3 x,y pairs of numbers")
                 return False
             # pycocotools rasterises every edge pixel by pixel: far-off points exhaust the memory
             # (or overflow it: a segfault). One image size around the image is generous.
             xs, ys = polygon[0::2], polygon[1::2]
             if not (-width <= min(xs) and max(xs) <= 2 * width and -height <= min(ys) and max(ys) <= 2 * height):
-                problems.add(f"{where}: polygon coordinates (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}) "
-                             f"lie far outside the {width}x{height} image (width x height)")
+                problems.add(
+                    f"{where}: polygon coordinates (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}) "
+                    f"lie far outside the {width}x{height} image (width x height)"
+                )
                 return False
         return True
     if not isinstance(segmentation, Mapping) or "counts" not in segmentation or "size" not in segmentation:
@@ -227,8 +247,10 @@ def _check_segmentation(segmentation: Any, height: int, width: int, where: str, 
         problems.add(f"{where}: RLE 'size' must be [height, width], got {size!r}")
         return False
     if [int(size[0]), int(size[1])] != [height, width]:
-        problems.add(f"{where}: mask size {int(size[0])}x{int(size[1])} (height x width) disagrees "
-                     f"with the image's {height}x{width}")
+        problems.add(
+            f"{where}: mask size {int(size[0])}x{int(size[1])} (height x width) disagrees "
+            f"with the image's {height}x{width}"
+        )
         return False
     counts = segmentation["counts"]
     if isinstance(counts, list):
@@ -236,8 +258,10 @@ def _check_segmentation(segmentation: Any, height: int, width: int, where: str, 
             problems.add(f"{where}: uncompressed RLE 'counts' must be non-negative integers")
             return False
         if sum(counts) != height * width:
-            problems.add(f"{where}: RLE covers {sum(counts)} pixels, the {height}x{width} image has "
-                         f"{height * width}: wrong mask size")
+            problems.add(
+                f"{where}: RLE covers {sum(counts)} pixels, the {height}x{width} image has "
+                f"{height * width}: wrong mask size"
+            )
             return False
         return True
     if not isinstance(counts, (str, bytes)):
@@ -255,7 +279,7 @@ def _check_compressed(compressed: list[tuple[str, bytes | str, int]], problems: 
     """
     batch = 20000  # bounds the temporary arrays of the vectorised decoder
     for start in range(0, len(compressed), batch):
-        chunk = compressed[start:start + batch]
+        chunk = compressed[start : start + batch]
         try:
             decoded = rle_counts([counts for _, counts, _ in chunk])
         except (ValueError, UnicodeEncodeError):
@@ -268,8 +292,10 @@ def _check_compressed(compressed: list[tuple[str, bytes | str, int]], problems: 
                     decoded.append(None)
         for (where, _, pixels), counts in zip(chunk, decoded):
             if counts is not None and int(counts.sum()) != pixels:
-                problems.add(f"{where}: RLE covers {int(counts.sum())} pixels but its image has {pixels}: "
-                             "wrong mask size or corrupted 'counts'")
+                problems.add(
+                    f"{where}: RLE covers {int(counts.sum())} pixels but its image has {pixels}: "
+                    "wrong mask size or corrupted 'counts'"
+                )
 
 
 def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation: bool = True) -> GroundTruth:
@@ -288,15 +314,15 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
         if not isinstance(data.get(key), list):
             raise InputError(f"{name}: a COCO GT file needs a list '{key}'")
     problems = _Problems(name)
-    gt = GroundTruth(data=data, source=name,
-                     path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None)
+    gt = GroundTruth(data=data, source=name, path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None)
     for index, image in enumerate(data["images"]):
         where = f"images[{index}]"
         if not isinstance(image, Mapping) or not _is_int(image.get("id")):
             problems.add(f"{where}: needs an integer 'id'")
             continue
-        if not (_is_int(image.get("height")) and _is_int(image.get("width"))
-                and image["height"] > 0 and image["width"] > 0):
+        if not (
+            _is_int(image.get("height")) and _is_int(image.get("width")) and image["height"] > 0 and image["width"] > 0
+        ):
             problems.add(f"{where} (id {image['id']}): needs positive integer 'height' and 'width'")
             continue
         if image["id"] in gt.images:
@@ -341,9 +367,13 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
             problems.add(f"{where}: 'iscrowd' must be 0 or 1")
             continue
-        if "bbox" in ann and not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4
-                                  and all(_is_number(v) for v in ann["bbox"])
-                                  and ann["bbox"][2] >= 0 and ann["bbox"][3] >= 0):
+        if "bbox" in ann and not (
+            isinstance(ann["bbox"], list)
+            and len(ann["bbox"]) == 4
+            and all(_is_number(v) for v in ann["bbox"])
+            and ann["bbox"][2] >= 0
+            and ann["bbox"][3] >= 0
+        ):
             problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
             continue
         if need_segmentation:
@@ -356,8 +386,13 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
     return gt
 
 
-def load_predictions(source: str | os.PathLike | Iterable[Mapping], gt: GroundTruth, *,
-                     need_segmentation: bool = True, need_bbox: bool = False) -> list[dict]:
+def load_predictions(
+    source: str | os.PathLike | Iterable[Mapping],
+    gt: GroundTruth,
+    *,
+    need_segmentation: bool = True,
+    need_bbox: bool = False,
+) -> list[dict]:
     """Load and validate COCO results against ``gt``; return normalised copies.
 
     Each returned record has ``image_id``, ``category_id``, ``score`` and, when present in the
@@ -401,12 +436,20 @@ def load_predictions(source: str | os.PathLike | Iterable[Mapping], gt: GroundTr
         if not _is_number(det["score"]):
             problems.add(f"{where}: 'score' must be a finite number, got {det['score']!r}")
             continue
-        record = {"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
-                  "score": float(det["score"])}
+        record = {
+            "image_id": int(det["image_id"]),
+            "category_id": int(det["category_id"]),
+            "score": float(det["score"]),
+        }
         if "bbox" in det:
             box = det["bbox"]
-            if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)
-                    and box[2] >= 0 and box[3] >= 0):
+            if not (
+                isinstance(box, (list, tuple))
+                and len(box) == 4
+                and all(_is_number(v) for v in box)
+                and box[2] >= 0
+                and box[3] >= 0
+            ):
                 problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
                 continue
             record["bbox"] = [float(v) for v in box]
@@ -414,8 +457,9 @@ def load_predictions(source: str | os.PathLike | Iterable[Mapping], gt: GroundTr
             problems.add(f"{where}: missing 'bbox' (needed for box AP)")
             continue
         if "segmentation" in det:
-            if not _check_segmentation(det["segmentation"], image["height"], image["width"], where,
-                                       problems, compressed):
+            if not _check_segmentation(
+                det["segmentation"], image["height"], image["width"], where, problems, compressed
+            ):
                 continue
             record["segmentation"] = det["segmentation"]
         elif need_segmentation:
@@ -435,8 +479,9 @@ def _image_name(image: Mapping) -> str:
     return os.path.basename(str(image.get("file_name", "")))
 
 
-def map_predictions_by_file_name(predictions: str | os.PathLike | Sequence[Mapping],
-                                 source: GroundTruth, target: GroundTruth) -> list[dict]:
+def map_predictions_by_file_name(
+    predictions: str | os.PathLike | Sequence[Mapping], source: GroundTruth, target: GroundTruth
+) -> list[dict]:
     """Predictions made on ``source``'s images, re-keyed to ``target``'s image ids by file name
     (its base name, so ``val2017/x.jpg`` and ``x.jpg`` agree). Detections on images that ``target``
     lacks are dropped: how a subset of val (COCO-OCC) is scored from the val predictions.
@@ -454,8 +499,9 @@ def map_predictions_by_file_name(predictions: str | os.PathLike | Sequence[Mappi
         names = [_image_name(image) for image in gt.images.values()]
         duplicate = next((n for n, count in Counter(names).items() if count > 1), None)
         if duplicate is not None:
-            raise InputError(f"{gt.source}: file name {duplicate!r} occurs more than once, so images "
-                             "cannot be matched by file name")
+            raise InputError(
+                f"{gt.source}: file name {duplicate!r} occurs more than once, so images cannot be matched by file name"
+            )
     for image_id, image in source.images.items():
         ids_by_name[_image_name(image)] = image_id
     target_of_source: dict[int, int] = {}
@@ -467,8 +513,10 @@ def map_predictions_by_file_name(predictions: str | os.PathLike | Sequence[Mappi
         else:
             target_of_source[source_id] = image_id
     if missing:
-        raise InputError(f"{target.source}: {len(missing)} image(s) are not in {source.source} "
-                         f"(matched by file name), e.g. {missing[0]!r}")
+        raise InputError(
+            f"{target.source}: {len(missing)} image(s) are not in {source.source} "
+            f"(matched by file name), e.g. {missing[0]!r}"
+        )
     mapped = []
     for record in records:
         image_id = record.get("image_id") if isinstance(record, Mapping) else None
@@ -493,7 +541,7 @@ def occlusion_subset(gt: GroundTruth, min_overlap: float = 0.2) -> dict:
     def occluded(anns: list[Mapping]) -> bool:
         boxes = [ann["bbox"] for ann in anns if not ann.get("iscrowd") and "bbox" in ann]
         for i, (x0, y0, w0, h0) in enumerate(boxes):
-            for x1, y1, w1, h1 in boxes[i + 1:]:
+            for x1, y1, w1, h1 in boxes[i + 1 :]:
                 inter = max(0.0, min(x0 + w0, x1 + w1) - max(x0, x1)) * max(0.0, min(y0 + h0, y1 + h1) - max(y0, y1))
                 smaller = min(w0 * h0, w1 * h1)
                 if smaller > 0 and inter >= min_overlap * smaller:
@@ -508,14 +556,20 @@ def occlusion_subset(gt: GroundTruth, min_overlap: float = 0.2) -> dict:
         new_id = len(images) + 1
         images.append({**image, "id": new_id})
         annotations += [{**ann, "id": len(annotations) + k + 1, "image_id": new_id} for k, ann in enumerate(anns)]
-    return {"info": {"description": f"occlusion subset of {gt.source}: images with two instances whose "
-                                    f"boxes overlap by >= {min_overlap:g} of the smaller box"},
-            "images": images, "annotations": annotations, "categories": list(gt.data["categories"])}
+    return {
+        "info": {
+            "description": f"occlusion subset of {gt.source}: images with two instances whose "
+            f"boxes overlap by >= {min_overlap:g} of the smaller box"
+        },
+        "images": images,
+        "annotations": annotations,
+        "categories": list(gt.data["categories"]),
+    }
 
 
-def inputs_on_subset(annotations: str | os.PathLike, predictions: str | os.PathLike,
-                     predictions_gt: str | os.PathLike | None) -> tuple[GroundTruth | str | os.PathLike,
-                                                                        list[dict] | str | os.PathLike]:
+def inputs_on_subset(
+    annotations: str | os.PathLike, predictions: str | os.PathLike, predictions_gt: str | os.PathLike | None
+) -> tuple[GroundTruth | str | os.PathLike, list[dict] | str | os.PathLike]:
     """GT and predictions for ``dcl evaluate`` / ``dcl errors``: as given, or, with
     ``predictions_gt`` (the GT whose image ids the predictions use), the predictions mapped onto
     ``annotations``' images by file name (``--predictions-gt``)."""
@@ -531,7 +585,10 @@ def add_input_arguments(parser: argparse.ArgumentParser, predictions_help: str) 
     ``--predictions-gt`` (see :func:`inputs_on_subset`)."""
     parser.add_argument("predictions", metavar="PRED.json", help=predictions_help)
     parser.add_argument("-a", "--annotations", metavar="GT.json", required=True, help="COCO ground-truth file")
-    parser.add_argument("--predictions-gt", metavar="VAL.json",
-                        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
-                             "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
-                             "those on other images dropped")
+    parser.add_argument(
+        "--predictions-gt",
+        metavar="VAL.json",
+        help="the GT whose image ids PRED uses, when GT.json is a subset of it with other "
+        "ids (COCO-OCC): detections are mapped to GT.json's images by file name, "
+        "those on other images dropped",
+    )

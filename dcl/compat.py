@@ -36,6 +36,7 @@ Applied on request only:
     detectron2's ``create_ddp_model`` passes ``device_ids=[local rank]``, which
     DistributedDataParallel rejects for a CPU model; for a CPU model it passes none.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -88,8 +89,14 @@ def _restore_numpy_aliases() -> None:
 
     missing = {
         name: typ
-        for name, typ in (("bool", bool), ("int", int), ("float", float), ("complex", complex),
-                          ("object", object), ("str", str))
+        for name, typ in (
+            ("bool", bool),
+            ("int", int),
+            ("float", float),
+            ("complex", complex),
+            ("object", object),
+            ("str", str),
+        )
         if name not in np.__dict__
     }
     for name, typ in missing.items():
@@ -103,8 +110,11 @@ def _restore_pillow_constants() -> None:
 
     missing = {
         name: value
-        for name, value in (("LINEAR", Image.Resampling.BILINEAR), ("CUBIC", Image.Resampling.BICUBIC),
-                            ("ANTIALIAS", Image.Resampling.LANCZOS))
+        for name, value in (
+            ("LINEAR", Image.Resampling.BILINEAR),
+            ("CUBIC", Image.Resampling.BICUBIC),
+            ("ANTIALIAS", Image.Resampling.LANCZOS),
+        )
         if not hasattr(Image, name)
     }
     for name, value in missing.items():
@@ -140,6 +150,7 @@ def _stand_in_for_missing_extension() -> None:
     sys.modules["detectron2._C"] = _MissingExtensionModule(
         "detectron2._C", "dcl.compat stand-in for detectron2's missing compiled extension"
     )
+
     # detectron2.layers.nms calls this op through torch.ops rather than through _C.
     def nms_rotated(boxes, scores, iou_threshold):
         raise MissingExtensionError(_BUILD_HINT.format(name="torch.ops.detectron2.nms_rotated"))

@@ -1,6 +1,7 @@
 """The detectron2 config of ``dcl train``: detectron2's defaults, the DCL and RefineMask keys,
 a YAML file and ``KEY VALUE`` overrides (:func:`load_config`), and its checks against this
 machine (devices, registered datasets, local weights) before anything runs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,15 @@ from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.refinemask import add_refinemask_config
 from dcl.slurm import DistributedLayout
 
-__all__ = ["check_datasets", "check_devices", "dry_run_summary", "load_config", "refuse_unsafe_yaml",
-           "resolve_weights", "with_values"]
+__all__ = [
+    "check_datasets",
+    "check_devices",
+    "dry_run_summary",
+    "load_config",
+    "refuse_unsafe_yaml",
+    "resolve_weights",
+    "with_values",
+]
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:
@@ -76,8 +84,10 @@ def refuse_unsafe_yaml(config_file: str) -> None:
         except yaml.constructor.ConstructorError as error:
             mark = error.problem_mark
             where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise InputError(f"{path}{where}: {error.problem}; config files must be plain YAML "
-                             "(Python tags are refused: they run code)") from None
+            raise InputError(
+                f"{path}{where}: {error.problem}; config files must be plain YAML "
+                "(Python tags are refused: they run code)"
+            ) from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
         base = data.get("_BASE_") if isinstance(data, dict) else None
@@ -110,26 +120,35 @@ def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int, machines_per_n
     if num_gpus < 1:
         raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
     if cfg.SEED + num_gpus * num_machines > SEED_LIMIT:  # detectron2 seeds rank r with SEED + r
-        raise InputError(f"SEED {cfg.SEED} + one per worker ({num_gpus * num_machines}) is out of numpy's "
-                         "seed range (below 2^32)")
+        raise InputError(
+            f"SEED {cfg.SEED} + one per worker ({num_gpus * num_machines}) is out of numpy's seed range (below 2^32)"
+        )
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda"):
         available = torch.cuda.device_count()
         if available == 0:
-            raise InputError("MODEL.DEVICE is cuda but no CUDA GPU is visible here; add `MODEL.DEVICE cpu` to run on the CPU")
+            raise InputError(
+                "MODEL.DEVICE is cuda but no CUDA GPU is visible here; add `MODEL.DEVICE cpu` to run on the CPU"
+            )
         if num_gpus > available:
             raise InputError(f"--num-gpus {num_gpus} but this machine has {available} visible GPU(s)")
         # Each worker takes GPU <local rank>: tasks that see all of the node's GPUs would share them.
         if machines_per_node > 1 and available != num_gpus:
-            raise InputError(f"{machines_per_node} dcl train tasks on this node, each seeing {available} GPU(s) for "
-                             f"--num-gpus {num_gpus}: give each task its own (srun --gpus-per-task={num_gpus})")
+            raise InputError(
+                f"{machines_per_node} dcl train tasks on this node, each seeing {available} GPU(s) for "
+                f"--num-gpus {num_gpus}: give each task its own (srun --gpus-per-task={num_gpus})"
+            )
     elif device != "cpu" and num_gpus * num_machines != 1:
-        raise InputError(f"MODEL.DEVICE {device} runs in one process: use --num-gpus 1 on one machine "
-                         "(several workers need CUDA GPUs, or the CPU: MODEL.DEVICE cpu)")
+        raise InputError(
+            f"MODEL.DEVICE {device} runs in one process: use --num-gpus 1 on one machine "
+            "(several workers need CUDA GPUs, or the CPU: MODEL.DEVICE cpu)"
+        )
     world = num_gpus * num_machines
     if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise InputError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
-                         f"{world} worker(s) (--num-gpus x machines)")
+        raise InputError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
+            f"{world} worker(s) (--num-gpus x machines)"
+        )
 
 
 def check_datasets(cfg: CfgNode, eval_only: bool) -> None:
@@ -158,8 +177,9 @@ def resolve_weights(cfg: CfgNode, resume: bool, weights_dir: Optional[str]) -> O
     return local if local != spec else None
 
 
-def dry_run_summary(cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus: int, layout: DistributedLayout,
-                    weights: dict) -> dict:
+def dry_run_summary(
+    cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus: int, layout: DistributedLayout, weights: dict
+) -> dict:
     """What ``dcl train --dry-run`` prints: the model ``cfg`` builds (on the CPU), its datasets,
     solver, devices and weights."""
     from detectron2.modeling import build_model
@@ -171,7 +191,8 @@ def dry_run_summary(cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus
     roi_heads = getattr(model, "roi_heads", None)
     mask_head = getattr(roi_heads, "mask_head", None)
     return {
-        "config_file": config_file, "mode": "eval-only" if eval_only else "train",
+        "config_file": config_file,
+        "mode": "eval-only" if eval_only else "train",
         "meta_architecture": type(model).__name__,
         "roi_heads": type(roi_heads).__name__ if roi_heads is not None else None,
         "mask_head": type(mask_head).__name__ if mask_head is not None else None,
@@ -179,8 +200,15 @@ def dry_run_summary(cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus
         "dcl": dict(cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS) if is_dcl_model_config(cfg) else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "datasets": {"train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)},
-        "solver": {"ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "base_lr": cfg.SOLVER.BASE_LR,
-                   "max_iter": cfg.SOLVER.MAX_ITER, "steps": list(cfg.SOLVER.STEPS)},
-        "device": cfg.MODEL.DEVICE, "num_gpus_per_machine": num_gpus,
-        "distributed": dataclasses.asdict(layout), "weights": weights, "output_dir": cfg.OUTPUT_DIR,
+        "solver": {
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "base_lr": cfg.SOLVER.BASE_LR,
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "steps": list(cfg.SOLVER.STEPS),
+        },
+        "device": cfg.MODEL.DEVICE,
+        "num_gpus_per_machine": num_gpus,
+        "distributed": dataclasses.asdict(layout),
+        "weights": weights,
+        "output_dir": cfg.OUTPUT_DIR,
     }

@@ -3,6 +3,7 @@
 to detectron2's config, and the workflow (:mod:`dcl.experiments`, which imports no torch) compares
 ablation values with them.
 """
+
 from __future__ import annotations
 
 __all__ = ["DCL_DEFAULTS", "DCL_KEY_PREFIX"]

@@ -12,6 +12,7 @@ files; loading a dataset whose files are missing raises ``InputError`` naming th
 command that creates it. detectron2 is imported only inside functions, so ``dcl data`` starts
 without torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,9 @@ def _cityscapes_problems(base: Path, split: str) -> tuple[list[str], int]:
                 missing.append(str(gt))
     if missing:
         shown = "\n    ".join(missing[:3])
-        return [f"{len(missing)} gtFine file(s) for the images in {image_dir}/ are missing, e.g.\n    {shown}"], len(images)
+        return [f"{len(missing)} gtFine file(s) for the images in {image_dir}/ are missing, e.g.\n    {shown}"], len(
+            images
+        )
     return [], len(images)
 
 
@@ -117,8 +120,9 @@ def _image_dir_problem(path: Path, suffix: str) -> tuple[list[str], int]:
     return ([] if count else [f"{path}/ has no *{suffix} images"]), count
 
 
-def check_dataset(dataset: str, root: str | os.PathLike | None = None,
-                  splits: Iterable[str] = SPLITS) -> dict[str, Any]:
+def check_dataset(
+    dataset: str, root: str | os.PathLike | None = None, splits: Iterable[str] = SPLITS
+) -> dict[str, Any]:
     """Verify that a dataset's files are in place (existing and non-empty).
 
     Args:
@@ -163,9 +167,11 @@ def check_dataset(dataset: str, root: str | os.PathLike | None = None,
             # workflow converts after this check), and `dcl data toy` writes it.
             if "val" in splits:
                 problems += _file_problem(cityscapes / "annotations" / "instancesonly_filtered_gtFine_val.json")
-            remedy = (f"Create the toy datasets with:\n  dcl data toy --out {base_root}\n"
-                      f"(the COCO JSON alone: dcl data cityscapes-to-coco {cityscapes} --split val "
-                      f"-o {cityscapes}/annotations/instancesonly_filtered_gtFine_val.json)")
+            remedy = (
+                f"Create the toy datasets with:\n  dcl data toy --out {base_root}\n"
+                f"(the COCO JSON alone: dcl data cityscapes-to-coco {cityscapes} --split val "
+                f"-o {cityscapes}/annotations/instancesonly_filtered_gtFine_val.json)"
+            )
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise InputError(f"dataset {dataset!r} under {base_root} is incomplete:\n{listing}\n{remedy}")
@@ -231,14 +237,19 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
     def cityscapes_as_coco(cityscapes: Path, remedy: str) -> tuple[Callable, tuple, dict]:
         json_file = cityscapes / "annotations" / "instancesonly_filtered_gtFine_val.json"
         image_root = cityscapes / "leftImg8bit" / "val"
-        remedy = (f"Create it with: dcl data cityscapes-to-coco {cityscapes} --split val -o {json_file} "
-                  f"({remedy})")
-        return _load_coco_json, (json_file, image_root, remedy), {
-            "json_file": str(json_file), "image_root": str(image_root), "evaluator_type": "coco",
-            "gt_dir": str(cityscapes / "gtFine" / "val"),
-            "thing_classes": list(cityscapes_meta["thing_classes"]),
-            "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CITYSCAPES_CLASSES))},
-        }
+        remedy = f"Create it with: dcl data cityscapes-to-coco {cityscapes} --split val -o {json_file} ({remedy})"
+        return (
+            _load_coco_json,
+            (json_file, image_root, remedy),
+            {
+                "json_file": str(json_file),
+                "image_root": str(image_root),
+                "evaluator_type": "coco",
+                "gt_dir": str(cityscapes / "gtFine" / "val"),
+                "thing_classes": list(cityscapes_meta["thing_classes"]),
+                "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CITYSCAPES_CLASSES))},
+            },
+        )
 
     def coco_json(json_file: Path, image_root: Path, remedy: str, meta: dict) -> tuple[Callable, tuple, dict]:
         metadata = {"json_file": str(json_file), "image_root": str(image_root), "evaluator_type": "coco", **meta}
@@ -246,15 +257,22 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
 
     def cityscapes_raw(cityscapes: Path, split: str, remedy: str) -> tuple[Callable, tuple, dict]:
         image_dir, gt_dir = cityscapes / "leftImg8bit" / split, cityscapes / "gtFine" / split
-        metadata = {"image_dir": str(image_dir), "gt_dir": str(gt_dir), "evaluator_type": "cityscapes_instance",
-                    **cityscapes_meta}
+        metadata = {
+            "image_dir": str(image_dir),
+            "gt_dir": str(gt_dir),
+            "evaluator_type": "cityscapes_instance",
+            **cityscapes_meta,
+        }
         return _load_cityscapes, (image_dir, gt_dir, remedy), metadata
 
-    toy_coco_meta = {"thing_classes": [c.name for c in COCO_CLASSES],
-                     "thing_dataset_id_to_contiguous_id": {c.dataset_id: i for i, c in enumerate(COCO_CLASSES)}}
+    toy_coco_meta = {
+        "thing_classes": [c.name for c in COCO_CLASSES],
+        "thing_dataset_id_to_contiguous_id": {c.dataset_id: i for i, c in enumerate(COCO_CLASSES)},
+    }
     entries = {
-        f"toy_coco_{split}": coco_json(toy / "coco" / "annotations" / f"instances_{split}.json",
-                                       toy / "coco" / split, toy_remedy, toy_coco_meta)
+        f"toy_coco_{split}": coco_json(
+            toy / "coco" / "annotations" / f"instances_{split}.json", toy / "coco" / split, toy_remedy, toy_coco_meta
+        )
         for split in SPLITS
     }
     entries["toy_cityscapes_train"] = cityscapes_raw(toy / "cityscapes", "train", toy_remedy)
@@ -262,11 +280,15 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
     coco_meta = _get_builtin_metadata("coco")
     for split in SPLITS:
         entries[f"coco_2017_{split}"] = coco_json(
-            base / "coco" / "annotations" / f"instances_{split}2017.json", base / "coco" / f"{split}2017",
-            coco_remedy, coco_meta)
+            base / "coco" / "annotations" / f"instances_{split}2017.json",
+            base / "coco" / f"{split}2017",
+            coco_remedy,
+            coco_meta,
+        )
     entries["cityscapes_fine_instance_seg_train"] = cityscapes_raw(base / "cityscapes", "train", cityscapes_remedy)
     entries["cityscapes_fine_instance_seg_val"] = cityscapes_as_coco(
-        base / "cityscapes", f"raw data: `dcl data check --dataset cityscapes --root {base}`")
+        base / "cityscapes", f"raw data: `dcl data check --dataset cityscapes --root {base}`"
+    )
 
     for name, (loader, loader_args, metadata) in entries.items():
         if name in DatasetCatalog.list():
@@ -310,74 +332,110 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
     toy = commands.add_parser(
-        "toy", help="write the synthetic COCO + Cityscapes datasets",
+        "toy",
+        help="write the synthetic COCO + Cityscapes datasets",
         description="Write the synthetic toy datasets: DIR/coco (COCO format, HxW images) and "
-                    "DIR/cityscapes (Cityscapes format, H x 2H images, real label ids). "
-                    "Deterministic: the same arguments give byte-identical files. DIR must be new, "
-                    "empty, or a previous toy dataset (it has a .dcl-toy.json marker).")
+        "DIR/cityscapes (Cityscapes format, H x 2H images, real label ids). "
+        "Deterministic: the same arguments give byte-identical files. DIR must be new, "
+        "empty, or a previous toy dataset (it has a .dcl-toy.json marker).",
+    )
     toy.add_argument("--out", required=True, metavar="DIR", help="output directory")
     toy.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
-    toy.add_argument("--num-train", type=_positive_int, default=64, metavar="N",
-                     help="training images per format (default 64)")
-    toy.add_argument("--num-val", type=_positive_int, default=16, metavar="M",
-                     help="validation images per format (default 16)")
-    toy.add_argument("--size", type=_size, default=(128, 128), metavar="HxW",
-                     help="COCO image size (default 128x128); Cityscapes images are H x 2H")
+    toy.add_argument(
+        "--num-train", type=_positive_int, default=64, metavar="N", help="training images per format (default 64)"
+    )
+    toy.add_argument(
+        "--num-val", type=_positive_int, default=16, metavar="M", help="validation images per format (default 16)"
+    )
+    toy.add_argument(
+        "--size",
+        type=_size,
+        default=(128, 128),
+        metavar="HxW",
+        help="COCO image size (default 128x128); Cityscapes images are H x 2H",
+    )
 
     convert = commands.add_parser(
-        "cityscapes-to-coco", help="convert Cityscapes gtFine annotations to COCO JSON",
+        "cityscapes-to-coco",
+        help="convert Cityscapes gtFine annotations to COCO JSON",
         description="Convert ROOT/gtFine/SPLIT (Cityscapes layout) into a COCO instances JSON file "
-                    "(images sorted by path, ids 1..N; categories 1..8 in detectron2's order; "
-                    "group regions as iscrowd).")
+        "(images sorted by path, ids 1..N; categories 1..8 in detectron2's order; "
+        "group regions as iscrowd).",
+    )
     convert.add_argument("root", metavar="ROOT", help="Cityscapes root (holds gtFine/ and leftImg8bit/)")
     convert.add_argument("--split", choices=SPLITS, default="val", help="split to convert (default val)")
     convert.add_argument("-o", "--output", required=True, metavar="OUT.json", help="COCO JSON to write")
-    convert.add_argument("--segmentation", choices=("rle", "polygon"), default=None,
-                         help="segmentation encoding of the default style (default rle)")
-    convert.add_argument("--style", choices=("default", "detectron"), default="default",
-                         help="default: exact masks, group regions as crowd; detectron: the file "
-                              "Detectron's tools/convert_cityscapes_to_coco.py wrote (the original "
-                              "error analysis' GT): external contours, no group regions, instances "
-                              "with a 1-2 pixel fragment dropped; same image and category ids")
+    convert.add_argument(
+        "--segmentation",
+        choices=("rle", "polygon"),
+        default=None,
+        help="segmentation encoding of the default style (default rle)",
+    )
+    convert.add_argument(
+        "--style",
+        choices=("default", "detectron"),
+        default="default",
+        help="default: exact masks, group regions as crowd; detectron: the file "
+        "Detectron's tools/convert_cityscapes_to_coco.py wrote (the original "
+        "error analysis' GT): external contours, no group regions, instances "
+        "with a 1-2 pixel fragment dropped; same image and category ids",
+    )
 
     subset = commands.add_parser(
-        "occlusion-subset", help="the occluded images of a COCO GT file (a COCO-OCC-like subset)",
+        "occlusion-subset",
+        help="the occluded images of a COCO GT file (a COCO-OCC-like subset)",
         description="Write the images of a COCO GT file in which two non-crowd instances' boxes "
-                    "overlap by at least --min-overlap of the smaller box, renumbered 1..N (the "
-                    "toy counterpart of COCO-OCC, instances_occ2017_new.json).")
+        "overlap by at least --min-overlap of the smaller box, renumbered 1..N (the "
+        "toy counterpart of COCO-OCC, instances_occ2017_new.json).",
+    )
     subset.add_argument("annotations", metavar="GT.json", help="COCO GT file (e.g. the toy COCO val)")
     subset.add_argument("-o", "--output", required=True, metavar="OUT.json", help="COCO JSON to write")
-    subset.add_argument("--min-overlap", type=float, default=0.2,
-                        help="intersection / smaller box area (default %(default)s)")
+    subset.add_argument(
+        "--min-overlap", type=float, default=0.2, help="intersection / smaller box area (default %(default)s)"
+    )
 
     check = commands.add_parser(
-        "check", help="verify a dataset is in place (what is missing, what to download, where)",
+        "check",
+        help="verify a dataset is in place (what is missing, what to download, where)",
         description="Verify that a dataset's files exist and are non-empty. On failure, exit 1 with "
-                    "what is missing, what to download (or run) and where to put it.")
+        "what is missing, what to download (or run) and where to put it.",
+    )
     check.add_argument("--dataset", required=True, choices=DATASET_CHOICES)
-    check.add_argument("--root", default=None, metavar="DATASETS_ROOT",
-                       help="datasets root (default $DETECTRON2_DATASETS, else ./datasets); toy "
-                            "datasets are in $DCL_TOY_DATASETS, else DATASETS_ROOT/toy")
+    check.add_argument(
+        "--root",
+        default=None,
+        metavar="DATASETS_ROOT",
+        help="datasets root (default $DETECTRON2_DATASETS, else ./datasets); toy "
+        "datasets are in $DCL_TOY_DATASETS, else DATASETS_ROOT/toy",
+    )
     check.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
-    check.add_argument("--occlusion-subset", default=None, metavar="OCC.json",
-                       help="also check this occlusion subset of COCO val (COCO-OCC); absent is a note, "
-                            "not an error")
-    check.add_argument("-o", "--output", default=None, metavar="STAMP",
-                       help="on success, write a small JSON stamp here (atomically)")
+    check.add_argument(
+        "--occlusion-subset",
+        default=None,
+        metavar="OCC.json",
+        help="also check this occlusion subset of COCO val (COCO-OCC); absent is a note, not an error",
+    )
+    check.add_argument(
+        "-o", "--output", default=None, metavar="STAMP", help="on success, write a small JSON stamp here (atomically)"
+    )
 
 
 def _run_toy(args: argparse.Namespace) -> int:
     from dcl.toydata import generate_toy_datasets
 
-    marker = generate_toy_datasets(args.out, seed=args.seed, num_train=args.num_train,
-                                   num_val=args.num_val, size=args.size)
+    marker = generate_toy_datasets(
+        args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val, size=args.size
+    )
     height, width = marker["size"]
-    print(f"wrote toy datasets to {args.out} (seed {args.seed}; COCO {height}x{width}, "
-          f"Cityscapes {height}x{2 * height}):")
+    print(
+        f"wrote toy datasets to {args.out} (seed {args.seed}; COCO {height}x{width}, Cityscapes {height}x{2 * height}):"
+    )
     for dataset, splits in marker["counts"].items():
         for split, counts in splits.items():
-            print(f"  {dataset}/{split}: {counts['images']} images, {counts['instances']} instances, "
-                  f"{counts['crowd_regions']} crowd regions")
+            print(
+                f"  {dataset}/{split}: {counts['images']} images, {counts['instances']} instances, "
+                f"{counts['crowd_regions']} crowd regions"
+            )
     return 0
 
 
@@ -390,10 +448,13 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise InputError("this installation has no dcl.cityscapes module (Cityscapes -> COCO converter)") from None
     if args.style == "detectron" and args.segmentation is not None:
         raise InputError("--segmentation applies to --style default only (the detectron style is polygons)")
-    coco = cityscapes_to_coco(args.root, args.split, args.output, segmentation=args.segmentation or "rle",
-                              style=args.style)
-    print(f"wrote {args.output} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, "
-          f"{args.style} style)")
+    coco = cityscapes_to_coco(
+        args.root, args.split, args.output, segmentation=args.segmentation or "rle", style=args.style
+    )
+    print(
+        f"wrote {args.output} ({len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+        f"{args.style} style)"
+    )
     return 0
 
 
@@ -436,8 +497,9 @@ def _run_check(args: argparse.Namespace) -> int:
         val_gt = coco / ("instances_val2017.json" if args.dataset == "coco" else "instances_val.json")
         summary["occlusion_subset"] = check_occlusion_subset(args.occlusion_subset, val_gt)
         if not summary["occlusion_subset"]["present"]:
-            print(f"note: no occlusion subset (COCO-OCC) at {args.occlusion_subset}: COCO runs are "
-                  "evaluated on val only")
+            print(
+                f"note: no occlusion subset (COCO-OCC) at {args.occlusion_subset}: COCO runs are evaluated on val only"
+            )
     if args.output:
         atomic_write_json(args.output, summary)
     print(f"dataset {args.dataset!r} is in place under {summary['root']} (splits: {', '.join(summary['splits'])})")
@@ -445,6 +507,10 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    handlers = {"toy": _run_toy, "cityscapes-to-coco": _run_convert, "occlusion-subset": _run_occlusion_subset,
-                "check": _run_check}
+    handlers = {
+        "toy": _run_toy,
+        "cityscapes-to-coco": _run_convert,
+        "occlusion-subset": _run_occlusion_subset,
+        "check": _run_check,
+    }
     return handlers[args.data_command](args)

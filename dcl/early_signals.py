@@ -5,6 +5,7 @@
 and the training's own handler (:class:`dcl.preemption.StopSignal`) takes the note over, so the run
 still ends as ``interrupted`` (exit 75) with its ``run.json``. Standard library only.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ order of :mod:`dcl.sampler` and per-iteration seeding of every RNG, so a resumed
 the uninterrupted one; a stop hook and interruptible evaluation (:mod:`dcl.preemption`); and
 ``run.json`` progress updates (:mod:`dcl.runrecord`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,14 +29,29 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from dcl import weights as dcl_weights
-from dcl.io import InputError, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, \
-    staging_directory
+from dcl.io import (
+    InputError,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
+    staging_directory,
+)
 from dcl.preemption import StopHook, StopSignal, agreed
 from dcl.runrecord import RUN_RECORD, RunRecord
 from dcl.sampler import LazyLoader, ResumableTrainingSampler, build_train_loader, sample_seed
 
-__all__ = ["EVAL_RESULTS", "TTA_FOLDER", "AtomicCheckpointer", "AtomicCOCOEvaluator", "ExpectedResultsError",
-           "Trainer", "check_expected_results", "copy_results", "prepare_output_dir"]
+__all__ = [
+    "EVAL_RESULTS",
+    "TTA_FOLDER",
+    "AtomicCheckpointer",
+    "AtomicCOCOEvaluator",
+    "ExpectedResultsError",
+    "Trainer",
+    "check_expected_results",
+    "copy_results",
+    "prepare_output_dir",
+]
 
 logger = logging.getLogger("dcl.train")
 
@@ -45,6 +61,7 @@ _RECORD_PERIOD = 20  # iterations between run.json progress updates (as detectro
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose files are never seen half-written: the checkpoint goes to a
@@ -87,11 +104,15 @@ class AtomicCheckpointer(DetectionCheckpointer):
         try:
             return super()._load_file(filename)
         except pickle.UnpicklingError as error:
-            raise InputError(f"weights file {filename} is refused by torch.load(weights_only=True): "
-                             f"{_torch_load_reason(error)}; only checkpoints of tensors and plain data are loaded") from None
+            raise InputError(
+                f"weights file {filename} is refused by torch.load(weights_only=True): "
+                f"{_torch_load_reason(error)}; only checkpoints of tensors and plain data are loaded"
+            ) from None
         except (RuntimeError, EOFError) as error:  # e.g. a truncated zip archive
-            raise InputError(f"weights file {filename} cannot be loaded (corrupted, or not a checkpoint?): "
-                             f"{_torch_load_reason(error)}") from None
+            raise InputError(
+                f"weights file {filename} cannot be loaded (corrupted, or not a checkpoint?): "
+                f"{_torch_load_reason(error)}"
+            ) from None
 
 
 def _torch_load_reason(error: BaseException) -> str:
@@ -105,6 +126,7 @@ def _torch_load_reason(error: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- hooks
+
 
 class _DataOrderHook(hooks.HookBase):
     """Puts the training sampler's seed into checkpoints and restores it on resume."""
@@ -177,11 +199,15 @@ def prepare_output_dir(output_dir: Path) -> None:
                 f.truncate(data.rfind(b"\n") + 1)
                 f.flush()
                 os.fsync(f.fileno())
-                logger.warning("%s: removed a torn last line (%d bytes) left by a killed run", metrics,
-                               len(data) - data.rfind(b"\n") - 1)
+                logger.warning(
+                    "%s: removed a torn last line (%d bytes) left by a killed run",
+                    metrics,
+                    len(data) - data.rfind(b"\n") - 1,
+                )
 
 
 # ----------------------------------------------------------------------------- trainer
+
 
 def _inference_dir(cfg: CfgNode, dataset_name: str, folder: str = "inference") -> Path:
     base = Path(cfg.OUTPUT_DIR) / folder
@@ -211,9 +237,10 @@ def check_expected_results(cfg: CfgNode, results: dict) -> None:
             return
         except SystemExit:  # it logged the comparison
             pass
-    raise ExpectedResultsError(f"TEST.EXPECTED_RESULTS not met: expected {wanted}; got {got}"
-                               + (f" (no {', '.join(missing)} results; there are {', '.join(results)})"
-                                  if missing else ""))
+    raise ExpectedResultsError(
+        f"TEST.EXPECTED_RESULTS not met: expected {wanted}; got {got}"
+        + (f" (no {', '.join(missing)} results; there are {', '.join(results)})" if missing else "")
+    )
 
 
 class Trainer(DefaultTrainer):
@@ -254,8 +281,12 @@ class Trainer(DefaultTrainer):
         # are explicit: inferred from the predictions, a model without detections (early in
         # training) would get no segm entry at all instead of NaN AP.
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        coco = AtomicCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder or str(_inference_dir(cfg, dataset_name)),
-                                   use_fast_impl=dcl.compat.has_extension())
+        coco = AtomicCOCOEvaluator(
+            dataset_name,
+            tasks=tasks,
+            output_dir=output_folder or str(_inference_dir(cfg, dataset_name)),
+            use_fast_impl=dcl.compat.has_extension(),
+        )
         from dcl.cityscapes_evaluator import CityscapesAPEvaluator, is_cityscapes
 
         if cfg.MODEL.MASK_ON and is_cityscapes(dataset_name):
@@ -291,8 +322,10 @@ class Trainer(DefaultTrainer):
         from detectron2.modeling import GeneralizedRCNNWithTTA
 
         logger.info("Running inference with test-time augmentation ...")
-        evaluators = [cls.build_evaluator(cfg, name, output_folder=str(_inference_dir(cfg, name, TTA_FOLDER)))
-                      for name in cfg.DATASETS.TEST]
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=str(_inference_dir(cfg, name, TTA_FOLDER)))
+            for name in cfg.DATASETS.TEST
+        ]
         results = cls.evaluate(cfg, GeneralizedRCNNWithTTA(cfg, model), stop, evaluators, TTA_FOLDER)
         return {f"{key}_TTA": value for key, value in results.items()}
 
@@ -371,8 +404,11 @@ def _plain(value: Any) -> Any:
 
 def copy_results(cfg: CfgNode, record_path: Path, results_dir: str, eval_only: bool) -> None:
     """Copy the small results of a finished run to ``results_dir`` (each file atomically)."""
-    files = [(record_path, RUN_RECORD), (record_path.parent / "config.yaml", "config.yaml"),
-             (_eval_results_path(cfg), EVAL_RESULTS)]
+    files = [
+        (record_path, RUN_RECORD),
+        (record_path.parent / "config.yaml", "config.yaml"),
+        (_eval_results_path(cfg), EVAL_RESULTS),
+    ]
     if not eval_only:
         files.append((Path(cfg.OUTPUT_DIR) / "metrics.json", "metrics.json"))
     for source, name in files:

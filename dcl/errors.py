@@ -29,6 +29,7 @@ Everything works on run-length-encoded masks (pycocotools merge / IoU / area, pl
 ``dcl.coco.complement``): no full-resolution mask is ever decoded, so memory does not grow with
 image size and the per-image work is a few RLE operations per detection.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,26 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, compact_rle, complement, load_ground_truth, \
-    load_predictions, segmentation_to_rle
-from dcl.evaluation import BACKENDS, DEFAULT_BACKEND, CocoEvaluator, check_backend, empty_input_warnings, \
-    format_stats_table, run_on_inputs, usable_cpus
+from dcl.coco import (
+    STAT_NAMES,
+    GroundTruth,
+    add_input_arguments,
+    compact_rle,
+    complement,
+    load_ground_truth,
+    load_predictions,
+    segmentation_to_rle,
+)
+from dcl.evaluation import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    CocoEvaluator,
+    check_backend,
+    empty_input_warnings,
+    format_stats_table,
+    run_on_inputs,
+    usable_cpus,
+)
 from dcl.io import InputError
 
 __all__ = [
@@ -77,8 +94,10 @@ def parse_error_type(name: str) -> tuple[str, ...]:
     for part in name.split("&"):
         kind = canonical.get(part.strip().lower())
         if kind is None:
-            raise InputError(f"unknown error type {part.strip()!r} in {name!r}: use {', '.join(ERROR_KINDS)} "
-                             "or combinations joined by '&' (e.g. 'fFP&bFP')")
+            raise InputError(
+                f"unknown error type {part.strip()!r} in {name!r}: use {', '.join(ERROR_KINDS)} "
+                "or combinations joined by '&' (e.g. 'fFP&bFP')"
+            )
         if kind in kinds:
             raise InputError(f"error type {name!r} lists {kind} twice")
         kinds.append(kind)
@@ -152,15 +171,18 @@ class _ImageMasks:
         """What fFP keeps of a detection matched to GT ``g``: pixels of ``g`` itself or of no
         other GT (None: there is no other GT, keep everything)."""
         if g not in self._keep:
-            parts = ([self.prefix(g - 1)] if g > 0 else []) + \
-                    ([self.suffix(g + 1)] if g < len(self.gt_masks) - 1 else [])
-            self._keep[g] = (mask_utils.merge([complement(self._union(parts)), self.gt_masks[g]], intersect=False)
-                             if parts else None)
+            parts = ([self.prefix(g - 1)] if g > 0 else []) + (
+                [self.suffix(g + 1)] if g < len(self.gt_masks) - 1 else []
+            )
+            self._keep[g] = (
+                mask_utils.merge([complement(self._union(parts)), self.gt_masks[g]], intersect=False) if parts else None
+            )
         return self._keep[g]
 
 
-def _fix_image(task: _ImageTask, types: Sequence[tuple[str, ...]], iou_type: str,
-               legacy_unmatched: bool) -> tuple[list[list[dict]], int]:
+def _fix_image(
+    task: _ImageTask, types: Sequence[tuple[str, ...]], iou_type: str, legacy_unmatched: bool
+) -> tuple[list[list[dict]], int]:
     """Remove each error type from every detection of one image.
 
     Returns:
@@ -207,19 +229,29 @@ def _image_tasks(gt: GroundTruth, predictions: Sequence[Mapping]) -> list[_Image
         height, width = int(image["height"]), int(image["width"])
         anns = sorted(gt_by_image[image_id], key=lambda a: a["category_id"])  # stable: file order kept
         gt_masks = [segmentation_to_rle(a["segmentation"], height, width) for a in anns]
-        gt_boxes = np.array([a["bbox"] if "bbox" in a else mask_utils.toBbox(m)
-                             for a, m in zip(anns, gt_masks)], dtype=np.float64).reshape(-1, 4)
+        gt_boxes = np.array(
+            [a["bbox"] if "bbox" in a else mask_utils.toBbox(m) for a, m in zip(anns, gt_masks)], dtype=np.float64
+        ).reshape(-1, 4)
         positions = sorted(detections_by_image[image_id], key=lambda p: predictions[p]["category_id"])
         det_masks = [predictions[p]["segmentation"] for p in positions]
-        det_boxes = np.array([predictions[p]["bbox"] if "bbox" in predictions[p] else mask_utils.toBbox(m)
-                              for p, m in zip(positions, det_masks)], dtype=np.float64).reshape(-1, 4)
-        tasks.append(_ImageTask(
-            gt_categories=np.array([a["category_id"] for a in anns], dtype=np.int64),
-            gt_masks=gt_masks, gt_boxes=gt_boxes,
-            det_positions=np.array(positions, dtype=np.int64),
-            det_categories=np.array([predictions[p]["category_id"] for p in positions], dtype=np.int64),
-            det_masks=det_masks, det_boxes=det_boxes,
-        ))
+        det_boxes = np.array(
+            [
+                predictions[p]["bbox"] if "bbox" in predictions[p] else mask_utils.toBbox(m)
+                for p, m in zip(positions, det_masks)
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 4)
+        tasks.append(
+            _ImageTask(
+                gt_categories=np.array([a["category_id"] for a in anns], dtype=np.int64),
+                gt_masks=gt_masks,
+                gt_boxes=gt_boxes,
+                det_positions=np.array(positions, dtype=np.int64),
+                det_categories=np.array([predictions[p]["category_id"] for p in positions], dtype=np.int64),
+                det_masks=det_masks,
+                det_boxes=det_boxes,
+            )
+        )
     return tasks
 
 
@@ -243,8 +275,9 @@ def _workers(workers: int) -> int:
     return min(workers, usable_cpus()) if workers else usable_cpus()  # more processes than CPUs only cost
 
 
-def _with_masks(predictions: Sequence[Mapping], tasks: Sequence[_ImageTask],
-                fixed_by_task: Iterable[list[dict]]) -> list[dict]:
+def _with_masks(
+    predictions: Sequence[Mapping], tasks: Sequence[_ImageTask], fixed_by_task: Iterable[list[dict]]
+) -> list[dict]:
     """The prediction list with the fixed masks of the analysed images put in."""
     result = [dict(p) for p in predictions]
     for task, fixed in zip(tasks, fixed_by_task):
@@ -253,9 +286,13 @@ def _with_masks(predictions: Sequence[Mapping], tasks: Sequence[_ImageTask],
     return result
 
 
-def fix_predictions(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | os.PathLike | Sequence[Mapping],
-                    types: Sequence[str] = DEFAULT_TYPES, iou_type: str = "seg",
-                    legacy_unmatched: bool = False) -> dict[str, list[dict]]:
+def fix_predictions(
+    gt: str | os.PathLike | Mapping | GroundTruth,
+    predictions: str | os.PathLike | Sequence[Mapping],
+    types: Sequence[str] = DEFAULT_TYPES,
+    iou_type: str = "seg",
+    legacy_unmatched: bool = False,
+) -> dict[str, list[dict]]:
     """The predictions with each error type removed (the masks the AP is then measured on).
 
     Returns:
@@ -271,13 +308,23 @@ def fix_predictions(gt: str | os.PathLike | Mapping | GroundTruth, predictions: 
 
 
 def _delta(fixed: Mapping[str, float | None], baseline: Mapping[str, float | None]) -> dict[str, float | None]:
-    return {name: None if fixed[name] is None or baseline[name] is None else fixed[name] - baseline[name]
-            for name in STAT_NAMES}
+    return {
+        name: None if fixed[name] is None or baseline[name] is None else fixed[name] - baseline[name]
+        for name in STAT_NAMES
+    }
 
 
-def _analyze_here(gt: GroundTruth, records: list[dict], tasks: list[_ImageTask], names: list[str],
-                  parsed: list[tuple[str, ...]], iou_type: str, legacy_unmatched: bool, backend: str,
-                  bar: tqdm) -> tuple[dict[str, dict], int]:
+def _analyze_here(
+    gt: GroundTruth,
+    records: list[dict],
+    tasks: list[_ImageTask],
+    names: list[str],
+    parsed: list[tuple[str, ...]],
+    iou_type: str,
+    legacy_unmatched: bool,
+    backend: str,
+    bar: tqdm,
+) -> tuple[dict[str, dict], int]:
     """One process, one error type at a time: only one set of fixed masks is alive at once."""
     evaluator = CocoEvaluator(gt, "segm", backend)
     stats = {"baseline": evaluator(records)}
@@ -301,15 +348,23 @@ def _analyze_here(gt: GroundTruth, records: list[dict], tasks: list[_ImageTask],
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(gt: GroundTruth, backend: str, tasks: list[_ImageTask], types: list[tuple[str, ...]],
-                 iou_type: str, legacy_unmatched: bool) -> None:
-    _WORKER.update(gt=gt, backend=backend, tasks=tasks, types=types, iou_type=iou_type,
-                   legacy_unmatched=legacy_unmatched)
+def _init_worker(
+    gt: GroundTruth,
+    backend: str,
+    tasks: list[_ImageTask],
+    types: list[tuple[str, ...]],
+    iou_type: str,
+    legacy_unmatched: bool,
+) -> None:
+    _WORKER.update(
+        gt=gt, backend=backend, tasks=tasks, types=types, iou_type=iou_type, legacy_unmatched=legacy_unmatched
+    )
 
 
 def _fix_in_worker(index: int) -> tuple[int, list[list[dict]], int]:
-    fixed, unmatched = _fix_image(_WORKER["tasks"][index], _WORKER["types"], _WORKER["iou_type"],
-                                  _WORKER["legacy_unmatched"])
+    fixed, unmatched = _fix_image(
+        _WORKER["tasks"][index], _WORKER["types"], _WORKER["iou_type"], _WORKER["legacy_unmatched"]
+    )
     return index, fixed, unmatched
 
 
@@ -319,8 +374,9 @@ def _evaluate_in_worker(predictions: list[dict]) -> dict[str, float | None]:
     return _WORKER["evaluator"](predictions)
 
 
-def _analyze_in_pool(pool: Any, records: list[dict], tasks: list[_ImageTask], names: list[str], workers: int,
-                     bar: tqdm) -> tuple[dict[str, dict], int]:
+def _analyze_in_pool(
+    pool: Any, records: list[dict], tasks: list[_ImageTask], names: list[str], workers: int, bar: tqdm
+) -> tuple[dict[str, dict], int]:
     """Worker processes (set up by ``_init_worker``) fix the images, all types in one pass, and
     evaluate the AP of the baseline and of each type; the baseline AP is computed while the images
     are being fixed."""
@@ -344,9 +400,17 @@ def _analyze_in_pool(pool: Any, records: list[dict], tasks: list[_ImageTask], na
     return stats, unmatched
 
 
-def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLike | Sequence[Mapping],
-            types: Sequence[str] = DEFAULT_TYPES, iou_type: str = "seg", legacy_unmatched: bool = False,
-            workers: int = 1, *, backend: str = DEFAULT_BACKEND, progress: bool = False) -> dict:
+def analyze(
+    gt: str | os.PathLike | Mapping | GroundTruth,
+    pred: str | os.PathLike | Sequence[Mapping],
+    types: Sequence[str] = DEFAULT_TYPES,
+    iou_type: str = "seg",
+    legacy_unmatched: bool = False,
+    workers: int = 1,
+    *,
+    backend: str = DEFAULT_BACKEND,
+    progress: bool = False,
+) -> dict:
     """Run the segmentation-error analysis; returns the content of errors.json (docs/design.md).
 
     Args:
@@ -378,15 +442,22 @@ def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLi
         # Created before the progress bar's monitor thread exists: forking a threaded process is unsafe.
         initargs = (gt, backend, tasks, parsed, iou_type, legacy_unmatched)
         pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=initargs)
-    bar = tqdm(total=len(names) * len(tasks) + len(names) + 1, unit="step", file=sys.stderr, delay=2.0,
-               disable=not progress, desc="error analysis",
-               mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file gets a line per 10 s
+    bar = tqdm(
+        total=len(names) * len(tasks) + len(names) + 1,
+        unit="step",
+        file=sys.stderr,
+        delay=2.0,
+        disable=not progress,
+        desc="error analysis",
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,
+    )  # a log file gets a line per 10 s
     try:
         if pool is not None:
             stats, unmatched = _analyze_in_pool(pool, records, tasks, names, workers, bar)
         else:
-            stats, unmatched = _analyze_here(gt, records, tasks, names, parsed, iou_type, legacy_unmatched,
-                                             backend, bar)
+            stats, unmatched = _analyze_here(
+                gt, records, tasks, names, parsed, iou_type, legacy_unmatched, backend, bar
+            )
     finally:
         bar.close()
         if pool is not None:
@@ -411,40 +482,77 @@ def analyze(gt: str | os.PathLike | Mapping | GroundTruth, pred: str | os.PathLi
 
 def format_report(result: Mapping) -> str:
     """The readable table ``dcl errors`` prints: AP of the baseline, of each fixed set, and gains."""
-    mode = ("legacy: unmatched detections treated as matched to the image's last GT"
-            if result["legacy_unmatched"] else "unmatched detections left unchanged by fFP/FN")
+    mode = (
+        "legacy: unmatched detections treated as matched to the image's last GT"
+        if result["legacy_unmatched"]
+        else "unmatched detections left unchanged by fFP/FN"
+    )
     width = max(8, *(len(n) + 2 for n in result["types"]))
     names = STAT_NAMES[:6]
-    lines = [f"segmentation errors: {result['iou_type']} IoU matching, {mode}",
-             f"{result['num_predictions']} detections on {result['num_images']} images, "
-             f"{result['num_unmatched']} match no GT (IoU < {MATCH_IOU}); mask AP in percent",
-             "", "AP after removing each error type:",
-             format_stats_table({"baseline": result["baseline"], **result["fixed"]}, names, width),
-             "", "gain over the baseline (what the error costs):",
-             format_stats_table({name: result["delta"][name] for name in result["types"]}, names, width)]
+    lines = [
+        f"segmentation errors: {result['iou_type']} IoU matching, {mode}",
+        f"{result['num_predictions']} detections on {result['num_images']} images, "
+        f"{result['num_unmatched']} match no GT (IoU < {MATCH_IOU}); mask AP in percent",
+        "",
+        "AP after removing each error type:",
+        format_stats_table({"baseline": result["baseline"], **result["fixed"]}, names, width),
+        "",
+        "gain over the baseline (what the error costs):",
+        format_stats_table({name: result["delta"][name] for name in result["types"]}, names, width),
+    ]
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, predictions_help="COCO results file with masks (RLE)")
-    parser.add_argument("-t", "--types", nargs="+", default=list(DEFAULT_TYPES), metavar="TYPE",
-                        help="error types to remove: fFP, bFP, FN, or several joined by '&' (quote it "
-                             "in the shell: 'fFP&bFP'); default: %(default)s")
-    parser.add_argument("--iou-type", choices=IOU_TYPES, default="seg",
-                        help="match detections to GT by mask (seg) or box IoU (default: %(default)s)")
-    parser.add_argument("--legacy-unmatched", action="store_true",
-                        help="reproduce the original tool: a detection matching no GT is treated as matched "
-                             "to the image's last GT by fFP and FN (the published tables used this)")
-    parser.add_argument("-j", "--workers", type=int, default=1,
-                        help="worker processes, at most the usable CPUs (0 = one per CPU; default: %(default)s)")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="COCO AP implementation (identical numbers; default: %(default)s)")
+    parser.add_argument(
+        "-t",
+        "--types",
+        nargs="+",
+        default=list(DEFAULT_TYPES),
+        metavar="TYPE",
+        help="error types to remove: fFP, bFP, FN, or several joined by '&' (quote it "
+        "in the shell: 'fFP&bFP'); default: %(default)s",
+    )
+    parser.add_argument(
+        "--iou-type",
+        choices=IOU_TYPES,
+        default="seg",
+        help="match detections to GT by mask (seg) or box IoU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--legacy-unmatched",
+        action="store_true",
+        help="reproduce the original tool: a detection matching no GT is treated as matched "
+        "to the image's last GT by fFP and FN (the published tables used this)",
+    )
+    parser.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, at most the usable CPUs (0 = one per CPU; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help="COCO AP implementation (identical numbers; default: %(default)s)",
+    )
     parser.add_argument("-o", "--output", metavar="OUT.json", help="write the results as JSON (atomically)")
 
 
 def run(args: argparse.Namespace) -> int:
     def compute(gt, predictions):
-        return analyze(gt, predictions, args.types, iou_type=args.iou_type, legacy_unmatched=args.legacy_unmatched,
-                       workers=args.workers, backend=args.backend, progress=True)
+        return analyze(
+            gt,
+            predictions,
+            args.types,
+            iou_type=args.iou_type,
+            legacy_unmatched=args.legacy_unmatched,
+            workers=args.workers,
+            backend=args.backend,
+            progress=True,
+        )
 
     return run_on_inputs(args, compute, format_report, "dcl errors")

@@ -12,6 +12,7 @@ reports for Cityscapes) are added, computed by cityscapesscripts itself (``dcl.c
 All numbers are percentages; a statistic COCO reports as -1 (no GT in that size range) is
 ``None`` (``null`` in eval.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,18 +67,28 @@ def results_for(predictions: Sequence[Mapping], iou_type: str) -> list[dict]:
     and drops the mask (the box path of ``loadRes`` ignores it anyway).
     """
     if iou_type == "segm":
-        return [{"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"],
-                 "segmentation": {"size": list(p["segmentation"]["size"]), "counts": p["segmentation"]["counts"]}}
-                for p in predictions]
+        return [
+            {
+                "image_id": p["image_id"],
+                "category_id": p["category_id"],
+                "score": p["score"],
+                "segmentation": {"size": list(p["segmentation"]["size"]), "counts": p["segmentation"]["counts"]},
+            }
+            for p in predictions
+        ]
     if iou_type == "bbox":
-        return [{"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"],
-                 "bbox": list(p["bbox"])} for p in predictions]
+        return [
+            {"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"], "bbox": list(p["bbox"])}
+            for p in predictions
+        ]
     raise ValueError(f"unknown IoU type {iou_type!r}; expected one of {IOU_TYPES}")
 
 
 def _percent(stats: Sequence[float]) -> dict[str, float | None]:
-    return {name: (None if float(value) == -1 else 100.0 * float(value))
-            for name, value in zip(STAT_NAMES, stats[: len(STAT_NAMES)])}
+    return {
+        name: (None if float(value) == -1 else 100.0 * float(value))
+        for name, value in zip(STAT_NAMES, stats[: len(STAT_NAMES)])
+    }
 
 
 def _gt_for_backend(gt: GroundTruth) -> dict:
@@ -99,8 +110,7 @@ class CocoEvaluator:
         threads: threads faster-coco-eval may use for mask IoU (pycocotools uses one).
     """
 
-    def __init__(self, gt: GroundTruth, iou_type: str = "segm", backend: str = DEFAULT_BACKEND,
-                 threads: int = 1):
+    def __init__(self, gt: GroundTruth, iou_type: str = "segm", backend: str = DEFAULT_BACKEND, threads: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if iou_type not in IOU_TYPES:
@@ -139,8 +149,11 @@ class CocoEvaluator:
             else:
                 # loadRes cannot load an empty list; an empty result set evaluates fine.
                 detections = COCO()
-                detections.dataset = {"images": list(self._gt.dataset["images"]), "annotations": [],
-                                      "categories": copy.deepcopy(self._gt.dataset["categories"])}
+                detections.dataset = {
+                    "images": list(self._gt.dataset["images"]),
+                    "annotations": [],
+                    "categories": copy.deepcopy(self._gt.dataset["categories"]),
+                }
                 detections.createIndex()
             evaluator = COCOeval(self._gt, detections, self.iou_type)
             evaluator.evaluate()
@@ -152,8 +165,9 @@ class CocoEvaluator:
         from faster_coco_eval import COCOeval_faster
 
         detections = self._gt.loadRes(results)
-        evaluator = COCOeval_faster(self._gt, detections, self.iou_type, print_function=_quiet,
-                                    rle_iou_max_workers=self.threads)
+        evaluator = COCOeval_faster(
+            self._gt, detections, self.iou_type, print_function=_quiet, rle_iou_max_workers=self.threads
+        )
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -164,20 +178,31 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """faster-coco-eval's print_function: it reports progress we do not want on stdout."""
 
 
-def empty_input_warnings(gt: GroundTruth, records: list, empty_predictions: str = EMPTY_PREDICTIONS_WARNING) -> list[str]:
+def empty_input_warnings(
+    gt: GroundTruth, records: list, empty_predictions: str = EMPTY_PREDICTIONS_WARNING
+) -> list[str]:
     """The warnings for a GT without annotations and for no detections, also issued as Python
     warnings (to the caller of the caller)."""
-    found = [message for message, empty in ((EMPTY_GT_WARNING, not gt.data["annotations"]),
-                                            (empty_predictions, not records)) if empty]
+    found = [
+        message
+        for message, empty in ((EMPTY_GT_WARNING, not gt.data["annotations"]), (empty_predictions, not records))
+        if empty
+    ]
     for message in found:
         warnings.warn(message, stacklevel=3)
     return found
 
 
-def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | os.PathLike | Sequence[Mapping], *,
-             iou_types: Sequence[str] | None = None, backend: str = DEFAULT_BACKEND,
-             cityscapes_root: str | os.PathLike | None = None, split: str = "val",
-             threads: int = 1) -> dict:
+def evaluate(
+    gt: str | os.PathLike | Mapping | GroundTruth,
+    predictions: str | os.PathLike | Sequence[Mapping],
+    *,
+    iou_types: Sequence[str] | None = None,
+    backend: str = DEFAULT_BACKEND,
+    cityscapes_root: str | os.PathLike | None = None,
+    split: str = "val",
+    threads: int = 1,
+) -> dict:
     """Evaluate a COCO results file; returns the content of eval.json (docs/design.md).
 
     Args:
@@ -202,16 +227,19 @@ def evaluate(gt: str | os.PathLike | Mapping | GroundTruth, predictions: str | o
     needs_masks = "segm" in iou_types or cityscapes_root is not None
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt, need_segmentation=needs_masks)
-    records = load_predictions(predictions, gt, need_segmentation=needs_masks,
-                               need_bbox=explicit and "bbox" in iou_types)
+    records = load_predictions(
+        predictions, gt, need_segmentation=needs_masks, need_bbox=explicit and "bbox" in iou_types
+    )
     warnings_list = empty_input_warnings(gt, records)
     if "bbox" in iou_types:
         missing = [i for i, ann in enumerate(gt.data["annotations"]) if "bbox" not in ann]
         if not explicit and (missing or not records or not all("bbox" in r for r in records)):
             iou_types.remove("bbox")  # by default, box AP only where both files have boxes
         elif missing:
-            raise InputError(f"{gt.source}: annotations[{missing[0]}] (and {len(missing) - 1} more) "
-                             "have no 'bbox', needed for box AP")
+            raise InputError(
+                f"{gt.source}: annotations[{missing[0]}] (and {len(missing) - 1} more) "
+                "have no 'bbox', needed for box AP"
+            )
 
     result: dict[str, Any] = {
         "gt": gt.path,
@@ -234,8 +262,9 @@ def _cell(value: float | None, width: int = 7) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.2f}"
 
 
-def format_stats_table(rows: Mapping[str, Mapping[str, float | None]], names: Sequence[str] = STAT_NAMES,
-                       label_width: int = 8) -> str:
+def format_stats_table(
+    rows: Mapping[str, Mapping[str, float | None]], names: Sequence[str] = STAT_NAMES, label_width: int = 8
+) -> str:
     """A fixed-width table: one row per entry of ``rows``, one column per statistic."""
     lines = [" " * label_width + "".join(f"{name:>7}" for name in names)]
     for label, stats in rows.items():
@@ -244,36 +273,58 @@ def format_stats_table(rows: Mapping[str, Mapping[str, float | None]], names: Se
 
 
 def _format_result(result: Mapping) -> str:
-    lines = [f"COCO AP ({result['backend']}), {result['num_predictions']} detections on "
-             f"{result['num_images']} images; percent, '-' = no GT of that size"]
+    lines = [
+        f"COCO AP ({result['backend']}), {result['num_predictions']} detections on "
+        f"{result['num_images']} images; percent, '-' = no GT of that size"
+    ]
     rows = {iou_type: result[iou_type] for iou_type in IOU_TYPES if iou_type in result}
     if rows:
         lines.append(format_stats_table(rows))
     if "cityscapes" in result:
         cityscapes = result["cityscapes"]
         lines.append("")
-        lines.append(f"Cityscapes instance-level (cityscapesscripts): AP {_cell(cityscapes['AP'], 0)}  "
-                     f"AP50 {_cell(cityscapes['AP50'], 0)}")
+        lines.append(
+            f"Cityscapes instance-level (cityscapesscripts): AP {_cell(cityscapes['AP'], 0)}  "
+            f"AP50 {_cell(cityscapes['AP50'], 0)}"
+        )
         lines.append(format_stats_table(cityscapes["per_class"], names=("AP", "AP50"), label_width=12))
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, predictions_help="COCO results file (list of detections)")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="COCO evaluation implementation (identical numbers; default: %(default)s)")
-    parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, metavar="TYPE",
-                        help="segm and/or bbox (default: segm, and bbox when the detections have boxes)")
-    parser.add_argument("--cityscapes-root", metavar="ROOT",
-                        help="Cityscapes root (containing gtFine/): also compute the official Cityscapes AP")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help="COCO evaluation implementation (identical numbers; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--iou-types",
+        nargs="+",
+        choices=IOU_TYPES,
+        metavar="TYPE",
+        help="segm and/or bbox (default: segm, and bbox when the detections have boxes)",
+    )
+    parser.add_argument(
+        "--cityscapes-root",
+        metavar="ROOT",
+        help="Cityscapes root (containing gtFine/): also compute the official Cityscapes AP",
+    )
     parser.add_argument("--split", default="val", help="Cityscapes split of the GT file (default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="eval.json", help="write the results as JSON (atomically)")
-    parser.add_argument("-j", "--threads", type=int, default=1,
-                        help="threads for faster-coco-eval's mask IoU, at most the usable CPUs (default: %(default)s)")
+    parser.add_argument(
+        "-j",
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for faster-coco-eval's mask IoU, at most the usable CPUs (default: %(default)s)",
+    )
 
 
-def run_on_inputs(args: argparse.Namespace, compute: Callable[[Any, Any], dict], formatter: Callable[[dict], str],
-                  command: str) -> int:
+def run_on_inputs(
+    args: argparse.Namespace, compute: Callable[[Any, Any], dict], formatter: Callable[[dict], str], command: str
+) -> int:
     """The body of ``dcl evaluate`` and ``dcl errors``: ``compute(gt, predictions)`` on the inputs of
     :func:`dcl.coco.add_input_arguments`, the result (with its inputs named) to ``-o`` and, formatted,
     to stdout; its warnings to stderr."""
@@ -292,7 +343,14 @@ def run_on_inputs(args: argparse.Namespace, compute: Callable[[Any, Any], dict],
 
 def run(args: argparse.Namespace) -> int:
     def compute(gt, predictions):
-        return evaluate(gt, predictions, iou_types=args.iou_types, backend=args.backend,
-                        cityscapes_root=args.cityscapes_root, split=args.split, threads=args.threads)
+        return evaluate(
+            gt,
+            predictions,
+            iou_types=args.iou_types,
+            backend=args.backend,
+            cityscapes_root=args.cityscapes_root,
+            split=args.split,
+            threads=args.threads,
+        )
 
     return run_on_inputs(args, compute, _format_result, "dcl evaluate")

@@ -11,6 +11,7 @@ resources. ``dcl plan CONFIG -o experiments.json`` writes the list of runs the r
 The same code serves both callers, so the Snakefile and ``dcl plan`` can never disagree about what
 a config means. No torch and no detectron2 here: the Snakefile imports this on a login node.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,13 +103,23 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {
     "coco": Dataset("coco", "coco/annotations/instances_val2017.json", None, "segm.AP", False, occlusion=True),
-    "cityscapes": Dataset("cityscapes", "cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                          "cityscapes", "cityscapes.AP", False,
-                          "cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"),
+    "cityscapes": Dataset(
+        "cityscapes",
+        "cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
+        "cityscapes",
+        "cityscapes.AP",
+        False,
+        "cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json",
+    ),
     "toy_coco": Dataset("toy_coco", "toy/coco/annotations/instances_val.json", None, "segm.AP", True, occlusion=True),
-    "toy_cityscapes": Dataset("toy_cityscapes", "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                              "toy/cityscapes", "cityscapes.AP", True,
-                              "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"),
+    "toy_cityscapes": Dataset(
+        "toy_cityscapes",
+        "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
+        "toy/cityscapes",
+        "cityscapes.AP",
+        True,
+        "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json",
+    ),
 }
 
 # The toy occlusion subset, under the datasets root: part of the toy data (`dcl data toy` makes it
@@ -161,9 +172,16 @@ class Run:
     def record(self) -> dict[str, Any]:
         """The run's entry in ``experiments.json`` (docs/design.md)."""
         return {
-            "experiment": self.experiment, "seed": self.seed, "kind": self.kind,
-            "dataset": self.dataset, "init": self.init, "method": self.method, "model": self.model,
-            "group": self.group, "ablation": self.ablation, "metric": self.metric,
+            "experiment": self.experiment,
+            "seed": self.seed,
+            "kind": self.kind,
+            "dataset": self.dataset,
+            "init": self.init,
+            "method": self.method,
+            "model": self.model,
+            "group": self.group,
+            "ablation": self.ablation,
+            "metric": self.metric,
             "run_dir": self.run_dir,
         }
 
@@ -229,8 +247,10 @@ def _schema() -> dict[str, Any]:
         try:
             _SCHEMA_CACHE["schema"] = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise InputError(f"the workflow config schema is missing: {SCHEMA_PATH} "
-                             "(dcl plan needs the repository checkout, not just the installed package)") from None
+            raise InputError(
+                f"the workflow config schema is missing: {SCHEMA_PATH} "
+                "(dcl plan needs the repository checkout, not just the installed package)"
+            ) from None
     return _SCHEMA_CACHE["schema"]
 
 
@@ -345,8 +365,14 @@ class Plan:
             names, ablation bases, reserved overrides, missing detectron2 config files).
     """
 
-    def __init__(self, config: dict[str, Any], source: str = "workflow config", *,
-                 repo_root: str | os.PathLike = REPO_ROOT, working_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        source: str = "workflow config",
+        *,
+        repo_root: str | os.PathLike = REPO_ROOT,
+        working_dir: str | os.PathLike | None = None,
+    ) -> None:
         validate_config(config, source)
         self.config = config
         self.source = source
@@ -359,14 +385,20 @@ class Plan:
         self.results: str = f"{config['results_dir'].rstrip('/')}/{self.preset}"
         self.work: str = f"{config['work_dir'].rstrip('/')}/{self.preset}"
         self.logs: str = f"logs/{self.preset}"
-        self.occlusion_subset: str | None = config.get("occlusion_subset",
-                                                       f"{self.datasets_root}/coco/instances_occ2017_new.json")
-        self.published: str | None = (None if config["published"] is None
-                                      else self._repository_file(config["published"], "published", "published numbers file"))
+        self.occlusion_subset: str | None = config.get(
+            "occlusion_subset", f"{self.datasets_root}/coco/instances_occ2017_new.json"
+        )
+        self.published: str | None = (
+            None
+            if config["published"] is None
+            else self._repository_file(config["published"], "published", "published numbers file")
+        )
         # Sorted: the same overrides must give the same command (a Snakemake rerun trigger)
         # whichever config file or --config put each key there first. Keys are distinct, so
         # their order does not change the merged detectron2 config.
-        self.global_overrides = tuple((k, format_override_value(v)) for k, v in sorted(config["train_overrides"].items()))
+        self.global_overrides = tuple(
+            (k, format_override_value(v)) for k, v in sorted(config["train_overrides"].items())
+        )
         self.max_chunks: int = int(config.get("max_chunks", DEFAULT_MAX_CHUNKS))
         self._missing_configs: dict[str, list[str]] = {}
         self.runs: list[Run] = []
@@ -376,7 +408,9 @@ class Plan:
             self._problems.append(
                 f"detectron2 config file {value} does not exist"
                 + ("" if Path(value).is_absolute() else f" (relative to the repository, {self.repo_root})")
-                + f"; used by {', '.join(users[:3])}" + (f" and {len(users) - 3} more" if len(users) > 3 else ""))
+                + f"; used by {', '.join(users[:3])}"
+                + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+            )
         if self._problems:
             problems = dict.fromkeys(self._problems)
             raise InputError(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -404,8 +438,10 @@ class Plan:
     def _repository_file(self, value: str, where: str, what: str) -> str:
         name, exists = self._repository_path(value)
         if not exists:
-            self._problems.append(f"{where}: {what} {value} does not exist"
-                                  + ("" if Path(value).is_absolute() else f" (relative to the repository, {self.repo_root})"))
+            self._problems.append(
+                f"{where}: {what} {value} does not exist"
+                + ("" if Path(value).is_absolute() else f" (relative to the repository, {self.repo_root})")
+            )
         return name
 
     def _weights(self, value: str | None, where: str) -> str | None:
@@ -415,9 +451,11 @@ class Plan:
         if value in table:
             return self._download_path(table[value]["url"], f"weights.{value}")
         if "://" in value:
-            self._problems.append(f"{where}: weights {value!r} is a URL; declare it in the top-level "
-                                  "`weights` table (name: {url: ...}) and refer to it by name, so it is "
-                                  "downloaded before any compute job starts")
+            self._problems.append(
+                f"{where}: weights {value!r} is a URL; declare it in the top-level "
+                "`weights` table (name: {url: ...}) and refer to it by name, so it is "
+                "downloaded before any compute job starts"
+            )
         return value
 
     def _download_path(self, url: str, where: str) -> str | None:
@@ -435,8 +473,9 @@ class Plan:
             if key in RESERVED_OVERRIDES:
                 self._problems.append(f"{where}: override {key} is set by the workflow: {RESERVED_OVERRIDES[key]}")
             elif key.startswith(DCL_KEY_PREFIX):
-                self._problems.append(f"{where}: override {key}: put it in the experiment's `dcl` mapping as "
-                                      f"{key[len(DCL_KEY_PREFIX):]}")
+                self._problems.append(
+                    f"{where}: override {key}: put it in the experiment's `dcl` mapping as {key[len(DCL_KEY_PREFIX) :]}"
+                )
             pairs.append((key, format_override_value(value)))
         return pairs
 
@@ -444,8 +483,17 @@ class Plan:
         merged = {**self.config["defaults"]["resources"], **entry.get("resources", {})}
         return Resources(**merged)
 
-    def _model_runs(self, entry: dict[str, Any], where: str, *, kind: str, group: str, seeds: list[int],
-                    ablation: dict[str, Any] | None = None, folder: str | None = None) -> list[Run]:
+    def _model_runs(
+        self,
+        entry: dict[str, Any],
+        where: str,
+        *,
+        kind: str,
+        group: str,
+        seeds: list[int],
+        ablation: dict[str, Any] | None = None,
+        folder: str | None = None,
+    ) -> list[Run]:
         if entry.get("dcl") and entry["method"] != "dcl":
             self._problems.append(f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']})")
         overrides = self._overrides(entry, where)
@@ -458,13 +506,28 @@ class Plan:
         resources = self._resources(entry)
         for seed in seeds:
             if seed + max(1, resources.gpus) > SEED_LIMIT:  # detectron2 seeds rank r with seed + r
-                self._problems.append(f"{where}: seed {seed} + one per GPU ({resources.gpus}) exceeds "
-                                      f"numpy's seed range (below 2^32)")
-        return [Run(experiment=entry["name"], seed=seed, kind=kind, dataset=entry["dataset"], init=entry["init"],
-                    method=entry["method"], group=group, ablation=ablation, folder=folder or entry["name"],
-                    config_file=config_file, overrides=tuple(overrides), weights_file=weights,
-                    resources=resources, model=model)
-                for seed in seeds]
+                self._problems.append(
+                    f"{where}: seed {seed} + one per GPU ({resources.gpus}) exceeds numpy's seed range (below 2^32)"
+                )
+        return [
+            Run(
+                experiment=entry["name"],
+                seed=seed,
+                kind=kind,
+                dataset=entry["dataset"],
+                init=entry["init"],
+                method=entry["method"],
+                group=group,
+                ablation=ablation,
+                folder=folder or entry["name"],
+                config_file=config_file,
+                overrides=tuple(overrides),
+                weights_file=weights,
+                resources=resources,
+                model=model,
+            )
+            for seed in seeds
+        ]
 
     def _expand(self) -> None:
         config = self.config
@@ -489,12 +552,16 @@ class Plan:
             base = experiments.get(sweep["base"])
             base_where = names.get(sweep["base"], where)
             if base is None:
-                self._problems.append(f"{where}: base {sweep['base']!r} is not one of the `experiments`"
-                                      + (f" (known: {', '.join(experiments)})" if experiments else ""))
+                self._problems.append(
+                    f"{where}: base {sweep['base']!r} is not one of the `experiments`"
+                    + (f" (known: {', '.join(experiments)})" if experiments else "")
+                )
                 continue
             if base["method"] != "dcl":
-                self._problems.append(f"{where}: base {sweep['base']!r} has method {base['method']}; "
-                                      "ablations sweep a parameter of the contrastive loss (method: dcl)")
+                self._problems.append(
+                    f"{where}: base {sweep['base']!r} has method {base['method']}; "
+                    "ablations sweep a parameter of the contrastive loss (method: dcl)"
+                )
                 continue
             parameter = sweep["parameter"]
             # A value equal to the base's effective one is the base experiment: not trained twice.
@@ -508,16 +575,28 @@ class Plan:
                 entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
                 entry.pop("seeds", None)
                 self._check_dcl_value(entry["dcl"], point_where)
-                ablation = {"parameter": parameter, "key": DCL_KEY_PREFIX + parameter, "value": value,
-                            "base": sweep["base"]}
+                ablation = {
+                    "parameter": parameter,
+                    "key": DCL_KEY_PREFIX + parameter,
+                    "value": value,
+                    "base": sweep["base"],
+                }
                 if _same_value(value, base_value) and set(seeds) <= set(base_seeds):
                     # The base experiment *is* this point: its runs are reused, not trained twice.
-                    self.runs += self._model_runs(entry, base_where, kind="train", group="ablation", seeds=seeds,
-                                                  ablation=ablation, folder=sweep["base"])
+                    self.runs += self._model_runs(
+                        entry,
+                        base_where,
+                        kind="train",
+                        group="ablation",
+                        seeds=seeds,
+                        ablation=ablation,
+                        folder=sweep["base"],
+                    )
                 else:
                     # Problems of the base's own settings are reported once, under the base.
-                    self.runs += self._model_runs(entry, base_where, kind="train", group="ablation", seeds=seeds,
-                                                  ablation=ablation)
+                    self.runs += self._model_runs(
+                        entry, base_where, kind="train", group="ablation", seeds=seeds, ablation=ablation
+                    )
 
         for index, entry in enumerate(config["released"]):
             where = _location(["released", index], config)
@@ -636,8 +715,11 @@ class Plan:
     def environment(self) -> list[str]:
         """Environment assignments every ``dcl train`` gets, so the datasets root and weights
         directory of the config are the ones it reads, whatever the calling shell has set."""
-        return [f"DETECTRON2_DATASETS={self.datasets_root}", f"DCL_TOY_DATASETS={self.datasets_root}/toy",
-                f"DCL_WEIGHTS_DIR={self.weights_dir}"]
+        return [
+            f"DETECTRON2_DATASETS={self.datasets_root}",
+            f"DCL_TOY_DATASETS={self.datasets_root}/toy",
+            f"DCL_WEIGHTS_DIR={self.weights_dir}",
+        ]
 
     def train_arguments(self, run_: Run) -> list[str]:
         """``dcl train`` arguments for a run, without ``--num-gpus`` (the workflow takes that from
@@ -668,8 +750,13 @@ class Plan:
         for run_ in self.runs:
             # Where `dcl status` and `dcl report` find the live run.json of a run that has not
             # finished, and the logs of its steps.
-            runs.append({**run_.record(), "output_dir": self._from_results(self.output_dir(run_)),
-                         "logs": {step: self._from_results(path) for step, path in self.logs_of(run_).items()}})
+            runs.append(
+                {
+                    **run_.record(),
+                    "output_dir": self._from_results(self.output_dir(run_)),
+                    "logs": {step: self._from_results(path) for step, path in self.logs_of(run_).items()},
+                }
+            )
         return {"preset": self.preset, "occlusion_subset": self.occlusion_document(), "runs": runs}
 
     def digest(self) -> str:
@@ -679,13 +766,24 @@ class Plan:
 
 # ----------------------------------------------------------------------------- dcl plan
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configs", nargs="+", metavar="CONFIG",
-                        help="workflow config file(s), layered in order (e.g. configs/paper.yaml)")
-    parser.add_argument("--config", dest="assignments", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override top-level config keys, as snakemake --config does")
+    parser.add_argument(
+        "configs",
+        nargs="+",
+        metavar="CONFIG",
+        help="workflow config file(s), layered in order (e.g. configs/paper.yaml)",
+    )
+    parser.add_argument(
+        "--config",
+        dest="assignments",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override top-level config keys, as snakemake --config does",
+    )
     parser.add_argument("-o", "--output", help="write experiments.json here (default: only print the summary)")
-    parser.add_argument("--commands", action="store_true",
-                        help="print the `dcl train` command line of every run to train or evaluate")
+    parser.add_argument(
+        "--commands", action="store_true", help="print the `dcl train` command line of every run to train or evaluate"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -700,9 +798,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     trained, released = plan.train_jobs, plan.released_jobs
     gpu_hours = sum(r.resources.gpus * r.resources.runtime for r in trained + released) / 60
-    print(f"preset {plan.preset}: {len(plan.runs)} runs in experiments.json; "
-          f"{len(trained)} to train, {len(released)} released checkpoints to evaluate "
-          f"(at most {gpu_hours:.0f} GPU-hours by the time limits)")
+    print(
+        f"preset {plan.preset}: {len(plan.runs)} runs in experiments.json; "
+        f"{len(trained)} to train, {len(released)} released checkpoints to evaluate "
+        f"(at most {gpu_hours:.0f} GPU-hours by the time limits)"
+    )
     width = max((len(r.experiment) for r in plan.runs), default=10)
     print(f"{'experiment':{width}s}  {'group':8s} {'dataset':14s} {'method':8s} seeds")
     by_experiment: dict[str, list[Run]] = {}

@@ -1,4 +1,5 @@
 """``dcl info``: what this installation runs on (versions, detectron2 build, shims applied)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,18 @@ from importlib import metadata
 
 __all__ = ["environment_info", "add_arguments", "run"]
 
-_DISTRIBUTIONS = ("dcl-pipeline", "torch", "torchvision", "numpy", "pillow", "pycocotools",
-                  "faster-coco-eval", "cityscapesscripts", "snakemake", "snakemake-executor-plugin-slurm")
+_DISTRIBUTIONS = (
+    "dcl-pipeline",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+    "pycocotools",
+    "faster-coco-eval",
+    "cityscapesscripts",
+    "snakemake",
+    "snakemake-executor-plugin-slurm",
+)
 
 
 def environment_info() -> dict:

@@ -4,6 +4,7 @@ A killed job must never leave a half-written file that looks finished: everythin
 temporary file in the destination's directory and renamed over the destination (``os.replace`` is
 atomic on POSIX file systems).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,16 @@ from typing import Any, Iterator
 
 import yaml
 
-__all__ = ["InputError", "atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "read_yaml",
-           "staging_directory", "remove_stale_temporaries"]
+__all__ = [
+    "InputError",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "read_json",
+    "read_yaml",
+    "staging_directory",
+    "remove_stale_temporaries",
+]
 
 # The process umask, read once (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
@@ -45,7 +54,8 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"output {destination}: a parent of it is a file, not a directory") from None
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=destination.suffix if suffix is None else suffix,
+        prefix=f".{destination.name}.",
+        suffix=destination.suffix if suffix is None else suffix,
         dir=destination.parent,
     )
     os.close(fd)

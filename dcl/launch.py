@@ -19,6 +19,7 @@
 Signals for the workers (Slurm's pre-timeout SIGTERM) must be forwarded by the caller: the
 workers are not in the launcher's process group.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,9 +90,22 @@ def launch(
     context = mp.get_context("spawn")
     world_size = num_workers * num_machines
     workers = [
-        context.Process(target=_worker, daemon=False, name=f"dcl-worker-{local_rank}",
-                        args=(local_rank, main_func, world_size, num_workers, machine_rank, dist_url,
-                              backend, tuple(args), timeout))
+        context.Process(
+            target=_worker,
+            daemon=False,
+            name=f"dcl-worker-{local_rank}",
+            args=(
+                local_rank,
+                main_func,
+                world_size,
+                num_workers,
+                machine_rank,
+                dist_url,
+                backend,
+                tuple(args),
+                timeout,
+            ),
+        )
         for local_rank in range(num_workers)
     ]
     try:
@@ -133,8 +147,17 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _worker(local_rank: int, main_func, world_size: int, num_workers: int, machine_rank: int, dist_url: str,
-            backend: str, args: tuple, timeout: timedelta) -> None:
+def _worker(
+    local_rank: int,
+    main_func,
+    world_size: int,
+    num_workers: int,
+    machine_rank: int,
+    dist_url: str,
+    backend: str,
+    args: tuple,
+    timeout: timedelta,
+) -> None:
     os.setpgid(0, 0)
     _die_with_parent()
     from dcl.io import InputError
@@ -165,8 +188,9 @@ def _worker(local_rank: int, main_func, world_size: int, num_workers: int, machi
     os._exit(1)
 
 
-def _gloo_worker(local_rank: int, world_size: int, num_workers: int, machine_rank: int, dist_url: str,
-                 timeout: timedelta) -> None:
+def _gloo_worker(
+    local_rank: int, world_size: int, num_workers: int, machine_rank: int, dist_url: str, timeout: timedelta
+) -> None:
     """detectron2's ``_distributed_worker`` set-up, on gloo and without CUDA."""
     import dcl.compat
     import torch
@@ -176,8 +200,13 @@ def _gloo_worker(local_rank: int, world_size: int, num_workers: int, machine_ran
     dcl.compat.allow_cpu_ddp()
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_workers))
-    dist.init_process_group("gloo", init_method=dist_url, world_size=world_size,
-                            rank=machine_rank * num_workers + local_rank, timeout=timeout)
+    dist.init_process_group(
+        "gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=machine_rank * num_workers + local_rank,
+        timeout=timeout,
+    )
     for machine in range(world_size // num_workers):
         group = dist.new_group(list(range(machine * num_workers, (machine + 1) * num_workers)))
         if machine == machine_rank:

@@ -20,6 +20,7 @@ per RoI first and projects/normalises only those: the same values as projecting 
 This module imports only torch (and the plain defaults of :mod:`dcl.contrast_config`; detectron2
 glue lives in :mod:`dcl.modeling`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -240,9 +241,7 @@ class DenseContrastiveLoss(nn.Module):
         """
         super().__init__()
         if loss_func not in LOSS_FUNCTIONS:
-            raise ValueError(
-                f"unknown LOSS_FUNC {loss_func!r}; known: {', '.join(sorted(LOSS_FUNCTIONS))}"
-            )
+            raise ValueError(f"unknown LOSS_FUNC {loss_func!r}; known: {', '.join(sorted(LOSS_FUNCTIONS))}")
         for name, value, ok in (
             ("NUM_SAMPLES", num_samples, num_samples >= 1),
             ("MAX_INSTANCES", max_instances, max_instances >= 0),
@@ -267,9 +266,11 @@ class DenseContrastiveLoss(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return (f"loss_weight={self.loss_weight}, num_samples={self.num_samples}, "
-                f"temperature={self.temperature}, max_instances={self.max_instances}, "
-                f"loss_func={self.loss_func!r}")
+        return (
+            f"loss_weight={self.loss_weight}, num_samples={self.num_samples}, "
+            f"temperature={self.temperature}, max_instances={self.max_instances}, "
+            f"loss_func={self.loss_func!r}"
+        )
 
     def embed(self, points: torch.Tensor) -> torch.Tensor:
         """Projection (if any) and L2 normalisation of gathered points.
@@ -284,8 +285,9 @@ class DenseContrastiveLoss(nn.Module):
             # The 1x1 convs act on each pixel alone: as matrix products on the gathered rows
             # they give the projection of those pixels of the full map.
             first, second = self.proj_head[0], self.proj_head[2]
-            points = F.linear(F.relu(F.linear(points, first.weight.flatten(1), first.bias)),
-                              second.weight.flatten(1), second.bias)
+            points = F.linear(
+                F.relu(F.linear(points, first.weight.flatten(1), first.bias)), second.weight.flatten(1), second.bias
+            )
         return F.normalize(points.float(), dim=-1)
 
     def forward(
@@ -303,8 +305,7 @@ class DenseContrastiveLoss(nn.Module):
         """
         if feats.dim() != 4 or gt_masks.dim() != 3 or gt_masks.shape[1:] != feats.shape[2:]:
             raise ValueError(
-                f"feats (N, C, H, W) and gt_masks (N', H, W) disagree: {tuple(feats.shape)} vs "
-                f"{tuple(gt_masks.shape)}"
+                f"feats (N, C, H, W) and gt_masks (N', H, W) disagree: {tuple(feats.shape)} vs {tuple(gt_masks.shape)}"
             )
         num_rois = min(feats.shape[0], self.max_instances)
         masks = gt_masks[:num_rois].to(device=feats.device, dtype=torch.bool)
@@ -335,6 +336,12 @@ class DenseContrastiveLoss(nn.Module):
             anchors, positives, negatives = embedded.split(self.num_samples, dim=1)
             per_roi = self._loss_fn(anchors, positives, negatives, self.temperature)
         return DenseContrastiveLossOutput(
-            per_roi.mean() * self.loss_weight, num_rois, num_valid, per_roi, valid_rois,
-            anchor_idx, pos_idx, neg_idx,
+            per_roi.mean() * self.loss_weight,
+            num_rois,
+            num_valid,
+            per_roi,
+            valid_rois,
+            anchor_idx,
+            pos_idx,
+            neg_idx,
         )

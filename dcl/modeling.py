@@ -18,6 +18,7 @@ ContrastConvUpsampleHead``; its settings are ``MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
 considered, at most ``MAX_INSTANCES``) and ``dcl/num_valid_rois`` (those passing the area rule),
 which reach ``metrics.json`` and TensorBoard.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -74,15 +75,24 @@ def is_dcl_model_config(cfg: CfgNode) -> bool:
     """True when the config trains with the dense contrastive loss (a mask head registered with
     ``has_contrast_loss``: ``ContrastConvUpsampleHead``, ``RefineMaskContrastHead``)."""
     name = cfg.MODEL.ROI_MASK_HEAD.NAME
-    return bool(cfg.MODEL.MASK_ON and name in ROI_MASK_HEAD_REGISTRY
-                and getattr(ROI_MASK_HEAD_REGISTRY.get(name), "has_contrast_loss", False))
+    return bool(
+        cfg.MODEL.MASK_ON
+        and name in ROI_MASK_HEAD_REGISTRY
+        and getattr(ROI_MASK_HEAD_REGISTRY.get(name), "has_contrast_loss", False)
+    )
 
 
 def contrast_loss_arguments(cfg: CfgNode) -> dict:
     """The ``CONTRAST_LOSS`` keys as keyword arguments of :class:`DenseContrastiveLoss`."""
     c = cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
-    return dict(loss_weight=c.LOSS_WEIGHT, num_samples=c.NUM_SAMPLES, temperature=c.TEMPERATURE,
-                with_proj=c.WITH_PROJ, max_instances=c.MAX_INSTANCES, loss_func=c.LOSS_FUNC)
+    return dict(
+        loss_weight=c.LOSS_WEIGHT,
+        num_samples=c.NUM_SAMPLES,
+        temperature=c.TEMPERATURE,
+        with_proj=c.WITH_PROJ,
+        max_instances=c.MAX_INSTANCES,
+        loss_func=c.LOSS_FUNC,
+    )
 
 
 def record_contrast_stats(result) -> None:
@@ -104,8 +114,12 @@ def check_dcl_config(cfg: CfgNode) -> None:
     prefix = DCL_KEY_PREFIX
     if c.LOSS_FUNC not in LOSS_FUNCTIONS:
         raise ValueError(f"{prefix}LOSS_FUNC {c.LOSS_FUNC!r} is unknown; known: {', '.join(sorted(LOSS_FUNCTIONS))}")
-    for key, ok in (("LOSS_WEIGHT", c.LOSS_WEIGHT >= 0), ("NUM_SAMPLES", c.NUM_SAMPLES >= 1),
-                    ("TEMPERATURE", c.TEMPERATURE > 0), ("MAX_INSTANCES", c.MAX_INSTANCES >= 0)):
+    for key, ok in (
+        ("LOSS_WEIGHT", c.LOSS_WEIGHT >= 0),
+        ("NUM_SAMPLES", c.NUM_SAMPLES >= 1),
+        ("TEMPERATURE", c.TEMPERATURE > 0),
+        ("MAX_INSTANCES", c.MAX_INSTANCES >= 0),
+    ):
         if not ok:
             raise ValueError(f"{prefix}{key} {c[key]!r} is out of range")
     if not isinstance(c.WITH_PROJ, bool):
@@ -279,8 +293,9 @@ class ContrastRoIHeads(StandardROIHeads):
         # Same as StandardROIHeads._forward_mask, plus `targets` for the head.
         instances, _ = select_foreground_proposals(instances, self.num_classes)
         if self.mask_pooler is not None:
-            pooled = self.mask_pooler([features[f] for f in self.mask_in_features],
-                                      [x.proposal_boxes for x in instances])
+            pooled = self.mask_pooler(
+                [features[f] for f in self.mask_in_features], [x.proposal_boxes for x in instances]
+            )
         else:
             pooled = {f: features[f] for f in self.mask_in_features}
         return self.mask_head(pooled, instances, targets=targets)

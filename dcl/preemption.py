@@ -16,6 +16,7 @@ data-loader workers ignore them (:func:`ignore_stop_signals`), so a signal sent 
 process group cannot kill them mid-step. In a Slurm batch job ``--max-chunks N`` requeues the
 interrupted job itself (:func:`requeue_for_the_next_chunk`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,19 @@ from dcl.io import InputError
 from dcl.runrecord import RunRecord, attempt_count
 from dcl.slurm import requeue_own_job
 
-__all__ = ["EXIT_INTERRUPTED", "STOP_SIGNALS", "StopHook", "StopSignal", "TrainingInterrupted", "agreed",
-           "end_interrupted", "exit_if_interrupted", "forward_signals_to_workers", "ignore_stop_signals",
-           "requeue_for_the_next_chunk"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "STOP_SIGNALS",
+    "StopHook",
+    "StopSignal",
+    "TrainingInterrupted",
+    "agreed",
+    "end_interrupted",
+    "exit_if_interrupted",
+    "forward_signals_to_workers",
+    "ignore_stop_signals",
+    "requeue_for_the_next_chunk",
+]
 
 logger = logging.getLogger("dcl.train")
 
@@ -95,8 +106,7 @@ class StopSignal:
         """Handle the stop signals in this process, deferred (taking over one received before)."""
         early = early_signals.take()  # received before torch was imported
         if self.signum is None and early is not None:
-            logger.warning("received %s during start-up: stopping %s", signal.Signals(early).name,
-                           self.stop_point)
+            logger.warning("received %s during start-up: stopping %s", signal.Signals(early).name, self.stop_point)
             self.signum = early
         _default_stop_signals_in_forked_children()
         self._owner_pid = os.getpid()
@@ -211,8 +221,12 @@ def end_interrupted(stop: StopSignal, trainer: Any, record: Optional[RunRecord],
         trainer.save_progress()
     comm.synchronize()  # other workers must not exit before the checkpoint is written
     if record is not None:
-        record.close("interrupted", EXIT_INTERRUPTED, signal_name=signal_name,
-                     iteration=trainer.completed_iterations if trainer is not None else None)
+        record.close(
+            "interrupted",
+            EXIT_INTERRUPTED,
+            signal_name=signal_name,
+            iteration=trainer.completed_iterations if trainer is not None else None,
+        )
 
 
 def exit_if_interrupted(stop: StopSignal, trainer: Any, record: Optional[RunRecord], error: BaseException) -> None:

@@ -20,6 +20,7 @@ The mask branch of RefineMask, as in its repository (commit 633ed2b) and the DCL
 Settings: ``MODEL.REFINE_MASK.*`` (:func:`add_refinemask_config`), defaults from the Cityscapes
 recipe ``configs/refinemask/cityscapes/r50-refinemask.py``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -52,10 +53,10 @@ __all__ = [
 
 # The Cityscapes recipe's mask head (r50-refinemask.py): RefineMaskHead and RefineCrossEntropyLoss.
 REFINE_MASK_DEFAULTS: dict[str, object] = {
-    "SEMANTIC_IN_FEATURE": "p2",     # x[0] of the FPN: stride 4
+    "SEMANTIC_IN_FEATURE": "p2",  # x[0] of the FPN: stride 4
     "NUM_INSTANCE_CONVS": 2,
     "NUM_SEMANTIC_CONVS": 4,
-    "CONV_DIM": 256,                 # instance and semantic conv channels
+    "CONV_DIM": 256,  # instance and semantic conv channels
     "DILATIONS": [1, 3, 5],
     "MASK_USE_SIGMOID": True,
     "STAGE_LOSS_WEIGHTS": [0.25, 0.5, 0.75, 1.0],  # one per stage: 14, 28, 56, 112
@@ -70,8 +71,9 @@ def add_refinemask_config(cfg: CfgNode) -> CfgNode:
     if "REFINE_MASK" not in cfg.MODEL:
         was_frozen = cfg.is_frozen()
         cfg.defrost()
-        cfg.MODEL.REFINE_MASK = CfgNode({k: (list(v) if isinstance(v, list) else v)
-                                         for k, v in REFINE_MASK_DEFAULTS.items()})
+        cfg.MODEL.REFINE_MASK = CfgNode(
+            {k: (list(v) if isinstance(v, list) else v) for k, v in REFINE_MASK_DEFAULTS.items()}
+        )
         if was_frozen:
             cfg.freeze()
     return cfg
@@ -145,8 +147,10 @@ def refine_mask_loss(
         semantic BCE, both scalars.
     """
     if len(stage_logits) != len(stage_targets) or len(stage_logits) != len(stage_weights):
-        raise ValueError(f"{len(stage_logits)} stage logits, {len(stage_targets)} stage targets and "
-                         f"{len(stage_weights)} stage weights: they must be as many")
+        raise ValueError(
+            f"{len(stage_logits)} stage logits, {len(stage_targets)} stage targets and "
+            f"{len(stage_weights)} stage weights: they must be as many"
+        )
     losses = []
     refined = None  # (R, S, S) bool: the previous stage's refined binary prediction
     for index, (logits, target) in enumerate(zip(stage_logits, stage_targets)):
@@ -166,7 +170,8 @@ def refine_mask_loss(
         refined = torch.where(on_boundary, logits, previous).sigmoid() >= 0.5
     loss_instance = sum(weight * loss for weight, loss in zip(stage_weights, losses))
     loss_semantic = semantic_weight * F.binary_cross_entropy_with_logits(
-        semantic_logits.squeeze(1), semantic_target.to(semantic_logits.dtype))
+        semantic_logits.squeeze(1), semantic_target.to(semantic_logits.dtype)
+    )
     return loss_instance, loss_semantic
 
 
@@ -219,8 +224,16 @@ class MultiBranchFusion(nn.Module):
 class SemanticFusionStage(nn.Module):
     """One semantic-fusion stage (RefineMask's SFM): C channels at S x S -> C/2 at 2S x 2S."""
 
-    def __init__(self, semantic_channels: int, channels: int, size: int, num_classes: int,
-                 dilations: Sequence[int], semantic_stride: int, mask_use_sigmoid: bool):
+    def __init__(
+        self,
+        semantic_channels: int,
+        channels: int,
+        size: int,
+        num_classes: int,
+        dilations: Sequence[int],
+        semantic_stride: int,
+        mask_use_sigmoid: bool,
+    ):
         super().__init__()
         self.mask_use_sigmoid = mask_use_sigmoid
         self.semantic_transform_in = _conv(semantic_channels, channels)
@@ -231,8 +244,14 @@ class SemanticFusionStage(nn.Module):
         self.fusion = MultiBranchFusion(channels, dilations)
         self.fuse_transform_out = _conv(channels, channels // 2 - 2)
 
-    def forward(self, features: torch.Tensor, semantic_features: torch.Tensor, semantic_logits: torch.Tensor,
-                rois: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        features: torch.Tensor,
+        semantic_features: torch.Tensor,
+        semantic_logits: torch.Tensor,
+        rois: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             features: (R, C, S, S) instance features.
@@ -250,7 +269,8 @@ class SemanticFusionStage(nn.Module):
         logits = _select_class(self.instance_logits(features), labels)
         masks = logits.sigmoid() if self.mask_use_sigmoid else logits
         semantic_masks = self.semantic_pooler(
-            semantic_logits.sigmoid() if self.mask_use_sigmoid else semantic_logits, rois)
+            semantic_logits.sigmoid() if self.mask_use_sigmoid else semantic_logits, rois
+        )
         fused = F.relu(self.fuse_in(torch.cat([features, semantic, masks, semantic_masks], dim=1)))
         fused = F.relu(self.fuse_transform_out(F.relu(self.fusion(fused))))
         # mmcv's "bilinear" upsample layer: nn.Upsample, corners not aligned; the masks are
@@ -305,18 +325,33 @@ class RefineMaskHead(nn.Module):
             raise ValueError(f"MODEL.REFINE_MASK.START_STAGE {start_stage} is not a stage index")
         self.stage_sizes = [input_shape.height * 2**i for i in range(len(stage_loss_weights))]
         self.semantic_stride = semantic_stride
-        self.loss_arguments = dict(stage_weights=tuple(stage_loss_weights), semantic_weight=semantic_loss_weight,
-                                   boundary_width=boundary_width, start_stage=start_stage)
+        self.loss_arguments = dict(
+            stage_weights=tuple(stage_loss_weights),
+            semantic_weight=semantic_loss_weight,
+            boundary_width=boundary_width,
+            start_stage=start_stage,
+        )
         self.instance_convs = nn.ModuleList(
-            _conv(input_shape.channels if i == 0 else conv_dim, conv_dim, 3) for i in range(num_instance_convs))
+            _conv(input_shape.channels if i == 0 else conv_dim, conv_dim, 3) for i in range(num_instance_convs)
+        )
         self.semantic_convs = nn.ModuleList(
-            _conv(semantic_channels if i == 0 else conv_dim, conv_dim, 3) for i in range(num_semantic_convs))
+            _conv(semantic_channels if i == 0 else conv_dim, conv_dim, 3) for i in range(num_semantic_convs)
+        )
         self.semantic_logits = _conv(conv_dim, 1)
         self.stages = nn.ModuleList()
         channels = conv_dim if num_instance_convs else input_shape.channels
         for size in self.stage_sizes[:-1]:
-            self.stages.append(SemanticFusionStage(conv_dim if num_semantic_convs else semantic_channels, channels,
-                                                   size, num_classes, dilations, semantic_stride, mask_use_sigmoid))
+            self.stages.append(
+                SemanticFusionStage(
+                    conv_dim if num_semantic_convs else semantic_channels,
+                    channels,
+                    size,
+                    num_classes,
+                    dilations,
+                    semantic_stride,
+                    mask_use_sigmoid,
+                )
+            )
             channels //= 2
         self.final_instance_logits = _conv(channels, num_classes)
 
@@ -364,8 +399,13 @@ class RefineMaskHead(nn.Module):
         stage_logits.append(_select_class(self.final_instance_logits(x), labels))
         return stage_logits, semantic_logits, first_stage_features
 
-    def forward(self, x: torch.Tensor, semantic_features: torch.Tensor, instances: List[Instances],
-                targets: Optional[List[Instances]] = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        semantic_features: torch.Tensor,
+        instances: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
         """
         Args:
             x: (R, C_in, S_0, S_0) pooled features of the R RoIs.
@@ -388,11 +428,13 @@ class RefineMaskHead(nn.Module):
         boxes = [i.proposal_boxes for i in instances]
         labels = cat([i.gt_classes for i in instances])
         stage_logits, semantic_logits, features = self.layers(
-            x, semantic_features, convert_boxes_to_pooler_format(boxes), labels)
+            x, semantic_features, convert_boxes_to_pooler_format(boxes), labels
+        )
         stage_targets = [self._instance_targets(instances, size, x.device) for size in self.stage_sizes]
         semantic_target = self._semantic_target(targets, semantic_logits.shape[-2:])
         loss_instance, loss_semantic = refine_mask_loss(
-            stage_logits, semantic_logits, stage_targets, semantic_target, **self.loss_arguments)
+            stage_logits, semantic_logits, stage_targets, semantic_target, **self.loss_arguments
+        )
         losses = {"loss_instance": loss_instance, "loss_semantic": loss_semantic}
         losses.update(self.extra_losses(features, stage_targets))
         return losses
@@ -424,7 +466,9 @@ class RefineMaskHead(nn.Module):
             elif isinstance(gt_masks, BitMasks):
                 masks = gt_masks.tensor
             else:
-                raise TypeError(f"RefineMask needs PolygonMasks or BitMasks ground truth, got {type(gt_masks).__name__}")
+                raise TypeError(
+                    f"RefineMask needs PolygonMasks or BitMasks ground truth, got {type(gt_masks).__name__}"
+                )
             unions[index, :h, :w] = masks.to(unions.device).any(dim=0).float()
         resized = F.interpolate(unions.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)
         return (resized.squeeze(1) >= 0.5).float()
@@ -473,21 +517,25 @@ class RefineMaskROIHeads(ContrastRoIHeads):
         self.semantic_in_feature = semantic_in_feature
         head_stride = getattr(self.mask_head, "semantic_stride", semantic_stride)
         if self.mask_on and head_stride != semantic_stride:
-            raise ValueError(f"MODEL.REFINE_MASK.SEMANTIC_IN_FEATURE {semantic_in_feature!r} has stride "
-                             f"{semantic_stride}; the mask head expects {head_stride}")
+            raise ValueError(
+                f"MODEL.REFINE_MASK.SEMANTIC_IN_FEATURE {semantic_in_feature!r} has stride "
+                f"{semantic_stride}; the mask head expects {head_stride}"
+            )
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         feature = cfg.MODEL.REFINE_MASK.SEMANTIC_IN_FEATURE
         if feature not in input_shape:
-            raise ValueError(f"MODEL.REFINE_MASK.SEMANTIC_IN_FEATURE {feature!r} is not a backbone output "
-                             f"({', '.join(input_shape)})")
+            raise ValueError(
+                f"MODEL.REFINE_MASK.SEMANTIC_IN_FEATURE {feature!r} is not a backbone output ({', '.join(input_shape)})"
+            )
         ret.update(semantic_in_feature=feature, semantic_stride=input_shape[feature].stride)
         return ret
 
-    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances],
-                      targets: Optional[List[Instances]] = None):
+    def _forward_mask(
+        self, features: Dict[str, torch.Tensor], instances: List[Instances], targets: Optional[List[Instances]] = None
+    ):
         if not self.mask_on:
             return {} if self.training else instances
         if self.training:

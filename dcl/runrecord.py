@@ -9,6 +9,7 @@ goes through this module: a new record's fields (:func:`run_fields`), where it l
 ``dcl status`` and ``dcl report``.
 Standard library only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,22 @@ from typing import Any, Optional
 
 from dcl.io import InputError, atomic_write_json, read_json
 
-__all__ = ["RUN_RECORD", "Progress", "RunRecord", "attempt_count", "describe_progress", "format_duration",
-           "git_state", "mark_failed_if_running", "now", "parse_time", "progress", "read_record", "record_path",
-           "run_fields"]
+__all__ = [
+    "RUN_RECORD",
+    "Progress",
+    "RunRecord",
+    "attempt_count",
+    "describe_progress",
+    "format_duration",
+    "git_state",
+    "mark_failed_if_running",
+    "now",
+    "parse_time",
+    "progress",
+    "read_record",
+    "record_path",
+    "run_fields",
+]
 
 logger = logging.getLogger("dcl.runrecord")
 
@@ -65,20 +79,43 @@ def git_state() -> tuple[Optional[str], Optional[bool]]:
     return git("rev-parse", "HEAD"), (None if status is None else bool(status))
 
 
-def run_fields(*, eval_only: bool, command: list[str], config_file: str, overrides: list[str], seed: int,
-               output_dir: str, max_iter: int, on_gpu: bool, num_gpus: int, distributed: dict, weights: dict,
-               slurm: Optional[dict], environment: dict) -> dict:
+def run_fields(
+    *,
+    eval_only: bool,
+    command: list[str],
+    config_file: str,
+    overrides: list[str],
+    seed: int,
+    output_dir: str,
+    max_iter: int,
+    on_gpu: bool,
+    num_gpus: int,
+    distributed: dict,
+    weights: dict,
+    slurm: Optional[dict],
+    environment: dict,
+) -> dict:
     """The fields of a new run's record (:meth:`RunRecord.begin`): ``num_gpus`` workers per
     machine, ``distributed`` a :class:`dcl.slurm.DistributedLayout` as a dict, ``environment``
     :func:`dcl.info.environment_info`."""
     commit, dirty = git_state()
-    gpus = {"count": num_gpus * distributed["num_machines"] if on_gpu else 0,
-            "type": environment["cuda_devices"][0] if on_gpu and environment["cuda_devices"] else None}
+    gpus = {
+        "count": num_gpus * distributed["num_machines"] if on_gpu else 0,
+        "type": environment["cuda_devices"][0] if on_gpu and environment["cuda_devices"] else None,
+    }
     return {
         "mode": "eval-only" if eval_only else "train",
-        "command": command, "cwd": os.getcwd(), "config_file": config_file, "overrides": overrides,
-        "seed": seed, "output_dir": str(Path(output_dir).resolve()),
-        "git_commit": commit, "git_dirty": dirty, "host": socket.gethostname(), "slurm": slurm, "gpus": gpus,
+        "command": command,
+        "cwd": os.getcwd(),
+        "config_file": config_file,
+        "overrides": overrides,
+        "seed": seed,
+        "output_dir": str(Path(output_dir).resolve()),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "host": socket.gethostname(),
+        "slurm": slurm,
+        "gpus": gpus,
         "versions": {**environment["versions"], "detectron2": environment["detectron2"]["version"]},
         "compat_shims": environment["compat_shims"],
         "iteration": None if eval_only else 0,
@@ -159,7 +196,10 @@ class RunRecord:
             # (an attempt stopped before loading it must not reset the count to 0).
             iteration = previous["iteration"]
         data = {
-            "status": "running", "exit_code": None, "signal": None, "mode": fields["mode"],
+            "status": "running",
+            "exit_code": None,
+            "signal": None,
+            "mode": fields["mode"],
             **{k: v for k, v in fields.items() if k != "mode"},
             "start_time": previous.get("start_time", started) if previous else started,
             "end_time": None,
@@ -169,10 +209,19 @@ class RunRecord:
             "attempts": list(previous.get("attempts", [])) if previous else [],
         }
         slurm = fields.get("slurm") or {}
-        data["attempts"].append({"start_time": started, "end_time": None, "start_iter": iteration,
-                                 "end_iter": None, "status": "running", "host": fields.get("host"),
-                                 "pid": os.getpid(), "slurm_job_id": slurm.get("job_id"),
-                                 "train_start_time": None})
+        data["attempts"].append(
+            {
+                "start_time": started,
+                "end_time": None,
+                "start_iter": iteration,
+                "end_iter": None,
+                "status": "running",
+                "host": fields.get("host"),
+                "pid": os.getpid(),
+                "slurm_job_id": slurm.get("job_id"),
+                "train_start_time": None,
+            }
+        )
         record = cls(path, data)
         record.write()
         return record
@@ -196,8 +245,15 @@ class RunRecord:
         self.data["attempts"][-1].update(start_iter=iteration, train_start_time=now())
         self.write()
 
-    def close(self, status: str, exit_code: int, *, iteration: Optional[int] = None,
-              signal_name: Optional[str] = None, error: Optional[str] = None) -> None:
+    def close(
+        self,
+        status: str,
+        exit_code: int,
+        *,
+        iteration: Optional[int] = None,
+        signal_name: Optional[str] = None,
+        error: Optional[str] = None,
+    ) -> None:
         ended = now()
         elapsed = time.monotonic() - self._attempt_start
         attempt = self.data["attempts"][-1]
@@ -206,8 +262,13 @@ class RunRecord:
             # Completed iterations never go back: a checkpoint holds at least what was recorded.
             self.data["iteration"] = max(iteration, self.data.get("iteration") or 0)
         attempt["end_iter"] = self.data.get("iteration")
-        self.data.update(status=status, exit_code=exit_code, signal=signal_name, end_time=ended,
-                         wall_time_s=round(self._previous_wall + elapsed, 3))
+        self.data.update(
+            status=status,
+            exit_code=exit_code,
+            signal=signal_name,
+            end_time=ended,
+            wall_time_s=round(self._previous_wall + elapsed, 3),
+        )
         if error is not None:
             self.data["error"] = error
         else:
@@ -247,14 +308,26 @@ def progress(data: dict, at: Optional[float] = None) -> Progress:
     if attempts and iteration is not None:
         last = attempts[-1]
         started, first = parse_time(last.get("train_start_time")), last.get("start_iter")
-        if started is not None and updated is not None and isinstance(first, int) and updated > started \
-                and iteration > first:
+        if (
+            started is not None
+            and updated is not None
+            and isinstance(first, int)
+            and updated > started
+            and iteration > first
+        ):
             rate = (iteration - first) / (updated - started)
     if rate and max_iter is not None and data.get("status") == "running":
         # From the last update: the iterations done since then are not known yet.
         eta = max(0.0, (max_iter - iteration) / rate - max(0.0, at - updated))
-    return Progress(status=data.get("status"), iteration=iteration, max_iter=max_iter, chunks=len(attempts),
-                    rate=rate, eta_s=eta, age_s=None if updated is None else max(0.0, at - updated))
+    return Progress(
+        status=data.get("status"),
+        iteration=iteration,
+        max_iter=max_iter,
+        chunks=len(attempts),
+        rate=rate,
+        eta_s=eta,
+        age_s=None if updated is None else max(0.0, at - updated),
+    )
 
 
 def read_record(path: Path) -> Optional[dict]:

@@ -12,6 +12,7 @@ position), its aspect-ratio grouping runs after mapping in the main process (a r
 have to map every skipped image to rebuild the groups), its workers take detectron2's
 ``worker_init_fn`` (no signal immunity) and starting them draws from the training's RNG.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +31,14 @@ from detectron2.utils.env import seed_all_rng
 
 from dcl.preemption import ignore_stop_signals
 
-__all__ = ["LazyLoader", "ResumableTrainingSampler", "SeededBatchMapper", "build_train_loader",
-           "kill_loader_workers", "sample_seed"]
+__all__ = [
+    "LazyLoader",
+    "ResumableTrainingSampler",
+    "SeededBatchMapper",
+    "build_train_loader",
+    "kill_loader_workers",
+    "sample_seed",
+]
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -46,8 +53,14 @@ class ResumableTrainingSampler(TrainingSampler):
     the batch the interrupted one would have drawn next; ``seed`` is checkpointed for that.
     """
 
-    def __init__(self, size: int, batch_size: int, aspect_ratios: Optional[list[int]] = None,
-                 shuffle: bool = True, seed: Optional[int] = None):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        aspect_ratios: Optional[list[int]] = None,
+        shuffle: bool = True,
+        seed: Optional[int] = None,
+    ):
         super().__init__(size, shuffle, seed)
         self.batch_size = batch_size
         self.aspect_ratios = aspect_ratios  # per index: 0 landscape, 1 portrait
@@ -140,15 +153,23 @@ def build_train_loader(cfg: CfgNode) -> tuple[LazyLoader, ResumableTrainingSampl
         min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
-    aspect_ratios = [0 if d["width"] > d["height"] else 1 for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    aspect_ratios = (
+        [0 if d["width"] > d["height"] else 1 for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    )
     sampler = ResumableTrainingSampler(len(dicts), cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), aspect_ratios)
-    loader = LazyLoader(torchdata.DataLoader(
-        SeededBatchMapper(dicts, DatasetMapper(cfg, True), sampler), sampler=sampler, batch_size=None,
-        num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_as_is, worker_init_fn=ignore_stop_signals,
-        # Its own generator: starting the workers (on the first batch, also of a resumed run)
-        # must not draw from the training's RNG.
-        generator=torch.Generator().manual_seed(sampler.seed),
-    ))
+    loader = LazyLoader(
+        torchdata.DataLoader(
+            SeededBatchMapper(dicts, DatasetMapper(cfg, True), sampler),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            collate_fn=_as_is,
+            worker_init_fn=ignore_stop_signals,
+            # Its own generator: starting the workers (on the first batch, also of a resumed run)
+            # must not draw from the training's RNG.
+            generator=torch.Generator().manual_seed(sampler.seed),
+        )
+    )
     return loader, sampler
 
 

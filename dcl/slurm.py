@@ -9,6 +9,7 @@ node starts the node's G workers); with K > 1 each task needs GPUs of its own
 (``--gpus-per-task=G``). Anything else is one machine. Also the pre-timeout signal a training job asks Slurm
 for, and the requeue of a job for the next chunk of a training. Standard library only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,14 @@ from typing import Mapping, Optional
 
 from dcl.io import InputError
 
-__all__ = ["DistributedLayout", "expand_hostlist", "requeue_own_job", "resolve_distributed", "slurm_job",
-           "stop_signal_option"]
+__all__ = [
+    "DistributedLayout",
+    "expand_hostlist",
+    "requeue_own_job",
+    "resolve_distributed",
+    "slurm_job",
+    "stop_signal_option",
+]
 
 # SIGTERM, to every process of the job steps (no `B:`, which reaches only the batch shell), this
 # long before the time limit: time for the current iteration and a checkpoint.
@@ -137,8 +144,12 @@ def resolve_distributed(
     if machines > 1 and (machine_rank is None or dist_url is None):
         raise InputError("--num-machines > 1 outside a multi-node Slurm step needs --machine-rank and --dist-url")
     # "auto": a free local port, so concurrent single-node jobs on one host do not collide.
-    return DistributedLayout(machines, machine_rank or 0, dist_url or "auto",
-                             "command line" if num_machines is not None else "single machine")
+    return DistributedLayout(
+        machines,
+        machine_rank or 0,
+        dist_url or "auto",
+        "command line" if num_machines is not None else "single machine",
+    )
 
 
 def slurm_job(env: Optional[Mapping[str, str]] = None) -> Optional[dict]:
@@ -146,8 +157,11 @@ def slurm_job(env: Optional[Mapping[str, str]] = None) -> Optional[dict]:
     env = os.environ if env is None else env
     if "SLURM_JOB_ID" not in env:
         return None
-    return {"job_id": env["SLURM_JOB_ID"], "nodes": env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST")),
-            "ntasks": int(env["SLURM_NTASKS"]) if env.get("SLURM_NTASKS", "").isdigit() else None}
+    return {
+        "job_id": env["SLURM_JOB_ID"],
+        "nodes": env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST")),
+        "ntasks": int(env["SLURM_NTASKS"]) if env.get("SLURM_NTASKS", "").isdigit() else None,
+    }
 
 
 def requeue_own_job(max_chunks: int, chunks_used: int) -> str:
@@ -162,8 +176,9 @@ def requeue_own_job(max_chunks: int, chunks_used: int) -> str:
     # scancel sends the same SIGTERM as a pre-emption or the pre-timeout signal, but marks the job
     # CANCELLED first: a job someone cancelled must stay cancelled.
     try:
-        state = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format", "%T"], capture_output=True,
-                               text=True, timeout=60).stdout.strip()
+        state = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job_id, "--format", "%T"], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as error:
         return f"squeue --jobs {job_id} failed: {error}: not requeued"
     if state != "RUNNING":

@@ -28,6 +28,7 @@ such and the rest as ``missing``. States (:data:`STATES`):
 Standard library only (plus ``dcl.report.inputs`` to read experiments.json), so it answers in
 well under a second for the paper's 60 runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,12 @@ def squeue_jobs(user: Optional[str] = None) -> Optional[list[SlurmJob]]:
         return None
     user = user or os.environ.get("USER") or getpass.getuser()
     try:
-        done = subprocess.run(["squeue", "--noheader", f"--user={user}", "--format=%i|%T|%N|%k"],
-                              capture_output=True, text=True, timeout=_SQUEUE_TIMEOUT_S)
+        done = subprocess.run(
+            ["squeue", "--noheader", f"--user={user}", "--format=%i|%T|%N|%k"],
+            capture_output=True,
+            text=True,
+            timeout=_SQUEUE_TIMEOUT_S,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode != 0:
@@ -140,8 +145,13 @@ def _stale_reason(info: dict, jobs: Optional[Sequence[SlurmJob]]) -> str:
     return ""
 
 
-def run_status(results_dir: Path, expected: ExpectedRun, jobs: Optional[Sequence[SlurmJob]],
-               at: Optional[float] = None, also: Sequence[str] = ()) -> RunStatus:
+def run_status(
+    results_dir: Path,
+    expected: ExpectedRun,
+    jobs: Optional[Sequence[SlurmJob]],
+    at: Optional[float] = None,
+    also: Sequence[str] = (),
+) -> RunStatus:
     """The state of one run (see the module docstring).
 
     Args:
@@ -197,14 +207,17 @@ def run_status(results_dir: Path, expected: ExpectedRun, jobs: Optional[Sequence
     return status
 
 
-def collect(results_dir: Path, experiments_path: Optional[Path] = None, *, use_slurm: bool = True,
-            at: Optional[float] = None) -> dict[str, Any]:
+def collect(
+    results_dir: Path, experiments_path: Optional[Path] = None, *, use_slurm: bool = True, at: Optional[float] = None
+) -> dict[str, Any]:
     """Everything ``dcl status --json`` prints: preset, time, whether Slurm was asked, the runs
     (one per run folder) and the totals per state."""
     experiments_path = experiments_path or results_dir / "experiments.json"
     if not experiments_path.is_file():
-        raise InputError(f"experiments file not found: {experiments_path} (`dcl plan` writes it; the workflow's "
-                         "first step), or pass --experiments PATH")
+        raise InputError(
+            f"experiments file not found: {experiments_path} (`dcl plan` writes it; the workflow's "
+            "first step), or pass --experiments PATH"
+        )
     preset, expected = load_experiments(experiments_path)
     jobs = squeue_jobs() if use_slurm else None
     by_folder: dict[str, list[ExpectedRun]] = {}
@@ -220,10 +233,16 @@ def collect(results_dir: Path, experiments_path: Optional[Path] = None, *, use_s
     totals = {state: sum(r.state == state for r in runs) for state in STATES}
     trained = [r for r in runs if r.max_iter]
     return {
-        "preset": preset, "results_dir": str(results_dir), "time": now(), "slurm": jobs is not None,
-        "runs": [r.as_dict() for r in runs], "totals": totals,
-        "iterations": {"done": sum(min(r.iteration or 0, r.max_iter) for r in trained),
-                       "total": sum(r.max_iter for r in trained)},
+        "preset": preset,
+        "results_dir": str(results_dir),
+        "time": now(),
+        "slurm": jobs is not None,
+        "runs": [r.as_dict() for r in runs],
+        "totals": totals,
+        "iterations": {
+            "done": sum(min(r.iteration or 0, r.max_iter) for r in trained),
+            "total": sum(r.max_iter for r in trained),
+        },
     }
 
 
@@ -231,16 +250,24 @@ def _text(report: dict[str, Any]) -> str:
     runs = report["runs"]
     names = [r["experiment"] + (f" (+{len(r['also'])})" if r["also"] else "") for r in runs]
     width = max([len("experiment"), *map(len, names)])
-    header = (f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>6s} "
-              f"{'chunks':>6s}  {'job':10s} node")
-    lines = [f"dcl status {report['results_dir']} (preset {report['preset']}, {report['time']}"
-             + (", with squeue" if report["slurm"] else ", without Slurm") + ")", header]
+    header = (
+        f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>6s} "
+        f"{'chunks':>6s}  {'job':10s} node"
+    )
+    lines = [
+        f"dcl status {report['results_dir']} (preset {report['preset']}, {report['time']}"
+        + (", with squeue" if report["slurm"] else ", without Slurm")
+        + ")",
+        header,
+    ]
     for name, r in zip(names, runs):
         progress_text = f"{r['iteration']}/{r['max_iter']}" if r["iteration"] is not None and r["max_iter"] else "-"
         rate = f"{r['rate']:.2f}" if r["rate"] else "-"
-        lines.append(f"{name:{width}s} {r['seed']:>4d}  {r['state']:11s} {progress_text:>13s} {rate:>6s} "
-                     f"{format_duration(r['eta_s']):>6s} {r['chunks'] or '-':>6}  {r['job_id'] or '-':10s} "
-                     f"{r['node'] or '-'}")
+        lines.append(
+            f"{name:{width}s} {r['seed']:>4d}  {r['state']:11s} {progress_text:>13s} {rate:>6s} "
+            f"{format_duration(r['eta_s']):>6s} {r['chunks'] or '-':>6}  {r['job_id'] or '-':10s} "
+            f"{r['node'] or '-'}"
+        )
         if r["state"] in ("failed", "interrupted") and r["reason"] or r["log"]:
             lines.append(f"{'':{width}s}       {r['reason']}" + (f"; log: {r['log']}" if r["log"] else ""))
     totals = report["totals"]
@@ -265,15 +292,34 @@ def _default_results_dir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path, nargs="?", default=None,
-                        help="results/{preset} (default: the only results/*/ with an experiments.json)")
-    parser.add_argument("--experiments", metavar="PATH", type=Path, default=None,
-                        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)")
-    parser.add_argument("--watch", metavar="SECONDS", type=float, nargs="?", const=60.0, default=None,
-                        help="refresh every SECONDS (default 60) until Ctrl-C (put it after RESULTS_DIR)")
+    parser.add_argument(
+        "results_dir",
+        metavar="RESULTS_DIR",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="results/{preset} (default: the only results/*/ with an experiments.json)",
+    )
+    parser.add_argument(
+        "--experiments",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
+    )
+    parser.add_argument(
+        "--watch",
+        metavar="SECONDS",
+        type=float,
+        nargs="?",
+        const=60.0,
+        default=None,
+        help="refresh every SECONDS (default 60) until Ctrl-C (put it after RESULTS_DIR)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
-    parser.add_argument("--no-slurm", dest="use_slurm", action="store_false",
-                        help="do not ask squeue (only run.json files count)")
+    parser.add_argument(
+        "--no-slurm", dest="use_slurm", action="store_false", help="do not ask squeue (only run.json files count)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -284,8 +330,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             report = collect(results_dir, args.experiments, use_slurm=args.use_slurm)
-            text = json.dumps(report, separators=(",", ":") if args.watch is not None else None,
-                              indent=None if args.watch is not None else 2) if args.json else _text(report)
+            text = (
+                json.dumps(
+                    report,
+                    separators=(",", ":") if args.watch is not None else None,
+                    indent=None if args.watch is not None else 2,
+                )
+                if args.json
+                else _text(report)
+            )
             print(("\033[H\033[J" if clear else "") + text, flush=True)
             if args.watch is None:
                 return 0

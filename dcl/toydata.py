@@ -39,6 +39,7 @@ the real ones):
 Image ``k`` of a split depends only on ``(seed, dataset, split, k)``, so a larger ``--num-train``
 adds images without changing the first ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -132,9 +133,23 @@ _UNIT_SHAPES: dict[str, np.ndarray] = {
     "hexagon": np.stack([np.cos(t := np.arange(6) * np.pi / 3), np.sin(t)], 1),
     "parallelogram": np.array([(-0.5, -1), (1, -1), (0.5, 1), (-1, 1)], float),
     "lshape": np.array([(-1, -1), (0.2, -1), (0.2, -0.25), (1, -0.25), (1, 1), (-1, 1)], float),
-    "cross": np.array([(-_ARM, -1), (_ARM, -1), (_ARM, -_ARM), (1, -_ARM), (1, _ARM), (_ARM, _ARM),
-                       (_ARM, 1), (-_ARM, 1), (-_ARM, _ARM), (-1, _ARM), (-1, -_ARM), (-_ARM, -_ARM)],
-                      float),
+    "cross": np.array(
+        [
+            (-_ARM, -1),
+            (_ARM, -1),
+            (_ARM, -_ARM),
+            (1, -_ARM),
+            (1, _ARM),
+            (_ARM, _ARM),
+            (_ARM, 1),
+            (-_ARM, 1),
+            (-_ARM, _ARM),
+            (-1, _ARM),
+            (-1, -_ARM),
+            (-_ARM, -_ARM),
+        ],
+        float,
+    ),
 }
 
 
@@ -176,12 +191,14 @@ def mask_outlines(mask: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
     # Direction codes 0..3 = +x, +y, -x, -y (top, right, bottom, left edges of a pixel), so
     # (code + 1) % 4 is a right turn.
     xs, ys, codes = [], [], []
-    for code, (sides, (dx, dy)) in enumerate((
-        (inner & ~m[:-2, 1:-1], (0, 0)),   # top edge, from the pixel's top-left corner
-        (inner & ~m[1:-1, 2:], (1, 0)),    # right edge, from its top-right corner
-        (inner & ~m[2:, 1:-1], (1, 1)),    # bottom edge, from its bottom-right corner
-        (inner & ~m[1:-1, :-2], (0, 1)),   # left edge, from its bottom-left corner
-    )):
+    for code, (sides, (dx, dy)) in enumerate(
+        (
+            (inner & ~m[:-2, 1:-1], (0, 0)),  # top edge, from the pixel's top-left corner
+            (inner & ~m[1:-1, 2:], (1, 0)),  # right edge, from its top-right corner
+            (inner & ~m[2:, 1:-1], (1, 1)),  # bottom edge, from its bottom-right corner
+            (inner & ~m[1:-1, :-2], (0, 1)),  # left edge, from its bottom-left corner
+        )
+    ):
         rows, cols = np.nonzero(sides)
         xs.append(cols + dx)
         ys.append(rows + dy)
@@ -271,8 +288,7 @@ def _paint(height: int, width: int, objects: list[_Object]) -> np.ndarray:
     return np.asarray(canvas, dtype=np.int32)
 
 
-def _shape_polygon(shape: str, cx: float, cy: float, width: float, height: float,
-                   angle: float) -> np.ndarray | None:
+def _shape_polygon(shape: str, cx: float, cy: float, width: float, height: float, angle: float) -> np.ndarray | None:
     """Integer (K, 2) polygon of a unit shape scaled to ``width x height``, rotated by ``angle``
     (radians) about its centre; None if rounding left fewer than 3 distinct corners."""
     points = _UNIT_SHAPES[shape] * (width / 2, height / 2)
@@ -288,7 +304,7 @@ def _visible_ok(ids: np.ndarray, index: int, obj: _Object, spec: _SceneSpec) -> 
     """An object stays in the scene if most of it shows and (for instances) what shows is one
     piece without holes, which a single COCO polygon represents exactly."""
     x0, y0, x1, y1 = obj.bbox
-    visible = ids[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] == index + 1
+    visible = ids[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] == index + 1
     area = int(visible.sum())
     if area < spec.min_visible_pixels or area < 0.5 * obj.full_area:
         return False
@@ -304,8 +320,9 @@ def _overlaps(a: _Object, b: _Object) -> bool:
     return ax0 <= bx1 and bx0 <= ax1 and ay0 <= by1 and by0 <= ay1
 
 
-def _place_objects(rng: np.random.Generator, spec: _SceneSpec, background: list[_Object],
-                   first_class: int) -> tuple[list[_Object], np.ndarray]:
+def _place_objects(
+    rng: np.random.Generator, spec: _SceneSpec, background: list[_Object], first_class: int
+) -> tuple[list[_Object], np.ndarray]:
     """Objects drawn over ``background``, back to front: an optional crowd region, then
     instances, about half of them placed against an earlier one so they touch or overlap.
     Returns them and their ``_paint`` map."""
@@ -346,8 +363,12 @@ def _place_objects(rng: np.random.Generator, spec: _SceneSpec, background: list[
                 cx = rng.uniform(0, width)
                 cy = rng.uniform(spec.y_range[0], spec.y_range[1]) * height
             polygon = _shape_polygon(shape, cx, cy, obj_w, obj_h, angle)
-            if polygon is None or polygon.min() < 0 or polygon[:, 0].max() > width - 1 \
-                    or polygon[:, 1].max() > height - 1:
+            if (
+                polygon is None
+                or polygon.min() < 0
+                or polygon[:, 0].max() > width - 1
+                or polygon[:, 1].max() > height - 1
+            ):
                 continue
             candidate = _Object(kind, toy_class.name, class_index, polygon)
             alone = _paint(height, width, [candidate]) > 0
@@ -401,13 +422,18 @@ def _border(ids: np.ndarray) -> np.ndarray:
     """(H, W) bool: object pixels with a 4-neighbour showing something else."""
     padded = np.pad(ids, 1, mode="edge")
     centre = padded[1:-1, 1:-1]
-    differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
-               | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
+    differs = (
+        (padded[:-2, 1:-1] != centre)
+        | (padded[2:, 1:-1] != centre)
+        | (padded[1:-1, :-2] != centre)
+        | (padded[1:-1, 2:] != centre)
+    )
     return differs
 
 
-def _paint_objects(rng: np.random.Generator, image: np.ndarray, ids: np.ndarray,
-                   objects: list[_Object], spec: _SceneSpec) -> None:
+def _paint_objects(
+    rng: np.random.Generator, image: np.ndarray, ids: np.ndarray, objects: list[_Object], spec: _SceneSpec
+) -> None:
     """Paint instances and crowd regions: class colour, per-instance brightness and shading, a
     darker rim (so touching same-class instances stay separable); crowds are many small objects."""
     height, width = ids.shape
@@ -425,8 +451,7 @@ def _paint_objects(rng: np.random.Generator, image: np.ndarray, ids: np.ndarray,
             shape = spec.classes[obj.class_index].shape
             for _ in range(int(rng.integers(12, 24))):
                 small = rng.uniform(0.25, 0.4) * spec.size_range[0]
-                polygon = _shape_polygon(shape, rng.uniform(x0, x1), rng.uniform(y0, y1),
-                                         small, small, 0.0)
+                polygon = _shape_polygon(shape, rng.uniform(x0, x1), rng.uniform(y0, y1), small, small, 0.0)
                 if polygon is not None:
                     draw.polygon([tuple(p) for p in polygon.tolist()], fill=1)
             members = visible & (np.asarray(crowd) > 0)
@@ -452,11 +477,21 @@ def _finish(rng: np.random.Generator, image: np.ndarray) -> Image.Image:
 
 def _coco_spec(height: int, width: int) -> _SceneSpec:
     side = min(height, width)
-    return _SceneSpec(height, width, COCO_CLASSES, (3, 6), (0.19 * side, 0.36 * side),
-                      int(40 * max(1.0, side / 128) ** 2), (0.0, 1.0), 15.0)
+    return _SceneSpec(
+        height,
+        width,
+        COCO_CLASSES,
+        (3, 6),
+        (0.19 * side, 0.36 * side),
+        int(40 * max(1.0, side / 128) ** 2),
+        (0.0, 1.0),
+        15.0,
+    )
 
 
-def _coco_scene(rng: np.random.Generator, spec: _SceneSpec, index: int) -> tuple[Image.Image, np.ndarray, list[_Object]]:
+def _coco_scene(
+    rng: np.random.Generator, spec: _SceneSpec, index: int
+) -> tuple[Image.Image, np.ndarray, list[_Object]]:
     height, width = spec.height, spec.width
     # Low chroma, so colour tells objects from background; brightness varies freely.
     base = rng.uniform(80, 170) + rng.uniform(-12, 12, 3)
@@ -486,22 +521,26 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
             rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
             if obj.kind == "group":
                 # Crowd regions as COCO's uncompressed RLE: the plain run lengths of ``rle``.
-                segmentation: Any = {"counts": rle_counts([rle["counts"]])[0].tolist(),
-                                     "size": [int(v) for v in rle["size"]]}
+                segmentation: Any = {
+                    "counts": rle_counts([rle["counts"]])[0].tolist(),
+                    "size": [int(v) for v in rle["size"]],
+                }
             else:
                 outers, holes = mask_outlines(visible)
                 if len(outers) != 1 or holes:  # _place_objects guarantees this
                     raise RuntimeError(f"toy COCO {split} image {image_id}: instance {obj_index} is not one piece")
                 segmentation = outers
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": spec.classes[obj.class_index].dataset_id,
-                "segmentation": segmentation,
-                "area": int(mask_util.area(rle)),
-                "bbox": [float(v) for v in mask_util.toBbox(rle)],
-                "iscrowd": int(obj.kind == "group"),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": spec.classes[obj.class_index].dataset_id,
+                    "segmentation": segmentation,
+                    "area": int(mask_util.area(rle)),
+                    "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                    "iscrowd": int(obj.kind == "group"),
+                }
+            )
     dataset = {
         "info": {"description": f"dcl toy COCO-format dataset ({split})", "version": str(GENERATOR_VERSION)},
         "licenses": [],
@@ -527,8 +566,16 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
 
 def _cityscapes_spec(height: int) -> _SceneSpec:
     # Cityscapes' evaluation ignores ground truth smaller than 100 pixels.
-    return _SceneSpec(height, 2 * height, CITYSCAPES_CLASSES, (3, 7), (0.16 * height, 0.3 * height),
-                      int(100 * max(1.0, height / 128) ** 2), (0.35, 1.0), 8.0)
+    return _SceneSpec(
+        height,
+        2 * height,
+        CITYSCAPES_CLASSES,
+        (3, 7),
+        (0.16 * height, 0.3 * height),
+        int(100 * max(1.0, height / 128) ** 2),
+        (0.35, 1.0),
+        8.0,
+    )
 
 
 def _cityscapes_background(rng: np.random.Generator, height: int, width: int) -> list[_Object]:
@@ -543,8 +590,15 @@ def _cityscapes_background(rng: np.random.Generator, height: int, width: int) ->
     while x < width - 4:
         block = int(rng.uniform(0.12, 0.3) * width)
         top = int(rng.uniform(0.06, 0.3) * height)
-        stuff.append(_Object("stuff", "building", -1, rect(x, top, min(x + block, width - 1), horizon),
-                             look={"colour": rng.uniform(70, 150) + rng.uniform(-20, 20, 3)}))
+        stuff.append(
+            _Object(
+                "stuff",
+                "building",
+                -1,
+                rect(x, top, min(x + block, width - 1), horizon),
+                look={"colour": rng.uniform(70, 150) + rng.uniform(-20, 20, 3)},
+            )
+        )
         x += block + int(rng.integers(1, max(2, width // 16)))
     stuff.append(_Object("stuff", "road", -1, rect(0, horizon, width - 1, height - 1)))
     return stuff
@@ -576,8 +630,9 @@ def _paint_stuff(rng: np.random.Generator, image: np.ndarray, ids: np.ndarray, o
         image[region] += texture[region]
 
 
-def _cut_fragment(rng: np.random.Generator, spec: _SceneSpec, objects: list[_Object],
-                  ids: np.ndarray) -> tuple[list[_Object], np.ndarray]:
+def _cut_fragment(
+    rng: np.random.Generator, spec: _SceneSpec, objects: list[_Object], ids: np.ndarray
+) -> tuple[list[_Object], np.ndarray]:
     """Stand a pole (a vertical strip down to the image's bottom) in front of an instance, one or
     two pixels inside its leftmost or rightmost column, so that its visible mask keeps a separate
     fragment of 1-2 pixels. Every other object stays as ``_visible_ok`` wants it; when no instance
@@ -616,8 +671,12 @@ def _cut_fragment(rng: np.random.Generator, spec: _SceneSpec, objects: list[_Obj
                 continue
             main_piece = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
             outers, holes = mask_outlines(main_piece)
-            if sizes[1] < spec.min_visible_pixels or sizes[1] < 0.5 * objects[index].full_area \
-                    or len(outers) != 1 or holes:
+            if (
+                sizes[1] < spec.min_visible_pixels
+                or sizes[1] < 0.5 * objects[index].full_area
+                or len(outers) != 1
+                or holes
+            ):
                 continue
             others = [i for i, o in enumerate(objects) if o.kind != "stuff" and i != index and _overlaps(o, pole)]
             if all(_visible_ok(trial_ids, i, objects[i], spec) for i in others):
@@ -625,7 +684,9 @@ def _cut_fragment(rng: np.random.Generator, spec: _SceneSpec, objects: list[_Obj
     return objects, ids
 
 
-def _cityscapes_scene(rng: np.random.Generator, spec: _SceneSpec, index: int) -> tuple[Image.Image, np.ndarray, list[_Object]]:
+def _cityscapes_scene(
+    rng: np.random.Generator, spec: _SceneSpec, index: int
+) -> tuple[Image.Image, np.ndarray, list[_Object]]:
     height, width = spec.height, spec.width
     background = _cityscapes_background(rng, height, width)
     objects, ids = _place_objects(rng, spec, background, index % len(spec.classes))
@@ -659,8 +720,10 @@ def _write_cityscapes_split(root: Path, split: str, seed: int, count: int, heigh
         polygons = {
             "imgHeight": spec.height,
             "imgWidth": spec.width,
-            "objects": [{"label": o.label + ("group" if o.kind == "group" else ""),
-                         "polygon": o.polygon.tolist()} for o in objects],
+            "objects": [
+                {"label": o.label + ("group" if o.kind == "group" else ""), "polygon": o.polygon.tolist()}
+                for o in objects
+            ],
         }
         text = json.dumps(polygons, indent=4)
         (gt_dir / f"{stem}_gtFine_polygons.json").write_text(text + "\n", encoding="utf-8")
@@ -701,14 +764,21 @@ def _convert_cityscapes(root: Path, final_root: Path) -> bool:
     except ImportError as error:
         if error.name != "dcl.cityscapes":
             raise
-        logger.warning("note: dcl.cityscapes is not available, so %s/annotations/"
-                       "instancesonly_filtered_gtFine_{train,val}.json were not written "
-                       "(`dcl data cityscapes-to-coco` writes them)", final_root)
+        logger.warning(
+            "note: dcl.cityscapes is not available, so %s/annotations/"
+            "instancesonly_filtered_gtFine_{train,val}.json were not written "
+            "(`dcl data cityscapes-to-coco` writes them)",
+            final_root,
+        )
         return False
     for split in _SPLITS:
         cityscapes_to_coco(str(root), split, str(root / "annotations" / f"instancesonly_filtered_gtFine_{split}.json"))
-    cityscapes_to_coco(str(root), "val", str(root / "annotations" / "instancesonly_filtered_gtFine_val.detectron.json"),
-                       style="detectron")
+    cityscapes_to_coco(
+        str(root),
+        "val",
+        str(root / "annotations" / "instancesonly_filtered_gtFine_val.detectron.json"),
+        style="detectron",
+    )
     return True
 
 
@@ -734,12 +804,20 @@ def _check_destination(out: Path) -> None:
         )
     content = read_json(marker, "toy dataset marker")
     if not isinstance(content, dict) or content.get("generator") != MARKER_GENERATOR:
-        raise InputError(f"{marker} is not a `dcl data toy` marker (expected \"generator\": "
-                         f"\"{MARKER_GENERATOR}\"); refusing to write into {out}")
+        raise InputError(
+            f'{marker} is not a `dcl data toy` marker (expected "generator": '
+            f'"{MARKER_GENERATOR}"); refusing to write into {out}'
+        )
 
 
-def generate_toy_datasets(out: str | os.PathLike, *, seed: int = 0, num_train: int = 64,
-                          num_val: int = 16, size: tuple[int, int] = DEFAULT_SIZE) -> dict[str, Any]:
+def generate_toy_datasets(
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    num_train: int = 64,
+    num_val: int = 16,
+    size: tuple[int, int] = DEFAULT_SIZE,
+) -> dict[str, Any]:
     """Write the toy COCO and Cityscapes datasets under ``out`` (layout in the module docstring).
 
     Everything is generated in a temporary directory inside ``out`` and moved into place when

@@ -35,6 +35,7 @@ Exit codes: 0 finished; 1 failed (bad input: a one-line message; a crash: the tr
 recorded in ``run.json``); 2 command-line usage error; 75 (``EX_TEMPFAIL``) interrupted: run the
 same command with ``--resume``; 130 a second Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,13 +56,24 @@ from detectron2.utils.logger import setup_logger
 
 from dcl import weights as dcl_weights
 from dcl.config import check_datasets, check_devices, dry_run_summary, load_config, resolve_weights, with_values
-from dcl.engine import EVAL_RESULTS, AtomicCheckpointer, Trainer, check_expected_results, copy_results, \
-    prepare_output_dir
+from dcl.engine import (
+    EVAL_RESULTS,
+    AtomicCheckpointer,
+    Trainer,
+    check_expected_results,
+    copy_results,
+    prepare_output_dir,
+)
 from dcl.info import environment_info
 from dcl.io import InputError
 from dcl.launch import launch
-from dcl.preemption import EXIT_INTERRUPTED, StopSignal, exit_if_interrupted, forward_signals_to_workers, \
-    requeue_for_the_next_chunk
+from dcl.preemption import (
+    EXIT_INTERRUPTED,
+    StopSignal,
+    exit_if_interrupted,
+    forward_signals_to_workers,
+    requeue_for_the_next_chunk,
+)
 from dcl.runrecord import RUN_RECORD, RunRecord, mark_failed_if_running, record_path, run_fields
 from dcl.sampler import kill_loader_workers
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
@@ -80,27 +92,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"exit codes: 0 finished, 1 failed, 2 usage error, {EXIT_INTERRUPTED} interrupted (rerun with --resume)"
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="detectron2 YAML config")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint if it exists (else start from MODEL.WEIGHTS)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/last_checkpoint if it exists (else start from MODEL.WEIGHTS)",
+    )
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST only")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs (worker processes) per machine")
-    parser.add_argument("--num-machines", type=int, default=None,
-                        help="total number of machines (default: from a multi-node Slurm step, else 1)")
-    parser.add_argument("--machine-rank", type=int, default=None,
-                        help="rank of this machine (default: $SLURM_PROCID in a Slurm step of several tasks, else 0)")
-    parser.add_argument("--dist-url", default=None,
-                        help="rendezvous URL, e.g. tcp://host:port (default: first Slurm node, else a free local port)")
-    parser.add_argument("--results-dir", default=None, metavar="DIR",
-                        help=f"on success copy {RUN_RECORD}, metrics.json, config.yaml and {EVAL_RESULTS} here")
-    parser.add_argument("--weights-dir", default=None, metavar="DIR",
-                        help=f"where URL weights are looked up (default: ${dcl_weights.ENV_WEIGHTS_DIR}, else ./weights)")
-    parser.add_argument("--max-chunks", type=int, default=None, metavar="N",
-                        help="in a Slurm batch job: when interrupted, requeue the job (scontrol requeue) "
-                             "to resume, until the run has had N attempts")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the command (config, weights, datasets, model on the CPU) without training")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8 OUTPUT_DIR work_dirs/x")
+    parser.add_argument(
+        "--num-machines",
+        type=int,
+        default=None,
+        help="total number of machines (default: from a multi-node Slurm step, else 1)",
+    )
+    parser.add_argument(
+        "--machine-rank",
+        type=int,
+        default=None,
+        help="rank of this machine (default: $SLURM_PROCID in a Slurm step of several tasks, else 0)",
+    )
+    parser.add_argument(
+        "--dist-url",
+        default=None,
+        help="rendezvous URL, e.g. tcp://host:port (default: first Slurm node, else a free local port)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=None,
+        metavar="DIR",
+        help=f"on success copy {RUN_RECORD}, metrics.json, config.yaml and {EVAL_RESULTS} here",
+    )
+    parser.add_argument(
+        "--weights-dir",
+        default=None,
+        metavar="DIR",
+        help=f"where URL weights are looked up (default: ${dcl_weights.ENV_WEIGHTS_DIR}, else ./weights)",
+    )
+    parser.add_argument(
+        "--max-chunks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="in a Slurm batch job: when interrupted, requeue the job (scontrol requeue) "
+        "to resume, until the run has had N attempts",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the command (config, weights, datasets, model on the CPU) without training",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8 OUTPUT_DIR work_dirs/x",
+    )
 
 
 def _take_trailing_options(args: argparse.Namespace) -> None:
@@ -118,10 +164,10 @@ def _take_trailing_options(args: argparse.Namespace) -> None:
         token = tokens[i]
         if token.startswith("--"):
             width = 2 if takes_value.get(token.split("=", 1)[0]) and "=" not in token else 1
-            options += tokens[i:i + width]
+            options += tokens[i : i + width]
             i += width
         else:
-            pairs += tokens[i:i + 2]
+            pairs += tokens[i : i + 2]
             i += 2
     if options:
         parser.parse_args(options, namespace=args)  # unknown options: usage error, exit 2
@@ -143,8 +189,16 @@ class _Job:
 
 def _command(args: argparse.Namespace) -> list[str]:
     command = ["dcl", "train"]
-    for flag in ("config_file", "num_gpus", "num_machines", "machine_rank", "dist_url", "results_dir", "weights_dir",
-                 "max_chunks"):
+    for flag in (
+        "config_file",
+        "num_gpus",
+        "num_machines",
+        "machine_rank",
+        "dist_url",
+        "results_dir",
+        "weights_dir",
+        "max_chunks",
+    ):
         value = getattr(args, flag, None)
         if value not in (None, ""):
             command += [f"--{flag.replace('_', '-')}", str(value)]
@@ -155,8 +209,9 @@ def _command(args: argparse.Namespace) -> list[str]:
 def setup(job: _Job) -> CfgNode:
     """The worker's config, logging (detectron2's ``default_setup``) and datasets."""
     cfg = load_config(job.config_file, job.opts)
-    setup_args = argparse.Namespace(config_file=job.config_file, eval_only=job.eval_only, opts=job.opts,
-                                    resume=job.resume)
+    setup_args = argparse.Namespace(
+        config_file=job.config_file, eval_only=job.eval_only, opts=job.opts, resume=job.resume
+    )
     # config.yaml and log.txt go beside run.json: for an evaluation next to a training record,
     # OUTPUT_DIR/inference, so the training's own config.yaml is not overwritten.
     log_dir = str(Path(job.record_path).parent)
@@ -173,8 +228,11 @@ def main(job: _Job, stop: StopSignal) -> None:
     :data:`EXIT_INTERRUPTED` when stopped."""
     cfg = setup(job)
     stop.install()  # until the run record exists a signal is only recorded
-    record = RunRecord.begin(Path(job.record_path), resume=job.resume, fields=job.record_fields) \
-        if comm.is_main_process() else None
+    record = (
+        RunRecord.begin(Path(job.record_path), resume=job.resume, fields=job.record_fields)
+        if comm.is_main_process()
+        else None
+    )
     trainer = None
     try:
         stop.end_set_up()
@@ -196,8 +254,12 @@ def main(job: _Job, stop: StopSignal) -> None:
     except BaseException as error:
         exit_if_interrupted(stop, trainer, record, error)
         if record is not None and record.status == "running":
-            record.close("failed", 1, error=f"{type(error).__name__}: {error}",
-                         iteration=trainer.completed_iterations if trainer is not None else None)
+            record.close(
+                "failed",
+                1,
+                error=f"{type(error).__name__}: {error}",
+                iteration=trainer.completed_iterations if trainer is not None else None,
+            )
         raise
     finally:
         if trainer is not None:
@@ -245,8 +307,19 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     local_weights = resolve_weights(cfg, args.resume, args.weights_dir)
     weights = {"requested": cfg.MODEL.WEIGHTS, "resolved": local_weights or cfg.MODEL.WEIGHTS}
     if args.dry_run:
-        print(json.dumps(dry_run_summary(cfg, config_file=args.config_file, eval_only=args.eval_only,
-                                         num_gpus=args.num_gpus, layout=layout, weights=weights), indent=2))
+        print(
+            json.dumps(
+                dry_run_summary(
+                    cfg,
+                    config_file=args.config_file,
+                    eval_only=args.eval_only,
+                    num_gpus=args.num_gpus,
+                    layout=layout,
+                    weights=weights,
+                ),
+                indent=2,
+            )
+        )
         return 0
     worker_opts = opts + (["MODEL.WEIGHTS", local_weights] if local_weights else [])
     if cfg.SEED < 0:
@@ -257,13 +330,27 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
         prepare_output_dir(output_dir)
     job = _Job(
-        config_file=args.config_file, opts=worker_opts, resume=args.resume, eval_only=args.eval_only,
-        results_dir=args.results_dir, record_path=str(record_path(output_dir, args.eval_only)),
+        config_file=args.config_file,
+        opts=worker_opts,
+        resume=args.resume,
+        eval_only=args.eval_only,
+        results_dir=args.results_dir,
+        record_path=str(record_path(output_dir, args.eval_only)),
         record_fields=run_fields(
-            eval_only=args.eval_only, command=_command(args), config_file=args.config_file, overrides=list(opts),
-            seed=cfg.SEED, output_dir=cfg.OUTPUT_DIR, max_iter=cfg.SOLVER.MAX_ITER, num_gpus=args.num_gpus,
-            on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"), distributed=dataclasses.asdict(layout),
-            weights=weights, slurm=slurm_job(), environment=environment_info()),
+            eval_only=args.eval_only,
+            command=_command(args),
+            config_file=args.config_file,
+            overrides=list(opts),
+            seed=cfg.SEED,
+            output_dir=cfg.OUTPUT_DIR,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            num_gpus=args.num_gpus,
+            on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"),
+            distributed=dataclasses.asdict(layout),
+            weights=weights,
+            slurm=slurm_job(),
+            environment=environment_info(),
+        ),
     )
     backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
     code = _execute(job, stop, args.num_gpus, layout, backend)
@@ -283,17 +370,27 @@ def _execute(job: _Job, stop: StopSignal, num_gpus: int, layout: DistributedLayo
     if stop.requested:  # signalled during the set-up: start no workers, record the interruption
         if layout.machine_rank == 0:
             RunRecord.begin(Path(job.record_path), resume=job.resume, fields=job.record_fields).close(
-                "interrupted", EXIT_INTERRUPTED, signal_name=stop.name)
+                "interrupted", EXIT_INTERRUPTED, signal_name=stop.name
+            )
         return EXIT_INTERRUPTED
     forward_signals_to_workers()
-    result = launch(main, num_gpus, num_machines=layout.num_machines, machine_rank=layout.machine_rank,
-                    dist_url=layout.dist_url, backend=backend, args=(job, StopSignal()),  # each its own
-                    clean_exits=(0, EXIT_INTERRUPTED))
+    result = launch(
+        main,
+        num_gpus,
+        num_machines=layout.num_machines,
+        machine_rank=layout.machine_rank,
+        dist_url=layout.dist_url,
+        backend=backend,
+        args=(job, StopSignal()),  # each its own
+        clean_exits=(0, EXIT_INTERRUPTED),
+    )
     if result.failed is None:
         return EXIT_INTERRUPTED if EXIT_INTERRUPTED in result.exit_codes else 0
     code = result.exit_codes[result.failed]
     rank = layout.machine_rank * num_gpus + result.failed
-    reason = f"worker {rank} {'exited with code ' + str(code) if code >= 0 else 'killed by ' + signal.Signals(-code).name}"
+    reason = (
+        f"worker {rank} {'exited with code ' + str(code) if code >= 0 else 'killed by ' + signal.Signals(-code).name}"
+    )
     mark_failed_if_running(Path(job.record_path), 1, reason)
     print(f"dcl train: error: {reason}; the other workers were stopped", file=sys.stderr)
     return 1

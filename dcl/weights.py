@@ -29,6 +29,7 @@ refused. Pickled ``.pkl`` weights (detectron2's ImageNet and model-zoo files) ar
 hold plain data (:func:`check_plain_pickle`: numpy arrays, dicts, lists, scalars), since
 unpickling anything else can run code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,7 +108,7 @@ def download_url(spec: str) -> str:
     """The URL to fetch for a weights spec (detectron2:// expanded, checksum fragment removed)."""
     url, _ = split_checksum(spec)
     if url.startswith(DETECTRON2_PREFIX):
-        return DETECTRON2_BASE_URL + url[len(DETECTRON2_PREFIX):]
+        return DETECTRON2_BASE_URL + url[len(DETECTRON2_PREFIX) :]
     return url
 
 
@@ -121,7 +122,7 @@ def local_path(spec: str, weights_dir: str | os.PathLike | None = None) -> Path:
     url, _ = split_checksum(spec)
     root = default_weights_dir(weights_dir)
     if url.startswith(DETECTRON2_PREFIX):
-        host, path = "detectron2", url[len(DETECTRON2_PREFIX):]
+        host, path = "detectron2", url[len(DETECTRON2_PREFIX) :]
     elif url.startswith(("http://", "https://")):
         try:
             parsed = urllib.parse.urlsplit(url)
@@ -212,9 +213,11 @@ def verify(path: str | os.PathLike, *, record_if_missing: bool = True) -> None:
     except (OSError, UnicodeDecodeError, IndexError):
         raise InputError(f"{record}: unreadable digest record of {path}; delete it to record the file again") from None
     if digest != recorded:
-        raise InputError(f"{path}: SHA-256 {digest} differs from the one recorded when it was downloaded "
-                         f"({recorded}, in {record}): the file was changed or corrupted; download it again "
-                         "with `dcl weights download --force`")
+        raise InputError(
+            f"{path}: SHA-256 {digest} differs from the one recorded when it was downloaded "
+            f"({recorded}, in {record}): the file was changed or corrupted; download it again "
+            "with `dcl weights download --force`"
+        )
 
 
 def _check_checkpoint_format(path: Path, url: str) -> None:
@@ -226,18 +229,28 @@ def _check_checkpoint_format(path: Path, url: str) -> None:
         return
     size = path.stat().st_size
     path.unlink()
-    raise InputError(f"{url}: the download ({size} bytes, starting {head!r}) is not a checkpoint "
-                     "(neither a zip archive nor a pickle; an error page?); nothing stored")
+    raise InputError(
+        f"{url}: the download ({size} bytes, starting {head!r}) is not a checkpoint "
+        "(neither a zip archive nor a pickle; an error page?); nothing stored"
+    )
 
 
 # What plain-data pickles (numpy arrays in dicts and lists) may refer to; nothing here runs code.
 _PLAIN_PICKLE_GLOBALS = {
-    ("collections", "OrderedDict"), ("_codecs", "encode"),  # bytes in a protocol-2 pickle of Python 3
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # bytes in a protocol-2 pickle of Python 3
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 
@@ -262,8 +275,10 @@ def check_plain_pickle(path: str | os.PathLike) -> None:
     except OSError as error:
         raise InputError(f"weights file {path} cannot be read: {error}") from None
     except Exception as error:  # UnpicklingError, EOFError, ValueError, ... from a bad file
-        raise InputError(f"weights file {path} is refused: {error} (only plain data - numpy arrays, dicts, "
-                         "lists, numbers - is unpickled)") from None
+        raise InputError(
+            f"weights file {path} is refused: {error} (only plain data - numpy arrays, dicts, "
+            "lists, numbers - is unpickled)"
+        ) from None
 
 
 def _fetch_into(url: str, part: Path) -> Optional[int]:
@@ -342,9 +357,7 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
     with _locked(dest.with_name(dest.name + ".lock")):
         if dest.is_file() and not force:
             if expected and _sha256(dest) != expected:
-                raise InputError(
-                    f"{dest} exists but its SHA-256 is not {expected}; delete it or pass --force"
-                )
+                raise InputError(f"{dest} exists but its SHA-256 is not {expected}; delete it or pass --force")
             verify(dest)
             logger.info("%s: already present at %s", spec, dest)
             return dest
@@ -364,7 +377,7 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
                         f"file {part} is kept and the next run resumes it. Is there internet here?"
                     ) from None
                 logger.warning("%s: %s; retrying (%d/%d)", url, reason, attempt, _ATTEMPTS)
-                time.sleep(min(2 ** attempt, 10))
+                time.sleep(min(2**attempt, 10))
                 continue
             size = part.stat().st_size
             if total is None or size == total:
@@ -386,14 +399,18 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     get = actions.add_parser("download", help="download checkpoints into the weights directory")
-    get.add_argument("specs", nargs="+", metavar="URL",
-                     help="detectron2://<path> or http(s)://... , optionally with #sha256=<hex>")
+    get.add_argument(
+        "specs", nargs="+", metavar="URL", help="detectron2://<path> or http(s)://... , optionally with #sha256=<hex>"
+    )
     get.add_argument("--force", action="store_true", help="download again even if the file exists")
     where = actions.add_parser("path", help="print where each URL is (or would be) stored; no network")
     where.add_argument("specs", nargs="+", metavar="URL")
     for sub in (get, where):
-        sub.add_argument("--weights-dir", default=None,
-                         help=f"weights directory (default: ${ENV_WEIGHTS_DIR}, else ./{DEFAULT_WEIGHTS_DIR})")
+        sub.add_argument(
+            "--weights-dir",
+            default=None,
+            help=f"weights directory (default: ${ENV_WEIGHTS_DIR}, else ./{DEFAULT_WEIGHTS_DIR})",
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
 """Fixtures shared by the test modules."""
+
 import os
 import shutil
 import subprocess
@@ -20,14 +21,18 @@ def toy_datasets(tmp_path_factory):
     if os.environ.get(PREMADE_TOY):
         shutil.copytree(os.environ[PREMADE_TOY], root, dirs_exist_ok=True)
         return root
-    subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", str(root), *TOY_IMAGES], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "dcl", "data", "toy", "--out", str(root), *TOY_IMAGES], check=True, capture_output=True
+    )
     return root
 
 
 def pytest_addoption(parser):
-    parser.addoption("--reverse", action="store_true",
-                     help="run the collected tests in reverse order (checks that no test depends on an earlier one)")
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the collected tests in reverse order (checks that no test depends on an earlier one)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,6 +12,7 @@ DCL_PROBE_RAISE      "RANK:ITER": that worker raises RuntimeError after iteratio
                      touching ``raised_rank<R>`` in DCL_PROBE_DIR).
 DCL_PROBE_NO_VALID_ROI  "RANK": on that worker no RoI is valid for DCL (all-background GT masks).
 """
+
 import json
 import os
 import signal
@@ -56,8 +57,12 @@ class Probe(HookBase):
     def after_step(self):
         contrast = getattr(self._mask_head(), "contrast_loss", None)
         if contrast is not None and contrast.with_proj:
-            self.grads.append({name: None if p.grad is None else [p.grad.norm().item(), p.grad.sum().item()]
-                               for name, p in contrast.proj_head.named_parameters()})
+            self.grads.append(
+                {
+                    name: None if p.grad is None else [p.grad.norm().item(), p.grad.sum().item()]
+                    for name, p in contrast.proj_head.named_parameters()
+                }
+            )
         for variable, fault in (("DCL_PROBE_SIGTERM", "signal"), ("DCL_PROBE_RAISE", "raise")):
             if _rank_iter(variable) == (self.rank, self.trainer.iter):
                 if fault == "signal":
@@ -70,12 +75,19 @@ class Probe(HookBase):
         storage = self.trainer.storage
         histories = storage.histories()
         record = {
-            "rank": self.rank, "pid": os.getpid(), "completed": self.trainer.completed_iterations,
-            "images": MAPPED, "proj_grads": self.grads,
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "completed": self.trainer.completed_iterations,
+            "images": MAPPED,
+            "proj_grads": self.grads,
             "num_valid_rois": [v for v, _ in histories["dcl/num_valid_rois"].values()]
-            if "dcl/num_valid_rois" in histories else [],
-            "losses": {k: [v for v, _ in h.values()] for k, h in histories.items()
-                       if k.startswith("loss_") or k == "total_loss"},
+            if "dcl/num_valid_rois" in histories
+            else [],
+            "losses": {
+                k: [v for v, _ in h.values()]
+                for k, h in histories.items()
+                if k.startswith("loss_") or k == "total_loss"
+            },
         }
         out = Path(os.environ["DCL_PROBE_DIR"]) / f"probe_rank{self.rank}.json"
         out.write_text(json.dumps(record))

@@ -8,6 +8,7 @@ random scenes for breadth. Images are small so dense reference implementations s
 Also the helpers the tests share: the pycocotools reference statistics, their comparison, and
 running ``python -m dcl``. Nothing here imports dcl: the references stay independent of it.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +19,18 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["encode", "uncompressed", "rect", "box", "make_cases", "make_random", "merge_datasets",
-           "coco_stats", "assert_stats_close", "run_dcl"]
+__all__ = [
+    "encode",
+    "uncompressed",
+    "rect",
+    "box",
+    "make_cases",
+    "make_random",
+    "merge_datasets",
+    "coco_stats",
+    "assert_stats_close",
+    "run_dcl",
+]
 
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
 # COCOeval.summarize's 12 statistics, in its order (written out, not taken from dcl.coco).
@@ -45,7 +56,7 @@ def uncompressed(mask: np.ndarray) -> dict:
 def rect(height: int, width: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
     """Boolean mask with rows y0..y1-1 and columns x0..x1-1 set."""
     mask = np.zeros((height, width), dtype=bool)
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
     return mask
 
 
@@ -65,8 +76,16 @@ class _Builder:
         self.images.append({"id": image_id, "height": height, "width": width, "file_name": f"{image_id}.png"})
         return image_id
 
-    def gt(self, image_id: int, category: int, mask: np.ndarray, *, crowd: bool = False, form: str = "rle",
-           polygon: list[float] | None = None) -> None:
+    def gt(
+        self,
+        image_id: int,
+        category: int,
+        mask: np.ndarray,
+        *,
+        crowd: bool = False,
+        form: str = "rle",
+        polygon: list[float] | None = None,
+    ) -> None:
         if form == "polygon":
             segmentation = [polygon]
             mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, *mask.shape))).astype(bool)
@@ -74,9 +93,17 @@ class _Builder:
             segmentation = uncompressed(mask)
         else:
             segmentation = encode(mask)
-        self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": category,
-                                 "segmentation": segmentation, "area": float(mask.sum()), "bbox": box(mask),
-                                 "iscrowd": int(crowd)})
+        self.annotations.append(
+            {
+                "id": len(self.annotations) + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "segmentation": segmentation,
+                "area": float(mask.sum()),
+                "bbox": box(mask),
+                "iscrowd": int(crowd),
+            }
+        )
 
     def det(self, image_id: int, category: int, mask: np.ndarray, score: float, *, with_box: bool = True) -> None:
         record = {"image_id": image_id, "category_id": category, "segmentation": encode(mask), "score": score}
@@ -85,8 +112,7 @@ class _Builder:
         self.detections.append(record)
 
     def dataset(self) -> tuple[dict, list[dict]]:
-        return ({"images": self.images, "annotations": self.annotations, "categories": CATEGORIES},
-                self.detections)
+        return ({"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}, self.detections)
 
 
 def make_cases() -> tuple[dict, list[dict]]:
@@ -161,8 +187,13 @@ def make_random(seed: int, num_images: int = 12, height: int = 32, width: int = 
                 if masks and rng.random() < 0.3:
                     det = det | masks[int(rng.integers(len(masks)))][0]
                 wrong = rng.random() < 0.15
-                b.det(i, int(rng.integers(1, 4)) if wrong else category, det,
-                      float(rng.choice([0.5, round(float(rng.random()), 3)])), with_box=bool(rng.random() < 0.7))
+                b.det(
+                    i,
+                    int(rng.integers(1, 4)) if wrong else category,
+                    det,
+                    float(rng.choice([0.5, round(float(rng.random()), 3)])),
+                    with_box=bool(rng.random() < 0.7),
+                )
         for _ in range(int(rng.integers(0, 3))):
             b.det(i, int(rng.integers(1, 4)), _random_mask(rng, height, width), round(float(rng.random()), 3))
     return b.dataset()
@@ -174,8 +205,9 @@ def merge_datasets(*datasets: tuple[dict, list[dict]]) -> tuple[dict, list[dict]
     for gt, dets in datasets:
         image_offset, ann_offset = len(images), len(annotations)
         images += [dict(im, id=im["id"] + image_offset) for im in gt["images"]]
-        annotations += [dict(a, id=a["id"] + ann_offset, image_id=a["image_id"] + image_offset)
-                        for a in gt["annotations"]]
+        annotations += [
+            dict(a, id=a["id"] + ann_offset, image_id=a["image_id"] + image_offset) for a in gt["annotations"]
+        ]
         detections += [dict(d, image_id=d["image_id"] + image_offset) for d in dets]
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}, detections
 

@@ -1,5 +1,6 @@
 """The benchmarks run: each one command that prints what it measured (the numbers themselves are
 not checked here: a benchmark is not a timed test)."""
+
 import os
 import re
 import subprocess
@@ -15,14 +16,33 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_gpu_device_check_runs_on_the_cpu():
     """benchmarks/bench_gpu.py, in its CPU mode (small images, one step): every variant with AMP off
     and on (bfloat16 on the CPU), inference baseline vs DCL and the overheads are printed."""
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--iters", "1",
-                           "--warmup", "0", "--size", "small", "--amp", "both"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_gpu.py"),
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--size",
+            "small",
+            "--amp",
+            "both",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = re.findall(r"train +AMP (off|on) +(baseline|dcl|dcl-loop) +([\d.]+) s/iter +overhead +([+-][\d.]+)%",
-                      done.stdout)
+    rows = re.findall(
+        r"train +AMP (off|on) +(baseline|dcl|dcl-loop) +([\d.]+) s/iter +overhead +([+-][\d.]+)%", done.stdout
+    )
     assert {(amp, variant) for amp, variant, _, _ in rows} == {
-        (amp, variant) for amp in ("off", "on") for variant in ("baseline", "dcl", "dcl-loop")}, done.stdout
+        (amp, variant) for amp in ("off", "on") for variant in ("baseline", "dcl", "dcl-loop")
+    }, done.stdout
     assert all(float(seconds) > 0 for _, _, seconds, _ in rows)
     assert re.search(r"inference baseline [\d.]+ s/image +DCL [\d.]+ s/image +ratio [\d.]+", done.stdout), done.stdout
     for amp in ("off", "on"):
@@ -34,7 +54,8 @@ def test_the_gpu_device_check_says_when_there_is_no_gpu():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 1
     assert "bench_gpu: error: no CUDA GPU visible; use --device cpu" in done.stderr

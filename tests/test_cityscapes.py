@@ -1,4 +1,5 @@
 """dcl.cityscapes: gtFine -> COCO equals the instanceIds PNGs; Cityscapes AP equals cityscapesscripts."""
+
 import argparse
 import copy
 import json
@@ -27,8 +28,8 @@ def _scene(frame: int) -> np.ndarray:
     a caravan (instance class not evaluated), a 2-pixel bicycle."""
     ids = np.full((H, W), 7, dtype=np.uint16)  # road
     ids[:12] = 23  # sky
-    ids[20:44, 8 + frame:40 + frame] = 26000  # car
-    ids[20:44, 40 + frame:70] = 26001  # touching car
+    ids[20:44, 8 + frame : 40 + frame] = 26000  # car
+    ids[20:44, 40 + frame : 70] = 26001  # touching car
     ids[40:62, 80:96] = 24000 + frame  # person
     ids[4:16, 100:124] = 26  # car group: crowd
     ids[50:60, 2:8] = 29000  # caravan: ignored in evaluation
@@ -44,8 +45,10 @@ def cityscapes_root(tmp_path_factory):
     for city, frames in (("zurich", [3, 1]), ("aachen", [0])):  # unsorted on purpose
         for frame in frames:
             stem = f"{city}_000000_{frame:06d}"
-            for kind, image in (("gtFine", Image.fromarray(_scene(frame))),
-                                ("leftImg8bit", Image.fromarray(np.zeros((H, W, 3), np.uint8)))):
+            for kind, image in (
+                ("gtFine", Image.fromarray(_scene(frame))),
+                ("leftImg8bit", Image.fromarray(np.zeros((H, W, 3), np.uint8))),
+            ):
                 directory = root / kind / "val" / city
                 directory.mkdir(parents=True, exist_ok=True)
                 suffix = "gtFine_instanceIds" if kind == "gtFine" else "leftImg8bit"
@@ -72,11 +75,19 @@ def test_rle_conversion_equals_instance_pngs(cityscapes_root, tmp_path):
     assert [(im["id"], im["file_name"]) for im in coco["images"]] == [
         (1, "aachen/aachen_000000_000000_leftImg8bit.png"),
         (2, "zurich/zurich_000000_000001_leftImg8bit.png"),
-        (3, "zurich/zurich_000000_000003_leftImg8bit.png")]
+        (3, "zurich/zurich_000000_000003_leftImg8bit.png"),
+    ]
     assert all((im["height"], im["width"]) == (H, W) for im in coco["images"])
     assert [(c["id"], c["name"], c["cityscapes_label_id"]) for c in coco["categories"]] == [
-        (1, "person", 24), (2, "rider", 25), (3, "car", 26), (4, "truck", 27), (5, "bus", 28),
-        (6, "train", 31), (7, "motorcycle", 32), (8, "bicycle", 33)]
+        (1, "person", 24),
+        (2, "rider", 25),
+        (3, "car", 26),
+        (4, "truck", 27),
+        (5, "bus", 28),
+        (6, "train", 31),
+        (7, "motorcycle", 32),
+        (8, "bicycle", 33),
+    ]
     assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
     for image in coco["images"]:
         anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
@@ -101,8 +112,13 @@ def test_polygon_mode(cityscapes_root):
     polygon = cityscapes_to_coco(cityscapes_root, "val", None, segmentation="polygon")
     assert len(rle["annotations"]) == len(polygon["annotations"])
     for a, b in zip(rle["annotations"], polygon["annotations"]):
-        assert (a["id"], a["category_id"], a["iscrowd"], a["area"], a["bbox"]) == \
-               (b["id"], b["category_id"], b["iscrowd"], b["area"], b["bbox"])
+        assert (a["id"], a["category_id"], a["iscrowd"], a["area"], a["bbox"]) == (
+            b["id"],
+            b["category_id"],
+            b["iscrowd"],
+            b["area"],
+            b["bbox"],
+        )
         mask = mask_utils.decode(a["segmentation"]).astype(bool)
         if a["iscrowd"] or a["area"] < 3:  # crowd regions and too-small instances stay RLE
             assert b["segmentation"] == a["segmentation"]
@@ -123,13 +139,22 @@ def test_conversion_errors(cityscapes_root, tmp_path):
     Image.fromarray(_scene(0)).save(broken / "gtFine" / "val" / "x" / "x_000000_000000_gtFine_instanceIds.png")
     with pytest.raises(InputError, match=r"have no image .* x/x_000000_000000_leftImg8bit.png"):
         cityscapes_to_coco(broken, "val", None)
-    Image.fromarray(np.zeros((H // 2, W, 3), np.uint8)).save(broken / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png")
+    Image.fromarray(np.zeros((H // 2, W, 3), np.uint8)).save(
+        broken / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png"
+    )
     out = tmp_path / "gt.json"
-    result = subprocess.run([sys.executable, "-m", "dcl", "data", "cityscapes-to-coco", str(broken), "--split", "val",
-                             "-o", str(out)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcl", "data", "cityscapes-to-coco", str(broken), "--split", "val", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert re.search(rf"x_000000_000000_gtFine_instanceIds.png: instanceIds is {W}x{H} but its image \S+ is "
-                     rf"{W}x{H // 2} \(width x height\): not its GT", result.stderr), result.stderr
+    assert re.search(
+        rf"x_000000_000000_gtFine_instanceIds.png: instanceIds is {W}x{H} but its image \S+ is "
+        rf"{W}x{H // 2} \(width x height\): not its GT",
+        result.stderr,
+    ), result.stderr
     assert not out.exists()
 
 
@@ -137,21 +162,31 @@ def test_conversion_errors(cityscapes_root, tmp_path):
 # Official Cityscapes AP: dcl evaluate --cityscapes-root vs cityscapesscripts run directly
 # ------------------------------------------------------------------------------------------
 
+
 def predictions_for(coco, seed=0):
     """Shifted copies of the GT, some with a wrong class, plus false positives, as COCO results."""
     rng = np.random.default_rng(seed)
     results = []
     for ann in coco["annotations"]:
         image = next(im for im in coco["images"] if im["id"] == ann["image_id"])
-        mask = mask_utils.decode(mask_utils.frPyObjects(ann["segmentation"], image["height"], image["width"])
-                                 if isinstance(ann["segmentation"], list) else ann["segmentation"])
+        mask = mask_utils.decode(
+            mask_utils.frPyObjects(ann["segmentation"], image["height"], image["width"])
+            if isinstance(ann["segmentation"], list)
+            else ann["segmentation"]
+        )
         if mask.ndim == 3:
             mask = mask.max(axis=2)
         for _ in range(2):
             shifted = np.roll(mask, tuple(int(v) for v in rng.integers(-4, 5, 2)), axis=(0, 1))
             category = ann["category_id"] if rng.random() < 0.8 else int(rng.integers(1, 9))
-            results.append({"image_id": ann["image_id"], "category_id": category, "score": round(float(rng.random()), 4),
-                            "segmentation": encode(shifted)})
+            results.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": category,
+                    "score": round(float(rng.random()), 4),
+                    "segmentation": encode(shifted),
+                }
+            )
     for image in coco["images"]:
         box = np.zeros((image["height"], image["width"]), np.uint8)
         box[5:25, 5:45] = 1
@@ -230,8 +265,11 @@ def test_cityscapes_ap_on_toy_data(tmp_path, monkeypatch):
 
 def test_perfect_predictions_score_100(cityscapes_root, tmp_path):
     coco = cityscapes_to_coco(cityscapes_root, "val", None)
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
-                "segmentation": a["segmentation"]} for a in coco["annotations"] if not a["iscrowd"]]
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9, "segmentation": a["segmentation"]}
+        for a in coco["annotations"]
+        if not a["iscrowd"]
+    ]
     result = evaluate(coco, results, cityscapes_root=cityscapes_root)["cityscapes"]
     assert result["AP"] == 100.0 and result["AP50"] == 100.0
     assert result["per_class"]["car"]["AP"] == 100.0 and result["per_class"]["bus"]["AP"] is None
@@ -249,6 +287,7 @@ def test_missing_cityscapes_gt_is_an_input_error(cityscapes_root, tmp_path):
 # written out here with scipy's connected components (not OpenCV's contours)
 # ------------------------------------------------------------------------------------------
 
+
 def _detectron_rules(ids: np.ndarray) -> list[tuple[int, int, np.ndarray, list[np.ndarray]]]:
     """(category, instance id, mask, external pieces) of every instance Detectron's converter keeps.
 
@@ -265,8 +304,7 @@ def _detectron_rules(ids: np.ndarray) -> list[tuple[int, int, np.ndarray, list[n
         labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
         pieces = [labels == k for k in range(1, count + 1)]
         filled = [ndimage.binary_fill_holes(p) for p in pieces]
-        external = [p for i, p in enumerate(pieces)
-                    if not any(j != i and (filled[j] & p).any() for j in range(count))]
+        external = [p for i, p in enumerate(pieces) if not any(j != i and (filled[j] & p).any() for j in range(count))]
         if min(p.sum() for p in external) <= 2:
             continue
         kept.append((CATEGORY_OF_LABEL[value // 1000], value, mask, external))
@@ -300,8 +338,22 @@ def test_toy_cityscapes_has_group_regions_and_fragmented_instances(toy_cityscape
 def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
     default = cityscapes_to_coco(toy_cityscapes, "val", None)
     out = tmp_path / "detectron.json"
-    assert main(["data", "cityscapes-to-coco", str(toy_cityscapes), "--split", "val", "--style", "detectron",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "cityscapes-to-coco",
+                str(toy_cityscapes),
+                "--split",
+                "val",
+                "--style",
+                "detectron",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     detectron = json.loads(out.read_text())
     # One predictions file scores against both: the same images and categories.
     assert detectron["images"] == default["images"]
@@ -310,8 +362,11 @@ def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
     dropped = crowd_in_default = 0
     for image in detectron["images"]:
         city, name = image["file_name"].split("/")
-        ids = np.array(Image.open(toy_cityscapes / "gtFine" / "val" / city /
-                                  name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png"))).astype(np.int64)
+        ids = np.array(
+            Image.open(
+                toy_cityscapes / "gtFine" / "val" / city / name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
+            )
+        ).astype(np.int64)
         expected = _detectron_rules(ids)
         anns = [a for a in detectron["annotations"] if a["image_id"] == image["id"]]
         default_anns = [a for a in default["annotations"] if a["image_id"] == image["id"]]
@@ -338,6 +393,13 @@ def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
     with pytest.raises(InputError, match="--segmentation applies to --style default only"):
         from dcl.datasets import _run_convert
 
-        _run_convert(argparse.Namespace(root=str(toy_cityscapes), split="val", output=str(tmp_path / "x.json"),
-                                        style="detectron", segmentation="polygon"))
+        _run_convert(
+            argparse.Namespace(
+                root=str(toy_cityscapes),
+                split="val",
+                output=str(tmp_path / "x.json"),
+                style="detectron",
+                segmentation="polygon",
+            )
+        )
     assert not (tmp_path / "x.json").exists()

@@ -1,4 +1,5 @@
 """The `dcl` entry point: subcommands listed, lazy imports, argparse-style errors."""
+
 import subprocess
 import sys
 

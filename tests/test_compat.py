@@ -1,4 +1,5 @@
 """dcl.compat: the shims are applied only where needed, and missing-extension ops fail clearly."""
+
 import subprocess
 import sys
 

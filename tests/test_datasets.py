@@ -2,6 +2,7 @@
 what `check` reports, registration names and metadata, lazy loading with clear errors, and
 detectron2's COCOEvaluator scoring ground truth as perfect through the registered metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from dcl.cli import main
-from dcl.datasets import (REGISTERED_NAMES, check_dataset, datasets_root, register_datasets,
-                          toy_root)
+from dcl.datasets import REGISTERED_NAMES, check_dataset, datasets_root, register_datasets, toy_root
 from dcl.io import InputError
 from dcl.toydata import generate_toy_datasets
 
@@ -60,8 +60,9 @@ def test_roots_follow_the_environment(clean_env, tmp_path):
 
 def test_check_missing_coco_says_what_and_where(clean_env, tmp_path, capsys):
     stamp = tmp_path / "stamp.json"
-    assert main(["data", "check", "--dataset", "coco", "--root", str(tmp_path), "--splits", "val",
-                 "-o", str(stamp)]) == 1
+    assert (
+        main(["data", "check", "--dataset", "coco", "--root", str(tmp_path), "--splits", "val", "-o", str(stamp)]) == 1
+    )
     error = capsys.readouterr().err
     assert error.startswith("dcl data: error: dataset 'coco'")
     assert f"{tmp_path}/coco/val2017/ (directory) is missing" in error
@@ -87,8 +88,12 @@ def test_check_coco_empty_files_and_success(clean_env, tmp_path):
     clean_env.setenv("DETECTRON2_DATASETS", str(tmp_path))  # --root defaults to it
     stamp = tmp_path / "out" / "stamp.json"
     assert main(["data", "check", "--dataset", "coco", "--splits", "val", "-o", str(stamp)]) == 0
-    assert json.loads(stamp.read_text()) == {"dataset": "coco", "root": str(tmp_path), "splits": ["val"],
-                                             "found": {"val": {"images": 1}}}
+    assert json.loads(stamp.read_text()) == {
+        "dataset": "coco",
+        "root": str(tmp_path),
+        "splits": ["val"],
+        "found": {"val": {"images": 1}},
+    }
 
 
 def test_check_cityscapes_lists_missing_gtfine_files(clean_env, tmp_path, toy):
@@ -124,8 +129,13 @@ def test_check_toy_datasets(clean_env, tmp_path, toy, capsys):
 
 
 def test_check_argument_errors_exit_2(tmp_path):
-    for argv in (["data"], ["data", "check"], ["data", "check", "--dataset", "imagenet"],
-                 ["data", "check", "--dataset", "coco", "--splits", "test"], ["data", "frobnicate"]):
+    for argv in (
+        ["data"],
+        ["data", "check"],
+        ["data", "check", "--dataset", "imagenet"],
+        ["data", "check", "--dataset", "coco", "--splits", "test"],
+        ["data", "frobnicate"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
@@ -147,11 +157,16 @@ def test_cityscapes_to_coco_delegates_to_dcl_cityscapes(tmp_path, monkeypatch, c
     monkeypatch.setitem(sys.modules, "dcl.cityscapes", fake)
     out = str(tmp_path / "val.json")
     assert main(["data", "cityscapes-to-coco", "/data/cityscapes", "-o", out]) == 0
-    assert main(["data", "cityscapes-to-coco", "/data/cs", "--split", "train", "-o", out,
-                 "--segmentation", "polygon"]) == 0
+    assert (
+        main(["data", "cityscapes-to-coco", "/data/cs", "--split", "train", "-o", out, "--segmentation", "polygon"])
+        == 0
+    )
     assert main(["data", "cityscapes-to-coco", "/data/cs", "--style", "detectron", "-o", out]) == 0
-    assert calls == [("/data/cityscapes", "val", out, "rle", "default"), ("/data/cs", "train", out, "polygon", "default"),
-                     ("/data/cs", "val", out, "rle", "detectron")]
+    assert calls == [
+        ("/data/cityscapes", "val", out, "rle", "default"),
+        ("/data/cs", "train", out, "polygon", "default"),
+        ("/data/cs", "val", out, "rle", "detectron"),
+    ]
     monkeypatch.setitem(sys.modules, "dcl.cityscapes", None)
     capsys.readouterr()
     assert main(["data", "cityscapes-to-coco", "/data/cs", "-o", out]) == 1
@@ -177,12 +192,17 @@ def test_registration_names_metadata_and_idempotence(clean_env, tmp_path, toy):
     assert meta.thing_classes == ["disc", "triangle", "square"]
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2}
     assert (meta.evaluator_type, meta.json_file, meta.image_root) == (
-        "coco", str(toy / "coco" / "annotations" / "instances_val.json"), str(toy / "coco" / "val"))
+        "coco",
+        str(toy / "coco" / "annotations" / "instances_val.json"),
+        str(toy / "coco" / "val"),
+    )
     meta = MetadataCatalog.get("toy_cityscapes_train")
     assert meta.evaluator_type == "cityscapes_instance" and meta.thing_classes == CITYSCAPES_THINGS
     assert meta.gt_dir == str(toy / "cityscapes" / "gtFine" / "train")
-    for name, cityscapes in (("toy_cityscapes_val", toy / "cityscapes"),
-                             ("cityscapes_fine_instance_seg_val", root / "cityscapes")):
+    for name, cityscapes in (
+        ("toy_cityscapes_val", toy / "cityscapes"),
+        ("cityscapes_fine_instance_seg_val", root / "cityscapes"),
+    ):
         meta = MetadataCatalog.get(name)
         assert meta.evaluator_type == "coco" and meta.thing_classes == CITYSCAPES_THINGS
         assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(8)}
@@ -192,7 +212,8 @@ def test_registration_names_metadata_and_idempotence(clean_env, tmp_path, toy):
     assert meta.json_file == str(root / "coco" / "annotations" / "instances_val2017.json")
     assert len(meta.thing_classes) == 80
     assert MetadataCatalog.get("cityscapes_fine_instance_seg_train").image_dir == str(
-        root / "cityscapes" / "leftImg8bit" / "train")
+        root / "cityscapes" / "leftImg8bit" / "train"
+    )
 
 
 def test_registered_datasets_load(clean_env, toy):
@@ -210,7 +231,9 @@ def test_registered_datasets_load(clean_env, toy):
     assert len(val) == 3 and all(Path(r["file_name"]).is_file() for r in val)
     # Contiguous ids 0..7 follow detectron2's Cityscapes order: check against the label PNGs.
     for record in val:
-        gt = Path(record["file_name"].replace("leftImg8bit", "gtFine", 1).replace("leftImg8bit.png", "gtFine_labelIds.png"))
+        gt = Path(
+            record["file_name"].replace("leftImg8bit", "gtFine", 1).replace("leftImg8bit.png", "gtFine_labelIds.png")
+        )
         label_ids = np.asarray(Image.open(gt))
         for annotation in record["annotations"]:
             mask = mask_util.decode(annotation["segmentation"]).astype(bool)
@@ -226,14 +249,19 @@ def test_registration_is_lazy_and_loading_says_what_is_missing(clean_env, tmp_pa
     expectations = {
         "toy_coco_train": (f"{root}/toy/coco/annotations/instances_train.json", f"dcl data toy --out {root}/toy"),
         "toy_cityscapes_train": (f"{root}/toy/cityscapes/leftImg8bit/train", f"dcl data toy --out {root}/toy"),
-        "toy_cityscapes_val": (f"{root}/toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-                               f"dcl data cityscapes-to-coco {root}/toy/cityscapes --split val"),
+        "toy_cityscapes_val": (
+            f"{root}/toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
+            f"dcl data cityscapes-to-coco {root}/toy/cityscapes --split val",
+        ),
         "coco_2017_train": (f"{root}/coco/annotations/instances_train2017.json", "dcl data check --dataset coco"),
-        "cityscapes_fine_instance_seg_train": (f"{root}/cityscapes/leftImg8bit/train",
-                                               "dcl data check --dataset cityscapes"),
+        "cityscapes_fine_instance_seg_train": (
+            f"{root}/cityscapes/leftImg8bit/train",
+            "dcl data check --dataset cityscapes",
+        ),
         "cityscapes_fine_instance_seg_val": (
             f"{root}/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-            f"dcl data cityscapes-to-coco {root}/cityscapes --split val"),
+            f"dcl data cityscapes-to-coco {root}/cityscapes --split val",
+        ),
     }
     for name, (path, command) in expectations.items():
         with pytest.raises(InputError) as error:
@@ -252,17 +280,23 @@ def test_coco_evaluator_scores_ground_truth_as_perfect(clean_env, tmp_path, toy)
     from detectron2.evaluation import COCOEvaluator
     from detectron2.structures import Boxes, BoxMode, Instances
 
-    evaluator = COCOEvaluator("toy_coco_val", tasks=("segm",), distributed=False,
-                              output_dir=str(tmp_path), use_fast_impl=False)
+    evaluator = COCOEvaluator(
+        "toy_coco_val", tasks=("segm",), distributed=False, output_dir=str(tmp_path), use_fast_impl=False
+    )
     evaluator.reset()
     for record in DatasetCatalog.get("toy_coco_val"):
         height, width = record["height"], record["width"]
         annotations = [a for a in record["annotations"] if not a["iscrowd"]]
-        masks = [mask_util.decode(mask_util.merge(mask_util.frPyObjects(a["segmentation"], height, width)))
-                 for a in annotations]
+        masks = [
+            mask_util.decode(mask_util.merge(mask_util.frPyObjects(a["segmentation"], height, width)))
+            for a in annotations
+        ]
         instances = Instances((height, width))
-        instances.pred_boxes = Boxes(torch.tensor(
-            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=torch.float32))
+        instances.pred_boxes = Boxes(
+            torch.tensor(
+                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=torch.float32
+            )
+        )
         instances.scores = torch.ones(len(annotations))
         instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
         instances.pred_masks = torch.from_numpy(np.stack(masks).astype(bool))

@@ -3,6 +3,7 @@
 Catches a detectron2 / numpy / Pillow / torch upgrade that breaks the stack we build on. Uses
 detectron2 only (no dcl model code), on a few generated images.
 """
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -26,12 +27,20 @@ def make_dataset(directory, count=2):
             w, h = (int(v) for v in rng.integers(40, 100, 2))
             polygon = [x0, y0, x0 + w, y0, x0 + w, y0 + h, x0, y0 + h]
             draw.polygon(polygon, fill=(200, 40, 40) if category == 0 else (40, 200, 40))
-            annotations.append({"bbox": [x0, y0, w, h], "bbox_mode": 1, "category_id": category,
-                                "segmentation": [polygon], "iscrowd": 0})
+            annotations.append(
+                {
+                    "bbox": [x0, y0, w, h],
+                    "bbox_mode": 1,
+                    "category_id": category,
+                    "segmentation": [polygon],
+                    "iscrowd": 0,
+                }
+            )
         path = directory / f"{index}.jpg"
         image.save(path)
-        records.append({"file_name": str(path), "image_id": index, "height": SIZE, "width": SIZE,
-                        "annotations": annotations})
+        records.append(
+            {"file_name": str(path), "image_id": index, "height": SIZE, "width": SIZE, "annotations": annotations}
+        )
     return records
 
 
@@ -39,7 +48,12 @@ def test_mask_rcnn_r50_fpn_trains_and_infers_on_cpu(tmp_path):
     import torch
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+    from detectron2.data import (
+        DatasetCatalog,
+        MetadataCatalog,
+        build_detection_test_loader,
+        build_detection_train_loader,
+    )
     from detectron2.engine import SimpleTrainer
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
     from detectron2.modeling import build_model
@@ -58,17 +72,43 @@ def test_mask_rcnn_r50_fpn_trains_and_infers_on_cpu(tmp_path):
 
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        # Random init: frozen BN statistics make R50 diverge within a few iterations.
-        "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-        "INPUT.MIN_SIZE_TRAIN", f"({SIZE},)", "INPUT.MAX_SIZE_TRAIN", str(SIZE),
-        "INPUT.MIN_SIZE_TEST", str(SIZE), "INPUT.MAX_SIZE_TEST", str(SIZE),
-        "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)",
-        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001",
-        "OUTPUT_DIR", str(tmp_path / "out"),
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            # Random init: frozen BN statistics make R50 diverge within a few iterations.
+            "MODEL.RESNETS.NORM",
+            "BN",
+            "MODEL.BACKBONE.FREEZE_AT",
+            "0",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "2",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            "64",
+            "INPUT.MIN_SIZE_TRAIN",
+            f"({SIZE},)",
+            "INPUT.MAX_SIZE_TRAIN",
+            str(SIZE),
+            "INPUT.MIN_SIZE_TEST",
+            str(SIZE),
+            "INPUT.MAX_SIZE_TEST",
+            str(SIZE),
+            "DATASETS.TRAIN",
+            f"('{name}',)",
+            "DATASETS.TEST",
+            f"('{name}',)",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.BASE_LR",
+            "0.001",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ]
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)

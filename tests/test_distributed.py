@@ -5,6 +5,7 @@ checkpoints by rank 0, resume on all workers, two "machines" on localhost, and a
 Each run is a real `dcl train` through tests/distributed_probe.py, which records per worker what
 is checked (its data, DCL's valid RoIs, projection-head gradients, losses) and injects faults.
 Two workers of one thread each; a handful of iterations."""
+
 import json
 import os
 import signal
@@ -30,32 +31,79 @@ DCL_HEADS = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NA
 # anchor and proposal sampled (the subsampling's RNG too): what is left differs by
 # detectron2's normalisation per worker (box, mask and DCL losses are per-worker means, then
 # averaged) and DCL's random points.
-EQUIVALENT = ["MODEL.RESNETS.NORM", "GN", "INPUT.RANDOM_FLIP", "none", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "100000",
-              "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "1024", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0"]
+EQUIVALENT = [
+    "MODEL.RESNETS.NORM",
+    "GN",
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "100000",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "1024",
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION",
+    "1.0",
+]
 ITERS = 4
 # Iteration 0 (same weights, same images): relative tolerance per loss, from the sources above.
-FIRST_ITERATION_RTOL = {"loss_rpn_cls": 1e-5, "loss_rpn_loc": 1e-5, "loss_cls": 1e-3, "loss_box_reg": 5e-3,
-                        "loss_mask": 5e-3, "loss_contrast": 5e-2}
+FIRST_ITERATION_RTOL = {
+    "loss_rpn_cls": 1e-5,
+    "loss_rpn_loc": 1e-5,
+    "loss_cls": 1e-3,
+    "loss_box_reg": 5e-3,
+    "loss_mask": 5e-3,
+    "loss_contrast": 5e-2,
+}
 # Every iteration: total loss (falls ~40% over the 4 iterations; measured differences <= 1.5%,
 # with twice the learning rate on 2 workers, as summed instead of averaged gradients, ~6%).
 TOTAL_LOSS_RTOL = 3e-2
 
 
 def command(out, *extra, iters=ITERS, batch=4):
-    return ["train", "--config-file", TOY, *DCL_HEADS, *EQUIVALENT, "SOLVER.MAX_ITER", str(iters),
-            "SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0",
-            "SEED", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out), *extra]
+    return [
+        "train",
+        "--config-file",
+        TOY,
+        *DCL_HEADS,
+        *EQUIVALENT,
+        "SOLVER.MAX_ITER",
+        str(iters),
+        "SOLVER.IMS_PER_BATCH",
+        str(batch),
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "3",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+        "OUTPUT_DIR",
+        str(out),
+        *extra,
+    ]
 
 
 def environment(toy_datasets, probe_dir, **faults):
     probe_dir.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1",
-            "DCL_PROBE_DIR": str(probe_dir), **{f"DCL_PROBE_{k.upper()}": v for k, v in faults.items()}}
+    return {
+        **os.environ,
+        "DCL_TOY_DATASETS": str(toy_datasets),
+        "OMP_NUM_THREADS": "1",
+        "DCL_PROBE_DIR": str(probe_dir),
+        **{f"DCL_PROBE_{k.upper()}": v for k, v in faults.items()},
+    }
 
 
 def start(args, env, cwd):
-    return subprocess.Popen([sys.executable, str(PROBE), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(PROBE), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc, timeout=600):
@@ -111,8 +159,9 @@ def test_two_workers_train_as_one_worker_with_their_images(toy_datasets, two_wor
     # Data: detectron2's sampler gives worker r the items r, r+2, ... of the one index stream,
     # so each iteration the two workers together see the single worker's 4 images.
     for it in range(ITERS):
-        assert sorted(ranks[0]["images"][2 * it:2 * it + 2] + ranks[1]["images"][2 * it:2 * it + 2]) == \
-            sorted(single["images"][4 * it:4 * it + 4])
+        assert sorted(ranks[0]["images"][2 * it : 2 * it + 2] + ranks[1]["images"][2 * it : 2 * it + 2]) == sorted(
+            single["images"][4 * it : 4 * it + 4]
+        )
     # DCL ran on both workers (RoIs valid on each), as on the single one.
     assert all(n > 0 for r in ranks for n in r["num_valid_rois"])
     losses, reference = ranks[0]["losses"], single["losses"]
@@ -137,8 +186,14 @@ def test_two_machines_on_localhost_train_and_evaluate_like_one(toy_datasets, two
     the same two ranks as `--num-gpus 2`, so the same losses and the same predictions."""
     url = free_local_url()
     env = environment(toy_datasets, tmp_path / "probe")
-    machines = [start(command(tmp_path / "out", "--num-machines", "2", "--machine-rank", str(rank),
-                              "--dist-url", url), env, tmp_path) for rank in (0, 1)]
+    machines = [
+        start(
+            command(tmp_path / "out", "--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url),
+            env,
+            tmp_path,
+        )
+        for rank in (0, 1)
+    ]
     for machine in machines:
         code, output = finish(machine)
         assert code == 0, output[-3000:]
@@ -146,17 +201,25 @@ def test_two_machines_on_localhost_train_and_evaluate_like_one(toy_datasets, two
     for rank in (0, 1):
         assert probe(tmp_path / "probe", rank)["images"] == probe(two_workers / "probe", rank)["images"]
     inference, reference = tmp_path / "out" / "inference", two_workers / "out" / "inference"
-    assert_nested_close(read_json(inference / "detectron2_eval.json"), read_json(reference / "detectron2_eval.json"), 1e-4)
+    assert_nested_close(
+        read_json(inference / "detectron2_eval.json"), read_json(reference / "detectron2_eval.json"), 1e-4
+    )
 
     def detections(path):
-        return sorted([p["image_id"], p["category_id"], p["score"], p["bbox"]]
-                      for p in json.loads((path / "coco_instances_results.json").read_text()))
+        return sorted(
+            [p["image_id"], p["category_id"], p["score"], p["bbox"]]
+            for p in json.loads((path / "coco_instances_results.json").read_text())
+        )
 
     assert_nested_close(detections(inference), detections(reference), 1e-4)
     record = read_json(tmp_path / "out" / "run.json")
     assert record["status"] == "finished"
     assert {k: record["distributed"][k] for k in ("num_machines", "machine_rank", "dist_url", "source")} == {
-        "num_machines": 2, "machine_rank": 0, "dist_url": url, "source": "command line"}
+        "num_machines": 2,
+        "machine_rank": 0,
+        "dist_url": url,
+        "source": "command line",
+    }
 
 
 STOP_AT, STOP_ITERS = 2, 6
@@ -183,7 +246,11 @@ def test_sigterm_to_one_worker_stops_all_at_one_iteration_and_resume_continues(t
             assert grads[1][name] == pytest.approx(grads[0][name], rel=1e-5, abs=1e-9)  # averaged by DDP
     record = read_json(out / "run.json")
     assert (record["status"], record["exit_code"], record["signal"], record["iteration"]) == (
-        "interrupted", EXIT_INTERRUPTED, "SIGTERM", STOP_AT + 1)
+        "interrupted",
+        EXIT_INTERRUPTED,
+        "SIGTERM",
+        STOP_AT + 1,
+    )
     assert sorted(p.name for p in out.glob("model_*.pth")) == [f"model_{STOP_AT:07d}.pth"]
     assert (out / "last_checkpoint").read_text() == f"model_{STOP_AT:07d}.pth"
     assert "received SIGTERM" in (out / "log.txt.rank1").read_text()
@@ -196,7 +263,9 @@ def test_sigterm_to_one_worker_stops_all_at_one_iteration_and_resume_continues(t
     assert [len(probe(probe_dir, r)["images"]) for r in (0, 1)] == [STOP_ITERS - STOP_AT - 1] * 2
     record = read_json(out / "run.json")
     assert [(a["start_iter"], a["end_iter"], a["status"]) for a in record["attempts"]] == [
-        (0, STOP_AT + 1, "interrupted"), (STOP_AT + 1, STOP_ITERS, "finished")]
+        (0, STOP_AT + 1, "interrupted"),
+        (STOP_AT + 1, STOP_ITERS, "finished"),
+    ]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
 
 
@@ -231,8 +300,9 @@ def test_a_failing_worker_ends_the_launch_promptly_with_nothing_left_behind(toy_
     deadline = time.monotonic() + 5
     while session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
-            for pid in session_processes(proc.pid)}
+    left = {
+        pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for pid in session_processes(proc.pid)
+    }
     assert not left, left
     record = read_json(out / "run.json")
     assert (record["status"], record["error"]) == ("failed", "worker 1 exited with code 1")

@@ -4,6 +4,7 @@ The reference below is written straight from paper-facts.md ("The segmentation-e
 full-resolution boolean masks, explicit loops, pycocotools only to rasterise GT and to compute AP
 (the reference tool). dcl.errors works on RLE with vectorised matching; nothing is shared.
 """
+
 import json
 
 import numpy as np
@@ -14,8 +15,18 @@ from pycocotools.coco import COCO
 from dcl.coco import STAT_NAMES, complement, rle_counts
 from dcl.errors import analyze, fix_predictions, parse_error_type
 from dcl.io import InputError
-from instance_fixtures import assert_stats_close, box, coco_stats, encode, make_cases, make_random, merge_datasets, \
-    rect, run_dcl, uncompressed
+from instance_fixtures import (
+    assert_stats_close,
+    box,
+    coco_stats,
+    encode,
+    make_cases,
+    make_random,
+    merge_datasets,
+    rect,
+    run_dcl,
+    uncompressed,
+)
 
 TYPES = ["fFP", "bFP", "FN", "fFP&bFP", "FN&fFP"]
 
@@ -23,6 +34,7 @@ TYPES = ["fFP", "bFP", "FN", "fFP&bFP", "FN&fFP"]
 # ------------------------------------------------------------------------------------------
 # The reference: dense masks, loops, the specification's words
 # ------------------------------------------------------------------------------------------
+
 
 def _gt_api(gt):
     api = COCO()
@@ -91,8 +103,10 @@ def reference_fix(gt, predictions, types, iou_type="seg", legacy=False):
 
 def reference_ap(gt, predictions, masks):
     """pycocotools COCOeval segm stats (percent, None for -1) of the predictions with these masks."""
-    results = [{"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"],
-                "segmentation": encode(m)} for p, m in zip(predictions, masks)]
+    results = [
+        {"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"], "segmentation": encode(m)}
+        for p, m in zip(predictions, masks)
+    ]
     return coco_stats(_gt_api(gt), results, "segm")
 
 
@@ -105,6 +119,7 @@ def dataset():
 # Masks
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("iou_type", ["seg", "box"])
 @pytest.mark.parametrize("legacy", [False, True])
 def test_fixed_masks_equal_dense_reference(dataset, iou_type, legacy):
@@ -115,8 +130,9 @@ def test_fixed_masks_equal_dense_reference(dataset, iou_type, legacy):
         assert len(ours[name]) == len(predictions)
         for k, (record, mask) in enumerate(zip(ours[name], expected[name])):
             assert record["image_id"] == predictions[k]["image_id"]
-            np.testing.assert_array_equal(mask_utils.decode(record["segmentation"]).astype(bool), mask,
-                                          err_msg=f"type {name}, prediction {k}")
+            np.testing.assert_array_equal(
+                mask_utils.decode(record["segmentation"]).astype(bool), mask, err_msg=f"type {name}, prediction {k}"
+            )
 
 
 def test_hand_made_cases_behave_as_specified():
@@ -159,12 +175,16 @@ def _gt_mask(gt, annotation_id):
 # AP
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("iou_type,legacy,backend", [
-    ("seg", False, "faster-coco-eval"),
-    ("seg", True, "pycocotools"),
-    ("box", False, "pycocotools"),
-    ("box", True, "faster-coco-eval"),
-])
+
+@pytest.mark.parametrize(
+    "iou_type,legacy,backend",
+    [
+        ("seg", False, "faster-coco-eval"),
+        ("seg", True, "pycocotools"),
+        ("box", False, "pycocotools"),
+        ("box", True, "faster-coco-eval"),
+    ],
+)
 def test_ap_gains_equal_reference(dataset, iou_type, legacy, backend):
     gt, predictions = dataset
     result = analyze(gt, predictions, TYPES, iou_type=iou_type, legacy_unmatched=legacy, backend=backend)
@@ -207,6 +227,7 @@ def test_input_dicts_are_not_modified(dataset):
 # RLE helpers, types, validation, CLI
 # ------------------------------------------------------------------------------------------
 
+
 def test_rle_counts_and_complement_against_dense_masks():
     rng = np.random.default_rng(0)
     masks = [rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random() for _ in range(200)]
@@ -235,16 +256,23 @@ def test_empty_predictions_give_zero_ap_with_a_warning():
     assert result["warnings"]
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda d: d.pop("score"), r"record 0 \(image_id 1\): missing 'score'"),
-    (lambda d: d.pop("segmentation"), r"record 0 \(image_id 1\): missing 'segmentation'"),
-    (lambda d: d.update(image_id=999), r"record 0: image_id 999 is not in the GT file"),
-    (lambda d: d.update(category_id=42), r"record 0 \(image_id 1\): category_id 42 is not in the GT"),
-    (lambda d: d.update(segmentation=encode(np.zeros((10, 24), bool))),
-     r"record 0 \(image_id 1\): mask size 10x24 .* disagrees with the image's 20x24"),
-    (lambda d: d["segmentation"].update(counts=encode(np.zeros((10, 24), bool))["counts"]),
-     r"record 0 \(image_id 1\): RLE covers 240 pixels but its image has 480"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d.pop("score"), r"record 0 \(image_id 1\): missing 'score'"),
+        (lambda d: d.pop("segmentation"), r"record 0 \(image_id 1\): missing 'segmentation'"),
+        (lambda d: d.update(image_id=999), r"record 0: image_id 999 is not in the GT file"),
+        (lambda d: d.update(category_id=42), r"record 0 \(image_id 1\): category_id 42 is not in the GT"),
+        (
+            lambda d: d.update(segmentation=encode(np.zeros((10, 24), bool))),
+            r"record 0 \(image_id 1\): mask size 10x24 .* disagrees with the image's 20x24",
+        ),
+        (
+            lambda d: d["segmentation"].update(counts=encode(np.zeros((10, 24), bool))["counts"]),
+            r"record 0 \(image_id 1\): RLE covers 240 pixels but its image has 480",
+        ),
+    ],
+)
 def test_invalid_predictions_are_named(change, message):
     gt, predictions = make_cases()
     predictions = json.loads(json.dumps(predictions))
@@ -257,8 +285,18 @@ def test_cli_writes_json_and_table(tmp_path, dataset):
     gt, predictions = dataset
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(predictions))
-    result = run_dcl("errors", str(tmp_path / "pred.json"), "-a", str(tmp_path / "gt.json"),
-                     "-t", "fFP", "fFP&bFP", "--legacy-unmatched", "-o", str(tmp_path / "out" / "errors.json"))
+    result = run_dcl(
+        "errors",
+        str(tmp_path / "pred.json"),
+        "-a",
+        str(tmp_path / "gt.json"),
+        "-t",
+        "fFP",
+        "fFP&bFP",
+        "--legacy-unmatched",
+        "-o",
+        str(tmp_path / "out" / "errors.json"),
+    )
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "out" / "errors.json").read_text())
     expected = json.loads(json.dumps(analyze(gt, predictions, ["fFP", "fFP&bFP"], legacy_unmatched=True)))
@@ -273,8 +311,9 @@ def test_cli_reports_truncated_json(tmp_path):
     gt, predictions = make_cases()
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(predictions)[:-40])
-    result = run_dcl("errors", str(tmp_path / "pred.json"), "-a", str(tmp_path / "gt.json"),
-                     "-o", str(tmp_path / "errors.json"))
+    result = run_dcl(
+        "errors", str(tmp_path / "pred.json"), "-a", str(tmp_path / "gt.json"), "-o", str(tmp_path / "errors.json")
+    )
     assert result.returncode == 1
     assert "pred.json: invalid JSON" in result.stderr and "truncated" in result.stderr
     assert not (tmp_path / "errors.json").exists()

@@ -1,4 +1,5 @@
 """dcl evaluate: both backends equal pycocotools' COCOeval run directly on the same files."""
+
 import json
 import re
 import subprocess
@@ -11,8 +12,16 @@ from pycocotools.coco import COCO
 from dcl.coco import load_ground_truth
 from dcl.evaluation import EMPTY_GT_WARNING, CocoEvaluator, evaluate, usable_cpus
 from dcl.io import InputError
-from instance_fixtures import assert_stats_close, coco_stats, encode, make_cases, make_random, merge_datasets, rect, \
-    run_dcl
+from instance_fixtures import (
+    assert_stats_close,
+    coco_stats,
+    encode,
+    make_cases,
+    make_random,
+    merge_datasets,
+    rect,
+    run_dcl,
+)
 
 
 def pycocotools_direct(gt_path, predictions_path, iou_type, drop_bbox):
@@ -60,15 +69,32 @@ def test_mask_ap_uses_mask_areas(tmp_path):
     # scene scaled so the box is "medium" (> 32^2) while the mask is "small": only the mask area
     # puts it among the small detections' false positives.
     H, W = 80, 80
-    gt = {"images": [{"id": 1, "height": H, "width": W}],
-          "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode(rect(H, W, 0, 0, 20, 20)),
-                           "area": 400.0, "bbox": [0, 0, 20, 20], "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "height": H, "width": W}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": encode(rect(H, W, 0, 0, 20, 20)),
+                "area": 400.0,
+                "bbox": [0, 0, 20, 20],
+                "iscrowd": 0,
+            }
+        ],
+    }
     l_shape = rect(H, W, 40, 40, 42, 79) | rect(H, W, 40, 40, 79, 42)
-    predictions = [{"image_id": 1, "category_id": 1, "segmentation": encode(rect(H, W, 0, 0, 20, 20)),
-                    "bbox": [0, 0, 20, 20], "score": 0.5},
-                   {"image_id": 1, "category_id": 1, "segmentation": encode(l_shape),
-                    "bbox": [40, 40, 39, 39], "score": 0.9}]
+    predictions = [
+        {
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": encode(rect(H, W, 0, 0, 20, 20)),
+            "bbox": [0, 0, 20, 20],
+            "score": 0.5,
+        },
+        {"image_id": 1, "category_id": 1, "segmentation": encode(l_shape), "bbox": [40, 40, 39, 39], "score": 0.9},
+    ]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(predictions))
     result = evaluate(tmp_path / "gt.json", tmp_path / "pred.json", iou_types=["segm"])
@@ -98,14 +124,22 @@ def test_evaluator_does_not_modify_inputs(files):
     assert json.dumps([gt, predictions]) == before
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda gt: gt.pop("images"), r"needs a list 'images'"),
-    (lambda gt: gt["annotations"][1].update(category_id=9), r"annotations\[1\] \(id 2\): category_id 9 is not in"),
-    (lambda gt: gt["annotations"][2].update(id=1), r"annotations\[2\] \(id 1\): duplicate annotation id"),
-    (lambda gt: gt["annotations"][0].pop("area"), r"annotations\[0\] \(id 1\): needs a non-negative numeric 'area'"),
-    (lambda gt: gt["annotations"][0].update(segmentation=encode(np.zeros((5, 5), bool))),
-     r"annotations\[0\] \(id 1\): mask size 5x5"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda gt: gt.pop("images"), r"needs a list 'images'"),
+        (lambda gt: gt["annotations"][1].update(category_id=9), r"annotations\[1\] \(id 2\): category_id 9 is not in"),
+        (lambda gt: gt["annotations"][2].update(id=1), r"annotations\[2\] \(id 1\): duplicate annotation id"),
+        (
+            lambda gt: gt["annotations"][0].pop("area"),
+            r"annotations\[0\] \(id 1\): needs a non-negative numeric 'area'",
+        ),
+        (
+            lambda gt: gt["annotations"][0].update(segmentation=encode(np.zeros((5, 5), bool))),
+            r"annotations\[0\] \(id 1\): mask size 5x5",
+        ),
+    ],
+)
 def test_invalid_gt_is_named(change, message):
     gt, predictions = make_cases()
     change(gt)
@@ -133,8 +167,16 @@ def test_cli_writes_eval_json(files, tmp_path):
     result = run_dcl("evaluate", predictions_path, "-a", gt_path, "--backend", "pycocotools", "-o", out)
     assert result.returncode == 0, result.stderr
     written = json.loads(out.read_text())
-    assert set(written) == {"gt", "predictions", "backend", "num_images", "num_predictions", "warnings", "segm",
-                            "predictions_gt"}
+    assert set(written) == {
+        "gt",
+        "predictions",
+        "backend",
+        "num_images",
+        "num_predictions",
+        "warnings",
+        "segm",
+        "predictions_gt",
+    }
     assert written["gt"] == str(gt_path) and written["num_images"] == 47
     assert_stats_close(written["segm"], pycocotools_direct(gt_path, predictions_path, "segm", True), 1e-9)
     assert "segm" in result.stdout and "AP50" in result.stdout
@@ -163,8 +205,10 @@ def test_evaluator_reuses_its_gt_index(files):
 
 
 def test_modules_import_neither_torch_nor_detectron2():
-    code = ("import sys, dcl.coco, dcl.evaluation, dcl.errors, dcl.cityscapes; "
-            "print('torch' in sys.modules, 'detectron2' in sys.modules)")
+    code = (
+        "import sys, dcl.coco, dcl.evaluation, dcl.errors, dcl.cityscapes; "
+        "print('torch' in sys.modules, 'detectron2' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
@@ -173,9 +217,21 @@ def test_modules_import_neither_torch_nor_detectron2():
 def small_case():
     """One 10x10 image, one square GT polygon, one detection of it."""
     square = [[2, 2, 7, 2, 7, 7, 2, 7]]
-    gt = {"images": [{"id": 1, "height": 10, "width": 10}], "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": square, "area": 25.0,
-                           "bbox": [2, 2, 5, 5], "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "height": 10, "width": 10}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": square,
+                "area": 25.0,
+                "bbox": [2, 2, 5, 5],
+                "iscrowd": 0,
+            }
+        ],
+    }
     predictions = [{"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": square}]
     return gt, predictions
 
@@ -184,18 +240,32 @@ FAR = [[0, 0, 4e8, 0, 4e8, 4e8]]  # made pycocotools segfault or run out of memo
 
 
 @pytest.mark.parametrize("command", ["evaluate", "errors"])
-@pytest.mark.parametrize("change, output, message", [
-    (lambda gt, p: gt["annotations"][0].update(segmentation=FAR), None,
-     r"gt.json: 1 invalid record\(s\):\n  annotations\[0\] \(id 1\): polygon coordinates \(x 0\.\.4e\+08, y 0\.\.4e\+08\) "
-     r"lie far outside the 10x10 image"),
-    (lambda gt, p: p[0].update(segmentation=FAR), None, r"record 0 \(image_id 1\): polygon coordinates .* lie far outside"),
-    (lambda gt, p: "3", None, "pred.json: a COCO results file must be a JSON list of detections, got a number"),
-    (lambda gt, p: "null", None, "must be a JSON list of detections, got null"),
-    (lambda gt, p: '"pred.json"', None, "must be a JSON list of detections, got a string"),
-    (lambda gt, p: None, "outdir", r"output \S*outdir is a directory; name a file"),
-    (lambda gt, p: gt["annotations"][0].update(area=-25.0), None, r"\(id 1\): needs a non-negative numeric 'area'"),
-    (lambda gt, p: gt["annotations"][0].update(bbox=[2, 2, -5, 5]), None, r"'bbox' must be \[x, y, width, height\] with width, height >= 0"),
-])
+@pytest.mark.parametrize(
+    "change, output, message",
+    [
+        (
+            lambda gt, p: gt["annotations"][0].update(segmentation=FAR),
+            None,
+            r"gt.json: 1 invalid record\(s\):\n  annotations\[0\] \(id 1\): polygon coordinates \(x 0\.\.4e\+08, y 0\.\.4e\+08\) "
+            r"lie far outside the 10x10 image",
+        ),
+        (
+            lambda gt, p: p[0].update(segmentation=FAR),
+            None,
+            r"record 0 \(image_id 1\): polygon coordinates .* lie far outside",
+        ),
+        (lambda gt, p: "3", None, "pred.json: a COCO results file must be a JSON list of detections, got a number"),
+        (lambda gt, p: "null", None, "must be a JSON list of detections, got null"),
+        (lambda gt, p: '"pred.json"', None, "must be a JSON list of detections, got a string"),
+        (lambda gt, p: None, "outdir", r"output \S*outdir is a directory; name a file"),
+        (lambda gt, p: gt["annotations"][0].update(area=-25.0), None, r"\(id 1\): needs a non-negative numeric 'area'"),
+        (
+            lambda gt, p: gt["annotations"][0].update(bbox=[2, 2, -5, 5]),
+            None,
+            r"'bbox' must be \[x, y, width, height\] with width, height >= 0",
+        ),
+    ],
+)
 def test_hostile_input_is_one_error_and_writes_nothing(tmp_path, command, change, output, message):
     gt, predictions = small_case()
     text = change(gt, predictions)  # the predictions file's text, or None: the changed list
@@ -203,8 +273,13 @@ def test_hostile_input_is_one_error_and_writes_nothing(tmp_path, command, change
     (tmp_path / "pred.json").write_text(text if text is not None else json.dumps(predictions))
     (tmp_path / "outdir").mkdir()
     out = tmp_path / (output or "out.json")
-    result = subprocess.run([sys.executable, "-m", "dcl", command, "pred.json", "-a", "gt.json", "-o", str(out)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcl", command, "pred.json", "-a", "gt.json", "-o", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and re.search(message, result.stderr), result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.json", "outdir", "pred.json"]
@@ -217,8 +292,13 @@ def test_gt_without_annotations_warns_and_many_workers_are_capped(tmp_path, comm
     gt["annotations"] = []
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(predictions))
-    result = subprocess.run([sys.executable, "-m", "dcl", command, "pred.json", "-a", "gt.json", "-j", "100000",
-                             "-o", "out.json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcl", command, "pred.json", "-a", "gt.json", "-j", "100000", "-o", "out.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"dcl {command}: warning: the GT file has no annotations: AP and AR are undefined (null)" in result.stderr
     assert json.loads((tmp_path / "out.json").read_text())["warnings"] == [EMPTY_GT_WARNING]

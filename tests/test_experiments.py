@@ -5,6 +5,7 @@ Expected run lists and command lines are written out here by hand from the paper
 original README's commands), never computed with dcl.experiments itself; experiments.json is also
 read back with the report's own strict reader (an independent consumer of the format).
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,8 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl.experiments import (Plan, format_override_value, load_config, merge_config,
-                             parse_config_assignment, read_config_file)
+from dcl.experiments import (
+    Plan,
+    format_override_value,
+    load_config,
+    merge_config,
+    parse_config_assignment,
+    read_config_file,
+)
 from dcl.io import InputError
 from instance_fixtures import run_dcl
 
@@ -45,15 +52,34 @@ def minimal_config(tmp_path: Path, **changes) -> dict:
     (tmp_path / "configs").mkdir(exist_ok=True)
     (tmp_path / "configs" / "model.yaml").write_text("MODEL: {}\n")
     config = {
-        "preset": "unit", "datasets_root": "datasets", "weights_dir": "weights", "work_dir": "work_dirs",
-        "results_dir": "results", "published": None, "train_overrides": {}, "evaluation": {"backend": None},
+        "preset": "unit",
+        "datasets_root": "datasets",
+        "weights_dir": "weights",
+        "work_dir": "work_dirs",
+        "results_dir": "results",
+        "published": None,
+        "train_overrides": {},
+        "evaluation": {"backend": None},
         "defaults": {"seeds": [0, 1], "resources": {"gpus": 1, "cpus": 4, "mem_mb": 8000, "runtime": 60}},
         "weights": {"r50": {"url": "detectron2://ImageNetPretrained/MSRA/R-50.pkl"}},
         "experiments": [
-            {"name": "base", "dataset": "coco", "init": "imagenet", "config": "configs/model.yaml",
-             "method": "baseline", "weights": "r50"},
-            {"name": "contrast", "dataset": "cityscapes", "init": "imagenet", "config": "configs/model.yaml",
-             "method": "dcl", "dcl": {"LOSS_WEIGHT": 1.2}, "weights": "r50"},
+            {
+                "name": "base",
+                "dataset": "coco",
+                "init": "imagenet",
+                "config": "configs/model.yaml",
+                "method": "baseline",
+                "weights": "r50",
+            },
+            {
+                "name": "contrast",
+                "dataset": "cityscapes",
+                "init": "imagenet",
+                "config": "configs/model.yaml",
+                "method": "dcl",
+                "dcl": {"LOSS_WEIGHT": 1.2},
+                "weights": "r50",
+            },
         ],
         "ablations": [],
         "released": [],
@@ -72,19 +98,31 @@ def problems(tmp_path: Path, config: dict) -> str:
 def test_paper_matrix_has_every_run_of_the_paper():
     plan = paper_plan()
     trained = {(r.experiment, r.seed) for r in plan.train_jobs}
-    main = [f"{d}_{m}" for d in ("cityscapes_imagenet", "cityscapes_coco", "coco", "cityscapes_imagenet_refinemask")
-            for m in ("baseline", "dcl")]
-    sweeps = {"loss_weight": ["0.4", "0.8", "1.6", "2.0"], "num_samples": ["8", "16", "64"],
-              "temperature": ["0.03", "0.1", "0.2", "0.5"], "with_proj": ["off"]}
+    main = [
+        f"{d}_{m}"
+        for d in ("cityscapes_imagenet", "cityscapes_coco", "coco", "cityscapes_imagenet_refinemask")
+        for m in ("baseline", "dcl")
+    ]
+    sweeps = {
+        "loss_weight": ["0.4", "0.8", "1.6", "2.0"],
+        "num_samples": ["8", "16", "64"],
+        "temperature": ["0.03", "0.1", "0.2", "0.5"],
+        "with_proj": ["off"],
+    }
     ablated = [f"cityscapes_imagenet_dcl_{p}_{v}" for p, values in sweeps.items() for v in values]
     # 3 settings + RefineMask x 2 methods x 3 seeds, plus 12 new ablation points x 3 seeds (the sweep values
     # equal to the base's 1.2 / 32 / 0.07 / on are the base's own runs).
     assert trained == {(name, seed) for name in main + ablated for seed in (0, 1, 2)}
     assert len(trained) == 60
     assert {r.experiment for r in plan.released_jobs} == {
-        "modelzoo_coco_mask_rcnn_R_50_FPN_1x", "modelzoo_coco_mask_rcnn_R_50_FPN_3x",
-        "modelzoo_coco_mask_rcnn_R_101_FPN_3x", "modelzoo_cityscapes_mask_rcnn_R_50_FPN",
-        "released_cityscapes_imagenet_dcl", "released_cityscapes_coco_dcl", "released_coco_dcl"}
+        "modelzoo_coco_mask_rcnn_R_50_FPN_1x",
+        "modelzoo_coco_mask_rcnn_R_50_FPN_3x",
+        "modelzoo_coco_mask_rcnn_R_101_FPN_3x",
+        "modelzoo_cityscapes_mask_rcnn_R_50_FPN",
+        "released_cityscapes_imagenet_dcl",
+        "released_cityscapes_coco_dcl",
+        "released_coco_dcl",
+    }
     assert all(r.seed == 0 for r in plan.released_jobs)
 
 
@@ -109,12 +147,24 @@ def test_paper_ablation_points_at_the_base_value_reuse_the_base_runs():
     by_name = {}
     for record in document["runs"]:
         by_name.setdefault(record["experiment"], []).append(record)
-    for parameter, value, slug in (("LOSS_WEIGHT", 1.2, "1.2"), ("NUM_SAMPLES", 32, "32"),
-                                   ("TEMPERATURE", 0.07, "0.07"), ("WITH_PROJ", True, "on")):
+    for parameter, value, slug in (
+        ("LOSS_WEIGHT", 1.2, "1.2"),
+        ("NUM_SAMPLES", 32, "32"),
+        ("TEMPERATURE", 0.07, "0.07"),
+        ("WITH_PROJ", True, "on"),
+    ):
         records = by_name[f"cityscapes_imagenet_dcl_{parameter.lower()}_{slug}"]
         assert [r["run_dir"] for r in records] == [f"runs/cityscapes_imagenet_dcl/seed{s}" for s in (0, 1, 2)]
-        assert all(r["ablation"] == {"parameter": parameter, "key": f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{parameter}",
-                                     "value": value, "base": "cityscapes_imagenet_dcl"} for r in records)
+        assert all(
+            r["ablation"]
+            == {
+                "parameter": parameter,
+                "key": f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{parameter}",
+                "value": value,
+                "base": "cityscapes_imagenet_dcl",
+            }
+            for r in records
+        )
         assert all(r["group"] == "ablation" and r["kind"] == "train" for r in records)
     # Every sweep lists all its values: 5 + 4 + 5 + 2 points x 3 seeds.
     assert sum(r["group"] == "ablation" for r in document["runs"]) == 16 * 3
@@ -124,18 +174,50 @@ def test_paper_train_command_is_the_original_readme_recipe():
     plan = paper_plan()
     arguments = plan.train_arguments(plan.run("cityscapes_coco_dcl", 1))
     assert arguments == [
-        "--config-file", CITYSCAPES_COCO, "--resume", "--max-chunks", "50", "--results-dir", "results/paper/runs/cityscapes_coco_dcl/seed1",
-        "SOLVER.IMS_PER_BATCH", "8", *DCL_HEADS, "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "1.6",
-        "MODEL.WEIGHTS", COCO_3X, "SEED", "1", "OUTPUT_DIR", "work_dirs/paper/cityscapes_coco_dcl/seed1",
+        "--config-file",
+        CITYSCAPES_COCO,
+        "--resume",
+        "--max-chunks",
+        "50",
+        "--results-dir",
+        "results/paper/runs/cityscapes_coco_dcl/seed1",
+        "SOLVER.IMS_PER_BATCH",
+        "8",
+        *DCL_HEADS,
+        "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT",
+        "1.6",
+        "MODEL.WEIGHTS",
+        COCO_3X,
+        "SEED",
+        "1",
+        "OUTPUT_DIR",
+        "work_dirs/paper/cityscapes_coco_dcl/seed1",
     ]
     arguments = plan.train_arguments(plan.run("coco_baseline", 0))
     assert arguments == [
-        "--config-file", COCO, "--resume", "--max-chunks", "50", "--results-dir", "results/paper/runs/coco_baseline/seed0",
-        "SOLVER.IMS_PER_BATCH", "16", "MODEL.WEIGHTS", R50, "SEED", "0", "OUTPUT_DIR", "work_dirs/paper/coco_baseline/seed0",
+        "--config-file",
+        COCO,
+        "--resume",
+        "--max-chunks",
+        "50",
+        "--results-dir",
+        "results/paper/runs/coco_baseline/seed0",
+        "SOLVER.IMS_PER_BATCH",
+        "16",
+        "MODEL.WEIGHTS",
+        R50,
+        "SEED",
+        "0",
+        "OUTPUT_DIR",
+        "work_dirs/paper/coco_baseline/seed0",
     ]
     arguments = plan.train_arguments(plan.run("cityscapes_imagenet_dcl_with_proj_off", 2))
-    assert arguments[arguments.index("MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT"):][:4] == [
-        "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "1.2", "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.WITH_PROJ", "False"]
+    assert arguments[arguments.index("MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT") :][:4] == [
+        "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT",
+        "1.2",
+        "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.WITH_PROJ",
+        "False",
+    ]
 
 
 def test_max_chunks_comes_from_the_workflow_config():
@@ -150,14 +232,27 @@ def test_paper_released_checkpoints_are_evaluated_not_trained():
     plan = paper_plan()
     run = plan.run("modelzoo_coco_mask_rcnn_R_101_FPN_3x", 0)
     assert plan.train_arguments(run) == [
-        "--config-file", COCO, "--eval-only", "--results-dir", "results/paper/runs/modelzoo_coco_mask_rcnn_R_101_FPN_3x/seed0",
-        "MODEL.RESNETS.DEPTH", "101",
-        "MODEL.WEIGHTS", "weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x/138205316/model_final_a3ec72.pkl",
-        "SEED", "0", "OUTPUT_DIR", "work_dirs/paper/modelzoo_coco_mask_rcnn_R_101_FPN_3x/seed0",
+        "--config-file",
+        COCO,
+        "--eval-only",
+        "--results-dir",
+        "results/paper/runs/modelzoo_coco_mask_rcnn_R_101_FPN_3x/seed0",
+        "MODEL.RESNETS.DEPTH",
+        "101",
+        "MODEL.WEIGHTS",
+        "weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x/138205316/model_final_a3ec72.pkl",
+        "SEED",
+        "0",
+        "OUTPUT_DIR",
+        "work_dirs/paper/modelzoo_coco_mask_rcnn_R_101_FPN_3x/seed0",
     ]
     run = plan.run("released_cityscapes_imagenet_dcl", 0)
-    assert plan.train_arguments(run)[2:9] == ["--eval-only", "--results-dir",
-                                              "results/paper/runs/released_cityscapes_imagenet_dcl/seed0", *DCL_HEADS]
+    assert plan.train_arguments(run)[2:9] == [
+        "--eval-only",
+        "--results-dir",
+        "results/paper/runs/released_cityscapes_imagenet_dcl/seed0",
+        *DCL_HEADS,
+    ]
     assert run.weights_file == "weights/cloud.tsinghua.edu.cn/f/25b641d7ea2f4b34ac82/checkpoint.pth"
     # Every checkpoint the runs use is downloaded (once) by the workflow, none that is unused.
     assert len(plan.downloads) == 9
@@ -182,14 +277,26 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
     assert preset == "paper"
     assert len(runs) == 24 + 48 + 7
     first = json.loads(path.read_text())["runs"][0]
-    assert first == {"experiment": "cityscapes_imagenet_baseline", "seed": 0, "kind": "train", "dataset": "cityscapes",
-                     "init": "imagenet", "method": "baseline", "model": "mask_rcnn", "group": "main", "ablation": None,
-                     "metric": "cityscapes.AP", "run_dir": "runs/cityscapes_imagenet_baseline/seed0",
-                     # the live run.json and the logs, relative to results/paper (the working
-                     # directory holds results/, work_dirs/ and logs/)
-                     "output_dir": "../../work_dirs/paper/cityscapes_imagenet_baseline/seed0",
-                     "logs": {step: f"../../logs/paper/{step}/cityscapes_imagenet_baseline/seed0.log"
-                              for step in ("train", "evaluate", "errors", "errors_legacy")}}
+    assert first == {
+        "experiment": "cityscapes_imagenet_baseline",
+        "seed": 0,
+        "kind": "train",
+        "dataset": "cityscapes",
+        "init": "imagenet",
+        "method": "baseline",
+        "model": "mask_rcnn",
+        "group": "main",
+        "ablation": None,
+        "metric": "cityscapes.AP",
+        "run_dir": "runs/cityscapes_imagenet_baseline/seed0",
+        # the live run.json and the logs, relative to results/paper (the working
+        # directory holds results/, work_dirs/ and logs/)
+        "output_dir": "../../work_dirs/paper/cityscapes_imagenet_baseline/seed0",
+        "logs": {
+            step: f"../../logs/paper/{step}/cityscapes_imagenet_baseline/seed0.log"
+            for step in ("train", "evaluate", "errors", "errors_legacy")
+        },
+    }
     metrics = {r.experiment: r.metric for r in runs}
     assert {r.model for r in runs if "refinemask" in r.experiment} == {"refinemask"}
     assert metrics["coco_dcl"] == "segm.AP" and metrics["modelzoo_cityscapes_mask_rcnn_R_50_FPN"] == "cityscapes.AP"
@@ -210,20 +317,32 @@ def test_experiments_json_locates_work_dirs_and_logs_from_wherever_it_is_read(tm
     read = expected[("toy_coco_dcl_loss_weight_1.2", 0)]  # an ablation point trained by its base run
     assert read.output_dir == plan.output_dir(run_) == "work_dirs/toy/toy_coco_dcl/seed0"
     assert read.logs["train"] == plan.log_pattern("train").format(experiment="toy_coco_dcl", seed=0)
-    assert read.logs == {step: f"logs/toy/{step}/toy_coco_dcl/seed0.log"
-                         for step in ("train", "evaluate", "errors", "errors_legacy")}
+    assert read.logs == {
+        step: f"logs/toy/{step}/toy_coco_dcl/seed0.log" for step in ("train", "evaluate", "errors", "errors_legacy")
+    }
     # From elsewhere, the same files.
     monkeypatch.chdir(tmp_path / "results")
     elsewhere = load_experiments(Path("toy/experiments.json"))[1][0]
-    assert (Path(elsewhere.output_dir).resolve() ==
-            (tmp_path / plan.output_dir(plan.run(elsewhere.experiment, elsewhere.seed))).resolve())
+    assert (
+        Path(elsewhere.output_dir).resolve()
+        == (tmp_path / plan.output_dir(plan.run(elsewhere.experiment, elsewhere.seed))).resolve()
+    )
     # An absolute work directory stays absolute; a released checkpoint's log is its inference log.
     config = read_config_file(TOY)
     config["work_dir"] = str(tmp_path / "scratch")
-    config["released"] = [{"name": "toy_released", "dataset": "toy_coco", "init": "scratch",
-                           "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
-                           "weights": "model.pth"}]
-    records = {(r["experiment"], r["seed"]): r for r in Plan(config, repo_root=REPO, working_dir=tmp_path).document()["runs"]}
+    config["released"] = [
+        {
+            "name": "toy_released",
+            "dataset": "toy_coco",
+            "init": "scratch",
+            "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml",
+            "method": "baseline",
+            "weights": "model.pth",
+        }
+    ]
+    records = {
+        (r["experiment"], r["seed"]): r for r in Plan(config, repo_root=REPO, working_dir=tmp_path).document()["runs"]
+    }
     assert records["toy_coco_dcl", 1]["output_dir"] == str(tmp_path / "scratch/toy/toy_coco_dcl/seed1")
     assert records["toy_released", 0]["logs"]["inference"] == "../../logs/toy/inference/toy_released/seed0.log"
 
@@ -233,8 +352,13 @@ def test_toy_preset_runs_on_the_cpu():
     assert {r.dataset for r in plan.jobs.values()} == {"toy_coco", "toy_cityscapes"}
     assert all(r.resources.gpus == 0 and r.weights_file is None for r in plan.jobs.values())
     command = shlex.split(plan.train_command(plan.run("toy_coco_dcl", 0)))
-    assert command[:5] == ["env", "DETECTRON2_DATASETS=datasets", "DCL_TOY_DATASETS=datasets/toy",
-                           "DCL_WEIGHTS_DIR=weights", "dcl"]
+    assert command[:5] == [
+        "env",
+        "DETECTRON2_DATASETS=datasets",
+        "DCL_TOY_DATASETS=datasets/toy",
+        "DCL_WEIGHTS_DIR=weights",
+        "dcl",
+    ]
     assert command[5:8] == ["train", "--num-gpus", "1"]
 
 
@@ -242,8 +366,20 @@ def test_global_overrides_come_last_so_they_win():
     # In key order, whatever order the config layers put them in (the command is a rerun trigger).
     plan = paper_plan(train_overrides={"TEST.EVAL_PERIOD": "0", "SOLVER.MAX_ITER": 20, "SOLVER.STEPS": [10, 15]})
     arguments = plan.train_arguments(plan.run("coco_dcl", 0))
-    assert arguments[-12:] == ["MODEL.WEIGHTS", R50, "SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "[10, 15]", "TEST.EVAL_PERIOD", "0",
-                               "SEED", "0", "OUTPUT_DIR", "work_dirs/paper/coco_dcl/seed0"]
+    assert arguments[-12:] == [
+        "MODEL.WEIGHTS",
+        R50,
+        "SOLVER.MAX_ITER",
+        "20",
+        "SOLVER.STEPS",
+        "[10, 15]",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "SEED",
+        "0",
+        "OUTPUT_DIR",
+        "work_dirs/paper/coco_dcl/seed0",
+    ]
 
 
 def test_digest_changes_exactly_with_the_run_list():
@@ -257,13 +393,20 @@ def test_digest_changes_exactly_with_the_run_list():
 
 # ----------------------------------------------------------------------------- ablations
 def test_ablation_point_with_other_seeds_than_its_base_is_trained(tmp_path):
-    config = minimal_config(tmp_path, ablations=[
-        {"base": "contrast", "parameter": "LOSS_WEIGHT", "values": [1.2, 2.0], "seeds": [0, 5]}])
+    config = minimal_config(
+        tmp_path, ablations=[{"base": "contrast", "parameter": "LOSS_WEIGHT", "values": [1.2, 2.0], "seeds": [0, 5]}]
+    )
     plan = Plan(config, repo_root=tmp_path, working_dir=tmp_path)
     assert {(r.experiment, r.seed) for r in plan.train_jobs} == {
-        ("base", 0), ("base", 1), ("contrast", 0), ("contrast", 1),
-        ("contrast_loss_weight_1.2", 0), ("contrast_loss_weight_1.2", 5),
-        ("contrast_loss_weight_2.0", 0), ("contrast_loss_weight_2.0", 5)}
+        ("base", 0),
+        ("base", 1),
+        ("contrast", 0),
+        ("contrast", 1),
+        ("contrast_loss_weight_1.2", 0),
+        ("contrast_loss_weight_1.2", 5),
+        ("contrast_loss_weight_2.0", 0),
+        ("contrast_loss_weight_2.0", 5),
+    }
 
 
 def test_ablation_of_a_default_parameter_shares_the_base_runs(tmp_path):
@@ -271,10 +414,12 @@ def test_ablation_of_a_default_parameter_shares_the_base_runs(tmp_path):
     config = minimal_config(tmp_path, ablations=[{"base": "contrast", "parameter": "NUM_SAMPLES", "values": [16, 32]}])
     plan = Plan(config, repo_root=tmp_path, working_dir=tmp_path)
     dirs = {(r.experiment, r.seed): r.run_dir for r in plan.runs if r.group == "ablation"}
-    assert dirs == {("contrast_num_samples_16", 0): "runs/contrast_num_samples_16/seed0",
-                    ("contrast_num_samples_16", 1): "runs/contrast_num_samples_16/seed1",
-                    ("contrast_num_samples_32", 0): "runs/contrast/seed0",
-                    ("contrast_num_samples_32", 1): "runs/contrast/seed1"}
+    assert dirs == {
+        ("contrast_num_samples_16", 0): "runs/contrast_num_samples_16/seed0",
+        ("contrast_num_samples_16", 1): "runs/contrast_num_samples_16/seed1",
+        ("contrast_num_samples_32", 0): "runs/contrast/seed0",
+        ("contrast_num_samples_32", 1): "runs/contrast/seed1",
+    }
     arguments = plan.train_arguments(plan.run("contrast_num_samples_16", 1))
     pairs = dict(zip(arguments[5::2], arguments[6::2]))
     assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.NUM_SAMPLES"] == "16"
@@ -282,23 +427,47 @@ def test_ablation_of_a_default_parameter_shares_the_base_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- schema messages
-@pytest.mark.parametrize("change, expected", [
-    (lambda c: c.update(seedz=[0]), "top level: unknown key 'seedz'"),
-    (lambda c: c["experiments"][1].update(sedds=[0]),
-     "experiments[1] (contrast): unknown key 'sedds' (did you mean 'seeds'?)"),
-    (lambda c: c["experiments"][0].update(seeds=["a"]),
-     "experiments[0] (base).seeds[0]: 'a' is not of type 'integer'"),
-    (lambda c: c["experiments"][0].update(dataset="cityscape"), "experiments[0] (base).dataset: 'cityscape' is not one of"),
-    (lambda c: c["experiments"][1]["dcl"].update(LOSS_WIEGHT=1), "unknown key 'LOSS_WIEGHT' (did you mean 'LOSS_WEIGHT'?)"),
-    (lambda c: c["experiments"][1]["dcl"].update(TEMPERATURE=0), "experiments[1] (contrast).dcl.TEMPERATURE: 0 is less than or equal"),
-    (lambda c: c["defaults"]["resources"].update(gpus="4"), "defaults.resources.gpus: '4' is not of type 'integer'"),
-    (lambda c: c["defaults"]["resources"].pop("runtime"), "defaults.resources: 'runtime' is a required property"),
-    (lambda c: c.pop("released"), "top level: 'released' is a required property"),
-    (lambda c: c["experiments"][0].update(overrides={"solver.max_iter": 5}), "key 'solver.max_iter' is not allowed"),
-    (lambda c: c["weights"]["r50"].update(url="ftp://x/y.pkl"), "weights.r50.url: 'ftp://x/y.pkl' does not match"),
-    (lambda c: c["experiments"][0].update(seeds=[2**32]),
-     "experiments[0] (base).seeds[0]: 4294967296 is greater than the maximum of 4294967295"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c.update(seedz=[0]), "top level: unknown key 'seedz'"),
+        (
+            lambda c: c["experiments"][1].update(sedds=[0]),
+            "experiments[1] (contrast): unknown key 'sedds' (did you mean 'seeds'?)",
+        ),
+        (
+            lambda c: c["experiments"][0].update(seeds=["a"]),
+            "experiments[0] (base).seeds[0]: 'a' is not of type 'integer'",
+        ),
+        (
+            lambda c: c["experiments"][0].update(dataset="cityscape"),
+            "experiments[0] (base).dataset: 'cityscape' is not one of",
+        ),
+        (
+            lambda c: c["experiments"][1]["dcl"].update(LOSS_WIEGHT=1),
+            "unknown key 'LOSS_WIEGHT' (did you mean 'LOSS_WEIGHT'?)",
+        ),
+        (
+            lambda c: c["experiments"][1]["dcl"].update(TEMPERATURE=0),
+            "experiments[1] (contrast).dcl.TEMPERATURE: 0 is less than or equal",
+        ),
+        (
+            lambda c: c["defaults"]["resources"].update(gpus="4"),
+            "defaults.resources.gpus: '4' is not of type 'integer'",
+        ),
+        (lambda c: c["defaults"]["resources"].pop("runtime"), "defaults.resources: 'runtime' is a required property"),
+        (lambda c: c.pop("released"), "top level: 'released' is a required property"),
+        (
+            lambda c: c["experiments"][0].update(overrides={"solver.max_iter": 5}),
+            "key 'solver.max_iter' is not allowed",
+        ),
+        (lambda c: c["weights"]["r50"].update(url="ftp://x/y.pkl"), "weights.r50.url: 'ftp://x/y.pkl' does not match"),
+        (
+            lambda c: c["experiments"][0].update(seeds=[2**32]),
+            "experiments[0] (base).seeds[0]: 4294967296 is greater than the maximum of 4294967295",
+        ),
+    ],
+)
 def test_schema_errors_say_where_and_what(tmp_path, change, expected):
     config = minimal_config(tmp_path)
     change(config)
@@ -316,27 +485,52 @@ def test_every_schema_error_is_reported_at_once(tmp_path):
     assert "defaults.seeds: [] should be non-empty" in message
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda c: c["experiments"][0].update(dcl={"LOSS_WEIGHT": 1.0}),
-     "experiments[0] (base): `dcl` settings need `method: dcl` (method is baseline)"),
-    (lambda c: c["experiments"][0].update(overrides={"SEED": 3}), "override SEED is set by the workflow"),
-    (lambda c: c["experiments"][0].update(overrides={"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE": 0.1}),
-     "put it in the experiment's `dcl` mapping as TEMPERATURE"),
-    (lambda c: c["experiments"][0].update(seeds=[2**32 - 2], resources={"gpus": 4}),
-     "experiments[0] (base): seed 4294967294 + one per GPU (4) exceeds numpy's seed range (below 2^32)"),
-    (lambda c: c["experiments"][1].update(name="base"), "experiment name 'base' is already used by experiments[0] (base)"),
-    (lambda c: c["experiments"][0].update(weights="https://example.org/model.pth"), "declare it in the top-level `weights` table"),
-    (lambda c: c["experiments"][0].update(config="configs/missing.yaml"),
-     "detectron2 config file configs/missing.yaml does not exist"),
-    (lambda c: c.update(ablations=[{"base": "nope", "parameter": "LOSS_WEIGHT", "values": [1.0]}]),
-     "ablations[0] (nope LOSS_WEIGHT): base 'nope' is not one of the `experiments` (known: base, contrast)"),
-    (lambda c: c.update(ablations=[{"base": "base", "parameter": "LOSS_WEIGHT", "values": [1.0]}]),
-     "base 'base' has method baseline"),
-    (lambda c: c.update(ablations=[{"base": "contrast", "parameter": "NUM_SAMPLES", "values": [0.5]}]),
-     "ablations[0] (contrast NUM_SAMPLES) value 0.5: 0.5 is not of type 'integer'"),
-    (lambda c: c.update(ablations=[{"base": "contrast", "parameter": "WITH_PROJ", "values": [1]}]),
-     "value 1: 1 is not of type 'boolean'"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda c: c["experiments"][0].update(dcl={"LOSS_WEIGHT": 1.0}),
+            "experiments[0] (base): `dcl` settings need `method: dcl` (method is baseline)",
+        ),
+        (lambda c: c["experiments"][0].update(overrides={"SEED": 3}), "override SEED is set by the workflow"),
+        (
+            lambda c: c["experiments"][0].update(overrides={"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE": 0.1}),
+            "put it in the experiment's `dcl` mapping as TEMPERATURE",
+        ),
+        (
+            lambda c: c["experiments"][0].update(seeds=[2**32 - 2], resources={"gpus": 4}),
+            "experiments[0] (base): seed 4294967294 + one per GPU (4) exceeds numpy's seed range (below 2^32)",
+        ),
+        (
+            lambda c: c["experiments"][1].update(name="base"),
+            "experiment name 'base' is already used by experiments[0] (base)",
+        ),
+        (
+            lambda c: c["experiments"][0].update(weights="https://example.org/model.pth"),
+            "declare it in the top-level `weights` table",
+        ),
+        (
+            lambda c: c["experiments"][0].update(config="configs/missing.yaml"),
+            "detectron2 config file configs/missing.yaml does not exist",
+        ),
+        (
+            lambda c: c.update(ablations=[{"base": "nope", "parameter": "LOSS_WEIGHT", "values": [1.0]}]),
+            "ablations[0] (nope LOSS_WEIGHT): base 'nope' is not one of the `experiments` (known: base, contrast)",
+        ),
+        (
+            lambda c: c.update(ablations=[{"base": "base", "parameter": "LOSS_WEIGHT", "values": [1.0]}]),
+            "base 'base' has method baseline",
+        ),
+        (
+            lambda c: c.update(ablations=[{"base": "contrast", "parameter": "NUM_SAMPLES", "values": [0.5]}]),
+            "ablations[0] (contrast NUM_SAMPLES) value 0.5: 0.5 is not of type 'integer'",
+        ),
+        (
+            lambda c: c.update(ablations=[{"base": "contrast", "parameter": "WITH_PROJ", "values": [1]}]),
+            "value 1: 1 is not of type 'boolean'",
+        ),
+    ],
+)
 def test_rules_the_schema_cannot_express(tmp_path, change, expected):
     config = minimal_config(tmp_path)
     change(config)
@@ -349,8 +543,21 @@ def test_a_valid_config_passes(tmp_path):
 
 
 # ----------------------------------------------------------------------------- config layering
-@pytest.mark.parametrize("text", ["seeds=[0, 1]", "preset=toy", "key=3", "key=0.5", "key=true", "key=False",
-                                  "train_overrides={SOLVER.MAX_ITER: 5}", "key=", "key=a=b", "key=[unclosed"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seeds=[0, 1]",
+        "preset=toy",
+        "key=3",
+        "key=0.5",
+        "key=true",
+        "key=False",
+        "train_overrides={SOLVER.MAX_ITER: 5}",
+        "key=",
+        "key=a=b",
+        "key=[unclosed",
+    ],
+)
 def test_config_assignments_parse_like_snakemake(text):
     from snakemake.cli import parse_config
 
@@ -382,7 +589,9 @@ def test_unreadable_config_files_name_the_file(tmp_path):
         read_config_file(tmp_path / "list.yaml")
 
 
-@pytest.mark.parametrize("value", [True, False, 3, 0.07, 1e-4, "ContrastRoIHeads", [18000], [800, 832], ["a_train", "b"]])
+@pytest.mark.parametrize(
+    "value", [True, False, 3, 0.07, 1e-4, "ContrastRoIHeads", [18000], [800, 832], ["a_train", "b"]]
+)
 def test_override_values_read_back_as_detectron2_reads_them(value):
     text = format_override_value(value)
     if isinstance(value, str):
@@ -401,8 +610,9 @@ def test_dcl_plan_writes_experiments_json(tmp_path):
 
 
 def test_dcl_plan_prints_the_commands(tmp_path):
-    result = run_dcl("plan", "configs/toy.yaml", "--config", "train_overrides={SOLVER.MAX_ITER: 7}", "--commands",
-                     cwd=REPO)
+    result = run_dcl(
+        "plan", "configs/toy.yaml", "--config", "train_overrides={SOLVER.MAX_ITER: 7}", "--commands", cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     # 4 Mask R-CNN experiments x 2 seeds, 2 RefineMask experiments x 1 seed, 1 new ablation point (seed 0)
@@ -412,8 +622,10 @@ def test_dcl_plan_prints_the_commands(tmp_path):
     for line in lines:
         words = shlex.split(line)
         assert words[4:6] == ["dcl", "train"]
-        assert words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[100]", "SOLVER.WARMUP_ITERS", "40",
-                                 "SEED"] and words[-2] == "OUTPUT_DIR"  # in key order
+        assert (
+            words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[100]", "SOLVER.WARMUP_ITERS", "40", "SEED"]
+            and words[-2] == "OUTPUT_DIR"
+        )  # in key order
         seeds.append(words[-3])
     assert Counter(seeds) == {"0": 7, "1": 4}
 

@@ -1,5 +1,6 @@
 """CUDA: the loss and the heads equal their CPU results, toy training runs, and mixed precision
 keeps DCL in float32. Run with ``pytest -m gpu`` on a machine with a CUDA GPU (skipped elsewhere)."""
+
 import json
 import math
 import os
@@ -73,10 +74,33 @@ def test_toy_dcl_training_on_cuda(amp, toy_datasets, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets)}
     proc = subprocess.run(
-        [sys.executable, "-m", "dcl", "train", "--config-file", TOY_CONFIG, *DCL_HEADS, "MODEL.DEVICE", "cuda",
-         "SOLVER.AMP.ENABLED", str(amp), "SOLVER.MAX_ITER", "20", "SOLVER.IMS_PER_BATCH", "4",
-         "SOLVER.WARMUP_ITERS", "5", "OUTPUT_DIR", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "dcl",
+            "train",
+            "--config-file",
+            TOY_CONFIG,
+            *DCL_HEADS,
+            "MODEL.DEVICE",
+            "cuda",
+            "SOLVER.AMP.ENABLED",
+            str(amp),
+            "SOLVER.MAX_ITER",
+            "20",
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "SOLVER.WARMUP_ITERS",
+            "5",
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     losses = [line for line in lines if "total_loss" in line]

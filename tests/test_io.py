@@ -1,4 +1,5 @@
 """dcl.io: atomic writes never leave a half file; JSON errors say file, line and what."""
+
 import json
 from pathlib import Path
 
@@ -66,8 +67,12 @@ def test_stale_temporaries_of_atomic_writes_are_found_and_only_they(tmp_path, mo
     staging = tmp_path / ".staging.zz9y8x7w"  # a staging_directory of a killed process
     staging.mkdir()
     (staging / "coco_instances_results.json").write_text("[")
-    kept = [tmp_path / "sub" / "model.pth", tmp_path / ".hidden", tmp_path / ".model.pth.short.pth",
-            tmp_path / ".run.json.ab12cd_e.txt"]
+    kept = [
+        tmp_path / "sub" / "model.pth",
+        tmp_path / ".hidden",
+        tmp_path / ".model.pth.short.pth",
+        tmp_path / ".run.json.ab12cd_e.txt",
+    ]
     for path in kept:
         path.write_text("x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted([staging, tmp])

@@ -1,6 +1,7 @@
 """COCO-OCC: the occlusion subset, scoring val predictions on it by file name, the data check,
 and the toy subset. References: the overlap rule and the id mapping written out here, and
 pycocotools run on a GT and predictions renumbered by hand."""
+
 from __future__ import annotations
 
 import json
@@ -50,33 +51,58 @@ def test_subset_holds_exactly_the_occluded_images_renumbered(val):
     expected = [i for i in gt["images"] if _overlapping(by_image[i["id"]], 0.2)]
     assert 0 < len(expected) < len(gt["images"])
     assert [i["id"] for i in subset["images"]] == list(range(1, len(expected) + 1))
-    assert [i["file_name"].split("/")[-1] for i in subset["images"]] == [i["file_name"].split("/")[-1] for i in expected]
+    assert [i["file_name"].split("/")[-1] for i in subset["images"]] == [
+        i["file_name"].split("/")[-1] for i in expected
+    ]
     assert [a["id"] for a in subset["annotations"]] == list(range(1, len(subset["annotations"]) + 1))
     for new, old in zip(subset["images"], expected):
         kept = [a for a in subset["annotations"] if a["image_id"] == new["id"]]
-        assert [(a["segmentation"], a["category_id"], a["area"]) for a in kept] == \
-               [(a["segmentation"], a["category_id"], a["area"]) for a in by_image[old["id"]]]
+        assert [(a["segmentation"], a["category_id"], a["area"]) for a in kept] == [
+            (a["segmentation"], a["category_id"], a["area"]) for a in by_image[old["id"]]
+        ]
 
 
 def test_val_predictions_scored_on_the_subset_equal_pycocotools_on_renumbered_ids(val):
     directory, gt, predictions, subset = val
-    new_id = {old["id"]: new["id"] for new in subset["images"] for old in gt["images"]
-              if old["file_name"].endswith("/" + new["file_name"])}
+    new_id = {
+        old["id"]: new["id"]
+        for new in subset["images"]
+        for old in gt["images"]
+        if old["file_name"].endswith("/" + new["file_name"])
+    }
     by_hand = [{**p, "image_id": new_id[p["image_id"]]} for p in predictions if p["image_id"] in new_id]
     assert 0 < len(by_hand) < len(predictions)
     mapped = map_predictions_by_file_name(directory / "pred.json", load_ground_truth(gt), load_ground_truth(subset))
     assert mapped == by_hand
     out = directory / "eval_occ.json"
-    result = run_dcl("evaluate", directory / "pred.json", "-a", directory / "occ.json", "--predictions-gt",
-                     directory / "val.json", "--backend", "pycocotools", "-o", out)
+    result = run_dcl(
+        "evaluate",
+        directory / "pred.json",
+        "-a",
+        directory / "occ.json",
+        "--predictions-gt",
+        directory / "val.json",
+        "--backend",
+        "pycocotools",
+        "-o",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     written = json.loads(out.read_text())
     assert written["num_predictions"] == len(by_hand) and written["predictions_gt"] == str(directory / "val.json")
     # Mask AP ignores boxes (as dcl evaluate does); pycocotools would take them for the areas.
     no_boxes = [{k: v for k, v in p.items() if k != "bbox"} for p in by_hand]
     assert_stats_close(written["segm"], coco_stats(COCO(str(directory / "occ.json")), no_boxes, "segm"), 1e-9)
-    errors = run_dcl("errors", directory / "pred.json", "-a", directory / "occ.json", "--predictions-gt",
-                     directory / "val.json", "-o", directory / "errors_occ.json")
+    errors = run_dcl(
+        "errors",
+        directory / "pred.json",
+        "-a",
+        directory / "occ.json",
+        "--predictions-gt",
+        directory / "val.json",
+        "-o",
+        directory / "errors_occ.json",
+    )
     assert errors.returncode == 0, errors.stderr
     analysis = json.loads((directory / "errors_occ.json").read_text())
     assert analysis["num_predictions"] == len(by_hand)
@@ -88,8 +114,9 @@ def test_a_subset_image_missing_from_val_is_an_input_error(val, tmp_path):
     broken = json.loads(json.dumps(subset))
     broken["images"][0]["file_name"] = "not_in_val.jpg"
     (tmp_path / "occ.json").write_text(json.dumps(broken))
-    result = run_dcl("evaluate", directory / "pred.json", "-a", tmp_path / "occ.json", "--predictions-gt",
-                     directory / "val.json")
+    result = run_dcl(
+        "evaluate", directory / "pred.json", "-a", tmp_path / "occ.json", "--predictions-gt", directory / "val.json"
+    )
     assert result.returncode == 1 and "not_in_val.jpg" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(InputError, match="not_in_val.jpg"):
         check_occlusion_subset(tmp_path / "occ.json", directory / "val.json")
@@ -101,21 +128,35 @@ def test_data_check_notes_an_absent_subset_and_checks_a_present_one(tmp_path):
     generate_toy_datasets(tmp_path / "toy", num_train=1, num_val=8)
     occ = tmp_path / "toy" / "coco" / "annotations" / "instances_occ_val.json"
     stamp = tmp_path / "stamp.json"
-    result = run_dcl("data", "check", "--dataset", "toy_coco", "--root", tmp_path, "--occlusion-subset",
-                     tmp_path / "absent.json", "-o", stamp)
+    result = run_dcl(
+        "data",
+        "check",
+        "--dataset",
+        "toy_coco",
+        "--root",
+        tmp_path,
+        "--occlusion-subset",
+        tmp_path / "absent.json",
+        "-o",
+        stamp,
+    )
     assert result.returncode == 0, result.stderr
     assert "note: no occlusion subset" in result.stdout
     assert json.loads(stamp.read_text())["occlusion_subset"]["present"] is False
-    result = run_dcl("data", "check", "--dataset", "toy_coco", "--root", tmp_path, "--occlusion-subset", occ,
-                     "-o", stamp)
+    result = run_dcl(
+        "data", "check", "--dataset", "toy_coco", "--root", tmp_path, "--occlusion-subset", occ, "-o", stamp
+    )
     assert result.returncode == 0, result.stderr
     subset = json.loads(occ.read_text())
-    assert json.loads(stamp.read_text())["occlusion_subset"] == {"path": str(occ), "present": True,
-                                                                 "images": len(subset["images"])}
+    assert json.loads(stamp.read_text())["occlusion_subset"] == {
+        "path": str(occ),
+        "present": True,
+        "images": len(subset["images"]),
+    }
     # The toy subset is the occluded part of the toy val, renumbered.
     val = json.loads((tmp_path / "toy" / "coco" / "annotations" / "instances_val.json").read_text())
     assert 0 < len(subset["images"]) < len(val["images"])
     assert subset == occlusion_subset(load_ground_truth(val), 0.2) | {"info": subset["info"]}
-    occ.write_text("{\"images\": [")
+    occ.write_text('{"images": [')
     result = run_dcl("data", "check", "--dataset", "toy_coco", "--root", tmp_path, "--occlusion-subset", occ)
     assert result.returncode == 1 and "instances_occ_val.json" in result.stderr

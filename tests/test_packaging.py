@@ -1,4 +1,5 @@
 """environment.yml (conda users), pyproject.toml and constraints.txt (CI) agree."""
+
 import re
 import tomllib
 from pathlib import Path

@@ -1,4 +1,5 @@
 """dcl.refinemask: the loss against the upstream definition, the head, the models."""
+
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,14 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from dcl.modeling import is_dcl_model_config
-from dcl.refinemask import (RefineMaskContrastHead, RefineMaskHead, RefineMaskROIHeads, boundary_map,
-                            refine_mask_loss, refine_stage_logits)
+from dcl.refinemask import (
+    RefineMaskContrastHead,
+    RefineMaskHead,
+    RefineMaskROIHeads,
+    boundary_map,
+    refine_mask_loss,
+    refine_stage_logits,
+)
 from dcl.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -34,16 +41,18 @@ def reference_block_boundary(mask: np.ndarray, width: int) -> np.ndarray:
         padded = np.pad(mask[r].astype(float), width)
         for y in range(mask.shape[1]):
             for x in range(mask.shape[2]):
-                window = padded[y:y + k, x:x + k]
+                window = padded[y : y + k, x : x + k]
                 pos = max((window * kernel).sum(), 0) / k**2 > 0.1
                 neg = max(((1 - window) * kernel).sum(), 0) / k**2 > 0.1
                 out[r, y, x] = pos or neg
     return out
 
 
-def reference_loss(stage_preds, semantic_pred, stage_targets, semantic_target, weights, semantic_weight,
-                   boundary_width, start_stage):
+def reference_loss(
+    stage_preds, semantic_pred, stage_targets, semantic_target, weights, semantic_weight, boundary_width, start_stage
+):
     """RefineCrossEntropyLoss.forward of RefineMask 633ed2b, step by step."""
+
     def boundary(t, w):
         return torch.from_numpy(reference_block_boundary(t.detach().numpy() > 0.5, w))
 
@@ -54,15 +63,25 @@ def reference_loss(stage_preds, semantic_pred, stage_targets, semantic_target, w
             losses.append(F.binary_cross_entropy_with_logits(pred, target))
             pre_pred = pred.sigmoid() >= 0.5
         else:
-            region = (boundary(pre_pred.float(), boundary_width) | boundary(stage_targets[idx - 1], boundary_width))
-            region = F.interpolate(region.unsqueeze(1).float(), pred.shape[-2:], mode="bilinear",
-                                   align_corners=True).squeeze(1) >= 0.5
+            region = boundary(pre_pred.float(), boundary_width) | boundary(stage_targets[idx - 1], boundary_width)
+            region = (
+                F.interpolate(
+                    region.unsqueeze(1).float(), pred.shape[-2:], mode="bilinear", align_corners=True
+                ).squeeze(1)
+                >= 0.5
+            )
             bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
             losses.append(bce[region].sum() / region.sum().clamp(min=1).float())
-            pre_boundary = F.interpolate(boundary(pre_pred.float(), 1).unsqueeze(1).float(), pred.shape[-2:],
-                                         mode="bilinear", align_corners=True) >= 0.5
-            pre_pred = F.interpolate(stage_preds[idx - 1], pred.shape[-2:], mode="bilinear",
-                                     align_corners=True).clone()
+            pre_boundary = (
+                F.interpolate(
+                    boundary(pre_pred.float(), 1).unsqueeze(1).float(),
+                    pred.shape[-2:],
+                    mode="bilinear",
+                    align_corners=True,
+                )
+                >= 0.5
+            )
+            pre_pred = F.interpolate(stage_preds[idx - 1], pred.shape[-2:], mode="bilinear", align_corners=True).clone()
             pre_pred[pre_boundary] = stage_preds[idx][pre_boundary]
             pre_pred = pre_pred.squeeze(1).sigmoid() >= 0.5
     instance = sum(w * loss for w, loss in zip(weights, losses))
@@ -76,8 +95,9 @@ def random_problem(num_stages, rois=3, first=7, seed=0):
     # Smooth blobs, so masks have interiors and boundaries as real ones do.
     base = F.interpolate(torch.randn(rois, 1, 4, 4, generator=g), size=(sizes[-1],) * 2, mode="bilinear")
     targets = [(F.adaptive_avg_pool2d(base, s).squeeze(1) > 0).float() for s in sizes]
-    logits = [(3 * F.adaptive_avg_pool2d(base, s) + torch.randn(rois, 1, s, s, generator=g)).requires_grad_()
-              for s in sizes]
+    logits = [
+        (3 * F.adaptive_avg_pool2d(base, s) + torch.randn(rois, 1, s, s, generator=g)).requires_grad_() for s in sizes
+    ]
     semantic = torch.randn(2, 1, 12, 16, generator=g).requires_grad_()
     semantic_target = (torch.rand(2, 12, 16, generator=g) > 0.6).float()
     return logits, semantic, targets, semantic_target
@@ -93,18 +113,22 @@ def test_boundary_map_is_upstreams_block_target_boundary(width):
     assert torch.equal(boundary_map(masks, width), torch.from_numpy(expected))
 
 
-@pytest.mark.parametrize("num_stages,start_stage,width,weights", [
-    (4, 1, 2, (0.25, 0.5, 0.75, 1.0)),  # the recipe
-    (2, 1, 2, (0.5, 1.0)),
-    (3, 0, 1, (1.0, 2.0, 0.5)),
-    (5, 1, 2, (0.2, 0.4, 0.6, 0.8, 1.0)),
-])
+@pytest.mark.parametrize(
+    "num_stages,start_stage,width,weights",
+    [
+        (4, 1, 2, (0.25, 0.5, 0.75, 1.0)),  # the recipe
+        (2, 1, 2, (0.5, 1.0)),
+        (3, 0, 1, (1.0, 2.0, 0.5)),
+        (5, 1, 2, (0.2, 0.4, 0.6, 0.8, 1.0)),
+    ],
+)
 def test_refine_mask_loss_matches_the_upstream_definition(num_stages, start_stage, width, weights):
     for seed in range(2):
         ours = random_problem(num_stages, seed=seed)
         ref = random_problem(num_stages, seed=seed)
-        got = refine_mask_loss(*ours, stage_weights=weights, semantic_weight=0.7, boundary_width=width,
-                               start_stage=start_stage)
+        got = refine_mask_loss(
+            *ours, stage_weights=weights, semantic_weight=0.7, boundary_width=width, start_stage=start_stage
+        )
         expected = reference_loss(*ref, weights, 0.7, width, start_stage)
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -133,8 +157,9 @@ def reference_inference(stage_preds):
     for idx in range(len(preds) - 1):
         binary = preds[idx].squeeze(1).sigmoid() >= 0.5
         non_boundary = ~torch.from_numpy(reference_block_boundary(binary.numpy(), 1)).unsqueeze(1)
-        non_boundary = F.interpolate(non_boundary.float(), preds[idx + 1].shape[-2:], mode="bilinear",
-                                     align_corners=True) >= 0.5
+        non_boundary = (
+            F.interpolate(non_boundary.float(), preds[idx + 1].shape[-2:], mode="bilinear", align_corners=True) >= 0.5
+        )
         previous = F.interpolate(preds[idx], preds[idx + 1].shape[-2:], mode="bilinear", align_corners=True)
         preds[idx + 1][non_boundary] = previous[non_boundary]
     return preds[-1]
@@ -152,14 +177,19 @@ def test_head_shapes_through_every_stage():
     rois = torch.tensor([[0, 10.0, 12.0, 90.0, 70.0], [1, 0.0, 0.0, 40.0, 33.0], [1, 50.0, 8.0, 120.0, 100.0]])
     labels = torch.tensor([0, 7, 3])
     stage_logits, semantic_logits, features = head.layers(
-        torch.randn(3, 256, 14, 14), torch.randn(2, 256, 32, 40), rois, labels)
+        torch.randn(3, 256, 14, 14), torch.randn(2, 256, 32, 40), rois, labels
+    )
     assert [tuple(s.shape) for s in stage_logits] == [(3, 1, 14, 14), (3, 1, 28, 28), (3, 1, 56, 56), (3, 1, 112, 112)]
     assert tuple(semantic_logits.shape) == (2, 1, 32, 40)
     assert tuple(features.shape) == (3, 128, 28, 28)  # what DCL acts on: first stage, 128 channels
     assert [stage.fuse_in.in_channels for stage in head.stages] == [2 * 256 + 2, 2 * 128 + 2, 2 * 64 + 2]
     assert head.final_instance_logits.in_channels == 32
-    dcl_head = RefineMaskContrastHead(ShapeSpec(channels=256, height=14, width=14), num_classes=8,
-                                      semantic_channels=256, contrast={"loss_weight": 1.4})
+    dcl_head = RefineMaskContrastHead(
+        ShapeSpec(channels=256, height=14, width=14),
+        num_classes=8,
+        semantic_channels=256,
+        contrast={"loss_weight": 1.4},
+    )
     assert dcl_head.contrast_loss.proj_head[0].in_channels == 128 and dcl_head.contrast_loss.loss_weight == 1.4
 
 
@@ -177,8 +207,9 @@ def toy_batch(seed=0, images=2):
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.randint(0, 8, (3,), generator=g)
         inst.gt_masks = PolygonMasks(polygons)
-        batch.append({"image": torch.rand(3, 128, 256, generator=g) * 255, "instances": inst,
-                      "height": 128, "width": 256})
+        batch.append(
+            {"image": torch.rand(3, 128, 256, generator=g) * 255, "instances": inst, "height": 128, "width": 256}
+        )
     return batch
 
 
@@ -198,8 +229,10 @@ def test_models_train_with_the_expected_losses():
         with EventStorage() as storage:
             losses = model(toy_batch())
             sum(losses.values()).backward()
-        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_instance",
-                               "loss_semantic"} | extra
+        assert (
+            set(losses)
+            == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_instance", "loss_semantic"} | extra
+        )
         assert all(torch.isfinite(v) for v in losses.values())
         head = model.roi_heads.mask_head
         assert all(p.grad is not None for p in head.parameters())
@@ -211,7 +244,8 @@ def test_inference_is_identical_with_and_without_the_dcl_parts():
     baseline, with_dcl = toy_model(), toy_model(*DCL_HEAD)
     incompatible = with_dcl.load_state_dict(baseline.state_dict(), strict=False)
     assert {k.split("mask_head.")[1] for k in incompatible.missing_keys} == {
-        f"contrast_loss.proj_head.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+        f"contrast_loss.proj_head.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
     baseline.eval()
     with_dcl.eval()
     inputs = [{k: v for k, v in item.items() if k != "instances"} for item in toy_batch(seed=3)]
@@ -240,8 +274,15 @@ def test_inference_pastes_the_refined_112x112_masks():
     with torch.no_grad():
         instances = model.roi_heads.forward_with_given_boxes(
             model.backbone(model.preprocess_image(inputs).tensor),
-            [Instances((128, 256), pred_boxes=Boxes(torch.tensor([[10.0, 20.0, 120.0, 100.0]])),
-                       pred_classes=torch.tensor([2]), scores=torch.tensor([0.9]))])
+            [
+                Instances(
+                    (128, 256),
+                    pred_boxes=Boxes(torch.tensor([[10.0, 20.0, 120.0, 100.0]])),
+                    pred_classes=torch.tensor([2]),
+                    scores=torch.tensor([0.9]),
+                )
+            ],
+        )
     expected = refine_stage_logits(seen["stages"]).sigmoid()
     assert tuple(instances[0].pred_masks.shape) == (1, 1, 112, 112)
     torch.testing.assert_close(instances[0].pred_masks, expected)
@@ -253,8 +294,16 @@ def test_no_detections_and_no_foreground_rois_work():
     features = model.backbone(torch.zeros(1, 3, 128, 256))
     with torch.no_grad():
         out = model.roi_heads.forward_with_given_boxes(
-            features, [Instances((128, 256), pred_boxes=Boxes(torch.zeros(0, 4)),
-                                 pred_classes=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))])
+            features,
+            [
+                Instances(
+                    (128, 256),
+                    pred_boxes=Boxes(torch.zeros(0, 4)),
+                    pred_classes=torch.zeros(0, dtype=torch.long),
+                    scores=torch.zeros(0),
+                )
+            ],
+        )
     assert tuple(out[0].pred_masks.shape) == (0, 1, 112, 112)
     model.train()
     batch = toy_batch()
@@ -283,11 +332,39 @@ def test_refinemask_dcl_learns_on_the_toy_data_on_a_cpu(tmp_path):
     env = {**os.environ, "DCL_TOY_DATASETS": str(toy), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "dcl", "train", "--config-file", TOY_REFINEMASK, *DCL_HEAD,
-         "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "1.4", "SOLVER.IMS_PER_BATCH", "2",
-         "SOLVER.MAX_ITER", "120", "SOLVER.STEPS", "(100,)", "SOLVER.WARMUP_ITERS", "30",
-         "SOLVER.CHECKPOINT_PERIOD", "1000", "DATALOADER.NUM_WORKERS", "0", "SEED", "0", "OUTPUT_DIR", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "dcl",
+            "train",
+            "--config-file",
+            TOY_REFINEMASK,
+            *DCL_HEAD,
+            "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT",
+            "1.4",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "120",
+            "SOLVER.STEPS",
+            "(100,)",
+            "SOLVER.WARMUP_ITERS",
+            "30",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1000",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "SEED",
+            "0",
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     segm = json.loads((out / "inference" / "detectron2_eval.json").read_text())["toy_cityscapes_val"]["segm"]
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]

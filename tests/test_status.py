@@ -5,6 +5,7 @@ toy preset writes experiments.json); run.json files are written by :class:`dcl.r
 itself where the test is about what a training leaves, and by hand where a moment in time must be
 exact (speed, ETA). Expected speeds and ETAs are computed here from the fabricated times.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -56,10 +57,28 @@ def live(experiment: str) -> Path:
 
 
 def record(state, *, iteration, max_iter=160, attempts=None, update=100.0, **extra):
-    attempts = attempts or [{"start_time": iso(0), "train_start_time": iso(10), "start_iter": 0,
-                             "end_iter": None, "status": state, "host": "gpu-node-7", "pid": 1}]
-    return {"status": state, "mode": "train", "seed": 0, "iteration": iteration, "max_iter": max_iter,
-            "attempts": attempts, "update_time": iso(update), "slurm": None, **extra}
+    attempts = attempts or [
+        {
+            "start_time": iso(0),
+            "train_start_time": iso(10),
+            "start_iter": 0,
+            "end_iter": None,
+            "status": state,
+            "host": "gpu-node-7",
+            "pid": 1,
+        }
+    ]
+    return {
+        "status": state,
+        "mode": "train",
+        "seed": 0,
+        "iteration": iteration,
+        "max_iter": max_iter,
+        "attempts": attempts,
+        "update_time": iso(update),
+        "slurm": None,
+        **extra,
+    }
 
 
 def by_name(report, seed=0):
@@ -72,7 +91,13 @@ def test_progress_speed_and_eta_of_the_current_chunk():
     attempts = [
         {"start_time": iso(0), "train_start_time": iso(5), "start_iter": 0, "end_iter": 60, "status": "interrupted"},
         # Second chunk: resumed at 60, training again from t=1000; last update at t=1090 at iteration 105.
-        {"start_time": iso(990), "train_start_time": iso(1000), "start_iter": 60, "end_iter": None, "status": "running"},
+        {
+            "start_time": iso(990),
+            "train_start_time": iso(1000),
+            "start_iter": 60,
+            "end_iter": None,
+            "status": "running",
+        },
     ]
     state = progress(record("running", iteration=105, attempts=attempts, update=1090), at(1100))
     assert state.chunks == 2 and (state.iteration, state.max_iter) == (105, 160)
@@ -87,8 +112,17 @@ def test_progress_speed_and_eta_of_the_current_chunk():
 
 def test_run_record_writes_what_progress_needs(tmp_path):
     path = tmp_path / "run.json"
-    record_ = RunRecord.begin(path, resume=False, fields={"mode": "train", "host": socket.gethostname(), "iteration": 0,
-                                                            "max_iter": 50, "slurm": {"job_id": "77"}})
+    record_ = RunRecord.begin(
+        path,
+        resume=False,
+        fields={
+            "mode": "train",
+            "host": socket.gethostname(),
+            "iteration": 0,
+            "max_iter": 50,
+            "slurm": {"job_id": "77"},
+        },
+    )
     record_.start_iteration(0)
     data = json.loads(path.read_text())
     attempt = data["attempts"][-1]
@@ -107,8 +141,16 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
     finished.mkdir(parents=True)
     (finished / "run.json").write_text(json.dumps(record("finished", iteration=160)))
     live("toy_cityscapes_dcl").write_text(json.dumps(record("running", iteration=90, update=170)))
-    live("toy_coco_baseline").write_text(json.dumps(record(
-        "failed", iteration=2, error="FloatingPointError: Loss became infinite or NaN at iteration=2", exit_code=1)))
+    live("toy_coco_baseline").write_text(
+        json.dumps(
+            record(
+                "failed",
+                iteration=2,
+                error="FloatingPointError: Loss became infinite or NaN at iteration=2",
+                exit_code=1,
+            )
+        )
+    )
     live("toy_coco_dcl").write_text(json.dumps(record("interrupted", iteration=60, signal="SIGTERM")))
     # toy_coco_dcl_loss_weight_0.4 and the two RefineMask runs: no record at all.
     report = status.collect(tree, use_slurm=False, at=at(180))
@@ -116,9 +158,14 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
     assert len(runs) == 7  # the ablation point LOSS_WEIGHT 1.2 is toy_coco_dcl's run: one line
     assert runs["toy_coco_dcl"]["also"] == ["toy_coco_dcl_loss_weight_1.2"]
     assert {name: r["state"] for name, r in runs.items()} == {
-        "toy_cityscapes_baseline": "finished", "toy_cityscapes_dcl": "running", "toy_coco_baseline": "failed",
-        "toy_coco_dcl": "interrupted", "toy_coco_dcl_loss_weight_0.4": "pending",
-        "toy_cityscapes_refinemask_baseline": "pending", "toy_cityscapes_refinemask_dcl": "pending"}
+        "toy_cityscapes_baseline": "finished",
+        "toy_cityscapes_dcl": "running",
+        "toy_coco_baseline": "failed",
+        "toy_coco_dcl": "interrupted",
+        "toy_coco_dcl_loss_weight_0.4": "pending",
+        "toy_cityscapes_refinemask_baseline": "pending",
+        "toy_cityscapes_refinemask_dcl": "pending",
+    }
     running = runs["toy_cityscapes_dcl"]
     assert running["rate"] == pytest.approx(90 / 160)  # 90 iterations from t=10 to t=170
     assert running["eta_s"] == pytest.approx(70 / (90 / 160) - 10)
@@ -126,14 +173,23 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
     assert "Loss became infinite or NaN" in failed["reason"]
     assert failed["log"] == "logs/toy/train/toy_coco_baseline/seed0.log"
     assert runs["toy_coco_dcl"]["reason"] == "stopped by SIGTERM" and runs["toy_coco_dcl"]["chunks"] == 1
-    assert report["totals"] == {"finished": 1, "running": 1, "queued": 0, "interrupted": 1, "failed": 1,
-                                "pending": 3, "missing": 0}
+    assert report["totals"] == {
+        "finished": 1,
+        "running": 1,
+        "queued": 0,
+        "interrupted": 1,
+        "failed": 1,
+        "pending": 3,
+        "missing": 0,
+    }
     assert report["iterations"] == {"done": 160 + 90 + 2 + 60, "total": 4 * 160}
 
     # squeue: the interrupted run's next chunk is queued, the fresh one is starting on a node.
-    jobs = [status.SlurmJob("1001", "PENDING", "", "rule_train_wildcards_toy_coco_dcl_0"),
-            status.SlurmJob("1002", "RUNNING", "gpu03", "rule_train_wildcards_toy_coco_dcl_loss_weight_0.4_0"),
-            status.SlurmJob("999", "RUNNING", "gpu01", "rule_train_wildcards_toy_cityscapes_baseline_0")]
+    jobs = [
+        status.SlurmJob("1001", "PENDING", "", "rule_train_wildcards_toy_coco_dcl_0"),
+        status.SlurmJob("1002", "RUNNING", "gpu03", "rule_train_wildcards_toy_coco_dcl_loss_weight_0.4_0"),
+        status.SlurmJob("999", "RUNNING", "gpu01", "rule_train_wildcards_toy_cityscapes_baseline_0"),
+    ]
     expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
     queued = status.run_status(tree, expected["toy_coco_dcl"], jobs, at(180))
     assert (queued.state, queued.job_id, queued.node) == ("queued", "1001", None)
@@ -145,8 +201,12 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
 
 def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
     expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
-    live("toy_coco_dcl").write_text(json.dumps(record("running", iteration=90, slurm={"job_id": "4242", "nodes": "gpu09"})))
-    alive = status.run_status(tree, expected["toy_coco_dcl"], [status.SlurmJob("4242", "RUNNING", "gpu09", "x")], at(120))
+    live("toy_coco_dcl").write_text(
+        json.dumps(record("running", iteration=90, slurm={"job_id": "4242", "nodes": "gpu09"}))
+    )
+    alive = status.run_status(
+        tree, expected["toy_coco_dcl"], [status.SlurmJob("4242", "RUNNING", "gpu09", "x")], at(120)
+    )
     assert (alive.state, alive.job_id, alive.node) == ("running", "4242", "gpu09")
     gone = status.run_status(tree, expected["toy_coco_dcl"], [], at(120))
     assert gone.state == "interrupted" and "Slurm job 4242 has ended" in gone.reason
@@ -154,8 +214,16 @@ def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
     assert status.run_status(tree, expected["toy_coco_dcl"], None, at(120)).state == "running"
     # A local run: its process on this host.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    attempts = [{"start_time": iso(0), "train_start_time": iso(10), "start_iter": 0, "status": "running",
-                 "host": socket.gethostname(), "pid": int(dead.stdout)}]
+    attempts = [
+        {
+            "start_time": iso(0),
+            "train_start_time": iso(10),
+            "start_iter": 0,
+            "status": "running",
+            "host": socket.gethostname(),
+            "pid": int(dead.stdout),
+        }
+    ]
     live("toy_coco_baseline").write_text(json.dumps(record("running", iteration=90, attempts=attempts)))
     local = status.run_status(tree, expected["toy_coco_baseline"], None, at(120))
     assert local.state == "interrupted" and "has ended" in local.reason
@@ -180,22 +248,32 @@ def test_a_results_tree_copied_elsewhere_shows_finished_and_missing(tree, tmp_pa
 def test_status_command_end_to_end(tree, tmp_path):
     """`dcl status` as a subprocess: the text table, --json, the totals line, and squeue (a stand-in
     on PATH that prints what the real one prints for these --format options)."""
-    live("toy_coco_dcl").write_text(json.dumps(record("running", iteration=90, update=170,
-                                                      slurm={"job_id": "5150", "nodes": "gpu04"})))
-    live("toy_coco_baseline").write_text(json.dumps(record("failed", iteration=2, error="ValueError: bad", exit_code=1)))
+    live("toy_coco_dcl").write_text(
+        json.dumps(record("running", iteration=90, update=170, slurm={"job_id": "5150", "nodes": "gpu04"}))
+    )
+    live("toy_coco_baseline").write_text(
+        json.dumps(record("failed", iteration=2, error="ValueError: bad", exit_code=1))
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     squeue = bin_dir / "squeue"
-    squeue.write_text("#!/bin/sh\n"
-                      "echo '5150|RUNNING|gpu04|rule_train_wildcards_toy_coco_dcl_0'\n"
-                      "echo '5151|PENDING||rule_train_wildcards_toy_cityscapes_dcl_0'\n")
+    squeue.write_text(
+        "#!/bin/sh\n"
+        "echo '5150|RUNNING|gpu04|rule_train_wildcards_toy_coco_dcl_0'\n"
+        "echo '5151|PENDING||rule_train_wildcards_toy_cityscapes_dcl_0'\n"
+    )
     squeue.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+    }
     command = [sys.executable, "-m", "dcl", "status"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
-    lines = {line.split()[0]: line for line in done.stdout.splitlines()[2:-1] if line.strip() and not line.startswith(" ")}
+    lines = {
+        line.split()[0]: line for line in done.stdout.splitlines()[2:-1] if line.strip() and not line.startswith(" ")
+    }
     assert lines["toy_coco_dcl"].startswith("toy_coco_dcl (+1)")  # and the ablation point it is
     assert "running" in lines["toy_coco_dcl"] and "90/160" in lines["toy_coco_dcl"] and "5150" in lines["toy_coco_dcl"]
     assert "gpu04" in lines["toy_coco_dcl"]
@@ -204,15 +282,17 @@ def test_status_command_end_to_end(tree, tmp_path):
     assert done.stdout.splitlines()[-1].startswith("7 runs: 1 running, 1 queued, 1 failed, 4 pending")
     assert "with squeue" in done.stdout.splitlines()[0]
 
-    as_json = subprocess.run([*command, "results/toy", "--json", "--no-slurm"], capture_output=True, text=True,
-                             timeout=60, env=env)
+    as_json = subprocess.run(
+        [*command, "results/toy", "--json", "--no-slurm"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     assert data["slurm"] is False and by_name(data)["toy_cityscapes_dcl"]["state"] == "pending"
 
     # --watch refreshes until interrupted; one line of JSON per refresh.
-    watch = subprocess.Popen([*command, "--watch", "0.2", "--json", "--no-slurm"], stdout=subprocess.PIPE, text=True,
-                             env=env)
+    watch = subprocess.Popen(
+        [*command, "--watch", "0.2", "--json", "--no-slurm"], stdout=subprocess.PIPE, text=True, env=env
+    )
     first, second = watch.stdout.readline(), watch.stdout.readline()
     watch.send_signal(2)
     assert watch.wait(timeout=30) == 0
@@ -225,18 +305,23 @@ def test_status_command_end_to_end(tree, tmp_path):
 # ----------------------------------------------------------------------------- dcl report beside a running workflow
 def test_report_lists_live_runs_and_writes_nothing_into_run_folders(tree, capsys):
     live("toy_coco_dcl").write_text(json.dumps(record("running", iteration=90, update=170)))
-    live("toy_coco_baseline").write_text(json.dumps(record("failed", iteration=2, error="FloatingPointError: NaN", exit_code=1)))
+    live("toy_coco_baseline").write_text(
+        json.dumps(record("failed", iteration=2, error="FloatingPointError: NaN", exit_code=1))
+    )
     before = sorted(str(p) for p in Path(".").rglob("*"))
     assert cli.main(["report", str(tree)]) == 0
     after = sorted(str(p) for p in Path(".").rglob("*"))
     new = [p for p in after if p not in before]
-    assert new and all(p.startswith(("results/toy/tables", "results/toy/figures")) or p == "results/toy/README.md"
-                       for p in new), new
+    assert new and all(
+        p.startswith(("results/toy/tables", "results/toy/figures")) or p == "results/toy/README.md" for p in new
+    ), new
     readme = (tree / "README.md").read_text()
     assert "8 runs expected: 0 finished, 2 running, 0 incomplete, 1 failed, 5 missing." in readme
     assert "`toy_coco_dcl` seed 0: **running**: training (iteration 90/160, 0.56 it/s)" in readme
-    assert ("`toy_coco_baseline` seed 0: **failed**: training failed (iteration 2/160): FloatingPointError: NaN; "
-            "log: logs/toy/train/toy_coco_baseline/seed0.log") in readme
+    assert (
+        "`toy_coco_baseline` seed 0: **failed**: training failed (iteration 2/160): FloatingPointError: NaN; "
+        "log: logs/toy/train/toy_coco_baseline/seed0.log"
+    ) in readme
     # Unchanged run files, unchanged README (no ETA or age in it).
     assert cli.main(["report", str(tree)]) == 0 and (tree / "README.md").read_text() == readme
 
@@ -252,20 +337,36 @@ def test_a_toy_training_mid_run_is_running_with_an_eta_then_interrupted(tmp_path
     import time
 
     config = read_config_file(REPO / "configs" / "toy.yaml")
-    config["train_overrides"] = {"SOLVER.MAX_ITER": 2000, "SOLVER.IMS_PER_BATCH": 2, "DATALOADER.NUM_WORKERS": 0,
-                                 "SOLVER.CHECKPOINT_PERIOD": 100000}
+    config["train_overrides"] = {
+        "SOLVER.MAX_ITER": 2000,
+        "SOLVER.IMS_PER_BATCH": 2,
+        "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.CHECKPOINT_PERIOD": 100000,
+    }
     plan = Plan(config, repo_root=REPO, working_dir=tmp_path)
     results = tmp_path / plan.results
     results.mkdir(parents=True)
     (results / "experiments.json").write_text(json.dumps(plan.document()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "dcl", "data", "toy", "--out", "datasets/toy", "--num-train", "8",
-                    "--num-val", "4"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "dcl", "data", "toy", "--out", "datasets/toy", "--num-train", "8", "--num-val", "4"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     words = shlex.split(plan.train_command(plan.run("toy_coco_baseline", 0)))  # env ... dcl train ...
     at_dcl = words.index("dcl")
     live_record = tmp_path / plan.output_dir(plan.run("toy_coco_baseline", 0)) / "run.json"
-    training = subprocess.Popen([*words[:at_dcl], sys.executable, "-m", "dcl", *words[at_dcl + 1:]], cwd=tmp_path,
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    training = subprocess.Popen(
+        [*words[:at_dcl], sys.executable, "-m", "dcl", *words[at_dcl + 1 :]],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # two progress updates after the start: a speed
@@ -276,22 +377,40 @@ def test_a_toy_training_mid_run_is_running_with_an_eta_then_interrupted(tmp_path
             time.sleep(1)
         else:
             pytest.fail("no progress in 5 minutes")
-        shown = subprocess.run([sys.executable, "-m", "dcl", "status", "--json"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=60)
+        shown = subprocess.run(
+            [sys.executable, "-m", "dcl", "status", "--json"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert shown.returncode == 0, shown.stderr
         row = by_name(json.loads(shown.stdout))["toy_coco_baseline"]
         assert row["state"] == "running" and row["iteration"] >= 40 and row["max_iter"] == 2000, row
         assert row["rate"] > 0 and row["eta_s"] > 0 and row["chunks"] == 1
         assert by_name(json.loads(shown.stdout))["toy_coco_dcl"]["state"] == "pending"
-        reported = subprocess.run([sys.executable, "-m", "dcl", "report", str(plan.results)], cwd=tmp_path, env=env,
-                                  capture_output=True, text=True, timeout=300)
+        reported = subprocess.run(
+            [sys.executable, "-m", "dcl", "report", str(plan.results)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert reported.returncode == 0, reported.stderr
         assert "`toy_coco_baseline` seed 0: **running**: training (iteration " in (results / "README.md").read_text()
     finally:
         os.killpg(training.pid, signal.SIGTERM)
         code = training.wait(timeout=120)
     assert code == 75
-    stopped = subprocess.run([sys.executable, "-m", "dcl", "status", "--json"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=60)
+    stopped = subprocess.run(
+        [sys.executable, "-m", "dcl", "status", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     row = by_name(json.loads(stopped.stdout))["toy_coco_baseline"]
     assert row["state"] == "interrupted" and row["reason"] == "stopped by SIGTERM"

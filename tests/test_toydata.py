@@ -6,6 +6,7 @@ Every check compares against something independent of the generator: pycocotools
 scipy's connected components, a painter written here from the Cityscapes documentation, the
 class colours in the images, detectron2's loaders and cityscapesscripts' evaluation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,15 @@ from scipy import ndimage
 
 from dcl.cli import main
 from dcl.io import InputError
-from dcl.toydata import (CITYSCAPES_CITIES, CITYSCAPES_CLASSES, COCO_CLASSES, MARKER_NAME,
-                         generate_toy_datasets, mask_outlines, parse_size)
+from dcl.toydata import (
+    CITYSCAPES_CITIES,
+    CITYSCAPES_CLASSES,
+    COCO_CLASSES,
+    MARKER_NAME,
+    generate_toy_datasets,
+    mask_outlines,
+    parse_size,
+)
 
 NUM_TRAIN, NUM_VAL = 4, 8  # 8 val images: every Cityscapes class appears in val
 INSTANCE_LABEL_IDS = {24, 25, 26, 27, 28, 31, 32, 33}
@@ -52,8 +60,10 @@ def _cityscapes_stems(toy: Path, split: str) -> list[tuple[Path, Path]]:
     """(image file, gtFine prefix) of every image of a split."""
     city = CITYSCAPES_CITIES[split]
     images = sorted((toy / "cityscapes" / "leftImg8bit" / split / city).glob("*_leftImg8bit.png"))
-    return [(image, toy / "cityscapes" / "gtFine" / split / city / image.name.replace("leftImg8bit.png", "gtFine_"))
-            for image in images]
+    return [
+        (image, toy / "cityscapes" / "gtFine" / split / city / image.name.replace("leftImg8bit.png", "gtFine_"))
+        for image in images
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,9 +129,12 @@ def test_different_seed_gives_different_data(tmp_path):
     generate_toy_datasets(tmp_path / "b", seed=1, num_train=2, num_val=1)
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert a.keys() == b.keys()
-    for name in ("coco/train/000000000001.jpg", "coco/annotations/instances_train.json",
-                 f"cityscapes/leftImg8bit/val/{CITYSCAPES_CITIES['val']}/"
-                 f"{CITYSCAPES_CITIES['val']}_000000_000000_leftImg8bit.png"):
+    for name in (
+        "coco/train/000000000001.jpg",
+        "coco/annotations/instances_train.json",
+        f"cityscapes/leftImg8bit/val/{CITYSCAPES_CITIES['val']}/"
+        f"{CITYSCAPES_CITIES['val']}_000000_000000_leftImg8bit.png",
+    ):
         assert a[name] != b[name]
 
 
@@ -192,8 +205,12 @@ def test_bad_arguments(tmp_path):
 
 def test_cli_writes_both_formats(tmp_path, capsys):
     out = tmp_path / "toy"
-    assert main(["data", "toy", "--out", str(out), "--num-train", "2", "--num-val", "1", "--size", "96x160",
-                 "--seed", "5"]) == 0
+    assert (
+        main(
+            ["data", "toy", "--out", str(out), "--num-train", "2", "--num-val", "1", "--size", "96x160", "--seed", "5"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "coco/train: 2 images" in printed and "cityscapes/val: 1 images" in printed
     marker = json.loads((out / MARKER_NAME).read_text())
@@ -210,7 +227,11 @@ def test_cli_writes_both_formats(tmp_path, capsys):
 def test_coco_json_is_valid_and_consistent(toy):
     for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
         coco = COCO(str(toy / "coco" / "annotations" / f"instances_{split}.json"))
-        assert [(c["id"], c["name"]) for c in coco.loadCats(coco.getCatIds())] == [(1, "disc"), (2, "triangle"), (3, "square")]
+        assert [(c["id"], c["name"]) for c in coco.loadCats(coco.getCatIds())] == [
+            (1, "disc"),
+            (2, "triangle"),
+            (3, "square"),
+        ]
         assert sorted(coco.getImgIds()) == list(range(1, count + 1))
         assert sorted(coco.getAnnIds()) == list(range(1, len(coco.anns) + 1))
         for image in coco.loadImgs(coco.getImgIds()):
@@ -219,8 +240,9 @@ def test_coco_json_is_valid_and_consistent(toy):
             assert len(coco.getAnnIds(imgIds=image["id"], iscrowd=False)) >= 2
 
 
-def _colour_alignment(pixels: np.ndarray, masks: dict[int, np.ndarray], crowd: np.ndarray,
-                      palette: list[tuple[int, int, int]]) -> list[float]:
+def _colour_alignment(
+    pixels: np.ndarray, masks: dict[int, np.ndarray], crowd: np.ndarray, palette: list[tuple[int, int, int]]
+) -> list[float]:
     """Per class: IoU between the union of its annotated masks and the pixels painted in its
     colour (nearest palette colour after dividing by the brightest channel, which undoes the
     brightness changes), near the objects and away from crowd regions. 1 = perfect alignment;
@@ -257,9 +279,14 @@ def test_coco_annotations_match_the_pixels(toy):
     for image in coco.loadImgs(coco.getImgIds()):
         pixels = np.asarray(Image.open(toy / "coco" / "val" / image["file_name"]), dtype=float)
         masks = _coco_masks(coco, image["id"])
-        by_class = {c.dataset_id - 1: np.any([m for a, m in masks if a["category_id"] == c.dataset_id
-                                              and not a["iscrowd"]] or [np.zeros_like(masks[0][1])], axis=0)
-                    for c in COCO_CLASSES}
+        by_class = {
+            c.dataset_id - 1: np.any(
+                [m for a, m in masks if a["category_id"] == c.dataset_id and not a["iscrowd"]]
+                or [np.zeros_like(masks[0][1])],
+                axis=0,
+            )
+            for c in COCO_CLASSES
+        }
         crowd_mask = np.any([m for a, m in masks if a["iscrowd"]] or [np.zeros_like(masks[0][1])], axis=0)
         ious += _colour_alignment(pixels, by_class, crowd_mask, [c.colour for c in COCO_CLASSES])
         union = np.zeros((image["height"], image["width"]), int)
@@ -275,8 +302,11 @@ def test_coco_annotations_match_the_pixels(toy):
             assert isinstance(ann["segmentation"], list) and len(ann["segmentation"]) == 1
         assert union.max() == 1  # visible masks never overlap
         instance_masks = [m for a, m in masks if not a["iscrowd"]]
-        touching += any((ndimage.binary_dilation(a) & b).any()
-                        for i, a in enumerate(instance_masks) for b in instance_masks[i + 1:])
+        touching += any(
+            (ndimage.binary_dilation(a) & b).any()
+            for i, a in enumerate(instance_masks)
+            for b in instance_masks[i + 1 :]
+        )
     assert touching >= NUM_VAL // 4
     assert min(ious) > 0.85 and np.mean(ious) > 0.97, (min(ious), np.mean(ious))
     coco_train = COCO(str(toy / "coco" / "annotations" / "instances_train.json"))
@@ -350,8 +380,11 @@ def test_cityscapes_files_follow_the_official_conventions(toy):
                 assert (colours[label_ids == label_id] == id2label[int(label_id)].color).all()
             # An instance's visible pixels are its polygon minus later (nearer) polygons.
             for value in np.unique(instance_ids[instance_ids >= 1000]):
-                index = [o for o in polygons["objects"] if name2label.get(o["label"]) is not None
-                         and name2label[o["label"]].id == value // 1000][value % 1000]
+                index = [
+                    o
+                    for o in polygons["objects"]
+                    if name2label.get(o["label"]) is not None and name2label[o["label"]].id == value // 1000
+                ][value % 1000]
                 alone = Image.new("1", (256, 128), 0)
                 ImageDraw.Draw(alone).polygon([tuple(p) for p in index["polygon"]], fill=1)
                 visible = (instance_ids == value).sum()
@@ -368,8 +401,9 @@ def test_cityscapes_images_match_their_annotations(toy):
     for image_file, gt in _cityscapes_stems(toy, "val") + _cityscapes_stems(toy, "train"):
         pixels = np.asarray(Image.open(image_file), dtype=float)
         instance_ids = np.asarray(Image.open(str(gt) + "instanceIds.png")).astype(np.int64)
-        by_class = {i: (instance_ids >= 1000) & (instance_ids // 1000 == c.dataset_id)
-                    for i, c in enumerate(CITYSCAPES_CLASSES)}
+        by_class = {
+            i: (instance_ids >= 1000) & (instance_ids // 1000 == c.dataset_id) for i, c in enumerate(CITYSCAPES_CLASSES)
+        }
         crowd = (instance_ids >= 24) & (instance_ids < 1000)
         ious += _colour_alignment(pixels, by_class, crowd, [c.colour for c in CITYSCAPES_CLASSES])
     assert min(ious) > 0.85 and np.mean(ious) > 0.97, (min(ious), np.mean(ious))
@@ -377,8 +411,15 @@ def test_cityscapes_images_match_their_annotations(toy):
 
 def test_cityscapes_classes_are_cityscapesscripts_instance_classes():
     assert [(c.name, c.dataset_id) for c in CITYSCAPES_CLASSES] == [
-        ("person", 24), ("rider", 25), ("car", 26), ("truck", 27), ("bus", 28), ("train", 31),
-        ("motorcycle", 32), ("bicycle", 33)]
+        ("person", 24),
+        ("rider", 25),
+        ("car", 26),
+        ("truck", 27),
+        ("bus", 28),
+        ("train", 31),
+        ("motorcycle", 32),
+        ("bicycle", 33),
+    ]
     assert len({c.shape for c in CITYSCAPES_CLASSES}) == 8 and len({c.colour for c in CITYSCAPES_CLASSES}) == 8
     assert len({c.shape for c in COCO_CLASSES}) == 3
 
@@ -410,9 +451,12 @@ def test_cityscapes_readable_by_detectron2_loader_in_both_modes(toy):
             if annotation["iscrowd"]:
                 continue
             assert annotation["bbox_mode"] == BoxMode.XYXY_ABS
-            polygon_mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(annotation["segmentation"], 128, 256)))
-            png_masks = [instance_ids == v for v in values if v >= 1000
-                         and contiguous[v // 1000] == annotation["category_id"]]
+            polygon_mask = mask_util.decode(
+                mask_util.merge(mask_util.frPyObjects(annotation["segmentation"], 128, 256))
+            )
+            png_masks = [
+                instance_ids == v for v in values if v >= 1000 and contiguous[v // 1000] == annotation["category_id"]
+            ]
             ious.append(max((polygon_mask & m).sum() / (polygon_mask | m).sum() for m in png_masks))
     assert min(ious) > 0.6 and np.mean(ious) > 0.8
 
@@ -458,7 +502,9 @@ def test_cityscapes_evaluable_by_cityscapesscripts(toy, tmp_path, monkeypatch):
 
     perfect = evaluate({})
     assert perfect["averages"]["allAp"] == pytest.approx(1.0)
-    assert {name: v["ap"] for name, v in perfect["averages"]["classes"].items()} == {c.name: 1.0 for c in CITYSCAPES_CLASSES}
+    assert {name: v["ap"] for name, v in perfect["averages"]["classes"].items()} == {
+        c.name: 1.0 for c in CITYSCAPES_CLASSES
+    }
     swapped = evaluate({26: 27})  # cars predicted as trucks
     assert swapped["averages"]["classes"]["car"]["ap"] == 0.0
     assert swapped["averages"]["classes"]["bicycle"]["ap"] == pytest.approx(1.0)
@@ -474,11 +520,15 @@ def test_marker_counts_match_the_files(toy):
     for split in ("train", "val"):
         coco = json.loads((toy / "coco" / "annotations" / f"instances_{split}.json").read_text())
         crowd = sum(a["iscrowd"] for a in coco["annotations"])
-        assert marker["counts"]["coco"][split] == {"images": len(coco["images"]),
-                                                   "instances": len(coco["annotations"]) - crowd,
-                                                   "crowd_regions": crowd}
-        values = [np.unique(np.asarray(Image.open(str(gt) + "instanceIds.png")).astype(np.int64))
-                  for _, gt in _cityscapes_stems(toy, split)]
+        assert marker["counts"]["coco"][split] == {
+            "images": len(coco["images"]),
+            "instances": len(coco["annotations"]) - crowd,
+            "crowd_regions": crowd,
+        }
+        values = [
+            np.unique(np.asarray(Image.open(str(gt) + "instanceIds.png")).astype(np.int64))
+            for _, gt in _cityscapes_stems(toy, split)
+        ]
         assert marker["counts"]["cityscapes"][split] == {
             "images": len(values),
             "instances": int(sum((v >= 1000).sum() for v in values)),
@@ -510,9 +560,11 @@ def test_conversion_hook_calls_dcl_cityscapes(tmp_path, monkeypatch):
     fake.cityscapes_to_coco = cityscapes_to_coco
     monkeypatch.setitem(sys.modules, "dcl.cityscapes", fake)
     marker = generate_toy_datasets(tmp_path, num_train=1, num_val=1)
-    assert calls == [("cityscapes", "train", "instancesonly_filtered_gtFine_train.json", "default"),
-                     ("cityscapes", "val", "instancesonly_filtered_gtFine_val.json", "default"),
-                     ("cityscapes", "val", "instancesonly_filtered_gtFine_val.detectron.json", "detectron")]
+    assert calls == [
+        ("cityscapes", "train", "instancesonly_filtered_gtFine_train.json", "default"),
+        ("cityscapes", "val", "instancesonly_filtered_gtFine_val.json", "default"),
+        ("cityscapes", "val", "instancesonly_filtered_gtFine_val.detectron.json", "detectron"),
+    ]
     assert marker["cityscapes_coco_json"] is True
     written = tmp_path / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
     assert json.loads(written.read_text()) == {"split": "val"}

@@ -1,5 +1,6 @@
 """dcl train: config loading, distributed layout, checkpoints, run records, the original README's
 commands, and (e2e) real CPU training runs that are stopped by a signal, resumed and evaluated."""
+
 import itertools
 import json
 import os
@@ -23,8 +24,14 @@ from dcl import config, engine
 from dcl.cli import main
 from dcl.io import InputError, read_json
 from dcl.runrecord import RunRecord
-from dcl.slurm import (DistributedLayout, expand_hostlist, requeue_own_job, resolve_distributed, slurm_job,
-                       stop_signal_option)
+from dcl.slurm import (
+    DistributedLayout,
+    expand_hostlist,
+    requeue_own_job,
+    resolve_distributed,
+    slurm_job,
+    stop_signal_option,
+)
 from dcl.config import load_config
 from dcl.engine import AtomicCheckpointer
 from dcl.preemption import EXIT_INTERRUPTED
@@ -38,6 +45,7 @@ DCL_HEADS = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NA
 
 # --------------------------------------------------------------------------- config
 
+
 def test_load_config_merges_file_and_overrides_with_dcl_defaults():
     cfg = load_config(TOY, ["SOLVER.MAX_ITER", "7", "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT", "0.4"])
     assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.RESNETS.DEPTH == 18
@@ -46,14 +54,20 @@ def test_load_config_merges_file_and_overrides_with_dcl_defaults():
     assert cfg.is_frozen()
 
 
-@pytest.mark.parametrize("body, opts, message", [
-    ("MODEL:\n  ROI_MASK_HEAD:\n    CONTRAST_LOSS:\n      TEMPERATUR: 0.1\n", [],
-     r"cfg\.yaml: Non-existent config key: MODEL\.ROI_MASK_HEAD\.CONTRAST_LOSS\.TEMPERATUR"),
-    ("", ["SOLVER.MAX_ITERS", "3"], r"config override: Non-existent key: SOLVER\.MAX_ITERS"),
-    ("", ["SOLVER.MAX_ITER"], "KEY VALUE pairs; got an odd number"),
-    ("", ["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_FUNC", "infonce"], "LOSS_FUNC 'infonce' is unknown"),
-    ("", ["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE", "0.0"], "TEMPERATURE 0.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "body, opts, message",
+    [
+        (
+            "MODEL:\n  ROI_MASK_HEAD:\n    CONTRAST_LOSS:\n      TEMPERATUR: 0.1\n",
+            [],
+            r"cfg\.yaml: Non-existent config key: MODEL\.ROI_MASK_HEAD\.CONTRAST_LOSS\.TEMPERATUR",
+        ),
+        ("", ["SOLVER.MAX_ITERS", "3"], r"config override: Non-existent key: SOLVER\.MAX_ITERS"),
+        ("", ["SOLVER.MAX_ITER"], "KEY VALUE pairs; got an odd number"),
+        ("", ["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_FUNC", "infonce"], "LOSS_FUNC 'infonce' is unknown"),
+        ("", ["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE", "0.0"], "TEMPERATURE 0.0 is out of range"),
+    ],
+)
 def test_load_config_rejects_bad_input_clearly(tmp_path, body, opts, message):
     config = tmp_path / "cfg.yaml"
     config.write_text(f'_BASE_: "{TOY}"\n{body}')
@@ -79,12 +93,18 @@ def test_python_tags_in_config_files_are_refused_before_detectron2_reads_them(tm
     config = tmp_path / "sub" / "cfg.yaml"
     config.write_text('_BASE_: "base.yaml"\n' + (f"SEED: {RUNS_CODE}\n" if where == "file" else ""))
     faulty = base if where == "base" else config
-    message = (rf"{faulty} \(line 2\): could not determine a constructor for the tag "
-               r"'tag:yaml.org,2002:python/object/apply:os.system'; config files must be plain YAML")
+    message = (
+        rf"{faulty} \(line 2\): could not determine a constructor for the tag "
+        r"'tag:yaml.org,2002:python/object/apply:os.system'; config files must be plain YAML"
+    )
     with pytest.raises(InputError, match=message):
         load_config(str(config), [])
-    result = subprocess.run([sys.executable, "-m", "dcl", "train", "--dry-run", "--config-file", str(config)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcl", "train", "--dry-run", "--config-file", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert re.search(message, result.stderr.strip().splitlines()[-1])  # (after torch's import warnings)
     assert not (tmp_path / "pwned").exists()
@@ -101,8 +121,11 @@ def test_seeds_numpy_cannot_take_are_refused():
 def test_several_tasks_on_a_node_need_gpus_of_their_own(monkeypatch):
     cfg = load_config(TOY, ["MODEL.DEVICE", "cuda", "SOLVER.IMS_PER_BATCH", "8"])
     monkeypatch.setattr(config.torch.cuda, "device_count", lambda: 4)
-    with pytest.raises(InputError, match=r"2 dcl train tasks on this node, each seeing 4 GPU\(s\) for --num-gpus 2: "
-                                         r"give each task its own \(srun --gpus-per-task=2\)"):
+    with pytest.raises(
+        InputError,
+        match=r"2 dcl train tasks on this node, each seeing 4 GPU\(s\) for --num-gpus 2: "
+        r"give each task its own \(srun --gpus-per-task=2\)",
+    ):
         config.check_devices(cfg, 2, 4, machines_per_node=2)
     config.check_devices(cfg, 4, 2, machines_per_node=1)  # one task per node: all of its GPUs
     monkeypatch.setattr(config.torch.cuda, "device_count", lambda: 2)  # bound by --gpus-per-task
@@ -122,13 +145,19 @@ def test_weights_that_could_run_code_are_refused_in_one_line(tmp_path, monkeypat
     checkpointer = AtomicCheckpointer(model)
     evil_pth = tmp_path / "evil.pth"
     torch.save({"model": model.state_dict(), "x": RunsCode()}, evil_pth)
-    with pytest.raises(InputError, match=r"evil.pth is refused by torch.load\(weights_only=True\): [^\n;]*"
-                                         r"GLOBAL posix.system[^\n]*; only checkpoints of tensors"):
+    with pytest.raises(
+        InputError,
+        match=r"evil.pth is refused by torch.load\(weights_only=True\): [^\n;]*"
+        r"GLOBAL posix.system[^\n]*; only checkpoints of tensors",
+    ):
         checkpointer.load(str(evil_pth))
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(evil_pth.read_bytes()[:100])
-    with pytest.raises(InputError, match=r"truncated.pth cannot be loaded \(corrupted, or not a checkpoint\?\): "
-                                         r"PytorchStreamReader failed reading zip archive"):
+    with pytest.raises(
+        InputError,
+        match=r"truncated.pth cannot be loaded \(corrupted, or not a checkpoint\?\): "
+        r"PytorchStreamReader failed reading zip archive",
+    ):
         checkpointer.load(str(truncated))
     evil_pkl = tmp_path / "evil.pkl"
     evil_pkl.write_bytes(pickle.dumps({"model": {"weight": np.zeros((3, 2), np.float32)}, "x": RunsCode()}))
@@ -137,8 +166,15 @@ def test_weights_that_could_run_code_are_refused_in_one_line(tmp_path, monkeypat
     assert not (tmp_path / "pwned").exists()
     # detectron2's model-zoo format of plain data loads.
     plain = tmp_path / "plain.pkl"
-    plain.write_bytes(pickle.dumps({"model": {"weight": np.full((3, 2), 2.0, np.float32),
-                                              "bias": np.ones(3, np.float32)}, "__author__": "test"}, protocol=2))
+    plain.write_bytes(
+        pickle.dumps(
+            {
+                "model": {"weight": np.full((3, 2), 2.0, np.float32), "bias": np.ones(3, np.float32)},
+                "__author__": "test",
+            },
+            protocol=2,
+        )
+    )
     checkpointer.load(str(plain))
     assert torch.equal(model.weight, torch.full((3, 2), 2.0))
 
@@ -146,9 +182,25 @@ def test_weights_that_could_run_code_are_refused_in_one_line(tmp_path, monkeypat
 @pytest.mark.e2e
 def test_train_refuses_unsafe_weights_as_a_subprocess(tmp_path):
     torch.save({"model": {}, "x": RunsCode()}, tmp_path / "evil.pth")
-    result = subprocess.run([sys.executable, "-m", "dcl", "train", "--eval-only", "--config-file", TOY,
-                             "MODEL.WEIGHTS", "evil.pth", "OUTPUT_DIR", "out"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcl",
+            "train",
+            "--eval-only",
+            "--config-file",
+            TOY,
+            "MODEL.WEIGHTS",
+            "evil.pth",
+            "OUTPUT_DIR",
+            "out",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "dcl train: error: weights file evil.pth is refused by torch.load(weights_only=True)" in result.stderr
     assert read_json(tmp_path / "out" / "run.json")["status"] == "failed"
@@ -162,18 +214,24 @@ def test_a_downloaded_weights_file_is_checked_against_its_recorded_digest(tmp_pa
     path.write_bytes(b"\x80\x02swapped")
     path.with_name("model.pkl.sha256").write_text(f"{'0' * 64}  model.pkl\n")
     for spec in ("detectron2://model.pkl", str(path)):
-        assert main(["train", "--dry-run", "--config-file", TOY, "--weights-dir", "weights", "MODEL.WEIGHTS", spec]) == 1
+        assert (
+            main(["train", "--dry-run", "--config-file", TOY, "--weights-dir", "weights", "MODEL.WEIGHTS", spec]) == 1
+        )
         assert f"{path.relative_to(tmp_path) if '://' in spec else path}: SHA-256" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- distributed layout
 
-@pytest.mark.parametrize("hostlist, hosts", [
-    ("node7", ["node7"]),
-    ("gpu[01-03,07],login-1", ["gpu01", "gpu02", "gpu03", "gpu07", "login-1"]),
-    ("a[098-101]", ["a098", "a099", "a100", "a101"]),
-    ("rack[1-2]-n[8-9]", ["rack1-n8", "rack1-n9", "rack2-n8", "rack2-n9"]),
-])
+
+@pytest.mark.parametrize(
+    "hostlist, hosts",
+    [
+        ("node7", ["node7"]),
+        ("gpu[01-03,07],login-1", ["gpu01", "gpu02", "gpu03", "gpu07", "login-1"]),
+        ("a[098-101]", ["a098", "a099", "a100", "a101"]),
+        ("rack[1-2]-n[8-9]", ["rack1-n8", "rack1-n9", "rack2-n8", "rack2-n9"]),
+    ],
+)
 def test_expand_hostlist(hostlist, hosts):
     assert expand_hostlist(hostlist) == hosts
 
@@ -184,9 +242,17 @@ def test_expand_hostlist_rejects_malformed_lists():
             expand_hostlist(bad)
 
 
-STEP = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
-        "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2",
-        "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NODEID": "1", "SLURM_PROCID": "1"}
+STEP = {
+    "SLURM_JOB_ID": "123456",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+    "SLURM_STEP_ID": "0",
+    "SLURM_STEP_NUM_NODES": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_STEP_NODELIST": "gpu[07-08]",
+    "SLURM_NODEID": "1",
+    "SLURM_PROCID": "1",
+}
 
 
 def test_distributed_layout_outside_slurm_and_in_single_node_jobs():
@@ -205,8 +271,15 @@ def test_distributed_layout_from_a_multi_node_srun_step():
 
 def test_distributed_layout_with_several_tasks_per_node():
     # Each task is one machine, ranked by its task id: 2 tasks on one node, 8 on two.
-    one_node = {**STEP, "SLURM_JOB_NUM_NODES": "1", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07",
-                "SLURM_STEP_NODELIST": "gpu07", "SLURM_NODEID": "0", "SLURM_PROCID": "1"}
+    one_node = {
+        **STEP,
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "gpu07",
+        "SLURM_STEP_NODELIST": "gpu07",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "1",
+    }
     assert resolve_distributed(None, None, None, one_node) == DistributedLayout(2, 1, "tcp://gpu07:23456", "slurm", 2)
     eight = {**STEP, "SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "6"}
     assert resolve_distributed(None, None, None, eight) == DistributedLayout(8, 6, "tcp://gpu07:23456", "slurm", 4)
@@ -220,9 +293,17 @@ def test_slurm_job_record():
     assert slurm_job({**STEP, "SLURM_NTASKS": "2"}) == {"job_id": "123456", "nodes": "gpu[07-08]", "ntasks": 2}
 
 
-@pytest.mark.parametrize("runtime, option", [
-    (1440, "--signal=TERM@300"), (10, "--signal=TERM@300"), (6, "--signal=TERM@180"),
-    (3, "--signal=TERM@90"), (2, "--signal=TERM@60"), (1, "--signal=TERM@60")])
+@pytest.mark.parametrize(
+    "runtime, option",
+    [
+        (1440, "--signal=TERM@300"),
+        (10, "--signal=TERM@300"),
+        (6, "--signal=TERM@180"),
+        (3, "--signal=TERM@90"),
+        (2, "--signal=TERM@60"),
+        (1, "--signal=TERM@60"),
+    ],
+)
 def test_stop_signal_leaves_five_minutes_or_half_a_short_limit(runtime, option):
     assert stop_signal_option(runtime) == option
 
@@ -230,7 +311,7 @@ def test_stop_signal_leaves_five_minutes_or_half_a_short_limit(runtime, option):
 def test_an_interrupted_slurm_job_requeues_itself_until_max_chunks(tmp_path, monkeypatch):
     calls = tmp_path / "calls"
     scontrol = tmp_path / "scontrol"
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     scontrol.chmod(0o755)
     squeue = tmp_path / "squeue"
     squeue.write_text("#!/bin/sh\necho RUNNING\n")
@@ -256,7 +337,12 @@ def test_max_chunks_must_be_positive(capsys):
 
 def test_distributed_layout_command_line_wins():
     layout = resolve_distributed(3, 2, "tcp://h:1", STEP)
-    assert (layout.num_machines, layout.machine_rank, layout.dist_url, layout.source) == (3, 2, "tcp://h:1", "command line")
+    assert (layout.num_machines, layout.machine_rank, layout.dist_url, layout.source) == (
+        3,
+        2,
+        "tcp://h:1",
+        "command line",
+    )
 
 
 def test_distributed_layout_refuses_ambiguous_slurm_launches():
@@ -270,6 +356,7 @@ def test_distributed_layout_refuses_ambiguous_slurm_launches():
 
 
 # --------------------------------------------------------------------------- checkpoints, sampler, record
+
 
 def test_checkpoints_are_atomic_and_last_checkpoint_never_points_to_a_broken_file(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 2)
@@ -309,7 +396,7 @@ def test_resumable_sampler_continues_detectron2s_batches(grouped):
     if grouped:
         reference = list(itertools.islice(aspect_grouped_batches(stream, landscape, 4), 25, 55))
     else:
-        reference = [list(enumerate(stream))[i:i + 4] for i in range(100, 220, 4)]
+        reference = [list(enumerate(stream))[i : i + 4] for i in range(100, 220, 4)]
     sampler = ResumableTrainingSampler(10, 4, [0 if flat else 1 for flat in landscape] if grouped else None, seed=3)
     sampler.skip = 25
     assert list(itertools.islice(iter(sampler), 30)) == reference
@@ -343,7 +430,9 @@ def test_run_record_keeps_attempts_across_resumes(tmp_path):
     data = read_json(path)
     assert (data["status"], data["exit_code"], data["signal"], data["iteration"]) == ("finished", 0, None, 50)
     assert [(a["start_iter"], a["end_iter"], a["status"], a["host"]) for a in data["attempts"]] == [
-        (0, 20, "interrupted", "h1"), (20, 50, "finished", "h2")]
+        (0, 20, "interrupted", "h1"),
+        (20, 50, "finished", "h2"),
+    ]
     assert data["start_time"] == data["attempts"][0]["start_time"]
     assert data["wall_time_s"] >= 0
     # A resumed attempt stopped before it loads its checkpoint keeps the recorded progress.
@@ -403,8 +492,14 @@ README_COMMANDS = [
 # The original project's README, from the project's shared reference material: beside the clone
 # in CI (../shared), at /work/shared on the development machine.
 ORIGINAL_README = next(
-    (p for p in (REPO.parent / "shared" / "reference" / "original-README.md",
-                 Path("/work/shared/reference/original-README.md")) if p.is_file()),
+    (
+        p
+        for p in (
+            REPO.parent / "shared" / "reference" / "original-README.md",
+            Path("/work/shared/reference/original-README.md"),
+        )
+        if p.is_file()
+    ),
     REPO.parent / "shared" / "reference" / "original-README.md",
 )
 
@@ -412,6 +507,8 @@ ORIGINAL_README = next(
 def argv_of(command):
     """A shell command line as a list, with bash's backslash-newline continuations joined."""
     return shlex.split(command.replace("\\\n", " "))
+
+
 IMAGENET_R50 = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 COCO_R50 = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
 
@@ -451,15 +548,24 @@ def test_readme_training_commands_build_the_dcl_models(project_dir, capsys):
     coco = dry_run(argv_of(README_COMMANDS[1])[1:], capsys)
     for summary in (cityscapes, coco):
         assert (summary["mode"], summary["meta_architecture"], summary["roi_heads"], summary["mask_head"]) == (
-            "train", "GeneralizedRCNN", "ContrastRoIHeads", "ContrastConvUpsampleHead")
+            "train",
+            "GeneralizedRCNN",
+            "ContrastRoIHeads",
+            "ContrastConvUpsampleHead",
+        )
         assert summary["num_gpus_per_machine"] == 4
-        assert summary["weights"] == {"requested": IMAGENET_R50,
-                                      "resolved": str(project_dir / "weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl")}
+        assert summary["weights"] == {
+            "requested": IMAGENET_R50,
+            "resolved": str(project_dir / "weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl"),
+        }
     assert cityscapes["num_classes"] == 8 and coco["num_classes"] == 80
     assert cityscapes["dcl"]["LOSS_WEIGHT"] == 1.2 and coco["dcl"]["LOSS_WEIGHT"] == 0.1
     assert cityscapes["solver"] == {"ims_per_batch": 8, "base_lr": 0.01, "max_iter": 24000, "steps": [18000]}
     assert coco["solver"] == {"ims_per_batch": 16, "base_lr": 0.02, "max_iter": 90000, "steps": [60000, 80000]}
-    assert cityscapes["datasets"] == {"train": ["cityscapes_fine_instance_seg_train"], "test": ["cityscapes_fine_instance_seg_val"]}
+    assert cityscapes["datasets"] == {
+        "train": ["cityscapes_fine_instance_seg_train"],
+        "test": ["cityscapes_fine_instance_seg_val"],
+    }
     assert coco["datasets"] == {"train": ["coco_2017_train"], "test": ["coco_2017_val"]}
     assert cityscapes["output_dir"] == "work_dirs/cityscapes_mask_rcnn_dcl"
 
@@ -471,7 +577,11 @@ def test_readme_evaluation_commands_build_the_plain_models(project_dir, capsys):
         final.write_bytes(b"stand-in")
         summary = dry_run(argv_of(command)[1:], capsys)
         assert (summary["mode"], summary["roi_heads"], summary["mask_head"], summary["dcl"]) == (
-            "eval-only", "StandardROIHeads", "MaskRCNNConvUpsampleHead", None)
+            "eval-only",
+            "StandardROIHeads",
+            "MaskRCNNConvUpsampleHead",
+            None,
+        )
         assert summary["weights"]["resolved"] == f"work_dirs/{run_dir}/model_final.pth"
 
 
@@ -479,8 +589,9 @@ def test_cityscapes_coco_init_config(project_dir, capsys):
     summary = dry_run(["train", "--config-file", "configs/cityscapes_mask_rcnn_R_50_FPN_coco.yaml", *DCL_HEADS], capsys)
     assert summary["dcl"]["LOSS_WEIGHT"] == 1.6 and summary["num_classes"] == 8
     assert summary["weights"]["requested"] == COCO_R50
-    assert summary["weights"]["resolved"].endswith("weights/detectron2/COCO-InstanceSegmentation/"
-                                                   "mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl")
+    assert summary["weights"]["resolved"].endswith(
+        "weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+    )
 
 
 def test_missing_inputs_are_clear_errors(project_dir, capsys):
@@ -494,9 +605,21 @@ def test_missing_inputs_are_clear_errors(project_dir, capsys):
     assert main(["train", "--dry-run", "--config-file", TOY, "DATASETS.TRAIN", "('toy_cocoo_train',)"]) == 1
     assert "unknown dataset(s) toy_cocoo_train" in capsys.readouterr().err
     # Options after the overrides are options (as users type them), not config keys.
-    summary = dry_run(["train", "--config-file", TOY, "SOLVER.MAX_ITER", "5", "--eval-only",
-                       "MODEL.WEIGHTS", str(project_dir / "weights/detectron2" / COCO_R50.split("://")[1]),
-                       "--num-gpus", "1"], capsys)
+    summary = dry_run(
+        [
+            "train",
+            "--config-file",
+            TOY,
+            "SOLVER.MAX_ITER",
+            "5",
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(project_dir / "weights/detectron2" / COCO_R50.split("://")[1]),
+            "--num-gpus",
+            "1",
+        ],
+        capsys,
+    )
     assert summary["mode"] == "eval-only" and summary["solver"]["max_iter"] == 5
     if not torch.cuda.is_available():
         assert main(["train", "--num-gpus", "4", "--config-file", TOY, "MODEL.DEVICE", "cuda"]) == 1
@@ -535,15 +658,20 @@ def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(num_gpus, p
     handler_before = signal.signal(signal.SIGTERM, caller_handler)
     out = project_dir / "out"
     try:
-        code = main(["train", "--num-gpus", str(num_gpus), "--config-file", TOY, "SOLVER.MAX_ITER", "1",
-                     "OUTPUT_DIR", str(out)])
+        code = main(
+            ["train", "--num-gpus", str(num_gpus), "--config-file", TOY, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)]
+        )
         assert signal.getsignal(signal.SIGTERM) is caller_handler
     finally:
         signal.signal(signal.SIGTERM, handler_before)
     assert (code, caller_received) == (EXIT_INTERRUPTED, [])
     record = read_json(out / "run.json")
     assert (record["status"], record["exit_code"], record["signal"], record["iteration"]) == (
-        "interrupted", EXIT_INTERRUPTED, "SIGTERM", 0)
+        "interrupted",
+        EXIT_INTERRUPTED,
+        "SIGTERM",
+        0,
+    )
     assert [a["status"] for a in record["attempts"]] == ["interrupted"]
     assert not (out / "last_checkpoint").exists()  # nothing trained, nothing to resume from
 
@@ -583,8 +711,15 @@ def run_dcl(args, env, cwd, *, launcher=None, stop_when=None, timeout=600):
     """Run `dcl <args>` (or `python launcher <args>`); optionally SIGTERM its process group as
     soon as the file ``stop_when`` exists. Returns (exit code, output)."""
     command = [sys.executable, str(launcher)] if launcher else [sys.executable, "-m", "dcl"]
-    proc = subprocess.Popen(command + args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command + args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     if stop_when is not None:
         deadline = time.monotonic() + timeout
         while not stop_when.exists():
@@ -609,10 +744,30 @@ def test_train_interrupt_resume_and_evaluate_on_cpu(method, toy_datasets, tmp_pa
     # The baseline checkpoints every 3 iterations (its first checkpoint is the cue to stop it);
     # DCL only when stopped.
     period = 3 if method == "baseline" else 1000
-    command = ["train", "--config-file", TOY, *heads, "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.IMS_PER_BATCH", "2",
-               "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.WARMUP_ITERS", str(WARMUP), "SOLVER.STEPS", f"({STEP_AT},)",
-               "SOLVER.CHECKPOINT_PERIOD", str(period), "DATALOADER.NUM_WORKERS", "1", "SEED", "3",
-               "OUTPUT_DIR", str(out)]
+    command = [
+        "train",
+        "--config-file",
+        TOY,
+        *heads,
+        "SOLVER.MAX_ITER",
+        str(MAX_ITER),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.BASE_LR",
+        str(BASE_LR),
+        "SOLVER.WARMUP_ITERS",
+        str(WARMUP),
+        "SOLVER.STEPS",
+        f"({STEP_AT},)",
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(period),
+        "DATALOADER.NUM_WORKERS",
+        "1",
+        "SEED",
+        "3",
+        "OUTPUT_DIR",
+        str(out),
+    ]
 
     # 1. Stopped by a signal: the baseline by SIGTERM to its whole process group once its first
     #    periodic checkpoint exists (so at some iteration >= 3), DCL by a SIGUSR1 it sends itself
@@ -628,7 +783,11 @@ def test_train_interrupt_resume_and_evaluate_on_cpu(method, toy_datasets, tmp_pa
     assert code == EXIT_INTERRUPTED, output[-3000:]
     record = read_json(out / "run.json")
     done = record["iteration"]
-    assert (record["status"], record["exit_code"], record["signal"]) == ("interrupted", EXIT_INTERRUPTED, expected_signal)
+    assert (record["status"], record["exit_code"], record["signal"]) == (
+        "interrupted",
+        EXIT_INTERRUPTED,
+        expected_signal,
+    )
     assert 3 <= done < MAX_ITER, "the run ended before the signal; the test needs a larger MAX_ITER"
     if method == "dcl":
         assert done == STOP_AT + 1
@@ -647,7 +806,9 @@ def test_train_interrupt_resume_and_evaluate_on_cpu(method, toy_datasets, tmp_pa
     record = read_json(out / "run.json")
     assert (record["status"], record["exit_code"], record["iteration"]) == ("finished", 0, MAX_ITER)
     assert [(a["start_iter"], a["end_iter"], a["status"]) for a in record["attempts"]] == [
-        (0, done, "interrupted"), (done, MAX_ITER, "finished")]
+        (0, done, "interrupted"),
+        (done, MAX_ITER, "finished"),
+    ]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     lr_lines = [line for line in metric_lines(out) if "lr" in line]
     assert lr_lines[-1]["iteration"] == MAX_ITER - 1
@@ -658,15 +819,29 @@ def test_train_interrupt_resume_and_evaluate_on_cpu(method, toy_datasets, tmp_pa
     evaluation = read_json(out / "inference" / "detectron2_eval.json")
     assert set(evaluation["toy_coco_val"]) == {"bbox", "segm"}
     assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
-    assert sorted(p.name for p in results.iterdir()) == ["config.yaml", "detectron2_eval.json", "metrics.json", "run.json"]
+    assert sorted(p.name for p in results.iterdir()) == [
+        "config.yaml",
+        "detectron2_eval.json",
+        "metrics.json",
+        "run.json",
+    ]
     assert read_json(results / "run.json") == record
 
     assert record["seed"] == 3
 
     # 3. Evaluation only, from the final weights, beside the training record.
     training_config = (out / "config.yaml").read_text()
-    eval_command = ["train", "--eval-only", "--config-file", TOY, *heads, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                    "OUTPUT_DIR", str(out)]
+    eval_command = [
+        "train",
+        "--eval-only",
+        "--config-file",
+        TOY,
+        *heads,
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(out),
+    ]
     code, output = run_dcl(eval_command, env, tmp_path)
     assert code == 0, output[-3000:]
     eval_record = read_json(out / "inference" / "run.json")
@@ -686,9 +861,28 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
     out = tmp_path / "out"
     config = str(CONFIGS / "toy_cityscapes_mask_rcnn_R18_FPN.yaml")
     # Score threshold 0: after three iterations the model must still output detections.
-    code, output = run_dcl(["train", "--config-file", config, *DCL_HEADS, "SOLVER.MAX_ITER", "3",
-                            "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
-                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
+    code, output = run_dcl(
+        [
+            "train",
+            "--config-file",
+            config,
+            *DCL_HEADS,
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "SEED",
+            "1",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, output[-3000:]
     assert read_json(out / "run.json")["status"] == "finished"
     evaluation = read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]
@@ -708,10 +902,27 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
     assert "Cityscapes instance-level AP (cityscapesscripts): AP" in (out / "log.txt").read_text()
     assert "copypaste: Task: cityscapes" in (out / "log.txt").read_text()
     # --eval-only records it too.
-    code, output = run_dcl(["train", "--eval-only", "--config-file", config, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out)], env, tmp_path)
+    code, output = run_dcl(
+        [
+            "train",
+            "--eval-only",
+            "--config-file",
+            config,
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, output[-3000:]
-    assert read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]["cityscapes"] == evaluation["cityscapes"]
+    assert (
+        read_json(out / "inference" / "detectron2_eval.json")["toy_cityscapes_val"]["cityscapes"]
+        == evaluation["cityscapes"]
+    )
     assert "Cityscapes instance-level AP (cityscapesscripts)" in (out / "inference" / "log.txt").read_text()
 
 
@@ -741,9 +952,24 @@ sys.exit(main(sys.argv[1:]))
 
 
 def toy_command(out, *extra):
-    return ["train", "--config-file", TOY, *extra, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", str(BASE_LR),
-            "SOLVER.WARMUP_ITERS", str(WARMUP), "DATALOADER.NUM_WORKERS", "1", "SEED", "1",
-            "OUTPUT_DIR", str(out)]
+    return [
+        "train",
+        "--config-file",
+        TOY,
+        *extra,
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.BASE_LR",
+        str(BASE_LR),
+        "SOLVER.WARMUP_ITERS",
+        str(WARMUP),
+        "DATALOADER.NUM_WORKERS",
+        "1",
+        "SEED",
+        "1",
+        "OUTPUT_DIR",
+        str(out),
+    ]
 
 
 def assert_no_process_left(pgid):
@@ -757,10 +983,31 @@ def test_a_diverging_training_fails_at_once_and_leaves_no_process(toy_datasets, 
     minute, run.json failed with the reason, no process of the run left."""
     env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    command = ["train", "--config-file", TOY, "--resume", "SEED", "0", "SOLVER.BASE_LR", "100000.0",
-               "SOLVER.MAX_ITER", "30", "DATALOADER.NUM_WORKERS", "2", "OUTPUT_DIR", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "dcl", *command], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    command = [
+        "train",
+        "--config-file",
+        TOY,
+        "--resume",
+        "SEED",
+        "0",
+        "SOLVER.BASE_LR",
+        "100000.0",
+        "SOLVER.MAX_ITER",
+        "30",
+        "DATALOADER.NUM_WORKERS",
+        "2",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcl", *command],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -776,13 +1023,20 @@ def test_a_diverging_training_fails_at_once_and_leaves_no_process(toy_datasets, 
 
 @pytest.mark.e2e
 def test_ctrl_c_checkpoints_like_a_preemption(toy_datasets, tmp_path):
-    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1",
-           "LOSSES": str(tmp_path / "losses.jsonl"), "STOP_AFTER": "2", "STOP_SIGNAL": "SIGINT"}
+    env = {
+        **os.environ,
+        "DCL_TOY_DATASETS": str(toy_datasets),
+        "OMP_NUM_THREADS": "1",
+        "LOSSES": str(tmp_path / "losses.jsonl"),
+        "STOP_AFTER": "2",
+        "STOP_SIGNAL": "SIGINT",
+    }
     launcher = tmp_path / "launcher.py"
     launcher.write_text(LOSS_RECORDING)
     out = tmp_path / "out"
-    code, output = run_dcl(toy_command(out, "SOLVER.MAX_ITER", "20", "DATASETS.TEST", "()"), env, tmp_path,
-                           launcher=launcher, timeout=300)
+    code, output = run_dcl(
+        toy_command(out, "SOLVER.MAX_ITER", "20", "DATASETS.TEST", "()"), env, tmp_path, launcher=launcher, timeout=300
+    )
     assert code == EXIT_INTERRUPTED, output[-3000:]
     record = read_json(out / "run.json")
     assert (record["status"], record["signal"], record["iteration"]) == ("interrupted", "SIGINT", 3)
@@ -794,8 +1048,14 @@ def test_a_signal_right_after_the_start_ends_the_run_as_interrupted(toy_datasets
     """SIGTERM while `dcl train` is still importing torch: exit 75 with its run.json, not 143."""
     env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "dcl", *toy_command(out, "SOLVER.MAX_ITER", "5")], cwd=tmp_path,
-                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcl", *toy_command(out, "SOLVER.MAX_ITER", "5")],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     time.sleep(0.7)
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
@@ -826,14 +1086,17 @@ def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, 
         command = toy_command(out, *DCL_HEADS, "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "DATASETS.TEST", "()")
         codes = []
         for attempt in range(3):
-            code, output = run_dcl(command + (["--resume"] if attempt else []), env, tmp_path, launcher=launcher,
-                                   timeout=300)
+            code, output = run_dcl(
+                command + (["--resume"] if attempt else []), env, tmp_path, launcher=launcher, timeout=300
+            )
             codes.append(code)
             if code != EXIT_INTERRUPTED:
                 break
         assert codes[-1] == 0, output[-3000:]
-        runs[name] = ([json.loads(line) for line in losses.read_text().splitlines()],
-                      torch.load(out / "model_final.pth", weights_only=False)["model"])
+        runs[name] = (
+            [json.loads(line) for line in losses.read_text().splitlines()],
+            torch.load(out / "model_final.pth", weights_only=False)["model"],
+        )
     assert codes == [EXIT_INTERRUPTED, EXIT_INTERRUPTED, 0]
     (straight, straight_weights), (resumed, resumed_weights) = runs["straight"], runs["resumed"]
     assert [line["iteration"] for line in resumed] == list(range(10))
@@ -843,6 +1106,7 @@ def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, 
 
 
 # --------------------------------------------------------------------------- atomic outputs
+
 
 def test_evaluator_outputs_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     """detectron2 writes coco_instances_results.json in place; ours goes through a staging folder."""
@@ -856,6 +1120,7 @@ def test_evaluator_outputs_appear_whole_or_not_at_all(tmp_path, monkeypatch):
                     raise RuntimeError("killed mid-write")
                 f.write("}]")
             return {"segm": {"AP": 1.0}}
+
         return evaluate
 
     evaluator = object.__new__(engine.AtomicCOCOEvaluator)
@@ -877,10 +1142,31 @@ def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
     may be left half-written, metrics.json may end in a torn line. The next start cleans up."""
     env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    args = ["train", "--config-file", TOY, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
-            "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "1", "OUTPUT_DIR", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "dcl", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        "train",
+        "--config-file",
+        TOY,
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "3",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "1",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcl", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     while not (out / "model_0000002.pth").exists():
         assert proc.poll() is None and time.monotonic() < deadline
@@ -906,7 +1192,6 @@ def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
     assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
 
 
-
 @pytest.mark.e2e
 def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_datasets, tmp_path):
     """TEST.AUG.ENABLED: detectron2's GeneralizedRCNNWithTTA after training and in --eval-only,
@@ -914,11 +1199,37 @@ def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_dataset
     a miss failing the run with what was expected."""
     env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    tta = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(112, 128)", "TEST.AUG.MAX_SIZE", "256",
-           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-    code, output = run_dcl(["train", "--config-file", TOY, *DCL_HEADS, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
-                            "DATALOADER.NUM_WORKERS", "0", *tta, "TEST.EXPECTED_RESULTS", "[['segm', 'AP', 50.0, 100.0]]",
-                            "OUTPUT_DIR", str(out)], env, tmp_path)
+    tta = [
+        "TEST.AUG.ENABLED",
+        "True",
+        "TEST.AUG.MIN_SIZES",
+        "(112, 128)",
+        "TEST.AUG.MAX_SIZE",
+        "256",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+    ]
+    code, output = run_dcl(
+        [
+            "train",
+            "--config-file",
+            TOY,
+            *DCL_HEADS,
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            *tta,
+            "TEST.EXPECTED_RESULTS",
+            "[['segm', 'AP', 50.0, 100.0]]",
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, output[-3000:]
     assert "Running inference with test-time augmentation" in output and "Results verification passed" in output
     plain = read_json(out / "inference" / "detectron2_eval.json")["toy_coco_val"]
@@ -933,13 +1244,30 @@ def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_dataset
     # --eval-only: the plain and the TTA evaluation, then the check (here of the TTA result).
     weights = ["MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(out)]
     expected = f"[['segm_TTA', 'AP', {augmented['segm']['AP']!r}, 1e-6]]"
-    code, output = run_dcl(["train", "--eval-only", "--config-file", TOY, *tta, "TEST.EXPECTED_RESULTS", expected,
-                            *weights], env, tmp_path)
+    code, output = run_dcl(
+        ["train", "--eval-only", "--config-file", TOY, *tta, "TEST.EXPECTED_RESULTS", expected, *weights], env, tmp_path
+    )
     assert code == 0, output[-3000:]
     assert read_json(out / "inference_TTA" / "detectron2_eval.json")["toy_coco_val"] == augmented
     # A result outside its tolerance fails the run, saying what was expected.
-    code, output = run_dcl(["train", "--eval-only", "--config-file", TOY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-                            "TEST.EXPECTED_RESULTS", "[['segm', 'AP', -1.0, 0.5]]", *weights], env, tmp_path)
+    code, output = run_dcl(
+        [
+            "train",
+            "--eval-only",
+            "--config-file",
+            TOY,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.EXPECTED_RESULTS",
+            "[['segm', 'AP', -1.0, 0.5]]",
+            *weights,
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 1
     record = read_json(out / "inference" / "run.json")
-    assert record["status"] == "failed" and "TEST.EXPECTED_RESULTS not met: expected segm AP -1.0 +- 0.5" in record["error"]
+    assert (
+        record["status"] == "failed"
+        and "TEST.EXPECTED_RESULTS not met: expected segm AP -1.0 +- 0.5" in record["error"]
+    )

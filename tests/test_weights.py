@@ -1,5 +1,6 @@
 """dcl weights: URL -> local file mapping, offline resolution, and downloads from a local HTTP
 server (full, resumed with a Range request, interrupted, checksummed, failing)."""
+
 import hashlib
 import http.server
 import os
@@ -81,13 +82,20 @@ def url(server, path="/files/models/model_final.pth"):
 
 # --------------------------------------------------------------------------- mapping and resolution
 
+
 def test_local_paths(tmp_path):
-    assert weights.local_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl", tmp_path) == \
-        tmp_path / "detectron2/ImageNetPretrained/MSRA/R-50.pkl"
-    assert weights.local_path("https://example.org/a/b/model.pth?x=1#sha256=" + SHA, tmp_path) == \
-        tmp_path / "example.org/a/b/model.pth"
-    assert weights.local_path("https://cloud.tsinghua.edu.cn/f/25b641d7ea2f4b34ac82/?dl=1", tmp_path) == \
-        tmp_path / "cloud.tsinghua.edu.cn/f/25b641d7ea2f4b34ac82/checkpoint.pth"
+    assert (
+        weights.local_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl", tmp_path)
+        == tmp_path / "detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    )
+    assert (
+        weights.local_path("https://example.org/a/b/model.pth?x=1#sha256=" + SHA, tmp_path)
+        == tmp_path / "example.org/a/b/model.pth"
+    )
+    assert (
+        weights.local_path("https://cloud.tsinghua.edu.cn/f/25b641d7ea2f4b34ac82/?dl=1", tmp_path)
+        == tmp_path / "cloud.tsinghua.edu.cn/f/25b641d7ea2f4b34ac82/checkpoint.pth"
+    )
     for bad in ("https://example.org/../../etc/passwd.pth", "ftp://example.org/x.pth", "weights/x.pth"):
         with pytest.raises(InputError):
             weights.local_path(bad, tmp_path)
@@ -117,19 +125,25 @@ def test_resolve_is_offline(tmp_path):
 
 
 def test_detectron2_urls():
-    assert weights.download_url("detectron2://ImageNetPretrained/MSRA/R-50.pkl") == \
-        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    assert (
+        weights.download_url("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+        == "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    )
 
 
 # --------------------------------------------------------------------------- downloads
+
 
 def test_download_then_reuse(server, tmp_path):
     path = weights.download(url(server) + "#sha256=" + SHA, tmp_path)
     assert path == tmp_path / f"127.0.0.1:{server.server_address[1]}/files/models/model_final.pth"
     assert path.read_bytes() == PAYLOAD
     assert path.with_name("model_final.pth.sha256").read_text().split()[0] == SHA
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model_final.pth", "model_final.pth.lock",
-                                                             "model_final.pth.sha256"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "model_final.pth",
+        "model_final.pth.lock",
+        "model_final.pth.sha256",
+    ]
     requests = len(server.requests)
     assert weights.download(url(server), tmp_path) == path  # present: no request
     assert len(server.requests) == requests
@@ -183,13 +197,15 @@ def test_cli(server, tmp_path, capsys):
 
 
 def test_weights_path_of_a_malformed_url_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "dcl", "weights", "path", "http://[::1"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcl", "weights", "path", "http://[::1"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["dcl weights: error: http://[::1: not a valid URL (Invalid IPv6 URL)"]
 
 
 # --------------------------------------------------------------------------- integrity
+
 
 def test_a_download_that_is_not_a_checkpoint_is_refused(server, tmp_path):
     with pytest.raises(InputError, match=r"the download \(27 bytes, starting b'<htm'\) is not a checkpoint"):
@@ -235,8 +251,11 @@ def test_only_plain_data_pickles_are_read(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     plain = tmp_path / "plain.pkl"
-    plain.write_bytes(pickle.dumps({"model": {"conv1.weight": np.ones((2, 3), np.float32), "n": [1, 2.5, "x"]},
-                                    "__author__": "me"}, protocol=2))
+    plain.write_bytes(
+        pickle.dumps(
+            {"model": {"conv1.weight": np.ones((2, 3), np.float32), "n": [1, 2.5, "x"]}, "__author__": "me"}, protocol=2
+        )
+    )
     weights.check_plain_pickle(plain)
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"model": {"w": np.zeros(2)}, "x": RunsCode()}, protocol=2))

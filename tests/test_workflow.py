@@ -5,6 +5,7 @@ Expected job counts and command lines are derived here by hand from the paper's 
 submission flags are produced by the executor plugin's own code from the resources the dry-run
 reports, so the test checks that our resource names mean what the plugin reads.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,9 @@ TIMEOUT_S = 900
 
 
 def snakemake(*args, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *map(str, args)], cwd=cwd, env=env or ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*SNAKEMAKE, *map(str, args)], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def job_stats(output: str) -> dict[str, int]:
@@ -70,8 +72,7 @@ def paper_dry_run(tmp_path_factory):
     """`snakemake -n -p --profile slurm` of the paper config, without any data, as on a login node."""
     workdir = tmp_path_factory.mktemp("paper")
     env = {**ENV, "SBATCH_PARTITION": "gpuq", "SBATCH_ACCOUNT": "dcl-project"}
-    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p",
-                       cwd=workdir, env=env)
+    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p", cwd=workdir, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -80,8 +81,17 @@ def test_paper_dry_run_plans_every_job(paper_dry_run):
     # 60 trainings = (3 Mask R-CNN settings + RefineMask) x 2 methods x 3 seeds + 12 new ablation
     # points x 3 seeds; 7 released checkpoints; each of the 67 runs is evaluated once and analysed twice.
     assert job_stats(paper_dry_run) == {
-        "check_dataset": 2, "cityscapes_to_coco": 1, "cityscapes_to_coco_detectron": 1, "download_weights": 9,
-        "train": 60, "inference": 7, "evaluate": 67, "errors": 134, "plan": 1, "report": 1, "all": 1,
+        "check_dataset": 2,
+        "cityscapes_to_coco": 1,
+        "cityscapes_to_coco_detectron": 1,
+        "download_weights": 9,
+        "train": 60,
+        "inference": 7,
+        "evaluate": 67,
+        "errors": 134,
+        "plan": 1,
+        "report": 1,
+        "all": 1,
     }
 
 
@@ -109,8 +119,11 @@ def test_paper_training_jobs_ask_for_the_recipe_resources(paper_dry_run):
 def test_paper_training_command_lines(paper_dry_run):
     # OMP_NUM_THREADS is the job's threads: in a dry run Snakemake shows them capped at --cores
     # (1); a Slurm job gets its cpus_per_task (checked above).
-    commands = {(j["wildcards"]["experiment"], j["wildcards"]["seed"]): re.sub(r" OMP_NUM_THREADS=\d+", "", j["shell"])
-                for j in dry_run_jobs(paper_dry_run) if j["rule"] in ("train", "inference")}
+    commands = {
+        (j["wildcards"]["experiment"], j["wildcards"]["seed"]): re.sub(r" OMP_NUM_THREADS=\d+", "", j["shell"])
+        for j in dry_run_jobs(paper_dry_run)
+        if j["rule"] in ("train", "inference")
+    }
     env = "exec env DETECTRON2_DATASETS=datasets DCL_TOY_DATASETS=datasets/toy DCL_WEIGHTS_DIR=weights"
     # The original README's Cityscapes (COCO init) DCL command, with the workflow's own additions:
     # seed, output and results folders, local weights, --resume. (Run outside the repository, the
@@ -121,15 +134,22 @@ def test_paper_training_command_lines(paper_dry_run):
         f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.6"
         f" MODEL.WEIGHTS weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
-        f" SEED 2 OUTPUT_DIR work_dirs/paper/cityscapes_coco_dcl/seed2 > logs/paper/train/cityscapes_coco_dcl/seed2.log 2>&1")
+        f" SEED 2 OUTPUT_DIR work_dirs/paper/cityscapes_coco_dcl/seed2 > logs/paper/train/cityscapes_coco_dcl/seed2.log 2>&1"
+    )
     assert commands[("coco_dcl", "0")] == (
         f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/coco_mask_rcnn_R_50_FPN_1x.yaml"
         f" --resume --max-chunks 50 --results-dir results/paper/runs/coco_dcl/seed0 SOLVER.IMS_PER_BATCH 16"
         f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 0.1 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
-        f" SEED 0 OUTPUT_DIR work_dirs/paper/coco_dcl/seed0 > logs/paper/train/coco_dcl/seed0.log 2>&1")
+        f" SEED 0 OUTPUT_DIR work_dirs/paper/coco_dcl/seed0 > logs/paper/train/coco_dcl/seed0.log 2>&1"
+    )
     temperature = shlex.split(commands[("cityscapes_imagenet_dcl_temperature_0.2", "1")].split(" > ")[0])
-    pairs = dict(zip(temperature[temperature.index("--results-dir") + 2::2], temperature[temperature.index("--results-dir") + 3::2]))
+    pairs = dict(
+        zip(
+            temperature[temperature.index("--results-dir") + 2 :: 2],
+            temperature[temperature.index("--results-dir") + 3 :: 2],
+        )
+    )
     assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.TEMPERATURE"] == "0.2"
     assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT"] == "1.2"
     assert commands[("cityscapes_imagenet_refinemask_dcl", "1")] == (
@@ -138,20 +158,27 @@ def test_paper_training_command_lines(paper_dry_run):
         f" MODEL.ROI_HEADS.NAME RefineMaskROIHeads MODEL.ROI_MASK_HEAD.NAME RefineMaskContrastHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.4 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/torchvision/R-50.pkl"
         f" SEED 1 OUTPUT_DIR work_dirs/paper/cityscapes_imagenet_refinemask_dcl/seed1"
-        f" > logs/paper/train/cityscapes_imagenet_refinemask_dcl/seed1.log 2>&1")
+        f" > logs/paper/train/cityscapes_imagenet_refinemask_dcl/seed1.log 2>&1"
+    )
     released = shlex.split(commands[("released_coco_dcl", "0")].split(" > ")[0])
     assert "--eval-only" in released and "--resume" not in released
-    assert released[released.index("MODEL.WEIGHTS") + 1] == "weights/cloud.tsinghua.edu.cn/f/4298adf3b07441188430/checkpoint.pth"
+    assert (
+        released[released.index("MODEL.WEIGHTS") + 1]
+        == "weights/cloud.tsinghua.edu.cn/f/4298adf3b07441188430/checkpoint.pth"
+    )
 
 
 def test_paper_evaluation_and_error_commands(paper_dry_run):
     jobs = dry_run_jobs(paper_dry_run)
-    evaluate = {j["wildcards"]["experiment"]: j for j in jobs if j["rule"] == "evaluate" and j["wildcards"]["seed"] == "0"}
+    evaluate = {
+        j["wildcards"]["experiment"]: j for j in jobs if j["rule"] == "evaluate" and j["wildcards"]["seed"] == "0"
+    }
     assert evaluate["cityscapes_imagenet_dcl"]["shell"] == (
         "dcl evaluate work_dirs/paper/cityscapes_imagenet_dcl/seed0/inference/coco_instances_results.json"
         " -a datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
         " --cityscapes-root datasets/cityscapes --split val -j 1"
-        " -o results/paper/runs/cityscapes_imagenet_dcl/seed0/eval.json > logs/paper/evaluate/cityscapes_imagenet_dcl/seed0.log 2>&1")
+        " -o results/paper/runs/cityscapes_imagenet_dcl/seed0/eval.json > logs/paper/evaluate/cityscapes_imagenet_dcl/seed0.log 2>&1"
+    )
     assert "--cityscapes-root" not in evaluate["coco_dcl"]["shell"]
     assert " -a datasets/coco/annotations/instances_val2017.json " in evaluate["coco_dcl"]["shell"]
     errors = [j for j in jobs if j["rule"] == "errors"]
@@ -159,16 +186,29 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
     assert len(legacy) == 67 and all("--legacy-unmatched" in j["shell"] for j in legacy)
     assert not any("--legacy-unmatched" in j["shell"] for j in errors if j not in legacy)
     # The original tool's GT for the legacy analysis: Detectron's conversion on Cityscapes.
-    gt_of = {(j["wildcards"]["experiment"], j["wildcards"]["analysis"]): j["shell"].split(" -a ")[1].split()[0]
-             for j in errors if j["wildcards"]["seed"] == "0"}
-    assert gt_of["cityscapes_imagenet_dcl", "errors_legacy"] == \
-        "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
-    assert gt_of["cityscapes_imagenet_dcl", "errors"] == "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
-    assert gt_of["coco_dcl", "errors_legacy"] == gt_of["coco_dcl", "errors"] == "datasets/coco/annotations/instances_val2017.json"
+    gt_of = {
+        (j["wildcards"]["experiment"], j["wildcards"]["analysis"]): j["shell"].split(" -a ")[1].split()[0]
+        for j in errors
+        if j["wildcards"]["seed"] == "0"
+    }
+    assert (
+        gt_of["cityscapes_imagenet_dcl", "errors_legacy"]
+        == "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
+    )
+    assert (
+        gt_of["cityscapes_imagenet_dcl", "errors"]
+        == "datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
+    )
+    assert (
+        gt_of["coco_dcl", "errors_legacy"]
+        == gt_of["coco_dcl", "errors"]
+        == "datasets/coco/annotations/instances_val2017.json"
+    )
     convert = [j for j in jobs if j["rule"] == "cityscapes_to_coco_detectron"]
     assert [j["shell"].split(" > ")[0] for j in convert] == [
         "dcl data cityscapes-to-coco datasets/cityscapes --split val --style detectron"
-        " -o datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"]
+        " -o datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
+    ]
     # The workflow profile's per-rule resources (profiles/default).
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in errors} == {("4", "32000")}
     assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "16000")}
@@ -179,16 +219,27 @@ def test_coco_runs_are_also_scored_on_coco_occ_when_it_is_there(tmp_path):
 
     (tmp_path / "datasets" / "coco").mkdir(parents=True)
     (tmp_path / "datasets" / "coco" / "instances_occ2017_new.json").write_text("{}")
-    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p", cwd=tmp_path,
-                       env={**ENV, "SBATCH_PARTITION": "gpuq"})
+    result = snakemake(
+        "--snakefile",
+        REPO / "Snakefile",
+        "--profile",
+        REPO / "slurm",
+        "-n",
+        "-p",
+        cwd=tmp_path,
+        env={**ENV, "SBATCH_PARTITION": "gpuq"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = dry_run_jobs(result.stdout + result.stderr)
     plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=tmp_path)
     coco_runs = {(r.experiment, str(r.seed)) for r in plan.jobs.values() if r.dataset == "coco"}
     occ = [j for j in jobs if j["rule"] == "evaluate_occ"]
     assert {(j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in occ} == coco_runs
-    assert all(" -a datasets/coco/instances_occ2017_new.json --predictions-gt "
-               "datasets/coco/annotations/instances_val2017.json " in j["shell"] for j in occ)
+    assert all(
+        " -a datasets/coco/instances_occ2017_new.json --predictions-gt "
+        "datasets/coco/annotations/instances_val2017.json " in j["shell"]
+        for j in occ
+    )
     analyses = Counter(j["wildcards"]["analysis"] for j in jobs if j["rule"] == "errors")
     assert analyses["errors_occ"] == analyses["errors_legacy_occ"] == len(coco_runs)
     check = next(j for j in jobs if j["rule"] == "check_dataset" and j["wildcards"]["dataset"] == "coco")
@@ -205,8 +256,17 @@ def test_slurm_submission_of_a_training_job(paper_dry_run):
     resources = {key: int(value) if value.isdigit() else value for key, value in job["resources"].items()}
     fake_job = SimpleNamespace(resources=SimpleNamespace(**resources, get=resources.get), threads=1, name="train")
     validate_slurm_extra(fake_job)  # our slurm_extra uses no option the plugin manages itself
-    call = get_submit_command(fake_job, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c",
-                                         "account": " -A dcl-project", "partition": " -p gpuq", "workdir": "/w"})
+    call = get_submit_command(
+        fake_job,
+        {
+            "run_uuid": "u",
+            "slurm_logfile": "l",
+            "comment_str": "c",
+            "account": " -A dcl-project",
+            "partition": " -p gpuq",
+            "workdir": "/w",
+        },
+    )
     call += set_gres_string(fake_job)
     assert "--cpus-per-task=16" in call and " --gpus=4" in call and "--signal=TERM@300" in call
     assert re.search(r" -t '?(720|1440)'?", call) and re.search(r" --mem (64000|128000)", call)
@@ -224,13 +284,29 @@ def test_local_rules_run_on_the_login_node():
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
 
     with SnakemakeApi(OutputSettings()) as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
-                                storage_settings=StorageSettings(), snakefile=REPO / "Snakefile", workdir=REPO)
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(),
+            storage_settings=StorageSettings(),
+            snakefile=REPO / "Snakefile",
+            workdir=REPO,
+        )
         rules = {rule.name: rule.name in workflow._workflow._localrules for rule in workflow._workflow.rules}
-    assert rules == {"toy_data": True, "check_dataset": True, "cityscapes_to_coco": True,
-                     "cityscapes_to_coco_detectron": True, "download_weights": True,
-                     "train": False, "inference": False, "evaluate": False, "evaluate_occ": False, "errors": False, "plan": True,
-                     "report": True, "all": True}
+    assert rules == {
+        "toy_data": True,
+        "check_dataset": True,
+        "cityscapes_to_coco": True,
+        "cityscapes_to_coco_detectron": True,
+        "download_weights": True,
+        "train": False,
+        "inference": False,
+        "evaluate": False,
+        "evaluate_occ": False,
+        "errors": False,
+        "plan": True,
+        "report": True,
+        "all": True,
+    }
 
 
 def test_lint_is_clean():
@@ -261,11 +337,19 @@ def write_config(path: Path, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["experiments"][2].update(sedds=[0, 1]),
-     "experiments[2] (toy_cityscapes_refinemask_baseline): unknown key 'sedds' (did you mean 'seeds'?)"),
-    (lambda c: c["defaults"]["resources"].update(runtime="soon"), "defaults.resources.runtime: 'soon' is not of type 'integer'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["experiments"][2].update(sedds=[0, 1]),
+            "experiments[2] (toy_cityscapes_refinemask_baseline): unknown key 'sedds' (did you mean 'seeds'?)",
+        ),
+        (
+            lambda c: c["defaults"]["resources"].update(runtime="soon"),
+            "defaults.resources.runtime: 'soon' is not of type 'integer'",
+        ),
+    ],
+)
 def test_a_config_typo_fails_before_anything_runs(tmp_path, change, message):
     config = write_config(tmp_path / "broken.yaml", change)
     result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "--cores", "1", cwd=tmp_path)
@@ -278,13 +362,21 @@ def test_a_config_typo_fails_before_anything_runs(tmp_path, change, message):
 
 def test_missing_data_fails_in_the_first_local_rule_with_what_to_download(tmp_path):
     def coco_only(config):
-        config["experiments"] = [{"name": "coco_baseline", "dataset": "coco", "init": "imagenet",
-                                  "config": "configs/coco_mask_rcnn_R_50_FPN_1x.yaml", "method": "baseline"}]
+        config["experiments"] = [
+            {
+                "name": "coco_baseline",
+                "dataset": "coco",
+                "init": "imagenet",
+                "config": "configs/coco_mask_rcnn_R_50_FPN_1x.yaml",
+                "method": "baseline",
+            }
+        ]
         config["ablations"] = []
 
     config = write_config(tmp_path / "coco.yaml", coco_only)
-    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "--cores", "1",
-                       "--show-failed-logs", cwd=tmp_path)
+    result = snakemake(
+        "--snakefile", REPO / "Snakefile", "--configfile", config, "--cores", "1", "--show-failed-logs", cwd=tmp_path
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Error in rule check_dataset" in output
@@ -300,8 +392,19 @@ TOY_OVERRIDES = "train_overrides={SOLVER.MAX_ITER: 20, SOLVER.CHECKPOINT_PERIOD:
 def toy_run(tmp_path_factory):
     """The whole toy DAG with the local executor (2 cores), a 20-iteration schedule."""
     workdir = tmp_path_factory.mktemp("toy")
-    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local",
-                       "--config", "preset=toy", TOY_OVERRIDES, "--cores", "2", cwd=workdir, timeout=TIMEOUT_S)
+    result = snakemake(
+        "--snakefile",
+        REPO / "Snakefile",
+        "--profile",
+        REPO / "profiles" / "local",
+        "--config",
+        "preset=toy",
+        TOY_OVERRIDES,
+        "--cores",
+        "2",
+        cwd=workdir,
+        timeout=TIMEOUT_S,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return workdir
 
@@ -365,8 +468,15 @@ def test_toy_rerun_does_nothing_and_a_new_seed_runs_only_its_jobs(toy_run):
     output = more.stdout + more.stderr
     # 4 trainings of seed 3 (the ablation point keeps its seed 0), each evaluated and analysed twice;
     # the 2 toy COCO ones also on the toy COCO-OCC.
-    assert job_stats(output) == {"train": 4, "evaluate": 4, "evaluate_occ": 2, "errors": 12, "plan": 1,
-                                 "report": 1, "all": 1}
+    assert job_stats(output) == {
+        "train": 4,
+        "evaluate": 4,
+        "evaluate_occ": 2,
+        "errors": 12,
+        "plan": 1,
+        "report": 1,
+        "all": 1,
+    }
     seeds = Counter(j["wildcards"].get("seed") for j in dry_run_jobs(output))
     # seed 3 of the 4 main experiments: train, evaluate, 2 analyses each; the 2 toy COCO ones also
     # evaluate_occ and 2 analyses on the toy COCO-OCC (the ablation point keeps its seed 0).
@@ -381,28 +491,58 @@ def test_toy_released_checkpoint_is_evaluated_without_training(toy_run, tmp_path
     It works on its own copy of the toy run (files hard-linked, Snakemake's metadata copied), so
     the shared run keeps exactly the toy preset's runs whatever order the tests run in."""
     shared_run, toy_run = toy_run, tmp_path / "toy"
-    shutil.copytree(shared_run, toy_run, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"), copy_function=os.link)
+    shutil.copytree(
+        shared_run, toy_run, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"), copy_function=os.link
+    )
     shutil.copytree(shared_run / ".snakemake", toy_run / ".snakemake", symlinks=True)
     config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
     checkpoint = toy_run / "work_dirs" / "toy" / "toy_coco_baseline" / "seed0" / "model_final.pth"
     released = toy_run / "released.pth"
     shutil.copy(checkpoint, released)
-    config["released"] = [{"name": "toy_coco_released", "dataset": "toy_coco", "init": "scratch",
-                           "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
-                           "weights": str(released)}]
+    config["released"] = [
+        {
+            "name": "toy_coco_released",
+            "dataset": "toy_coco",
+            "init": "scratch",
+            "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml",
+            "method": "baseline",
+            "weights": str(released),
+        }
+    ]
     (toy_run / "toy_released.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local", "--cores", "2",
-                       "--configfile", "toy_released.yaml", "--config", TOY_OVERRIDES, cwd=toy_run, timeout=TIMEOUT_S)
+    result = snakemake(
+        "--snakefile",
+        REPO / "Snakefile",
+        "--profile",
+        REPO / "profiles" / "local",
+        "--cores",
+        "2",
+        "--configfile",
+        "toy_released.yaml",
+        "--config",
+        TOY_OVERRIDES,
+        cwd=toy_run,
+        timeout=TIMEOUT_S,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     # A toy COCO checkpoint: also scored on the toy COCO-OCC (one evaluation, two analyses).
-    assert job_stats(output) == {"inference": 1, "evaluate": 1, "evaluate_occ": 1, "errors": 4, "plan": 1,
-                                 "report": 1, "all": 1}
+    assert job_stats(output) == {
+        "inference": 1,
+        "evaluate": 1,
+        "evaluate_occ": 1,
+        "errors": 4,
+        "plan": 1,
+        "report": 1,
+        "all": 1,
+    }
     folder = toy_run / "results" / "toy" / "runs" / "toy_coco_released" / "seed0"
     run = json.loads((folder / "run.json").read_text())
     assert run["mode"] == "eval-only" and run["status"] == "finished"
     # The same weights on the same data: the released run's AP is the trained run's.
-    trained = json.loads((toy_run / "results" / "toy" / "runs" / "toy_coco_baseline" / "seed0" / "eval.json").read_text())
+    trained = json.loads(
+        (toy_run / "results" / "toy" / "runs" / "toy_coco_baseline" / "seed0" / "eval.json").read_text()
+    )
     assert json.loads((folder / "eval.json").read_text())["segm"] == trained["segm"]
 
 
@@ -422,20 +562,39 @@ def hostile_config(path: Path, *, cityscapes: bool) -> Path:
         config.update(HOSTILE, published=None)
         if cityscapes:  # a Cityscapes run with downloaded weights: cityscapes_to_coco and download_weights
             config["weights"] = {"w": {"url": "http://127.0.0.1:9/x/y$(touch%20pwned).pkl"}}
-            config["experiments"].append({"name": "cs", "dataset": "cityscapes", "init": "imagenet", "weights": "w",
-                                          "config": "configs/cityscapes_mask_rcnn_R_50_FPN.yaml", "method": "baseline"})
+            config["experiments"].append(
+                {
+                    "name": "cs",
+                    "dataset": "cityscapes",
+                    "init": "imagenet",
+                    "weights": "w",
+                    "config": "configs/cityscapes_mask_rcnn_R_50_FPN.yaml",
+                    "method": "baseline",
+                }
+            )
 
     return write_config(path, change)
 
 
 def test_hostile_paths_are_one_word_in_every_command(tmp_path):
     config = hostile_config(tmp_path / "hostile.yaml", cityscapes=True)
-    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "-n", "-p", "--cores", "1", cwd=tmp_path)
+    result = snakemake(
+        "--snakefile", REPO / "Snakefile", "--configfile", config, "-n", "-p", "--cores", "1", cwd=tmp_path
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     jobs = dry_run_jobs(output)
-    assert {j["rule"] for j in jobs} >= {"toy_data", "check_dataset", "cityscapes_to_coco", "download_weights", "train",
-                                         "evaluate", "errors", "plan", "report"}
+    assert {j["rule"] for j in jobs} >= {
+        "toy_data",
+        "check_dataset",
+        "cityscapes_to_coco",
+        "download_weights",
+        "train",
+        "evaluate",
+        "errors",
+        "plan",
+        "report",
+    }
     for job in jobs:
         if job["shell"] in ("", "None"):  # rule all
             continue
@@ -444,7 +603,10 @@ def test_hostile_paths_are_one_word_in_every_command(tmp_path):
         for word in words:
             if "pwned" in word and "://" not in word:
                 value = word.split("=", 1)[1] if re.match(r"[A-Z_0-9]+=", word) else word
-                assert any(value.startswith(d) for d in HOSTILE.values()) or "/y$(touch pwned).pkl" in value, (word, job["shell"])
+                assert any(value.startswith(d) for d in HOSTILE.values()) or "/y$(touch pwned).pkl" in value, (
+                    word,
+                    job["shell"],
+                )
         assert "2>&1" in words and words.count(">") == 1, job["shell"]  # no redirection came from a path
     plan = next(j for j in jobs if j["rule"] == "plan")
     assert shlex.split(plan["shell"])[-4] == "res $(touch pwned)/broken/experiments.json"
@@ -452,8 +614,19 @@ def test_hostile_paths_are_one_word_in_every_command(tmp_path):
 
 def test_hostile_paths_run_the_first_rules_and_nothing_else(tmp_path):
     config = hostile_config(tmp_path / "hostile.yaml", cityscapes=False)
-    result = snakemake("--snakefile", REPO / "Snakefile", "--configfile", config, "--until", "plan", "check_dataset",
-                       "--cores", "1", cwd=tmp_path, timeout=TIMEOUT_S)
+    result = snakemake(
+        "--snakefile",
+        REPO / "Snakefile",
+        "--configfile",
+        config,
+        "--until",
+        "plan",
+        "check_dataset",
+        "--cores",
+        "1",
+        cwd=tmp_path,
+        timeout=TIMEOUT_S,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert not list(tmp_path.rglob("pwned")) and not list(REPO.rglob("pwned"))
@@ -469,15 +642,35 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     workflow exits non-zero, and Snakemake's onerror hook has written the tables, figures and
     README for every finished run, naming the failed one with its reason and log."""
     config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
-    config["experiments"].append({"name": "toy_coco_broken", "dataset": "toy_coco", "init": "scratch",
-                                  "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml", "method": "baseline",
-                                  "seeds": [0], "overrides": {"MODEL.BACKBONE.NAME": "build_no_such_backbone"}})
+    config["experiments"].append(
+        {
+            "name": "toy_coco_broken",
+            "dataset": "toy_coco",
+            "init": "scratch",
+            "config": "configs/toy_coco_mask_rcnn_R18_FPN.yaml",
+            "method": "baseline",
+            "seeds": [0],
+            "overrides": {"MODEL.BACKBONE.NAME": "build_no_such_backbone"},
+        }
+    )
     (toy_run / "toy_broken.yaml").write_text(yaml.safe_dump(config))
     results = toy_run / "results" / "toy"
     before = (results / "README.md").stat().st_mtime
-    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local", "--cores", "2",
-                       "--keep-going", "--configfile", "toy_broken.yaml", "--config", TOY_OVERRIDES, cwd=toy_run,
-                       timeout=TIMEOUT_S)
+    result = snakemake(
+        "--snakefile",
+        REPO / "Snakefile",
+        "--profile",
+        REPO / "profiles" / "local",
+        "--cores",
+        "2",
+        "--keep-going",
+        "--configfile",
+        "toy_broken.yaml",
+        "--config",
+        TOY_OVERRIDES,
+        cwd=toy_run,
+        timeout=TIMEOUT_S,
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-5000:]
     assert "Error in rule train" in output and "some runs failed; the report of what finished" in output
@@ -487,11 +680,16 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     assert "13 runs expected: 12 finished, 0 running, 0 incomplete, 1 failed, 0 missing." in readme
     failed = next(line for line in readme.splitlines() if line.startswith("- `toy_coco_broken` seed 0"))
     assert "**failed**" in failed and "build_no_such_backbone" in failed
-    assert "log: logs/toy/train/toy_coco_broken/seed0.log" in failed and (toy_run / "logs/toy/train/toy_coco_broken/seed0.log").is_file()
+    assert (
+        "log: logs/toy/train/toy_coco_broken/seed0.log" in failed
+        and (toy_run / "logs/toy/train/toy_coco_broken/seed0.log").is_file()
+    )
     with open(results / "tables" / "run_inventory.csv", newline="") as handle:
         inventory = {row["experiment"]: row["status"] for row in csv.DictReader(handle)}
-    assert inventory == {**{run["experiment"]: "finished" for run in json.loads((results / "experiments.json").read_text())["runs"]},
-                         "toy_coco_broken": "failed"}
+    assert inventory == {
+        **{run["experiment"]: "finished" for run in json.loads((results / "experiments.json").read_text())["runs"]},
+        "toy_coco_broken": "failed",
+    }
     # The finished runs' numbers are in the tables: per dataset, a baseline and a DCL row with every seed
     # (Toy Cityscapes: of Mask R-CNN, named beside RefineMask, and of RefineMask).
     sections = (results / "tables" / "main_results.md").read_text().split("\n### ")[1:]

@@ -15,6 +15,7 @@ wheel from its own ``setup.py`` with the extension left out (version ``0.6+nocsr
 It also leaves out ``black==21.4b2``, which v0.6 lists as a requirement but only uses to
 pretty-print configs when it is importable (its pins conflict with modern packages).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -65,8 +66,16 @@ def main() -> int:
         tmp_path = Path(tmp)
         # --no-build-isolation: pip reads the sdist's metadata by running its setup.py, which
         # imports torch; the environment's torch is the one we want it to see.
-        pip("download", "--no-deps", "--no-build-isolation", "--require-hashes",
-            "-r", str(REQUIREMENT_FILE), "-d", str(tmp_path / "sdist"))
+        pip(
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "--require-hashes",
+            "-r",
+            str(REQUIREMENT_FILE),
+            "-d",
+            str(tmp_path / "sdist"),
+        )
         (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp_path / "src", filter="data")

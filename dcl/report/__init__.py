@@ -16,6 +16,7 @@ listed in the inventory with its status and reason. No torch or detectron2 impor
 Modules: :mod:`~dcl.report.inputs` (reading and validation), :mod:`~dcl.report.analysis`
 (statistics), :mod:`~dcl.report.tables`, :mod:`~dcl.report.figures`, :mod:`~dcl.report.summary`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ from dcl.report import inputs
 if TYPE_CHECKING:
     from dcl.report import analysis
 
-__all__ = ["FIGURE_NAMES", "TABLE_NAMES", "ReportResult", "add_arguments", "build_report",
-           "default_published_path", "run"]
+__all__ = [
+    "FIGURE_NAMES",
+    "TABLE_NAMES",
+    "ReportResult",
+    "add_arguments",
+    "build_report",
+    "default_published_path",
+    "run",
+]
 
 TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,13 +74,15 @@ def default_published_path() -> Path:
         if candidate.is_file():
             return candidate
     raise InputError(
-        "published numbers not found (looked for " + " and ".join(str(c) for c in candidates)
+        "published numbers not found (looked for "
+        + " and ".join(str(c) for c in candidates)
         + "): run from the repository root or pass --published PATH"
     )
 
 
 def build_report(
-    results_dir: str | os.PathLike, experiments_path: str | os.PathLike | None = None,
+    results_dir: str | os.PathLike,
+    experiments_path: str | os.PathLike | None = None,
     published_path: str | os.PathLike | None = None,
 ) -> ReportResult:
     """Read everything, write every table, figure and the README.
@@ -120,23 +130,41 @@ def build_report(
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
     written += [results_dir / "figures" / f"{name}.{ext}" for name in figures.FIGURES for ext in figures.FORMATS]
     readme_path = results_dir / "README.md"
-    atomic_write_text(readme_path, summary.readme(preset, runs, reproduction, comparisons, built, figure_reasons,
-                                                  occlusion=inputs.load_occlusion_subset(experiments_path)))
+    atomic_write_text(
+        readme_path,
+        summary.readme(
+            preset,
+            runs,
+            reproduction,
+            comparisons,
+            built,
+            figure_reasons,
+            occlusion=inputs.load_occlusion_subset(experiments_path),
+        ),
+    )
     written.append(readme_path)
     return ReportResult(written=written, runs=runs, figure_reasons=figure_reasons, reproduction=reproduction)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "results_dir", metavar="RESULTS_DIR", type=Path,
+        "results_dir",
+        metavar="RESULTS_DIR",
+        type=Path,
         help="results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
     )
     parser.add_argument(
-        "--experiments", metavar="PATH", type=Path, default=None,
+        "--experiments",
+        metavar="PATH",
+        type=Path,
+        default=None,
         help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
     )
     parser.add_argument(
-        "--published", metavar="PATH", type=Path, default=None,
+        "--published",
+        metavar="PATH",
+        type=Path,
+        default=None,
         help="published numbers (default: results/published.yaml in the working directory or the repository)",
     )
 

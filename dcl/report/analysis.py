@@ -14,6 +14,7 @@ so the question is whether that number is a plausible draw from our seed distrib
 checkpoint (evaluation only, no training noise) reproduces it when the value rounds to the
 published one at its precision (``|value - published| <= 0.05`` for a number given to 0.1).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,13 @@ def sort_key(run: ExpectedRun) -> tuple:
     """Rows in paper order: dataset, init, detector (Mask R-CNN first, then its released
     checkpoints), group, method, experiment name."""
     return (
-        _rank(run.dataset, _DATASET_ORDER), _rank(run.init, _INIT_ORDER), run.model != "mask_rcnn", run.model,
-        _rank(run.group, _GROUP_ORDER), _rank(run.method, _METHOD_ORDER), run.experiment,
+        _rank(run.dataset, _DATASET_ORDER),
+        _rank(run.init, _INIT_ORDER),
+        run.model != "mask_rcnn",
+        run.model,
+        _rank(run.group, _GROUP_ORDER),
+        _rank(run.method, _METHOD_ORDER),
+        run.experiment,
     )
 
 
@@ -218,10 +224,12 @@ def experiment_stats(results: Iterable[RunResult]) -> list[ExperimentStats]:
             for metric, value in (run.eval_occ or {}).items():
                 if value is not None:
                     stats.values.setdefault(f"occ.{metric}", {})[seed] = value
-            for name, target, analysis in (("errors", stats.errors, run.errors),
-                                           ("errors_legacy", stats.errors_legacy, run.errors_legacy),
-                                           ("errors_occ", stats.errors_occ, run.errors_occ),
-                                           ("errors_legacy_occ", stats.errors_legacy_occ, run.errors_legacy_occ)):
+            for name, target, analysis in (
+                ("errors", stats.errors, run.errors),
+                ("errors_legacy", stats.errors_legacy, run.errors_legacy),
+                ("errors_occ", stats.errors_occ, run.errors_occ),
+                ("errors_legacy_occ", stats.errors_legacy_occ, run.errors_legacy_occ),
+            ):
                 if analysis is None:
                     continue
                 if analysis.gt:
@@ -269,9 +277,14 @@ def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
         if spec.method != "dcl" or spec.group == "ablation":
             continue
         baselines = [
-            e for e in experiments
-            if e.spec.method == "baseline" and e.spec.group == spec.group and e.spec.dataset == spec.dataset
-            and e.spec.init == spec.init and e.spec.metric == spec.metric and e.spec.model == spec.model
+            e
+            for e in experiments
+            if e.spec.method == "baseline"
+            and e.spec.group == spec.group
+            and e.spec.dataset == spec.dataset
+            and e.spec.init == spec.init
+            and e.spec.metric == spec.metric
+            and e.spec.model == spec.model
         ]
         if len(baselines) != 1:
             continue
@@ -303,21 +316,28 @@ def _judge(entry: PublishedEntry, experiment: ExperimentStats) -> Reproduction:
     expected, n = experiment.expected, summary.n
     lacking = [r.expected.seed for r in experiment.runs if r.eval is not None and r.expected.seed not in by_seed]
     if lacking:
-        return Reproduction(entry, experiment, summary, "cannot be judged",
-                            f"eval.json of seed {', '.join(map(str, lacking))} has no {entry.metric}")
+        return Reproduction(
+            entry,
+            experiment,
+            summary,
+            "cannot be judged",
+            f"eval.json of seed {', '.join(map(str, lacking))} has no {entry.metric}",
+        )
     if n < expected:
         shown = f"{n}/{expected} seeds with results"
         missing = [f"{r.expected.seed} ({r.status})" for r in experiment.runs if r.expected.seed not in by_seed]
-        return Reproduction(entry, experiment, summary, "cannot be judged",
-                            f"{shown}; waiting for seed {', '.join(missing)}")
+        return Reproduction(
+            entry, experiment, summary, "cannot be judged", f"{shown}; waiting for seed {', '.join(missing)}"
+        )
     difference = summary.mean - entry.value
     if experiment.spec.kind == "released":
         ok = abs(difference) <= entry.tolerance + 1e-9
         rule = f"|value − published| = {abs(difference):.2f} {'≤' if ok else '>'} {entry.tolerance:g} (published precision)"
         return Reproduction(entry, experiment, summary, "reproduced" if ok else "not reproduced", rule)
     if n < 2:
-        return Reproduction(entry, experiment, summary, "cannot be judged",
-                            "a single seed has no spread: configure at least 2 seeds")
+        return Reproduction(
+            entry, experiment, summary, "cannot be judged", "a single seed has no spread: configure at least 2 seeds"
+        )
     limit = SPREAD_FACTOR * summary.std
     ok = abs(difference) <= limit + 1e-9
     rule = f"|mean − published| = {abs(difference):.2f} {'≤' if ok else '>'} 2 std = {limit:.2f}"
@@ -335,17 +355,28 @@ def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[Experi
     rows = []
     for entry in entries:
         if not entry.reproducible:
-            rows.append(Reproduction(entry, None, summarize([]), "not reproducible",
-                                     entry.note or "not reproduced by this pipeline"))
+            rows.append(
+                Reproduction(
+                    entry, None, summarize([]), "not reproducible", entry.note or "not reproduced by this pipeline"
+                )
+            )
             continue
         matches = [
-            e for e in experiments
+            e
+            for e in experiments
             if e.spec.group in ("main", "released")
             and (e.spec.dataset, e.spec.init, e.spec.method, e.spec.model)
             == (entry.dataset, entry.init, entry.method, entry.model)
         ]
         if not matches:
-            rows.append(Reproduction(entry, None, summarize([]), "not in matrix",
-                                     "no experiment of this dataset/init/method/model in experiments.json"))
+            rows.append(
+                Reproduction(
+                    entry,
+                    None,
+                    summarize([]),
+                    "not in matrix",
+                    "no experiment of this dataset/init/method/model in experiments.json",
+                )
+            )
         rows.extend(_judge(entry, e) for e in matches)
     return rows

@@ -11,6 +11,7 @@ units, fonts readable at print width (7 inches). Files carry no timestamps or so
 (PNG ``Software``, PDF ``Creator``/``Producer``/``CreationDate`` are dropped), so an unchanged
 input gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,15 +26,27 @@ from matplotlib.figure import Figure
 from dcl.io import atomic_path
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.report.inputs import EVAL_KEYS, TRAINING_KEYS
-from dcl.report.tables import (dataset_name, fmt_value, init_name, is_base_point, method_name, metric_name,
-                               reference_baseline, value_sort_key)
+from dcl.report.tables import (
+    dataset_name,
+    fmt_value,
+    init_name,
+    is_base_point,
+    method_name,
+    metric_name,
+    reference_baseline,
+    value_sort_key,
+)
 
 __all__ = ["FIGURES", "FORMATS", "OKABE_ITO", "write_figures"]
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 _MODEL_COLORS = {
-    ("baseline", "imagenet"): "#0072B2", ("baseline", "coco"): "#56B4E9", ("baseline", "scratch"): "#009E73",
-    ("dcl", "imagenet"): "#D55E00", ("dcl", "coco"): "#E69F00", ("dcl", "scratch"): "#CC79A7",
+    ("baseline", "imagenet"): "#0072B2",
+    ("baseline", "coco"): "#56B4E9",
+    ("baseline", "scratch"): "#009E73",
+    ("dcl", "imagenet"): "#D55E00",
+    ("dcl", "coco"): "#E69F00",
+    ("dcl", "scratch"): "#CC79A7",
 }
 _FALLBACK_COLORS = ("#000000", "#009E73", "#CC79A7", "#F0E442")
 # Colour says method and init; a detector other than Mask R-CNN gets its own hatch, line and marker.
@@ -43,13 +56,26 @@ _DETECTOR_MARKER = {"refinemask": "^"}
 _WIDTH = 7.0  # inches: a two-column page width
 _VALIDATION = "validation AP"  # the training-curves column of the periodic evaluation
 _STYLE = {
-    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
-    "legend.fontsize": 8, "figure.titlesize": 10, "lines.linewidth": 1.5, "axes.grid": True, "grid.alpha": 0.3,
-    "axes.spines.top": False, "axes.spines.right": False, "pdf.fonttype": 42, "savefig.dpi": 200,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 10,
+    "lines.linewidth": 1.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "pdf.fonttype": 42,
+    "savefig.dpi": 200,
 }
 _CURVE_LABELS = {
-    "total_loss": ("total loss", "loss"), "loss_mask": ("loss_mask", "loss"),
-    "loss_contrast": ("loss_contrast (DCL)", "loss"), "lr": ("learning rate", "learning rate"),
+    "total_loss": ("total loss", "loss"),
+    "loss_mask": ("loss_mask", "loss"),
+    "loss_contrast": ("loss_contrast (DCL)", "loss"),
+    "lr": ("learning rate", "learning rate"),
     _VALIDATION: ("validation AP", "AP (%)"),  # of the periodic evaluation (TEST.EVAL_PERIOD)
 }
 _CURVES = TRAINING_KEYS + (_VALIDATION,)
@@ -125,11 +151,17 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 heights = [0.0 if math.isnan(s.mean) else s.mean for s in summaries]
                 spreads = [s.std for s in summaries]  # NaN (one seed): no error bar, not a zero one
                 axes.bar(
-                    positions + offsets[index], heights, width, yerr=spreads, capsize=2,
-                    color=_color(experiment.spec, index), edgecolor="black", linewidth=0.5,
+                    positions + offsets[index],
+                    heights,
+                    width,
+                    yerr=spreads,
+                    capsize=2,
+                    color=_color(experiment.spec, index),
+                    edgecolor="black",
+                    linewidth=0.5,
                     hatch="//" if experiment.spec.group == "released" else _DETECTOR_HATCH.get(experiment.spec.model),
                     label=f"{_model_label(experiment, named)} (n={experiment.n_errors(False)}, "
-                          f"legacy {experiment.n_errors(True)})"
+                    f"legacy {experiment.n_errors(True)})"
                     if experiment.n_errors(False) != experiment.n_errors(True)
                     else f"{_model_label(experiment, named)} (n={experiment.n_errors(False)})",
                 )
@@ -180,30 +212,56 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 metrics.add(metric)
                 seeds = experiment.values.get(metric, {})
                 x = position[experiment.spec.ablation.value]
-                axes.plot([x] * len(seeds), [seeds[s] for s in sorted(seeds)], "o", color=color, alpha=0.45,
-                          markersize=3.5, markeredgewidth=0)
+                axes.plot(
+                    [x] * len(seeds),
+                    [seeds[s] for s in sorted(seeds)],
+                    "o",
+                    color=color,
+                    alpha=0.45,
+                    markersize=3.5,
+                    markeredgewidth=0,
+                )
                 summary = experiment.summary(metric)
                 if summary.n:
                     xs.append(x)
                     means.append(summary.mean)
                     stds.append(summary.std)  # NaN (one seed): no error bar
-            axes.errorbar(xs, means, yerr=stds, color=color, marker="s", markersize=4, capsize=3,
-                          label=f"DCL (base: {base})")
+            axes.errorbar(
+                xs, means, yerr=stds, color=color, marker="s", markersize=4, capsize=3, label=f"DCL (base: {base})"
+            )
             for experiment in members:
                 summary = experiment.summary(experiment.spec.metric)
                 if is_base_point(experiment) and summary.n:
-                    axes.plot([position[experiment.spec.ablation.value]], [summary.mean], marker="*", color=color,
-                              markersize=12, markeredgecolor="black", markeredgewidth=0.5, linestyle="none",
-                              label="base value")
+                    axes.plot(
+                        [position[experiment.spec.ablation.value]],
+                        [summary.mean],
+                        marker="*",
+                        color=color,
+                        markersize=12,
+                        markeredgecolor="black",
+                        markeredgewidth=0.5,
+                        linestyle="none",
+                        label="base value",
+                    )
             baseline = reference_baseline(experiments, base)
             if baseline is not None:
                 summary = baseline.summary(baseline.spec.metric)
                 if summary.n:
-                    axes.axhline(summary.mean, color=_color(baseline.spec), linestyle="--", linewidth=1.0,
-                                 label=f"baseline, no DCL (n={summary.n})")
+                    axes.axhline(
+                        summary.mean,
+                        color=_color(baseline.spec),
+                        linestyle="--",
+                        linewidth=1.0,
+                        label=f"baseline, no DCL (n={summary.n})",
+                    )
                     if not math.isnan(summary.std):
-                        axes.axhspan(summary.mean - summary.std, summary.mean + summary.std,
-                                     color=_color(baseline.spec), alpha=0.12, linewidth=0)
+                        axes.axhspan(
+                            summary.mean - summary.std,
+                            summary.mean + summary.std,
+                            color=_color(baseline.spec),
+                            alpha=0.12,
+                            linewidth=0,
+                        )
         axes.set_title(parameter)
         axes.legend(loc="best", frameon=False, fontsize=7)
         if not numeric:
@@ -219,9 +277,11 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
         grid[index // columns][index % columns].set_visible(False)
     all_bases = sorted({base for bases in sweeps.values() for base in bases})
     shared = f"base experiment {all_bases[0]}" if len(all_bases) == 1 else "several base experiments"
-    figure.suptitle(f"Headline AP against each swept DCL hyper-parameter ({shared})\n"
-                    "points: seeds; squares: mean ± std over seeds; star: the base value;\n"
-                    "dashed line and band: the baseline without DCL, mean ± std")
+    figure.suptitle(
+        f"Headline AP against each swept DCL hyper-parameter ({shared})\n"
+        "points: seeds; squares: mean ± std over seeds; star: the base value;\n"
+        "dashed line and band: the baseline without DCL, mean ± std"
+    )
     return figure, ""
 
 
@@ -246,8 +306,9 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     if key in point:
                         records.append((experiment.name, run.expected.seed, point["iteration"], key, point[key]))
                 if validation in point:
-                    records.append((experiment.name, run.expected.seed, point["iteration"], _VALIDATION,
-                                    point[validation]))
+                    records.append(
+                        (experiment.name, run.expected.seed, point["iteration"], _VALIDATION, point[validation])
+                    )
     if not records:
         return _no_data(title, "no finished training run of the main experiments has a metrics.json")
     frame = pd.DataFrame.from_records(records, columns=["experiment", "seed", "iteration", "key", "value"])
@@ -272,17 +333,26 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     continue
                 color = _color(experiment.spec, index)
                 iterations = curve.index.to_numpy()
-                axes.fill_between(iterations, curve["min"].to_numpy(), curve["max"].to_numpy(),
-                                  color=color, alpha=0.2, linewidth=0)
+                axes.fill_between(
+                    iterations, curve["min"].to_numpy(), curve["max"].to_numpy(), color=color, alpha=0.2, linewidth=0
+                )
                 seeds = int(seed_counts[(experiment.name, key)])
                 # Evaluations are few points: marked, so a single one is visible.
-                axes.plot(iterations, curve["mean"].to_numpy(), color=color, marker="o" if key == _VALIDATION else None,
-                          linestyle=_DETECTOR_LINE.get(experiment.spec.model, "-"), markersize=3,
-                          label=f"{_model_label(experiment, named)} (n={seeds})")
+                axes.plot(
+                    iterations,
+                    curve["mean"].to_numpy(),
+                    color=color,
+                    marker="o" if key == _VALIDATION else None,
+                    linestyle=_DETECTOR_LINE.get(experiment.spec.model, "-"),
+                    markersize=3,
+                    label=f"{_model_label(experiment, named)} (n={seeds})",
+                )
                 drawn = True
             if not drawn:
-                note = {"loss_contrast": "not logged\n(no DCL run)",
-                        _VALIDATION: "not logged\n(TEST.EVAL_PERIOD 0?)"}.get(key, "not logged")
+                note = {
+                    "loss_contrast": "not logged\n(no DCL run)",
+                    _VALIDATION: "not logged\n(TEST.EVAL_PERIOD 0?)",
+                }.get(key, "not logged")
                 axes.text(0.5, 0.5, note, ha="center", va="center", transform=axes.transAxes)
             elif key == "lr":
                 axes.set_yscale("log")
@@ -291,8 +361,9 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
             axes.set_xlabel("iteration")
             axes.set_ylabel(f"{dataset_name(dataset)}\n{unit}" if column == 0 else unit)
         handles, labels = grid[row][0].get_legend_handles_labels()
-        grid[row][-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
-                             title=dataset_name(dataset))
+        grid[row][-1].legend(
+            handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title=dataset_name(dataset)
+        )
     figure.suptitle("Training curves from metrics.json (line: mean over seeds; band: min–max)")
     return figure, ""
 
@@ -326,15 +397,23 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         kind = "released checkpoint" if released else "trained, mean ± std (thin: ± 2 std)"
         label = f"{method_name(spec.method, spec.model, named)}, {kind}"
         marker = "s" if released else _DETECTOR_MARKER.get(spec.model, "o")
-        axes.plot([summary.mean], [y], marker, color=color, markersize=6,
-                  label=None if label in seen else label)
+        axes.plot([summary.mean], [y], marker, color=color, markersize=6, label=None if label in seen else label)
         seen.add(label)
-        axes.plot([item.entry.value], [y], "D", markerfacecolor="white", markeredgecolor="black", markersize=6,
-                  label=None if "published" in seen else "published")
+        axes.plot(
+            [item.entry.value],
+            [y],
+            "D",
+            markerfacecolor="white",
+            markeredgecolor="black",
+            markersize=6,
+            label=None if "published" in seen else "published",
+        )
         seen.add("published")
-        labels.append(f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, "
-                      f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}: "
-                      f"{metric_name(item.entry.metric)}")
+        labels.append(
+            f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, "
+            f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}: "
+            f"{metric_name(item.entry.metric)}"
+        )
     axes.set_yticks(range(len(points)), labels[::-1])
     axes.set_ylim(-0.7, len(points) - 0.3)
     axes.grid(axis="y", visible=False)

@@ -11,6 +11,7 @@ Three readers, each strict about the format in ``docs/design.md``:
 Only data a table may use is exposed on :class:`RunResult`: results of a run whose training did
 not complete are never used, even when a stale ``eval.json`` is lying around.
 """
+
 from __future__ import annotations
 
 import json
@@ -273,8 +274,10 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
         _check_metric(run.metric, where)
         parts = PurePosixPath(run.run_dir).parts
         if not parts or PurePosixPath(run.run_dir).is_absolute() or ".." in parts:
-            raise InputError(f"{where}: 'run_dir' {run.run_dir} must be a relative path inside the results "
-                             "directory (like runs/<experiment>/seed<seed>)")
+            raise InputError(
+                f"{where}: 'run_dir' {run.run_dir} must be a relative path inside the results "
+                "directory (like runs/<experiment>/seed<seed>)"
+            )
         if (run.experiment, run.seed) in seen:
             raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
         seen.add((run.experiment, run.seed))
@@ -378,10 +381,14 @@ def _validate_run_info(info: Any, expected: ExpectedRun) -> dict[str, Any]:
     for key in ("iteration", "max_iter", "exit_code"):
         value = info.get(key)
         if value is not None and (not _is_int(value) or (key != "exit_code" and value < 0)):
-            raise _BadFile(f"run.json: '{key}' must be a non-negative integer or null, got {_type_name(value)} {value!r}")
+            raise _BadFile(
+                f"run.json: '{key}' must be a non-negative integer or null, got {_type_name(value)} {value!r}"
+            )
     wall = info.get("wall_time_s")
     if wall is not None and (not _is_number(wall) or wall < 0):
-        raise _BadFile(f"run.json: 'wall_time_s' must be a non-negative number or null, got {_type_name(wall)} {wall!r}")
+        raise _BadFile(
+            f"run.json: 'wall_time_s' must be a non-negative number or null, got {_type_name(wall)} {wall!r}"
+        )
     gpus = info.get("gpus")
     if gpus is not None:
         if not isinstance(gpus, dict):
@@ -418,7 +425,9 @@ def _validate_eval(data: Any, expected: ExpectedRun) -> dict[str, float | None]:
             value = section[stat]
             # null is COCO's -1: no GT in that area range.
             if value is not None and not _is_number(value):
-                raise _BadFile(f"eval.json: '{family}.{stat}' must be a number or null, got {_type_name(value)} {value!r}")
+                raise _BadFile(
+                    f"eval.json: '{family}.{stat}' must be a number or null, got {_type_name(value)} {value!r}"
+                )
             flat[f"{family}.{stat}"] = None if value is None else float(value)
     if flat[expected.metric] is None:
         raise _BadFile(f"eval.json: headline metric '{expected.metric}' is null")
@@ -431,7 +440,9 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
     flag = data.get("legacy_unmatched")
     if flag is not None and flag is not legacy:
         semantics = "legacy" if flag else "corrected"
-        raise _BadFile(f"{name}: 'legacy_unmatched' is {json.dumps(flag)}: this is the {semantics} analysis, swapped files?")
+        raise _BadFile(
+            f"{name}: 'legacy_unmatched' is {json.dumps(flag)}: this is the {semantics} analysis, swapped files?"
+        )
     baseline = data.get("baseline")
     if not isinstance(baseline, dict) or not _is_number(baseline.get("AP")):
         raise _BadFile(f"{name}: 'baseline.AP' must be a number")
@@ -448,8 +459,9 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
             raise _BadFile(f"{name}: 'delta.{error_type}.AP' must be a number")
         gains[error_type] = float(stats["AP"])
     gt = data.get("gt")
-    return ErrorAnalysis(baseline_ap=float(baseline["AP"]), gains=gains,
-                         gt=os.path.basename(gt) if isinstance(gt, str) and gt else None)
+    return ErrorAnalysis(
+        baseline_ap=float(baseline["AP"]), gains=gains, gt=os.path.basename(gt) if isinstance(gt, str) and gt else None
+    )
 
 
 def _metrics_point(line: str) -> dict[str, float] | None:
@@ -534,8 +546,9 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         return result
     names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
     present = {name for name in names if (folder / name).exists()}
-    optional = {name for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json")
-                if (folder / name).exists()}
+    optional = {
+        name for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json") if (folder / name).exists()
+    }
     if not present:
         result.status, result.problems = "missing", ["run folder has no result files yet"]
         return result
@@ -556,9 +569,7 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         result.problems = [f"run.json says running{_progress(info)}; if no job is running, it was killed: re-run it"]
         return result
     if state == "failed":
-        detail = ", ".join(
-            f"{key} {info[key]}" for key in ("exit_code", "signal") if info.get(key) is not None
-        )
+        detail = ", ".join(f"{key} {info[key]}" for key in ("exit_code", "signal") if info.get(key) is not None)
         broken.append(f"training failed{_progress(info)}" + (f" ({detail})" if detail else ""))
     elif state == "interrupted":
         unfinished.append(f"training interrupted{_progress(info)}: re-run to resume")
@@ -573,13 +584,16 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     readers = {
         "eval.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
         "errors.json": lambda path: _validate_errors(_read_run_json_file(path), "errors.json", legacy=False),
-        "errors_legacy.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy.json", legacy=True),
+        "errors_legacy.json": lambda path: _validate_errors(
+            _read_run_json_file(path), "errors_legacy.json", legacy=True
+        ),
         "metrics.json": _read_metrics,
         # Optional (COCO runs when the occlusion subset is there): never required.
         "eval_occ.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
         "errors_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_occ.json", legacy=False),
-        "errors_legacy_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_legacy_occ.json",
-                                                                legacy=True),
+        "errors_legacy_occ.json": lambda path: _validate_errors(
+            _read_run_json_file(path), "errors_legacy_occ.json", legacy=True
+        ),
     }
     loaded: dict[str, Any] = {}
     for name, reader in readers.items():
@@ -631,11 +645,13 @@ def _live_result(expected: ExpectedRun) -> RunResult | None:
     if state == "running":
         return RunResult(expected, "running", [f"training{where}"], info=info)
     if state == "interrupted":
-        return RunResult(expected, "incomplete", [f"training interrupted{where}: resumes when the workflow runs it again"],
-                         info=info)
+        return RunResult(
+            expected, "incomplete", [f"training interrupted{where}: resumes when the workflow runs it again"], info=info
+        )
     error = info.get("error") or f"exit code {info.get('exit_code')}"
-    return RunResult(expected, "failed", [f"training failed{where}: {error}" + (f"; log: {log}" if log else "")],
-                     info=info)
+    return RunResult(
+        expected, "failed", [f"training failed{where}: {error}" + (f"; log: {log}" if log else "")], info=info
+    )
 
 
 def _progress(info: dict[str, Any]) -> str:

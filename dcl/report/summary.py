@@ -2,6 +2,7 @@
 
 Plain Markdown, no timestamps or absolute paths (the file is byte-identical when nothing changed).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -41,8 +42,10 @@ _VERDICT_SECTIONS = (
 
 def _describe(item: Reproduction) -> str:
     entry = item.entry
-    what = (f"{dataset_name(entry.dataset)}, {init_name(entry.init)} init, {method_name(entry.method, entry.model)} "
-            f"({entry.detector}), {metric_name(entry.metric)}: published {fmt_number(entry.value, 1)}")
+    what = (
+        f"{dataset_name(entry.dataset)}, {init_name(entry.init)} init, {method_name(entry.method, entry.model)} "
+        f"({entry.detector}), {metric_name(entry.metric)}: published {fmt_number(entry.value, 1)}"
+    )
     if item.experiment is None:
         return f"{what}: {item.reason}"
     if item.experiment.spec.kind == "released":
@@ -76,16 +79,26 @@ def readme(
     unfinished = [r for r in results if r.status != "finished"]
     if unfinished:
         lines += ["", "Not finished (tables use only runs with results, and say how many seeds they have):", ""]
-        for result in sorted(unfinished, key=lambda r: (STATUSES.index(r.status), r.expected.experiment, r.expected.seed)):
-            lines.append(f"- `{result.expected.experiment}` seed {result.expected.seed}: **{result.status}**: {result.reason}")
+        for result in sorted(
+            unfinished, key=lambda r: (STATUSES.index(r.status), r.expected.experiment, r.expected.seed)
+        ):
+            lines.append(
+                f"- `{result.expected.experiment}` seed {result.expected.seed}: **{result.status}**: {result.reason}"
+            )
     lines += ["", "Every run: [run inventory](tables/run_inventory.md).", ""]
     if occlusion is not None:
         if occlusion["used"]:
-            lines += [f"COCO runs are also evaluated and error-analysed on the occlusion subset `{occlusion['path']}` "
-                      "(COCO-OCC, from their val predictions): the OCC AP column and the occlusion error tables.", ""]
+            lines += [
+                f"COCO runs are also evaluated and error-analysed on the occlusion subset `{occlusion['path']}` "
+                "(COCO-OCC, from their val predictions): the OCC AP column and the occlusion error tables.",
+                "",
+            ]
         else:
-            lines += [f"Note: no occlusion subset (COCO-OCC) at `{occlusion['path']}`, so COCO runs have no "
-                      "occlusion results; put the file there and run the workflow again to add them.", ""]
+            lines += [
+                f"Note: no occlusion subset (COCO-OCC) at `{occlusion['path']}`, so COCO runs have no "
+                "occlusion results; put the file there and run the workflow again to add them.",
+                "",
+            ]
 
     lines += [
         "## Published numbers",
@@ -111,8 +124,11 @@ def readme(
     headline = [c for c in comparisons if c.metric == c.dcl.spec.metric]
     lines += ["## DCL versus baseline", ""]
     if headline:
-        lines += [f"DCL − baseline on the headline AP; seeds paired by seed index; {CONFIDENCE:.0%} CI from the "
-                  f"t distribution; p from a {PAIRED_TEST}.", ""]
+        lines += [
+            f"DCL − baseline on the headline AP; seeds paired by seed index; {CONFIDENCE:.0%} CI from the "
+            f"t distribution; p from a {PAIRED_TEST}.",
+            "",
+        ]
         for comparison in headline:
             spec, difference = comparison.dcl.spec, comparison.difference
             lines.append(
@@ -128,12 +144,16 @@ def readme(
 
     lines += ["## Tables", "", "Each as Markdown, LaTeX (booktabs, `\\input` it), CSV and HTML:", ""]
     for table in tables:
-        lines.append(f"- [{table.title}](tables/{table.name}.md) "
-                     f"([tex](tables/{table.name}.tex), [csv](tables/{table.name}.csv), [html](tables/{table.name}.html))"
-                     + ("" if table.rows or table.parts else f": no data ({table.empty})"))
+        lines.append(
+            f"- [{table.title}](tables/{table.name}.md) "
+            f"([tex](tables/{table.name}.tex), [csv](tables/{table.name}.csv), [html](tables/{table.name}.html))"
+            + ("" if table.rows or table.parts else f": no data ({table.empty})")
+        )
     lines += ["", "## Figures", "", "Each as PNG and PDF:", ""]
     for name in FIGURES:
         reason = figure_reasons.get(name, "")
-        lines.append(f"- [{FIGURE_TITLES[name]}](figures/{name}.png) ([pdf](figures/{name}.pdf))"
-                     + (f": **no data** ({reason}); the file is a labelled placeholder" if reason else ""))
+        lines.append(
+            f"- [{FIGURE_TITLES[name]}](figures/{name}.png) ([pdf](figures/{name}.pdf))"
+            + (f": **no data** ({reason}); the file is a labelled placeholder" if reason else "")
+        )
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ and never timestamps, so an unchanged input gives byte-identical files.
 Display cells use a few Unicode signs (``±``, ``−``, ``Δ``, ``†``); the LaTeX renderer maps them
 to LaTeX and escapes everything else (``_``, ``&``, ``%`` ...).
 """
+
 from __future__ import annotations
 
 import csv
@@ -228,10 +229,27 @@ def to_markdown(table: Table, level: int = 2) -> str:
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "±": r"$\pm$", "−": r"$-$", "Δ": r"$\Delta$",
-    "†": r"\textsuperscript{\dag}", "—": "---", "–": "--", "×": r"$\times$", "≤": r"$\le$", "≥": r"$\ge$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "±": r"$\pm$",
+    "−": r"$-$",
+    "Δ": r"$\Delta$",
+    "†": r"\textsuperscript{\dag}",
+    "—": "---",
+    "–": "--",
+    "×": r"$\times$",
+    "≤": r"$\le$",
+    "≥": r"$\ge$",
 }
 
 
@@ -250,7 +268,7 @@ def _latex_cell(text: str, breakable: bool = False) -> str:
         return latex_escape(text).replace("/", "/\\allowbreak{}").replace("\\_", "\\_\\allowbreak{}")
     parts, position = [], 0
     for match in re.finditer(r"(\S+) ± (\S+)", text):
-        parts.append(latex_escape(text[position:match.start()]))
+        parts.append(latex_escape(text[position : match.start()]))
         parts.append(f"{latex_escape(match.group(1))}{{\\scriptsize$\\pm${latex_escape(match.group(2))}}}")
         position = match.end()
     parts.append(latex_escape(text[position:]))
@@ -265,8 +283,13 @@ def to_latex(table: Table) -> str:
         floats = []
         for index, part in enumerate(table.parts):
             last = index == len(table.parts) - 1
-            named = Table(**{**part.__dict__, "name": f"{table.name}_{index + 1}",
-                             "notes": part.notes + (table.notes if last else [])})
+            named = Table(
+                **{
+                    **part.__dict__,
+                    "name": f"{table.name}_{index + 1}",
+                    "notes": part.notes + (table.notes if last else []),
+                }
+            )
             floats.append(to_latex(named))
         header = floats[0].split("\n", 2)[:2]
         return "\n".join(header) + "\n" + "\n".join(f.split("\n", 2)[2] for f in floats)
@@ -277,10 +300,13 @@ def to_latex(table: Table) -> str:
     header: list[str] = []
     groups = _column_groups(columns)
     if any(group for group, _ in groups):
-        header.append(" & ".join(
-            f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}" if group else " & ".join([""] * span)
-            for group, span in groups
-        ) + r" \\")
+        header.append(
+            " & ".join(
+                f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}" if group else " & ".join([""] * span)
+                for group, span in groups
+            )
+            + r" \\"
+        )
         start, rules = 1, []
         for group, span in groups:
             if group:
@@ -301,9 +327,16 @@ def to_latex(table: Table) -> str:
             r"\begingroup\footnotesize\setlength{\tabcolsep}{3pt}",
             f"\\begin{{longtable}}{{{spec}}}",
             f"\\caption{{{caption}}}\\label{{{label}}} \\\\",
-            r"\toprule", *header, r"\midrule", r"\endfirsthead",
-            r"\toprule", *header, r"\midrule", r"\endhead",
-            r"\bottomrule", r"\endfoot",
+            r"\toprule",
+            *header,
+            r"\midrule",
+            r"\endfirsthead",
+            r"\toprule",
+            *header,
+            r"\midrule",
+            r"\endhead",
+            r"\bottomrule",
+            r"\endfoot",
             *body,
             r"\end{longtable}",
             *[f"{note}\\par" for note in notes],
@@ -319,7 +352,11 @@ def to_latex(table: Table) -> str:
         f"\\caption{{{caption}}}",
         f"\\label{{{label}}}",
         f"\\begin{{tabular}}{{{spec}}}",
-        r"\toprule", *header, r"\midrule", *body, r"\bottomrule",
+        r"\toprule",
+        *header,
+        r"\midrule",
+        *body,
+        r"\bottomrule",
         r"\end{tabular}",
     ]
     if notes:
@@ -385,10 +422,17 @@ def _html_table(table: Table) -> list[str]:
     ]
     groups = _column_groups(table.columns)
     if any(group for group, _ in groups):
-        lines.append("<tr>" + "".join(
-            f'<th colspan="{span}">{e(group)}</th>' if span > 1 else f"<th>{e(group)}</th>" for group, span in groups
-        ) + "</tr>")
-    lines.append("<tr>" + "".join(f'<th style="text-align:{align[c.align]}">{e(c.header)}</th>' for c in table.columns) + "</tr>")
+        lines.append(
+            "<tr>"
+            + "".join(
+                f'<th colspan="{span}">{e(group)}</th>' if span > 1 else f"<th>{e(group)}</th>"
+                for group, span in groups
+            )
+            + "</tr>"
+        )
+    lines.append(
+        "<tr>" + "".join(f'<th style="text-align:{align[c.align]}">{e(c.header)}</th>' for c in table.columns) + "</tr>"
+    )
     lines += ["</thead>", "<tbody>"]
     for row in table.rows:
         cells = []
@@ -407,13 +451,18 @@ def _html_table(table: Table) -> list[str]:
 _COCO_STATS = FAMILY_STATS["segm"]
 
 
-def _published_for(published: Sequence[PublishedEntry], experiment: ExperimentStats,
-                   metric: str | None = None) -> PublishedEntry | None:
+def _published_for(
+    published: Sequence[PublishedEntry], experiment: ExperimentStats, metric: str | None = None
+) -> PublishedEntry | None:
     """The reproducible published number of ``experiment`` for ``metric`` (default: its headline)."""
     spec = experiment.spec
     for entry in published:
         if entry.reproducible and (entry.dataset, entry.init, entry.method, entry.model, entry.metric) == (
-            spec.dataset, spec.init, spec.method, spec.model, metric or spec.metric
+            spec.dataset,
+            spec.init,
+            spec.method,
+            spec.model,
+            metric or spec.metric,
         ):
             return entry
     return None
@@ -432,8 +481,9 @@ def _best_marks(rows: list[dict[str, str]], values: list[dict[str, float]], keys
                 row[key] = _bold(row[key])
 
 
-def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
-               published: Sequence[PublishedEntry]) -> Table:
+def _main_part(
+    dataset: str, init: str, members: Sequence[ExperimentStats], published: Sequence[PublishedEntry]
+) -> Table:
     """One dataset/initialisation in the paper's layout: per detector (Mask R-CNN, then e.g.
     RefineMask), a row per model, then that detector's DCL − baseline."""
     family = members[0].spec.family
@@ -446,9 +496,14 @@ def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
     if any(e.values.get("occ.segm.AP") for e in members):
         stats.append("occ.segm.AP")
         headers["occ.segm.AP"] = "OCC AP"
-    columns = [Column("method", "Method"), Column("seeds", "Seeds", "r"),
-               *[Column(m, headers[m], "r") for m in stats],
-               Column("published", "Paper", "r"), Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r")]
+    columns = [
+        Column("method", "Method"),
+        Column("seeds", "Seeds", "r"),
+        *[Column(m, headers[m], "r") for m in stats],
+        Column("published", "Paper", "r"),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r"),
+        Column("p", "p", "r"),
+    ]
     models = list(dict.fromkeys(e.spec.model for e in members))  # members are in table order
     named = len(models) > 1  # say which detector "Baseline" is
     rows, model_rows, means = [], [], []
@@ -457,8 +512,10 @@ def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
         for experiment in own:
             spec, n = experiment.spec, experiment.n_eval
             released = " (released)" if spec.group == "released" else ""
-            row = {"method": method_name(spec.method, spec.model, named) + released,
-                   "seeds": fmt_seeds(n, experiment.expected)}
+            row = {
+                "method": method_name(spec.method, spec.model, named) + released,
+                "seeds": fmt_seeds(n, experiment.expected),
+            }
             mean_of: dict[str, float] = {}
             for metric in stats:
                 summary = experiment.summary(metric) if metric in experiment.values else Summary(math.nan, math.nan, 0)
@@ -476,27 +533,41 @@ def _main_part(dataset: str, init: str, members: Sequence[ExperimentStats],
         for dcl in (e for e in own if e.spec.method == "dcl" and e.spec.group == "main"):
             if len(baselines) != 1:
                 continue
-            name = ("DCL − baseline" if models == ["mask_rcnn"] else
-                    f"{method_name('dcl', model, named)} − {method_name('baseline', model, named)}")
+            name = (
+                "DCL − baseline"
+                if models == ["mask_rcnn"]
+                else f"{method_name('dcl', model, named)} − {method_name('baseline', model, named)}"
+            )
             row = {"method": name, "seeds": ""}
             for metric in stats:
                 difference = paired_difference(baselines[0].values.get(metric, {}), dcl.values.get(metric, {}))
                 row[metric] = fmt_signed(difference.mean)
                 if metric == dcl.spec.metric:
-                    row.update(ci=fmt_ci(difference), p=fmt_p(difference.p_value),
-                               seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""))
+                    row.update(
+                        ci=fmt_ci(difference),
+                        p=fmt_p(difference.p_value),
+                        seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
+                    )
             rows.append(row)
     _best_marks(model_rows, means, stats)  # the rows are shared: bold shows in `rows`
     if all(row.get("published", DASH) == DASH for row in rows):
         columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
     headline = headers[members[0].spec.metric]
-    what = ("Official Cityscapes instance-level AP and AP50 (cityscapesscripts), COCO-style mask AP beside"
-            if family == "cityscapes" else "COCO mask AP")
+    what = (
+        "Official Cityscapes instance-level AP and AP50 (cityscapesscripts), COCO-style mask AP beside"
+        if family == "cityscapes"
+        else "COCO mask AP"
+    )
     return Table(
-        name="main", title=f"{dataset_name(dataset)}, {init_name(init)} initialisation",
+        name="main",
+        title=f"{dataset_name(dataset)}, {init_name(init)} initialisation",
         caption=f"{what}; mean ± std over seeds; best in bold; DCL − baseline with the {CONFIDENCE:.0%} CI "
-                f"and p-value of {headline}.",
-        columns=columns, rows=rows, csv_columns=[], csv_rows=[], wide=len(stats) > 4,
+        f"and p-value of {headline}.",
+        columns=columns,
+        rows=rows,
+        csv_columns=[],
+        csv_rows=[],
+        wide=len(stats) > 4,
     )
 
 
@@ -506,17 +577,39 @@ def main_table(
     """Main results: per dataset/init/method, mean ± std over seeds of the headline family's
     stats, the published number and the difference, and DCL minus baseline (headline metric)."""
     columns = [
-        Column("dataset", "Dataset"), Column("init", "Init"), Column("method", "Method"),
-        Column("experiment", "Experiment", tex=False), Column("metric", "AP type", tex=False),
-        Column("seeds", "Seeds", "r"), *[Column(stat, stat, "r") for stat in _COCO_STATS],
-        Column("published", "AP", "r", "Published"), Column("published_diff", "Δ", "r", "Published"),
-        Column("delta", "Δ", "r", "DCL − baseline"), Column("ci", f"{CONFIDENCE:.0%} CI", "r", "DCL − baseline"),
-        Column("p", "p", "r", "DCL − baseline"), Column("pairs", "pairs", "r", "DCL − baseline"),
+        Column("dataset", "Dataset"),
+        Column("init", "Init"),
+        Column("method", "Method"),
+        Column("experiment", "Experiment", tex=False),
+        Column("metric", "AP type", tex=False),
+        Column("seeds", "Seeds", "r"),
+        *[Column(stat, stat, "r") for stat in _COCO_STATS],
+        Column("published", "AP", "r", "Published"),
+        Column("published_diff", "Δ", "r", "Published"),
+        Column("delta", "Δ", "r", "DCL − baseline"),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r", "DCL − baseline"),
+        Column("p", "p", "r", "DCL − baseline"),
+        Column("pairs", "pairs", "r", "DCL − baseline"),
     ]
     csv_columns = [
-        "dataset", "init", "method", "model", "group", "kind", "experiment", "metric", "seeds_with_results",
-        "seeds_expected", *[f"{stat}_{part}" for stat in _COCO_STATS for part in ("mean", "std")],
-        "published", "published_diff", "delta_mean", "delta_ci_low", "delta_ci_high", "delta_p", "delta_pairs",
+        "dataset",
+        "init",
+        "method",
+        "model",
+        "group",
+        "kind",
+        "experiment",
+        "metric",
+        "seeds_with_results",
+        "seeds_expected",
+        *[f"{stat}_{part}" for stat in _COCO_STATS for part in ("mean", "std")],
+        "published",
+        "published_diff",
+        "delta_mean",
+        "delta_ci_low",
+        "delta_ci_high",
+        "delta_p",
+        "delta_pairs",
     ]
     headline = {(c.dcl.name, c.metric): c for c in comparisons}
     rows, csv_rows = [], []
@@ -530,15 +623,24 @@ def main_table(
         n = experiment.n_eval
         incomplete |= n < experiment.expected
         row = {
-            "dataset": dataset_name(spec.dataset), "init": init_name(spec.init),
+            "dataset": dataset_name(spec.dataset),
+            "init": init_name(spec.init),
             "method": method_name(spec.method, spec.model) + (" (released)" if spec.group == "released" else ""),
-            "experiment": spec.experiment, "metric": FAMILY_NAMES.get(spec.family, spec.family),
+            "experiment": spec.experiment,
+            "metric": FAMILY_NAMES.get(spec.family, spec.family),
             "seeds": fmt_seeds(n, experiment.expected),
         }
         raw: dict[str, Any] = {
-            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "model": spec.model,
-            "group": spec.group, "kind": spec.kind, "experiment": spec.experiment, "metric": spec.metric,
-            "seeds_with_results": n, "seeds_expected": experiment.expected,
+            "dataset": spec.dataset,
+            "init": spec.init,
+            "method": spec.method,
+            "model": spec.model,
+            "group": spec.group,
+            "kind": spec.kind,
+            "experiment": spec.experiment,
+            "metric": spec.metric,
+            "seeds_with_results": n,
+            "seeds_expected": experiment.expected,
         }
         for metric in experiment.stats:
             stat = metric.split(".", 1)[1]
@@ -554,17 +656,29 @@ def main_table(
         comparison = headline.get((spec.experiment, spec.metric))
         if comparison is not None:
             difference = comparison.difference
-            row.update(delta=fmt_signed(difference.mean), ci=fmt_ci(difference), p=fmt_p(difference.p_value),
-                       pairs=str(difference.n))
-            raw.update(delta_mean=difference.mean, delta_ci_low=difference.ci_low,
-                       delta_ci_high=difference.ci_high, delta_p=difference.p_value, delta_pairs=difference.n)
+            row.update(
+                delta=fmt_signed(difference.mean),
+                ci=fmt_ci(difference),
+                p=fmt_p(difference.p_value),
+                pairs=str(difference.n),
+            )
+            raw.update(
+                delta_mean=difference.mean,
+                delta_ci_low=difference.ci_low,
+                delta_ci_high=difference.ci_high,
+                delta_p=difference.p_value,
+                delta_pairs=difference.n,
+            )
         rows.append(row)
         csv_rows.append(raw)
     notes = [
         "All numbers in %. Cityscapes: AP, AP50 are the official instance-level metric (cityscapesscripts), "
         "COCO AP the COCO-style mask AP of the same predictions; COCO: mask AP."
-        + (" OCC AP: mask AP on the occlusion subset COCO-OCC, from the val predictions." if any(
-            "occ.segm.AP" in e.values for e in experiments) else ""),
+        + (
+            " OCC AP: mask AP on the occlusion subset COCO-OCC, from the val predictions."
+            if any("occ.segm.AP" in e.values for e in experiments)
+            else ""
+        ),
         "Cells: mean ± sample standard deviation (ddof=1) over the seeds with results; Seeds: "
         "seeds with results / seeds configured; the best mean of each column is in bold.",
         f"DCL − baseline: mean paired difference per column (seeds paired by seed index); "
@@ -573,74 +687,144 @@ def main_table(
         "Paper: the published number (or detectron2's model zoo for baselines), see results/published.yaml; "
         "the CSV has mean − published.",
     ]
-    if any(_published_for(published, e) is None and _published_for(published, e, "segm.AP") is not None
-           for e in experiments if e.spec.family == "cityscapes"):
-        notes.append(f"Paper {COCO_AP_MARK}: published as COCO-style mask AP (compare with COCO AP), not the "
-                     "official Cityscapes metric.")
+    if any(
+        _published_for(published, e) is None and _published_for(published, e, "segm.AP") is not None
+        for e in experiments
+        if e.spec.family == "cityscapes"
+    ):
+        notes.append(
+            f"Paper {COCO_AP_MARK}: published as COCO-style mask AP (compare with COCO AP), not the "
+            "official Cityscapes metric."
+        )
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
     return Table(
-        name="main_results", title="Main results",
+        name="main_results",
+        title="Main results",
         caption="Mask AP of the baselines (Mask R-CNN; RefineMask where configured) and DCL, one table per dataset "
         "and initialisation, over seeds, with the published numbers and the paired DCL − baseline difference "
         "of each detector.",
-        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="no main or released experiments in experiments.json", wide=True, parts=parts,
+        columns=columns,
+        rows=rows,
+        csv_columns=csv_columns,
+        csv_rows=csv_rows,
+        notes=notes,
+        empty="no main or released experiments in experiments.json",
+        wide=True,
+        parts=parts,
     )
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> Table:
     """DCL minus baseline for every metric column, paired by seed; one table per dataset."""
     columns = [
-        Column("init", "Init"), Column("model", "Detector"),
-        Column("group", "Group", tex=False), Column("metric", "Metric"),
-        Column("baseline", "Baseline", "r"), Column("dcl", "DCL", "r"), Column("delta", "Δ", "r"),
-        Column("ci", f"{CONFIDENCE:.0%} CI", "r"), Column("p", "p", "r"), Column("pairs", "Pairs", "r"),
+        Column("init", "Init"),
+        Column("model", "Detector"),
+        Column("group", "Group", tex=False),
+        Column("metric", "Metric"),
+        Column("baseline", "Baseline", "r"),
+        Column("dcl", "DCL", "r"),
+        Column("delta", "Δ", "r"),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r"),
+        Column("p", "p", "r"),
+        Column("pairs", "Pairs", "r"),
     ]
     csv_columns = [
-        "dataset", "init", "model", "group", "baseline_experiment", "dcl_experiment", "metric",
-        "baseline_mean", "baseline_std", "baseline_n", "dcl_mean", "dcl_std", "dcl_n",
-        "delta_mean", "delta_ci_low", "delta_ci_high", "delta_p", "delta_pairs", "paired_seeds",
+        "dataset",
+        "init",
+        "model",
+        "group",
+        "baseline_experiment",
+        "dcl_experiment",
+        "metric",
+        "baseline_mean",
+        "baseline_std",
+        "baseline_n",
+        "dcl_mean",
+        "dcl_std",
+        "dcl_n",
+        "delta_mean",
+        "delta_ci_low",
+        "delta_ci_high",
+        "delta_p",
+        "delta_pairs",
+        "paired_seeds",
     ]
     by_dataset: dict[str, list[dict[str, str]]] = {}
     csv_rows = []
     for comparison in comparisons:
         spec, difference = comparison.dcl.spec, comparison.difference
         base, dcl = comparison.baseline.summary(comparison.metric), comparison.dcl.summary(comparison.metric)
-        by_dataset.setdefault(spec.dataset, []).append({
-            "init": init_name(spec.init), "model": model_name(spec.model),
-            "group": spec.group, "metric": short_metric_name(comparison.metric),  # the dataset is beside it
-            "baseline": f"{fmt_summary(base)} (n={base.n})", "dcl": f"{fmt_summary(dcl)} (n={dcl.n})",
-            "delta": fmt_signed(difference.mean), "ci": fmt_ci(difference), "p": fmt_p(difference.p_value),
-            "pairs": str(difference.n),
-        })
-        csv_rows.append({
-            "dataset": spec.dataset, "init": spec.init, "model": spec.model, "group": spec.group,
-            "baseline_experiment": comparison.baseline.name, "dcl_experiment": comparison.dcl.name,
-            "metric": comparison.metric, "baseline_mean": base.mean, "baseline_std": base.std,
-            "baseline_n": base.n, "dcl_mean": dcl.mean, "dcl_std": dcl.std, "dcl_n": dcl.n,
-            "delta_mean": difference.mean, "delta_ci_low": difference.ci_low, "delta_ci_high": difference.ci_high,
-            "delta_p": difference.p_value, "delta_pairs": difference.n,
-            "paired_seeds": " ".join(str(s) for s in difference.seeds),
-        })
+        by_dataset.setdefault(spec.dataset, []).append(
+            {
+                "init": init_name(spec.init),
+                "model": model_name(spec.model),
+                "group": spec.group,
+                "metric": short_metric_name(comparison.metric),  # the dataset is beside it
+                "baseline": f"{fmt_summary(base)} (n={base.n})",
+                "dcl": f"{fmt_summary(dcl)} (n={dcl.n})",
+                "delta": fmt_signed(difference.mean),
+                "ci": fmt_ci(difference),
+                "p": fmt_p(difference.p_value),
+                "pairs": str(difference.n),
+            }
+        )
+        csv_rows.append(
+            {
+                "dataset": spec.dataset,
+                "init": spec.init,
+                "model": spec.model,
+                "group": spec.group,
+                "baseline_experiment": comparison.baseline.name,
+                "dcl_experiment": comparison.dcl.name,
+                "metric": comparison.metric,
+                "baseline_mean": base.mean,
+                "baseline_std": base.std,
+                "baseline_n": base.n,
+                "dcl_mean": dcl.mean,
+                "dcl_std": dcl.std,
+                "dcl_n": dcl.n,
+                "delta_mean": difference.mean,
+                "delta_ci_low": difference.ci_low,
+                "delta_ci_high": difference.ci_high,
+                "delta_p": difference.p_value,
+                "delta_pairs": difference.n,
+                "paired_seeds": " ".join(str(s) for s in difference.seeds),
+            }
+        )
     notes = [
         "Baseline, DCL: mean ± sample std over each experiment's seeds with results (n).",
         f"Δ: mean of DCL − baseline over seeds present in both (seeds paired by seed index); "
         f"{CONFIDENCE:.0%} CI: t distribution of the mean paired difference; p: {PAIRED_TEST}; "
         "n/a with fewer than 2 pairs, and p n/a when all paired differences are equal.",
     ]
-    parts = [Table(name="dcl_vs_baseline", title=dataset_name(dataset),
-                   caption="DCL − baseline per initialisation, detector and AP.",
-                   columns=columns, rows=rows, csv_columns=[], csv_rows=[], wide=True)
-             for dataset, rows in by_dataset.items()]
+    parts = [
+        Table(
+            name="dcl_vs_baseline",
+            title=dataset_name(dataset),
+            caption="DCL − baseline per initialisation, detector and AP.",
+            columns=columns,
+            rows=rows,
+            csv_columns=[],
+            csv_rows=[],
+            wide=True,
+        )
+        for dataset, rows in by_dataset.items()
+    ]
     return Table(
-        name="dcl_vs_baseline", title="DCL versus baseline",
+        name="dcl_vs_baseline",
+        title="DCL versus baseline",
         caption="Paired difference DCL − baseline for every reported AP (one table per dataset), per "
         "initialisation, detector and group.",
-        columns=[Column("init", "Init")], rows=[], csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
+        columns=[Column("init", "Init")],
+        rows=[],
+        csv_columns=csv_columns,
+        csv_rows=csv_rows,
+        notes=notes,
         empty="no DCL experiment with a matching baseline (same dataset, init, detector and group) in experiments.json",
-        wide=True, parts=parts,
+        wide=True,
+        parts=parts,
     )
 
 
@@ -681,8 +865,16 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
             for error_type in types:
                 row[f"{error_type}/{group}"] = fmt_number(experiment.error_summary(error_type, legacy, occ).mean)
         rows.append(row)
-    return Table(name="errors", title=title, caption=_gt_note(members, occ), columns=columns, rows=rows,
-                 csv_columns=[], csv_rows=[], wide=len(types) > 3)
+    return Table(
+        name="errors",
+        title=title,
+        caption=_gt_note(members, occ),
+        columns=columns,
+        rows=rows,
+        csv_columns=[],
+        csv_rows=[],
+        wide=len(types) > 3,
+    )
 
 
 def error_table(experiments: Sequence[ExperimentStats]) -> Table:
@@ -690,11 +882,25 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     table per dataset (and one on the occlusion subset where there is one)."""
     types = error_types(experiments)
     csv_columns = [
-        "dataset", "init", "method", "model", "group", "experiment", "seeds_expected", "seeds_corrected",
+        "dataset",
+        "init",
+        "method",
+        "model",
+        "group",
+        "experiment",
+        "seeds_expected",
+        "seeds_corrected",
         "seeds_legacy",
-        "ap_mean", "ap_std",
-        *[f"{t}_{semantics}_{part}" for t in types for semantics in ("corrected", "legacy") for part in ("mean", "std")],
-        "gt_corrected", "gt_legacy",
+        "ap_mean",
+        "ap_std",
+        *[
+            f"{t}_{semantics}_{part}"
+            for t in types
+            for semantics in ("corrected", "legacy")
+            for part in ("mean", "std")
+        ],
+        "gt_corrected",
+        "gt_legacy",
     ]
     csv_rows = []
     incomplete = False
@@ -711,9 +917,17 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         if base.n == 0:
             base = experiment.error_summary("baseline", legacy=True)
         raw: dict[str, Any] = {
-            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "model": spec.model,
-            "group": spec.group, "experiment": spec.experiment, "seeds_expected": expected, "seeds_corrected": n,
-            "seeds_legacy": n_legacy, "ap_mean": base.mean, "ap_std": base.std,
+            "dataset": spec.dataset,
+            "init": spec.init,
+            "method": spec.method,
+            "model": spec.model,
+            "group": spec.group,
+            "experiment": spec.experiment,
+            "seeds_expected": expected,
+            "seeds_corrected": n,
+            "seeds_legacy": n_legacy,
+            "ap_mean": base.mean,
+            "ap_std": base.std,
             "gt_corrected": " ".join(sorted(experiment.gt_files.get("errors", ()))),
             "gt_legacy": " ".join(sorted(experiment.gt_files.get("errors_legacy", ()))),
         }
@@ -727,7 +941,9 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         parts.append(_error_part(dataset_name(dataset), members, types, occ=False))
         occluded = [e for e in members if e.n_errors(False, True) or e.n_errors(True, True)]
         if occluded:
-            parts.append(_error_part(f"{dataset_name(dataset)}, occlusion subset (COCO-OCC)", occluded, types, occ=True))
+            parts.append(
+                _error_part(f"{dataset_name(dataset)}, occlusion subset (COCO-OCC)", occluded, types, occ=True)
+            )
     notes = [
         "AP: COCO mask AP measured by the error analysis (`dcl errors`, legacy GT) before removing errors; "
         "each error column: AP gain (percentage points) after removing that error type (A&B: several, in "
@@ -739,11 +955,17 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     return Table(
-        name="error_analysis", title="Segmentation-error analysis",
+        name="error_analysis",
+        title="Segmentation-error analysis",
         caption="AP gain from removing foreground false positives (fFP), background false positives (bFP) "
         "and false negatives (FN), per model; legacy and corrected semantics side by side.",
-        columns=[Column("model", "Model")], rows=[], csv_columns=csv_columns, csv_rows=csv_rows if types else [],
-        notes=notes, empty="no run has an errors.json or errors_legacy.json yet", wide=True,
+        columns=[Column("model", "Model")],
+        rows=[],
+        csv_columns=csv_columns,
+        csv_rows=csv_rows if types else [],
+        notes=notes,
+        empty="no run has an errors.json or errors_legacy.json yet",
+        wide=True,
         parts=parts if types else [],
     )
 
@@ -776,41 +998,78 @@ def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> Exp
     spec = next((e.spec for e in experiments if e.name == base), None)
     if spec is None:
         spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
-    matches = [e for e in experiments if spec is not None and e.spec.method == "baseline" and e.spec.group == "main"
-               and (e.spec.dataset, e.spec.init, e.spec.model) == (spec.dataset, spec.init, spec.model)]
+    matches = [
+        e
+        for e in experiments
+        if spec is not None
+        and e.spec.method == "baseline"
+        and e.spec.group == "main"
+        and (e.spec.dataset, e.spec.init, e.spec.model) == (spec.dataset, spec.init, spec.model)
+    ]
     return matches[0] if len(matches) == 1 else None
 
 
 def _ablation_part(parameter: str, members: Sequence[ExperimentStats], experiments: Sequence[ExperimentStats]) -> Table:
     metric = members[0].spec.metric
-    columns = [Column("value", parameter.replace("_", " ").lower(), "r"), Column("seeds", "Seeds", "r"),
-               Column("ap", metric_name(metric).replace("COCO mask ", "mask "), "r")]
+    columns = [
+        Column("value", parameter.replace("_", " ").lower(), "r"),
+        Column("seeds", "Seeds", "r"),
+        Column("ap", metric_name(metric).replace("COCO mask ", "mask "), "r"),
+    ]
     rows, means = [], []
     for experiment in members:
         summary = experiment.summary(metric)
         value = fmt_value(experiment.spec.ablation.value) + (" (base)" if is_base_point(experiment) else "")
-        rows.append({"value": value, "seeds": fmt_seeds(experiment.n_eval, experiment.expected),
-                     "ap": fmt_summary(summary)})
+        rows.append(
+            {"value": value, "seeds": fmt_seeds(experiment.n_eval, experiment.expected), "ap": fmt_summary(summary)}
+        )
         means.append({"ap": summary.mean})
     _best_marks(rows, means, ["ap"])
     bases = sorted({e.spec.ablation.base for e in members})
     baseline = reference_baseline(experiments, bases[0]) if len(bases) == 1 else None
     if baseline is not None:
-        rows.append({"value": "no DCL (baseline)", "seeds": fmt_seeds(baseline.n_eval, baseline.expected),
-                     "ap": fmt_summary(baseline.summary(metric))})
-    return Table(name="ablation", title=parameter, caption=f"around {', '.join(bases)}",
-                 columns=columns, rows=rows, csv_columns=[], csv_rows=[])
+        rows.append(
+            {
+                "value": "no DCL (baseline)",
+                "seeds": fmt_seeds(baseline.n_eval, baseline.expected),
+                "ap": fmt_summary(baseline.summary(metric)),
+            }
+        )
+    return Table(
+        name="ablation",
+        title=parameter,
+        caption=f"around {', '.join(bases)}",
+        columns=columns,
+        rows=rows,
+        csv_columns=[],
+        csv_rows=[],
+    )
 
 
 def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
     """Headline AP against each swept hyper-parameter."""
     columns = [
-        Column("parameter", "Parameter"), Column("value", "Value", "r"), Column("experiment", "Experiment"),
-        Column("base", "Base experiment"), Column("metric", "Metric"), Column("seeds", "Seeds", "r"),
+        Column("parameter", "Parameter"),
+        Column("value", "Value", "r"),
+        Column("experiment", "Experiment"),
+        Column("base", "Base experiment"),
+        Column("metric", "Metric"),
+        Column("seeds", "Seeds", "r"),
         Column("ap", "AP", "r"),
     ]
-    csv_columns = ["parameter", "key", "value", "base", "experiment", "dataset", "metric",
-                   "seeds_with_results", "seeds_expected", "mean", "std"]
+    csv_columns = [
+        "parameter",
+        "key",
+        "value",
+        "base",
+        "experiment",
+        "dataset",
+        "metric",
+        "seeds_with_results",
+        "seeds_expected",
+        "mean",
+        "std",
+    ]
     ablations = sorted(
         (e for e in experiments if e.spec.ablation is not None),
         key=lambda e: (e.spec.ablation.parameter, e.spec.ablation.base, value_sort_key(e.spec.ablation.value), e.name),
@@ -821,47 +1080,88 @@ def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
         spec, ablation = experiment.spec, experiment.spec.ablation
         summary = experiment.summary(spec.metric)
         incomplete |= experiment.n_eval < experiment.expected
-        rows.append({
-            "parameter": ablation.parameter, "value": fmt_value(ablation.value), "experiment": spec.experiment,
-            "base": ablation.base, "metric": metric_name(spec.metric),
-            "seeds": fmt_seeds(experiment.n_eval, experiment.expected), "ap": fmt_summary(summary),
-        })
-        csv_rows.append({
-            "parameter": ablation.parameter, "key": ablation.key,
-            # as written in experiments.json (2.0 stays 2.0, False is false)
-            "value": ablation.value if isinstance(ablation.value, str) else json.dumps(ablation.value),
-            "base": ablation.base,
-            "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric,
-            "seeds_with_results": experiment.n_eval, "seeds_expected": experiment.expected,
-            "mean": summary.mean, "std": summary.std,
-        })
+        rows.append(
+            {
+                "parameter": ablation.parameter,
+                "value": fmt_value(ablation.value),
+                "experiment": spec.experiment,
+                "base": ablation.base,
+                "metric": metric_name(spec.metric),
+                "seeds": fmt_seeds(experiment.n_eval, experiment.expected),
+                "ap": fmt_summary(summary),
+            }
+        )
+        csv_rows.append(
+            {
+                "parameter": ablation.parameter,
+                "key": ablation.key,
+                # as written in experiments.json (2.0 stays 2.0, False is false)
+                "value": ablation.value if isinstance(ablation.value, str) else json.dumps(ablation.value),
+                "base": ablation.base,
+                "experiment": spec.experiment,
+                "dataset": spec.dataset,
+                "metric": spec.metric,
+                "seeds_with_results": experiment.n_eval,
+                "seeds_expected": experiment.expected,
+                "mean": summary.mean,
+                "std": summary.std,
+            }
+        )
     by_parameter: dict[str, list[ExperimentStats]] = {}
     for experiment in ablations:
         by_parameter.setdefault(experiment.spec.ablation.parameter, []).append(experiment)
     parts = [_ablation_part(parameter, members, experiments) for parameter, members in by_parameter.items()]
-    notes = ["AP in %: mean ± sample standard deviation (ddof=1) over the seeds with results; (base): the base "
-             "experiment's own value; no DCL: the baseline of the same dataset, initialisation and detector; "
-             "best in bold."]
+    notes = [
+        "AP in %: mean ± sample standard deviation (ddof=1) over the seeds with results; (base): the base "
+        "experiment's own value; no DCL: the baseline of the same dataset, initialisation and detector; "
+        "best in bold."
+    ]
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     return Table(
-        name="ablations", title="Ablations",
+        name="ablations",
+        title="Ablations",
         caption="Headline AP of DCL for each value of each swept hyper-parameter "
         "(MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*), one sweep at a time around its base experiment.",
-        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="no ablation runs in experiments.json", parts=parts,
+        columns=columns,
+        rows=rows,
+        csv_columns=csv_columns,
+        csv_rows=csv_rows,
+        notes=notes,
+        empty="no ablation runs in experiments.json",
+        parts=parts,
     )
 
 
 def inventory_table(results: Sequence[RunResult]) -> Table:
     """Every expected run with its status, reason, progress, wall time and GPUs."""
     columns = [
-        Column("experiment", "Experiment", width="2.6cm"), Column("seed", "Seed", "r"), Column("kind", "Kind"),
-        Column("status", "Status"), Column("reason", "Reason", width="2.4cm"), Column("iterations", "Iterations", "r"),
-        Column("wall", "Wall time", "r"), Column("gpus", "GPUs"),
+        Column("experiment", "Experiment", width="2.6cm"),
+        Column("seed", "Seed", "r"),
+        Column("kind", "Kind"),
+        Column("status", "Status"),
+        Column("reason", "Reason", width="2.4cm"),
+        Column("iterations", "Iterations", "r"),
+        Column("wall", "Wall time", "r"),
+        Column("gpus", "GPUs"),
     ]
-    csv_columns = ["experiment", "seed", "kind", "group", "dataset", "init", "method", "run_dir", "status",
-                   "reason", "iteration", "max_iter", "wall_time_s", "gpu_type", "gpu_count"]
+    csv_columns = [
+        "experiment",
+        "seed",
+        "kind",
+        "group",
+        "dataset",
+        "init",
+        "method",
+        "run_dir",
+        "status",
+        "reason",
+        "iteration",
+        "max_iter",
+        "wall_time_s",
+        "gpu_type",
+        "gpu_count",
+    ]
     rows, csv_rows = [], []
     for result in sorted(results, key=lambda r: (sort_key(r.expected), r.expected.seed)):
         spec, info = result.expected, result.info or {}
@@ -874,18 +1174,39 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
             gpu_text = DASH
         else:
             gpu_text = " × ".join(str(part) for part in (count, gpu_type) if part is not None)
-        rows.append({
-            "experiment": spec.experiment, "seed": str(spec.seed), "kind": spec.kind, "status": result.status,
-            "reason": result.reason,
-            "iterations": DASH if iteration is None else f"{iteration}" + ("" if max_iter is None else f"/{max_iter}"),
-            "wall": fmt_duration(info.get("wall_time_s")), "gpus": gpu_text,
-        })
-        csv_rows.append({
-            "experiment": spec.experiment, "seed": spec.seed, "kind": spec.kind, "group": spec.group,
-            "dataset": spec.dataset, "init": spec.init, "method": spec.method, "run_dir": spec.run_dir,
-            "status": result.status, "reason": result.reason, "iteration": iteration, "max_iter": max_iter,
-            "wall_time_s": info.get("wall_time_s"), "gpu_type": gpu_type, "gpu_count": count,
-        })
+        rows.append(
+            {
+                "experiment": spec.experiment,
+                "seed": str(spec.seed),
+                "kind": spec.kind,
+                "status": result.status,
+                "reason": result.reason,
+                "iterations": DASH
+                if iteration is None
+                else f"{iteration}" + ("" if max_iter is None else f"/{max_iter}"),
+                "wall": fmt_duration(info.get("wall_time_s")),
+                "gpus": gpu_text,
+            }
+        )
+        csv_rows.append(
+            {
+                "experiment": spec.experiment,
+                "seed": spec.seed,
+                "kind": spec.kind,
+                "group": spec.group,
+                "dataset": spec.dataset,
+                "init": spec.init,
+                "method": spec.method,
+                "run_dir": spec.run_dir,
+                "status": result.status,
+                "reason": result.reason,
+                "iteration": iteration,
+                "max_iter": max_iter,
+                "wall_time_s": info.get("wall_time_s"),
+                "gpu_type": gpu_type,
+                "gpu_count": count,
+            }
+        )
     notes = [
         "Status: finished (all result files valid); running (run.json says so); incomplete (interrupted, "
         "stopped early, or a step's file not written yet); failed (training failed, or a file is "
@@ -894,45 +1215,92 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
         "Wall time: h:mm:ss summed over attempts (run.json).",
     ]
     return Table(
-        name="run_inventory", title="Run inventory",
+        name="run_inventory",
+        title="Run inventory",
         caption="Every run the experiment matrix expects, with its status and, when not finished, why.",
-        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="experiments.json lists no runs", long=True,
+        columns=columns,
+        rows=rows,
+        csv_columns=csv_columns,
+        csv_rows=csv_rows,
+        notes=notes,
+        empty="experiments.json lists no runs",
+        long=True,
     )
 
 
 def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
     """Each published number with what this reproduction measured and the verdict."""
     columns = [
-        Column("detector", "Detector", width="1.5cm"), Column("dataset", "Dataset"), Column("init", "Init"),
-        Column("method", "Method"), Column("metric", "Metric"), Column("published", "Published", "r"),
-        Column("experiment", "Experiment", tex=False), Column("seeds", "Seeds", "r", tex=False),
-        Column("reproduced", "Reproduced", "r"), Column("diff", "Δ", "r"), Column("verdict", "Verdict", width="1.5cm"),
+        Column("detector", "Detector", width="1.5cm"),
+        Column("dataset", "Dataset"),
+        Column("init", "Init"),
+        Column("method", "Method"),
+        Column("metric", "Metric"),
+        Column("published", "Published", "r"),
+        Column("experiment", "Experiment", tex=False),
+        Column("seeds", "Seeds", "r", tex=False),
+        Column("reproduced", "Reproduced", "r"),
+        Column("diff", "Δ", "r"),
+        Column("verdict", "Verdict", width="1.5cm"),
         Column("reason", "Why", width="2.2cm"),
     ]
-    csv_columns = ["detector", "dataset", "init", "method", "metric", "published", "source", "experiment",
-                   "kind", "seeds_with_results", "seeds_expected", "mean", "std", "difference", "verdict", "reason"]
+    csv_columns = [
+        "detector",
+        "dataset",
+        "init",
+        "method",
+        "metric",
+        "published",
+        "source",
+        "experiment",
+        "kind",
+        "seeds_with_results",
+        "seeds_expected",
+        "mean",
+        "std",
+        "difference",
+        "verdict",
+        "reason",
+    ]
     rows, csv_rows = [], []
     for item in rows_in:
         entry, experiment, summary = item.entry, item.experiment, item.summary
-        rows.append({
-            "detector": entry.detector, "dataset": dataset_name(entry.dataset), "init": init_name(entry.init),
-            "method": method_name(entry.method), "metric": short_metric_name(entry.metric),
-            "published": fmt_number(entry.value, 1),
-            "experiment": experiment.name if experiment else DASH,
-            "seeds": fmt_seeds(summary.n, experiment.expected) if experiment else DASH,
-            "reproduced": fmt_summary(summary), "diff": fmt_signed(item.difference) if summary.n else DASH,
-            "verdict": item.verdict, "reason": item.reason,
-        })
-        csv_rows.append({
-            "detector": entry.detector, "dataset": entry.dataset, "init": entry.init, "method": entry.method,
-            "metric": entry.metric, "published": entry.value, "source": entry.source,
-            "experiment": experiment.name if experiment else None,
-            "kind": experiment.spec.kind if experiment else None,
-            "seeds_with_results": summary.n, "seeds_expected": experiment.expected if experiment else None,
-            "mean": summary.mean, "std": summary.std, "difference": item.difference if summary.n else None,
-            "verdict": item.verdict, "reason": item.reason,
-        })
+        rows.append(
+            {
+                "detector": entry.detector,
+                "dataset": dataset_name(entry.dataset),
+                "init": init_name(entry.init),
+                "method": method_name(entry.method),
+                "metric": short_metric_name(entry.metric),
+                "published": fmt_number(entry.value, 1),
+                "experiment": experiment.name if experiment else DASH,
+                "seeds": fmt_seeds(summary.n, experiment.expected) if experiment else DASH,
+                "reproduced": fmt_summary(summary),
+                "diff": fmt_signed(item.difference) if summary.n else DASH,
+                "verdict": item.verdict,
+                "reason": item.reason,
+            }
+        )
+        csv_rows.append(
+            {
+                "detector": entry.detector,
+                "dataset": entry.dataset,
+                "init": entry.init,
+                "method": entry.method,
+                "metric": entry.metric,
+                "published": entry.value,
+                "source": entry.source,
+                "experiment": experiment.name if experiment else None,
+                "kind": experiment.spec.kind if experiment else None,
+                "seeds_with_results": summary.n,
+                "seeds_expected": experiment.expected if experiment else None,
+                "mean": summary.mean,
+                "std": summary.std,
+                "difference": item.difference if summary.n else None,
+                "verdict": item.verdict,
+                "reason": item.reason,
+            }
+        )
     notes = [
         "Trained experiments: reproduced when all configured seeds have results, there are at least 2, "
         "and |mean − published| ≤ 2 × sample std over seeds (the paper reports a single run: is it a "
@@ -942,8 +1310,14 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
         "Sources of the published numbers: results/published.yaml.",
     ]
     return Table(
-        name="reproduction", title="Published numbers and their reproduction",
+        name="reproduction",
+        title="Published numbers and their reproduction",
         caption="Every published number next to this reproduction's mean ± std over seeds and the verdict.",
-        columns=columns, rows=rows, csv_columns=csv_columns, csv_rows=csv_rows, notes=notes,
-        empty="results/published.yaml lists no numbers", wide=True,
+        columns=columns,
+        rows=rows,
+        csv_columns=csv_columns,
+        csv_rows=csv_rows,
+        notes=notes,
+        empty="results/published.yaml lists no numbers",
+        wide=True,
     )

@@ -5,6 +5,7 @@ slurm-wlm and munge with apt-get on first use) and stops it at the end of the se
 not running before. Without root or apt-get the tests skip with the reason; under ``CI=true`` they
 fail instead, so CI cannot silently stop testing the cluster path.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,9 +66,7 @@ def slurm_cluster():
         _unavailable("Slurm is not installed and apt-get is not available to install it")
     was_running = _daemons_running()
     env = {**os.environ, "DCL_SLURM_DIR": str(SLURM_DIR), "DCL_SLURM_PARTITION": PARTITION}
-    started = subprocess.run(
-        [str(START_SCRIPT)], env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S
-    )
+    started = subprocess.run([str(START_SCRIPT)], env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
     if started.returncode != 0:
         pytest.fail(f"start-slurm.sh failed (exit {started.returncode}):\n{started.stderr}")
     conf = SLURM_DIR / "etc/slurm.conf"

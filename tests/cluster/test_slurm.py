@@ -23,6 +23,7 @@ session (head Snakemake killed, its job cancelled, lock removed, same command ag
 limit with Slurm's pre-timeout signal, a rule failing on bad input (--keep-going), and two
 invocations at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,23 @@ VENV_BIN = Path(sys.executable).parent
 SNAKEMAKE = str(VENV_BIN / "snakemake")
 ACCOUNT = "dcl-ci"  # any name: without an accounting database Slurm records it unchecked
 # Top-level entries of the repository that are not part of running the workflow.
-NOT_WORKFLOW = {".git", ".venv", ".snakemake", ".pytest_cache", ".ci", "datasets", "work_dirs",
-                "weights", "logs", "results", "tests", "benchmarks", "docs", "dcl", "tools"}
+NOT_WORKFLOW = {
+    ".git",
+    ".venv",
+    ".snakemake",
+    ".pytest_cache",
+    ".ci",
+    "datasets",
+    "work_dirs",
+    "weights",
+    "logs",
+    "results",
+    "tests",
+    "benchmarks",
+    "docs",
+    "dcl",
+    "tools",
+}
 
 # The shared toy run: the whole toy DAG (5 trainings) with a short schedule.
 TOY_OVERRIDES = "train_overrides={SOLVER.MAX_ITER: 20, SOLVER.WARMUP_ITERS: 5}"
@@ -61,6 +77,7 @@ TOY_RUN_DIRS: list[Path] = []  # the shared toy run's directory, once it has run
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def jobcomp_records(path: Path) -> dict[str, dict[str, str]]:
     """slurmctld's job completion log (jobcomp/filetxt): one ``Key=Value ...`` line per job."""
@@ -138,14 +155,20 @@ class SnakemakeRun:
 
     def submissions(self) -> list[tuple[int, str, Path]]:
         """(Snakemake job id, Slurm job id, Slurm log) of every sbatch submission, in order."""
-        return [(int(jobid), slurm_id, Path(log)) for jobid, slurm_id, log in re.findall(
-            r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", self.output)]
+        return [
+            (int(jobid), slurm_id, Path(log))
+            for jobid, slurm_id, log in re.findall(
+                r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", self.output
+            )
+        ]
 
     def slurm_ids_of(self, rule: str, **wildcards: str) -> list[str]:
         """Slurm job ids of the submissions of one rule's job (several when it was retried)."""
-        jobids = {job.jobid for job in self.jobs()
-                  if job.rule == rule and not job.local
-                  and all(job.wildcards.get(k) == v for k, v in wildcards.items())}
+        jobids = {
+            job.jobid
+            for job in self.jobs()
+            if job.rule == rule and not job.local and all(job.wildcards.get(k) == v for k, v in wildcards.items())
+        }
         return [slurm_id for jobid, slurm_id, _ in self.submissions() if jobid in jobids]
 
     def tail(self, lines: int = 60) -> str:
@@ -159,8 +182,9 @@ def copy_workflow(destination: Path) -> Path:
         if entry.name in NOT_WORKFLOW or entry.name.endswith(".egg-info"):
             continue
         if entry.is_dir():
-            shutil.copytree(entry, destination / entry.name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                entry, destination / entry.name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(entry, destination / entry.name, follow_symlinks=False)
     # The small data the workflow reads from results/ (published numbers), not results of a run.
@@ -175,6 +199,7 @@ def copy_run(source: Path, destination: Path) -> Path:
     """A copy of a workflow directory after a run, with its Snakemake metadata and mtimes, so
     Snakemake in the copy sees exactly what it saw in the original (minus locks and the
     invocations' output)."""
+
     def ignore(directory, names):
         directory = Path(directory)
         if directory == source:
@@ -212,17 +237,23 @@ def cluster_test_settings(workdir: Path, extra_resources: tuple[str, ...] = ()) 
 
 def user_env(cluster) -> dict[str, str]:
     """A login-node shell: SLURM_CONF, the venv on PATH, partition and account for the profile."""
-    env = {k: v for k, v in cluster.env.items()
-           if not (k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF")}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1",
-               SBATCH_PARTITION=cluster.partition, SBATCH_ACCOUNT=ACCOUNT)
+    env = {
+        k: v for k, v in cluster.env.items() if not (k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF")
+    }
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        SBATCH_PARTITION=cluster.partition,
+        SBATCH_ACCOUNT=ACCOUNT,
+    )
     return env
 
 
 def start_snakemake(workdir: Path, args: list[str], env: dict[str, str], log_name: str = "snakemake.out"):
     log = open(workdir / log_name, "w")
-    process = subprocess.Popen([SNAKEMAKE, *args], cwd=workdir, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [SNAKEMAKE, *args], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     process.log_path = workdir / log_name
     process.started = time.monotonic()
     log.close()
@@ -236,8 +267,7 @@ def finish_snakemake(workdir: Path, process, timeout_s: float = RUN_TIMEOUT_S) -
         process.send_signal(signal.SIGINT)  # Snakemake cancels its Slurm jobs on SIGINT
         process.wait(timeout=60)
         pytest.fail(f"snakemake did not finish in {timeout_s} s:\n{process.log_path.read_text()[-5000:]}")
-    return SnakemakeRun(workdir, process.returncode, process.log_path.read_text(),
-                        time.monotonic() - process.started)
+    return SnakemakeRun(workdir, process.returncode, process.log_path.read_text(), time.monotonic() - process.started)
 
 
 def run_snakemake(workdir: Path, args: list[str], env: dict[str, str], **kwargs) -> SnakemakeRun:
@@ -246,8 +276,9 @@ def run_snakemake(workdir: Path, args: list[str], env: dict[str, str], **kwargs)
 
 def dry_run(workdir: Path, args: list[str], env: dict[str, str]) -> SnakemakeRun:
     """``snakemake ARGS --dry-run`` in ``workdir``: what it would do, nothing submitted."""
-    dry = subprocess.run([SNAKEMAKE, *args, "--dry-run"], cwd=workdir, env=env,
-                         capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(
+        [SNAKEMAKE, *args, "--dry-run"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
     return SnakemakeRun(workdir, dry.returncode, dry.stdout + dry.stderr, 0.0)
 
 
@@ -260,8 +291,10 @@ def wait_for(condition, what: str, timeout_s: float, process=None, interval_s: f
         if value:
             return value
         if process is not None and process.poll() is not None:
-            pytest.fail(f"snakemake ended (exit {process.returncode}) while waiting for {what}:\n"
-                        f"{process.log_path.read_text()[-5000:]}")
+            pytest.fail(
+                f"snakemake ended (exit {process.returncode}) while waiting for {what}:\n"
+                f"{process.log_path.read_text()[-5000:]}"
+            )
         time.sleep(interval_s)
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
@@ -273,8 +306,11 @@ def training_progress(run_json: Path, at_least: int, attempts: int):
         record = read_json(run_json)
     except (OSError, ValueError):
         return None  # not written yet (it is replaced atomically, so never half-written)
-    if (record.get("status") == "running" and len(record.get("attempts", [])) == attempts
-            and (record.get("iteration") or 0) >= at_least):
+    if (
+        record.get("status") == "running"
+        and len(record.get("attempts", [])) == attempts
+        and (record.get("iteration") or 0) >= at_least
+    ):
         return record
     return None
 
@@ -313,6 +349,7 @@ def assert_no_stale_locks(workdir: Path) -> None:
 
 # ----------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="session")
 def workflow_copy(tmp_path_factory) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("slurm") / "workflow")
@@ -325,8 +362,16 @@ def toy_run(slurm_cluster, workflow_copy, tmp_path_factory) -> SnakemakeRun:
     # One seed per experiment (configs/toy.yaml trains two: the local toy DAG test covers those):
     # every rule and kind of run still goes through Slurm, in 37 jobs instead of 59.
     (workdir / "one_seed.yaml").write_text("defaults:\n  seeds: [0]\n")
-    args = ["--profile", "slurm", "--config", "preset=toy", TOY_OVERRIDES, "--configfile", "one_seed.yaml",
-            *cluster_test_settings(workdir)]
+    args = [
+        "--profile",
+        "slurm",
+        "--config",
+        "preset=toy",
+        TOY_OVERRIDES,
+        "--configfile",
+        "one_seed.yaml",
+        *cluster_test_settings(workdir),
+    ]
     run = run_snakemake(workdir, args, user_env(slurm_cluster))
     run.args = args
     TOY_RUN_DIRS.append(workdir)
@@ -341,6 +386,7 @@ def completed_toy(toy_run, tmp_path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the pipeline
+
 
 def test_toy_pipeline_runs_every_non_local_job_through_sbatch(toy_run, slurm_cluster):
     assert toy_run.returncode == 0, f"snakemake --profile slurm failed:\n{toy_run.tail()}"
@@ -362,8 +408,9 @@ def test_toy_pipeline_runs_every_non_local_job_through_sbatch(toy_run, slurm_clu
     # Slurm ran exactly these jobs for this invocation (its job name is Snakemake's run id),
     # all to completion, in the partition and account from the environment, in the workdir.
     records = slurm_job_records(slurm_cluster, slurm_ids)
-    of_this_run = {job for job, r in jobcomp_records(slurm_cluster.jobcomp_log).items()
-                   if r["Name"] == toy_run.slurm_run_id}
+    of_this_run = {
+        job for job, r in jobcomp_records(slurm_cluster.jobcomp_log).items() if r["Name"] == toy_run.slurm_run_id
+    }
     assert of_this_run == set(slurm_ids)
     for record in records.values():
         assert record["JobState"] == "COMPLETED", record
@@ -412,16 +459,21 @@ def test_toy_pipeline_outputs_are_complete(toy_run, slurm_cluster):
     assert "Nothing to be done" in dry.output, dry.output
 
 
-
 # ----------------------------------------------------------------------------- faults
+
 
 def scancel(cluster, job_id: str) -> None:
     subprocess.run(["scancel", job_id], env=cluster.env, check=True, timeout=30)
 
 
 def job_is_active(cluster, job_id: str) -> bool:
-    states = subprocess.run(["squeue", "--noheader", "--states=all", "--jobs", job_id, "-o", "%T"],
-                            env=cluster.env, capture_output=True, text=True, timeout=30).stdout.split()
+    states = subprocess.run(
+        ["squeue", "--noheader", "--states=all", "--jobs", job_id, "-o", "%T"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     return bool(states) and states[0] in {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"}
 
 
@@ -452,19 +504,28 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, fault_wor
     Snakemake killed, its running job cancelled): after --unlock the same command resumes again
     and completes the pipeline."""
     workdir, env = fault_workdir, user_env(slurm_cluster)
-    fault_config(workdir, "toy_cancel", "toy_coco_baseline",
-                 {"SOLVER.MAX_ITER": 3 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5})
+    fault_config(
+        workdir, "toy_cancel", "toy_coco_baseline", {"SOLVER.MAX_ITER": 3 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5}
+    )
     args = ["--profile", "slurm", "--configfile", "toy_cancel.yaml", *cluster_test_settings(workdir)]
     output_dir = workdir / "work_dirs/toy_cancel/toy_coco_baseline/seed0"
     run_json = output_dir / "run.json"
 
     head = start_snakemake(workdir, args, env, log_name="first.out")
     try:
-        first = wait_for(lambda: training_progress(run_json, RECORD_PERIOD, attempts=1),
-                         "the first attempt to train 20 iterations", 600, head)
+        first = wait_for(
+            lambda: training_progress(run_json, RECORD_PERIOD, attempts=1),
+            "the first attempt to train 20 iterations",
+            600,
+            head,
+        )
         scancel(slurm_cluster, first["slurm"]["job_id"])
-        second = wait_for(lambda: training_progress(run_json, 2 * RECORD_PERIOD, attempts=2),
-                          "Snakemake's retry to train up to iteration 40", 600, head)
+        second = wait_for(
+            lambda: training_progress(run_json, 2 * RECORD_PERIOD, attempts=2),
+            "Snakemake's retry to train up to iteration 40",
+            600,
+            head,
+        )
         assert second["slurm"]["job_id"] != first["slurm"]["job_id"]
         # The login node goes away: the head dies without cleaning up; its job runs on.
         os.killpg(head.pid, signal.SIGKILL)
@@ -476,8 +537,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, fault_wor
             head.wait(timeout=30)
     # What docs/cluster.md tells the user to do after an outage: cancel the lost run's jobs ...
     scancel(slurm_cluster, second["slurm"]["job_id"])
-    wait_for(lambda: not job_is_active(slurm_cluster, second["slurm"]["job_id"]),
-             "the cancelled job to end", 120)
+    wait_for(lambda: not job_is_active(slurm_cluster, second["slurm"]["job_id"]), "the cancelled job to end", 120)
     # ... the same command refuses while the dead head's lock is there ...
     locked = run_snakemake(workdir, args, env, log_name="locked.out")
     assert locked.returncode != 0 and "cannot be locked" in locked.output, locked.tail()
@@ -507,8 +567,14 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, fault_wor
 
 def dcl_status(workdir: Path, preset: str, env: dict[str, str]) -> dict:
     """``dcl status results/<preset> --json`` on the login node."""
-    shown = subprocess.run([str(VENV_BIN / "dcl"), "status", f"results/{preset}", "--json"], cwd=workdir, env=env,
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [str(VENV_BIN / "dcl"), "status", f"results/{preset}", "--json"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     return json.loads(shown.stdout)
 
@@ -518,19 +584,27 @@ def test_status_shows_a_slurm_training_with_its_job_and_node(slurm_cluster, faul
     iteration, speed and ETA from run.json and its Slurm job and node from squeue (the executor's
     job comment names the run); once the workflow is done, finished."""
     workdir, env = fault_workdir, user_env(slurm_cluster)
-    fault_config(workdir, "toy_status", "toy_coco_baseline",
-                 {"SOLVER.MAX_ITER": 6 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5})
+    fault_config(
+        workdir, "toy_status", "toy_coco_baseline", {"SOLVER.MAX_ITER": 6 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5}
+    )
     args = ["--profile", "slurm", "--configfile", "toy_status.yaml", *cluster_test_settings(workdir)]
     run_json = workdir / "work_dirs/toy_status/toy_coco_baseline/seed0/run.json"
     head = start_snakemake(workdir, args, env, log_name="status.out")
     try:
-        record = wait_for(lambda: training_progress(run_json, 2 * RECORD_PERIOD, attempts=1),
-                          "the training to record 40 iterations", 600, head)
+        record = wait_for(
+            lambda: training_progress(run_json, 2 * RECORD_PERIOD, attempts=1),
+            "the training to record 40 iterations",
+            600,
+            head,
+        )
         status = dcl_status(workdir, "toy_status", env)
         row = status["runs"][0]
         assert status["slurm"] is True, status
-        assert (row["experiment"], row["state"], row["job_id"]) == ("toy_coco_baseline", "running",
-                                                                    record["slurm"]["job_id"]), row
+        assert (row["experiment"], row["state"], row["job_id"]) == (
+            "toy_coco_baseline",
+            "running",
+            record["slurm"]["job_id"],
+        ), row
         assert row["node"] and row["iteration"] >= 2 * RECORD_PERIOD and row["max_iter"] == 6 * RECORD_PERIOD, row
         assert row["rate"] > 0 and row["eta_s"] is not None and row["chunks"] == 1, row
     finally:
@@ -541,8 +615,13 @@ def test_status_shows_a_slurm_training_with_its_job_and_node(slurm_cluster, faul
 
 
 def job_state(cluster, job_id: str) -> str:
-    out = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "-o", "%T"], env=cluster.env,
-                         capture_output=True, text=True, timeout=30).stdout.split()
+    out = subprocess.run(
+        ["squeue", "--noheader", "--jobs", job_id, "-o", "%T"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     return out[0] if out else ""
 
 
@@ -562,8 +641,9 @@ def test_a_training_preempted_six_times_completes_in_requeued_chunks(slurm_clust
     cluster's queue wait would end) to keep the run short."""
     workdir, env = fault_workdir, user_env(slurm_cluster)
     preemptions = 6
-    fault_config(workdir, "toy_chunks", "toy_coco_baseline",
-                 {"SOLVER.MAX_ITER": 10 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5})
+    fault_config(
+        workdir, "toy_chunks", "toy_coco_baseline", {"SOLVER.MAX_ITER": 10 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5}
+    )
     args = ["--profile", "slurm", "--configfile", "toy_chunks.yaml", *cluster_test_settings(workdir)]
     output_dir = workdir / "work_dirs/toy_chunks/toy_coco_baseline/seed0"
     run_json = output_dir / "run.json"
@@ -575,9 +655,18 @@ def test_a_training_preempted_six_times_completes_in_requeued_chunks(slurm_clust
             job_id = job_id or record["slurm"]["job_id"]
             assert record["slurm"]["job_id"] == job_id, "a chunk ran as another Slurm job"
             subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm_cluster.env, check=True, timeout=30)
-            wait_for(lambda job_id=job_id: job_state(slurm_cluster, job_id) == "PENDING", f"job {job_id} to be requeued", 300, head)
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_cluster.env,
-                           check=True, timeout=30)
+            wait_for(
+                lambda job_id=job_id: job_state(slurm_cluster, job_id) == "PENDING",
+                f"job {job_id} to be requeued",
+                300,
+                head,
+            )
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                env=slurm_cluster.env,
+                check=True,
+                timeout=30,
+            )
         run = finish_snakemake(workdir, head)
     finally:
         if head.poll() is None:
@@ -590,7 +679,10 @@ def test_a_training_preempted_six_times_completes_in_requeued_chunks(slurm_clust
     assert stop_messages(output_dir / "log.txt") == ["SIGTERM"] * preemptions
     assert training_starts(output_dir / "log.txt") == [a["start_iter"] for a in record["attempts"]]
     assert "requeued for chunk 7 of at most 50" in (output_dir / "log.txt").read_text()
-    assert read_json(workdir / "results/toy_chunks/runs/toy_coco_baseline/seed0/run.json")["iteration"] == 10 * RECORD_PERIOD
+    assert (
+        read_json(workdir / "results/toy_chunks/runs/toy_coco_baseline/seed0/run.json")["iteration"]
+        == 10 * RECORD_PERIOD
+    )
     assert "toy_coco_baseline" in (workdir / "results/toy_chunks/tables/run_inventory.md").read_text()
 
 
@@ -598,10 +690,15 @@ def test_a_deterministic_failure_is_submitted_twice_at_most(slurm_cluster, fault
     """A training that fails (exit 1: here a NaN loss) is not requeued; the train rule's one
     retry submits it once more, and then the workflow fails, with the report written."""
     workdir, env = fault_workdir, user_env(slurm_cluster)
-    fault_config(workdir, "toy_nan", "toy_coco_baseline",
-                 {"SOLVER.MAX_ITER": 30, "SOLVER.BASE_LR": 100000.0, "SOLVER.CLIP_GRADIENTS.ENABLED": False})
-    run = run_snakemake(workdir, ["--profile", "slurm", "--configfile", "toy_nan.yaml", *cluster_test_settings(workdir)],
-                        env)
+    fault_config(
+        workdir,
+        "toy_nan",
+        "toy_coco_baseline",
+        {"SOLVER.MAX_ITER": 30, "SOLVER.BASE_LR": 100000.0, "SOLVER.CLIP_GRADIENTS.ENABLED": False},
+    )
+    run = run_snakemake(
+        workdir, ["--profile", "slurm", "--configfile", "toy_nan.yaml", *cluster_test_settings(workdir)], env
+    )
     assert run.returncode != 0, run.tail()
     assert len(run.slurm_ids_of("train")) == 2, run.tail()
     record = read_json(workdir / "work_dirs/toy_nan/toy_coco_baseline/seed0/run.json")
@@ -615,8 +712,9 @@ def workflow_signal(workdir: Path, args: list[str], env: dict[str, str]) -> tupl
     (``B:`` or "", signal name)."""
     dry = dry_run(workdir, args, env)
     assert dry.returncode == 0, dry.output
-    extras = {re.search(r"slurm_extra=(.*?)(?:, \w+=|$)", job.resources).group(1)
-              for job in dry.jobs() if job.rule == "train"}
+    extras = {
+        re.search(r"slurm_extra=(.*?)(?:, \w+=|$)", job.resources).group(1) for job in dry.jobs() if job.rule == "train"
+    }
     assert len(extras) == 1, extras
     match = re.search(r"--signal=(B:)?(\w+)@(\d+)", extras.pop())
     assert match, f"the train rule asks for no pre-timeout signal: {extras}"
@@ -630,8 +728,13 @@ def test_time_limit_signal_checkpoints_and_the_retry_resumes(slurm_cluster, faul
     the chunk test's subject), so the train rule's retry, with a longer limit, resumes from the
     checkpoint and the pipeline completes."""
     workdir, env = fault_workdir, user_env(slurm_cluster)
-    fault_config(workdir, "toy_timeout", "toy_coco_dcl",
-                 {"SOLVER.MAX_ITER": 20 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5}, max_chunks=1)
+    fault_config(
+        workdir,
+        "toy_timeout",
+        "toy_coco_dcl",
+        {"SOLVER.MAX_ITER": 20 * RECORD_PERIOD, "SOLVER.WARMUP_ITERS": 5},
+        max_chunks=1,
+    )
     base = ["--profile", "slurm", "--configfile", "toy_timeout.yaml"]
     batch_only, name = workflow_signal(workdir, [*base, *cluster_test_settings(workdir)], env)
     assert batch_only == "", "--signal=B:... reaches only the batch shell, never dcl train"
@@ -641,8 +744,12 @@ def test_time_limit_signal_checkpoints_and_the_retry_resumes(slurm_cluster, faul
     # start, well after the set-up (~10 s) and well before 400 iterations are done (~0.8 s each
     # here; a 2.5 times faster machine still trains past 120 s). The retry gets 10 minutes (a
     # Snakemake resource expression, as users scale limits by attempt).
-    args = [*base, *cluster_test_settings(
-        workdir, ("train:runtime=3 if attempt == 1 else 10", f"train:slurm_extra='--signal={name}@60'"))]
+    args = [
+        *base,
+        *cluster_test_settings(
+            workdir, ("train:runtime=3 if attempt == 1 else 10", f"train:slurm_extra='--signal={name}@60'")
+        ),
+    ]
     run = run_snakemake(workdir, args, env)
     assert run.returncode == 0, run.tail()
 
@@ -724,8 +831,12 @@ def test_second_invocation_refuses_while_the_first_runs(slurm_cluster, completed
 
     first = start_snakemake(workdir, toy_run.args, env, log_name="first.out")
     try:
-        wait_for(lambda: "has been submitted with SLURM jobid" in first.log_path.read_text(),
-                 "the first invocation to submit its job", 300, first)
+        wait_for(
+            lambda: "has been submitted with SLURM jobid" in first.log_path.read_text(),
+            "the first invocation to submit its job",
+            300,
+            first,
+        )
         second = run_snakemake(workdir, toy_run.args, env, log_name="second.out")
     finally:
         done = finish_snakemake(workdir, first)
@@ -737,8 +848,7 @@ def test_second_invocation_refuses_while_the_first_runs(slurm_cluster, completed
     assert set(read_json(missing)["types"]) == {"fFP", "bFP", "FN"}
     assert (workdir / "results/toy/README.md").read_text().strip()
     assert len(done.submissions()) == 1
-    of_first = [job for job, r in jobcomp_records(slurm_cluster.jobcomp_log).items()
-                if r["Name"] == done.slurm_run_id]
+    of_first = [job for job, r in jobcomp_records(slurm_cluster.jobcomp_log).items() if r["Name"] == done.slurm_run_id]
     assert of_first == [done.submissions()[0][1]]
     assert_no_stale_locks(workdir)
     dry = dry_run(workdir, toy_run.args, env)
@@ -747,26 +857,62 @@ def test_second_invocation_refuses_while_the_first_runs(slurm_cluster, completed
 
 # ----------------------------------------------------------------------------- several tasks per job
 
+
 def test_a_slurm_step_of_two_tasks_trains_as_two_machines(slurm_cluster, toy_datasets, tmp_path):
     """`srun --ntasks-per-node=2 dcl train --num-gpus 1` in one sbatch job: each task is a machine
     of one worker, ranked by its Slurm task id, meeting at the first host of the step - the layout
     a multi-node job uses, derived by dcl train from Slurm's environment, not from the command
     line. The two ranks train as those of `dcl train --num-gpus 2` on one machine: same losses,
     same evaluation."""
-    train = ["train", "--config-file", str(REPO / "configs/toy_coco_mask_rcnn_R18_FPN.yaml"), "SOLVER.MAX_ITER", "6",
-             "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "3",
-             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    train = [
+        "train",
+        "--config-file",
+        str(REPO / "configs/toy_coco_mask_rcnn_R18_FPN.yaml"),
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "3",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+    ]
     env = {**user_env(slurm_cluster), "DCL_TOY_DATASETS": str(toy_datasets)}
-    local = subprocess.run([str(VENV_BIN / "dcl"), *train, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path / "local")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    local = subprocess.run(
+        [str(VENV_BIN / "dcl"), *train, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path / "local")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
     assert local.returncode == 0, local.stderr[-3000:]
 
     script = tmp_path / "job.sh"
     command = [str(VENV_BIN / "dcl"), *train, "--num-gpus", "1", "OUTPUT_DIR", str(tmp_path / "slurm")]
     script.write_text(f"#!/bin/bash\nexec srun --kill-on-bad-exit=1 {shlex.join(command)}\n")
-    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
-                                "--mem=6000", "--time=15", f"--chdir={tmp_path}", f"--output={tmp_path}/job.log",
-                                str(script)], env=env, capture_output=True, text=True, timeout=60)
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=1",
+            "--ntasks-per-node=2",
+            "--cpus-per-task=1",
+            "--mem=6000",
+            "--time=15",
+            f"--chdir={tmp_path}",
+            f"--output={tmp_path}/job.log",
+            str(script),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     try:
@@ -781,9 +927,14 @@ def test_a_slurm_step_of_two_tasks_trains_as_two_machines(slurm_cluster, toy_dat
     run = read_json(out / "run.json")
     assert run["status"] == "finished" and run["slurm"]["job_id"] == job_id
     # The job id picks the port (the same for every task of the job); rank 0 records the layout.
-    assert run["distributed"] == {"num_machines": 2, "machine_rank": 0, "machines_per_node": 2, "source": "slurm",
-                                  "dist_url": f"tcp://{record['NodeList']}:{20000 + int(job_id) % 20000}",
-                                  "num_gpus_per_machine": 1}
+    assert run["distributed"] == {
+        "num_machines": 2,
+        "machine_rank": 0,
+        "machines_per_node": 2,
+        "source": "slurm",
+        "dist_url": f"tcp://{record['NodeList']}:{20000 + int(job_id) % 20000}",
+        "num_gpus_per_machine": 1,
+    }
     assert "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()
 
     def last_losses(folder):
@@ -795,8 +946,12 @@ def test_a_slurm_step_of_two_tasks_trains_as_two_machines(slurm_cluster, toy_dat
     assert reference and last_losses(out) == pytest.approx(reference, rel=1e-4)
     evaluation = read_json(out / "inference" / "detectron2_eval.json")["toy_coco_val"]
     expected = read_json(tmp_path / "local" / "inference" / "detectron2_eval.json")["toy_coco_val"]
-    assert {task: set(values) for task, values in evaluation.items()} == {task: set(values) for task, values in expected.items()}
+    assert {task: set(values) for task, values in evaluation.items()} == {
+        task: set(values) for task, values in expected.items()
+    }
     for task, values in expected.items():
         for metric, value in values.items():  # None: a COCO -1 (no GT of that size)
             assert evaluation[task][metric] == (None if value is None else pytest.approx(value, rel=1e-3, abs=1e-3)), (
-                task, metric)
+                task,
+                metric,
+            )

@@ -4,6 +4,7 @@
 
 rule toy_data:
     """Generate the synthetic toy COCO and Cityscapes datasets (dcl data toy)."""
+
     # A directory output: Snakemake must not create folders inside it before `dcl data toy` runs
     # (it refuses a non-empty directory that is not already a toy dataset).
     output:
@@ -27,20 +28,24 @@ rule check_dataset:
     log:
         f"{LOGS}/data/check_{{dataset}}.log",
     localrule: True
+    conda:
+        "../envs/dcl.yaml"
     params:
         env=DCL_ENV,
         root=ROOT,
         # COCO-OCC, where the user has it: validated here too (absent: a note, not an error).
-        occlusion=lambda wildcards: (f"--occlusion-subset {shlex.quote(PLAN.occlusion_subset)}"
-                                     if wildcards.dataset == "coco" and PLAN.occlusion_subset else ""),
-    conda:
-        "../envs/dcl.yaml"
+        occlusion=lambda wildcards: (
+            f"--occlusion-subset {shlex.quote(PLAN.occlusion_subset)}"
+            if wildcards.dataset == "coco" and PLAN.occlusion_subset
+            else ""
+        ),
     shell:
         "{params.env} dcl data check --dataset {wildcards.dataset:q} --root {params.root:q} {params.occlusion} -o {output:q} > {log:q} 2>&1"
 
 
 rule cityscapes_to_coco:
     """Cityscapes val as COCO JSON, the GT of evaluation and error analysis."""
+
     # detectron2 evaluates Cityscapes val from this COCO JSON (docs/design.md), and so do
     # `dcl evaluate` and `dcl errors`: one set of image ids from training to the error tables.
     input:
@@ -50,17 +55,18 @@ rule cityscapes_to_coco:
     log:
         f"{LOGS}/data/cityscapes_to_coco.log",
     localrule: True
+    conda:
+        "../envs/dcl.yaml"
     params:
         # <cityscapes root>/annotations/<file>
         root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
-    conda:
-        "../envs/dcl.yaml"
     shell:
         "dcl data cityscapes-to-coco {params.root:q} --split val -o {output:q} > {log:q} 2>&1"
 
 
 rule cityscapes_to_coco_detectron:
     """Cityscapes val as COCO JSON by Detectron's rules, the GT of the legacy error analysis."""
+
     # The GT of the original error analysis (Detectron's conversion rules), for errors_legacy:
     # same image and category ids as the file above, so the same predictions score on both.
     # (`dcl data toy` writes the toy one itself.)
@@ -71,9 +77,9 @@ rule cityscapes_to_coco_detectron:
     log:
         f"{LOGS}/data/cityscapes_to_coco_detectron.log",
     localrule: True
-    params:
-        root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
     conda:
         "../envs/dcl.yaml"
+    params:
+        root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
         "dcl data cityscapes-to-coco {params.root:q} --split val --style detectron -o {output:q} > {log:q} 2>&1"

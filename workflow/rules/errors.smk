@@ -16,12 +16,15 @@ rule errors:
         PLAN.log_pattern("{analysis}"),
     wildcard_constraints:
         analysis="errors|errors_legacy|errors_occ|errors_legacy_occ",
+    conda:
+        "../envs/dcl.yaml"
     threads: 1
     params:
         gt=errors_gt,
-        options=lambda wildcards: " ".join(filter(None, [subset_options(wildcards),
-                                                         PLAN.errors_options(wildcards.analysis.startswith("errors_legacy"))])),
-    conda:
-        "../envs/dcl.yaml"
+        options=lambda wildcards: " ".join(
+            filter(
+                None, [subset_options(wildcards), PLAN.errors_options(wildcards.analysis.startswith("errors_legacy"))]
+            )
+        ),
     shell:
         "dcl errors {input.predictions:q} -a {params.gt:q} {params.options} -j {threads} -o {output:q} > {log:q} 2>&1"

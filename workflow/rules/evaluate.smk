@@ -9,12 +9,12 @@ rule evaluate:
         f"{RUN_DIR}/eval.json",
     log:
         PLAN.log_pattern("evaluate"),
+    conda:
+        "../envs/dcl.yaml"
     threads: 1
     params:
         gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),
         options=lambda wildcards: PLAN.evaluate_options(run_of(wildcards)),
-    conda:
-        "../envs/dcl.yaml"
     shell:
         "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} -j {threads} -o {output:q} > {log:q} 2>&1"
 
@@ -30,4 +30,6 @@ use rule evaluate as evaluate_occ with:
         f"{LOGS}/evaluate_occ/{{experiment}}/seed{{seed}}.log",
     params:
         gt=lambda wildcards: PLAN.occlusion_gt(run_of(wildcards).dataset),
-        options=lambda wildcards: " ".join(filter(None, [subset_options(wildcards), PLAN.evaluate_options(run_of(wildcards))])),
+        options=lambda wildcards: " ".join(
+            filter(None, [subset_options(wildcards), PLAN.evaluate_options(run_of(wildcards))])
+        ),

@@ -6,24 +6,30 @@
 REPORT_TABLES = ["main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory"]
 REPORT_FIGURES = ["error_breakdown", "ablations", "training_curves", "reproduced_vs_published"]
 REPORT_ARGS = shlex.join(
-    [RESULTS, "--experiments", f"{RESULTS}/experiments.json", *(["--published", PLAN.published] if PLAN.published else [])]
+    [
+        RESULTS,
+        "--experiments",
+        f"{RESULTS}/experiments.json",
+        *(["--published", PLAN.published] if PLAN.published else []),
+    ]
 )
 
 
 rule plan:
     """The expanded list of runs, experiments.json (dcl plan)."""
+
     # Rewritten when the expanded run list (its digest: a rerun trigger) or the config sources change.
     output:
         f"{RESULTS}/experiments.json",
     log:
         f"{LOGS}/plan.log",
     localrule: True
+    conda:
+        "../envs/dcl.yaml"
     params:
         configs=shlex.join(CONFIG_FILES),
         assignments=shlex.join(["--config", *CONFIG_ASSIGNMENTS]) if CONFIG_ASSIGNMENTS else "",
         digest=PLAN.digest(),
-    conda:
-        "../envs/dcl.yaml"
     shell:
         "dcl plan {params.configs} {params.assignments} -o {output:q} > {log:q} 2>&1"
 
@@ -59,10 +65,10 @@ rule report:
     log:
         f"{LOGS}/report.log",
     localrule: True
-    params:
-        args=REPORT_ARGS,
     conda:
         "../envs/dcl.yaml"
+    params:
+        args=REPORT_ARGS,
     shell:
         "dcl report {params.args} > {log:q} 2>&1"
 
@@ -73,6 +79,8 @@ onerror:
     # listed with its reason and log. Through this Snakemake's Python, which imports dcl already.
     if os.path.exists(f"{RESULTS}/experiments.json"):
         log, readme = shlex.quote(f"{LOGS}/report.log"), shlex.quote(f"{RESULTS}/README.md")
-        shell(f"mkdir -p {shlex.quote(LOGS)} && {shlex.quote(sys.executable)} -m dcl report {REPORT_ARGS} > {log} 2>&1 "
-              f"&& echo 'dcl report: some runs failed; the report of what finished:' {readme} "
-              f"|| echo 'dcl report failed too: see' {log}")
+        shell(
+            f"mkdir -p {shlex.quote(LOGS)} && {shlex.quote(sys.executable)} -m dcl report {REPORT_ARGS} > {log} 2>&1 "
+            f"&& echo 'dcl report: some runs failed; the report of what finished:' {readme} "
+            f"|| echo 'dcl report failed too: see' {log}"
+        )

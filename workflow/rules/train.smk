@@ -34,11 +34,13 @@ rule train:
         PLAN.log_pattern("train"),
     wildcard_constraints:
         experiment=TRAINED,
-    threads: lambda wildcards: run_of(wildcards).resources.cpus
     # Time limits and pre-emption are not failures: dcl train requeues its own Slurm job for the
     # next chunk (--max-chunks, from the workflow config). A failure (exit 1) is submitted once
     # more; only by the main Snakemake: inside a cluster job this would rerun it in the same job.
     retries: 1 if workflow.is_main_process else 0
+    conda:
+        "../envs/dcl.yaml"
+    threads: lambda wildcards: run_of(wildcards).resources.cpus
     resources:
         **RUN_RESOURCES,
         slurm_extra=lambda wildcards: stop_signal_option(run_of(wildcards).resources.runtime),
@@ -47,8 +49,6 @@ rule train:
         # GPUs of the job; a CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
         num_gpus=lambda wildcards, resources: max(1, resources.gpu),
         args=lambda wildcards: shlex.join(PLAN.train_arguments(run_of(wildcards))),
-    conda:
-        "../envs/dcl.yaml"
     shell:
         "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log:q} 2>&1"
 

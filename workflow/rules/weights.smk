@@ -11,11 +11,11 @@ rule download_weights:
     wildcard_constraints:
         weights_file=_alternatives(os.path.relpath(path, WEIGHTS) for path in PLAN.downloads),
     localrule: True
+    conda:
+        "../envs/dcl.yaml"
     params:
         url=lambda wildcards: PLAN.downloads[f"{WEIGHTS}/{wildcards.weights_file}"],
         # <weights dir>/<weights_file>
         weights_dir=lambda wildcards, output: output[0][: -len(wildcards.weights_file) - 1],
-    conda:
-        "../envs/dcl.yaml"
     shell:
         "dcl weights download {params.url:q} --weights-dir {params.weights_dir:q} > {log:q} 2>&1"
