@@ -369,3 +369,15 @@ def test_module_computes_the_loss_in_float32_under_mixed_precision():
     full = module(feats.float(), masks, generator=torch.Generator().manual_seed(0))
     assert mixed.loss.dtype == torch.float32
     torch.testing.assert_close(mixed.per_roi_loss, full.per_roi_loss, rtol=1e-6, atol=1e-6)
+
+
+def test_one_sample_of_each_kind_is_a_valid_configuration():
+    # NUM_SAMPLES = 1 is allowed (>= 1): one anchor, positive and negative per RoI.
+    g = torch.Generator().manual_seed(7)
+    module = DenseContrastiveLoss(8, num_samples=1, with_proj=False)
+    feats = torch.randn(3, 8, 6, 6, generator=g)
+    masks = random_masks(3, 6, 6, g, min_area=4, max_area=30)
+    out = module(feats, masks, generator=g)
+    expected, valid = reference_module_loss(feats, masks, module, out.anchor_idx, out.pos_idx, out.neg_idx)
+    assert out.num_valid_rois == len(valid) == 3
+    torch.testing.assert_close(out.loss.double(), expected, rtol=1e-5, atol=1e-6)

@@ -49,6 +49,19 @@ def test_unknown_dcl_keys_and_loss_functions_fail_clearly():
         build_model(cfg)
 
 
+@pytest.mark.parametrize("key, value, ok", [("NUM_SAMPLES", 1, True), ("NUM_SAMPLES", 0, False),
+                                            ("MAX_INSTANCES", 0, True), ("MAX_INSTANCES", -1, False),
+                                            ("LOSS_WEIGHT", 0.0, True), ("LOSS_WEIGHT", -0.1, False)])
+def test_dcl_value_ranges_are_checked_at_their_boundaries_and_name_the_key(key, value, ok):
+    cfg = add_dcl_config(get_cfg())
+    cfg.merge_from_list([f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{key}", str(value)])
+    if ok:
+        check_dcl_config(cfg)
+    else:
+        with pytest.raises(ValueError, match=f"^MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{key} {value!r} is out of range$"):
+            check_dcl_config(cfg)
+
+
 # --------------------------------------------------------------------------- the head alone
 
 def make_heads(with_proj=True, channels=16, num_classes=3, **contrast):
@@ -114,6 +127,16 @@ def test_training_uses_only_the_first_max_instances_rois_across_images():
     with EventStorage() as storage:
         ours(x, training_instances(counts=(4, 3)))
         assert storage.latest()["dcl/num_rois"][0] == 5
+
+
+def test_training_stops_at_max_instances_inside_the_first_image():
+    _, ours = make_heads(contrast_max_instances=3)
+    ours.train()
+    x = torch.randn(7, 16, 14, 14)
+    with EventStorage() as storage:
+        losses = ours(x, training_instances(counts=(4, 3)))
+        assert storage.latest()["dcl/num_rois"][0] == 3
+    assert torch.isfinite(losses["loss_contrast"])
 
 
 def test_training_without_foreground_rois_keeps_a_zero_loss_with_gradients():

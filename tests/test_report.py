@@ -992,3 +992,70 @@ def test_paired_statistics_differ_from_the_plausible_wrong_formulas():
         assert abs((got.ci_high - got.ci_low) / 2 - wrong_half) > 0.05
     assert abs(got.p_value - scipy_stats.t.sf(t, 2)) > 0.005
     assert summarize([36.0, 38.0]).std == pytest.approx(math.sqrt(2)) != pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- which rows the tables hold
+def stats_of(*experiments):
+    """ExperimentStats of synthetic finished runs: (name, method, group, values by seed)."""
+    from dcl.report.analysis import experiment_stats
+
+    results = []
+    for name, method, group, values in experiments:
+        for seed, value in enumerate(values):
+            spec = inputs.ExpectedRun(experiment=name, seed=seed, kind="train", dataset="cityscapes", init="imagenet",
+                                      method=method, group=group, ablation=None, metric="cityscapes.AP",
+                                      run_dir=f"runs/{name}/seed{seed}")
+            results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
+    return experiment_stats(results)
+
+
+def test_comparisons_pair_each_main_dcl_experiment_with_its_one_baseline_only():
+    from dcl.report.analysis import comparisons
+
+    experiments = stats_of(("a-base", "baseline", "main", (30.0, 31.0)), ("b-dcl", "dcl", "main", (31.5, 32.0)),
+                           ("c-abl", "dcl", "ablation", (29.0, 30.0)))
+    got = comparisons(experiments)
+    assert {(c.baseline.name, c.dcl.name) for c in got} == {("a-base", "b-dcl")}
+    (ap,) = [c for c in got if c.metric == "cityscapes.AP"]
+    assert ap.difference.mean == pytest.approx(statistics.mean([1.5, 1.0]))
+
+
+def test_experiments_are_in_paper_order_baseline_before_dcl_unknown_values_last():
+    from dcl.report.analysis import _rank
+
+    # Names sort the other way round, so only the method order puts the baseline first.
+    experiments = stats_of(("z-dcl", "dcl", "main", (31.0,)), ("a-other", "other", "main", (1.0,)),
+                           ("y-base", "baseline", "main", (30.0,)))
+    assert [e.name for e in experiments] == ["y-base", "z-dcl", "a-other"]
+    assert _rank("other", ("baseline", "dcl")) == (2, "other")
+
+
+def test_error_summary_defaults_to_the_full_dataset_and_counts_no_seed_when_a_type_is_missing():
+    from dcl.report.analysis import ExperimentStats
+
+    spec = expected_run()
+    run = inputs.RunResult(expected=spec, status="finished", errors=inputs.ErrorAnalysis(30.0, {"fFP": 1.25}),
+                           errors_occ=inputs.ErrorAnalysis(20.0, {"fFP": 4.0}))
+    stats = ExperimentStats(runs=[run], errors={"fFP": {0: 1.25}}, errors_occ={"fFP": {0: 4.0}})
+    assert stats.error_summary("fFP", legacy=False) == stats.error_summary("fFP", legacy=False, occ=False)
+    assert stats.error_summary("fFP", legacy=False).mean == 1.25
+    assert stats.error_summary("fFP", legacy=False, occ=True).mean == 4.0
+    missing = stats.error_summary("bFP", legacy=False)
+    assert math.isnan(missing.mean) and math.isnan(missing.std) and missing.n == 0
+
+
+def test_a_seed_without_the_metric_cannot_be_judged_and_the_row_keeps_its_experiment():
+    from dcl.report.analysis import experiment_stats, reproduction
+
+    results = []
+    for seed, eval_ in enumerate(({"cityscapes.AP": 36.0}, {"cityscapes.AP50": 60.0})):
+        spec = inputs.ExpectedRun(experiment="x", seed=seed, kind="train", dataset="cityscapes", init="imagenet",
+                                  method="dcl", group="main", ablation=None, metric="cityscapes.AP",
+                                  run_dir=f"runs/x/seed{seed}")
+        results.append(inputs.RunResult(expected=spec, status="finished", eval=eval_))
+    entry = inputs.PublishedEntry(dataset="cityscapes", init="imagenet", method="dcl", detector="d",
+                                  metric="cityscapes.AP", value=36.0, source="s", reproducible=True, note="", index=0)
+    (experiment,) = experiment_stats(results)
+    (row,) = reproduction([entry], [experiment])
+    assert (row.verdict, row.reason) == ("cannot be judged", "eval.json of seed 1 has no cityscapes.AP")
+    assert row.experiment is experiment
