@@ -4,6 +4,7 @@ The references follow paper-facts.md ("What the loss does") literally: project a
 whole feature map, loop over RoIs, apply the validity rule, and evaluate
 -log(e^s_ij / (e^s_ij + sum_k e^s_ik)) pair by pair in float64.
 """
+
 import math
 
 import pytest
@@ -22,6 +23,7 @@ from dcl.loss import (
 
 
 # --------------------------------------------------------------------------- references
+
 
 def reference_roi_loss_pairs(feats_flat, anchor_idx, pos_idx, neg_idx, temperature):
     """One RoI, pair by pair: feats_flat (C, H*W) normalised; *_idx (K,)."""
@@ -49,8 +51,9 @@ def reference_module_loss(feats, masks, module, anchor_idx, pos_idx, neg_idx):
     x = feats.double()
     if module.with_proj:
         conv1, conv2 = module.proj_head[0], module.proj_head[2]
-        x = F.conv2d(F.relu(F.conv2d(x, conv1.weight.double(), conv1.bias.double())),
-                     conv2.weight.double(), conv2.bias.double())
+        x = F.conv2d(
+            F.relu(F.conv2d(x, conv1.weight.double(), conv1.bias.double())), conv2.weight.double(), conv2.bias.double()
+        )
     x = F.normalize(x, dim=1)
     n, _, h, w = x.shape
     losses, valid = [], []
@@ -58,8 +61,11 @@ def reference_module_loss(feats, masks, module, anchor_idx, pos_idx, neg_idx):
         area = int(masks[r].sum())
         if module.num_samples < area < h * w - module.num_samples:
             v = len(valid)
-            losses.append(reference_roi_loss_matrix(x[r].reshape(x.shape[1], -1), anchor_idx[v], pos_idx[v],
-                                                    neg_idx[v], module.temperature))
+            losses.append(
+                reference_roi_loss_matrix(
+                    x[r].reshape(x.shape[1], -1), anchor_idx[v], pos_idx[v], neg_idx[v], module.temperature
+                )
+            )
             valid.append(r)
     if not losses:
         return torch.zeros((), dtype=torch.float64), valid
@@ -78,7 +84,7 @@ def random_masks(n, h, w, generator, min_area=40, max_area=None):
                 break
         top = int(torch.randint(0, h - mh + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - mw + 1, (1,), generator=generator))
-        masks[r, top:top + mh, left:left + mw] = True
+        masks[r, top : top + mh, left : left + mw] = True
     return masks
 
 
@@ -96,6 +102,7 @@ def graph_size(tensor):
 
 # --------------------------------------------------------------------------- the loss function
 
+
 def test_loss_matches_pairwise_reference_values_and_gradients():
     g = torch.Generator().manual_seed(0)
     n, c, h, w, k = 5, 16, 10, 10, 6
@@ -106,8 +113,9 @@ def test_loss_matches_pairwise_reference_values_and_gradients():
     ours = dense_contrastive_loss(feats, anchor_idx, pos_idx, neg_idx, 0.07)
     (grad_ours,) = torch.autograd.grad(ours.sum(), feats)
     flat = feats.reshape(n, c, -1)
-    expected = torch.stack([reference_roi_loss_pairs(flat[r], anchor_idx[r], pos_idx[r], neg_idx[r], 0.07)
-                            for r in range(n)])
+    expected = torch.stack(
+        [reference_roi_loss_pairs(flat[r], anchor_idx[r], pos_idx[r], neg_idx[r], 0.07) for r in range(n)]
+    )
     (grad_expected,) = torch.autograd.grad(expected.sum(), feats)
 
     assert ours.shape == (n,)
@@ -126,8 +134,12 @@ def test_loss_float32_at_paper_sizes_matches_float64_reference_to_1e5():
 
     ours = dense_contrastive_loss(feats32, *idx, temperature=0.07)
     (grad_ours,) = torch.autograd.grad(ours.mean(), feats32)
-    expected = torch.stack([reference_roi_loss_matrix(feats64.reshape(n, c, -1)[r], idx[0][r], idx[1][r], idx[2][r], 0.07)
-                            for r in range(n)])
+    expected = torch.stack(
+        [
+            reference_roi_loss_matrix(feats64.reshape(n, c, -1)[r], idx[0][r], idx[1][r], idx[2][r], 0.07)
+            for r in range(n)
+        ]
+    )
     (grad_expected,) = torch.autograd.grad(expected.mean(), feats64)
 
     assert ours.dtype == torch.float32
@@ -150,8 +162,14 @@ def test_loss_is_stable_where_the_plain_formula_overflows():
 
     ours = dense_contrastive_loss(feats, *idx, temperature=temperature)
     ours.sum().backward()
-    expected = torch.stack([reference_roi_loss_matrix(F.normalize(raw.double(), dim=1).reshape(n, c, -1)[r],
-                                                      idx[0][r], idx[1][r], idx[2][r], temperature) for r in range(n)])
+    expected = torch.stack(
+        [
+            reference_roi_loss_matrix(
+                F.normalize(raw.double(), dim=1).reshape(n, c, -1)[r], idx[0][r], idx[1][r], idx[2][r], temperature
+            )
+            for r in range(n)
+        ]
+    )
     assert torch.isfinite(ours).all() and torch.isfinite(feats.grad).all()
     torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-4)
 
@@ -182,6 +200,7 @@ def test_registered_loss_function_name():
 
 
 # --------------------------------------------------------------------------- sampling
+
 
 def test_sampling_stays_inside_and_outside_the_masks_and_is_reproducible():
     g = torch.Generator().manual_seed(4)
@@ -250,6 +269,7 @@ def test_sampling_without_rois_gives_empty_index_tensors_of_k_columns():
         for idx in indices:
             assert idx.shape == (0, 5) and idx.dtype == torch.long and idx.device == masks.device
 
+
 def test_validity_rule_boundaries():
     k, side = 32, 28
     areas = [0, k, k + 1, side * side - k - 1, side * side - k, side * side]
@@ -261,13 +281,15 @@ def test_validity_rule_boundaries():
 
 # --------------------------------------------------------------------------- the module
 
+
 @pytest.mark.parametrize("with_proj", [True, False])
 def test_module_matches_the_specification(with_proj):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(9)
     n, c, side, k = 9, 32, 28, 32
-    module = DenseContrastiveLoss(c, loss_weight=1.2, num_samples=k, temperature=0.07,
-                                  with_proj=with_proj, max_instances=7)
+    module = DenseContrastiveLoss(
+        c, loss_weight=1.2, num_samples=k, temperature=0.07, with_proj=with_proj, max_instances=7
+    )
     feats = torch.randn(n, c, side, side, generator=g).relu().requires_grad_()  # post-ReLU features
     masks = random_masks(n, side, side, g)
     masks[1] = False

@@ -1,4 +1,5 @@
 """dcl.modeling: config keys, the DCL mask head and RoI heads inside detectron2 models."""
+
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,16 @@ PROJ_KEYS = {f"contrast_loss.proj_head.{i}.{p}" for i in (0, 2) for p in ("weigh
 
 # --------------------------------------------------------------------------- config
 
+
 def test_add_dcl_config_adds_exactly_the_six_published_keys():
     cfg = add_dcl_config(get_cfg())
     assert dict(cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS) == {
-        "LOSS_WEIGHT": 1.2, "NUM_SAMPLES": 32, "TEMPERATURE": 0.07, "WITH_PROJ": True,
-        "MAX_INSTANCES": 100, "LOSS_FUNC": "dense_contrast_loss",
+        "LOSS_WEIGHT": 1.2,
+        "NUM_SAMPLES": 32,
+        "TEMPERATURE": 0.07,
+        "WITH_PROJ": True,
+        "MAX_INSTANCES": 100,
+        "LOSS_FUNC": "dense_contrast_loss",
     }
     cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT = 0.1
     add_dcl_config(cfg)  # a second call keeps values already set
@@ -49,9 +55,17 @@ def test_unknown_dcl_keys_and_loss_functions_fail_clearly():
         build_model(cfg)
 
 
-@pytest.mark.parametrize("key, value, ok", [("NUM_SAMPLES", 1, True), ("NUM_SAMPLES", 0, False),
-                                            ("MAX_INSTANCES", 0, True), ("MAX_INSTANCES", -1, False),
-                                            ("LOSS_WEIGHT", 0.0, True), ("LOSS_WEIGHT", -0.1, False)])
+@pytest.mark.parametrize(
+    "key, value, ok",
+    [
+        ("NUM_SAMPLES", 1, True),
+        ("NUM_SAMPLES", 0, False),
+        ("MAX_INSTANCES", 0, True),
+        ("MAX_INSTANCES", -1, False),
+        ("LOSS_WEIGHT", 0.0, True),
+        ("LOSS_WEIGHT", -0.1, False),
+    ],
+)
 def test_dcl_value_ranges_are_checked_at_their_boundaries_and_name_the_key(key, value, ok):
     cfg = add_dcl_config(get_cfg())
     cfg.merge_from_list([f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{key}", str(value)])
@@ -64,12 +78,14 @@ def test_dcl_value_ranges_are_checked_at_their_boundaries_and_name_the_key(key, 
 
 # --------------------------------------------------------------------------- the head alone
 
+
 def make_heads(with_proj=True, channels=16, num_classes=3, **contrast):
     torch.manual_seed(0)
     shape = ShapeSpec(channels=channels, height=14, width=14)
     plain = MaskRCNNConvUpsampleHead(shape, num_classes=num_classes, conv_dims=[channels] * 3)
-    ours = ContrastConvUpsampleHead(shape, num_classes=num_classes, conv_dims=[channels] * 3,
-                                    contrast_with_proj=with_proj, **contrast)
+    ours = ContrastConvUpsampleHead(
+        shape, num_classes=num_classes, conv_dims=[channels] * 3, contrast_with_proj=with_proj, **contrast
+    )
     incompatible = ours.load_state_dict(plain.state_dict(), strict=False)
     assert set(incompatible.missing_keys) == (PROJ_KEYS if with_proj else set())
     assert not incompatible.unexpected_keys
@@ -85,7 +101,7 @@ def training_instances(image_size=64, counts=(4, 3), polygons=False, seed=0):
         for i in range(count):
             x0, y0 = torch.randint(0, image_size // 2, (2,), generator=g).tolist()
             w, h = torch.randint(12, image_size // 2, (2,), generator=g).tolist()
-            masks[i, y0:y0 + h, x0:x0 + w] = True
+            masks[i, y0 : y0 + h, x0 : x0 + w] = True
             polys.append([[x0, y0, x0 + w, y0, x0 + w, y0 + h, x0, y0 + h]])
             # proposals a little off the GT box, as real ones are
             boxes.append([x0 - 2.0, y0 + 1.0, x0 + w + 3.0, y0 + h - 1.0])
@@ -182,6 +198,7 @@ def test_parameter_names_are_the_original_implementations():
 
 # --------------------------------------------------------------------------- whole models
 
+
 def toy_model(*extra):
     cfg = load_config(TOY_CONFIG, ["INPUT.MASK_FORMAT", "bitmask", *extra])
     torch.manual_seed(0)
@@ -198,8 +215,8 @@ def toy_batch(seed=0, size=96):
         for i in range(3):
             x0, y0 = torch.randint(0, size // 2, (2,), generator=g).tolist()
             w, h = torch.randint(16, size // 2, (2,), generator=g).tolist()
-            masks[i, y0:y0 + h, x0:x0 + w] = True
-            image[:, y0:y0 + h, x0:x0 + w] = 60.0 * (i + 1)
+            masks[i, y0 : y0 + h, x0 : x0 + w] = True
+            image[:, y0 : y0 + h, x0 : x0 + w] = 60.0 * (i + 1)
             boxes.append([x0, y0, x0 + w, y0 + h])
         inst = Instances((size, size))
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
@@ -261,6 +278,7 @@ def test_dcl_model_predicts_exactly_what_the_baseline_predicts_with_the_same_wei
 
 # --------------------------------------------------------------------------- DCL's value and gradient path
 
+
 def test_loss_contrast_is_the_loss_module_on_post_relu_deconv_features_and_28x28_gt_crops():
     from dcl.loss import DenseContrastiveLoss
 
@@ -277,8 +295,9 @@ def test_loss_contrast_is_the_loss_module_on_post_relu_deconv_features_and_28x28
     assert features.shape == (7, 16, 28, 28) and (features >= 0).all()
     # The GT crops, made here from the full-image masks and the proposal boxes (detectron2's cropping).
     crops = torch.cat([i.gt_masks.crop_and_resize(i.proposal_boxes.tensor, 28) for i in instances])
-    reference = DenseContrastiveLoss(16, loss_weight=1.2, num_samples=32, temperature=0.07, with_proj=True,
-                                     max_instances=100)
+    reference = DenseContrastiveLoss(
+        16, loss_weight=1.2, num_samples=32, temperature=0.07, with_proj=True, max_instances=100
+    )
     reference.load_state_dict(ours.contrast_loss.state_dict())
     torch.manual_seed(5)
     expected = reference(features.detach(), crops)
@@ -301,12 +320,13 @@ def toy_step_gradients(*extra):
     with EventStorage():
         losses = model(toy_batch())
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    contrast = torch.autograd.grad(losses["loss_contrast"], list(params.values()), retain_graph=True,
-                                   allow_unused=True)
+    contrast = torch.autograd.grad(losses["loss_contrast"], list(params.values()), retain_graph=True, allow_unused=True)
     total = torch.autograd.grad(sum(losses.values()), list(params.values()), allow_unused=True)
     zero = lambda g, p: torch.zeros_like(p) if g is None else g  # noqa: E731
-    return ({n: zero(g, p) for (n, p), g in zip(params.items(), contrast)},
-            {n: zero(g, p) for (n, p), g in zip(params.items(), total)})
+    return (
+        {n: zero(g, p) for (n, p), g in zip(params.items(), contrast)},
+        {n: zero(g, p) for (n, p), g in zip(params.items(), total)},
+    )
 
 
 def test_toy_training_step_dcl_gradient_reaches_head_and_backbone_and_vanishes_at_weight_zero():

@@ -4,6 +4,7 @@ Every expected number is computed here from the fabricated inputs with independe
 (``statistics``, the t distribution's quantile and tail), never read back from the report.
 The paper-like tree is built and reported once per module (report builds cost ~2 s: figures).
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,9 +55,16 @@ def paired_by_hand(baseline, dcl):
 
 # ----------------------------------------------------------------------------- tree fabrication
 def run_record(experiment, seed, dataset, init, method, group="main", kind="train", ablation=None, model=None):
-    return {**({"model": model} if model else {}),
-        "experiment": experiment, "seed": seed, "kind": kind, "dataset": dataset, "init": init, "method": method,
-        "group": group, "ablation": ablation,
+    return {
+        **({"model": model} if model else {}),
+        "experiment": experiment,
+        "seed": seed,
+        "kind": kind,
+        "dataset": dataset,
+        "init": init,
+        "method": method,
+        "group": group,
+        "ablation": ablation,
         "metric": "cityscapes.AP" if "cityscapes" in dataset else "segm.AP",
         "run_dir": f"runs/{experiment}/seed{seed}",
     }
@@ -68,16 +76,29 @@ def coco_section(ap):
 
 def errors_record(gains, legacy, baseline_ap=30.0):
     return {
-        "gt": "gt.json", "predictions": "p.json", "iou_type": "seg", "legacy_unmatched": legacy,
-        "types": list(gains), "baseline": {"AP": baseline_ap},
+        "gt": "gt.json",
+        "predictions": "p.json",
+        "iou_type": "seg",
+        "legacy_unmatched": legacy,
+        "types": list(gains),
+        "baseline": {"AP": baseline_ap},
         "fixed": {t: {"AP": baseline_ap + g} for t, g in gains.items()},
         "delta": {t: {"AP": g} for t, g in gains.items()},
     }
 
 
 def finished_run_json(seed, **extra):
-    info = {"status": "finished", "exit_code": 0, "signal": None, "mode": "train", "seed": seed,
-            "iteration": 100, "max_iter": 100, "wall_time_s": 5400.0, "gpus": {"count": 4, "type": "NVIDIA A100"}}
+    info = {
+        "status": "finished",
+        "exit_code": 0,
+        "signal": None,
+        "mode": "train",
+        "seed": seed,
+        "iteration": 100,
+        "max_iter": 100,
+        "wall_time_s": 5400.0,
+        "gpus": {"count": 4, "type": "NVIDIA A100"},
+    }
     info.update(extra)
     return info
 
@@ -85,8 +106,12 @@ def finished_run_json(seed, **extra):
 def metrics_lines(method, seed):
     lines = []
     for it in (19, 39, 59, 79, 99):
-        record = {"iteration": it, "total_loss": 2.0 / (it + 1) + seed * 0.01, "loss_mask": 0.5 / (it + 1),
-                  "lr": 0.01 * min(1.0, (it + 1) / 40)}
+        record = {
+            "iteration": it,
+            "total_loss": 2.0 / (it + 1) + seed * 0.01,
+            "loss_mask": 0.5 / (it + 1),
+            "lr": 0.01 * min(1.0, (it + 1) / 40),
+        }
         if method == "dcl":
             record["loss_contrast"] = 1.0 / (it + 1)
         lines.append(json.dumps(record))
@@ -101,8 +126,12 @@ def write_run(root, record, *, eval_json=None, errors=None, legacy=None, run_jso
         run_json = finished_run_json(record["seed"]) if record["kind"] == "train" else None
     if metrics == "default":
         metrics = metrics_lines(record["method"], record["seed"]) if record["kind"] == "train" else None
-    for name, content in (("eval.json", eval_json), ("errors.json", errors), ("errors_legacy.json", legacy),
-                          ("run.json", run_json)):
+    for name, content in (
+        ("eval.json", eval_json),
+        ("errors.json", errors),
+        ("errors_legacy.json", legacy),
+        ("run.json", run_json),
+    ):
         if content is not None:
             (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
     if metrics is not None:
@@ -157,48 +186,78 @@ def build_paper_tree(root: Path) -> list[dict]:
             runs.append(record)
             if ap is None:
                 continue
-            write_run(root, record,
-                      eval_json={"segm": coco_section(ap - 3), "cityscapes": {"AP": ap, "AP50": CS_AP50[experiment][seed]}},
-                      errors=errors_record(gains(experiment, seed, False), False, ap - 4),
-                      legacy=errors_record(gains(experiment, seed, True), True, ap - 4))
+            write_run(
+                root,
+                record,
+                eval_json={"segm": coco_section(ap - 3), "cityscapes": {"AP": ap, "AP50": CS_AP50[experiment][seed]}},
+                errors=errors_record(gains(experiment, seed, False), False, ap - 4),
+                legacy=errors_record(gains(experiment, seed, True), True, ap - 4),
+            )
     for experiment, values in COCO_AP.items():
         method = experiment.rsplit("_", 1)[1]
         for seed, ap in enumerate(values):
             record = run_record(experiment, seed, "coco", "imagenet", method)
             runs.append(record)
             if ap == "corrupt":
-                write_run(root, record, eval_json='{"segm": {"AP": 35.', errors=errors_record(gains(experiment, seed, False), False),
-                          legacy=errors_record(gains(experiment, seed, True), True))
+                write_run(
+                    root,
+                    record,
+                    eval_json='{"segm": {"AP": 35.',
+                    errors=errors_record(gains(experiment, seed, False), False),
+                    legacy=errors_record(gains(experiment, seed, True), True),
+                )
                 continue
             eval_json = {"segm": coco_section(ap)}
             if method == "baseline":
                 eval_json["bbox"] = coco_section(COCO_BOX_AP[seed])
-            write_run(root, record, eval_json=eval_json, errors=errors_record(gains(experiment, seed, False), False),
-                      legacy=errors_record(gains(experiment, seed, True), True))
-    record = run_record("released_cityscapes_imagenet_dcl", 0, "cityscapes", "imagenet", "dcl", group="released",
-                        kind="released")
+            write_run(
+                root,
+                record,
+                eval_json=eval_json,
+                errors=errors_record(gains(experiment, seed, False), False),
+                legacy=errors_record(gains(experiment, seed, True), True),
+            )
+    record = run_record(
+        "released_cityscapes_imagenet_dcl", 0, "cityscapes", "imagenet", "dcl", group="released", kind="released"
+    )
     runs.append(record)
-    write_run(root, record, eval_json={"cityscapes": {"AP": RELEASED_AP, "AP50": 62.0}},
-              errors=errors_record(gains("released_dcl", 0, False), False),
-              legacy=errors_record(gains("released_dcl", 0, True), True))
+    write_run(
+        root,
+        record,
+        eval_json={"cityscapes": {"AP": RELEASED_AP, "AP50": 62.0}},
+        errors=errors_record(gains("released_dcl", 0, False), False),
+        legacy=errors_record(gains("released_dcl", 0, True), True),
+    )
     for experiment, (parameter, value, values) in ABLATIONS.items():
-        ablation = {"parameter": parameter, "key": f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{parameter}", "value": value,
-                    "base": "cityscapes_imagenet_dcl"}
+        ablation = {
+            "parameter": parameter,
+            "key": f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{parameter}",
+            "value": value,
+            "base": "cityscapes_imagenet_dcl",
+        }
         for seed, ap in enumerate(values):
             record = run_record(experiment, seed, "cityscapes", "imagenet", "dcl", group="ablation", ablation=ablation)
             runs.append(record)
-            write_run(root, record, eval_json={"cityscapes": {"AP": ap, "AP50": ap + 25}},
-                      errors=errors_record(gains(experiment, seed, False), False),
-                      legacy=errors_record(gains(experiment, seed, True), True))
+            write_run(
+                root,
+                record,
+                eval_json={"cityscapes": {"AP": ap, "AP50": ap + 25}},
+                errors=errors_record(gains(experiment, seed, False), False),
+                legacy=errors_record(gains(experiment, seed, True), True),
+            )
     for experiment, values in REFINEMASK_AP.items():
         method = experiment.rsplit("_", 1)[1]
         for seed, ap in enumerate(values):
             record = run_record(experiment, seed, "cityscapes", "imagenet", method, model="refinemask")
             runs.append(record)
             # COCO-style AP 1.5 above: RefineMask's own baseline is published as that (37.6).
-            write_run(root, record, eval_json={"segm": coco_section(ap + 1.5), "cityscapes": {"AP": ap, "AP50": ap + 26}},
-                      errors=errors_record(gains(experiment, seed, False), False),
-                      legacy=errors_record(gains(experiment, seed, True), True))
+            write_run(
+                root,
+                record,
+                eval_json={"segm": coco_section(ap + 1.5), "cityscapes": {"AP": ap, "AP50": ap + 26}},
+                errors=errors_record(gains(experiment, seed, False), False),
+                legacy=errors_record(gains(experiment, seed, True), True),
+            )
     (root / "experiments.json").write_text(json.dumps({"preset": "paper", "runs": runs}, indent=1))
     return runs
 
@@ -237,7 +296,8 @@ def test_summarize_and_paired_difference_match_hand_formulas():
     assert (summary.mean, summary.std, summary.n) == pytest.approx((*mean_std(dcl), 4))
     difference = paired_difference(dict(enumerate(baseline)), dict(enumerate(dcl)))
     assert (difference.mean, difference.ci_low, difference.ci_high, difference.p_value) == pytest.approx(
-        paired_by_hand(baseline, dcl))
+        paired_by_hand(baseline, dcl)
+    )
     # Pairing is by seed: unmatched seeds drop out, order of insertion does not matter.
     shuffled = paired_difference({3: 35.2, 0: 35.0, 7: 99.0}, {0: 36.4, 3: 36.0, 5: 1.0})
     assert shuffled.seeds == (0, 3)
@@ -302,14 +362,23 @@ def test_main_table_means_stds_and_counts(paper):
     # with its own published numbers and its own DCL − baseline, paired by seed.
     imagenet = markdown.split("### Cityscapes, ImageNet initialisation")[1].split("###")[0]
     methods = [line.split(" | ")[0].lstrip("| ") for line in imagenet.splitlines() if line.startswith("| ")][2:]
-    assert methods == ["Mask R-CNN", "Mask R-CNN + DCL", "Mask R-CNN + DCL (released)", "Mask R-CNN + DCL − Mask R-CNN",
-                       "RefineMask", "RefineMask + DCL", "RefineMask + DCL − RefineMask"]
+    assert methods == [
+        "Mask R-CNN",
+        "Mask R-CNN + DCL",
+        "Mask R-CNN + DCL (released)",
+        "Mask R-CNN + DCL − Mask R-CNN",
+        "RefineMask",
+        "RefineMask + DCL",
+        "RefineMask + DCL − RefineMask",
+    ]
     base = REFINEMASK_AP["cityscapes_imagenet_refinemask_baseline"]
     dcl = REFINEMASK_AP["cityscapes_imagenet_refinemask_dcl"]
     delta, low, high, p = paired_by_hand(base, dcl)
-    assert (f"| RefineMask | 3/3 | {'%.2f ± %.2f' % mean_std(base)} | {statistics.mean(base) + 26:.2f} ± "
-            f"{mean_std(base)[1]:.2f} | {statistics.mean(base) + 1.5:.2f} ± {mean_std(base)[1]:.2f} | "
-            f"37.6* |") in imagenet  # published as COCO-style AP only
+    assert (
+        f"| RefineMask | 3/3 | {'%.2f ± %.2f' % mean_std(base)} | {statistics.mean(base) + 26:.2f} ± "
+        f"{mean_std(base)[1]:.2f} | {statistics.mean(base) + 1.5:.2f} ± {mean_std(base)[1]:.2f} | "
+        f"37.6* |"
+    ) in imagenet  # published as COCO-style AP only
     assert "Paper *: published as COCO-style mask AP (compare with COCO AP)" in markdown
     assert f"| RefineMask + DCL | 3/3 | **{'%.2f ± %.2f' % mean_std(dcl)}** |" in imagenet and "| 39.3 |" in imagenet
     assert f"| RefineMask + DCL − RefineMask | 3 pairs | {delta:+.2f} |" in imagenet
@@ -322,7 +391,9 @@ def test_main_table_means_stds_and_counts(paper):
     # COCO: six stats; one DCL seed has a corrupt eval.json -> 1/2 seeds, no std.
     coco = only(rows, experiment="coco_imagenet_baseline")
     for stat, offset in zip(COCO_STATS, (0.0, 20.0, 5.0, -15.0, 2.0, 12.0)):
-        assert float(coco[f"{stat}_mean"]) == pytest.approx(statistics.mean(v + offset for v in COCO_AP["coco_imagenet_baseline"]), rel=1e-5)
+        assert float(coco[f"{stat}_mean"]) == pytest.approx(
+            statistics.mean(v + offset for v in COCO_AP["coco_imagenet_baseline"]), rel=1e-5
+        )
     coco_dcl = only(rows, experiment="coco_imagenet_dcl")
     assert (coco_dcl["seeds_with_results"], coco_dcl["AP_std"]) == ("1", "")
     assert "| DCL | 1/2† | **35.90** |" in markdown.split("### COCO, ImageNet initialisation")[1]
@@ -352,7 +423,9 @@ def test_main_table_published_and_paired_delta(paper):
     assert "| DCL − baseline | 1 pair | +0.80 | +0.80 |" in markdown and "| +0.80 |  | n/a | n/a |" in markdown
     low, high = expected[1], expected[2]
     assert f"[{low:+.2f}, {high:+.2f}]".replace("-", "−") in markdown
-    assert "paired t-test" in markdown and "ttest_rel" in (root / "tables" / "main_results.tex").read_text().replace("\\_", "_")
+    assert "paired t-test" in markdown and "ttest_rel" in (root / "tables" / "main_results.tex").read_text().replace(
+        "\\_", "_"
+    )
     # Baseline rows carry no delta; the released row compares to the published number.
     assert only(rows, experiment="cityscapes_imagenet_baseline")["delta_mean"] == ""
     released = only(rows, experiment="released_cityscapes_imagenet_dcl")
@@ -367,20 +440,27 @@ def test_dcl_vs_baseline_every_metric(paper):
     got = [float(row[k]) for k in ("delta_mean", "delta_ci_low", "delta_ci_high", "delta_p")]
     assert got == pytest.approx(expected, rel=1e-5)
     assert row["paired_seeds"] == "0 1 2" and row["baseline_n"] == "3"
-    assert {r["metric"] for r in rows if r["dcl_experiment"] == "coco_imagenet_dcl"} == {f"segm.{s}" for s in COCO_STATS}
+    assert {r["metric"] for r in rows if r["dcl_experiment"] == "coco_imagenet_dcl"} == {
+        f"segm.{s}" for s in COCO_STATS
+    }
     assert not [r for r in rows if r["dcl_experiment"].startswith("ablation")]
     # RefineMask + DCL is paired with the RefineMask baseline, never with Mask R-CNN's.
     row = only(rows, dcl_experiment="cityscapes_imagenet_refinemask_dcl", metric="cityscapes.AP")
     assert row["baseline_experiment"] == "cityscapes_imagenet_refinemask_baseline"
-    assert only(rows, dcl_experiment="cityscapes_imagenet_dcl", metric="cityscapes.AP")["baseline_experiment"] == \
-        "cityscapes_imagenet_baseline"
+    assert (
+        only(rows, dcl_experiment="cityscapes_imagenet_dcl", metric="cityscapes.AP")["baseline_experiment"]
+        == "cityscapes_imagenet_baseline"
+    )
 
 
 def test_error_table_corrected_and_legacy_side_by_side(paper):
     root, _ = paper
     rows = read_csv(root / "tables" / "error_analysis.csv")
-    for experiment, seeds in (("cityscapes_imagenet_dcl", [0, 1, 2]), ("cityscapes_coco_baseline", [0, 1]),
-                              ("coco_imagenet_dcl", [0, 1])):
+    for experiment, seeds in (
+        ("cityscapes_imagenet_dcl", [0, 1, 2]),
+        ("cityscapes_coco_baseline", [0, 1]),
+        ("coco_imagenet_dcl", [0, 1]),
+    ):
         row = only(rows, experiment=experiment)
         assert int(row["seeds_corrected"]) == len(seeds) == int(row["seeds_legacy"])
         for error_type in TYPES:
@@ -390,10 +470,16 @@ def test_error_table_corrected_and_legacy_side_by_side(paper):
                 assert float(row[f"{error_type}_{semantics}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-5)
     markdown = (root / "tables" / "error_analysis.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| Model"))
-    assert header == ("| Model | Seeds | AP | legacy (original tool) fFP | legacy (original tool) bFP "
-                      "| legacy (original tool) FN | legacy (original tool) fFP&bFP | corrected fFP | corrected bFP "
-                      "| corrected FN | corrected fFP&bFP |")
-    assert "### Cityscapes" in markdown and "### COCO" in markdown and "GT files: legacy gt.json; corrected gt.json" in markdown
+    assert header == (
+        "| Model | Seeds | AP | legacy (original tool) fFP | legacy (original tool) bFP "
+        "| legacy (original tool) FN | legacy (original tool) fFP&bFP | corrected fFP | corrected bFP "
+        "| corrected FN | corrected fFP&bFP |"
+    )
+    assert (
+        "### Cityscapes" in markdown
+        and "### COCO" in markdown
+        and "GT files: legacy gt.json; corrected gt.json" in markdown
+    )
     # The corrupt eval.json of coco_imagenet_dcl seed 1 does not hide its valid error analysis.
     fn = statistics.mean(gains("cityscapes_imagenet_baseline", s, False)["FN"] for s in range(3))
     fn_legacy = statistics.mean(gains("cityscapes_imagenet_baseline", s, True)["FN"] for s in range(3))
@@ -417,7 +503,10 @@ def test_ablation_table(paper):
     root, _ = paper
     rows = read_csv(root / "tables" / "ablations.csv")
     assert [(r["parameter"], r["value"]) for r in rows] == [
-        ("LOSS_WEIGHT", "0.4"), ("LOSS_WEIGHT", "2.0"), ("WITH_PROJ", "false")]
+        ("LOSS_WEIGHT", "0.4"),
+        ("LOSS_WEIGHT", "2.0"),
+        ("WITH_PROJ", "false"),
+    ]
     for experiment, (_, _, values) in ABLATIONS.items():
         row = only(rows, experiment=experiment)
         mean, std = mean_std(values)
@@ -436,7 +525,8 @@ def test_inventory_lists_every_expected_run(paper):
     expected_runs = json.loads((root / "experiments.json").read_text())["runs"]
     rows = read_csv(root / "tables" / "run_inventory.csv")
     assert sorted((r["experiment"], int(r["seed"])) for r in rows) == sorted(
-        (r["experiment"], r["seed"]) for r in expected_runs)
+        (r["experiment"], r["seed"]) for r in expected_runs
+    )
     missing = only(rows, experiment="cityscapes_coco_baseline", seed="2")
     assert missing["status"] == "missing" and "no run folder" in missing["reason"]
     corrupt = only(rows, experiment="coco_imagenet_dcl", seed="1")
@@ -472,12 +562,16 @@ def test_reproduction_verdicts_and_readme(paper):
     assert abs(mean - 35.2) <= 2 * std and verdict("coco_imagenet_baseline", "segm.AP") == "reproduced"
     box = only(rows, experiment="coco_imagenet_baseline", metric="bbox.AP")
     assert float(box["mean"]) == pytest.approx(statistics.mean(COCO_BOX_AP), rel=1e-5)
-    assert abs(RELEASED_AP - 37.1) <= 0.05 and verdict("released_cityscapes_imagenet_dcl", "cityscapes.AP") == "reproduced"
+    assert (
+        abs(RELEASED_AP - 37.1) <= 0.05 and verdict("released_cityscapes_imagenet_dcl", "cityscapes.AP") == "reproduced"
+    )
     # RefineMask numbers are judged against the RefineMask experiments only (and Mask R-CNN's
     # against Mask R-CNN's: `only` above found one row each).
     assert {r["experiment"] for r in rows if r["detector"] == "RefineMask R50-FPN"} == set(REFINEMASK_AP)
     mean, std = mean_std(REFINEMASK_AP["cityscapes_imagenet_refinemask_dcl"])
-    assert abs(mean - 39.3) <= 2 * std and verdict("cityscapes_imagenet_refinemask_dcl", "cityscapes.AP") == "reproduced"
+    assert (
+        abs(mean - 39.3) <= 2 * std and verdict("cityscapes_imagenet_refinemask_dcl", "cityscapes.AP") == "reproduced"
+    )
     # RefineMask's own baseline: judged on COCO-style AP, the metric it was published in.
     mean, std = mean_std([ap + 1.5 for ap in REFINEMASK_AP["cityscapes_imagenet_refinemask_baseline"]])
     assert abs(mean - 37.6) <= 2 * std
@@ -524,14 +618,16 @@ def _check_latex_float(text: str, name: str) -> None:
     for line in body:
         # % only as a line-end comment (after a brace); _ and # never unescaped.
         assert not re.search(r"(?<!\\)[_#]", line) and not re.search(r"(?<!\\)%.", line), f"{name}: {line}"
-    spec = re.findall(r"[lrc]|p\{[^}]*\}", re.search(
-        r"\\begin\{(?:tabular|longtable)\}\{((?:[lrc]|p\{[^}]*\})+)\}", source).group(1))
+    spec = re.findall(
+        r"[lrc]|p\{[^}]*\}", re.search(r"\\begin\{(?:tabular|longtable)\}\{((?:[lrc]|p\{[^}]*\})+)\}", source).group(1)
+    )
     rows = [line for line in body if line.endswith(r"\\") and not line.startswith(r"\caption")]
     assert rows, name
     for line in rows:
         cells = re.split(r"(?<!\\)&", line[:-2])
         spans = sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", line)) - len(
-            re.findall(r"\\multicolumn", line))
+            re.findall(r"\\multicolumn", line)
+        )
         assert len(cells) + spans == len(spec), f"{name}: {len(cells) + spans} cells, {len(spec)} columns: {line}"
 
 
@@ -542,16 +638,24 @@ def test_latex_compiles_and_fits_the_page_without_resizing(paper, tmp_path):
     if engine is None:
         if os.environ.get("CI"):
             pytest.fail("pdflatex is missing under CI: `make test` installs texlive-latex-base/-recommended")
-        pytest.skip("pdflatex not installed (`make test` installs it where it can: root and apt-get); "
-                    "structure is still checked by test_latex_tables_are_balanced_booktabs")
+        pytest.skip(
+            "pdflatex not installed (`make test` installs it where it can: root and apt-get); "
+            "structure is still checked by test_latex_tables_are_balanced_booktabs"
+        )
     root, _ = paper
     inputs_tex = "\n".join(f"\\input{{{(root / 'tables' / name).as_posix()}}}" for name in TABLES)
     (tmp_path / "doc.tex").write_text(
         "\\documentclass{article}\\usepackage[a4paper,textwidth=455pt]{geometry}"
         "\\usepackage{booktabs}\\usepackage{longtable}\n"
-        "\\begin{document}\n" + inputs_tex + "\n\\end{document}\n")
-    done = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+        "\\begin{document}\n" + inputs_tex + "\n\\end{document}\n"
+    )
+    done = subprocess.run(
+        [engine, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     log = (tmp_path / "doc.log").read_text(errors="replace")
     assert "Overfull \\hbox" not in log, re.findall(r"Overfull .*", log)
@@ -600,8 +704,16 @@ def test_html_tables_for_the_snakemake_report(paper):
 # ----------------------------------------------------------------------------- bad input
 def expected_run(kind="train", method="baseline"):
     return inputs.ExpectedRun(
-        experiment="exp", seed=0, kind=kind, dataset="cityscapes", init="imagenet", method=method, group="main",
-        ablation=None, metric="cityscapes.AP", run_dir="runs/exp/seed0",
+        experiment="exp",
+        seed=0,
+        kind=kind,
+        dataset="cityscapes",
+        init="imagenet",
+        method=method,
+        group="main",
+        ablation=None,
+        metric="cityscapes.AP",
+        run_dir="runs/exp/seed0",
     )
 
 
@@ -610,43 +722,88 @@ GOOD_EVAL = {"cityscapes": {"AP": 30.0, "AP50": 55.0}}
 
 def good_files():
     return {
-        "run.json": json.dumps(finished_run_json(0)), "metrics.json": metrics_lines("baseline", 0),
-        "eval.json": json.dumps(GOOD_EVAL), "errors.json": json.dumps(errors_record({"FN": 5.0}, False)),
+        "run.json": json.dumps(finished_run_json(0)),
+        "metrics.json": metrics_lines("baseline", 0),
+        "eval.json": json.dumps(GOOD_EVAL),
+        "errors.json": json.dumps(errors_record({"FN": 5.0}, False)),
         "errors_legacy.json": json.dumps(errors_record({"FN": 7.0}, True)),
     }
 
 
 # (files changed, expected status, words the reason must contain, is eval.json used by the tables)
-@pytest.mark.parametrize("change, status, words, eval_used", [
-    ({}, "finished", [], True),
-    ({"eval.json": '{"cityscapes": {"AP": 3'}, "failed", ["eval.json", "invalid JSON", "truncated"], False),
-    ({"eval.json": json.dumps({"cityscapes": {"AP": "30.0", "AP50": 55.0}})}, "failed",
-     ["cityscapes.AP", "must be a number", "str"], False),
-    ({"eval.json": json.dumps({"segm": {}})}, "failed", ["no 'cityscapes' section"], False),
-    ({"eval.json": json.dumps({"cityscapes": {"AP": None, "AP50": 1.0}})}, "failed", ["headline", "null"], False),
-    ({"eval.json": None}, "incomplete", ["not written yet: eval.json"], False),
-    # Later steps broken or missing: the run is flagged, its valid AP still counts (tables show n).
-    ({"errors_legacy.json": None}, "incomplete", ["not written yet: errors_legacy.json"], True),
-    ({"errors.json": json.dumps(errors_record({"FN": 5.0}, True))}, "failed", ["errors.json", "legacy", "swapped"], True),
-    ({"errors.json": json.dumps({"baseline": {"AP": 1.0}, "delta": {"FN": {"AP": "x"}}, "types": ["FN"]})}, "failed",
-     ["delta.FN.AP"], True),
-    # A damaged metrics.json line (a torn append) is skipped with a warning; the run still counts.
-    ({"metrics.json": '{"iteration": 1, "total_loss": 1.0}\n{"iteration": 2, "total'}, "finished",
-     ["metrics.json: skipped unreadable line 2", "truncated"], True),
-    ({"metrics.json": '{"iteration": 1, "total_loss": "high"}\n'}, "finished", ["total_loss", "must be a number"], True),
-    # Training not (known to be) complete: a stale eval.json is never used.
-    ({"run.json": json.dumps({"status": "running", "iteration": 50, "max_iter": 100})}, "running", ["50/100"], False),
-    ({"run.json": json.dumps({"status": "interrupted", "iteration": 50, "max_iter": 100})}, "incomplete",
-     ["interrupted", "50/100"], False),
-    ({"run.json": json.dumps({"status": "failed", "exit_code": 3, "iteration": 5, "max_iter": 100})}, "failed",
-     ["training failed", "exit_code 3"], False),
-    ({"run.json": json.dumps(finished_run_json(0, iteration=90))}, "incomplete", ["90/100"], False),
-    ({"run.json": json.dumps(finished_run_json(0, iteration="100"))}, "failed", ["'iteration'", "integer", "str"], False),
-    ({"run.json": json.dumps(finished_run_json(0, gpus={"count": "4"}))}, "failed", ["gpus.count"], False),
-    ({"run.json": json.dumps(finished_run_json(1))}, "failed", ["seed is 1"], False),
-    ({"run.json": "[1, 2"}, "failed", ["run.json", "invalid JSON"], False),
-    ({"run.json": None}, "incomplete", ["not written yet: run.json"], False),
-])
+@pytest.mark.parametrize(
+    "change, status, words, eval_used",
+    [
+        ({}, "finished", [], True),
+        ({"eval.json": '{"cityscapes": {"AP": 3'}, "failed", ["eval.json", "invalid JSON", "truncated"], False),
+        (
+            {"eval.json": json.dumps({"cityscapes": {"AP": "30.0", "AP50": 55.0}})},
+            "failed",
+            ["cityscapes.AP", "must be a number", "str"],
+            False,
+        ),
+        ({"eval.json": json.dumps({"segm": {}})}, "failed", ["no 'cityscapes' section"], False),
+        ({"eval.json": json.dumps({"cityscapes": {"AP": None, "AP50": 1.0}})}, "failed", ["headline", "null"], False),
+        ({"eval.json": None}, "incomplete", ["not written yet: eval.json"], False),
+        # Later steps broken or missing: the run is flagged, its valid AP still counts (tables show n).
+        ({"errors_legacy.json": None}, "incomplete", ["not written yet: errors_legacy.json"], True),
+        (
+            {"errors.json": json.dumps(errors_record({"FN": 5.0}, True))},
+            "failed",
+            ["errors.json", "legacy", "swapped"],
+            True,
+        ),
+        (
+            {"errors.json": json.dumps({"baseline": {"AP": 1.0}, "delta": {"FN": {"AP": "x"}}, "types": ["FN"]})},
+            "failed",
+            ["delta.FN.AP"],
+            True,
+        ),
+        # A damaged metrics.json line (a torn append) is skipped with a warning; the run still counts.
+        (
+            {"metrics.json": '{"iteration": 1, "total_loss": 1.0}\n{"iteration": 2, "total'},
+            "finished",
+            ["metrics.json: skipped unreadable line 2", "truncated"],
+            True,
+        ),
+        (
+            {"metrics.json": '{"iteration": 1, "total_loss": "high"}\n'},
+            "finished",
+            ["total_loss", "must be a number"],
+            True,
+        ),
+        # Training not (known to be) complete: a stale eval.json is never used.
+        (
+            {"run.json": json.dumps({"status": "running", "iteration": 50, "max_iter": 100})},
+            "running",
+            ["50/100"],
+            False,
+        ),
+        (
+            {"run.json": json.dumps({"status": "interrupted", "iteration": 50, "max_iter": 100})},
+            "incomplete",
+            ["interrupted", "50/100"],
+            False,
+        ),
+        (
+            {"run.json": json.dumps({"status": "failed", "exit_code": 3, "iteration": 5, "max_iter": 100})},
+            "failed",
+            ["training failed", "exit_code 3"],
+            False,
+        ),
+        ({"run.json": json.dumps(finished_run_json(0, iteration=90))}, "incomplete", ["90/100"], False),
+        (
+            {"run.json": json.dumps(finished_run_json(0, iteration="100"))},
+            "failed",
+            ["'iteration'", "integer", "str"],
+            False,
+        ),
+        ({"run.json": json.dumps(finished_run_json(0, gpus={"count": "4"}))}, "failed", ["gpus.count"], False),
+        ({"run.json": json.dumps(finished_run_json(1))}, "failed", ["seed is 1"], False),
+        ({"run.json": "[1, 2"}, "failed", ["run.json", "invalid JSON"], False),
+        ({"run.json": None}, "incomplete", ["not written yet: run.json"], False),
+    ],
+)
 def test_bad_run_files_become_a_status_with_a_reason(tmp_path, change, status, words, eval_used):
     files = {**good_files(), **change}
     folder = tmp_path / "runs" / "exp" / "seed0"
@@ -685,16 +842,22 @@ def test_missing_experiments_json_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "tables").exists()
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda r: r.update(seed="0"), ["runs[1]", "'seed'", "integer"]),
-    (lambda r: r.update(method="contrastive"), ["runs[1]", "'method'", "baseline, dcl"]),
-    (lambda r: r.update(metric="segm.AR1"), ["runs[1]", "unknown metric 'segm.AR1'"]),
-    (lambda r: r.update(group="ablation"), ["runs[1]", "needs an 'ablation' object"]),
-    (lambda r: r.update(dataset="coco"), ["runs[1]", "disagree"]),
-    (lambda r: r.update(seed=0), ["runs[1]", "listed twice"]),
-])
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda r: r.update(seed="0"), ["runs[1]", "'seed'", "integer"]),
+        (lambda r: r.update(method="contrastive"), ["runs[1]", "'method'", "baseline, dcl"]),
+        (lambda r: r.update(metric="segm.AR1"), ["runs[1]", "unknown metric 'segm.AR1'"]),
+        (lambda r: r.update(group="ablation"), ["runs[1]", "needs an 'ablation' object"]),
+        (lambda r: r.update(dataset="coco"), ["runs[1]", "disagree"]),
+        (lambda r: r.update(seed=0), ["runs[1]", "listed twice"]),
+    ],
+)
 def test_bad_experiments_json_names_record_and_field(tmp_path, mutate, words):
-    runs = [run_record("exp", 0, "cityscapes", "imagenet", "baseline"), run_record("exp", 1, "cityscapes", "imagenet", "baseline")]
+    runs = [
+        run_record("exp", 0, "cityscapes", "imagenet", "baseline"),
+        run_record("exp", 1, "cityscapes", "imagenet", "baseline"),
+    ]
     mutate(runs[1])
     (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": runs}))
     with pytest.raises(InputError) as error:
@@ -708,7 +871,9 @@ def test_bad_experiments_json_names_record_and_field(tmp_path, mutate, words):
 
 def test_bad_published_yaml_is_a_clear_error(tmp_path):
     path = tmp_path / "published.yaml"
-    path.write_text("published:\n  - {dataset: coco, init: imagenet, method: dcl, detector: x, metric: segm.AP, value: high, source: s}\n")
+    path.write_text(
+        "published:\n  - {dataset: coco, init: imagenet, method: dcl, detector: x, metric: segm.AP, value: high, source: s}\n"
+    )
     with pytest.raises(InputError, match=r"published\[0\]: 'value' must be a number"):
         inputs.load_published(path)
     with pytest.raises(InputError, match="not found"):
@@ -738,8 +903,10 @@ def test_published_yaml_holds_the_papers_numbers():
 def test_no_data_figures_are_labelled_placeholders_and_reported(tmp_path, monkeypatch, capsys):
     """A toy matrix with nothing finished: every output still exists; figures say "No data" and why;
     the default published.yaml is found from another working directory."""
-    runs = [run_record("toy_coco_baseline", 0, "toy_coco", "scratch", "baseline"),
-            run_record("toy_coco_dcl", 0, "toy_coco", "scratch", "dcl")]
+    runs = [
+        run_record("toy_coco_baseline", 0, "toy_coco", "scratch", "baseline"),
+        run_record("toy_coco_dcl", 0, "toy_coco", "scratch", "dcl"),
+    ]
     results = tmp_path / "results" / "toy"
     results.mkdir(parents=True)
     (results / "experiments.json").write_text(json.dumps({"preset": "toy", "runs": runs}))
@@ -778,17 +945,21 @@ def test_snakemake_html_report_with_captions(paper, tmp_path):
     workdir = tmp_path / "wf"
     shutil.copytree(source, workdir / "res", ignore=shutil.ignore_patterns("tables", "figures", "README.md"))
     outputs = [f'report("res/tables/{t}.html", caption="{CAPTIONS}/table_{t}.rst", category="Tables")' for t in TABLES]
-    outputs += [f'report("res/figures/{f}.png", caption="{CAPTIONS}/figure_{f}.rst", category="Figures")' for f in FIGURES]
+    outputs += [
+        f'report("res/figures/{f}.png", caption="{CAPTIONS}/figure_{f}.rst", category="Figures")' for f in FIGURES
+    ]
     (workdir / "Snakefile").write_text(
         f'report: "{CAPTIONS}/workflow.rst"\n'
         "rule report:\n"
         '    input: "res/experiments.json"\n'
-        f"    output: {', '.join(outputs)}, \"res/README.md\"\n"
+        f'    output: {", ".join(outputs)}, "res/README.md"\n'
         f'    shell: "{sys.executable} -m dcl report res --published {PUBLISHED}"\n'
     )
     snakemake = [sys.executable, "-m", "snakemake", "--cores", "1"]
     subprocess.run([*snakemake, "--quiet"], cwd=workdir, check=True, capture_output=True, timeout=300)
-    done = subprocess.run([*snakemake, "--report", "report.html"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*snakemake, "--report", "report.html"], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     html = (workdir / "report.html").read_text()
     assert "System Message" not in html  # docutils errors would be rendered into the captions
@@ -809,8 +980,9 @@ def test_garbage_in_metrics_json_is_skipped_and_the_rest_is_read(tmp_path):
     assert result.status == "finished" and result.eval is not None
     assert result.warnings == ["metrics.json: skipped unreadable line 2: invalid JSON: Expecting value"]
     drawn = set(inputs.TRAINING_KEYS) | set(inputs.EVAL_KEYS)
-    assert [p["iteration"] for p in result.metrics] == [json.loads(line)["iteration"] for line in lines
-                                                        if drawn & set(json.loads(line))]
+    assert [p["iteration"] for p in result.metrics] == [
+        json.loads(line)["iteration"] for line in lines if drawn & set(json.loads(line))
+    ]
 
 
 @pytest.mark.parametrize("run_dir", ["../../../../etc", "/etc", "runs/../../x"])
@@ -821,8 +993,9 @@ def test_run_dirs_outside_the_results_tree_are_refused(tmp_path, run_dir):
     message = rf"runs\[0\]: 'run_dir' {re.escape(run_dir)} must be a relative path inside the results directory"
     with pytest.raises(InputError, match=message):
         inputs.load_experiments(path)
-    result = subprocess.run([sys.executable, "-m", "dcl", "report", str(tmp_path)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcl", "report", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr and re.search(message, result.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.json"]
 
@@ -836,8 +1009,11 @@ def test_training_curves_show_the_periodic_evaluation_ap(tmp_path):
 
     runs = [run_record("coco_imagenet_baseline", s, "coco", "imagenet", "baseline") for s in (0, 1)]
     runs += [run_record("cityscapes_imagenet_dcl", 0, "cityscapes", "imagenet", "dcl")]
-    ap = {("coco_imagenet_baseline", 0): {49: 10.0, 99: 20.0}, ("coco_imagenet_baseline", 1): {49: 12.0, 99: 23.0},
-          ("cityscapes_imagenet_dcl", 0): {49: 15.0, 99: 25.0}}
+    ap = {
+        ("coco_imagenet_baseline", 0): {49: 10.0, 99: 20.0},
+        ("coco_imagenet_baseline", 1): {49: 12.0, 99: 23.0},
+        ("cityscapes_imagenet_dcl", 0): {49: 15.0, 99: 25.0},
+    }
     for record in runs:
         lines = metrics_lines(record["method"], record["seed"]).splitlines()[:-1]  # drop its eval line
         for iteration, value in ap[(record["experiment"], record["seed"])].items():
@@ -846,8 +1022,10 @@ def test_training_curves_show_the_periodic_evaluation_ap(tmp_path):
                 point["cityscapes/AP"] = value - 5  # the official metric, preferred over segm/AP
             lines.append(json.dumps(point))
         write_run(tmp_path, record, metrics="\n".join(lines) + "\n")
-    results = [inputs.load_run(tmp_path, inputs.load_experiments(write_experiments(tmp_path, runs))[1][i])
-               for i in range(len(runs))]
+    results = [
+        inputs.load_run(tmp_path, inputs.load_experiments(write_experiments(tmp_path, runs))[1][i])
+        for i in range(len(runs))
+    ]
     figure, reason = figures.training_curves(analysis.experiment_stats(results))
     assert reason == ""
     columns = len(inputs.TRAINING_KEYS) + 1
@@ -874,13 +1052,21 @@ def _coco_occ_tree(root: Path, used: bool) -> None:
             record = run_record(f"coco_{method}", seed, "coco", "imagenet", method)
             runs.append(record)
             if not used:
-                write_run(root, record, eval_json={"segm": coco_section(base + seed)},
-                          errors=errors_record(gains(method, seed, False), False),
-                          legacy=errors_record(gains(method, seed, True), True))
+                write_run(
+                    root,
+                    record,
+                    eval_json={"segm": coco_section(base + seed)},
+                    errors=errors_record(gains(method, seed, False), False),
+                    legacy=errors_record(gains(method, seed, True), True),
+                )
                 continue
-            write_run(root, record, eval_json={"segm": coco_section(base + seed)},
-                      errors=errors_record(gains(method, seed, False), False),
-                      legacy=errors_record(gains(method, seed, True), True))
+            write_run(
+                root,
+                record,
+                eval_json={"segm": coco_section(base + seed)},
+                errors=errors_record(gains(method, seed, False), False),
+                legacy=errors_record(gains(method, seed, True), True),
+            )
             folder = root / record["run_dir"]
             (folder / "eval_occ.json").write_text(json.dumps({"segm": coco_section(base - 5 + 0.5 * seed)}))
             occ_errors = errors_record({"fFP": 3.0 + seed, "bFP": 1.0, "FN": 8.0}, False)
@@ -925,16 +1111,34 @@ def judged(values, published, kind="train", unfinished=()):
 
     results = []
     for seed, value in enumerate([*values, *unfinished]):
-        spec = inputs.ExpectedRun(experiment="x", seed=seed, kind=kind, dataset="cityscapes", init="imagenet",
-                                  method="dcl", group="released" if kind == "released" else "main",
-                                  ablation=None, metric="cityscapes.AP", run_dir=f"runs/x/seed{seed}")
+        spec = inputs.ExpectedRun(
+            experiment="x",
+            seed=seed,
+            kind=kind,
+            dataset="cityscapes",
+            init="imagenet",
+            method="dcl",
+            group="released" if kind == "released" else "main",
+            ablation=None,
+            metric="cityscapes.AP",
+            run_dir=f"runs/x/seed{seed}",
+        )
         if seed < len(values):
             results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
         else:
             results.append(inputs.RunResult(expected=spec, status=value))
-    entry = inputs.PublishedEntry(dataset="cityscapes", init="imagenet", method="dcl", detector="d",
-                                  metric="cityscapes.AP", value=published, source="s", reproducible=True,
-                                  note="", index=0)
+    entry = inputs.PublishedEntry(
+        dataset="cityscapes",
+        init="imagenet",
+        method="dcl",
+        detector="d",
+        metric="cityscapes.AP",
+        value=published,
+        source="s",
+        reproducible=True,
+        note="",
+        index=0,
+    )
     (row,) = reproduction([entry], experiment_stats(results))
     return row
 
@@ -950,15 +1154,26 @@ def test_verdict_is_two_sample_stds_exactly():
     values = [36.0, 38.0]
     limit = 2 * statistics.stdev(values)
     assert limit == pytest.approx(2 * math.sqrt(2))
-    for offset, expected in ((limit - 0.005, "reproduced"), (limit + 0.005, "not reproduced"),
-                             (-(limit - 0.005), "reproduced"), (-(limit + 0.005), "not reproduced"),
-                             (2.5, "reproduced"), (1.2, "reproduced"), (3.5, "not reproduced")):
+    for offset, expected in (
+        (limit - 0.005, "reproduced"),
+        (limit + 0.005, "not reproduced"),
+        (-(limit - 0.005), "reproduced"),
+        (-(limit + 0.005), "not reproduced"),
+        (2.5, "reproduced"),
+        (1.2, "reproduced"),
+        (3.5, "not reproduced"),
+    ):
         assert judge(values, 37.0 + offset) == expected, offset
 
 
 def test_released_verdict_is_half_a_published_digit():
-    for value, expected in ((37.149, "reproduced"), (37.051, "reproduced"), (37.152, "not reproduced"),
-                            (37.048, "not reproduced"), (37.1, "reproduced")):
+    for value, expected in (
+        (37.149, "reproduced"),
+        (37.051, "reproduced"),
+        (37.152, "not reproduced"),
+        (37.048, "not reproduced"),
+        (37.1, "reproduced"),
+    ):
         assert judge([value], 37.1, kind="released") == expected, value
     assert judge([37.45], 37.0, kind="released") == "reproduced"  # an integer: +-0.5
     assert judge([37.55], 37.0, kind="released") == "not reproduced"
@@ -987,8 +1202,11 @@ def test_paired_statistics_differ_from_the_plausible_wrong_formulas():
     t = mean / (sd / math.sqrt(3))
     assert (got.ci_low, got.ci_high) == pytest.approx((mean - half, mean + half), rel=1e-9)
     assert got.p_value == pytest.approx(2 * scipy_stats.t.sf(t, 2), rel=1e-9)
-    for wrong_half in (1.96 * sd / math.sqrt(3), scipy_stats.t.ppf(0.975, 3) * sd / math.sqrt(3),
-                       scipy_stats.t.ppf(0.975, 2) * statistics.pstdev(d) / math.sqrt(3)):
+    for wrong_half in (
+        1.96 * sd / math.sqrt(3),
+        scipy_stats.t.ppf(0.975, 3) * sd / math.sqrt(3),
+        scipy_stats.t.ppf(0.975, 2) * statistics.pstdev(d) / math.sqrt(3),
+    ):
         assert abs((got.ci_high - got.ci_low) / 2 - wrong_half) > 0.05
     assert abs(got.p_value - scipy_stats.t.sf(t, 2)) > 0.005
     assert summarize([36.0, 38.0]).std == pytest.approx(math.sqrt(2)) != pytest.approx(1.0)
@@ -1002,9 +1220,18 @@ def stats_of(*experiments):
     results = []
     for name, method, group, values in experiments:
         for seed, value in enumerate(values):
-            spec = inputs.ExpectedRun(experiment=name, seed=seed, kind="train", dataset="cityscapes", init="imagenet",
-                                      method=method, group=group, ablation=None, metric="cityscapes.AP",
-                                      run_dir=f"runs/{name}/seed{seed}")
+            spec = inputs.ExpectedRun(
+                experiment=name,
+                seed=seed,
+                kind="train",
+                dataset="cityscapes",
+                init="imagenet",
+                method=method,
+                group=group,
+                ablation=None,
+                metric="cityscapes.AP",
+                run_dir=f"runs/{name}/seed{seed}",
+            )
             results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
     return experiment_stats(results)
 
@@ -1012,8 +1239,11 @@ def stats_of(*experiments):
 def test_comparisons_pair_each_main_dcl_experiment_with_its_one_baseline_only():
     from dcl.report.analysis import comparisons
 
-    experiments = stats_of(("a-base", "baseline", "main", (30.0, 31.0)), ("b-dcl", "dcl", "main", (31.5, 32.0)),
-                           ("c-abl", "dcl", "ablation", (29.0, 30.0)))
+    experiments = stats_of(
+        ("a-base", "baseline", "main", (30.0, 31.0)),
+        ("b-dcl", "dcl", "main", (31.5, 32.0)),
+        ("c-abl", "dcl", "ablation", (29.0, 30.0)),
+    )
     got = comparisons(experiments)
     assert {(c.baseline.name, c.dcl.name) for c in got} == {("a-base", "b-dcl")}
     (ap,) = [c for c in got if c.metric == "cityscapes.AP"]
@@ -1024,8 +1254,9 @@ def test_experiments_are_in_paper_order_baseline_before_dcl_unknown_values_last(
     from dcl.report.analysis import _rank
 
     # Names sort the other way round, so only the method order puts the baseline first.
-    experiments = stats_of(("z-dcl", "dcl", "main", (31.0,)), ("a-other", "other", "main", (1.0,)),
-                           ("y-base", "baseline", "main", (30.0,)))
+    experiments = stats_of(
+        ("z-dcl", "dcl", "main", (31.0,)), ("a-other", "other", "main", (1.0,)), ("y-base", "baseline", "main", (30.0,))
+    )
     assert [e.name for e in experiments] == ["y-base", "z-dcl", "a-other"]
     assert _rank("other", ("baseline", "dcl")) == (2, "other")
 
@@ -1034,8 +1265,12 @@ def test_error_summary_defaults_to_the_full_dataset_and_counts_no_seed_when_a_ty
     from dcl.report.analysis import ExperimentStats
 
     spec = expected_run()
-    run = inputs.RunResult(expected=spec, status="finished", errors=inputs.ErrorAnalysis(30.0, {"fFP": 1.25}),
-                           errors_occ=inputs.ErrorAnalysis(20.0, {"fFP": 4.0}))
+    run = inputs.RunResult(
+        expected=spec,
+        status="finished",
+        errors=inputs.ErrorAnalysis(30.0, {"fFP": 1.25}),
+        errors_occ=inputs.ErrorAnalysis(20.0, {"fFP": 4.0}),
+    )
     stats = ExperimentStats(runs=[run], errors={"fFP": {0: 1.25}}, errors_occ={"fFP": {0: 4.0}})
     assert stats.error_summary("fFP", legacy=False) == stats.error_summary("fFP", legacy=False, occ=False)
     assert stats.error_summary("fFP", legacy=False).mean == 1.25
@@ -1049,12 +1284,31 @@ def test_a_seed_without_the_metric_cannot_be_judged_and_the_row_keeps_its_experi
 
     results = []
     for seed, eval_ in enumerate(({"cityscapes.AP": 36.0}, {"cityscapes.AP50": 60.0})):
-        spec = inputs.ExpectedRun(experiment="x", seed=seed, kind="train", dataset="cityscapes", init="imagenet",
-                                  method="dcl", group="main", ablation=None, metric="cityscapes.AP",
-                                  run_dir=f"runs/x/seed{seed}")
+        spec = inputs.ExpectedRun(
+            experiment="x",
+            seed=seed,
+            kind="train",
+            dataset="cityscapes",
+            init="imagenet",
+            method="dcl",
+            group="main",
+            ablation=None,
+            metric="cityscapes.AP",
+            run_dir=f"runs/x/seed{seed}",
+        )
         results.append(inputs.RunResult(expected=spec, status="finished", eval=eval_))
-    entry = inputs.PublishedEntry(dataset="cityscapes", init="imagenet", method="dcl", detector="d",
-                                  metric="cityscapes.AP", value=36.0, source="s", reproducible=True, note="", index=0)
+    entry = inputs.PublishedEntry(
+        dataset="cityscapes",
+        init="imagenet",
+        method="dcl",
+        detector="d",
+        metric="cityscapes.AP",
+        value=36.0,
+        source="s",
+        reproducible=True,
+        note="",
+        index=0,
+    )
     (experiment,) = experiment_stats(results)
     (row,) = reproduction([entry], [experiment])
     assert (row.verdict, row.reason) == ("cannot be judged", "eval.json of seed 1 has no cityscapes.AP")

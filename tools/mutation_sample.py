@@ -6,6 +6,7 @@ mutants: the sample is drawn from the sorted mutant names of each mutated module
 
     python tools/mutation_sample.py --sample 40 --seed 16 [--module dcl/modeling.py=10 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ STATS = MUTANTS / "mutmut-stats.json"
 
 def mutants_by_module() -> dict[str, list[str]]:
     """Names of all generated mutants, per mutated source file (e.g. ``dcl/loss.py``)."""
-    return {str(meta.relative_to(MUTANTS))[:-len(".meta")]: sorted(json.loads(meta.read_text())["exit_code_by_key"])
-            for meta in sorted(MUTANTS.rglob("*.py.meta"))}
+    return {
+        str(meta.relative_to(MUTANTS))[: -len(".meta")]: sorted(json.loads(meta.read_text())["exit_code_by_key"])
+        for meta in sorted(MUTANTS.rglob("*.py.meta"))
+    }
 
 
 def mutmut(jobs: int, names: list[str]) -> None:
@@ -42,8 +45,9 @@ def exit_codes() -> dict[str, int | None]:
     return codes
 
 
-def draw(names_by_module: dict[str, list[str]], tested_functions: set[str], sizes: dict[str, int],
-         default: int, seed: int) -> dict[str, list[str]]:
+def draw(
+    names_by_module: dict[str, list[str]], tested_functions: set[str], sizes: dict[str, int], default: int, seed: int
+) -> dict[str, list[str]]:
     """Per module, ``sizes.get(module, default)`` mutants drawn with a generator seeded by (seed, module)."""
     sample = {}
     for module, names in names_by_module.items():
@@ -57,8 +61,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, required=True, help="mutants per module")
     parser.add_argument("--seed", type=int, default=16)
-    parser.add_argument("--module", action="append", default=[], metavar="PATH=N",
-                        help="another sample size for one module, e.g. dcl/modeling.py=10")
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="PATH=N",
+        help="another sample size for one module, e.g. dcl/modeling.py=10",
+    )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--list", action="store_true", help="print the sampled names, run nothing")
     args = parser.parse_args()
@@ -83,15 +92,23 @@ def main() -> int:
     for module, drawn in sample.items():
         c = collections.Counter(status_by_exit_code[codes[n]] for n in drawn)
         total.update(c)
-        print(f"{module:24} {len(drawn):7} {c['killed']:7} {c['survived']:8} {c['timeout']:7}  "
-              f"{c['killed'] / max(len(drawn), 1):.1%}")
+        print(
+            f"{module:24} {len(drawn):7} {c['killed']:7} {c['survived']:8} {c['timeout']:7}  "
+            f"{c['killed'] / max(len(drawn), 1):.1%}"
+        )
     n = sum(total.values())
-    print(f"{'all':24} {n:7} {total['killed']:7} {total['survived']:8} {total['timeout']:7}  "
-          f"{total['killed'] / max(n, 1):.1%}")
+    print(
+        f"{'all':24} {n:7} {total['killed']:7} {total['survived']:8} {total['timeout']:7}  "
+        f"{total['killed'] / max(n, 1):.1%}"
+    )
     for name in names:
         if status_by_exit_code[codes[name]] != "killed":
-            print("survived:" if status_by_exit_code[codes[name]] == "survived" else
-                  f"{status_by_exit_code[codes[name]]}:", name)
+            print(
+                "survived:"
+                if status_by_exit_code[codes[name]] == "survived"
+                else f"{status_by_exit_code[codes[name]]}:",
+                name,
+            )
     return 0
 
 
