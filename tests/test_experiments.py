@@ -617,13 +617,13 @@ def test_dcl_plan_prints_the_commands(tmp_path):
     lines = result.stdout.splitlines()
     # 4 Mask R-CNN experiments x 2 seeds, 2 RefineMask experiments x 1 seed, 1 new ablation point (seed 0)
     assert len(lines) == 11
-    # --config merges into the preset's train_overrides (120 iterations, LR step at 100, warm-up 40).
+    # --config merges into the preset's train_overrides (60 iterations, LR step at 50, warm-up 20).
     seeds = []
     for line in lines:
         words = shlex.split(line)
         assert words[4:6] == ["dcl", "train"]
         assert (
-            words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[100]", "SOLVER.WARMUP_ITERS", "40", "SEED"]
+            words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[50]", "SOLVER.WARMUP_ITERS", "20", "SEED"]
             and words[-2] == "OUTPUT_DIR"
         )  # in key order
         seeds.append(words[-3])
