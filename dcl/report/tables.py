@@ -684,9 +684,13 @@ def main_table(
         f"DCL − baseline: mean paired difference per column (seeds paired by seed index); "
         f"{CONFIDENCE:.0%} CI (t distribution of the mean paired difference) and p ({PAIRED_TEST}) "
         "of the headline AP; n/a with fewer than 2 pairs.",
-        "Paper: the published number (or detectron2's model zoo for baselines), see results/published.yaml; "
-        "the CSV has mean − published.",
     ]
+    parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
+    if any(column.key == "published" for part in parts for column in part.columns):  # else no Paper column
+        notes.append(
+            "Paper: the published number (or detectron2's model zoo for baselines), see results/published.yaml; "
+            "the CSV has mean − published."
+        )
     if any(
         _published_for(published, e) is None and _published_for(published, e, "segm.AP") is not None
         for e in experiments
@@ -698,7 +702,6 @@ def main_table(
         )
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
-    parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
     return Table(
         name="main_results",
         title="Main results",
