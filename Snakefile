@@ -36,8 +36,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
-    default_target: True
     """Every table, figure and the results README of the preset."""
+    default_target: True
     input:
         final_outputs(),
     localrule: True
