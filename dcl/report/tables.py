@@ -522,10 +522,14 @@ def _main_part(
                 row[metric] = fmt_summary(summary) if n else DASH
                 mean_of[metric] = summary.mean
             entry = _published_for(published, experiment)
-            row["published"] = fmt_number(entry.value, 1) if entry is not None else DASH
-            if entry is None and _published_for(published, experiment, "segm.AP") is not None and "segm.AP" in stats:
-                # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
-                row["published"] = fmt_number(_published_for(published, experiment, "segm.AP").value, 1) + COCO_AP_MARK
+            # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
+            coco = _published_for(published, experiment, "segm.AP") if entry is None and "segm.AP" in stats else None
+            if entry is not None:
+                row["published"] = fmt_number(entry.value, 1)
+            elif coco is not None:
+                row["published"] = fmt_number(coco.value, 1) + COCO_AP_MARK
+            else:
+                row["published"] = DASH
             rows.append(row)
             model_rows.append(row)
             means.append(mean_of)
