@@ -1,5 +1,5 @@
 """The DCL config keys, ``MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*``, and their published defaults
-(paper-facts: "DCL configuration keys"). Plain data: :func:`dcl.modeling.add_dcl_config` adds them
+(docs/method.md, "DCL configuration keys and defaults"). Plain data: :func:`dcl.modeling.add_dcl_config` adds them
 to detectron2's config, and the workflow (:mod:`dcl.experiments`, which imports no torch) compares
 ablation values with them.
 """

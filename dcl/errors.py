@@ -1,12 +1,12 @@
 """``dcl errors``: how much mask AP each kind of segmentation error costs (fFP, bFP, FN).
 
-The analysis of the DCL paper (specification: paper-facts.md, "The segmentation-error
+The analysis of the DCL paper (specification: docs/method.md, "The segmentation-error
 analysis"). Per image, over the non-crowd GT (images with no such GT, or with no detections, keep
 their detections unchanged):
 
 1. both lists are sorted by category id (stable, so GT keep their file order within a category);
    the IoU between detections and GT is class-aware (0 across categories), mask IoU or, with
-   ``iou_type="box"``, box IoU;
+   ``iou_type="bbox"``, box IoU;
 2. each detection is matched to the GT with the highest IoU >= 0.1, ties going to the later GT;
 3. each kind of error is removed from every detection's mask:
 
@@ -65,6 +65,7 @@ from dcl.evaluation import (
     usable_cpus,
 )
 from dcl.io import InputError
+from dcl.names import IOU_TYPES
 
 __all__ = [
     "ERROR_KINDS",
@@ -82,7 +83,6 @@ __all__ = [
 ERROR_KINDS = ("fFP", "bFP", "FN")
 DEFAULT_TYPES = ("fFP", "bFP", "FN")
 MATCH_IOU = 0.1
-IOU_TYPES = ("seg", "box")
 
 EMPTY_PREDICTIONS_WARNING = "the predictions file has no detections: every AP and AR is 0, nothing to fix"
 
@@ -129,7 +129,7 @@ def _match(task: _ImageTask, iou_type: str) -> tuple[np.ndarray, np.ndarray]:
     """
     num_gt = len(task.gt_masks)
     crowd = [0] * num_gt
-    if iou_type == "seg":
+    if iou_type == "segm":
         ious = mask_utils.iou(task.det_masks, task.gt_masks, crowd)
     else:
         ious = mask_utils.iou(task.det_boxes, task.gt_boxes, crowd)
@@ -290,7 +290,7 @@ def fix_predictions(
     gt: str | os.PathLike | Mapping | GroundTruth,
     predictions: str | os.PathLike | Sequence[Mapping],
     types: Sequence[str] = DEFAULT_TYPES,
-    iou_type: str = "seg",
+    iou_type: str = "segm",
     legacy_unmatched: bool = False,
 ) -> dict[str, list[dict]]:
     """The predictions with each error type removed (the masks the AP is then measured on).
@@ -404,7 +404,7 @@ def analyze(
     gt: str | os.PathLike | Mapping | GroundTruth,
     pred: str | os.PathLike | Sequence[Mapping],
     types: Sequence[str] = DEFAULT_TYPES,
-    iou_type: str = "seg",
+    iou_type: str = "segm",
     legacy_unmatched: bool = False,
     workers: int = 1,
     *,
@@ -417,7 +417,7 @@ def analyze(
         gt: COCO GT file path or loaded dict.
         pred: COCO results file path or loaded list (masks as RLE).
         types: error types, e.g. ``["fFP", "bFP", "FN", "fFP&bFP"]``.
-        iou_type: ``"seg"`` (mask IoU) or ``"box"`` (box IoU) for matching detections to GT.
+        iou_type: ``"segm"`` (mask IoU) or ``"bbox"`` (box IoU) for matching detections to GT.
         legacy_unmatched: reproduce the original tool's defect (see the module docstring).
         workers: processes (images are fixed and AP evaluations run in parallel); 0 = one per CPU.
         backend: COCO AP implementation (identical numbers).
@@ -517,8 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--iou-type",
         choices=IOU_TYPES,
-        default="seg",
-        help="match detections to GT by mask (seg) or box IoU (default: %(default)s)",
+        default="segm",
+        help="match detections to GT by mask (segm) or box IoU (bbox; default: %(default)s)",
     )
     parser.add_argument(
         "--legacy-unmatched",

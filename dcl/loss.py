@@ -1,6 +1,6 @@
 """The dense contrastive loss (DCL), in plain PyTorch: point sampling, the loss, the module.
 
-What the loss does (the specification is ``paper-facts.md``, "What the loss does"): the mask
+What the loss does (the specification is ``docs/method.md``, "What the loss does"): the mask
 head's features (``C`` channels, ``H x W`` per RoI) go through an optional projection head
 (1x1 conv, ReLU, 1x1 conv) and are L2-normalised along channels. For each *valid* RoI among the
 first ``max_instances`` (valid: ``num_samples < mask area < H*W - num_samples``), ``K`` anchors and

@@ -1,6 +1,6 @@
 """dcl errors: fixed masks and AP gains equal a dense numpy implementation of the specification.
 
-The reference below is written straight from paper-facts.md ("The segmentation-error analysis"):
+The reference below is written straight from docs/method.md ("The segmentation-error analysis"):
 full-resolution boolean masks, explicit loops, pycocotools only to rasterise GT and to compute AP
 (the reference tool). dcl.errors works on RLE with vectorised matching; nothing is shared.
 """
@@ -52,7 +52,7 @@ def _box_iou(a, b):
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-def reference_fix(gt, predictions, types, iou_type="seg", legacy=False):
+def reference_fix(gt, predictions, types, iou_type="segm", legacy=False):
     """{type: list of dense boolean masks, one per prediction}."""
     api = _gt_api(gt)
     masks = [mask_utils.decode(p["segmentation"]).astype(bool) for p in predictions]
@@ -73,7 +73,7 @@ def reference_fix(gt, predictions, types, iou_type="seg", legacy=False):
             for g, ann in enumerate(anns):
                 if ann["category_id"] != predictions[k]["category_id"]:
                     iou = 0.0
-                elif iou_type == "seg":
+                elif iou_type == "segm":
                     union = np.logical_or(det, gt_masks[g]).sum()
                     iou = np.logical_and(det, gt_masks[g]).sum() / union if union else 0.0
                 else:
@@ -120,7 +120,7 @@ def dataset():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("iou_type", ["seg", "box"])
+@pytest.mark.parametrize("iou_type", ["segm", "bbox"])
 @pytest.mark.parametrize("legacy", [False, True])
 def test_fixed_masks_equal_dense_reference(dataset, iou_type, legacy):
     gt, predictions = dataset
@@ -179,10 +179,10 @@ def _gt_mask(gt, annotation_id):
 @pytest.mark.parametrize(
     "iou_type,legacy,backend",
     [
-        ("seg", False, "faster-coco-eval"),
-        ("seg", True, "pycocotools"),
-        ("box", False, "pycocotools"),
-        ("box", True, "faster-coco-eval"),
+        ("segm", False, "faster-coco-eval"),
+        ("segm", True, "pycocotools"),
+        ("bbox", False, "pycocotools"),
+        ("bbox", True, "faster-coco-eval"),
     ],
 )
 def test_ap_gains_equal_reference(dataset, iou_type, legacy, backend):

@@ -1,6 +1,6 @@
 """dcl.loss against independent, obviously-correct per-RoI implementations written here.
 
-The references follow paper-facts.md ("What the loss does") literally: project and normalise the
+The references follow docs/method.md ("What the loss does") literally: project and normalise the
 whole feature map, loop over RoIs, apply the validity rule, and evaluate
 -log(e^s_ij / (e^s_ij + sum_k e^s_ik)) pair by pair in float64.
 """
