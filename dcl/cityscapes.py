@@ -46,10 +46,12 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from dcl import layout
 from dcl.coco import GroundTruth, compact_rle
 from dcl.io import InputError, atomic_write_json
 
 __all__ = [
+    "INSTANCE_LABELS",
     "CATEGORIES",
     "CONVERSION_STYLES",
     "cityscapes_to_coco",
@@ -58,10 +60,11 @@ __all__ = [
 ]
 
 # The 8 evaluated instance classes (person, rider, car, truck, bus, train, motorcycle, bicycle)
-# in cityscapesscripts' label order, which is detectron2's order too: ids 1..8.
+# in cityscapesscripts' label order, which is detectron2's order too: COCO category ids 1..8.
+INSTANCE_LABELS = tuple(label for label in CITYSCAPES_LABELS if label.hasInstances and not label.ignoreInEval)
 CATEGORIES = [
     {"id": i + 1, "name": label.name, "supercategory": label.category, "cityscapes_label_id": label.id}
-    for i, label in enumerate(label for label in CITYSCAPES_LABELS if label.hasInstances and not label.ignoreInEval)
+    for i, label in enumerate(INSTANCE_LABELS)
 ]
 _CATEGORY_OF_LABEL = {c["cityscapes_label_id"]: c["id"] for c in CATEGORIES}
 
@@ -129,7 +132,7 @@ def cityscapes_to_coco(
     if style not in CONVERSION_STYLES:
         raise ValueError(f"style must be one of {CONVERSION_STYLES}, got {style!r}")
     root = Path(root)
-    gt_dir = root / "gtFine" / split
+    gt_dir = root / layout.cityscapes_gt(split)
     if not gt_dir.is_dir():
         raise InputError(f"Cityscapes GT directory not found: {gt_dir}")
     entries = sorted(
@@ -138,7 +141,7 @@ def cityscapes_to_coco(
     )
     if not entries:
         raise InputError(f"no *{_GT_SUFFIX} files in {gt_dir}/<city>/")
-    image_dir = root / "leftImg8bit" / split
+    image_dir = root / layout.cityscapes_images(split)
     if image_dir.is_dir():
         missing = [name for name, _ in entries if not (image_dir / name).is_file()]
         if missing:
@@ -336,7 +339,7 @@ def cityscapes_instance_ap(
     Raises:
         InputError: a GT image without its instanceIds PNG, or cityscapesscripts refusing the input.
     """
-    gt_dir = Path(root) / "gtFine" / split
+    gt_dir = Path(root) / layout.cityscapes_gt(split)
     gt_files = []
     for image in gt.images.values():
         stem = _stem(image.get("file_name", ""))

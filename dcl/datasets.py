@@ -21,11 +21,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from dcl import layout
 from dcl.io import InputError, atomic_write_json
+from dcl.layout import DATASETS, SPLITS, Dataset
 
 __all__ = [
-    "DATASET_CHOICES",
-    "REGISTERED_NAMES",
     "datasets_root",
     "toy_root",
     "check_dataset",
@@ -33,19 +33,6 @@ __all__ = [
     "add_arguments",
     "run",
 ]
-
-DATASET_CHOICES = ("coco", "cityscapes", "toy_coco", "toy_cityscapes")
-SPLITS = ("train", "val")
-REGISTERED_NAMES = (
-    "toy_coco_train",
-    "toy_coco_val",
-    "toy_cityscapes_train",
-    "toy_cityscapes_val",
-    "coco_2017_train",
-    "coco_2017_val",
-    "cityscapes_fine_instance_seg_train",
-    "cityscapes_fine_instance_seg_val",
-)
 
 _COCO_DOWNLOAD = (
     "COCO 2017 (https://cocodataset.org/#download): download\n"
@@ -72,7 +59,13 @@ def datasets_root(root: str | os.PathLike | None = None) -> Path:
 def toy_root(root: str | os.PathLike | None = None) -> Path:
     """The toy datasets root: ``$DCL_TOY_DATASETS``, else ``<datasets root>/toy``."""
     toy = os.environ.get("DCL_TOY_DATASETS")
-    return Path(os.path.expanduser(toy)) if toy else datasets_root(root) / "toy"
+    return Path(os.path.expanduser(toy)) if toy else datasets_root(root) / layout.TOY_DIR
+
+
+def dataset_folder(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """A dataset's folder: under the toy root for a toy dataset, else under the datasets root."""
+    spec = DATASETS[dataset]
+    return (toy_root(root) if spec.toy else datasets_root(root)) / spec.folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +74,7 @@ def toy_root(root: str | os.PathLike | None = None) -> Path:
 
 def _cityscapes_problems(base: Path, split: str) -> tuple[list[str], int]:
     """Missing pieces of one Cityscapes split (images, and the gtFine files of each image)."""
-    image_dir, gt_dir = base / "leftImg8bit" / split, base / "gtFine" / split
+    image_dir, gt_dir = base / layout.cityscapes_images(split), base / layout.cityscapes_gt(split)
     problems = [f"{d}/ (directory) is missing" for d in (image_dir, gt_dir) if not d.is_dir()]
     if problems:
         return problems, 0
@@ -126,7 +119,7 @@ def check_dataset(
     """Verify that a dataset's files are in place (existing and non-empty).
 
     Args:
-        dataset: one of ``DATASET_CHOICES``.
+        dataset: a name of ``dcl.layout.DATASETS``.
         root: datasets root (see ``datasets_root``); toy datasets live under ``toy_root(root)``.
         splits: the splits to check.
 
@@ -136,41 +129,41 @@ def check_dataset(
     Raises:
         InputError: listing every missing piece, what to download or run, and where it goes.
     """
-    if dataset not in DATASET_CHOICES:
-        raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_CHOICES)}")
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    spec = DATASETS[dataset]
     splits = list(dict.fromkeys(splits))
-    base_root = toy_root(root) if dataset.startswith("toy_") else datasets_root(root)
+    base_root = toy_root(root) if spec.toy else datasets_root(root)
+    folder = dataset_folder(dataset, root)
     problems: list[str] = []
     found: dict[str, Any] = {}
-    if dataset in ("coco", "toy_coco"):
-        coco = base_root / "coco"
-        year = "2017" if dataset == "coco" else ""
+    if spec.format == "coco":
         for split in splits:
-            split_problems, count = _image_dir_problem(coco / f"{split}{year}", ".jpg")
-            problems += split_problems + _file_problem(coco / "annotations" / f"instances_{split}{year}.json")
+            split_problems, count = _image_dir_problem(folder / spec.images(split), ".jpg")
+            problems += split_problems + _file_problem(folder / spec.annotations(split))
             found[split] = {"images": count}
-        if dataset == "coco":
-            zips = "".join(f"  http://images.cocodataset.org/zips/{split}2017.zip\n" for split in splits)
-            remedy = _COCO_DOWNLOAD.format(coco=coco, zips=zips)
+        if not spec.toy:
+            zips = "".join(f"  http://images.cocodataset.org/zips/{spec.images(split)}.zip\n" for split in splits)
+            remedy = _COCO_DOWNLOAD.format(coco=folder, zips=zips)
         else:
             remedy = f"Create the toy datasets with:\n  dcl data toy --out {base_root}"
     else:
-        cityscapes = base_root / "cityscapes"
+        cityscapes = folder
         for split in splits:
             split_problems, count = _cityscapes_problems(cityscapes, split)
             problems += split_problems
             found[split] = {"images": count}
-        if dataset == "cityscapes":
+        if not spec.toy:
             remedy = _CITYSCAPES_DOWNLOAD.format(cityscapes=cityscapes)
         else:
             # The toy val set is evaluated from its COCO JSON (like the real one, which the
             # workflow converts after this check), and `dcl data toy` writes it.
             if "val" in splits:
-                problems += _file_problem(cityscapes / "annotations" / "instancesonly_filtered_gtFine_val.json")
+                problems += _file_problem(cityscapes / spec.annotations("val"))
             remedy = (
                 f"Create the toy datasets with:\n  dcl data toy --out {base_root}\n"
                 f"(the COCO JSON alone: dcl data cityscapes-to-coco {cityscapes} --split val "
-                f"-o {cityscapes}/annotations/instancesonly_filtered_gtFine_val.json)"
+                f"-o {cityscapes / spec.annotations('val')})"
             )
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
@@ -217,26 +210,26 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
             ``$DCL_TOY_DATASETS``, else ``<root>/toy``.
 
     Returns:
-        The registered names (``REGISTERED_NAMES``).
+        The registered names (``dcl.layout.REGISTERED_NAMES``).
     """
     import dcl.compat  # noqa: F401  (before detectron2)
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
-    from dcl.toydata import COCO_CLASSES, CITYSCAPES_CLASSES
+    from dcl.cityscapes import CATEGORIES as CITYSCAPES_CATEGORIES
+    from dcl.toydata import SHAPE_CLASSES
 
     base, toy = datasets_root(root), toy_root(root)
     cityscapes_meta = _get_builtin_metadata("cityscapes")
-    if cityscapes_meta["thing_classes"] != [c.name for c in CITYSCAPES_CLASSES]:
+    if cityscapes_meta["thing_classes"] != [c["name"] for c in CITYSCAPES_CATEGORIES]:
         raise RuntimeError("detectron2's Cityscapes classes differ from cityscapesscripts' instance classes")
     toy_remedy = f"Create it with: dcl data toy --out {toy}"
-    coco_remedy = f"See `dcl data check --dataset coco --root {base}` for what to download."
-    cityscapes_remedy = f"See `dcl data check --dataset cityscapes --root {base}` for what to download."
 
     # name -> (loader, loader arguments after the dataset name, metadata)
-    def cityscapes_as_coco(cityscapes: Path, remedy: str) -> tuple[Callable, tuple, dict]:
-        json_file = cityscapes / "annotations" / "instancesonly_filtered_gtFine_val.json"
-        image_root = cityscapes / "leftImg8bit" / "val"
+    def cityscapes_as_coco(spec: Dataset, remedy: str) -> tuple[Callable, tuple, dict]:
+        cityscapes = dataset_folder(spec.name, root)
+        json_file = cityscapes / spec.annotations("val")
+        image_root = cityscapes / spec.images("val")
         remedy = f"Create it with: dcl data cityscapes-to-coco {cityscapes} --split val -o {json_file} ({remedy})"
         return (
             _load_coco_json,
@@ -245,18 +238,21 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
                 "json_file": str(json_file),
                 "image_root": str(image_root),
                 "evaluator_type": "coco",
-                "gt_dir": str(cityscapes / "gtFine" / "val"),
+                "gt_dir": str(cityscapes / layout.cityscapes_gt("val")),
                 "thing_classes": list(cityscapes_meta["thing_classes"]),
-                "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CITYSCAPES_CLASSES))},
+                "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CITYSCAPES_CATEGORIES)},
             },
         )
 
-    def coco_json(json_file: Path, image_root: Path, remedy: str, meta: dict) -> tuple[Callable, tuple, dict]:
+    def coco_json(spec: Dataset, split: str, remedy: str, meta: dict) -> tuple[Callable, tuple, dict]:
+        coco = dataset_folder(spec.name, root)
+        json_file, image_root = coco / spec.annotations(split), coco / spec.images(split)
         metadata = {"json_file": str(json_file), "image_root": str(image_root), "evaluator_type": "coco", **meta}
         return _load_coco_json, (json_file, image_root, remedy), metadata
 
-    def cityscapes_raw(cityscapes: Path, split: str, remedy: str) -> tuple[Callable, tuple, dict]:
-        image_dir, gt_dir = cityscapes / "leftImg8bit" / split, cityscapes / "gtFine" / split
+    def cityscapes_raw(spec: Dataset, split: str, remedy: str) -> tuple[Callable, tuple, dict]:
+        cityscapes = dataset_folder(spec.name, root)
+        image_dir, gt_dir = cityscapes / spec.images(split), cityscapes / layout.cityscapes_gt(split)
         metadata = {
             "image_dir": str(image_dir),
             "gt_dir": str(gt_dir),
@@ -265,30 +261,27 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
         }
         return _load_cityscapes, (image_dir, gt_dir, remedy), metadata
 
-    toy_coco_meta = {
-        "thing_classes": [c.name for c in COCO_CLASSES],
-        "thing_dataset_id_to_contiguous_id": {c.dataset_id: i for i, c in enumerate(COCO_CLASSES)},
+    coco_meta = {
+        True: {
+            "thing_classes": [c.name for c in SHAPE_CLASSES],
+            "thing_dataset_id_to_contiguous_id": {c.dataset_id: i for i, c in enumerate(SHAPE_CLASSES)},
+        },
+        False: _get_builtin_metadata("coco"),
     }
-    entries = {
-        f"toy_coco_{split}": coco_json(
-            toy / "coco" / "annotations" / f"instances_{split}.json", toy / "coco" / split, toy_remedy, toy_coco_meta
-        )
-        for split in SPLITS
-    }
-    entries["toy_cityscapes_train"] = cityscapes_raw(toy / "cityscapes", "train", toy_remedy)
-    entries["toy_cityscapes_val"] = cityscapes_as_coco(toy / "cityscapes", f"or: dcl data toy --out {toy}")
-    coco_meta = _get_builtin_metadata("coco")
-    for split in SPLITS:
-        entries[f"coco_2017_{split}"] = coco_json(
-            base / "coco" / "annotations" / f"instances_{split}2017.json",
-            base / "coco" / f"{split}2017",
-            coco_remedy,
-            coco_meta,
-        )
-    entries["cityscapes_fine_instance_seg_train"] = cityscapes_raw(base / "cityscapes", "train", cityscapes_remedy)
-    entries["cityscapes_fine_instance_seg_val"] = cityscapes_as_coco(
-        base / "cityscapes", f"raw data: `dcl data check --dataset cityscapes --root {base}`"
-    )
+    entries = {}
+    for spec in DATASETS.values():
+        check = f"dcl data check --dataset {spec.name} --root {base}"
+        remedy = toy_remedy if spec.toy else f"See `{check}` for what to download."
+        for split in SPLITS:
+            if spec.format == "coco":
+                entry = coco_json(spec, split, remedy, coco_meta[spec.toy])
+            elif split == "train":
+                entry = cityscapes_raw(spec, split, remedy)
+            else:  # val: from its COCO JSON (docs/design.md)
+                entry = cityscapes_as_coco(
+                    spec, f"or: dcl data toy --out {toy}" if spec.toy else f"raw data: `{check}`"
+                )
+            entries[spec.catalog_name(split)] = entry
 
     for name, (loader, loader_args, metadata) in entries.items():
         if name in DatasetCatalog.list():
@@ -400,7 +393,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Verify that a dataset's files exist and are non-empty. On failure, exit 1 with "
         "what is missing, what to download (or run) and where to put it.",
     )
-    check.add_argument("--dataset", required=True, choices=DATASET_CHOICES)
+    check.add_argument("--dataset", required=True, choices=tuple(DATASETS))
     check.add_argument(
         "--root",
         default=None,
@@ -491,10 +484,9 @@ def check_occlusion_subset(path: str | os.PathLike, val_gt: str | os.PathLike) -
 def _run_check(args: argparse.Namespace) -> int:
     summary = check_dataset(args.dataset, args.root, args.splits)
     if args.occlusion_subset:
-        if args.dataset not in ("coco", "toy_coco"):
+        if not DATASETS[args.dataset].occlusion:
             raise InputError("--occlusion-subset is a subset of COCO val: use it with --dataset coco or toy_coco")
-        coco = Path(summary["root"]) / "coco" / "annotations"
-        val_gt = coco / ("instances_val2017.json" if args.dataset == "coco" else "instances_val.json")
+        val_gt = dataset_folder(args.dataset, args.root) / DATASETS[args.dataset].annotations("val")
         summary["occlusion_subset"] = check_occlusion_subset(args.occlusion_subset, val_gt)
         if not summary["occlusion_subset"]["present"]:
             print(

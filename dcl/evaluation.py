@@ -27,6 +27,7 @@ from typing import Any
 
 from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, inputs_on_subset, load_ground_truth, load_predictions
 from dcl.io import InputError, atomic_write_json
+from dcl.names import IOU_TYPES
 
 __all__ = [
     "BACKENDS",
@@ -43,7 +44,6 @@ __all__ = [
 
 BACKENDS = ("faster-coco-eval", "pycocotools")
 DEFAULT_BACKEND = "faster-coco-eval"
-IOU_TYPES = ("segm", "bbox")
 
 EMPTY_PREDICTIONS_WARNING = "the predictions file has no detections: every AP and AR is 0"
 EMPTY_GT_WARNING = "the GT file has no annotations: AP and AR are undefined (null)"
@@ -314,7 +314,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="Cityscapes split of the GT file (default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="eval.json", help="write the results as JSON (atomically)")
     parser.add_argument(
-        "-j",
         "--threads",
         type=int,
         default=1,

@@ -29,8 +29,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from dcl import layout
 from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.io import InputError, atomic_write_json, read_yaml
+from dcl.layout import DATASETS
 
 __all__ = [
     "REPO_ROOT",
@@ -39,15 +41,14 @@ __all__ = [
     "MODEL_HEADS",
     "RESERVED_OVERRIDES",
     "SEED_LIMIT",
-    "DATASETS",
-    "Dataset",
     "Resources",
     "Run",
     "Plan",
     "read_config_file",
     "parse_config_assignment",
     "merge_config",
-    "load_config",
+    "load_workflow_config",
+    "checkout_root",
     "validate_config",
     "format_override_value",
     "add_arguments",
@@ -77,54 +78,11 @@ MODEL_HEADS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
 # Keys the workflow sets itself; an experiment's `overrides` may not, or two places would decide.
 RESERVED_OVERRIDES: dict[str, str] = {
     "SEED": "seeds come from `seeds`",
-    "OUTPUT_DIR": "the workflow puts every run in {work_dir}/{preset}/{experiment}/seed{seed}",
+    "OUTPUT_DIR": f"the workflow puts every run in {{work_dir}}/{{preset}}/{layout.OUTPUT_DIR}",
     "MODEL.WEIGHTS": "use the experiment's `weights` (a name from the `weights` table or a path)",
     "MODEL.ROI_HEADS.NAME": "use `method: dcl` or `method: baseline` (and `model`)",
     "MODEL.ROI_MASK_HEAD.NAME": "use `method: dcl` or `method: baseline` (and `model`)",
 }
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Where a dataset's validation ground truth lives, relative to the datasets root.
-
-    ``legacy_gt``: the GT file the original error-analysis tool used, where it differs from
-    ``gt`` (Cityscapes: Detectron's conversion, ``dcl data cityscapes-to-coco --style detectron``).
-    """
-
-    name: str
-    gt: str
-    cityscapes_root: str | None
-    metric: str
-    toy: bool
-    legacy_gt: str | None = None
-    occlusion: bool = False  # COCO val: also scored on the occlusion subset (COCO-OCC) when there is one
-
-
-DATASETS: dict[str, Dataset] = {
-    "coco": Dataset("coco", "coco/annotations/instances_val2017.json", None, "segm.AP", False, occlusion=True),
-    "cityscapes": Dataset(
-        "cityscapes",
-        "cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-        "cityscapes",
-        "cityscapes.AP",
-        False,
-        "cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json",
-    ),
-    "toy_coco": Dataset("toy_coco", "toy/coco/annotations/instances_val.json", None, "segm.AP", True, occlusion=True),
-    "toy_cityscapes": Dataset(
-        "toy_cityscapes",
-        "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json",
-        "toy/cityscapes",
-        "cityscapes.AP",
-        True,
-        "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json",
-    ),
-}
-
-# The toy occlusion subset, under the datasets root: part of the toy data (`dcl data toy` makes it
-# from the toy COCO val), where the real COCO-OCC file is the user's to download.
-TOY_OCCLUSION_SUBSET = "toy/coco/annotations/instances_occ_val.json"
 
 
 @dataclass(frozen=True)
@@ -163,7 +121,7 @@ class Run:
     @property
     def run_dir(self) -> str:
         """The run's folder relative to ``results/{preset}``."""
-        return f"runs/{self.folder}/seed{self.seed}"
+        return layout.RUN_DIR.format(experiment=self.folder, seed=self.seed)
 
     @property
     def metric(self) -> str:
@@ -227,7 +185,7 @@ def merge_config(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, A
     return base
 
 
-def load_config(paths: Iterable[str | os.PathLike], assignments: Iterable[str] = ()) -> dict[str, Any]:
+def load_workflow_config(paths: Iterable[str | os.PathLike], assignments: Iterable[str] = ()) -> dict[str, Any]:
     """Config files layered in order, then ``KEY=VALUE`` assignments (as ``snakemake
     --configfile A B --config K=V``); not validated yet."""
     config: dict[str, Any] = {}
@@ -384,9 +342,9 @@ class Plan:
         self.weights_dir: str = config["weights_dir"].rstrip("/") or "/"
         self.results: str = f"{config['results_dir'].rstrip('/')}/{self.preset}"
         self.work: str = f"{config['work_dir'].rstrip('/')}/{self.preset}"
-        self.logs: str = f"logs/{self.preset}"
+        self.logs: str = layout.LOGS.format(preset=self.preset)
         self.occlusion_subset: str | None = config.get(
-            "occlusion_subset", f"{self.datasets_root}/coco/instances_occ2017_new.json"
+            "occlusion_subset", f"{self.datasets_root}/{layout.COCO_OCCLUSION_SUBSET}"
         )
         self.published: str | None = (
             None
@@ -634,17 +592,34 @@ class Plan:
         table = {self._download_path(item["url"], name): item["url"] for name, item in self.config["weights"].items()}
         return {path: url for path, url in sorted(table.items()) if path in needed}
 
+    # Path patterns with {experiment} and {seed} (Snakemake wildcards), and their values for a run.
+    @property
+    def run_dir_pattern(self) -> str:
+        """A run's results folder (``run.json``, ``eval.json``, ...)."""
+        return f"{self.results}/{layout.RUN_DIR}"
+
+    @property
+    def output_dir_pattern(self) -> str:
+        """detectron2's OUTPUT_DIR of a run (checkpoints, predictions): in the work directory."""
+        return f"{self.work}/{layout.OUTPUT_DIR}"
+
+    @property
+    def predictions_pattern(self) -> str:
+        return f"{self.output_dir_pattern}/{layout.PREDICTIONS}"
+
     def output_dir(self, run_: Run) -> str:
-        """detectron2's OUTPUT_DIR for a run (checkpoints, predictions): in the work directory."""
-        return f"{self.work}/{run_.folder}/seed{run_.seed}"
+        return self.output_dir_pattern.format(experiment=run_.folder, seed=run_.seed)
 
     def results_dir(self, run_: Run) -> str:
         return f"{self.results}/{run_.run_dir}"
 
+    def predictions(self, run_: Run) -> str:
+        return self.predictions_pattern.format(experiment=run_.folder, seed=run_.seed)
+
     def log_pattern(self, step: str) -> str:
         """The log file of a run's workflow step (``train``, ``inference``, ``evaluate``, ``errors``,
         ``errors_legacy``; or a ``{wildcard}``), with ``{experiment}`` and ``{seed}`` wildcards."""
-        return f"{self.logs}/{step}/{{experiment}}/seed{{seed}}.log"
+        return f"{self.logs}/{layout.LOG.format(step=step, experiment='{experiment}', seed='{seed}')}"
 
     def logs_of(self, run_: Run) -> dict[str, str]:
         """Each workflow step's log file of a run (paths relative to the working directory)."""
@@ -657,9 +632,6 @@ class Plan:
         if os.path.isabs(path) or os.path.isabs(self.results):
             return str(self.working_dir / path)
         return os.path.relpath(path, self.results)
-
-    def predictions(self, run_: Run) -> str:
-        return f"{self.output_dir(run_)}/inference/coco_instances_results.json"
 
     def gt(self, dataset: str) -> str:
         """The validation ground truth (COCO JSON) ``dcl evaluate`` and ``dcl errors`` compare to."""
@@ -678,7 +650,8 @@ class Plan:
         path = self.occlusion_subset
         if path is None or not DATASETS[dataset].occlusion:
             return None
-        made_here = DATASETS[dataset].toy and path == f"{self.datasets_root}/{TOY_OCCLUSION_SUBSET}"
+        toy_subset = f"{self.datasets_root}/{DATASETS[dataset].root_folder}/{layout.TOY_OCCLUSION_SUBSET}"
+        made_here = DATASETS[dataset].toy and path == toy_subset
         return path if made_here or (self.working_dir / path).is_file() else None
 
     def occlusion_document(self) -> dict[str, Any] | None:
@@ -722,8 +695,8 @@ class Plan:
         ]
 
     def train_arguments(self, run_: Run) -> list[str]:
-        """``dcl train`` arguments for a run, without ``--num-gpus`` (the workflow takes that from
-        the job's resources). Training always resumes from the last checkpoint in OUTPUT_DIR, so a
+        """``dcl train`` arguments for a run, without ``--num-gpus`` (see :meth:`train_command`).
+        Training always resumes from the last checkpoint in OUTPUT_DIR, so a
         job that was stopped (time limit, pre-emption, failure) continues when it is re-run."""
         args = ["--config-file", run_.config_file]
         args += ["--eval-only"] if run_.kind == "released" else ["--resume", "--max-chunks", str(self.max_chunks)]
@@ -737,11 +710,19 @@ class Plan:
             args += [key, value]
         return args
 
-    def train_command(self, run_: Run, num_gpus: int | None = None) -> str:
-        """The whole shell command of a run (what the workflow's train rule runs)."""
-        # A CPU run (no GPUs, MODEL.DEVICE cpu) is one worker process.
-        gpus = max(1, run_.resources.gpus) if num_gpus is None else num_gpus
-        words = ["env", *self.environment(), "dcl", "train", "--num-gpus", str(gpus), *self.train_arguments(run_)]
+    def train_command(self, run_: Run, gpus: int | None = None, threads: int | None = None) -> str:
+        """The shell command of a run's training or inference job: what the workflow's train and
+        inference rules run (with their log redirection) and ``dcl plan --commands`` prints.
+
+        Args:
+            gpus, threads: the job's GPUs and CPU threads; default the run's resources (a job's
+                resources, e.g. ``--set-resources train:gpu=2``, may differ).
+        """
+        gpus = run_.resources.gpus if gpus is None else gpus
+        threads = run_.resources.cpus if threads is None else threads
+        # A CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
+        words = ["env", *self.environment(), f"OMP_NUM_THREADS={threads}", "dcl", "train"]
+        words += ["--num-gpus", str(max(1, gpus)), *self.train_arguments(run_)]
         return shlex.join(words)
 
     def document(self) -> dict[str, Any]:
@@ -786,10 +767,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def checkout_root(start: str | os.PathLike | None = None) -> Path:
+    """The checkout a command runs in: the nearest folder at or above ``start`` (default: the
+    working directory) with the workflow's ``Snakefile``, where ``snakemake`` run from there finds
+    the detectron2 configs; else the checkout of this package."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Snakefile").is_file() and (folder / "workflow" / "rules").is_dir():
+            return folder
+    return REPO_ROOT
+
+
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.configs, args.assignments)
+    config = load_workflow_config(args.configs, args.assignments)
     source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
-    plan = Plan(config, source)
+    plan = Plan(config, source, repo_root=checkout_root())
     if args.output:
         atomic_write_json(args.output, plan.document())
     if args.commands:

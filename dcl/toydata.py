@@ -29,8 +29,7 @@ the real ones):
   cityscapesscripts' own ``json2instanceImg``/``json2labelImg`` code, so instance ids are
   ``label_id * 1000 + k`` for instances and the plain label id for group (crowd) regions.
 * ``cityscapes/annotations/instancesonly_filtered_gtFine_{train,val}.json`` (COCO JSON by
-  ``dcl.cityscapes.cityscapes_to_coco``; skipped with a logged note where that module is absent)
-  and ``instancesonly_filtered_gtFine_val.detectron.json`` (Detectron's conversion rules, the
+  ``dcl.cityscapes.cityscapes_to_coco``) and ``instancesonly_filtered_gtFine_val.detectron.json`` (Detectron's conversion rules, the
   original error analysis' GT).
 * ``.dcl-toy.json``: the marker (generator version, arguments, counts). Re-running into a
   directory that has it regenerates the data (byte-identical for the same arguments); a non-empty
@@ -55,10 +54,10 @@ from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_util
-from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
+from dcl import cityscapes, layout
 from dcl.coco import rle_counts
 from dcl.io import InputError, atomic_write_json, read_json
 
@@ -67,7 +66,7 @@ __all__ = [
     "MARKER_NAME",
     "DEFAULT_SIZE",
     "ToyClass",
-    "COCO_CLASSES",
+    "SHAPE_CLASSES",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_CITIES",
     "parse_size",
@@ -82,10 +81,10 @@ GENERATOR_VERSION = 2
 MARKER_NAME = ".dcl-toy.json"
 MARKER_GENERATOR = "dcl.toydata"
 DEFAULT_SIZE = (128, 128)
-OCCLUSION_MIN_OVERLAP = 0.2  # of the toy COCO-OCC (coco/annotations/instances_occ_val.json)
+OCCLUSION_MIN_OVERLAP = 0.2  # of the toy COCO-OCC (layout.TOY_OCCLUSION_SUBSET)
 _TMP_PREFIX = ".dcl-toy-tmp-"
-_SPLITS = ("train", "val")
-_DATASET_KEYS = {"coco": 0, "cityscapes": 1}
+TOY_COCO, TOY_CITYSCAPES = layout.DATASETS["toy_coco"], layout.DATASETS["toy_cityscapes"]
+_DATASET_KEYS = {"coco": 0, "cityscapes": 1}  # in the seed of every image: fixed, whatever the folder names
 CITYSCAPES_CITIES = {"train": "toytown", "val": "toyville"}
 
 
@@ -100,14 +99,15 @@ class ToyClass:
     aspect: tuple[float, float]  # range of width / height
 
 
-COCO_CLASSES: tuple[ToyClass, ...] = (
+# The toy COCO's classes (its category ids 1..3).
+SHAPE_CLASSES: tuple[ToyClass, ...] = (
     ToyClass("disc", 1, "ellipse", (215, 45, 45), (0.75, 1.33)),
     ToyClass("triangle", 2, "triangle", (40, 175, 60), (0.85, 1.2)),
     ToyClass("square", 3, "rectangle", (45, 85, 220), (0.8, 1.25)),
 )
 
-# Shape, image colour and aspect per Cityscapes instance class; names and ids come from
-# cityscapesscripts, in its order (= detectron2's contiguous ids 0..7).
+# Shape, image colour and aspect per Cityscapes instance class; names and ids are the evaluated
+# instance classes of dcl.cityscapes, in its order (= detectron2's contiguous ids 0..7).
 _CITYSCAPES_LOOKS = {
     "person": ("ellipse", (220, 30, 60), (0.45, 0.6)),
     "rider": ("diamond", (255, 140, 0), (0.6, 0.8)),
@@ -119,9 +119,7 @@ _CITYSCAPES_LOOKS = {
     "bicycle": ("cross", (240, 60, 240), (0.9, 1.1)),
 }
 CITYSCAPES_CLASSES: tuple[ToyClass, ...] = tuple(
-    ToyClass(label.name, label.id, *_CITYSCAPES_LOOKS[label.name])
-    for label in CITYSCAPES_LABELS
-    if label.hasInstances and not label.ignoreInEval
+    ToyClass(label.name, label.id, *_CITYSCAPES_LOOKS[label.name]) for label in cityscapes.INSTANCE_LABELS
 )
 
 _ARM = 0.36
@@ -480,7 +478,7 @@ def _coco_spec(height: int, width: int) -> _SceneSpec:
     return _SceneSpec(
         height,
         width,
-        COCO_CLASSES,
+        SHAPE_CLASSES,
         (3, 6),
         (0.19 * side, 0.36 * side),
         int(40 * max(1.0, side / 128) ** 2),
@@ -506,11 +504,11 @@ def _coco_scene(
 
 def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple[int, int]) -> dict[str, int]:
     spec = _coco_spec(*size)
-    image_dir = root / split
+    image_dir = root / layout.coco_images(split)
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
-        rng = np.random.default_rng([seed, _DATASET_KEYS["coco"], _SPLITS.index(split), index])
+        rng = np.random.default_rng([seed, _DATASET_KEYS["coco"], layout.SPLITS.index(split), index])
         picture, ids, objects = _coco_scene(rng, spec, index)
         image_id = index + 1
         file_name = f"{image_id:012d}.jpg"
@@ -546,16 +544,16 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": c.dataset_id, "name": c.name, "supercategory": "shape"} for c in COCO_CLASSES],
+        "categories": [{"id": c.dataset_id, "name": c.name, "supercategory": "shape"} for c in SHAPE_CLASSES],
     }
-    atomic_write_json(root / "annotations" / f"instances_{split}.json", dataset, indent=None)
+    atomic_write_json(root / layout.coco_annotations(split), dataset, indent=None)
     if split == "val":
         # The toy COCO-OCC: its occluded images, renumbered like the real subset.
         from dcl.coco import load_ground_truth, occlusion_subset
 
         subset = occlusion_subset(load_ground_truth(dataset), OCCLUSION_MIN_OVERLAP)
         subset["info"]["description"] = "dcl toy COCO-OCC: the val images with overlapping instances"
-        atomic_write_json(root / "annotations" / "instances_occ_val.json", subset, indent=None)
+        atomic_write_json(root / layout.TOY_OCCLUSION_SUBSET, subset, indent=None)
     crowd = sum(a["iscrowd"] for a in annotations)
     return {"images": len(images), "instances": len(annotations) - crowd, "crowd_regions": crowd}
 
@@ -707,13 +705,13 @@ def _write_cityscapes_split(root: Path, split: str, seed: int, count: int, heigh
 
     spec = _cityscapes_spec(height)
     city = CITYSCAPES_CITIES[split]
-    image_dir = root / "leftImg8bit" / split / city
-    gt_dir = root / "gtFine" / split / city
+    image_dir = root / layout.cityscapes_images(split) / city
+    gt_dir = root / layout.cityscapes_gt(split) / city
     image_dir.mkdir(parents=True, exist_ok=True)
     gt_dir.mkdir(parents=True, exist_ok=True)
     instances = groups = 0
     for index in range(count):
-        rng = np.random.default_rng([seed, _DATASET_KEYS["cityscapes"], _SPLITS.index(split), index])
+        rng = np.random.default_rng([seed, _DATASET_KEYS["cityscapes"], layout.SPLITS.index(split), index])
         picture, ids, objects = _cityscapes_scene(rng, spec, index)
         stem = f"{city}_000000_{index:06d}"
         picture.save(image_dir / f"{stem}_leftImg8bit.png", compress_level=1)  # noisy: hardly compresses
@@ -756,30 +754,12 @@ def _cityscapes_instance_ids(objects: list[_Object]) -> np.ndarray:
     return table
 
 
-def _convert_cityscapes(root: Path, final_root: Path) -> bool:
-    """Write the COCO JSON of both toy Cityscapes splits of ``root`` with ``dcl.cityscapes``;
-    False if that module is not there (yet). ``final_root`` is where ``root`` will be moved."""
-    try:
-        from dcl.cityscapes import cityscapes_to_coco
-    except ImportError as error:
-        if error.name != "dcl.cityscapes":
-            raise
-        logger.warning(
-            "note: dcl.cityscapes is not available, so %s/annotations/"
-            "instancesonly_filtered_gtFine_{train,val}.json were not written "
-            "(`dcl data cityscapes-to-coco` writes them)",
-            final_root,
-        )
-        return False
-    for split in _SPLITS:
-        cityscapes_to_coco(str(root), split, str(root / "annotations" / f"instancesonly_filtered_gtFine_{split}.json"))
-    cityscapes_to_coco(
-        str(root),
-        "val",
-        str(root / "annotations" / "instancesonly_filtered_gtFine_val.detectron.json"),
-        style="detectron",
-    )
-    return True
+def _convert_cityscapes(root: Path) -> None:
+    """Write the COCO JSON of both toy Cityscapes splits of ``root`` (and Detectron's of val)."""
+    for split in layout.SPLITS:
+        cityscapes.cityscapes_to_coco(str(root), split, str(root / layout.cityscapes_coco_json(split)))
+    detectron = layout.cityscapes_coco_json("val", style="detectron")
+    cityscapes.cityscapes_to_coco(str(root), "val", str(root / detectron), style="detectron")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -852,12 +832,15 @@ def generate_toy_datasets(
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
     work = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out))
     try:
-        counts: dict[str, dict[str, Any]] = {"coco": {}, "cityscapes": {}}
-        for split, count in zip(_SPLITS, (num_train, num_val)):
-            counts["coco"][split] = _write_coco_split(work / "coco", split, seed, count, (height, width))
-            counts["cityscapes"][split] = _write_cityscapes_split(work / "cityscapes", split, seed, count, height)
-        converted = _convert_cityscapes(work / "cityscapes", out / "cityscapes")
-        for name in ("coco", "cityscapes"):
+        coco, cityscapes_folder = TOY_COCO.folder, TOY_CITYSCAPES.folder
+        counts: dict[str, dict[str, Any]] = {coco: {}, cityscapes_folder: {}}
+        for split, count in zip(layout.SPLITS, (num_train, num_val)):
+            counts[coco][split] = _write_coco_split(work / coco, split, seed, count, (height, width))
+            counts[cityscapes_folder][split] = _write_cityscapes_split(
+                work / cityscapes_folder, split, seed, count, height
+            )
+        _convert_cityscapes(work / cityscapes_folder)
+        for name in (coco, cityscapes_folder):
             if (out / name).exists():
                 (out / name).rename(work / f"previous-{name}")
             (work / name).rename(out / name)
@@ -869,7 +852,6 @@ def generate_toy_datasets(
             "num_val": num_val,
             "size": [height, width],
             "cityscapes_size": [height, 2 * height],
-            "cityscapes_coco_json": converted,
             "counts": counts,
         }
         atomic_write_json(out / MARKER_NAME, marker)

@@ -18,7 +18,8 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from dcl.cli import main
-from dcl.datasets import REGISTERED_NAMES, check_dataset, datasets_root, register_datasets, toy_root
+from dcl.datasets import check_dataset, datasets_root, register_datasets, toy_root
+from dcl.layout import REGISTERED_NAMES
 from dcl.io import InputError
 from dcl.toydata import generate_toy_datasets
 

@@ -286,14 +286,14 @@ def test_hostile_input_is_one_error_and_writes_nothing(tmp_path, command, change
     assert not list((tmp_path / "outdir").iterdir())
 
 
-@pytest.mark.parametrize("command", ["evaluate", "errors"])
-def test_gt_without_annotations_warns_and_many_workers_are_capped(tmp_path, command):
+@pytest.mark.parametrize("command, parallel", [("evaluate", "--threads"), ("errors", "--workers")])
+def test_gt_without_annotations_warns_and_many_workers_are_capped(tmp_path, command, parallel):
     gt, predictions = small_case()
     gt["annotations"] = []
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(predictions))
     result = subprocess.run(
-        [sys.executable, "-m", "dcl", command, "pred.json", "-a", "gt.json", "-j", "100000", "-o", "out.json"],
+        [sys.executable, "-m", "dcl", command, "pred.json", "-a", "gt.json", parallel, "100000", "-o", "out.json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

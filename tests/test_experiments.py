@@ -21,7 +21,7 @@ import yaml
 from dcl.experiments import (
     Plan,
     format_override_value,
-    load_config,
+    load_workflow_config,
     merge_config,
     parse_config_assignment,
     read_config_file,
@@ -357,9 +357,9 @@ def test_toy_preset_runs_on_the_cpu():
         "DETECTRON2_DATASETS=datasets",
         "DCL_TOY_DATASETS=datasets/toy",
         "DCL_WEIGHTS_DIR=weights",
-        "dcl",
+        "OMP_NUM_THREADS=1",
     ]
-    assert command[5:8] == ["train", "--num-gpus", "1"]
+    assert command[5:9] == ["dcl", "train", "--num-gpus", "1"]
 
 
 def test_global_overrides_come_last_so_they_win():
@@ -574,7 +574,7 @@ def test_config_files_layer_like_snakemake(tmp_path):
     update_config(expected, {"preset": "c"})
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(a))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(b))
-    assert load_config([tmp_path / "a.yaml", tmp_path / "b.yaml"], ["preset=c"]) == expected
+    assert load_workflow_config([tmp_path / "a.yaml", tmp_path / "b.yaml"], ["preset=c"]) == expected
     assert merge_config({"k": [1, 2]}, {"k": [3]}) == {"k": [3]}
 
 
@@ -621,7 +621,7 @@ def test_dcl_plan_prints_the_commands(tmp_path):
     seeds = []
     for line in lines:
         words = shlex.split(line)
-        assert words[4:6] == ["dcl", "train"]
+        assert words[5:7] == ["dcl", "train"]
         assert (
             words[-10:-3] == ["SOLVER.MAX_ITER", "7", "SOLVER.STEPS", "[50]", "SOLVER.WARMUP_ITERS", "20", "SEED"]
             and words[-2] == "OUTPUT_DIR"

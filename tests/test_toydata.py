@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -24,12 +22,13 @@ from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 from scipy import ndimage
 
+import dcl.cityscapes
 from dcl.cli import main
 from dcl.io import InputError
 from dcl.toydata import (
     CITYSCAPES_CITIES,
     CITYSCAPES_CLASSES,
-    COCO_CLASSES,
+    SHAPE_CLASSES,
     MARKER_NAME,
     generate_toy_datasets,
     mask_outlines,
@@ -285,10 +284,10 @@ def test_coco_annotations_match_the_pixels(toy):
                 or [np.zeros_like(masks[0][1])],
                 axis=0,
             )
-            for c in COCO_CLASSES
+            for c in SHAPE_CLASSES
         }
         crowd_mask = np.any([m for a, m in masks if a["iscrowd"]] or [np.zeros_like(masks[0][1])], axis=0)
-        ious += _colour_alignment(pixels, by_class, crowd_mask, [c.colour for c in COCO_CLASSES])
+        ious += _colour_alignment(pixels, by_class, crowd_mask, [c.colour for c in SHAPE_CLASSES])
         union = np.zeros((image["height"], image["width"]), int)
         for ann, mask in masks:
             union += mask
@@ -421,7 +420,7 @@ def test_cityscapes_classes_are_cityscapesscripts_instance_classes():
         ("bicycle", 33),
     ]
     assert len({c.shape for c in CITYSCAPES_CLASSES}) == 8 and len({c.colour for c in CITYSCAPES_CLASSES}) == 8
-    assert len({c.shape for c in COCO_CLASSES}) == 3
+    assert len({c.shape for c in SHAPE_CLASSES}) == 3
 
 
 def test_cityscapes_readable_by_detectron2_loader_in_both_modes(toy):
@@ -538,7 +537,6 @@ def test_marker_counts_match_the_files(toy):
 
 def test_toy_cityscapes_coco_json_written_by_dcl_cityscapes(toy):
     marker = json.loads((toy / MARKER_NAME).read_text())
-    assert marker["cityscapes_coco_json"] is True
     for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
         coco = COCO(str(toy / "cityscapes" / "annotations" / f"instancesonly_filtered_gtFine_{split}.json"))
         assert len(coco.getImgIds()) == count
@@ -556,23 +554,12 @@ def test_conversion_hook_calls_dcl_cityscapes(tmp_path, monkeypatch):
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({"split": split}))
 
-    fake = types.ModuleType("dcl.cityscapes")
-    fake.cityscapes_to_coco = cityscapes_to_coco
-    monkeypatch.setitem(sys.modules, "dcl.cityscapes", fake)
-    marker = generate_toy_datasets(tmp_path, num_train=1, num_val=1)
+    monkeypatch.setattr(dcl.cityscapes, "cityscapes_to_coco", cityscapes_to_coco)
+    generate_toy_datasets(tmp_path, num_train=1, num_val=1)
     assert calls == [
         ("cityscapes", "train", "instancesonly_filtered_gtFine_train.json", "default"),
         ("cityscapes", "val", "instancesonly_filtered_gtFine_val.json", "default"),
         ("cityscapes", "val", "instancesonly_filtered_gtFine_val.detectron.json", "detectron"),
     ]
-    assert marker["cityscapes_coco_json"] is True
     written = tmp_path / "cityscapes" / "annotations" / "instancesonly_filtered_gtFine_val.json"
     assert json.loads(written.read_text()) == {"split": "val"}
-
-
-def test_conversion_hook_skips_with_a_note_without_dcl_cityscapes(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "dcl.cityscapes", None)  # import fails as if absent
-    marker = generate_toy_datasets(tmp_path, num_train=1, num_val=1)
-    assert marker["cityscapes_coco_json"] is False
-    assert not (tmp_path / "cityscapes" / "annotations").exists()
-    assert "dcl.cityscapes is not available" in caplog.text

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from instance_fixtures import run_dcl
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,11 +69,28 @@ def dry_run_jobs(output: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the paper, dry
 @pytest.fixture(scope="module")
-def paper_dry_run(tmp_path_factory):
-    """`snakemake -n -p --profile slurm` of the paper config, without any data, as on a login node."""
-    workdir = tmp_path_factory.mktemp("paper")
+def paper_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("paper")
+
+
+@pytest.fixture(scope="module")
+def paper_dry_run(paper_workdir):
+    """`snakemake -n -p --profile slurm` of the paper config, without any data, as on a login node.
+    ``--cores 16``: a dry run shows each job's threads capped at --cores, a Slurm job gets all of
+    its cpus_per_task (16)."""
     env = {**ENV, "SBATCH_PARTITION": "gpuq", "SBATCH_ACCOUNT": "dcl-project"}
-    result = snakemake("--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p", cwd=workdir, env=env)
+    result = snakemake(
+        "--snakefile",
+        REPO / "Snakefile",
+        "--profile",
+        REPO / "slurm",
+        "-n",
+        "-p",
+        "--cores",
+        "16",
+        cwd=paper_workdir,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -117,8 +135,7 @@ def test_paper_training_jobs_ask_for_the_recipe_resources(paper_dry_run):
 
 
 def test_paper_training_command_lines(paper_dry_run):
-    # OMP_NUM_THREADS is the job's threads: in a dry run Snakemake shows them capped at --cores
-    # (1); a Slurm job gets its cpus_per_task (checked above).
+    # OMP_NUM_THREADS is the job's threads (its cpus_per_task, checked above).
     commands = {
         (j["wildcards"]["experiment"], j["wildcards"]["seed"]): re.sub(r" OMP_NUM_THREADS=\d+", "", j["shell"])
         for j in dry_run_jobs(paper_dry_run)
@@ -166,6 +183,16 @@ def test_paper_training_command_lines(paper_dry_run):
         released[released.index("MODEL.WEIGHTS") + 1]
         == "weights/cloud.tsinghua.edu.cn/f/4298adf3b07441188430/checkpoint.pth"
     )
+
+
+def test_dcl_plan_commands_are_what_the_rules_run(paper_dry_run, paper_workdir):
+    """`dcl plan --commands`, run where Snakemake ran, prints each training and inference job's
+    command exactly (the rules add only `exec` and the log redirection)."""
+    jobs = [j for j in dry_run_jobs(paper_dry_run) if j["rule"] in ("train", "inference")]
+    ran = sorted(re.fullmatch(r"exec (.*) > \S+ 2>&1", j["shell"]).group(1) for j in jobs)
+    result = run_dcl("plan", REPO / "configs" / "paper.yaml", "--commands", cwd=paper_workdir)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ran and len(ran) == 67
 
 
 def test_paper_evaluation_and_error_commands(paper_dry_run):

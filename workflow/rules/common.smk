@@ -9,8 +9,10 @@ import sys
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
-from dcl.experiments import DATASETS, Plan
+from dcl import layout
+from dcl.experiments import Plan
 from dcl.io import InputError
+from dcl.layout import DATASETS
 from dcl.slurm import stop_signal_option
 
 
@@ -52,12 +54,12 @@ WORK = PLAN.work
 LOGS = PLAN.logs
 ROOT = PLAN.datasets_root
 WEIGHTS = PLAN.weights_dir
-RUN_DIR = f"{RESULTS}/runs/{{experiment}}/seed{{seed}}"
-OUTPUT_DIR = f"{WORK}/{{experiment}}/seed{{seed}}"
-PREDICTIONS = f"{OUTPUT_DIR}/inference/coco_instances_results.json"
+RUN_DIR = PLAN.run_dir_pattern
+PREDICTIONS = PLAN.predictions_pattern
 # Every dcl call sees the config's datasets root, whatever the calling shell exports.
 # Shell commands quote every placeholder that can hold user text: paths as {...:q}, and params
-# built here (DCL_ENV, argument lists) with shlex, so a config path is one word, never shell code.
+# built here (DCL_ENV, argument lists, commands) with shlex, so a config path is one word, never
+# shell code.
 DCL_ENV = shlex.join(["env", *PLAN.environment()])
 
 
@@ -143,11 +145,7 @@ def subset_options(wildcards):
 def run_outputs(run):
     """The files one run folder holds when the run is complete."""
     folder = PLAN.results_dir(run)
-    names = ["run.json", "eval.json", "errors.json", "errors_legacy.json"]
-    if PLAN.occlusion_gt(run.dataset):
-        names += ["eval_occ.json", "errors_occ.json", "errors_legacy_occ.json"]
-    if run.kind == "train":
-        names.append("metrics.json")
+    names = layout.run_files(run.kind, occlusion=PLAN.occlusion_gt(run.dataset) is not None)
     return [f"{folder}/{name}" for name in names]
 
 

@@ -15,7 +15,7 @@ rule errors:
     log:
         PLAN.log_pattern("{analysis}"),
     wildcard_constraints:
-        analysis="errors|errors_legacy|errors_occ|errors_legacy_occ",
+        analysis=_alternatives([*layout.ERROR_ANALYSES, *map(layout.on_occlusion, layout.ERROR_ANALYSES)]),
     conda:
         "../envs/dcl.yaml"
     threads: 1

@@ -6,7 +6,7 @@ rule evaluate:
     input:
         unpack(evaluation_inputs),
     output:
-        f"{RUN_DIR}/eval.json",
+        f"{RUN_DIR}/{layout.EVALUATION}.json",
     log:
         PLAN.log_pattern("evaluate"),
     conda:
@@ -16,7 +16,7 @@ rule evaluate:
         gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),
         options=lambda wildcards: PLAN.evaluate_options(run_of(wildcards)),
     shell:
-        "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} -j {threads} -o {output:q} > {log:q} 2>&1"
+        "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} --threads {threads} -o {output:q} > {log:q} 2>&1"
 
 
 # COCO runs on the occlusion subset (COCO-OCC), from the val predictions: no extra inference.
@@ -25,9 +25,9 @@ use rule evaluate as evaluate_occ with:
     input:
         unpack(occlusion_inputs),
     output:
-        f"{RUN_DIR}/eval_occ.json",
+        f"{RUN_DIR}/{layout.on_occlusion(layout.EVALUATION)}.json",
     log:
-        f"{LOGS}/evaluate_occ/{{experiment}}/seed{{seed}}.log",
+        PLAN.log_pattern("evaluate_occ"),
     params:
         gt=lambda wildcards: PLAN.occlusion_gt(run_of(wildcards).dataset),
         options=lambda wildcards: " ".join(

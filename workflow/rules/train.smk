@@ -1,5 +1,6 @@
 # Training (one job per experiment x seed) and inference of released checkpoints. The command
-# line comes from dcl.experiments.Plan.train_arguments; --num-gpus from the job's resources.
+# is dcl.experiments.Plan.train_command (what `dcl plan --commands` prints), with --num-gpus and
+# OMP_NUM_THREADS from the job's resources and threads.
 #
 # Stopping and resuming: `dcl train` checkpoints and exits 75 on SIGTERM/SIGUSR1/SIGINT, and every
 # training command passes --resume, so a re-run continues from OUTPUT_DIR's last checkpoint: in a
@@ -27,8 +28,8 @@ rule train:
     input:
         unpack(model_inputs),
     output:
-        run=f"{RUN_DIR}/run.json",
-        metrics=f"{RUN_DIR}/metrics.json",
+        run=f"{RUN_DIR}/{layout.RUN_RECORD}",
+        metrics=f"{RUN_DIR}/{layout.TRAINING_METRICS}",
         predictions=PREDICTIONS,
     log:
         PLAN.log_pattern("train"),
@@ -45,12 +46,11 @@ rule train:
         **RUN_RESOURCES,
         slurm_extra=lambda wildcards: stop_signal_option(run_of(wildcards).resources.runtime),
     params:
-        env=DCL_ENV,
-        # GPUs of the job; a CPU run (gpu=0, MODEL.DEVICE cpu) is one worker process.
-        num_gpus=lambda wildcards, resources: max(1, resources.gpu),
-        args=lambda wildcards: shlex.join(PLAN.train_arguments(run_of(wildcards))),
+        command=lambda wildcards, resources, threads: PLAN.train_command(
+            run_of(wildcards), gpus=resources.gpu, threads=threads
+        ),
     shell:
-        "exec {params.env} OMP_NUM_THREADS={threads} dcl train --num-gpus {params.num_gpus} {params.args} > {log:q} 2>&1"
+        "exec {params.command} > {log:q} 2>&1"
 
 
 # Released checkpoints: the same command, which for them is `dcl train --eval-only` and writes
@@ -59,7 +59,7 @@ rule train:
 use rule train as inference with:
     """Evaluate a released checkpoint without training (dcl train --eval-only)."""
     output:
-        run=f"{RUN_DIR}/run.json",
+        run=f"{RUN_DIR}/{layout.RUN_RECORD}",
         predictions=PREDICTIONS,
     log:
         PLAN.log_pattern("inference"),
