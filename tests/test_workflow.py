@@ -67,6 +67,13 @@ def dry_run_jobs(output: str) -> list[dict]:
     return jobs
 
 
+def slurm_dry_run(*args, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """`snakemake -n -p --profile slurm` of this checkout's workflow, run in ``cwd``."""
+    return snakemake(
+        "--snakefile", REPO / "Snakefile", "--profile", REPO / "slurm", "-n", "-p", *args, cwd=cwd, env=env
+    )
+
+
 # ----------------------------------------------------------------------------- the paper, dry
 @pytest.fixture(scope="module")
 def paper_workdir(tmp_path_factory):
@@ -79,18 +86,7 @@ def paper_dry_run(paper_workdir):
     ``--cores 16``: a dry run shows each job's threads capped at --cores, a Slurm job gets all of
     its cpus_per_task (16)."""
     env = {**ENV, "SBATCH_PARTITION": "gpuq", "SBATCH_ACCOUNT": "dcl-project"}
-    result = snakemake(
-        "--snakefile",
-        REPO / "Snakefile",
-        "--profile",
-        REPO / "slurm",
-        "-n",
-        "-p",
-        "--cores",
-        "16",
-        cwd=paper_workdir,
-        env=env,
-    )
+    result = slurm_dry_run("--cores", "16", cwd=paper_workdir, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -246,16 +242,7 @@ def test_coco_runs_are_also_scored_on_coco_occ_when_it_is_there(tmp_path):
 
     (tmp_path / "datasets" / "coco").mkdir(parents=True)
     (tmp_path / "datasets" / "coco" / "instances_occ2017_new.json").write_text("{}")
-    result = snakemake(
-        "--snakefile",
-        REPO / "Snakefile",
-        "--profile",
-        REPO / "slurm",
-        "-n",
-        "-p",
-        cwd=tmp_path,
-        env={**ENV, "SBATCH_PARTITION": "gpuq"},
-    )
+    result = slurm_dry_run(cwd=tmp_path, env={**ENV, "SBATCH_PARTITION": "gpuq"})
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = dry_run_jobs(result.stdout + result.stderr)
     plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=tmp_path)
