@@ -236,3 +236,19 @@ def assert_stats_close(actual: dict, expected: dict, tol: float = 1e-9) -> None:
 def run_dcl(*args, cwd=None) -> subprocess.CompletedProcess:
     """``python -m dcl ARGS`` (each str()-ed) in a subprocess, its output captured as text."""
     return subprocess.run([sys.executable, "-m", "dcl", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_nested_close(actual, expected, rtol, atol=0.0, where="results"):
+    """Same keys and lengths, floats equal to ``rtol`` / ``atol`` (NaN equals NaN), the rest equal."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), where
+        for key in expected:
+            assert_nested_close(actual[key], expected[key], rtol, atol, f"{where}[{key!r}]")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_nested_close(a, e, rtol, atol, f"{where}[{index}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=rtol, abs=atol, nan_ok=True), f"{where}: {actual} vs {expected}"
+    else:  # None (NaN in JSON), strings, integers
+        assert actual == expected, f"{where}: {actual} vs {expected}"

@@ -19,6 +19,7 @@ import pytest
 from dcl.io import read_json
 from dcl.launch import free_local_url
 from dcl.preemption import EXIT_INTERRUPTED
+from instance_fixtures import assert_nested_close
 
 pytestmark = pytest.mark.e2e
 
@@ -125,22 +126,6 @@ def probe(probe_dir, rank):
 
 def assert_close(actual, expected, rtol, what):
     assert abs(actual - expected) <= rtol * abs(expected), f"{what}: {actual} vs {expected} (rtol {rtol})"
-
-
-def assert_nested_close(actual, expected, rtol, where="results"):
-    """Same keys and lengths, floats equal to ``rtol`` (NaN equals NaN), the rest equal."""
-    if isinstance(expected, dict):
-        assert isinstance(actual, dict) and set(actual) == set(expected), where
-        for key in expected:
-            assert_nested_close(actual[key], expected[key], rtol, f"{where}[{key!r}]")
-    elif isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), where
-        for index, (a, e) in enumerate(zip(actual, expected)):
-            assert_nested_close(a, e, rtol, f"{where}[{index}]")
-    elif isinstance(expected, float):
-        assert actual == pytest.approx(expected, rel=rtol, nan_ok=True), f"{where}: {actual} vs {expected}"
-    else:  # None (NaN in JSON), strings, integers
-        assert actual == expected, f"{where}: {actual} vs {expected}"
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from dcl.io import read_json
+from instance_fixtures import assert_nested_close
 
 pytestmark = pytest.mark.slurm
 
@@ -943,15 +944,8 @@ def test_a_slurm_step_of_two_tasks_trains_as_two_machines(slurm_cluster, toy_dat
         return {key: value for key, value in last.items() if key.startswith("loss_") or key == "total_loss"}
 
     reference = last_losses(tmp_path / "local")
-    assert reference and last_losses(out) == pytest.approx(reference, rel=1e-4)
+    assert reference
+    assert_nested_close(last_losses(out), reference, 1e-4, where="losses")
     evaluation = read_json(out / "inference" / "detectron2_eval.json")["toy_coco_val"]
     expected = read_json(tmp_path / "local" / "inference" / "detectron2_eval.json")["toy_coco_val"]
-    assert {task: set(values) for task, values in evaluation.items()} == {
-        task: set(values) for task, values in expected.items()
-    }
-    for task, values in expected.items():
-        for metric, value in values.items():  # None: a COCO -1 (no GT of that size)
-            assert evaluation[task][metric] == (None if value is None else pytest.approx(value, rel=1e-3, abs=1e-3)), (
-                task,
-                metric,
-            )
+    assert_nested_close(evaluation, expected, 1e-3, 1e-3, where="evaluation")  # None: a COCO -1 (no GT of that size)
