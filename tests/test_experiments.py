@@ -12,12 +12,14 @@ import ast
 import copy
 import json
 import shlex
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
+from dcl import experiments
 from dcl.experiments import (
     Plan,
     format_override_value,
@@ -628,6 +630,23 @@ def test_dcl_plan_prints_the_commands(tmp_path):
         )  # in key order
         seeds.append(words[-3])
     assert Counter(seeds) == {"0": 7, "1": 4}
+
+
+def test_dcl_plan_resolves_configs_in_the_checkout_it_runs_in(tmp_path):
+    """In another checkout (a copy with its own configs), the commands name that checkout's
+    detectron2 configs, as its Snakefile's rules do, not those of the installed package."""
+    checkout = tmp_path / "clone"
+    shutil.copytree(REPO / "configs", checkout / "configs")
+    shutil.copy(REPO / "Snakefile", checkout / "Snakefile")
+    (checkout / "workflow" / "rules").mkdir(parents=True)
+    (checkout / "results").mkdir()
+    shutil.copy(REPO / "results" / "published.yaml", checkout / "results")
+    result = run_dcl("plan", "../configs/toy.yaml", "--commands", cwd=checkout / "results")
+    assert result.returncode == 0, result.stderr
+    config_files = {words[words.index("--config-file") + 1] for words in map(shlex.split, result.stdout.splitlines())}
+    assert config_files and all(Path(f).is_relative_to(checkout / "configs") for f in config_files), config_files
+    assert experiments.checkout_root(checkout / "results") == checkout
+    assert experiments.checkout_root(tmp_path) == REPO
 
 
 def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):
