@@ -37,6 +37,7 @@ from dcl.io import (
     remove_stale_temporaries,
     staging_directory,
 )
+from dcl.layout import INFERENCE_DIR, TRAINING_METRICS
 from dcl.preemption import StopHook, StopSignal, agreed
 from dcl.runrecord import RUN_RECORD, RunRecord
 from dcl.sampler import LazyLoader, ResumableTrainingSampler, build_train_loader, sample_seed
@@ -191,7 +192,7 @@ def prepare_output_dir(output_dir: Path) -> None:
         return
     for path in remove_stale_temporaries(output_dir):
         logger.warning("removed %s, left by an interrupted write", path)
-    metrics = output_dir / "metrics.json"
+    metrics = output_dir / TRAINING_METRICS
     if metrics.is_file():
         with open(metrics, "rb+") as f:
             data = f.read()
@@ -209,12 +210,12 @@ def prepare_output_dir(output_dir: Path) -> None:
 # ----------------------------------------------------------------------------- trainer
 
 
-def _inference_dir(cfg: CfgNode, dataset_name: str, folder: str = "inference") -> Path:
+def _inference_dir(cfg: CfgNode, dataset_name: str, folder: str = INFERENCE_DIR) -> Path:
     base = Path(cfg.OUTPUT_DIR) / folder
     return base if len(cfg.DATASETS.TEST) <= 1 else base / dataset_name
 
 
-def _eval_results_path(cfg: CfgNode, folder: str = "inference") -> Path:
+def _eval_results_path(cfg: CfgNode, folder: str = INFERENCE_DIR) -> Path:
     return Path(cfg.OUTPUT_DIR) / folder / EVAL_RESULTS
 
 
@@ -299,7 +300,7 @@ class Trainer(DefaultTrainer):
         return self.evaluate(cfg, model, self.stop, evaluators)
 
     @classmethod
-    def evaluate(cls, cfg: CfgNode, model, stop: StopSignal, evaluators=None, folder: str = "inference"):
+    def evaluate(cls, cfg: CfgNode, model, stop: StopSignal, evaluators=None, folder: str = INFERENCE_DIR):
         """detectron2's ``DefaultTrainer.test`` on ``DATASETS.TEST``, writing
         ``<folder>/detectron2_eval.json``; skipped (returns {}) once ``stop`` was received,
         interruptible by it while it runs."""
@@ -410,7 +411,7 @@ def copy_results(cfg: CfgNode, record_path: Path, results_dir: str, eval_only: b
         (_eval_results_path(cfg), EVAL_RESULTS),
     ]
     if not eval_only:
-        files.append((Path(cfg.OUTPUT_DIR) / "metrics.json", "metrics.json"))
+        files.append((Path(cfg.OUTPUT_DIR) / TRAINING_METRICS, TRAINING_METRICS))
     for source, name in files:
         if source.is_file():
             with atomic_path(Path(results_dir) / name) as tmp:

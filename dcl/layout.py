@@ -27,8 +27,10 @@ __all__ = [
     "Dataset",
     "DATASETS",
     "REGISTERED_NAMES",
+    "EXPERIMENTS",
     "RUN_DIR",
     "OUTPUT_DIR",
+    "INFERENCE_DIR",
     "PREDICTIONS",
     "RUN_RECORD",
     "TRAINING_METRICS",
@@ -143,12 +145,16 @@ REGISTERED_NAMES = tuple(dataset.catalog_name(split) for dataset in DATASETS.val
 
 
 # ----------------------------------------------------------------------------- run folders
+# Within results/{preset}: the list of runs the report expects (dcl plan).
+EXPERIMENTS = "experiments.json"
 # Patterns with {experiment} and {seed}: a run's results folder (relative to results/{preset}) and
 # its detectron2 OUTPUT_DIR (checkpoints, predictions; relative to work/{preset}).
 RUN_DIR = "runs/{experiment}/seed{seed}"
 OUTPUT_DIR = "{experiment}/seed{seed}"
-# Within OUTPUT_DIR: the predictions detectron2's COCOEvaluator writes (COCO result JSON).
-PREDICTIONS = "inference/coco_instances_results.json"
+# Within OUTPUT_DIR: train_net.py's evaluation folder, and in it the predictions detectron2's
+# COCOEvaluator writes (COCO result JSON).
+INFERENCE_DIR = "inference"
+PREDICTIONS = f"{INFERENCE_DIR}/coco_instances_results.json"
 RUN_RECORD = "run.json"
 TRAINING_METRICS = "metrics.json"
 # The analyses of a run's predictions, each written to {name}.json in the run folder: the

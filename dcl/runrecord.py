@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dcl.io import InputError, atomic_write_json, read_json
+from dcl.layout import INFERENCE_DIR, RUN_RECORD
 
 __all__ = [
     "RUN_RECORD",
@@ -42,8 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("dcl.runrecord")
-
-RUN_RECORD = "run.json"
 
 
 def now() -> str:
@@ -132,7 +131,7 @@ def record_path(output_dir: Path, eval_only: bool) -> Path:
     if eval_only and path.is_file():
         try:
             if read_json(path, "run record").get("mode") == "train":
-                return output_dir / "inference" / RUN_RECORD
+                return output_dir / INFERENCE_DIR / RUN_RECORD
         except InputError:
             pass
     return path

@@ -154,4 +154,4 @@ def all_run_outputs():
 
 
 def final_outputs():
-    return [f"{RESULTS}/experiments.json", f"{RESULTS}/README.md"]
+    return [f"{RESULTS}/{layout.EXPERIMENTS}", f"{RESULTS}/README.md"]

@@ -9,7 +9,7 @@ REPORT_ARGS = shlex.join(
     [
         RESULTS,
         "--experiments",
-        f"{RESULTS}/experiments.json",
+        f"{RESULTS}/{layout.EXPERIMENTS}",
         *(["--published", PLAN.published] if PLAN.published else []),
     ]
 )
@@ -20,7 +20,7 @@ rule plan:
 
     # Rewritten when the expanded run list (its digest: a rerun trigger) or the config sources change.
     output:
-        f"{RESULTS}/experiments.json",
+        f"{RESULTS}/{layout.EXPERIMENTS}",
     log:
         f"{LOGS}/plan.log",
     localrule: True
@@ -37,7 +37,7 @@ rule plan:
 rule report:
     """Tables, figures and the results README from every run (dcl report)."""
     input:
-        experiments=f"{RESULTS}/experiments.json",
+        experiments=f"{RESULTS}/{layout.EXPERIMENTS}",
         runs=all_run_outputs(),
         published=PLAN.published or [],
     output:
@@ -77,7 +77,7 @@ onerror:
     # Some job failed (with keep-going, once every other job has ended): the report rule did not
     # run, so write the tables, figures and README of everything that finished, each failed run
     # listed with its reason and log. Through this Snakemake's Python, which imports dcl already.
-    if os.path.exists(f"{RESULTS}/experiments.json"):
+    if os.path.exists(f"{RESULTS}/{layout.EXPERIMENTS}"):
         log, readme = shlex.quote(f"{LOGS}/report.log"), shlex.quote(f"{RESULTS}/README.md")
         shell(
             f"mkdir -p {shlex.quote(LOGS)} && {shlex.quote(sys.executable)} -m dcl report {REPORT_ARGS} > {log} 2>&1 "
