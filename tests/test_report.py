@@ -78,7 +78,7 @@ def errors_record(gains, legacy, baseline_ap=30.0):
     return {
         "gt": "gt.json",
         "predictions": "p.json",
-        "iou_type": "seg",
+        "iou_type": "segm",
         "legacy_unmatched": legacy,
         "types": list(gains),
         "baseline": {"AP": baseline_ap},
