@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
+from dcl import names
 from dcl.io import InputError, read_json, read_yaml
 from dcl.runrecord import RUN_RECORD, describe_progress, progress, read_record
 
@@ -52,8 +53,8 @@ FAMILY_STATS: dict[str, tuple[str, ...]] = {
 # Inventory statuses, best first.
 STATUSES = ("finished", "running", "incomplete", "failed", "missing")
 KINDS = ("train", "released")
-METHODS = ("baseline", "dcl")
-GROUPS = ("main", "released", "ablation")
+METHODS = tuple(names.METHODS)
+GROUPS = names.GROUPS
 RUN_STATES = ("running", "finished", "failed", "interrupted")
 # detectron2 metrics.json scalars the training-curve figure draws.
 TRAINING_KEYS = ("total_loss", "loss_mask", "loss_contrast", "lr")

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from dcl import names
 from dcl.report.analysis import (
     CONFIDENCE,
     PAIRED_TEST,
@@ -54,25 +55,22 @@ __all__ = [
 DASH = "—"  # no data
 MARK = "†"  # fewer seeds than configured
 COCO_AP_MARK = "*"  # a Cityscapes number published as COCO-style AP, not the official metric
-DATASET_NAMES = {"cityscapes": "Cityscapes", "coco": "COCO", "toy_cityscapes": "Toy Cityscapes", "toy_coco": "Toy COCO"}
-INIT_NAMES = {"imagenet": "ImageNet", "coco": "COCO", "scratch": "scratch"}
-METHOD_NAMES = {"baseline": "Baseline", "dcl": "DCL"}
-# Detector families (experiments.json's `model`); rows of those other than Mask R-CNN carry the name.
-MODEL_NAMES = {"mask_rcnn": "Mask R-CNN", "refinemask": "RefineMask"}
 FAMILY_NAMES = {"cityscapes": "Cityscapes", "segm": "COCO mask", "bbox": "COCO box"}
 SEEDS_NOTE = f"{MARK} fewer seeds have results than configured; see the run inventory for why."
 
 
+# Display labels come from dcl.names; a name it does not know is shown as it is.
 def dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
+    return names.DATASETS.get(dataset, dataset)
 
 
 def init_name(init: str) -> str:
-    return INIT_NAMES.get(init, init)
+    return names.INITS.get(init, init)
 
 
 def model_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
+    """Detector families (experiments.json's `model`); rows of those other than Mask R-CNN carry the name."""
+    return names.MODELS.get(model, model)
 
 
 def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> str:
@@ -80,7 +78,7 @@ def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> s
     ``named``: Mask R-CNN's too (``Mask R-CNN`` / ``Mask R-CNN + DCL``), for rows beside other detectors."""
     if model != "mask_rcnn" or named:
         return model_name(model) + (" + DCL" if method == "dcl" else "")
-    return METHOD_NAMES.get(method, method)
+    return names.METHODS.get(method, method)
 
 
 def metric_name(metric: str) -> str:
