@@ -1330,3 +1330,13 @@ def test_a_seed_without_the_metric_cannot_be_judged_and_the_row_keeps_its_experi
     (row,) = reproduction([entry], [experiment])
     assert (row.verdict, row.reason) == ("cannot be judged", "eval.json of seed 1 has no cityscapes.AP")
     assert row.experiment is experiment
+
+
+def test_output_names_import_without_pandas_or_matplotlib():
+    """The Snakefile reads the table and figure names on a login node: plain data, no heavy imports."""
+    code = (
+        "import sys; from dcl.report import FIGURE_NAMES, TABLE_NAMES; "
+        "print(list(TABLE_NAMES), list(FIGURE_NAMES), sorted({'matplotlib', 'pandas', 'scipy'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"{list(TABLES)} {list(FIGURES)} []"
