@@ -156,13 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
     )
-    parser.add_argument(
-        "--experiments",
-        metavar="PATH",
-        type=Path,
-        default=None,
-        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
-    )
+    inputs.add_experiments_argument(parser)
     parser.add_argument(
         "--published",
         metavar="PATH",
