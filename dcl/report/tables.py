@@ -799,10 +799,10 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
     def summary(side: str) -> Callable[[Comparison], Summary]:
         return lambda c: getattr(c, side).summary(c.metric)
 
-    def summary_columns(side: str, header: str) -> list[Column]:
+    def summary_columns(side: str) -> list[Column]:
         of = summary(side)
         return [
-            Column(side, header, "r", text=lambda c: f"{fmt_summary(of(c))} (n={of(c).n})"),
+            Column(side, method_name(side), "r", text=lambda c: f"{fmt_summary(of(c))} (n={of(c).n})"),
             *[_raw(f"{side}_{stat}", lambda c, stat=stat: getattr(of(c), stat)) for stat in ("mean", "std", "n")],
         ]
 
@@ -815,8 +815,8 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         _raw("dcl_experiment", lambda c: c.dcl.name),
         # short: the dataset is beside it, in the part's title
         Column("metric", "Metric", value=lambda c: c.metric, fmt=short_metric_name),
-        *summary_columns("baseline", "Baseline"),
-        *summary_columns("dcl", "DCL"),
+        *summary_columns("baseline"),
+        *summary_columns("dcl"),
         *_difference_columns(lambda c: c.difference),
         _raw("paired_seeds", lambda c: " ".join(str(s) for s in c.difference.seeds)),
     ]
