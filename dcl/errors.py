@@ -65,7 +65,7 @@ from dcl.evaluation import (
     usable_cpus,
 )
 from dcl.io import InputError
-from dcl.names import IOU_TYPES
+from dcl.names import ERROR_KINDS, IOU_TYPES
 
 __all__ = [
     "ERROR_KINDS",
@@ -80,8 +80,8 @@ __all__ = [
     "run",
 ]
 
-ERROR_KINDS = ("fFP", "bFP", "FN")
-DEFAULT_TYPES = ("fFP", "bFP", "FN")
+# ERROR_KINDS (re-exported from dcl.names): the single kinds; by default each is removed on its own.
+DEFAULT_TYPES = ERROR_KINDS
 MATCH_IOU = 0.1
 
 EMPTY_PREDICTIONS_WARNING = "the predictions file has no detections: every AP and AR is 0, nothing to fix"

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dcl.io import InputError
-from dcl.report.inputs import ExpectedRun, load_experiments, run_log
+from dcl.report.inputs import ExpectedRun, add_experiments_argument, load_experiments, run_log
 from dcl.runrecord import RUN_RECORD, Progress, format_duration, now, progress, read_record
 
 __all__ = ["STATES", "RunStatus", "SlurmJob", "add_arguments", "collect", "run", "run_status", "squeue_jobs"]
@@ -300,13 +300,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="results/{preset} (default: the only results/*/ with an experiments.json)",
     )
-    parser.add_argument(
-        "--experiments",
-        metavar="PATH",
-        type=Path,
-        default=None,
-        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
-    )
+    add_experiments_argument(parser)
     parser.add_argument(
         "--watch",
         metavar="SECONDS",

@@ -26,7 +26,7 @@ from dcl import cli
 from dcl.io import InputError
 from dcl.report import build_report, inputs
 from dcl.report.analysis import error_types, paired_difference, summarize
-from dcl.report.tables import latex_escape
+from dcl.report.tables import Column, flat_table, latex_escape, to_csv
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published.yaml"
@@ -326,6 +326,23 @@ def test_error_type_order_and_latex_escape():
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{} \$ $\pm$ $-$ $\Delta$ "
         r"\textsuperscript{\dag}"
     )
+
+
+def test_a_column_is_defined_once_for_display_and_csv():
+    """``value`` feeds the CSV, ``fmt``/``text`` the display; CSV-only and display-only columns."""
+    columns = [
+        Column("seed", "Seed", "r", value=lambda r: r[0]),
+        Column("run_dir", value=lambda r: f"runs/x/seed{r[0]}", shown=False),
+        Column("wall_time_s", "Wall time", "r", value=lambda r: r[1], fmt=lambda v: f"{v:.0f} s"),
+        Column("note", "Note", text=lambda r: "slow" if r[1] > 60 else ""),
+    ]
+    table = flat_table("t", "T", "c", columns, [(0, 90.0), (1, 12.5)])
+    assert [c.key for c in table.columns] == ["seed", "wall_time_s", "note"]
+    assert table.rows == [
+        {"seed": "0", "wall_time_s": "90 s", "note": "slow"},
+        {"seed": "1", "wall_time_s": "12 s", "note": ""},
+    ]
+    assert to_csv(table) == "seed,run_dir,wall_time_s\n0,runs/x/seed0,90\n1,runs/x/seed1,12.5\n"
 
 
 # ----------------------------------------------------------------------------- the paper-like tree
@@ -1313,3 +1330,13 @@ def test_a_seed_without_the_metric_cannot_be_judged_and_the_row_keeps_its_experi
     (row,) = reproduction([entry], [experiment])
     assert (row.verdict, row.reason) == ("cannot be judged", "eval.json of seed 1 has no cityscapes.AP")
     assert row.experiment is experiment
+
+
+def test_output_names_import_without_pandas_or_matplotlib():
+    """The Snakefile reads the table and figure names on a login node: plain data, no heavy imports."""
+    code = (
+        "import sys; from dcl.report import FIGURE_NAMES, TABLE_NAMES; "
+        "print(list(TABLE_NAMES), list(FIGURE_NAMES), sorted({'matplotlib', 'pandas', 'scipy'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"{list(TABLES)} {list(FIGURES)} []"

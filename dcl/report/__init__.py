@@ -43,17 +43,20 @@ __all__ = [
     "run",
 ]
 
+# The fixed output names (each table in four formats, each figure in FIGURE_FORMATS): plain data
+# here, so the Snakefile can declare the outputs without loading pandas or matplotlib.
 TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
+FIGURE_NAMES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def __getattr__(name: str) -> Any:
     # pandas, scipy and matplotlib load only for a report: `dcl status` reads run folders through
     # dcl.report.inputs and must start fast.
-    if name in ("FIGURE_NAMES", "FIGURE_FORMATS"):
+    if name == "FIGURE_FORMATS":
         from dcl.report import figures
 
-        return figures.FIGURES if name == "FIGURE_NAMES" else figures.FORMATS
+        return figures.FORMATS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -128,7 +131,7 @@ def build_report(
             atomic_write_text(path, render(table))
             written.append(path)
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
-    written += [results_dir / "figures" / f"{name}.{ext}" for name in figures.FIGURES for ext in figures.FORMATS]
+    written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in figures.FORMATS]
     readme_path = results_dir / "README.md"
     atomic_write_text(
         readme_path,
@@ -153,13 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
     )
-    parser.add_argument(
-        "--experiments",
-        metavar="PATH",
-        type=Path,
-        default=None,
-        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
-    )
+    inputs.add_experiments_argument(parser)
     parser.add_argument(
         "--published",
         metavar="PATH",

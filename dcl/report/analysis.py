@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
+from dcl import names
 from dcl.report.inputs import FAMILY_STATS, ExpectedRun, PublishedEntry, RunResult
 
 __all__ = [
@@ -47,15 +48,10 @@ CONFIDENCE = 0.95
 PAIRED_TEST = "two-sided paired t-test over seeds paired by seed index (scipy.stats.ttest_rel)"
 SPREAD_FACTOR = 2.0  # |mean - published| <= 2 std counts as reproduced
 
-# Display order: the paper's datasets first, then anything else alphabetically.
-_DATASET_ORDER = ("cityscapes", "coco", "toy_cityscapes", "toy_coco")
-_INIT_ORDER = ("imagenet", "coco", "scratch")
-_GROUP_ORDER = ("main", "released", "ablation")
-_METHOD_ORDER = ("baseline", "dcl")
-_ERROR_TYPE_ORDER = ("fFP", "bFP", "FN")
-
 
 def _rank(value: str, order: Sequence[str]) -> tuple[int, str]:
+    """Display order (dcl.names, the paper's): the known names first, then anything else alphabetically."""
+    order = tuple(order)
     return (order.index(value), "") if value in order else (len(order), value)
 
 
@@ -63,12 +59,12 @@ def sort_key(run: ExpectedRun) -> tuple:
     """Rows in paper order: dataset, init, detector (Mask R-CNN first, then its released
     checkpoints), group, method, experiment name."""
     return (
-        _rank(run.dataset, _DATASET_ORDER),
-        _rank(run.init, _INIT_ORDER),
+        _rank(run.dataset, names.DATASETS),
+        _rank(run.init, names.INITS),
         run.model != "mask_rcnn",
         run.model,
-        _rank(run.group, _GROUP_ORDER),
-        _rank(run.method, _METHOD_ORDER),
+        _rank(run.group, names.GROUPS),
+        _rank(run.method, names.METHODS),
         run.experiment,
     )
 
@@ -249,7 +245,7 @@ def error_types(experiments: Iterable[ExperimentStats]) -> list[str]:
 
     def key(error_type: str) -> tuple:
         parts = error_type.split("&")
-        return (len(parts), [_rank(p, _ERROR_TYPE_ORDER) for p in parts])
+        return (len(parts), [_rank(p, names.ERROR_KINDS) for p in parts])
 
     return sorted(found, key=key)
 

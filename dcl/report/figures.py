@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dcl.io import atomic_path
+from dcl.report import FIGURE_NAMES
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.report.inputs import EVAL_KEYS, TRAINING_KEYS
 from dcl.report.tables import (
@@ -79,7 +80,7 @@ _CURVE_LABELS = {
     _VALIDATION: ("validation AP", "AP (%)"),  # of the periodic evaluation (TEST.EVAL_PERIOD)
 }
 _CURVES = TRAINING_KEYS + (_VALIDATION,)
-FIGURES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
+FIGURES = FIGURE_NAMES  # each is written under its fixed name, with or without data
 # Each figure is written once per format; the metadata dropped keeps files byte-identical.
 _SAVE_OPTIONS = {
     "png": {"metadata": {"Software": None}},

@@ -14,6 +14,7 @@ not complete are never used, even when a stale ``eval.json`` is lying around.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
+from dcl import names
 from dcl.io import InputError, read_json, read_yaml
 from dcl.runrecord import RUN_RECORD, describe_progress, progress, read_record
 
@@ -31,6 +33,7 @@ __all__ = [
     "EVAL_KEYS",
     "TRAINING_KEYS",
     "Ablation",
+    "add_experiments_argument",
     "ExpectedRun",
     "ErrorAnalysis",
     "PublishedEntry",
@@ -52,8 +55,8 @@ FAMILY_STATS: dict[str, tuple[str, ...]] = {
 # Inventory statuses, best first.
 STATUSES = ("finished", "running", "incomplete", "failed", "missing")
 KINDS = ("train", "released")
-METHODS = ("baseline", "dcl")
-GROUPS = ("main", "released", "ablation")
+METHODS = tuple(names.METHODS)
+GROUPS = names.GROUPS
 RUN_STATES = ("running", "finished", "failed", "interrupted")
 # detectron2 metrics.json scalars the training-curve figure draws.
 TRAINING_KEYS = ("total_loss", "loss_mask", "loss_contrast", "lr")
@@ -218,6 +221,18 @@ def _locations(record: dict, base: Path, where: str) -> dict[str, Any]:
         raise InputError(f"{where}: 'logs' must be an object of step -> log path")
     found["logs"] = {step: os.path.normpath(base / log) for step, log in logs.items()}
     return found
+
+
+def add_experiments_argument(parser: argparse.ArgumentParser) -> None:
+    """``--experiments PATH`` (default None: ``RESULTS_DIR/experiments.json``), for every command
+    that reads the expected runs (``dcl report``, ``dcl status``)."""
+    parser.add_argument(
+        "--experiments",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="the expected runs (default: RESULTS_DIR/experiments.json, written by `dcl plan`)",
+    )
 
 
 def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from dcl.report.analysis import CONFIDENCE, PAIRED_TEST, Comparison, Reproduction
-from dcl.report.figures import FIGURES
+from dcl.report import FIGURE_NAMES
 from dcl.report.inputs import STATUSES, RunResult, status_totals
 from dcl.report.tables import (
     Table,
@@ -150,7 +150,7 @@ def readme(
             + ("" if table.rows or table.parts else f": no data ({table.empty})")
         )
     lines += ["", "## Figures", "", "Each as PNG and PDF:", ""]
-    for name in FIGURES:
+    for name in FIGURE_NAMES:
         reason = figure_reasons.get(name, "")
         lines.append(
             f"- [{FIGURE_TITLES[name]}](figures/{name}.png) ([pdf](figures/{name}.pdf))"

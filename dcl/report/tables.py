@@ -5,6 +5,10 @@ Every table is written as Markdown (for people and GitHub), LaTeX (``booktabs``,
 own columns) and HTML (what Snakemake's report shows inline). Renderers use fixed number formats
 and never timestamps, so an unchanged input gives byte-identical files.
 
+A builder defines each column once, as a :class:`Column` with its raw CSV value and its display
+text, and turns its records into both forms (:func:`flat_table`; a file of several tables:
+:func:`part_table` per part, :func:`parts_table` for the file and its CSV).
+
 Display cells use a few Unicode signs (``±``, ``−``, ``Δ``, ``†``); the LaTeX renderer maps them
 to LaTeX and escapes everything else (``_``, ``&``, ``%`` ...).
 """
@@ -18,8 +22,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from dcl import names
 from dcl.report.analysis import (
     CONFIDENCE,
     PAIRED_TEST,
@@ -39,10 +44,15 @@ __all__ = [
     "Table",
     "ablation_table",
     "comparison_table",
+    "csv_form",
+    "display_rows",
     "error_table",
+    "flat_table",
     "inventory_table",
     "latex_escape",
     "main_table",
+    "part_table",
+    "parts_table",
     "reproduction_table",
     "to_csv",
     "to_html",
@@ -54,25 +64,22 @@ __all__ = [
 DASH = "—"  # no data
 MARK = "†"  # fewer seeds than configured
 COCO_AP_MARK = "*"  # a Cityscapes number published as COCO-style AP, not the official metric
-DATASET_NAMES = {"cityscapes": "Cityscapes", "coco": "COCO", "toy_cityscapes": "Toy Cityscapes", "toy_coco": "Toy COCO"}
-INIT_NAMES = {"imagenet": "ImageNet", "coco": "COCO", "scratch": "scratch"}
-METHOD_NAMES = {"baseline": "Baseline", "dcl": "DCL"}
-# Detector families (experiments.json's `model`); rows of those other than Mask R-CNN carry the name.
-MODEL_NAMES = {"mask_rcnn": "Mask R-CNN", "refinemask": "RefineMask"}
 FAMILY_NAMES = {"cityscapes": "Cityscapes", "segm": "COCO mask", "bbox": "COCO box"}
 SEEDS_NOTE = f"{MARK} fewer seeds have results than configured; see the run inventory for why."
 
 
+# Display labels come from dcl.names; a name it does not know is shown as it is.
 def dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
+    return names.DATASETS.get(dataset, dataset)
 
 
 def init_name(init: str) -> str:
-    return INIT_NAMES.get(init, init)
+    return names.INITS.get(init, init)
 
 
 def model_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
+    """Detector families (experiments.json's `model`); rows of those other than Mask R-CNN carry the name."""
+    return names.MODELS.get(model, model)
 
 
 def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> str:
@@ -80,7 +87,7 @@ def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> s
     ``named``: Mask R-CNN's too (``Mask R-CNN`` / ``Mask R-CNN + DCL``), for rows beside other detectors."""
     if model != "mask_rcnn" or named:
         return model_name(model) + (" + DCL" if method == "dcl" else "")
-    return METHOD_NAMES.get(method, method)
+    return names.METHODS.get(method, method)
 
 
 def metric_name(metric: str) -> str:
@@ -144,16 +151,37 @@ def fmt_duration(seconds: float | None) -> str:
 # ----------------------------------------------------------------------------- the table model
 @dataclass(frozen=True)
 class Column:
-    """A displayed column; ``group`` is a shared super-header (e.g. an error type over
-    "corrected" and "legacy"). ``tex=False`` leaves it out of the LaTeX table (identifiers a
-    reader of the paper does not need; the CSV keeps them); ``width`` wraps long text in LaTeX."""
+    """One column, defined once for both forms of a table: ``value`` gives a record's raw CSV
+    value (``key`` is then the CSV column's name; ``None``: display only), ``fmt`` formats that
+    value for display (default ``str``), or ``text`` gives the display cell from the record itself
+    (when it is not a function of the one raw value); ``shown=False``: in the CSV only. A shown
+    column with neither ``value`` nor ``text`` is blank (e.g. filled in by hand on summary rows).
+
+    ``group`` is a shared super-header (e.g. an error type over "corrected" and "legacy").
+    ``tex=False`` leaves it out of the LaTeX table (identifiers a reader of the paper does not
+    need; the CSV keeps them); ``width`` wraps long text in LaTeX."""
 
     key: str
-    header: str
+    header: str = ""
     align: str = "l"
     group: str = ""
     tex: bool = True
     width: str = ""  # LaTeX p{width} column, e.g. "5cm"
+    value: Callable[[Any], Any] | None = None
+    fmt: Callable[[Any], str] = str
+    text: Callable[[Any], str] | None = None
+    shown: bool = True
+
+    def cell(self, record: Any) -> str:
+        """The display text of ``record`` in this column."""
+        if self.text is not None:
+            return self.text(record)
+        return "" if self.value is None else self.fmt(self.value(record))
+
+
+def _raw(key: str, value: Callable[[Any], Any]) -> Column:
+    """A CSV-only column."""
+    return Column(key, value=value, shown=False)
 
 
 @dataclass
@@ -172,9 +200,59 @@ class Table:
     long: bool = False  # LaTeX longtable (may break across pages)
     wide: bool = False  # LaTeX table* (full page width in two-column documents)
     # Several tables in one file (one per dataset, per swept parameter, ...): each part is
-    # rendered as a table of its own (in LaTeX its own float); ``rows`` is then unused, and the
-    # CSV holds the raw rows of all parts.
+    # rendered as a table of its own (in LaTeX its own float); ``rows`` is then empty and
+    # ``columns`` are the header shown when there are no parts; the CSV holds the raw rows of all parts.
     parts: list["Table"] = field(default_factory=list)
+
+
+def _shown(columns: Sequence[Column]) -> list[Column]:
+    return [c for c in columns if c.shown]
+
+
+def display_rows(columns: Sequence[Column], records: Sequence[Any]) -> list[dict[str, str]]:
+    """The display cells of ``records`` in the shown ``columns``."""
+    shown = _shown(columns)
+    return [{c.key: c.cell(record) for c in shown} for record in records]
+
+
+def csv_form(columns: Sequence[Column], records: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The CSV header and raw rows of ``records`` from the ``columns`` that have a value."""
+    raw = [c for c in columns if c.value is not None]
+    return [c.key for c in raw], [{c.key: c.value(record) for c in raw} for record in records]
+
+
+def flat_table(
+    name: str, title: str, caption: str, columns: Sequence[Column], records: Sequence[Any], **options: Any
+) -> Table:
+    """A table of one part: its display rows and CSV rows from the same ``columns``."""
+    csv_columns, csv_rows = csv_form(columns, records)
+    return Table(
+        name, title, caption, _shown(columns), display_rows(columns, records), csv_columns, csv_rows, **options
+    )
+
+
+def part_table(
+    name: str, title: str, caption: str, columns: Sequence[Column], rows: list[dict[str, str]], **options: Any
+) -> Table:
+    """One part of a file of several tables: display only (the file's CSV has every part's records)."""
+    return Table(name, title, caption, _shown(columns), rows, [], [], **options)
+
+
+def parts_table(
+    name: str,
+    title: str,
+    caption: str,
+    parts: list[Table],
+    columns: Sequence[Column],
+    records: Sequence[Any],
+    header: Sequence[Column] | None = None,
+    **options: Any,
+) -> Table:
+    """A file of several tables (``parts``); its CSV: ``records`` in ``columns``; ``header``
+    (default: the shown ``columns``): the columns of the "No data" table when there are no parts."""
+    csv_columns, csv_rows = csv_form(columns, records)
+    header = _shown(columns) if header is None else list(header)
+    return Table(name, title, caption, header, [], csv_columns, csv_rows, parts=parts, **options)
 
 
 def _column_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
@@ -481,9 +559,53 @@ def _best_marks(rows: list[dict[str, str]], values: list[dict[str, float]], keys
                 row[key] = _bold(row[key])
 
 
-def _main_part(
-    dataset: str, init: str, members: Sequence[ExperimentStats], published: Sequence[PublishedEntry]
-) -> Table:
+def _or_dash(value: Any, fmt: Callable[[Any], str]) -> str:
+    return DASH if value is None else fmt(value)
+
+
+def _difference(difference: Callable[[Any], PairedDifference | None], name: str) -> Callable[[Any], Any]:
+    """A record's ``difference(record).name`` (``None`` without a difference)."""
+
+    def get(record: Any) -> Any:
+        found = difference(record)
+        return None if found is None else getattr(found, name)
+
+    return get
+
+
+def _difference_columns(
+    difference: Callable[[Any], PairedDifference | None], group: str = "", pairs: str = "Pairs"
+) -> list[Column]:
+    """DCL − baseline: Δ, CI, p and pairs shown; mean, CI bounds, p and pairs in the CSV."""
+    return [
+        Column("delta_mean", "Δ", "r", group, value=_difference(difference, "mean"), fmt=fmt_signed),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r", group, text=lambda r: _or_dash(difference(r), fmt_ci)),
+        _raw("delta_ci_low", _difference(difference, "ci_low")),
+        _raw("delta_ci_high", _difference(difference, "ci_high")),
+        Column("delta_p", "p", "r", group, value=_difference(difference, "p_value"), fmt=fmt_p),
+        Column("delta_pairs", pairs, "r", group, value=_difference(difference, "n")),
+    ]
+
+
+def _summary(experiment: ExperimentStats, metric: str) -> Summary:
+    """Seed statistics of ``metric``; none when no seed has it."""
+    return experiment.summary(metric) if metric in experiment.values else Summary(math.nan, math.nan, 0)
+
+
+@dataclass(frozen=True)
+class _MainRecord:
+    """A main-results row: an experiment with its published number and headline comparison."""
+
+    experiment: ExperimentStats
+    published: PublishedEntry | None
+    comparison: Comparison | None
+
+    @property
+    def spec(self) -> Any:
+        return self.experiment.spec
+
+
+def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], published: Sequence[PublishedEntry]) -> Table:
     """One dataset/initialisation in the paper's layout: per detector (Mask R-CNN, then e.g.
     RefineMask), a row per model, then that detector's DCL − baseline."""
     family = members[0].spec.family
@@ -493,48 +615,43 @@ def _main_part(
         # The official metric first, COCO-style mask AP on the same predictions beside it.
         stats.append("segm.AP")
         headers["segm.AP"] = "COCO AP"
-    if any(e.values.get("occ.segm.AP") for e in members):
+    if any(r.experiment.values.get("occ.segm.AP") for r in members):
         stats.append("occ.segm.AP")
         headers["occ.segm.AP"] = "OCC AP"
+    models = list(dict.fromkeys(r.spec.model for r in members))  # members are in table order
+    named = len(models) > 1  # say which detector "Baseline" is
+
+    def method(record: _MainRecord) -> str:
+        spec = record.spec
+        return method_name(spec.method, spec.model, named) + (" (released)" if spec.group == "released" else "")
+
+    def stat_text(metric: str) -> Callable[[_MainRecord], str]:
+        return lambda r: fmt_summary(_summary(r.experiment, metric)) if r.experiment.n_eval else DASH
+
+    def paper(record: _MainRecord) -> str:
+        if record.published is not None:
+            return fmt_number(record.published.value, 1)
+        # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
+        coco = _published_for(published, record.experiment, "segm.AP") if "segm.AP" in stats else None
+        return DASH if coco is None else fmt_number(coco.value, 1) + COCO_AP_MARK
+
     columns = [
-        Column("method", "Method"),
-        Column("seeds", "Seeds", "r"),
-        *[Column(m, headers[m], "r") for m in stats],
-        Column("published", "Paper", "r"),
-        Column("ci", f"{CONFIDENCE:.0%} CI", "r"),
+        Column("method", "Method", text=method),
+        Column("seeds", "Seeds", "r", text=lambda r: fmt_seeds(r.experiment.n_eval, r.experiment.expected)),
+        *[Column(m, headers[m], "r", text=stat_text(m)) for m in stats],
+        Column("published", "Paper", "r", text=paper),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r"),  # these two: of the DCL − baseline rows
         Column("p", "p", "r"),
     ]
-    models = list(dict.fromkeys(e.spec.model for e in members))  # members are in table order
-    named = len(models) > 1  # say which detector "Baseline" is
     rows, model_rows, means = [], [], []
     for model in models:
-        own = [e for e in members if e.spec.model == model]
-        for experiment in own:
-            spec, n = experiment.spec, experiment.n_eval
-            released = " (released)" if spec.group == "released" else ""
-            row = {
-                "method": method_name(spec.method, spec.model, named) + released,
-                "seeds": fmt_seeds(n, experiment.expected),
-            }
-            mean_of: dict[str, float] = {}
-            for metric in stats:
-                summary = experiment.summary(metric) if metric in experiment.values else Summary(math.nan, math.nan, 0)
-                row[metric] = fmt_summary(summary) if n else DASH
-                mean_of[metric] = summary.mean
-            entry = _published_for(published, experiment)
-            # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
-            coco = _published_for(published, experiment, "segm.AP") if entry is None and "segm.AP" in stats else None
-            if entry is not None:
-                row["published"] = fmt_number(entry.value, 1)
-            elif coco is not None:
-                row["published"] = fmt_number(coco.value, 1) + COCO_AP_MARK
-            else:
-                row["published"] = DASH
-            rows.append(row)
-            model_rows.append(row)
-            means.append(mean_of)
-        baselines = [e for e in own if e.spec.method == "baseline" and e.spec.group == "main"]
-        for dcl in (e for e in own if e.spec.method == "dcl" and e.spec.group == "main"):
+        own = [r for r in members if r.spec.model == model]
+        own_rows = display_rows(columns, own)
+        rows += own_rows
+        model_rows += own_rows
+        means += [{m: _summary(r.experiment, m).mean for m in stats} for r in own]
+        baselines = [r.experiment for r in own if r.spec.method == "baseline" and r.spec.group == "main"]
+        for dcl in (r.experiment for r in own if r.spec.method == "dcl" and r.spec.group == "main"):
             if len(baselines) != 1:
                 continue
             name = (
@@ -553,7 +670,7 @@ def _main_part(
                         seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
                     )
             rows.append(row)
-    _best_marks(model_rows, means, stats)  # the rows are shared: bold shows in `rows`
+    _best_marks(model_rows, means, stats)  # over every detector's rows; the dicts are shared: bold shows in `rows`
     if all(row.get("published", DASH) == DASH for row in rows):
         columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
     headline = headers[members[0].spec.metric]
@@ -562,17 +679,20 @@ def _main_part(
         if family == "cityscapes"
         else "COCO mask AP"
     )
-    return Table(
-        name="main",
-        title=f"{dataset_name(dataset)}, {init_name(init)} initialisation",
-        caption=f"{what}; mean ± std over seeds; best in bold; DCL − baseline with the {CONFIDENCE:.0%} CI "
+    return part_table(
+        "main",
+        f"{dataset_name(dataset)}, {init_name(init)} initialisation",
+        f"{what}; mean ± std over seeds; best in bold; DCL − baseline with the {CONFIDENCE:.0%} CI "
         f"and p-value of {headline}.",
-        columns=columns,
-        rows=rows,
-        csv_columns=[],
-        csv_rows=[],
+        columns,
+        rows,
         wide=len(stats) > 4,
     )
+
+
+def _spec_fields(*fields: str) -> list[Column]:
+    """CSV-only columns of a record's ``spec`` fields (``dataset``, ``init`` ...), as in experiments.json."""
+    return [_raw(name, lambda r, name=name: getattr(r.spec, name)) for name in fields]
 
 
 def main_table(
@@ -580,101 +700,53 @@ def main_table(
 ) -> Table:
     """Main results: per dataset/init/method, mean ± std over seeds of the headline family's
     stats, the published number and the difference, and DCL minus baseline (headline metric)."""
+
+    def stat_value(stat: str, part: str) -> Callable[[_MainRecord], Any]:
+        def get(record: _MainRecord) -> Any:
+            family = record.spec.family
+            if stat not in FAMILY_STATS[family]:
+                return None
+            return getattr(record.experiment.summary(f"{family}.{stat}"), part)
+
+        return get
+
+    def published_diff(record: _MainRecord) -> float | None:
+        if record.published is None:
+            return None
+        return record.experiment.summary(record.spec.metric).mean - record.published.value
+
+    # Shown: the header of the "No data" table; the display is the parts (one per dataset and init).
     columns = [
-        Column("dataset", "Dataset"),
-        Column("init", "Init"),
-        Column("method", "Method"),
-        Column("experiment", "Experiment", tex=False),
-        Column("metric", "AP type", tex=False),
+        Column("dataset", "Dataset", value=lambda r: r.spec.dataset),
+        Column("init", "Init", value=lambda r: r.spec.init),
+        Column("method", "Method", value=lambda r: r.spec.method),
+        *_spec_fields("model", "group", "kind"),
+        Column("experiment", "Experiment", tex=False, value=lambda r: r.spec.experiment),
+        Column("metric", "AP type", tex=False, value=lambda r: r.spec.metric),
         Column("seeds", "Seeds", "r"),
-        *[Column(stat, stat, "r") for stat in _COCO_STATS],
-        Column("published", "AP", "r", "Published"),
-        Column("published_diff", "Δ", "r", "Published"),
-        Column("delta", "Δ", "r", "DCL − baseline"),
-        Column("ci", f"{CONFIDENCE:.0%} CI", "r", "DCL − baseline"),
-        Column("p", "p", "r", "DCL − baseline"),
-        Column("pairs", "pairs", "r", "DCL − baseline"),
+        _raw("seeds_with_results", lambda r: r.experiment.n_eval),
+        _raw("seeds_expected", lambda r: r.experiment.expected),
     ]
-    csv_columns = [
-        "dataset",
-        "init",
-        "method",
-        "model",
-        "group",
-        "kind",
-        "experiment",
-        "metric",
-        "seeds_with_results",
-        "seeds_expected",
-        *[f"{stat}_{part}" for stat in _COCO_STATS for part in ("mean", "std")],
-        "published",
-        "published_diff",
-        "delta_mean",
-        "delta_ci_low",
-        "delta_ci_high",
-        "delta_p",
-        "delta_pairs",
+    for stat in _COCO_STATS:
+        columns += [
+            Column(stat, stat, "r"),
+            *[_raw(f"{stat}_{part}", stat_value(stat, part)) for part in ("mean", "std")],
+        ]
+    columns += [
+        Column("published", "AP", "r", "Published", value=lambda r: r.published.value if r.published else None),
+        Column("published_diff", "Δ", "r", "Published", value=published_diff),
+        *_difference_columns(lambda r: r.comparison.difference if r.comparison else None, "DCL − baseline", "pairs"),
     ]
     headline = {(c.dcl.name, c.metric): c for c in comparisons}
-    rows, csv_rows = [], []
-    incomplete = False
-    groups: dict[tuple[str, str], list[ExperimentStats]] = {}
-    for experiment in experiments:
-        spec = experiment.spec
-        if spec.group == "ablation":
-            continue
-        groups.setdefault((spec.dataset, spec.init), []).append(experiment)
-        n = experiment.n_eval
-        incomplete |= n < experiment.expected
-        row = {
-            "dataset": dataset_name(spec.dataset),
-            "init": init_name(spec.init),
-            "method": method_name(spec.method, spec.model) + (" (released)" if spec.group == "released" else ""),
-            "experiment": spec.experiment,
-            "metric": FAMILY_NAMES.get(spec.family, spec.family),
-            "seeds": fmt_seeds(n, experiment.expected),
-        }
-        raw: dict[str, Any] = {
-            "dataset": spec.dataset,
-            "init": spec.init,
-            "method": spec.method,
-            "model": spec.model,
-            "group": spec.group,
-            "kind": spec.kind,
-            "experiment": spec.experiment,
-            "metric": spec.metric,
-            "seeds_with_results": n,
-            "seeds_expected": experiment.expected,
-        }
-        for metric in experiment.stats:
-            stat = metric.split(".", 1)[1]
-            summary = experiment.summary(metric)
-            row[stat] = fmt_summary(summary) if n else DASH
-            raw[f"{stat}_mean"], raw[f"{stat}_std"] = summary.mean, summary.std
-        entry = _published_for(published, experiment)
-        if entry is not None:
-            mean = experiment.summary(spec.metric).mean
-            row["published"] = fmt_number(entry.value, 1)
-            row["published_diff"] = fmt_signed(mean - entry.value)
-            raw["published"], raw["published_diff"] = entry.value, mean - entry.value
-        comparison = headline.get((spec.experiment, spec.metric))
-        if comparison is not None:
-            difference = comparison.difference
-            row.update(
-                delta=fmt_signed(difference.mean),
-                ci=fmt_ci(difference),
-                p=fmt_p(difference.p_value),
-                pairs=str(difference.n),
-            )
-            raw.update(
-                delta_mean=difference.mean,
-                delta_ci_low=difference.ci_low,
-                delta_ci_high=difference.ci_high,
-                delta_p=difference.p_value,
-                delta_pairs=difference.n,
-            )
-        rows.append(row)
-        csv_rows.append(raw)
+    records = [
+        _MainRecord(e, _published_for(published, e), headline.get((e.spec.experiment, e.spec.metric)))
+        for e in experiments
+        if e.spec.group != "ablation"
+    ]
+    groups: dict[tuple[str, str], list[_MainRecord]] = {}
+    for record in records:
+        groups.setdefault((record.spec.dataset, record.spec.init), []).append(record)
+    incomplete = any(r.experiment.n_eval < r.experiment.expected for r in records)
     notes = [
         "All numbers in %. Cityscapes: AP, AP50 are the official instance-level metric (cityscapesscripts), "
         "COCO AP the COCO-style mask AP of the same predictions; COCO: mask AP."
@@ -706,100 +778,51 @@ def main_table(
         )
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
-    return Table(
-        name="main_results",
-        title="Main results",
-        caption="Mask AP of the baselines (Mask R-CNN; RefineMask where configured) and DCL, one table per dataset "
+    return parts_table(
+        "main_results",
+        "Main results",
+        "Mask AP of the baselines (Mask R-CNN; RefineMask where configured) and DCL, one table per dataset "
         "and initialisation, over seeds, with the published numbers and the paired DCL − baseline difference "
         "of each detector.",
-        columns=columns,
-        rows=rows,
-        csv_columns=csv_columns,
-        csv_rows=csv_rows,
+        parts,
+        columns,
+        records,
         notes=notes,
         empty="no main or released experiments in experiments.json",
         wide=True,
-        parts=parts,
     )
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> Table:
     """DCL minus baseline for every metric column, paired by seed; one table per dataset."""
+
+    def summary(side: str) -> Callable[[Comparison], Summary]:
+        return lambda c: getattr(c, side).summary(c.metric)
+
+    def summary_columns(side: str) -> list[Column]:
+        of = summary(side)
+        return [
+            Column(side, method_name(side), "r", text=lambda c: f"{fmt_summary(of(c))} (n={of(c).n})"),
+            *[_raw(f"{side}_{stat}", lambda c, stat=stat: getattr(of(c), stat)) for stat in ("mean", "std", "n")],
+        ]
+
     columns = [
-        Column("init", "Init"),
-        Column("model", "Detector"),
-        Column("group", "Group", tex=False),
-        Column("metric", "Metric"),
-        Column("baseline", "Baseline", "r"),
-        Column("dcl", "DCL", "r"),
-        Column("delta", "Δ", "r"),
-        Column("ci", f"{CONFIDENCE:.0%} CI", "r"),
-        Column("p", "p", "r"),
-        Column("pairs", "Pairs", "r"),
+        _raw("dataset", lambda c: c.dcl.spec.dataset),
+        Column("init", "Init", value=lambda c: c.dcl.spec.init, fmt=init_name),
+        Column("model", "Detector", value=lambda c: c.dcl.spec.model, fmt=model_name),
+        Column("group", "Group", tex=False, value=lambda c: c.dcl.spec.group),
+        _raw("baseline_experiment", lambda c: c.baseline.name),
+        _raw("dcl_experiment", lambda c: c.dcl.name),
+        # short: the dataset is beside it, in the part's title
+        Column("metric", "Metric", value=lambda c: c.metric, fmt=short_metric_name),
+        *summary_columns("baseline"),
+        *summary_columns("dcl"),
+        *_difference_columns(lambda c: c.difference),
+        _raw("paired_seeds", lambda c: " ".join(str(s) for s in c.difference.seeds)),
     ]
-    csv_columns = [
-        "dataset",
-        "init",
-        "model",
-        "group",
-        "baseline_experiment",
-        "dcl_experiment",
-        "metric",
-        "baseline_mean",
-        "baseline_std",
-        "baseline_n",
-        "dcl_mean",
-        "dcl_std",
-        "dcl_n",
-        "delta_mean",
-        "delta_ci_low",
-        "delta_ci_high",
-        "delta_p",
-        "delta_pairs",
-        "paired_seeds",
-    ]
-    by_dataset: dict[str, list[dict[str, str]]] = {}
-    csv_rows = []
+    by_dataset: dict[str, list[Comparison]] = {}
     for comparison in comparisons:
-        spec, difference = comparison.dcl.spec, comparison.difference
-        base, dcl = comparison.baseline.summary(comparison.metric), comparison.dcl.summary(comparison.metric)
-        by_dataset.setdefault(spec.dataset, []).append(
-            {
-                "init": init_name(spec.init),
-                "model": model_name(spec.model),
-                "group": spec.group,
-                "metric": short_metric_name(comparison.metric),  # the dataset is beside it
-                "baseline": f"{fmt_summary(base)} (n={base.n})",
-                "dcl": f"{fmt_summary(dcl)} (n={dcl.n})",
-                "delta": fmt_signed(difference.mean),
-                "ci": fmt_ci(difference),
-                "p": fmt_p(difference.p_value),
-                "pairs": str(difference.n),
-            }
-        )
-        csv_rows.append(
-            {
-                "dataset": spec.dataset,
-                "init": spec.init,
-                "model": spec.model,
-                "group": spec.group,
-                "baseline_experiment": comparison.baseline.name,
-                "dcl_experiment": comparison.dcl.name,
-                "metric": comparison.metric,
-                "baseline_mean": base.mean,
-                "baseline_std": base.std,
-                "baseline_n": base.n,
-                "dcl_mean": dcl.mean,
-                "dcl_std": dcl.std,
-                "dcl_n": dcl.n,
-                "delta_mean": difference.mean,
-                "delta_ci_low": difference.ci_low,
-                "delta_ci_high": difference.ci_high,
-                "delta_p": difference.p_value,
-                "delta_pairs": difference.n,
-                "paired_seeds": " ".join(str(s) for s in difference.seeds),
-            }
-        )
+        by_dataset.setdefault(comparison.dcl.spec.dataset, []).append(comparison)
     notes = [
         "Baseline, DCL: mean ± sample std over each experiment's seeds with results (n).",
         f"Δ: mean of DCL − baseline over seeds present in both (seeds paired by seed index); "
@@ -807,31 +830,28 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         "n/a with fewer than 2 pairs, and p n/a when all paired differences are equal.",
     ]
     parts = [
-        Table(
-            name="dcl_vs_baseline",
-            title=dataset_name(dataset),
-            caption="DCL − baseline per initialisation, detector and AP.",
-            columns=columns,
-            rows=rows,
-            csv_columns=[],
-            csv_rows=[],
+        part_table(
+            "dcl_vs_baseline",
+            dataset_name(dataset),
+            "DCL − baseline per initialisation, detector and AP.",
+            columns,
+            display_rows(columns, members),
             wide=True,
         )
-        for dataset, rows in by_dataset.items()
+        for dataset, members in by_dataset.items()
     ]
-    return Table(
-        name="dcl_vs_baseline",
-        title="DCL versus baseline",
-        caption="Paired difference DCL − baseline for every reported AP (one table per dataset), per "
+    return parts_table(
+        "dcl_vs_baseline",
+        "DCL versus baseline",
+        "Paired difference DCL − baseline for every reported AP (one table per dataset), per "
         "initialisation, detector and group.",
-        columns=[Column("init", "Init")],
-        rows=[],
-        csv_columns=csv_columns,
-        csv_rows=csv_rows,
+        parts,
+        columns,
+        comparisons,
+        header=[Column("init", "Init")],
         notes=notes,
         empty="no DCL experiment with a matching baseline (same dataset, init, detector and group) in experiments.json",
         wide=True,
-        parts=parts,
     )
 
 
@@ -850,37 +870,39 @@ def _gt_note(members: Sequence[ExperimentStats], occ: bool) -> str:
 
 def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[str], occ: bool) -> Table:
     """Rows: models; columns: AP, then the AP gain of each error type, legacy and corrected side by side."""
-    columns = [Column("model", "Model"), Column("seeds", "Seeds", "r"), Column("ap", "AP", "r")]
-    for group in (_LEGACY_GROUP, _CORRECTED_GROUP):
-        columns += [Column(f"{t}/{group}", t, "r", group) for t in types]
-    rows = []
     named = len({e.spec.model for e in members}) > 1  # say which detector "Baseline" is
-    for experiment in members:
+
+    def label(experiment: ExperimentStats) -> str:
         spec = experiment.spec
-        n, n_legacy = experiment.n_errors(False, occ), experiment.n_errors(True, occ)
-        base = experiment.error_summary("baseline", legacy=True, occ=occ)
+        if spec.group == "ablation":
+            parameter = spec.ablation.parameter.replace("_", " ").lower()
+            return f"{method_name('dcl', spec.model, named)}, {parameter} {fmt_value(spec.ablation.value)}"
+        label = method_name(spec.method, spec.model, named) + f", {init_name(spec.init)}"
+        return label + (" (released)" if spec.group == "released" else "")
+
+    def ap(experiment: ExperimentStats) -> str:
+        base = experiment.error_summary("baseline", legacy=True, occ=occ)  # the paper's (legacy GT) first
         if base.n == 0:
             base = experiment.error_summary("baseline", legacy=False, occ=occ)
-        label = method_name(spec.method, spec.model, named) + f", {init_name(spec.init)}"
-        if spec.group == "released":
-            label += " (released)"
-        elif spec.group == "ablation":
-            parameter = spec.ablation.parameter.replace("_", " ").lower()
-            label = f"{method_name('dcl', spec.model, named)}, {parameter} {fmt_value(spec.ablation.value)}"
-        row = {"model": label, "seeds": fmt_seeds(min(n, n_legacy), experiment.expected), "ap": fmt_number(base.mean)}
-        for group, legacy in ((_LEGACY_GROUP, True), (_CORRECTED_GROUP, False)):
-            for error_type in types:
-                row[f"{error_type}/{group}"] = fmt_number(experiment.error_summary(error_type, legacy, occ).mean)
-        rows.append(row)
-    return Table(
-        name="errors",
-        title=title,
-        caption=_gt_note(members, occ),
-        columns=columns,
-        rows=rows,
-        csv_columns=[],
-        csv_rows=[],
-        wide=len(types) > 3,
+        return fmt_number(base.mean)
+
+    def gain(error_type: str, legacy: bool) -> Callable[[ExperimentStats], str]:
+        return lambda e: fmt_number(e.error_summary(error_type, legacy, occ).mean)
+
+    columns = [
+        Column("model", "Model", text=label),
+        Column(
+            "seeds",
+            "Seeds",
+            "r",
+            text=lambda e: fmt_seeds(min(e.n_errors(False, occ), e.n_errors(True, occ)), e.expected),
+        ),
+        Column("ap", "AP", "r", text=ap),
+    ]
+    for group, legacy in ((_LEGACY_GROUP, True), (_CORRECTED_GROUP, False)):
+        columns += [Column(f"{t}/{group}", t, "r", group, text=gain(t, legacy)) for t in types]
+    return part_table(
+        "errors", title, _gt_note(members, occ), columns, display_rows(columns, members), wide=len(types) > 3
     )
 
 
@@ -888,61 +910,43 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     """AP gain from removing each error type, legacy and corrected semantics side by side, one
     table per dataset (and one on the occlusion subset where there is one)."""
     types = error_types(experiments)
-    csv_columns = [
-        "dataset",
-        "init",
-        "method",
-        "model",
-        "group",
-        "experiment",
-        "seeds_expected",
-        "seeds_corrected",
-        "seeds_legacy",
-        "ap_mean",
-        "ap_std",
+
+    def ap(part: str) -> Callable[[ExperimentStats], float]:
+        def get(experiment: ExperimentStats) -> float:
+            base = experiment.error_summary("baseline", legacy=False)  # ours (corrected) first
+            if base.n == 0:
+                base = experiment.error_summary("baseline", legacy=True)
+            return getattr(base, part)
+
+        return get
+
+    def gain(error_type: str, legacy: bool, part: str) -> Callable[[ExperimentStats], float]:
+        return lambda e: getattr(e.error_summary(error_type, legacy), part)
+
+    columns = [
+        *_spec_fields("dataset", "init", "method", "model", "group", "experiment"),
+        _raw("seeds_expected", lambda e: e.expected),
+        _raw("seeds_corrected", lambda e: e.n_errors(False)),
+        _raw("seeds_legacy", lambda e: e.n_errors(True)),
+        _raw("ap_mean", ap("mean")),
+        _raw("ap_std", ap("std")),
         *[
-            f"{t}_{semantics}_{part}"
+            _raw(f"{t}_{semantics}_{part}", gain(t, legacy, part))
             for t in types
-            for semantics in ("corrected", "legacy")
+            for semantics, legacy in (("corrected", False), ("legacy", True))
             for part in ("mean", "std")
         ],
-        "gt_corrected",
-        "gt_legacy",
+        _raw("gt_corrected", lambda e: " ".join(sorted(e.gt_files.get("errors", ())))),
+        _raw("gt_legacy", lambda e: " ".join(sorted(e.gt_files.get("errors_legacy", ())))),
     ]
-    csv_rows = []
-    incomplete = False
     # Baselines, DCL and released models first (the paper's comparison), ablation models after.
     ordered = sorted(experiments, key=lambda e: (e.spec.group == "ablation", sort_key(e.spec)))
+    incomplete = any(min(e.n_errors(False), e.n_errors(True)) < e.expected for e in ordered)
     by_dataset: dict[str, list[ExperimentStats]] = {}
     for experiment in ordered:
-        spec = experiment.spec
-        n, n_legacy, expected = experiment.n_errors(False), experiment.n_errors(True), experiment.expected
-        incomplete |= min(n, n_legacy) < expected
-        if (n or n_legacy) and not is_base_point(experiment):  # a base point repeats its base's runs
-            by_dataset.setdefault(spec.dataset, []).append(experiment)
-        base = experiment.error_summary("baseline", legacy=False)
-        if base.n == 0:
-            base = experiment.error_summary("baseline", legacy=True)
-        raw: dict[str, Any] = {
-            "dataset": spec.dataset,
-            "init": spec.init,
-            "method": spec.method,
-            "model": spec.model,
-            "group": spec.group,
-            "experiment": spec.experiment,
-            "seeds_expected": expected,
-            "seeds_corrected": n,
-            "seeds_legacy": n_legacy,
-            "ap_mean": base.mean,
-            "ap_std": base.std,
-            "gt_corrected": " ".join(sorted(experiment.gt_files.get("errors", ()))),
-            "gt_legacy": " ".join(sorted(experiment.gt_files.get("errors_legacy", ()))),
-        }
-        for error_type in types:
-            for semantics, legacy in (("corrected", False), ("legacy", True)):
-                summary = experiment.error_summary(error_type, legacy)
-                raw[f"{error_type}_{semantics}_mean"], raw[f"{error_type}_{semantics}_std"] = summary.mean, summary.std
-        csv_rows.append(raw)
+        # a base point repeats its base's runs
+        if (experiment.n_errors(False) or experiment.n_errors(True)) and not is_base_point(experiment):
+            by_dataset.setdefault(experiment.spec.dataset, []).append(experiment)
     parts = []
     for dataset, members in by_dataset.items():
         parts.append(_error_part(dataset_name(dataset), members, types, occ=False))
@@ -961,19 +965,18 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     ]
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
-    return Table(
-        name="error_analysis",
-        title="Segmentation-error analysis",
-        caption="AP gain from removing foreground false positives (fFP), background false positives (bFP) "
+    return parts_table(
+        "error_analysis",
+        "Segmentation-error analysis",
+        "AP gain from removing foreground false positives (fFP), background false positives (bFP) "
         "and false negatives (FN), per model; legacy and corrected semantics side by side.",
-        columns=[Column("model", "Model")],
-        rows=[],
-        csv_columns=csv_columns,
-        csv_rows=csv_rows if types else [],
+        parts if types else [],
+        columns,
+        ordered if types else [],
+        header=[Column("model", "Model")],
         notes=notes,
         empty="no run has an errors.json or errors_legacy.json yet",
         wide=True,
-        parts=parts if types else [],
     )
 
 
@@ -1019,101 +1022,52 @@ def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> Exp
 def _ablation_part(parameter: str, members: Sequence[ExperimentStats], experiments: Sequence[ExperimentStats]) -> Table:
     metric = members[0].spec.metric
     columns = [
-        Column("value", parameter.replace("_", " ").lower(), "r"),
-        Column("seeds", "Seeds", "r"),
-        Column("ap", metric_name(metric).replace("COCO mask ", "mask "), "r"),
+        Column(
+            "value",
+            parameter.replace("_", " ").lower(),
+            "r",
+            text=lambda e: fmt_value(e.spec.ablation.value) + (" (base)" if is_base_point(e) else ""),
+        ),
+        Column("seeds", "Seeds", "r", text=lambda e: fmt_seeds(e.n_eval, e.expected)),
+        Column(
+            "ap", metric_name(metric).replace("COCO mask ", "mask "), "r", text=lambda e: fmt_summary(e.summary(metric))
+        ),
     ]
-    rows, means = [], []
-    for experiment in members:
-        summary = experiment.summary(metric)
-        value = fmt_value(experiment.spec.ablation.value) + (" (base)" if is_base_point(experiment) else "")
-        rows.append(
-            {"value": value, "seeds": fmt_seeds(experiment.n_eval, experiment.expected), "ap": fmt_summary(summary)}
-        )
-        means.append({"ap": summary.mean})
-    _best_marks(rows, means, ["ap"])
+    rows = display_rows(columns, members)
+    _best_marks(rows, [{"ap": e.summary(metric).mean} for e in members], ["ap"])
     bases = sorted({e.spec.ablation.base for e in members})
     baseline = reference_baseline(experiments, bases[0]) if len(bases) == 1 else None
     if baseline is not None:
-        rows.append(
-            {
-                "value": "no DCL (baseline)",
-                "seeds": fmt_seeds(baseline.n_eval, baseline.expected),
-                "ap": fmt_summary(baseline.summary(metric)),
-            }
-        )
-    return Table(
-        name="ablation",
-        title=parameter,
-        caption=f"around {', '.join(bases)}",
-        columns=columns,
-        rows=rows,
-        csv_columns=[],
-        csv_rows=[],
-    )
+        rows.append({**display_rows(columns[1:], [baseline])[0], "value": "no DCL (baseline)"})
+    return part_table("ablation", parameter, f"around {', '.join(bases)}", columns, rows)
 
 
 def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
     """Headline AP against each swept hyper-parameter."""
-    columns = [
-        Column("parameter", "Parameter"),
-        Column("value", "Value", "r"),
-        Column("experiment", "Experiment"),
-        Column("base", "Base experiment"),
-        Column("metric", "Metric"),
-        Column("seeds", "Seeds", "r"),
-        Column("ap", "AP", "r"),
-    ]
-    csv_columns = [
-        "parameter",
-        "key",
-        "value",
-        "base",
-        "experiment",
-        "dataset",
-        "metric",
-        "seeds_with_results",
-        "seeds_expected",
-        "mean",
-        "std",
-    ]
     ablations = sorted(
         (e for e in experiments if e.spec.ablation is not None),
         key=lambda e: (e.spec.ablation.parameter, e.spec.ablation.base, value_sort_key(e.spec.ablation.value), e.name),
     )
-    rows, csv_rows = [], []
-    incomplete = False
-    for experiment in ablations:
-        spec, ablation = experiment.spec, experiment.spec.ablation
-        summary = experiment.summary(spec.metric)
-        incomplete |= experiment.n_eval < experiment.expected
-        rows.append(
-            {
-                "parameter": ablation.parameter,
-                "value": fmt_value(ablation.value),
-                "experiment": spec.experiment,
-                "base": ablation.base,
-                "metric": metric_name(spec.metric),
-                "seeds": fmt_seeds(experiment.n_eval, experiment.expected),
-                "ap": fmt_summary(summary),
-            }
-        )
-        csv_rows.append(
-            {
-                "parameter": ablation.parameter,
-                "key": ablation.key,
-                # as written in experiments.json (2.0 stays 2.0, False is false)
-                "value": ablation.value if isinstance(ablation.value, str) else json.dumps(ablation.value),
-                "base": ablation.base,
-                "experiment": spec.experiment,
-                "dataset": spec.dataset,
-                "metric": spec.metric,
-                "seeds_with_results": experiment.n_eval,
-                "seeds_expected": experiment.expected,
-                "mean": summary.mean,
-                "std": summary.std,
-            }
-        )
+
+    def written(experiment: ExperimentStats) -> str:
+        # as written in experiments.json (2.0 stays 2.0, False is false)
+        value = experiment.spec.ablation.value
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def ablation(field_name: str) -> Column:
+        return _raw(field_name, lambda e: getattr(e.spec.ablation, field_name))
+
+    columns = [
+        ablation("parameter"),
+        ablation("key"),
+        _raw("value", written),
+        ablation("base"),
+        *_spec_fields("experiment", "dataset", "metric"),
+        _raw("seeds_with_results", lambda e: e.n_eval),
+        _raw("seeds_expected", lambda e: e.expected),
+        _raw("mean", lambda e: e.summary(e.spec.metric).mean),
+        _raw("std", lambda e: e.summary(e.spec.metric).std),
+    ]
     by_parameter: dict[str, list[ExperimentStats]] = {}
     for experiment in ablations:
         by_parameter.setdefault(experiment.spec.ablation.parameter, []).append(experiment)
@@ -1123,97 +1077,76 @@ def ablation_table(experiments: Sequence[ExperimentStats]) -> Table:
         "experiment's own value; no DCL: the baseline of the same dataset, initialisation and detector; "
         "best in bold."
     ]
-    if incomplete:
+    if any(e.n_eval < e.expected for e in ablations):
         notes.insert(0, SEEDS_NOTE)
-    return Table(
-        name="ablations",
-        title="Ablations",
-        caption="Headline AP of DCL for each value of each swept hyper-parameter "
+    return parts_table(
+        "ablations",
+        "Ablations",
+        "Headline AP of DCL for each value of each swept hyper-parameter "
         "(MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*), one sweep at a time around its base experiment.",
-        columns=columns,
-        rows=rows,
-        csv_columns=csv_columns,
-        csv_rows=csv_rows,
+        parts,
+        columns,
+        ablations,
+        # the "No data" table: the columns of a flat listing (the CSV's order differs)
+        header=[
+            Column("parameter", "Parameter"),
+            Column("value", "Value", "r"),
+            Column("experiment", "Experiment"),
+            Column("base", "Base experiment"),
+            Column("metric", "Metric"),
+            Column("seeds", "Seeds", "r"),
+            Column("ap", "AP", "r"),
+        ],
         notes=notes,
         empty="no ablation runs in experiments.json",
-        parts=parts,
     )
+
+
+def _info(result: RunResult) -> dict[str, Any]:
+    return result.info or {}
+
+
+def _gpus(result: RunResult) -> dict[str, Any]:
+    return _info(result).get("gpus") or {}
+
+
+def _iterations(result: RunResult) -> str:
+    iteration, max_iter = _info(result).get("iteration"), _info(result).get("max_iter")
+    return DASH if iteration is None else f"{iteration}" + ("" if max_iter is None else f"/{max_iter}")
+
+
+def _gpu_text(result: RunResult) -> str:
+    count, gpu_type = _gpus(result).get("count"), _gpus(result).get("type")
+    if count == 0:
+        return "CPU"
+    if count is None and gpu_type is None:
+        return DASH
+    return " × ".join(str(part) for part in (count, gpu_type) if part is not None)
 
 
 def inventory_table(results: Sequence[RunResult]) -> Table:
     """Every expected run with its status, reason, progress, wall time and GPUs."""
+
+    def expected(field_name: str, header: str = "", **options: Any) -> Column:
+        return Column(
+            field_name, header, value=lambda r: getattr(r.expected, field_name), shown=bool(header), **options
+        )
+
     columns = [
-        Column("experiment", "Experiment", width="2.6cm"),
-        Column("seed", "Seed", "r"),
-        Column("kind", "Kind"),
-        Column("status", "Status"),
-        Column("reason", "Reason", width="2.4cm"),
-        Column("iterations", "Iterations", "r"),
-        Column("wall", "Wall time", "r"),
-        Column("gpus", "GPUs"),
+        expected("experiment", "Experiment", width="2.6cm"),
+        expected("seed", "Seed", align="r"),
+        expected("kind", "Kind"),
+        *[expected(name) for name in ("group", "dataset", "init", "method", "run_dir")],
+        Column("status", "Status", value=lambda r: r.status),
+        Column("reason", "Reason", width="2.4cm", value=lambda r: r.reason),
+        Column("iterations", "Iterations", "r", text=_iterations),
+        _raw("iteration", lambda r: _info(r).get("iteration")),
+        _raw("max_iter", lambda r: _info(r).get("max_iter")),
+        Column("wall_time_s", "Wall time", "r", value=lambda r: _info(r).get("wall_time_s"), fmt=fmt_duration),
+        Column("gpus", "GPUs", text=_gpu_text),
+        _raw("gpu_type", lambda r: _gpus(r).get("type")),
+        _raw("gpu_count", lambda r: _gpus(r).get("count")),
     ]
-    csv_columns = [
-        "experiment",
-        "seed",
-        "kind",
-        "group",
-        "dataset",
-        "init",
-        "method",
-        "run_dir",
-        "status",
-        "reason",
-        "iteration",
-        "max_iter",
-        "wall_time_s",
-        "gpu_type",
-        "gpu_count",
-    ]
-    rows, csv_rows = [], []
-    for result in sorted(results, key=lambda r: (sort_key(r.expected), r.expected.seed)):
-        spec, info = result.expected, result.info or {}
-        iteration, max_iter = info.get("iteration"), info.get("max_iter")
-        gpus = info.get("gpus") or {}
-        count, gpu_type = gpus.get("count"), gpus.get("type")
-        if count == 0:
-            gpu_text = "CPU"
-        elif count is None and gpu_type is None:
-            gpu_text = DASH
-        else:
-            gpu_text = " × ".join(str(part) for part in (count, gpu_type) if part is not None)
-        rows.append(
-            {
-                "experiment": spec.experiment,
-                "seed": str(spec.seed),
-                "kind": spec.kind,
-                "status": result.status,
-                "reason": result.reason,
-                "iterations": DASH
-                if iteration is None
-                else f"{iteration}" + ("" if max_iter is None else f"/{max_iter}"),
-                "wall": fmt_duration(info.get("wall_time_s")),
-                "gpus": gpu_text,
-            }
-        )
-        csv_rows.append(
-            {
-                "experiment": spec.experiment,
-                "seed": spec.seed,
-                "kind": spec.kind,
-                "group": spec.group,
-                "dataset": spec.dataset,
-                "init": spec.init,
-                "method": spec.method,
-                "run_dir": spec.run_dir,
-                "status": result.status,
-                "reason": result.reason,
-                "iteration": iteration,
-                "max_iter": max_iter,
-                "wall_time_s": info.get("wall_time_s"),
-                "gpu_type": gpu_type,
-                "gpu_count": count,
-            }
-        )
     notes = [
         "Status: finished (all result files valid); running (run.json says so); incomplete (interrupted, "
         "stopped early, or a step's file not written yet); failed (training failed, or a file is "
@@ -1221,14 +1154,12 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
         "Totals: " + status_totals(results) + f" of {len(results)} expected runs.",
         "Wall time: h:mm:ss summed over attempts (run.json).",
     ]
-    return Table(
-        name="run_inventory",
-        title="Run inventory",
-        caption="Every run the experiment matrix expects, with its status and, when not finished, why.",
-        columns=columns,
-        rows=rows,
-        csv_columns=csv_columns,
-        csv_rows=csv_rows,
+    return flat_table(
+        "run_inventory",
+        "Run inventory",
+        "Every run the experiment matrix expects, with its status and, when not finished, why.",
+        columns,
+        sorted(results, key=lambda r: (sort_key(r.expected), r.expected.seed)),
         notes=notes,
         empty="experiments.json lists no runs",
         long=True,
@@ -1237,77 +1168,45 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
 
 def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
     """Each published number with what this reproduction measured and the verdict."""
+
+    def entry(field_name: str, header: str = "", **options: Any) -> Column:
+        return Column(field_name, header, value=lambda r: getattr(r.entry, field_name), shown=bool(header), **options)
+
+    def of_experiment(get: Callable[[ExperimentStats], Any]) -> Callable[[Reproduction], Any]:
+        return lambda r: None if r.experiment is None else get(r.experiment)
+
     columns = [
-        Column("detector", "Detector", width="1.5cm"),
-        Column("dataset", "Dataset"),
-        Column("init", "Init"),
-        Column("method", "Method"),
-        Column("metric", "Metric"),
-        Column("published", "Published", "r"),
-        Column("experiment", "Experiment", tex=False),
-        Column("seeds", "Seeds", "r", tex=False),
-        Column("reproduced", "Reproduced", "r"),
-        Column("diff", "Δ", "r"),
-        Column("verdict", "Verdict", width="1.5cm"),
-        Column("reason", "Why", width="2.2cm"),
+        entry("detector", "Detector", width="1.5cm"),
+        entry("dataset", "Dataset", fmt=dataset_name),
+        entry("init", "Init", fmt=init_name),
+        entry("method", "Method", fmt=method_name),
+        entry("metric", "Metric", fmt=short_metric_name),
+        Column("published", "Published", "r", value=lambda r: r.entry.value, fmt=lambda v: fmt_number(v, 1)),
+        entry("source"),
+        Column(
+            "experiment",
+            "Experiment",
+            tex=False,
+            value=of_experiment(lambda e: e.name),
+            fmt=lambda v: DASH if v is None else v,
+        ),
+        _raw("kind", of_experiment(lambda e: e.spec.kind)),
+        Column(
+            "seeds",
+            "Seeds",
+            "r",
+            tex=False,
+            text=lambda r: DASH if r.experiment is None else fmt_seeds(r.summary.n, r.experiment.expected),
+        ),
+        _raw("seeds_with_results", lambda r: r.summary.n),
+        _raw("seeds_expected", of_experiment(lambda e: e.expected)),
+        Column("reproduced", "Reproduced", "r", text=lambda r: fmt_summary(r.summary)),
+        _raw("mean", lambda r: r.summary.mean),
+        _raw("std", lambda r: r.summary.std),
+        Column("difference", "Δ", "r", value=lambda r: r.difference if r.summary.n else None, fmt=fmt_signed),
+        Column("verdict", "Verdict", width="1.5cm", value=lambda r: r.verdict),
+        Column("reason", "Why", width="2.2cm", value=lambda r: r.reason),
     ]
-    csv_columns = [
-        "detector",
-        "dataset",
-        "init",
-        "method",
-        "metric",
-        "published",
-        "source",
-        "experiment",
-        "kind",
-        "seeds_with_results",
-        "seeds_expected",
-        "mean",
-        "std",
-        "difference",
-        "verdict",
-        "reason",
-    ]
-    rows, csv_rows = [], []
-    for item in rows_in:
-        entry, experiment, summary = item.entry, item.experiment, item.summary
-        rows.append(
-            {
-                "detector": entry.detector,
-                "dataset": dataset_name(entry.dataset),
-                "init": init_name(entry.init),
-                "method": method_name(entry.method),
-                "metric": short_metric_name(entry.metric),
-                "published": fmt_number(entry.value, 1),
-                "experiment": experiment.name if experiment else DASH,
-                "seeds": fmt_seeds(summary.n, experiment.expected) if experiment else DASH,
-                "reproduced": fmt_summary(summary),
-                "diff": fmt_signed(item.difference) if summary.n else DASH,
-                "verdict": item.verdict,
-                "reason": item.reason,
-            }
-        )
-        csv_rows.append(
-            {
-                "detector": entry.detector,
-                "dataset": entry.dataset,
-                "init": entry.init,
-                "method": entry.method,
-                "metric": entry.metric,
-                "published": entry.value,
-                "source": entry.source,
-                "experiment": experiment.name if experiment else None,
-                "kind": experiment.spec.kind if experiment else None,
-                "seeds_with_results": summary.n,
-                "seeds_expected": experiment.expected if experiment else None,
-                "mean": summary.mean,
-                "std": summary.std,
-                "difference": item.difference if summary.n else None,
-                "verdict": item.verdict,
-                "reason": item.reason,
-            }
-        )
     notes = [
         "Trained experiments: reproduced when all configured seeds have results, there are at least 2, "
         "and |mean − published| ≤ 2 × sample std over seeds (the paper reports a single run: is it a "
@@ -1316,14 +1215,12 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
         "at its precision (|value − published| ≤ 0.05 for a number given to 0.1).",
         "Sources of the published numbers: results/published.yaml.",
     ]
-    return Table(
-        name="reproduction",
-        title="Published numbers and their reproduction",
-        caption="Every published number next to this reproduction's mean ± std over seeds and the verdict.",
-        columns=columns,
-        rows=rows,
-        csv_columns=csv_columns,
-        csv_rows=csv_rows,
+    return flat_table(
+        "reproduction",
+        "Published numbers and their reproduction",
+        "Every published number next to this reproduction's mean ± std over seeds and the verdict.",
+        columns,
+        rows_in,
         notes=notes,
         empty="results/published.yaml lists no numbers",
         wide=True,
