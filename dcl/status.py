@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from dcl import layout
 from dcl.io import InputError
 from dcl.report.inputs import ExpectedRun, add_experiments_argument, load_experiments, run_log
 from dcl.runrecord import RUN_RECORD, Progress, format_duration, now, progress, read_record
@@ -190,7 +191,7 @@ def run_status(
         elif status.state == "interrupted":
             signal = info.get("signal")
             status.reason = f"stopped by {signal}" if signal else "stopped"
-    elif expected.kind == "released" and (results_dir / expected.run_dir / "eval.json").is_file():
+    elif expected.kind == "released" and (results_dir / expected.run_dir / f"{layout.EVALUATION}.json").is_file():
         status.state = "finished"  # a released checkpoint evaluated without a run record
     elif expected.output_dir is not None and Path(expected.output_dir).parent.parent.is_dir():
         status.state = "pending"  # the work directory of the workflow is here: not started yet
@@ -212,7 +213,7 @@ def collect(
 ) -> dict[str, Any]:
     """Everything ``dcl status --json`` prints: preset, time, whether Slurm was asked, the runs
     (one per run folder) and the totals per state."""
-    experiments_path = experiments_path or results_dir / "experiments.json"
+    experiments_path = experiments_path or results_dir / layout.EXPERIMENTS
     if not experiments_path.is_file():
         raise InputError(
             f"experiments file not found: {experiments_path} (`dcl plan` writes it; the workflow's "
@@ -283,7 +284,7 @@ def _text(report: dict[str, Any]) -> str:
 
 
 def _default_results_dir() -> Path:
-    found = sorted(Path("results").glob("*/experiments.json"))
+    found = sorted(Path("results").glob(f"*/{layout.EXPERIMENTS}"))
     if len(found) == 1:
         return found[0].parent
     if not found:

@@ -329,16 +329,14 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
-def test_report_outputs_are_what_dcl_report_writes():
+def test_every_report_output_has_a_caption():
+    """The report rule's outputs are dcl.report's TABLE_NAMES / FIGURE_NAMES (imported there);
+    `snakemake --report` needs a caption for each."""
     from dcl.report import FIGURE_NAMES, TABLE_NAMES
 
-    text = (REPO / "workflow" / "rules" / "report.smk").read_text()
-    tables = yaml.safe_load(re.search(r"REPORT_TABLES = (\[.*?\])", text).group(1))
-    figures = yaml.safe_load(re.search(r"REPORT_FIGURES = (\[.*?\])", text).group(1))
-    assert tables == list(TABLE_NAMES) and figures == list(FIGURE_NAMES)
-    for name in tables:
+    for name in TABLE_NAMES:
         assert (REPO / "workflow" / "report" / f"table_{name}.rst").is_file()
-    for name in figures:
+    for name in FIGURE_NAMES:
         assert (REPO / "workflow" / "report" / f"figure_{name}.rst").is_file()
 
 

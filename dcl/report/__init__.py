@@ -27,6 +27,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Any
 
+from dcl import layout
 from dcl.io import InputError, atomic_write_text
 from dcl.report import inputs
 
@@ -103,7 +104,7 @@ def build_report(
 
     renderers = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
     results_dir = Path(results_dir)
-    experiments_path = Path(experiments_path) if experiments_path else results_dir / "experiments.json"
+    experiments_path = Path(experiments_path) if experiments_path else results_dir / layout.EXPERIMENTS
     if not experiments_path.is_file():
         raise InputError(
             f"experiments file not found: {experiments_path} (it lists the expected runs; "

@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
-from dcl import names
+from dcl import layout, names
 from dcl.io import InputError, read_json, read_yaml
 from dcl.runrecord import RUN_RECORD, describe_progress, progress, read_record
 
@@ -530,10 +530,18 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, float]], list[str]]:
     return records, skipped
 
 
+# A run folder's files (dcl.layout): the evaluation and both error analyses, on val and on the
+# occlusion subset.
+_EVAL, _ERRORS, _LEGACY = (f"{name}.json" for name in (layout.EVALUATION, *layout.ERROR_ANALYSES))
+_EVAL_OCC, _ERRORS_OCC, _LEGACY_OCC = (
+    f"{layout.on_occlusion(name)}.json" for name in (layout.EVALUATION, *layout.ERROR_ANALYSES)
+)
+
+
 def _required_files(expected: ExpectedRun) -> tuple[str, ...]:
-    files = ("eval.json", "errors.json", "errors_legacy.json")
+    files = (_EVAL, _ERRORS, _LEGACY)
     # Released checkpoints are only evaluated: no training log, run.json optional.
-    return ("run.json", "metrics.json", *files) if expected.kind == "train" else files
+    return (RUN_RECORD, layout.TRAINING_METRICS, *files) if expected.kind == "train" else files
 
 
 def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult:
@@ -551,7 +559,7 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     """
     folder = Path(results_dir) / expected.run_dir
     result = RunResult(expected=expected, status="finished")
-    if not (folder / "run.json").exists():
+    if not (folder / RUN_RECORD).exists():
         # Not finished (its run.json reaches the results only then): the live record, if any.
         live = _live_result(expected)
         if live is not None:
@@ -559,11 +567,9 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     if not folder.is_dir():
         result.status, result.problems = "missing", [f"no run folder {expected.run_dir}"]
         return result
-    names = ("run.json", "metrics.json", "eval.json", "errors.json", "errors_legacy.json")
-    present = {name for name in names if (folder / name).exists()}
-    optional = {
-        name for name in ("eval_occ.json", "errors_occ.json", "errors_legacy_occ.json") if (folder / name).exists()
-    }
+    files = (RUN_RECORD, layout.TRAINING_METRICS, _EVAL, _ERRORS, _LEGACY)
+    present = {name for name in files if (folder / name).exists()}
+    optional = {name for name in (_EVAL_OCC, _ERRORS_OCC, _LEGACY_OCC) if (folder / name).exists()}
     if not present:
         result.status, result.problems = "missing", ["run folder has no result files yet"]
         return result
@@ -571,9 +577,9 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     broken: list[str] = []  # -> failed
     unfinished: list[str] = []  # -> incomplete
     info = None
-    if "run.json" in present:
+    if RUN_RECORD in present:
         try:
-            info = _validate_run_info(_read_run_json_file(folder / "run.json"), expected)
+            info = _validate_run_info(_read_run_json_file(folder / RUN_RECORD), expected)
         except _BadFile as error:
             broken.append(str(error))
     result.info = info
@@ -593,22 +599,24 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         if iteration is not None and max_iter is not None and iteration < max_iter:
             unfinished.append(f"run.json says finished but stopped at iteration {iteration}/{max_iter}")
     training_complete = (state == "finished" and not unfinished) or (
-        expected.kind == "released" and "run.json" not in present
+        expected.kind == "released" and RUN_RECORD not in present
     )
 
+    def evaluation(path: Path) -> Any:
+        return _validate_eval(_read_run_json_file(path), expected)
+
+    def analysis(legacy: bool) -> Any:
+        return lambda path: _validate_errors(_read_run_json_file(path), path.name, legacy=legacy)
+
     readers = {
-        "eval.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
-        "errors.json": lambda path: _validate_errors(_read_run_json_file(path), "errors.json", legacy=False),
-        "errors_legacy.json": lambda path: _validate_errors(
-            _read_run_json_file(path), "errors_legacy.json", legacy=True
-        ),
-        "metrics.json": _read_metrics,
+        _EVAL: evaluation,
+        _ERRORS: analysis(legacy=False),
+        _LEGACY: analysis(legacy=True),
+        layout.TRAINING_METRICS: _read_metrics,
         # Optional (COCO runs when the occlusion subset is there): never required.
-        "eval_occ.json": lambda path: _validate_eval(_read_run_json_file(path), expected),
-        "errors_occ.json": lambda path: _validate_errors(_read_run_json_file(path), "errors_occ.json", legacy=False),
-        "errors_legacy_occ.json": lambda path: _validate_errors(
-            _read_run_json_file(path), "errors_legacy_occ.json", legacy=True
-        ),
+        _EVAL_OCC: evaluation,
+        _ERRORS_OCC: analysis(legacy=False),
+        _LEGACY_OCC: analysis(legacy=True),
     }
     loaded: dict[str, Any] = {}
     for name, reader in readers.items():
@@ -622,18 +630,18 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     if missing and (training_complete or (not broken and not unfinished and info is None)):
         unfinished.append(f"not written yet: {', '.join(missing)}")
 
-    metrics, skipped = loaded.get("metrics.json", (None, []))
+    metrics, skipped = loaded.get(layout.TRAINING_METRICS, (None, []))
     if skipped:
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         result.warnings.append(f"metrics.json: skipped unreadable {skipped[0]}{more}")
     if training_complete:
-        result.eval = loaded.get("eval.json")
-        result.errors = loaded.get("errors.json")
-        result.errors_legacy = loaded.get("errors_legacy.json")
+        result.eval = loaded.get(_EVAL)
+        result.errors = loaded.get(_ERRORS)
+        result.errors_legacy = loaded.get(_LEGACY)
         result.metrics = metrics
-        result.eval_occ = loaded.get("eval_occ.json")
-        result.errors_occ = loaded.get("errors_occ.json")
-        result.errors_legacy_occ = loaded.get("errors_legacy_occ.json")
+        result.eval_occ = loaded.get(_EVAL_OCC)
+        result.errors_occ = loaded.get(_ERRORS_OCC)
+        result.errors_legacy_occ = loaded.get(_LEGACY_OCC)
     result.problems = broken + unfinished
     result.status = "failed" if broken else "incomplete" if unfinished else "finished"
     return result
