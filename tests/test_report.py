@@ -719,18 +719,35 @@ def test_html_tables_for_the_snakemake_report(paper):
 
 
 # ----------------------------------------------------------------------------- bad input
-def expected_run(kind="train", method="baseline"):
+def expected_run(kind="train", method="baseline", experiment="exp", seed=0, group="main"):
+    """A Cityscapes (ImageNet init) run experiments.json lists."""
     return inputs.ExpectedRun(
-        experiment="exp",
-        seed=0,
+        experiment=experiment,
+        seed=seed,
         kind=kind,
         dataset="cityscapes",
         init="imagenet",
         method=method,
-        group="main",
+        group=group,
         ablation=None,
         metric="cityscapes.AP",
-        run_dir="runs/exp/seed0",
+        run_dir=f"runs/{experiment}/seed{seed}",
+    )
+
+
+def published_entry(value):
+    """A published Cityscapes AP of a DCL model (ImageNet init)."""
+    return inputs.PublishedEntry(
+        dataset="cityscapes",
+        init="imagenet",
+        method="dcl",
+        detector="d",
+        metric="cityscapes.AP",
+        value=value,
+        source="s",
+        reproducible=True,
+        note="",
+        index=0,
     )
 
 
@@ -1128,35 +1145,12 @@ def judged(values, published, kind="train", unfinished=()):
 
     results = []
     for seed, value in enumerate([*values, *unfinished]):
-        spec = inputs.ExpectedRun(
-            experiment="x",
-            seed=seed,
-            kind=kind,
-            dataset="cityscapes",
-            init="imagenet",
-            method="dcl",
-            group="released" if kind == "released" else "main",
-            ablation=None,
-            metric="cityscapes.AP",
-            run_dir=f"runs/x/seed{seed}",
-        )
+        spec = expected_run(kind, "dcl", "x", seed, "released" if kind == "released" else "main")
         if seed < len(values):
             results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
         else:
             results.append(inputs.RunResult(expected=spec, status=value))
-    entry = inputs.PublishedEntry(
-        dataset="cityscapes",
-        init="imagenet",
-        method="dcl",
-        detector="d",
-        metric="cityscapes.AP",
-        value=published,
-        source="s",
-        reproducible=True,
-        note="",
-        index=0,
-    )
-    (row,) = reproduction([entry], experiment_stats(results))
+    (row,) = reproduction([published_entry(published)], experiment_stats(results))
     return row
 
 
@@ -1237,18 +1231,7 @@ def stats_of(*experiments):
     results = []
     for name, method, group, values in experiments:
         for seed, value in enumerate(values):
-            spec = inputs.ExpectedRun(
-                experiment=name,
-                seed=seed,
-                kind="train",
-                dataset="cityscapes",
-                init="imagenet",
-                method=method,
-                group=group,
-                ablation=None,
-                metric="cityscapes.AP",
-                run_dir=f"runs/{name}/seed{seed}",
-            )
+            spec = expected_run("train", method, name, seed, group)
             results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
     return experiment_stats(results)
 
@@ -1301,33 +1284,10 @@ def test_a_seed_without_the_metric_cannot_be_judged_and_the_row_keeps_its_experi
 
     results = []
     for seed, eval_ in enumerate(({"cityscapes.AP": 36.0}, {"cityscapes.AP50": 60.0})):
-        spec = inputs.ExpectedRun(
-            experiment="x",
-            seed=seed,
-            kind="train",
-            dataset="cityscapes",
-            init="imagenet",
-            method="dcl",
-            group="main",
-            ablation=None,
-            metric="cityscapes.AP",
-            run_dir=f"runs/x/seed{seed}",
-        )
+        spec = expected_run("train", "dcl", "x", seed)
         results.append(inputs.RunResult(expected=spec, status="finished", eval=eval_))
-    entry = inputs.PublishedEntry(
-        dataset="cityscapes",
-        init="imagenet",
-        method="dcl",
-        detector="d",
-        metric="cityscapes.AP",
-        value=36.0,
-        source="s",
-        reproducible=True,
-        note="",
-        index=0,
-    )
     (experiment,) = experiment_stats(results)
-    (row,) = reproduction([entry], [experiment])
+    (row,) = reproduction([published_entry(36.0)], [experiment])
     assert (row.verdict, row.reason) == ("cannot be judged", "eval.json of seed 1 has no cityscapes.AP")
     assert row.experiment is experiment
 
