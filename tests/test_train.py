@@ -1271,3 +1271,23 @@ def test_test_time_augmentation_and_expected_results_as_in_train_net(toy_dataset
         record["status"] == "failed"
         and "TEST.EXPECTED_RESULTS not met: expected segm AP -1.0 +- 0.5" in record["error"]
     )
+
+
+def test_options_after_the_overrides_and_the_recorded_command():
+    """`... SOLVER.MAX_ITER 5 --resume`: --resume is an option, 5 a value; run.json records the
+    command as given (options first, then the overrides). A VALUE position is never an option."""
+    import argparse
+
+    from dcl.train_options import add_arguments, command_line, take_trailing_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config-file", "x.yaml", "SOLVER.MAX_ITER", "5", "--resume", "--num-gpus", "2"])
+    take_trailing_options(args)
+    assert args.resume and args.num_gpus == 2 and args.opts == ["SOLVER.MAX_ITER", "5"]
+    assert command_line(args) == [
+        "dcl", "train", "--config-file", "x.yaml", "--num-gpus", "2", "--resume", "SOLVER.MAX_ITER", "5"
+    ]  # fmt: skip
+    args = parser.parse_args(["--config-file", "x.yaml", "OUTPUT_DIR", "--resume"])
+    take_trailing_options(args)
+    assert not args.resume and args.opts == ["OUTPUT_DIR", "--resume"]
