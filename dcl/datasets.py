@@ -433,12 +433,8 @@ def _run_toy(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    try:
-        from dcl.cityscapes import cityscapes_to_coco
-    except ImportError as error:
-        if error.name != "dcl.cityscapes":
-            raise
-        raise InputError("this installation has no dcl.cityscapes module (Cityscapes -> COCO converter)") from None
+    from dcl.cityscapes import cityscapes_to_coco
+
     if args.style == "detectron" and args.segmentation is not None:
         raise InputError("--segmentation applies to --style default only (the detectron style is polygons)")
     coco = cityscapes_to_coco(

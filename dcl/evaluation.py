@@ -219,7 +219,7 @@ def evaluate(
         InputError: invalid GT or predictions (file, record, what is wrong).
     """
     explicit = iou_types is not None
-    iou_types = list(dict.fromkeys(iou_types or ("segm", "bbox")))
+    iou_types = list(dict.fromkeys(iou_types or IOU_TYPES))
     for iou_type in iou_types:
         if iou_type not in IOU_TYPES:
             raise InputError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")

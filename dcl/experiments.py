@@ -623,7 +623,7 @@ class Plan:
 
     def logs_of(self, run_: Run) -> dict[str, str]:
         """Each workflow step's log file of a run (paths relative to the working directory)."""
-        steps = ("train" if run_.kind == "train" else "inference", "evaluate", "errors", "errors_legacy")
+        steps = ("train" if run_.kind == "train" else "inference", "evaluate", *layout.ERROR_ANALYSES)
         return {step: self.log_pattern(step).format(experiment=run_.folder, seed=run_.seed) for step in steps}
 
     def _from_results(self, path: str) -> str:
@@ -690,7 +690,7 @@ class Plan:
         directory of the config are the ones it reads, whatever the calling shell has set."""
         return [
             f"DETECTRON2_DATASETS={self.datasets_root}",
-            f"DCL_TOY_DATASETS={self.datasets_root}/toy",
+            f"DCL_TOY_DATASETS={self.datasets_root}/{layout.TOY_DIR}",
             f"DCL_WEIGHTS_DIR={self.weights_dir}",
         ]
 
@@ -765,6 +765,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--commands", action="store_true", help="print the `dcl train` command line of every run to train or evaluate"
     )
+    parser.add_argument(
+        "--repo-root",
+        metavar="DIR",
+        help="the checkout whose detectron2 configs and published numbers the config names "
+        "(default: the checkout the working directory is in, as `snakemake` run here uses, else dcl's own)",
+    )
 
 
 def checkout_root(start: str | os.PathLike | None = None) -> Path:
@@ -781,7 +787,7 @@ def checkout_root(start: str | os.PathLike | None = None) -> Path:
 def run(args: argparse.Namespace) -> int:
     config = load_workflow_config(args.configs, args.assignments)
     source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
-    plan = Plan(config, source, repo_root=checkout_root())
+    plan = Plan(config, source, repo_root=args.repo_root or checkout_root())
     if args.output:
         atomic_write_json(args.output, plan.document())
     if args.commands:

@@ -36,7 +36,11 @@ __all__ = [
     "TRAINING_METRICS",
     "EVALUATION",
     "ERROR_ANALYSES",
+    "CORRECTED_ERRORS",
+    "LEGACY_ERRORS",
     "on_occlusion",
+    "split_occlusion",
+    "CHECK_STAMP",
     "run_files",
     "LOGS",
     "LOG",
@@ -145,6 +149,8 @@ REGISTERED_NAMES = tuple(dataset.catalog_name(split) for dataset in DATASETS.val
 
 
 # ----------------------------------------------------------------------------- run folders
+# Within work/{preset}: a dataset's check (dcl data check), which every job of the dataset waits for.
+CHECK_STAMP = "data/{dataset}.check.json"
 # Within results/{preset}: the list of runs the report expects (dcl plan).
 EXPERIMENTS = "experiments.json"
 # Patterns with {experiment} and {seed}: a run's results folder (relative to results/{preset}) and
@@ -161,7 +167,8 @@ TRAINING_METRICS = "metrics.json"
 # evaluation (dcl evaluate), the corrected and the original tool's error analysis (dcl errors,
 # default and --legacy-unmatched). On the occlusion subset: {name}_occ.json.
 EVALUATION = "eval"
-ERROR_ANALYSES = ("errors", "errors_legacy")
+CORRECTED_ERRORS, LEGACY_ERRORS = ERROR_ANALYSES = ("errors", "errors_legacy")
+_ON_OCCLUSION = "_occ"
 # The workflow's logs (relative to the working directory), and a run step's log within them:
 # {step} is train, inference, evaluate, errors, ...
 LOGS = "logs/{preset}"
@@ -170,7 +177,14 @@ LOG = "{step}/{experiment}/seed{seed}.log"
 
 def on_occlusion(analysis: str) -> str:
     """An analysis' name on the occlusion subset (``errors`` -> ``errors_occ``)."""
-    return f"{analysis}_occ"
+    return analysis + _ON_OCCLUSION
+
+
+def split_occlusion(analysis: str) -> tuple[str, bool]:
+    """``errors_occ`` -> ``("errors", True)``, ``errors`` -> ``("errors", False)``."""
+    if analysis.endswith(_ON_OCCLUSION):
+        return analysis[: -len(_ON_OCCLUSION)], True
+    return analysis, False
 
 
 def run_files(kind: str, occlusion: bool) -> list[str]:

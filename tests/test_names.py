@@ -24,9 +24,7 @@ def test_schema_enums_are_the_names():
         assert len(defs[key]["enum"]) == len(mapping), key
 
 
-def test_report_orders_and_error_kinds_come_from_names():
+def test_error_kinds_come_from_names():
     from dcl import errors
-    from dcl.report import inputs
 
     assert errors.ERROR_KINDS is names.ERROR_KINDS and errors.DEFAULT_TYPES == names.ERROR_KINDS
-    assert inputs.METHODS == tuple(names.METHODS) and inputs.GROUPS == names.GROUPS

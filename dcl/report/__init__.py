@@ -24,8 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dcl import layout
 from dcl.io import InputError, atomic_write_text
@@ -44,21 +43,14 @@ __all__ = [
     "run",
 ]
 
-# The fixed output names (each table in four formats, each figure in FIGURE_FORMATS): plain data
-# here, so the Snakefile can declare the outputs without loading pandas or matplotlib.
+# What `dcl report` writes: tables/{name}.{format}, figures/{name}.{format}. Plain data here, so
+# the Snakefile declares the outputs without loading pandas or matplotlib (which load only for a
+# report: `dcl status` reads run folders through dcl.report.inputs and must start fast).
 TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
+TABLE_FORMATS = ("md", "tex", "csv", "html")
 FIGURE_NAMES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
+FIGURE_FORMATS = ("png", "pdf")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def __getattr__(name: str) -> Any:
-    # pandas, scipy and matplotlib load only for a report: `dcl status` reads run folders through
-    # dcl.report.inputs and must start fast.
-    if name == "FIGURE_FORMATS":
-        from dcl.report import figures
-
-        return figures.FORMATS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -102,7 +94,7 @@ def build_report(
     """
     from dcl.report import analysis, figures, summary, tables
 
-    renderers = {"md": tables.to_markdown, "tex": tables.to_latex, "csv": tables.to_csv, "html": tables.to_html}
+    renderers = dict(zip(TABLE_FORMATS, (tables.to_markdown, tables.to_latex, tables.to_csv, tables.to_html)))
     results_dir = Path(results_dir)
     experiments_path = Path(experiments_path) if experiments_path else results_dir / layout.EXPERIMENTS
     if not experiments_path.is_file():
@@ -132,7 +124,7 @@ def build_report(
             atomic_write_text(path, render(table))
             written.append(path)
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
-    written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in figures.FORMATS]
+    written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]
     readme_path = results_dir / "README.md"
     atomic_write_text(
         readme_path,

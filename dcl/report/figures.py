@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dcl.io import atomic_path
-from dcl.report import FIGURE_NAMES
+from dcl.report import FIGURE_FORMATS, FIGURE_NAMES
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.report.inputs import EVAL_KEYS, TRAINING_KEYS
 from dcl.report.tables import (
@@ -38,7 +38,7 @@ from dcl.report.tables import (
     value_sort_key,
 )
 
-__all__ = ["FIGURES", "FORMATS", "OKABE_ITO", "write_figures"]
+__all__ = ["OKABE_ITO", "write_figures"]
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 _MODEL_COLORS = {
@@ -80,13 +80,12 @@ _CURVE_LABELS = {
     _VALIDATION: ("validation AP", "AP (%)"),  # of the periodic evaluation (TEST.EVAL_PERIOD)
 }
 _CURVES = TRAINING_KEYS + (_VALIDATION,)
-FIGURES = FIGURE_NAMES  # each is written under its fixed name, with or without data
-# Each figure is written once per format; the metadata dropped keeps files byte-identical.
+# Each figure is written once per format of FIGURE_FORMATS; the metadata dropped keeps files
+# byte-identical.
 _SAVE_OPTIONS = {
     "png": {"metadata": {"Software": None}},
     "pdf": {"metadata": {"Creator": None, "Producer": None, "CreationDate": None}},
 }
-FORMATS = tuple(_SAVE_OPTIONS)
 
 
 def _color(spec: Any, index: int = 0) -> str:
@@ -101,9 +100,9 @@ def _model_label(experiment: ExperimentStats, named: bool = False) -> str:
 
 
 def _save(figure: Figure, directory: Path, name: str) -> None:
-    for extension, kwargs in _SAVE_OPTIONS.items():
+    for extension in FIGURE_FORMATS:
         with atomic_path(directory / f"{name}.{extension}") as tmp:
-            figure.savefig(tmp, format=extension, **kwargs)
+            figure.savefig(tmp, format=extension, **_SAVE_OPTIONS[extension])
 
 
 def _no_data(title: str, reason: str) -> tuple[Figure, str]:
@@ -449,7 +448,7 @@ def write_figures(
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update(_STYLE)
-        for name, build in builders.items():
-            figure, reasons[name] = build()
+        for name in FIGURE_NAMES:
+            figure, reasons[name] = builders[name]()
             _save(figure, directory, name)
     return reasons

@@ -55,8 +55,6 @@ FAMILY_STATS: dict[str, tuple[str, ...]] = {
 # Inventory statuses, best first.
 STATUSES = ("finished", "running", "incomplete", "failed", "missing")
 KINDS = ("train", "released")
-METHODS = tuple(names.METHODS)
-GROUPS = names.GROUPS
 RUN_STATES = ("running", "finished", "failed", "interrupted")
 # detectron2 metrics.json scalars the training-curve figure draws.
 TRAINING_KEYS = ("total_loss", "loss_mask", "loss_contrast", "lr")
@@ -266,7 +264,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
         seed = record.get("seed")
         if not _is_int(seed) or seed < 0:
             raise InputError(f"{where}: 'seed' must be a non-negative integer, got {_type_name(seed)} {seed!r}")
-        group = _require_str(record, "group", where, GROUPS)
+        group = _require_str(record, "group", where, names.GROUPS)
         ablation_value = record.get("ablation")
         if group == "ablation" and ablation_value is None:
             raise InputError(f"{where}: group 'ablation' needs an 'ablation' object (parameter, key, value, base)")
@@ -278,7 +276,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             kind=_require_str(record, "kind", where, KINDS),
             dataset=_require_str(record, "dataset", where),
             init=_require_str(record, "init", where),
-            method=_require_str(record, "method", where, METHODS),
+            method=_require_str(record, "method", where, tuple(names.METHODS)),
             group=group,
             ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
             metric=_require_str(record, "metric", where),

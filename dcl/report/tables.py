@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from dcl import names
+from dcl import layout, names
 from dcl.report.analysis import (
     CONFIDENCE,
     PAIRED_TEST,
@@ -1000,7 +1000,9 @@ def fmt_value(value: Any) -> str:
 def is_base_point(experiment: ExperimentStats) -> bool:
     """An ablation point whose value is its base experiment's own (it reuses the base's runs)."""
     ablation = experiment.spec.ablation
-    return ablation is not None and experiment.spec.run_dir.startswith(f"runs/{ablation.base}/")
+    return ablation is not None and experiment.spec.run_dir == layout.RUN_DIR.format(
+        experiment=ablation.base, seed=experiment.spec.seed
+    )
 
 
 def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:

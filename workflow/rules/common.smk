@@ -82,7 +82,7 @@ def run_of(wildcards):
 
 
 def check_stamp(dataset):
-    return f"{WORK}/data/{dataset}.check.json"
+    return f"{WORK}/{layout.CHECK_STAMP.format(dataset=dataset)}"
 
 
 def dataset_inputs(dataset):
@@ -91,7 +91,7 @@ def dataset_inputs(dataset):
     truth converted to COCO JSON. ``ancient``: re-checking the data must not make finished runs
     look outdated."""
     inputs = {"data_check": ancient(check_stamp(dataset))}
-    if dataset == "cityscapes":
+    if DATASETS[dataset].format == "cityscapes" and not DATASETS[dataset].toy:
         inputs["gt"] = ancient(PLAN.gt(dataset))
     return inputs
 
@@ -113,9 +113,10 @@ def errors_gt(wildcards):
     """GT of an analysis: errors / errors_legacy on val (the legacy one on the original tool's GT),
     *_occ on the occlusion subset."""
     dataset = run_of(wildcards).dataset
-    if wildcards.analysis.endswith("_occ"):
+    analysis, occlusion = layout.split_occlusion(wildcards.analysis)
+    if occlusion:
         return PLAN.occlusion_gt(dataset)
-    return PLAN.errors_gt(dataset, wildcards.analysis == "errors_legacy")
+    return PLAN.errors_gt(dataset, analysis == layout.LEGACY_ERRORS)
 
 
 def _with_gt(inputs, dataset, gt):
@@ -136,8 +137,9 @@ def occlusion_inputs(wildcards):
 
 
 def subset_options(wildcards):
-    """For the occlusion subset: the val predictions are mapped onto its images by file name."""
-    if wildcards.get("analysis", "eval_occ").endswith("_occ"):
+    """For the occlusion subset (evaluate_occ, and the errors rule's *_occ analyses): the val
+    predictions are mapped onto its images by file name."""
+    if wildcards.get("analysis") is None or layout.split_occlusion(wildcards.analysis)[1]:
         return shlex.join(["--predictions-gt", PLAN.gt(run_of(wildcards).dataset)])
     return ""
 

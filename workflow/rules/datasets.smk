@@ -8,7 +8,7 @@ rule toy_data:
     # A directory output: Snakemake must not create folders inside it before `dcl data toy` runs
     # (it refuses a non-empty directory that is not already a toy dataset).
     output:
-        directory(f"{ROOT}/toy"),
+        directory(f"{ROOT}/{layout.TOY_DIR}"),
     log:
         f"{LOGS}/data/toy.log",
     localrule: True
@@ -36,7 +36,7 @@ rule check_dataset:
         # COCO-OCC, where the user has it: validated here too (absent: a note, not an error).
         occlusion=lambda wildcards: (
             f"--occlusion-subset {shlex.quote(PLAN.occlusion_subset)}"
-            if wildcards.dataset == "coco" and PLAN.occlusion_subset
+            if DATASETS[wildcards.dataset].occlusion and not DATASETS[wildcards.dataset].toy and PLAN.occlusion_subset
             else ""
         ),
     shell:
@@ -58,7 +58,8 @@ rule cityscapes_to_coco:
     conda:
         "../envs/dcl.yaml"
     params:
-        # <cityscapes root>/annotations/<file>
+        # The Cityscapes folder of the output (<folder>/annotations/<file>): `snakemake --lint` wants
+        # an output's prefix derived from it, not spelt again.
         root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
         "dcl data cityscapes-to-coco {params.root:q} --split val -o {output:q} > {log:q} 2>&1"
@@ -80,6 +81,8 @@ rule cityscapes_to_coco_detectron:
     conda:
         "../envs/dcl.yaml"
     params:
+        # The Cityscapes folder of the output (<folder>/annotations/<file>): `snakemake --lint` wants
+        # an output's prefix derived from it, not spelt again.
         root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
         "dcl data cityscapes-to-coco {params.root:q} --split val --style detectron -o {output:q} > {log:q} 2>&1"

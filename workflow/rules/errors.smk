@@ -23,7 +23,11 @@ rule errors:
         gt=errors_gt,
         options=lambda wildcards: " ".join(
             filter(
-                None, [subset_options(wildcards), PLAN.errors_options(wildcards.analysis.startswith("errors_legacy"))]
+                None,
+                [
+                    subset_options(wildcards),
+                    PLAN.errors_options(layout.split_occlusion(wildcards.analysis)[0] == layout.LEGACY_ERRORS),
+                ],
             )
         ),
     shell:

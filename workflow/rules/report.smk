@@ -3,8 +3,7 @@
 # (workflow/report/*.rst).
 
 # What `dcl report` writes.
-from dcl.report import FIGURE_NAMES as REPORT_FIGURES
-from dcl.report import TABLE_NAMES as REPORT_TABLES
+from dcl.report import FIGURE_FORMATS, FIGURE_NAMES, TABLE_FORMATS, TABLE_NAMES
 
 REPORT_ARGS = shlex.join(
     [
@@ -31,8 +30,10 @@ rule plan:
         configs=shlex.join(CONFIG_FILES),
         assignments=shlex.join(["--config", *CONFIG_ASSIGNMENTS]) if CONFIG_ASSIGNMENTS else "",
         digest=PLAN.digest(),
+        # The checkout this Snakefile is in, whatever the working directory (snakemake -s).
+        repo_root=workflow.basedir,
     shell:
-        "dcl plan {params.configs} {params.assignments} -o {output:q} > {log:q} 2>&1"
+        "dcl plan {params.configs} {params.assignments} --repo-root {params.repo_root:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -50,9 +51,10 @@ rule report:
                 category="Tables",
                 labels={"table": name},
             )
-            for name in REPORT_TABLES
+            for name in TABLE_NAMES
         ],
-        table_files=[f"{RESULTS}/tables/{name}.{ext}" for name in REPORT_TABLES for ext in ("md", "tex", "csv")],
+        # `snakemake --report` collects the HTML tables and PNG figures; the other formats:
+        table_files=[f"{RESULTS}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in TABLE_FORMATS if ext != "html"],
         figures=[
             report(
                 f"{RESULTS}/figures/{name}.png",
@@ -60,9 +62,11 @@ rule report:
                 category="Figures",
                 labels={"figure": name},
             )
-            for name in REPORT_FIGURES
+            for name in FIGURE_NAMES
         ],
-        figure_files=[f"{RESULTS}/figures/{name}.pdf" for name in REPORT_FIGURES],
+        figure_files=[
+            f"{RESULTS}/figures/{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS if ext != "png"
+        ],
     log:
         f"{LOGS}/report.log",
     localrule: True
