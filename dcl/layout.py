@@ -103,7 +103,8 @@ class Dataset:
 
     @property
     def root_folder(self) -> str:
-        """``folder`` relative to the datasets root (the toy root is ``<datasets root>/toy`` there)."""
+        """``folder`` relative to the datasets root, with the toy root at ``<datasets root>/toy``
+        (where the workflow pins ``$DCL_TOY_DATASETS``: ``Plan.environment``)."""
         return f"{TOY_DIR}/{self.folder}" if self.toy else self.folder
 
     def images(self, split: str) -> str:
@@ -136,13 +137,14 @@ class Dataset:
         return self.root_folder if self.format == "cityscapes" else None
 
 
+# In dcl.names.DATASETS order (a test checks the names agree).
 DATASETS: dict[str, Dataset] = {
-    "coco": Dataset("coco", "coco", "coco", False, "segm.AP", "coco_2017", year="2017", occlusion=True),
     "cityscapes": Dataset(
         "cityscapes", "cityscapes", "cityscapes", False, "cityscapes.AP", "cityscapes_fine_instance_seg"
     ),
-    "toy_coco": Dataset("toy_coco", "coco", "coco", True, "segm.AP", "toy_coco", occlusion=True),
+    "coco": Dataset("coco", "coco", "coco", False, "segm.AP", "coco_2017", year="2017", occlusion=True),
     "toy_cityscapes": Dataset("toy_cityscapes", "cityscapes", "cityscapes", True, "cityscapes.AP", "toy_cityscapes"),
+    "toy_coco": Dataset("toy_coco", "coco", "coco", True, "segm.AP", "toy_coco", occlusion=True),
 }
 # The names dcl registers in detectron2's catalogs (the configs' DATASETS.TRAIN / TEST).
 REGISTERED_NAMES = tuple(dataset.catalog_name(split) for dataset in DATASETS.values() for split in SPLITS)

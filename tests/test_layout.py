@@ -66,7 +66,7 @@ def test_the_check_finds_a_copy(tmp_path):
 
 
 def test_layout_knows_every_dataset_of_the_vocabulary():
-    assert set(layout.DATASETS) == set(names.DATASETS)
+    assert list(layout.DATASETS) == list(names.DATASETS)
     assert all(name == spec.name for name, spec in layout.DATASETS.items())
 
 
@@ -91,14 +91,14 @@ def test_dataset_paths():
     assert cityscapes.legacy_gt == "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
     assert cityscapes.cityscapes_root == "toy/cityscapes" and cityscapes.images("val") == "leftImg8bit/val"
     assert layout.REGISTERED_NAMES == (
-        "coco_2017_train",
-        "coco_2017_val",
         "cityscapes_fine_instance_seg_train",
         "cityscapes_fine_instance_seg_val",
-        "toy_coco_train",
-        "toy_coco_val",
+        "coco_2017_train",
+        "coco_2017_val",
         "toy_cityscapes_train",
         "toy_cityscapes_val",
+        "toy_coco_train",
+        "toy_coco_val",
     )
     assert layout.run_files("released", occlusion=True) == [
         "run.json",
