@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import shutil
 import weakref
 from pathlib import Path
@@ -64,14 +65,23 @@ _RECORD_PERIOD = 20  # iterations between run.json progress updates (as detectro
 # ----------------------------------------------------------------------------- checkpoints
 
 
+PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")  # detectron2's model_{iter:07d}.pth
+FINAL_CHECKPOINT = "model_final"
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose files are never seen half-written: the checkpoint goes to a
     temporary file that is renamed into place, then ``last_checkpoint`` is replaced the same way.
 
+    ``keep_periodic``: keep only the newest so many periodic checkpoints (``model_<iter>.pth``,
+    with the optimizer state: what a resume needs) in ``save_dir``, also those of earlier
+    attempts; None keeps all (detectron2's default). ``model_final.pth`` holds the weights and
+    the iteration only: the optimizer state (as large again) is of no use once training is over.
     ``saved_iteration`` is the trainer iteration of the last checkpoint this object wrote.
     """
 
     saved_iteration: Optional[int] = None
+    keep_periodic: Optional[int] = None
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -80,6 +90,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        if name == FINAL_CHECKPOINT and isinstance(data.get("trainer"), dict):
+            # The iteration only (a resume of a finished run starts past MAX_ITER): no optimizer,
+            # scheduler or hook state.
+            data = {"model": data["model"], "trainer": {"iteration": data["trainer"]["iteration"]}, **kwargs}
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
@@ -92,6 +106,23 @@ class AtomicCheckpointer(DetectionCheckpointer):
         trainer_state = data.get("trainer")
         if isinstance(trainer_state, dict) and "iteration" in trainer_state:
             self.saved_iteration = trainer_state["iteration"]
+        if self.keep_periodic is not None and PERIODIC_CHECKPOINT.fullmatch(basename):
+            self.remove_old_checkpoints(self.keep_periodic)
+
+    def remove_old_checkpoints(self, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` periodic checkpoints of ``save_dir`` (never the one
+        ``last_checkpoint`` names); the names deleted."""
+        periodic = sorted(
+            (int(match.group(1)), path.name)
+            for path in Path(self.save_dir).iterdir()
+            if (match := PERIODIC_CHECKPOINT.fullmatch(path.name))
+        )
+        last = os.path.basename(self.get_checkpoint_file() or "")
+        removed = [name for _, name in periodic[: max(0, len(periodic) - keep)] if name != last]
+        for name in removed:
+            os.remove(os.path.join(self.save_dir, name))
+            self.logger.info("Removed %s (keeping the newest %d periodic checkpoints)", name, keep)
+        return removed
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
@@ -250,11 +281,19 @@ class Trainer(DefaultTrainer):
     resumable data order, and ``run.json`` progress updates.
 
     ``stop`` is the process's :class:`dcl.preemption.StopSignal`; ``record`` the run record
-    (main process only)."""
+    (main process only); ``keep_checkpoints`` the periodic checkpoints to keep
+    (:class:`AtomicCheckpointer`, None: all)."""
 
-    def __init__(self, cfg: CfgNode, stop: StopSignal, record: Optional[RunRecord] = None):
+    def __init__(
+        self,
+        cfg: CfgNode,
+        stop: StopSignal,
+        record: Optional[RunRecord] = None,
+        keep_checkpoints: Optional[int] = None,
+    ):
         self.stop = stop
         self._record = record
+        self._keep_checkpoints = keep_checkpoints
         self._train_sampler: Optional[ResumableTrainingSampler] = None
         self._loaders: list[LazyLoader] = []
         self.completed_iterations = 0
@@ -343,6 +382,7 @@ class Trainer(DefaultTrainer):
     # -- hooks and checkpoints
     def build_hooks(self):
         self.checkpointer = AtomicCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer.keep_periodic = self._keep_checkpoints
         built = super().build_hooks()
         # After the LR scheduler and the periodic checkpointer, before evaluation and writers:
         # a stop skips the evaluation due at this iteration, and the writers still flush.

@@ -60,6 +60,7 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 # numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum).
 SEED_LIMIT = 2**32
 DEFAULT_MAX_CHUNKS = 50  # the schema's default for max_chunks
+DEFAULT_KEEP_CHECKPOINTS = 2  # the schema's default for keep_checkpoints
 
 # What `method: dcl` switches on (the original README's command lines).
 DCL_HEAD_OVERRIDES: tuple[tuple[str, str], ...] = (
@@ -358,6 +359,7 @@ class Plan:
             (k, format_override_value(v)) for k, v in sorted(config["train_overrides"].items())
         )
         self.max_chunks: int = int(config.get("max_chunks", DEFAULT_MAX_CHUNKS))
+        self.keep_checkpoints: int = int(config.get("keep_checkpoints", DEFAULT_KEEP_CHECKPOINTS))
         self._missing_configs: dict[str, list[str]] = {}
         self.runs: list[Run] = []
         self._expand()
@@ -699,7 +701,10 @@ class Plan:
         Training always resumes from the last checkpoint in OUTPUT_DIR, so a
         job that was stopped (time limit, pre-emption, failure) continues when it is re-run."""
         args = ["--config-file", run_.config_file]
-        args += ["--eval-only"] if run_.kind == "released" else ["--resume", "--max-chunks", str(self.max_chunks)]
+        if run_.kind == "released":
+            args += ["--eval-only"]
+        else:
+            args += ["--resume", "--max-chunks", str(self.max_chunks), "--keep-checkpoints", str(self.keep_checkpoints)]
         args += ["--results-dir", self.results_dir(run_)]
         pairs = list(run_.overrides)
         if run_.weights_file is not None:

@@ -6,6 +6,12 @@ with every RNG seeded from its position in that stream; :func:`build_train_loade
 data loader whose iterator starts on the first batch (:class:`LazyLoader`) and whose worker
 processes ignore the stop signals and are ended for certain.
 
+The dataset dicts are held serialized (:func:`serialized_dicts`: detectron2's
+``DatasetFromList(serialize=True)``, one pickled byte buffer): a list of Python dicts would be
+copied page by page into every forked loader worker as soon as the worker touches the objects'
+reference counts (COCO train2017: ~1 GB private memory per worker after one pass over the data,
+against ~13 MB serialized; ``benchmarks/bench_scale.py`` measures it).
+
 detectron2's ``build_detection_train_loader(cfg, sampler=..., mapper=...)`` does not serve here:
 its ``MapDataset`` retries a rejected image with an RNG of its own (not a function of the stream
 position), its aspect-ratio grouping runs after mapping in the main process (a resumed run would
@@ -17,14 +23,14 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import dcl.compat  # noqa: F401  (before any detectron2 module)
 import numpy as np
 import torch
 import torch.utils.data as torchdata
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import DatasetFromList, DatasetMapper, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -38,6 +44,8 @@ __all__ = [
     "build_train_loader",
     "kill_loader_workers",
     "sample_seed",
+    "seeded_loader",
+    "serialized_dicts",
 ]
 
 
@@ -99,7 +107,7 @@ class SeededBatchMapper(torchdata.Dataset):
     every RNG seeded from (sampler seed, stream position): augmentation is a function of the
     position alone, whichever worker maps it and however often the workers restart."""
 
-    def __init__(self, dicts: list[dict], mapper, sampler: ResumableTrainingSampler):
+    def __init__(self, dicts: Sequence[dict], mapper, sampler: ResumableTrainingSampler):
         self.dicts, self.mapper, self.sampler = dicts, mapper, sampler
 
     def __getitem__(self, batch: list[tuple[int, int]]) -> list[dict]:
@@ -143,6 +151,31 @@ class LazyLoader:
         _kill(workers)
 
 
+def serialized_dicts(dicts: list[dict]) -> DatasetFromList:
+    """``dicts`` pickled into one numpy byte buffer: indexing returns a fresh copy of a dict, and
+    forked workers share the buffer's pages (no Python object in it has a reference count)."""
+    return DatasetFromList(dicts, copy=False, serialize=True)
+
+
+def seeded_loader(dicts: Sequence[dict], mapper, sampler: ResumableTrainingSampler, num_workers: int) -> LazyLoader:
+    """The loader of :func:`build_train_loader` on given dataset dicts (best
+    :func:`serialized_dicts`) and mapper: batches of ``sampler``, each image mapped by
+    :class:`SeededBatchMapper`, in ``num_workers`` signal-immune worker processes."""
+    return LazyLoader(
+        torchdata.DataLoader(
+            SeededBatchMapper(dicts, mapper, sampler),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_as_is,
+            worker_init_fn=ignore_stop_signals,
+            # Its own generator: starting the workers (on the first batch, also of a resumed run)
+            # must not draw from the training's RNG.
+            generator=torch.Generator().manual_seed(sampler.seed),
+        )
+    )
+
+
 def build_train_loader(cfg: CfgNode) -> tuple[LazyLoader, ResumableTrainingSampler]:
     """detectron2's training data (same dataset, mapper, index stream and aspect-ratio batches)
     from a resumable batch sampler, with per-image seeded augmentation and signal-immune workers;
@@ -157,20 +190,9 @@ def build_train_loader(cfg: CfgNode) -> tuple[LazyLoader, ResumableTrainingSampl
         [0 if d["width"] > d["height"] else 1 for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     )
     sampler = ResumableTrainingSampler(len(dicts), cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), aspect_ratios)
-    loader = LazyLoader(
-        torchdata.DataLoader(
-            SeededBatchMapper(dicts, DatasetMapper(cfg, True), sampler),
-            sampler=sampler,
-            batch_size=None,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-            collate_fn=_as_is,
-            worker_init_fn=ignore_stop_signals,
-            # Its own generator: starting the workers (on the first batch, also of a resumed run)
-            # must not draw from the training's RNG.
-            generator=torch.Generator().manual_seed(sampler.seed),
-        )
-    )
-    return loader, sampler
+    dataset = serialized_dicts(dicts)
+    del dicts  # the serialized copy is the only one left (detectron2's catalog caches none)
+    return seeded_loader(dataset, DatasetMapper(cfg, True), sampler, cfg.DATALOADER.NUM_WORKERS), sampler
 
 
 def _kill(processes) -> None:

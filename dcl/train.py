@@ -9,7 +9,8 @@ worker: evaluate, or train with :class:`dcl.engine.Trainer`) and :func:`run` (ch
 ``launch``).
 
 Extra options: ``--results-dir DIR`` (on success, copy the small results there),
-``--weights-dir DIR`` (local weights directory, see :mod:`dcl.weights`), ``--dry-run`` (check the
+``--weights-dir DIR`` (local weights directory, see :mod:`dcl.weights`), ``--keep-checkpoints K``
+(only the newest K periodic checkpoints stay in OUTPUT_DIR), ``--dry-run`` (check the
 command: parse, resolve weights and datasets, build the model on the CPU; train nothing).
 
 Devices. ``--num-gpus N`` workers per machine (:mod:`dcl.launch`): one per GPU (NCCL), or with
@@ -91,6 +92,7 @@ class _Job:
     results_dir: Optional[str]
     record_fields: dict
     record_path: str
+    keep_checkpoints: Optional[int] = None
 
 
 def setup(job: _Job) -> CfgNode:
@@ -132,7 +134,7 @@ def main(job: _Job, stop: StopSignal) -> None:
             if comm.is_main_process() and not stop.skipped_evaluation:
                 check_expected_results(cfg, results)
         else:
-            trainer = Trainer(cfg, stop, record)
+            trainer = Trainer(cfg, stop, record, keep_checkpoints=job.keep_checkpoints)
             trainer.resume_or_load(resume=job.resume)
             if record is not None:
                 record.start_iteration(trainer.start_iter)
@@ -180,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     take_trailing_options(args)
-    if args.max_chunks is not None and args.max_chunks < 1:
-        raise InputError(f"--max-chunks must be at least 1, got {args.max_chunks}")
+    for flag in ("max_chunks", "keep_checkpoints"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     opts = args.opts
     cfg = load_config(args.config_file, opts)
     layout = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)
@@ -222,6 +226,7 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
         resume=args.resume,
         eval_only=args.eval_only,
         results_dir=args.results_dir,
+        keep_checkpoints=args.keep_checkpoints,
         record_path=str(record_path(output_dir, args.eval_only)),
         record_fields=run_fields(
             eval_only=args.eval_only,

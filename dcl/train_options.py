@@ -1,7 +1,7 @@
 """The ``dcl train`` command line: ``train_net.py``'s flags (``--config-file``, ``--num-gpus``,
 ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``, trailing
 ``KEY VALUE`` overrides) and the pipeline's own (``--results-dir``, ``--weights-dir``,
-``--max-chunks``, ``--dry-run``); options after the overrides; the command as ``run.json`` records
+``--max-chunks``, ``--keep-checkpoints``, ``--dry-run``); options after the overrides; the command as ``run.json`` records
 it. What the options do is :mod:`dcl.train`'s.
 """
 
@@ -73,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "to resume, until the run has had N attempts",
     )
     parser.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep only the newest K periodic checkpoints model_<iter>.pth in OUTPUT_DIR "
+        "(default: all, as detectron2); model_final.pth holds the weights without the optimizer state",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="check the command (config, weights, datasets, model on the CPU) without training",
@@ -122,6 +130,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
         "results_dir",
         "weights_dir",
         "max_chunks",
+        "keep_checkpoints",
     ):
         value = getattr(args, flag, None)
         if value not in (None, ""):

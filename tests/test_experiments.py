@@ -181,6 +181,8 @@ def test_paper_train_command_is_the_original_readme_recipe():
         "--resume",
         "--max-chunks",
         "50",
+        "--keep-checkpoints",
+        "2",
         "--results-dir",
         "results/paper/runs/cityscapes_coco_dcl/seed1",
         "SOLVER.IMS_PER_BATCH",
@@ -202,6 +204,8 @@ def test_paper_train_command_is_the_original_readme_recipe():
         "--resume",
         "--max-chunks",
         "50",
+        "--keep-checkpoints",
+        "2",
         "--results-dir",
         "results/paper/runs/coco_baseline/seed0",
         "SOLVER.IMS_PER_BATCH",
@@ -222,12 +226,13 @@ def test_paper_train_command_is_the_original_readme_recipe():
     ]
 
 
-def test_max_chunks_comes_from_the_workflow_config():
+def test_max_chunks_and_kept_checkpoints_come_from_the_workflow_config():
     config = read_config_file(TOY)
-    config["max_chunks"] = 7
+    config.update(max_chunks=7, keep_checkpoints=1)
     plan = Plan(config, repo_root=REPO, working_dir=REPO)
     arguments = plan.train_arguments(plan.run("toy_coco_dcl", 0))
     assert arguments[arguments.index("--max-chunks") + 1] == "7"
+    assert arguments[arguments.index("--keep-checkpoints") + 1] == "1"
 
 
 def test_paper_released_checkpoints_are_evaluated_not_trained():

@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import pickle
+import random
 import re
 import shlex
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 import dcl.compat  # noqa: F401  (before detectron2)
 import torch
+from detectron2.data import DatasetFromList
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
@@ -35,6 +37,7 @@ from dcl.slurm import (
 from dcl.config import load_config
 from dcl.engine import AtomicCheckpointer
 from dcl.preemption import EXIT_INTERRUPTED
+from dcl import sampler as sampler_module
 from dcl.sampler import ResumableTrainingSampler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -378,6 +381,48 @@ def test_checkpoints_are_atomic_and_last_checkpoint_never_points_to_a_broken_fil
     assert loaded["iteration"] == 9 and torch.equal(loaded["model"]["weight"], model.weight)
 
 
+class TrainerState:
+    """A checkpointable like the trainer: its state holds the optimizer's (``_trainer``)."""
+
+    def __init__(self):
+        self.iteration = 0
+
+    def state_dict(self):
+        return {"iteration": self.iteration, "hooks": {"x": 1}, "_trainer": {"optimizer": {"momentum": [1.0] * 9}}}
+
+    def load_state_dict(self, state):
+        self.iteration = state["iteration"]
+
+
+def test_only_the_newest_periodic_checkpoints_are_kept_and_the_final_one_has_no_optimizer(tmp_path):
+    (tmp_path / "model_0000001.pth").write_bytes(b"from an earlier attempt")
+    (tmp_path / "model_99.pth").write_bytes(b"not a periodic checkpoint")
+    trainer = TrainerState()
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(3, 2), str(tmp_path), trainer=trainer)
+    checkpointer.keep_periodic = 2
+    for iteration in (4, 9, 14):
+        trainer.iteration = iteration
+        checkpointer.save(f"model_{iteration:07d}")
+    periodic = sorted(p.name for p in tmp_path.glob("model_*.pth"))
+    assert periodic == ["model_0000009.pth", "model_0000014.pth", "model_99.pth"]
+    assert "_trainer" in torch.load(tmp_path / "model_0000014.pth", weights_only=True)["trainer"]
+    trainer.iteration = 19
+    checkpointer.save("model_final", iteration=19)
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert final.keys() == {"model", "trainer", "iteration"} and final["trainer"] == {"iteration": 19}
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(p.name for p in tmp_path.glob("model_0*.pth")) == ["model_0000009.pth", "model_0000014.pth"]
+    # Resuming a finished run from it: past the last iteration, weights restored.
+    restored = TrainerState()
+    AtomicCheckpointer(torch.nn.Linear(3, 2), str(tmp_path), trainer=restored).resume_or_load("", resume=True)
+    assert restored.iteration == 19
+
+
+def test_keep_checkpoints_must_be_positive(capsys):
+    assert main(["train", "--config-file", TOY, "--keep-checkpoints", "0"]) == 1
+    assert "--keep-checkpoints must be at least 1, got 0" in capsys.readouterr().err
+
+
 def aspect_grouped_batches(indices, landscape, batch_size):
     """detectron2's AspectRatioGroupedDataset, written out on (position, index) pairs."""
     buckets = {True: [], False: []}
@@ -415,6 +460,31 @@ def test_resumable_sampler_shards_the_stream_over_ranks(monkeypatch):
         batches = itertools.islice(iter(ResumableTrainingSampler(10, 3, seed=5)), 4)
         seen += [pair for batch in batches for pair in batch]
     assert sorted(seen) == list(enumerate(stream))
+
+
+def test_training_dicts_are_stored_serialized_and_loaded_unchanged(monkeypatch):
+    """One pickled buffer, not a list of dicts: forked loader workers must not copy the dataset
+    (benchmarks/bench_scale.py measures the memory at COCO size)."""
+    dicts = [
+        {"file_name": f"{i}.jpg", "image_id": i, "width": 40 + i % 3, "height": 41, "annotations": [{"id": i}]}
+        for i in range(12)
+    ]
+    monkeypatch.setattr(sampler_module, "get_detection_dataset_dicts", lambda *args, **kwargs: list(dicts))
+    loader, sampler = sampler_module.build_train_loader(load_config(TOY, ["DATALOADER.NUM_WORKERS", "0"]))
+    storage = loader.loader.dataset.dicts
+    assert isinstance(storage, DatasetFromList) and storage._serialize
+    assert sampler.aspect_ratios == [0 if d["width"] > d["height"] else 1 for d in dicts]
+
+    def mapper(d):
+        return {**d, "draw": random.random()}
+
+    def batches(storage, workers):
+        seeded = ResumableTrainingSampler(len(dicts), 3, seed=7)
+        return list(itertools.islice(sampler_module.seeded_loader(storage, mapper, seeded, workers), 5))
+
+    served = batches(sampler_module.serialized_dicts(dicts), 2)
+    assert served == batches(dicts, 0)  # same images, same seeded draws, in worker processes too
+    assert {d["file_name"] for batch in served for d in batch} <= {d["file_name"] for d in dicts}
 
 
 def test_run_record_keeps_attempts_across_resumes(tmp_path):
@@ -1075,7 +1145,8 @@ def relative_l2(a, b):
 def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, tmp_path):
     """CPU, fixed threads: the DCL model stopped after iterations 3 and 6 and resumed twice
     (data-loader workers restarted each time) has the uninterrupted run's loss at every
-    iteration and its final weights: optimizer, LR schedule, RNGs and data order restored."""
+    iteration and its final weights: optimizer, LR schedule, RNGs and data order restored,
+    also when only the newest periodic checkpoint is kept (--keep-checkpoints 1)."""
     launcher = tmp_path / "launcher.py"
     launcher.write_text(LOSS_RECORDING)
     base_env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
@@ -1083,7 +1154,12 @@ def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, 
     for name, stops in (("straight", ""), ("resumed", "3,6")):
         out, losses = tmp_path / name, tmp_path / f"{name}.jsonl"
         env = {**base_env, "LOSSES": str(losses), "STOP_AFTER": stops}
-        command = toy_command(out, *DCL_HEADS, "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "DATASETS.TEST", "()")
+        command = toy_command(
+            out,
+            *DCL_HEADS,
+            *("SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.CHECKPOINT_PERIOD", "4"),
+            *("DATASETS.TEST", "()", "--keep-checkpoints", "1"),
+        )
         codes = []
         for attempt in range(3):
             code, output = run_dcl(
@@ -1093,6 +1169,8 @@ def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, 
             if code != EXIT_INTERRUPTED:
                 break
         assert codes[-1] == 0, output[-3000:]
+        # One periodic checkpoint kept (also across the attempts) beside the final weights.
+        assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000007.pth", "model_final.pth"]
         runs[name] = (
             [json.loads(line) for line in losses.read_text().splitlines()],
             torch.load(out / "model_final.pth", weights_only=False)["model"],

@@ -143,7 +143,7 @@ def test_paper_training_command_lines(paper_dry_run):
     # detectron2 config files are named by their absolute path.)
     assert commands[("cityscapes_coco_dcl", "2")] == (
         f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/cityscapes_mask_rcnn_R_50_FPN_coco.yaml"
-        f" --resume --max-chunks 50 --results-dir results/paper/runs/cityscapes_coco_dcl/seed2 SOLVER.IMS_PER_BATCH 8"
+        f" --resume --max-chunks 50 --keep-checkpoints 2 --results-dir results/paper/runs/cityscapes_coco_dcl/seed2 SOLVER.IMS_PER_BATCH 8"
         f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.6"
         f" MODEL.WEIGHTS weights/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
@@ -151,7 +151,7 @@ def test_paper_training_command_lines(paper_dry_run):
     )
     assert commands[("coco_dcl", "0")] == (
         f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/coco_mask_rcnn_R_50_FPN_1x.yaml"
-        f" --resume --max-chunks 50 --results-dir results/paper/runs/coco_dcl/seed0 SOLVER.IMS_PER_BATCH 16"
+        f" --resume --max-chunks 50 --keep-checkpoints 2 --results-dir results/paper/runs/coco_dcl/seed0 SOLVER.IMS_PER_BATCH 16"
         f" MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 0.1 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
         f" SEED 0 OUTPUT_DIR work_dirs/paper/coco_dcl/seed0 > logs/paper/train/coco_dcl/seed0.log 2>&1"
@@ -167,7 +167,7 @@ def test_paper_training_command_lines(paper_dry_run):
     assert pairs["MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT"] == "1.2"
     assert commands[("cityscapes_imagenet_refinemask_dcl", "1")] == (
         f"{env} dcl train --num-gpus 4 --config-file {REPO}/configs/cityscapes_refinemask_R_50_FPN.yaml"
-        f" --resume --max-chunks 50 --results-dir results/paper/runs/cityscapes_imagenet_refinemask_dcl/seed1"
+        f" --resume --max-chunks 50 --keep-checkpoints 2 --results-dir results/paper/runs/cityscapes_imagenet_refinemask_dcl/seed1"
         f" MODEL.ROI_HEADS.NAME RefineMaskROIHeads MODEL.ROI_MASK_HEAD.NAME RefineMaskContrastHead"
         f" MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT 1.4 MODEL.WEIGHTS weights/detectron2/ImageNetPretrained/torchvision/R-50.pkl"
         f" SEED 1 OUTPUT_DIR work_dirs/paper/cityscapes_imagenet_refinemask_dcl/seed1"
