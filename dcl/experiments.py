@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from dcl import layout
+from dcl import cost, layout
 from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.io import InputError, atomic_write_json, read_yaml
 from dcl.layout import DATASETS
@@ -730,6 +730,24 @@ class Plan:
         words += ["--num-gpus", str(max(1, gpus)), *self.train_arguments(run_)]
         return shlex.join(words)
 
+    def cost(self, run_: Run) -> cost.RunCost:
+        """A training's estimated GPU-hours, Slurm chunks and checkpoint disk (:mod:`dcl.cost`)."""
+        overrides = [*run_.overrides, *self.global_overrides]  # in the order train_arguments passes them
+        schedule = cost.schedule(str(self.working_dir / run_.config_file), overrides)
+        resources = run_.resources
+        return cost.run_cost(
+            DATASETS[run_.dataset].format,
+            run_.model,
+            schedule,
+            resources.gpus,
+            resources.runtime,
+            self.keep_checkpoints,
+        )
+
+    def cpu_step_seconds(self, run_: Run) -> float:
+        """The estimated CPU time of a run's evaluation and error analyses at full size."""
+        return cost.cpu_step_seconds(DATASETS[run_.dataset].format, self.occlusion_gt(run_.dataset) is not None)
+
     def document(self) -> dict[str, Any]:
         """``experiments.json``: the preset and every run the report should find."""
         runs = []
@@ -789,6 +807,51 @@ def checkout_root(start: str | os.PathLike | None = None) -> Path:
     return REPO_ROOT
 
 
+def print_plan(plan: Plan) -> None:
+    """``dcl plan``'s summary: one line per experiment with its estimated cost, then the totals."""
+    trained, released = plan.train_jobs, plan.released_jobs
+    costs = {(r.experiment, r.seed): plan.cost(r) for r in trained}
+    cpu = {(r.experiment, r.seed): plan.cpu_step_seconds(r) for r in plan.jobs.values()}
+    print(
+        f"preset {plan.preset}: {len(plan.runs)} runs in experiments.json; "
+        f"{len(trained)} to train, {len(released)} released checkpoints to evaluate"
+    )
+    width = max((len(r.experiment) for r in plan.runs), default=10)
+    print(
+        f"{'experiment':{width}s}  {'group':8s} {'dataset':14s} {'method':8s} {'seeds':7s}"
+        f" {'GPUs':>4s} {'h/run':>5s} {'chunks':>6s} {'GPU-h':>7s} {'disk GB':>7s} {'CPU-h':>6s}"
+    )
+    by_experiment: dict[str, list[Run]] = {}
+    for run_ in plan.runs:
+        by_experiment.setdefault(run_.experiment, []).append(run_)
+    for name, runs in by_experiment.items():
+        first = runs[0]
+        seeds = ",".join(str(r.seed) for r in runs)
+        keys = [(r.experiment, r.seed) for r in runs if (r.experiment, r.seed) in plan.jobs]
+        own = [costs[k] for k in keys if k in costs]
+        figures = (
+            f" {first.resources.gpus:4d} {max(c.wall_hours for c in own):5.1f} {max(c.chunks for c in own):6d}"
+            f" {sum(c.gpu_hours for c in own):7.1f} {sum(c.disk_gb for c in own):7.1f}"
+            if own
+            else f" {'':4s} {'-':>5s} {'-':>6s} {'-':>7s} {'-':>7s}"
+        )
+        cpu_hours = f" {sum(cpu[k] for k in keys) / 3600:6.2f}" if keys else f" {'-':>6s}"
+        shared = f"  (= {first.folder})" if first.folder != name else ""
+        print(
+            f"{name:{width}s}  {first.group:8s} {first.dataset:14s} {first.method:8s} {seeds:7s}"
+            f"{figures}{cpu_hours}{shared}"
+        )
+    print(
+        f"total: {sum(c.gpu_hours for c in costs.values()):.0f} GPU-hours of training "
+        f"(chunks: Slurm jobs of the run's time limit, at most max_chunks {plan.max_chunks}); "
+        f"checkpoints {sum(c.disk_gb for c in costs.values()):.0f} GB once trained "
+        f"(keep_checkpoints {plan.keep_checkpoints}; "
+        f"{sum(c.disk_gb_keep_all for c in costs.values()):.0f} GB if every checkpoint were kept); "
+        f"CPU steps {sum(cpu.values()) / 3600:.1f} CPU-hours"
+    )
+    print("(estimates: dcl/cost.py says where each figure comes from)")
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_workflow_config(args.configs, args.assignments)
     source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
@@ -799,23 +862,7 @@ def run(args: argparse.Namespace) -> int:
         for run_ in plan.jobs.values():
             print(plan.train_command(run_))
         return 0
-    trained, released = plan.train_jobs, plan.released_jobs
-    gpu_hours = sum(r.resources.gpus * r.resources.runtime for r in trained + released) / 60
-    print(
-        f"preset {plan.preset}: {len(plan.runs)} runs in experiments.json; "
-        f"{len(trained)} to train, {len(released)} released checkpoints to evaluate "
-        f"(at most {gpu_hours:.0f} GPU-hours by the time limits)"
-    )
-    width = max((len(r.experiment) for r in plan.runs), default=10)
-    print(f"{'experiment':{width}s}  {'group':8s} {'dataset':14s} {'method':8s} seeds")
-    by_experiment: dict[str, list[Run]] = {}
-    for run_ in plan.runs:
-        by_experiment.setdefault(run_.experiment, []).append(run_)
-    for name, runs in by_experiment.items():
-        first = runs[0]
-        seeds = ",".join(str(r.seed) for r in runs)
-        shared = f"  (= {first.folder})" if first.folder != name else ""
-        print(f"{name:{width}s}  {first.group:8s} {first.dataset:14s} {first.method:8s} {seeds}{shared}")
+    print_plan(plan)
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

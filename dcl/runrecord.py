@@ -33,6 +33,7 @@ __all__ = [
     "describe_progress",
     "format_duration",
     "git_state",
+    "gpu_hours",
     "mark_failed_if_running",
     "now",
     "parse_time",
@@ -337,6 +338,16 @@ def read_record(path: Path) -> Optional[dict]:
     except (InputError, OSError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def gpu_hours(info: dict) -> Optional[float]:
+    """The GPU-hours a run used: its wall time over every attempt times its GPUs (0 on the CPU);
+    None when the record does not say."""
+    wall = info.get("wall_time_s")
+    count = info.get("gpus", {}).get("count") if isinstance(info.get("gpus"), dict) else None
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or type(count) is not int:
+        return None
+    return wall * count / 3600
 
 
 def format_duration(seconds: Optional[float]) -> str:

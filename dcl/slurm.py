@@ -37,12 +37,17 @@ STOP_SIGNAL, STOP_SIGNAL_SECONDS = "TERM", 300
 SIGNAL_EARLY_SECONDS = 60
 
 
-def stop_signal_option(runtime_minutes: int) -> str:
-    """``sbatch --signal`` for a training job with this time limit: 5 minutes before it, but at
-    most half the limit and at least Slurm's one-minute slack (so a short job still trains
-    before it is signalled, as far as a limit of 2 minutes or more allows)."""
+def stop_signal_seconds(runtime_minutes: int) -> int:
+    """Seconds before a training job's time limit that it is signalled to checkpoint and stop:
+    5 minutes, but at most half the limit and at least Slurm's one-minute slack (so a short job
+    still trains before it is signalled, as far as a limit of 2 minutes or more allows)."""
     half = int(runtime_minutes) * 60 // 2
-    return f"--signal={STOP_SIGNAL}@{max(SIGNAL_EARLY_SECONDS, min(STOP_SIGNAL_SECONDS, half))}"
+    return max(SIGNAL_EARLY_SECONDS, min(STOP_SIGNAL_SECONDS, half))
+
+
+def stop_signal_option(runtime_minutes: int) -> str:
+    """``sbatch --signal`` for a training job with this time limit (:func:`stop_signal_seconds`)."""
+    return f"--signal={STOP_SIGNAL}@{stop_signal_seconds(runtime_minutes)}"
 
 
 @dataclasses.dataclass(frozen=True)

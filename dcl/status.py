@@ -2,7 +2,8 @@
 
 One line per run of ``RESULTS_DIR/experiments.json`` (written by ``dcl plan``; an ablation point
 that reuses its base experiment's training shares that run's line): its state, progress,
-speed, ETA, chunks (attempts), Slurm job and node, and for a failed run the reason and log.
+speed, ETA, chunks (attempts), GPU-hours used, the disk its work directory takes (checkpoints),
+Slurm job and node, and for a failed run the reason and log.
 
 Where the facts come from:
 
@@ -47,7 +48,7 @@ from typing import Any, Optional, Sequence
 from dcl import layout
 from dcl.io import InputError
 from dcl.report.inputs import ExpectedRun, add_experiments_argument, load_experiments, run_log
-from dcl.runrecord import RUN_RECORD, Progress, format_duration, now, progress, read_record
+from dcl.runrecord import RUN_RECORD, Progress, format_duration, gpu_hours, now, progress, read_record
 
 __all__ = ["STATES", "RunStatus", "SlurmJob", "add_arguments", "collect", "run", "run_status", "squeue_jobs"]
 
@@ -87,6 +88,8 @@ class RunStatus:
     updated_s_ago: Optional[float] = None
     reason: str = ""
     log: Optional[str] = None
+    gpu_hours: Optional[float] = None  # used so far, over every attempt
+    disk_bytes: Optional[int] = None  # of its work directory (checkpoints), when it is here
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +149,20 @@ def _stale_reason(info: dict, jobs: Optional[Sequence[SlurmJob]]) -> str:
     return ""
 
 
+def _disk_use(folder: Path) -> Optional[int]:
+    """Bytes of the files under ``folder`` (None when it is not there)."""
+    if not folder.is_dir():
+        return None
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed meanwhile (an old checkpoint)
+                pass
+    return total
+
+
 def run_status(
     results_dir: Path,
     expected: ExpectedRun,
@@ -171,7 +188,10 @@ def run_status(
     if expected.output_dir is not None:
         live = read_record(Path(expected.output_dir) / RUN_RECORD)
     info = finished if finished and finished.get("status") == "finished" else live
+    if expected.output_dir is not None:
+        status.disk_bytes = _disk_use(Path(expected.output_dir))
     if info is not None:
+        status.gpu_hours = gpu_hours(info)
         state: Progress = progress(info, at)
         status.iteration, status.max_iter, status.chunks = state.iteration, state.max_iter, state.chunks
         status.updated_s_ago = state.age_s
@@ -244,6 +264,8 @@ def collect(
             "done": sum(min(r.iteration or 0, r.max_iter) for r in trained),
             "total": sum(r.max_iter for r in trained),
         },
+        "gpu_hours": sum(r.gpu_hours or 0 for r in runs),
+        "disk_bytes": sum(r.disk_bytes or 0 for r in runs),
     }
 
 
@@ -253,7 +275,7 @@ def _text(report: dict[str, Any]) -> str:
     width = max([len("experiment"), *map(len, names)])
     header = (
         f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>6s} "
-        f"{'chunks':>6s}  {'job':10s} node"
+        f"{'chunks':>6s} {'GPU-h':>6s} {'disk':>7s}  {'job':10s} node"
     )
     lines = [
         f"dcl status {report['results_dir']} (preset {report['preset']}, {report['time']}"
@@ -266,7 +288,8 @@ def _text(report: dict[str, Any]) -> str:
         rate = f"{r['rate']:.2f}" if r["rate"] else "-"
         lines.append(
             f"{name:{width}s} {r['seed']:>4d}  {r['state']:11s} {progress_text:>13s} {rate:>6s} "
-            f"{format_duration(r['eta_s']):>6s} {r['chunks'] or '-':>6}  {r['job_id'] or '-':10s} "
+            f"{format_duration(r['eta_s']):>6s} {r['chunks'] or '-':>6} {_hours(r['gpu_hours']):>6s} "
+            f"{_size(r['disk_bytes']):>7s}  {r['job_id'] or '-':10s} "
             f"{r['node'] or '-'}"
         )
         if r["state"] in ("failed", "interrupted") and r["reason"] or r["log"]:
@@ -279,8 +302,23 @@ def _text(report: dict[str, Any]) -> str:
     etas = [r["eta_s"] for r in runs if r["eta_s"] is not None]
     if etas:
         line += f"; running runs done in {format_duration(max(etas))}"
+    line += f"; {_hours(report['gpu_hours'])} GPU-hours used; work directories {_size(report['disk_bytes'])}"
     lines.append(line)
     return "\n".join(lines)
+
+
+def _hours(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _size(value: Optional[int]) -> str:
+    """``1.2 GB``, ``350 MB``, ``12 kB``; ``-`` for None."""
+    if value is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}" if value < 100 * scale else f"{value / scale:.0f} {unit}"
+    return f"{value / 1e3:.0f} kB"
 
 
 def _default_results_dir() -> Path:

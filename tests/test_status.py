@@ -199,6 +199,34 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
     assert status.run_status(tree, expected["toy_cityscapes_baseline"], jobs, at(180)).state == "finished"
 
 
+def test_gpu_hours_used_and_disk_of_each_work_directory(tree, capsys):
+    finished = tree / "runs" / "toy_cityscapes_baseline" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "run.json").write_text(
+        json.dumps(record("finished", iteration=160, wall_time_s=5400.0, gpus={"count": 4, "type": "A100"}))
+    )
+    work = live("toy_cityscapes_baseline").parent
+    (work / "model_0000099.pth").write_bytes(b"x" * 3_000_000)
+    (work / "inference").mkdir()
+    (work / "inference" / "coco_instances_results.json").write_bytes(b"[]" * 250_000)
+    live("toy_coco_dcl").write_text(json.dumps(record("running", iteration=9, wall_time_s=720.0, gpus={"count": 0})))
+    live("toy_coco_baseline").write_text(json.dumps(record("running", iteration=9, wall_time_s="soon")))
+    report = status.collect(tree, use_slurm=False, at=at(180))
+    runs = by_name(report)
+    assert runs["toy_cityscapes_baseline"]["gpu_hours"] == pytest.approx(1.5 * 4)
+    assert runs["toy_cityscapes_baseline"]["disk_bytes"] == 3_500_000
+    assert runs["toy_coco_dcl"]["gpu_hours"] == 0  # on the CPU
+    assert runs["toy_coco_baseline"]["gpu_hours"] is None  # the record does not say
+    assert runs["toy_cityscapes_refinemask_dcl"]["disk_bytes"] is None  # no work directory
+    assert report["gpu_hours"] == pytest.approx(6.0)
+    assert report["disk_bytes"] == 3_500_000 + sum(os.path.getsize(p) for p in Path("work_dirs/toy").rglob("run.json"))
+    print(status._text(report))
+    text = capsys.readouterr().out
+    assert "6.0 GPU-hours used" in text
+    line = next(line for line in text.splitlines() if line.startswith("toy_cityscapes_baseline "))
+    assert " 6.0 " in line and "3.5 MB" in line
+
+
 def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
     expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
     live("toy_coco_dcl").write_text(

@@ -38,6 +38,7 @@ from dcl.report.analysis import (
     sort_key,
 )
 from dcl.report.inputs import FAMILY_STATS, PublishedEntry, RunResult, status_totals
+from dcl.runrecord import gpu_hours
 
 __all__ = [
     "Column",
@@ -1126,6 +1127,11 @@ def _gpu_text(result: RunResult) -> str:
     return " × ".join(str(part) for part in (count, gpu_type) if part is not None)
 
 
+def _gpu_hours(result: RunResult) -> float | None:
+    hours = gpu_hours(_info(result))
+    return None if hours is None else round(hours, 3)
+
+
 def inventory_table(results: Sequence[RunResult]) -> Table:
     """Every expected run with its status, reason, progress, wall time and GPUs."""
 
@@ -1148,13 +1154,15 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
         Column("gpus", "GPUs", text=_gpu_text),
         _raw("gpu_type", lambda r: _gpus(r).get("type")),
         _raw("gpu_count", lambda r: _gpus(r).get("count")),
+        Column("gpu_hours", "GPU-h", "r", value=_gpu_hours, fmt=lambda hours: fmt_number(hours, 1)),
     ]
     notes = [
         "Status: finished (all result files valid); running (run.json says so); incomplete (interrupted, "
         "stopped early, or a step's file not written yet); failed (training failed, or a file is "
         "unreadable, truncated or mistyped: the reason names it); missing (no results yet).",
         "Totals: " + status_totals(results) + f" of {len(results)} expected runs.",
-        "Wall time: h:mm:ss summed over attempts (run.json).",
+        "Wall time: h:mm:ss summed over attempts (run.json); GPU-h: wall time x GPUs, "
+        f"{fmt_number(sum(_gpu_hours(r) or 0 for r in results), 1)} GPU-hours in all.",
     ]
     return flat_table(
         "run_inventory",
