@@ -555,7 +555,9 @@ def test_inventory_lists_every_expected_run(paper):
     assert (done["wall_time_s"], done["gpu_type"], done["gpu_count"]) == ("5400", "NVIDIA A100", "4")
     assert float(done["gpu_hours"]) == 1.5 * 4
     markdown = (root / "tables" / "run_inventory.md").read_text()
-    assert "| cityscapes_imagenet_dcl | 0 | train | finished |  | 100/100 | 1:30:00 | 4 × NVIDIA A100 | 6.0 |" in markdown
+    assert (
+        "| cityscapes_imagenet_dcl | 0 | train | finished |  | 100/100 | 1:30:00 | 4 × NVIDIA A100 | 6.0 |" in markdown
+    )
     used = sum(float(r["gpu_hours"]) for r in rows if r["gpu_hours"])
     assert f"{used:.1f} GPU-hours in all" in markdown
     released = only(rows, experiment="released_cityscapes_imagenet_dcl")
