@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, inputs_on_subset, load_ground_truth, load_predictions
-from dcl.io import InputError, atomic_write_json
+from dcl.io import InputError, atomic_write_json, refuse_output_over_input
 from dcl.names import IOU_TYPES
 
 __all__ = [
@@ -327,6 +327,10 @@ def run_on_inputs(
     """The body of ``dcl evaluate`` and ``dcl errors``: ``compute(gt, predictions)`` on the inputs of
     :func:`dcl.coco.add_input_arguments`, the result (with its inputs named) to ``-o`` and, formatted,
     to stdout; its warnings to stderr."""
+    refuse_output_over_input(
+        args.output,
+        {"predictions": args.predictions, "ground truth": args.annotations, "predictions' GT": args.predictions_gt},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # warnings are in the result and printed below
         gt, predictions = inputs_on_subset(args.annotations, args.predictions, args.predictions_gt)

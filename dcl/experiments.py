@@ -31,7 +31,7 @@ import yaml
 
 from dcl import cost, layout
 from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
-from dcl.io import InputError, atomic_write_json, read_yaml
+from dcl.io import InputError, atomic_write_json, read_yaml, refuse_output_over_input
 from dcl.layout import DATASETS
 
 __all__ = [
@@ -853,6 +853,7 @@ def print_plan(plan: Plan) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_output_over_input(args.output, {f"config file {i + 1}": path for i, path in enumerate(args.configs)})
     config = load_workflow_config(args.configs, args.assignments)
     source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
     plan = Plan(config, source, repo_root=args.repo_root or checkout_root())

@@ -8,6 +8,7 @@ atomic on POSIX file systems).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -24,8 +25,10 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
+    "exclusive_lock",
     "read_json",
     "read_yaml",
+    "refuse_output_over_input",
     "staging_directory",
     "remove_stale_temporaries",
 ]
@@ -115,6 +118,50 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def refuse_output_over_input(output: str | os.PathLike | None, inputs: dict[str, Any]) -> None:
+    """Refuse an output path that is one of the inputs (``{what: path or None}``): the same file
+    also through symlinks, ``..`` or a hard link. Called before anything is read."""
+    if output is None:
+        return
+    output = Path(output)
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        same = os.path.realpath(output) == os.path.realpath(path)
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(output, path)
+        if same:
+            raise InputError(
+                f"output {output} is the {what} ({path}): writing it would destroy that input; choose another output"
+            )
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, holder: str, what: str) -> Iterator[None]:
+    """Hold an exclusive POSIX lock on ``lock_file`` (created if needed) while the block runs;
+    ``holder`` (who we are) is written into it for the next one to name. If another process
+    holds it: ``InputError`` naming ``what`` and the holder, at once.
+
+    ``fcntl.lockf`` locks belong to the process: the kernel releases them when it dies (also by
+    SIGKILL), forked children (data-loader workers) do not inherit them, and NFS carries them
+    between machines (NLM / NFSv4), so a lock outlives neither its process nor its node.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise InputError(f"{what} is in use by another process ({other}): wait for it to end, or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write_text(destination: str | os.PathLike, text: str) -> None:

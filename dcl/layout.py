@@ -165,6 +165,8 @@ INFERENCE_DIR = "inference"
 PREDICTIONS = f"{INFERENCE_DIR}/coco_instances_results.json"
 RUN_RECORD = "run.json"
 TRAINING_METRICS = "metrics.json"
+# The lock a live `dcl train` holds on its OUTPUT_DIR (one writer per run folder).
+RUN_LOCK = "dcl-train.lock"
 # The analyses of a run's predictions, each written to {name}.json in the run folder: the
 # evaluation (dcl evaluate), the corrected and the original tool's error analysis (dcl errors,
 # default and --legacy-unmatched). On the occlusion subset: {name}_occ.json.

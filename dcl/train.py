@@ -40,10 +40,12 @@ same command with ``--resume``; 130 a second Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -64,8 +66,9 @@ from dcl.engine import (
     prepare_output_dir,
 )
 from dcl.info import environment_info
-from dcl.io import InputError
+from dcl.io import InputError, exclusive_lock
 from dcl.launch import launch
+from dcl.layout import RUN_LOCK
 from dcl.preemption import (
     EXIT_INTERRUPTED,
     StopSignal,
@@ -73,7 +76,7 @@ from dcl.preemption import (
     forward_signals_to_workers,
     requeue_for_the_next_chunk,
 )
-from dcl.runrecord import RunRecord, mark_failed_if_running, record_path, run_fields
+from dcl.runrecord import RunRecord, mark_failed_if_running, now, record_path, run_fields
 from dcl.sampler import kill_loader_workers
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
 from dcl.train_options import add_arguments, command_line, take_trailing_options
@@ -218,37 +221,50 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
         cfg = with_values(cfg, SEED=int.from_bytes(os.urandom(4), "little") % 2**31)
         worker_opts += ["SEED", str(cfg.SEED)]
     output_dir = Path(cfg.OUTPUT_DIR)
-    if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
-        prepare_output_dir(output_dir)
-    job = _Job(
-        config_file=args.config_file,
-        opts=worker_opts,
-        resume=args.resume,
-        eval_only=args.eval_only,
-        results_dir=args.results_dir,
-        keep_checkpoints=args.keep_checkpoints,
-        record_path=str(record_path(output_dir, args.eval_only)),
-        record_fields=run_fields(
-            eval_only=args.eval_only,
-            command=command_line(args),
+    with contextlib.ExitStack() as held:
+        if layout.machine_rank == 0:  # one dcl train per OUTPUT_DIR, until this process ends
+            held.enter_context(exclusive_lock(output_dir / RUN_LOCK, _holder(), f"OUTPUT_DIR {output_dir}"))
+        if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
+            prepare_output_dir(output_dir)
+        job = _Job(
             config_file=args.config_file,
-            overrides=list(opts),
-            seed=cfg.SEED,
-            output_dir=cfg.OUTPUT_DIR,
-            max_iter=cfg.SOLVER.MAX_ITER,
-            num_gpus=args.num_gpus,
-            on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"),
-            distributed=dataclasses.asdict(layout),
-            weights=weights,
-            slurm=slurm_job(),
-            environment=environment_info(),
-        ),
+            opts=worker_opts,
+            resume=args.resume,
+            eval_only=args.eval_only,
+            results_dir=args.results_dir,
+            keep_checkpoints=args.keep_checkpoints,
+            record_path=str(record_path(output_dir, args.eval_only)),
+            record_fields=run_fields(
+                eval_only=args.eval_only,
+                command=command_line(args),
+                config_file=args.config_file,
+                overrides=list(opts),
+                seed=cfg.SEED,
+                output_dir=cfg.OUTPUT_DIR,
+                max_iter=cfg.SOLVER.MAX_ITER,
+                num_gpus=args.num_gpus,
+                on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"),
+                distributed=dataclasses.asdict(layout),
+                weights=weights,
+                slurm=slurm_job(),
+                environment=environment_info(),
+            ),
+        )
+        backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
+        code = _execute(job, stop, args.num_gpus, layout, backend)
+        if code == EXIT_INTERRUPTED and args.max_chunks is not None:
+            requeue_for_the_next_chunk(Path(job.record_path), args.max_chunks)
+        return code
+
+
+def _holder() -> str:
+    """Who holds a run folder's lock, as a second ``dcl train`` on it reports it."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return (
+        f"dcl train on {socket.gethostname()}, pid {os.getpid()}"
+        + (f", Slurm job {job}" if job else "")
+        + f", since {now()}"
     )
-    backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
-    code = _execute(job, stop, args.num_gpus, layout, backend)
-    if code == EXIT_INTERRUPTED and args.max_chunks is not None:
-        requeue_for_the_next_chunk(Path(job.record_path), args.max_chunks)
-    return code
 
 
 def _execute(job: _Job, stop: StopSignal, num_gpus: int, layout: DistributedLayout, backend: str) -> int:

@@ -1,0 +1,137 @@
+"""Nothing lost, nothing runaway (README, "Reliability"): each guarantee checked end to end, as a
+subprocess with a timeout, asserting the exit code, the one-line message and that no input changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from instance_fixtures import make_random
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dcl(*args, cwd=None, timeout=120, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dcl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess, command: str, *fragments: str) -> None:
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dcl {command}: error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def instances(tmp_path):
+    gt, predictions = make_random(seed=3, num_images=3)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "p.json").write_text(json.dumps(predictions))
+    (tmp_path / "sub").mkdir()
+    os.symlink(tmp_path / "gt.json", tmp_path / "link.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "errors"])
+@pytest.mark.parametrize(
+    "output, what",
+    [
+        ("p.json", "predictions"),
+        ("gt.json", "ground truth"),
+        ("sub/../gt.json", "ground truth"),
+        ("link.json", "ground truth"),
+    ],
+)
+def test_an_output_never_overwrites_an_input(instances, command, output, what):
+    before = {p.name: p.read_bytes() for p in instances.glob("*.json")}
+    done = dcl(command, "p.json", "-a", "gt.json", "-o", output, cwd=instances)
+    one_line_error(done, command, f"output {output} is the {what}", "choose another output")
+    assert {p.name: p.read_bytes() for p in instances.glob("*.json")} == before
+
+
+def test_plan_never_overwrites_its_config(tmp_path):
+    config = tmp_path / "toy.yaml"
+    config.write_bytes((REPO / "configs" / "toy.yaml").read_bytes())
+    done = dcl("plan", config, "-o", config, "--repo-root", REPO, cwd=tmp_path)
+    one_line_error(done, "plan", "is the config file 1")
+    assert config.read_bytes() == (REPO / "configs" / "toy.yaml").read_bytes()
+
+
+TOY_CONFIG = REPO / "configs" / "toy_coco_mask_rcnn_R18_FPN.yaml"
+
+
+def toy_train(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dcl",
+        "train",
+        "--config-file",
+        str(TOY_CONFIG),
+        *("SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()"),
+        *extra,
+        *("OUTPUT_DIR", str(out)),
+    ]
+
+
+@pytest.mark.e2e
+def test_two_trainings_in_one_output_dir_exactly_one_trains(toy_datasets, tmp_path):
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        toy_train(out, "SOLVER.MAX_ITER", "400", "--resume"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "run.json").is_file():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        record_before = (out / "run.json").read_text()
+        started = time.monotonic()
+        second = subprocess.run(
+            toy_train(out, "SOLVER.MAX_ITER", "400", "--resume"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        one_line_error(second, "train", f"OUTPUT_DIR {out} is in use by another process", f"pid {first.pid}")
+        assert time.monotonic() - started < 60  # at once: it waited for nothing
+        assert first.poll() is None  # the first goes on
+        record = json.loads((out / "run.json").read_text())
+        assert [a["status"] for a in record["attempts"]] == ["running"], record_before
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=120)
+    assert first.returncode == 75  # interrupted by us, checkpointed
+    # Its process gone, the folder is free again (the kernel released the lock): a resume runs.
+    done = subprocess.run(
+        toy_train(out, "SOLVER.MAX_ITER", "1", "--resume"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
