@@ -117,8 +117,6 @@ def with_values(cfg: CfgNode, **values: object) -> CfgNode:
 def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int, machines_per_node: int = 1) -> None:
     """Raises InputError unless ``cfg`` can run in ``num_gpus`` workers on each of ``num_machines``
     (``machines_per_node`` of them sharing a node: Slurm tasks that need GPUs of their own)."""
-    if num_gpus < 1:
-        raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
     if cfg.SEED + num_gpus * num_machines > SEED_LIMIT:  # detectron2 seeds rank r with SEED + r
         raise InputError(
             f"SEED {cfg.SEED} + one per worker ({num_gpus * num_machines}) is out of numpy's seed range (below 2^32)"
@@ -143,12 +141,43 @@ def check_devices(cfg: CfgNode, num_gpus: int, num_machines: int, machines_per_n
             f"MODEL.DEVICE {device} runs in one process: use --num-gpus 1 on one machine "
             "(several workers need CUDA GPUs, or the CPU: MODEL.DEVICE cpu)"
         )
+
+
+def check_solver(cfg: CfgNode, num_gpus: int, num_machines: int, eval_only: bool) -> None:
+    """Raises InputError (naming the key) unless the schedule, batch and loader settings can run
+    in ``num_gpus`` workers on each of ``num_machines``: checked before anything is built, also
+    by ``--dry-run`` (a zero batch would otherwise loop forever in the sampler)."""
+    if num_gpus < 1:
+        raise InputError(f"--num-gpus must be at least 1, got {num_gpus}")
     world = num_gpus * num_machines
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise InputError(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
-            f"{world} worker(s) (--num-gpus x machines)"
-        )
+    solver = cfg.SOLVER
+    problems = []
+    if cfg.DATALOADER.NUM_WORKERS < 0:
+        problems.append(f"DATALOADER.NUM_WORKERS {cfg.DATALOADER.NUM_WORKERS} must be 0 or more")
+    if not eval_only:
+        if solver.IMS_PER_BATCH < world or solver.IMS_PER_BATCH % world:
+            problems.append(
+                f"SOLVER.IMS_PER_BATCH {solver.IMS_PER_BATCH} must be a positive multiple of the "
+                f"{world} worker(s) (--num-gpus x machines): each takes IMS_PER_BATCH / workers images"
+            )
+        if solver.MAX_ITER < 1:
+            problems.append(f"SOLVER.MAX_ITER {solver.MAX_ITER} must be at least 1")
+        steps = list(solver.STEPS)
+        if steps != sorted(set(steps)) or any(not 0 < step < solver.MAX_ITER for step in steps):
+            problems.append(
+                f"SOLVER.STEPS {tuple(steps)} must increase strictly and lie between 0 and "
+                f"SOLVER.MAX_ITER {solver.MAX_ITER} (exclusive)"
+            )
+        if solver.CHECKPOINT_PERIOD < 1:
+            problems.append(f"SOLVER.CHECKPOINT_PERIOD {solver.CHECKPOINT_PERIOD} must be at least 1")
+        if solver.WARMUP_ITERS < 0 or solver.BASE_LR <= 0:
+            problems.append(
+                f"SOLVER.WARMUP_ITERS {solver.WARMUP_ITERS} must be 0 or more and SOLVER.BASE_LR {solver.BASE_LR} positive"
+            )
+    if cfg.TEST.EVAL_PERIOD < 0:
+        problems.append(f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD} must be 0 (at the end only) or more")
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def check_datasets(cfg: CfgNode, eval_only: bool) -> None:
@@ -180,14 +209,19 @@ def resolve_weights(cfg: CfgNode, resume: bool, weights_dir: Optional[str]) -> O
 def dry_run_summary(
     cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus: int, layout: DistributedLayout, weights: dict
 ) -> dict:
-    """What ``dcl train --dry-run`` prints: the model ``cfg`` builds (on the CPU), its datasets,
-    solver, devices and weights."""
+    """What ``dcl train --dry-run`` prints: the model ``cfg`` builds (on the CPU, with its
+    weights loaded), its datasets, solver, devices and weights."""
     from detectron2.modeling import build_model
+
+    from dcl.engine import AtomicCheckpointer
 
     cpu_cfg = cfg.clone()
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"
     model = build_model(cpu_cfg)
+    if weights["resolved"] and Path(weights["resolved"]).is_file():
+        # As a real start loads them: refused if not plain data, unreadable or not a checkpoint.
+        AtomicCheckpointer(model).load(weights["resolved"], checkpointables=[])
     roi_heads = getattr(model, "roi_heads", None)
     mask_head = getattr(roi_heads, "mask_head", None)
     return {

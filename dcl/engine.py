@@ -17,6 +17,7 @@ import pickle
 import re
 import shutil
 import weakref
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -124,6 +125,27 @@ class AtomicCheckpointer(DetectionCheckpointer):
             self.logger.info("Removed %s (keeping the newest %d periodic checkpoints)", name, keep)
         return removed
 
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint a resume loads: the one ``last_checkpoint`` names, if that is a
+        checkpoint file in ``save_dir``; else (missing, empty, torn, naming a missing file or one
+        outside ``save_dir``) the newest valid checkpoint there, saying so; "" if there is none."""
+        named = super().get_checkpoint_file()
+        if named and _is_checkpoint_in(named, self.save_dir):
+            return named
+        candidates = sorted(
+            (path for path in Path(self.save_dir).glob("model_*.pth") if _is_checkpoint_in(str(path), self.save_dir)),
+            key=lambda path: (path.stem == FINAL_CHECKPOINT, path.stem),  # model_final, then the highest iteration
+            reverse=True,
+        )
+        if candidates:
+            reason = f"names {named!r}, which is not a checkpoint in it" if named else "is missing or empty"
+            self.logger.warning("%s/last_checkpoint %s: resuming from %s", self.save_dir, reason, candidates[0].name)
+            return str(candidates[0])
+        return ""
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.get_checkpoint_file())
+
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
@@ -140,11 +162,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"weights file {filename} is refused by torch.load(weights_only=True): "
                 f"{_torch_load_reason(error)}; only checkpoints of tensors and plain data are loaded"
             ) from None
-        except (RuntimeError, EOFError) as error:  # e.g. a truncated zip archive
+        except (RuntimeError, EOFError, IndexError, KeyError, ValueError, TypeError) as error:
+            # A truncated zip archive, or a file that is not a checkpoint at all (a text or HTML
+            # file read as a legacy pickle fails anywhere in the unpickler).
             raise InputError(
                 f"weights file {filename} cannot be loaded (corrupted, or not a checkpoint?): "
                 f"{_torch_load_reason(error)}"
             ) from None
+
+
+def _is_checkpoint_in(path: str, folder: str) -> bool:
+    """``path`` is a whole ``torch.save`` file (a zip archive with its directory) in ``folder``."""
+    resolved, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.dirname(resolved) == folder and os.path.isfile(resolved) and zipfile.is_zipfile(resolved)
 
 
 def _torch_load_reason(error: BaseException) -> str:
@@ -152,9 +182,15 @@ def _torch_load_reason(error: BaseException) -> str:
     paragraph) around the reason (e.g. "Unsupported global: GLOBAL posix.system ...")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
-        lines = [line for line in lines[1:] if not line.startswith(("(1)", "(2)", "Check the documentation"))]
+        lines = [
+            line
+            for line in lines[1:]
+            if not line.startswith(("(1)", "(2)", "Check the documentation", "Please file an issue"))
+        ]
+        if lines and lines[0].startswith("Unsupported operand"):  # no pickle at all: text, HTML
+            return f"not a PyTorch checkpoint ({lines[0]})"
     reason = lines[0].removeprefix("WeightsUnpickler error: ").split(". ")[0] if lines else ""
-    return reason or type(error).__name__
+    return reason or f"not a PyTorch checkpoint ({type(error).__name__})"
 
 
 # ----------------------------------------------------------------------------- hooks

@@ -241,8 +241,13 @@ class RunRecord:
         self.write()
 
     def start_iteration(self, iteration: int) -> None:
+        """The attempt starts training at ``iteration`` (the checkpoint it resumed from): also
+        where a lost attempt before it ended, as far as anything it did counts."""
         self.data["iteration"] = iteration
-        self.data["attempts"][-1].update(start_iter=iteration, train_start_time=now())
+        attempts = self.data["attempts"]
+        attempts[-1].update(start_iter=iteration, train_start_time=now())
+        if len(attempts) > 1 and attempts[-2].get("status") == "lost":
+            attempts[-2]["end_iter"] = iteration
         self.write()
 
     def close(

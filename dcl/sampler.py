@@ -69,6 +69,8 @@ class ResumableTrainingSampler(TrainingSampler):
         shuffle: bool = True,
         seed: Optional[int] = None,
     ):
+        if batch_size < 1 or size < 1:  # no batch would ever be complete: an endless loop
+            raise ValueError(f"a training sampler needs images and a batch of at least 1 (got {size}, {batch_size})")
         super().__init__(size, shuffle, seed)
         self.batch_size = batch_size
         self.aspect_ratios = aspect_ratios  # per index: 0 landscape, 1 portrait

@@ -57,7 +57,15 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from dcl.config import check_datasets, check_devices, dry_run_summary, load_config, resolve_weights, with_values
+from dcl.config import (
+    check_datasets,
+    check_devices,
+    check_solver,
+    dry_run_summary,
+    load_config,
+    resolve_weights,
+    with_values,
+)
 from dcl.engine import (
     AtomicCheckpointer,
     Trainer,
@@ -192,6 +200,7 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     opts = args.opts
     cfg = load_config(args.config_file, opts)
     layout = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)
+    check_solver(cfg, args.num_gpus, layout.num_machines, args.eval_only)
     if not args.dry_run:
         check_devices(cfg, args.num_gpus, layout.num_machines, layout.machines_per_node)
     from dcl.datasets import register_datasets

@@ -135,3 +135,75 @@ def test_two_trainings_in_one_output_dir_exactly_one_trains(toy_datasets, tmp_pa
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def limited_memory(megabytes: int):
+    """A child's address-space ceiling: a runaway allocation fails in it, not in the machine."""
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_DATA, (megabytes << 20, megabytes << 20))
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH 0 must be a positive multiple of the 1 worker(s)"),
+        (["SOLVER.IMS_PER_BATCH", "-4"], "SOLVER.IMS_PER_BATCH -4 must be a positive multiple"),
+        (["--num-gpus", "-1"], "--num-gpus must be at least 1, got -1"),
+        (["SOLVER.MAX_ITER", "-5"], "SOLVER.MAX_ITER -5 must be at least 1"),
+        (["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "(1,)"], "SOLVER.STEPS (1,) must increase strictly"),
+        (["DATALOADER.NUM_WORKERS", "-2"], "DATALOADER.NUM_WORKERS -2 must be 0 or more"),
+        (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0 must be at least 1"),
+    ],
+)
+def test_config_values_that_cannot_run_fail_in_a_dry_run(toy_datasets, tmp_path, options, message):
+    """Checked before anything is built, the key named, as a real start checks them."""
+    check_refused(toy_datasets, tmp_path, [*options, "--dry-run"], message)
+
+
+def test_a_zero_batch_ends_at_once_not_by_filling_the_memory(toy_datasets, tmp_path):
+    """A real start, under a 3 GB ceiling: the zero batch used to loop in the sampler, allocating
+    until the kernel killed it (23 GB, 29 minutes)."""
+    check_refused(toy_datasets, tmp_path, ["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH 0 must be")
+
+
+def check_refused(toy_datasets, tmp_path, options, message):
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    command = toy_train(tmp_path / "out", *options)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, preexec_fn=limited_memory(3000)
+    )
+    one_line_error(done, "train", message)
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_a_zero_batch_never_loops_in_the_sampler():
+    from dcl.sampler import ResumableTrainingSampler
+
+    for size, batch in ((10, 0), (0, 2)):
+        with pytest.raises(ValueError, match="batch of at least 1"):
+            ResumableTrainingSampler(size, batch)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"<html><body>Sign in</body></html>", "not a PyTorch checkpoint"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", "cannot be loaded (corrupted, or not a checkpoint?)"),
+    ],
+)
+def test_a_dry_run_loads_the_weights_as_a_start_would(toy_datasets, tmp_path, content, message):
+    env = {**os.environ, "DCL_TOY_DATASETS": str(toy_datasets), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "w.pth").write_bytes(content)
+    done = subprocess.run(
+        toy_train(tmp_path / "out", "MODEL.WEIGHTS", str(tmp_path / "w.pth"), "--dry-run"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    one_line_error(done, "train", f"weights file {tmp_path / 'w.pth'}", message)

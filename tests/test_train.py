@@ -418,6 +418,39 @@ def test_only_the_newest_periodic_checkpoints_are_kept_and_the_final_one_has_no_
     assert restored.iteration == 19
 
 
+@pytest.mark.parametrize(
+    "last_checkpoint",
+    [
+        None,
+        "",
+        "model_0000007",
+        "model_0000011.pth",
+        "model_0000009.pth",
+        "../../../../etc/passwd",
+        "../other/model_0000099.pth",
+    ],
+)
+def test_resume_takes_the_newest_valid_checkpoint_when_last_checkpoint_is_broken(tmp_path, last_checkpoint):
+    """last_checkpoint missing, empty, torn, naming a missing file, a truncated checkpoint or a
+    file outside the folder: the newest whole checkpoint in the folder is resumed from."""
+    out = tmp_path / "out"
+    trainer = TrainerState()
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(3, 2), str(out), trainer=trainer)
+    for iteration in (3, 7):
+        trainer.iteration = iteration
+        checkpointer.save(f"model_{iteration:07d}")
+    (out / "model_0000009.pth").write_bytes((out / "model_0000007.pth").read_bytes()[:200])  # torn
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model_0000099.pth").write_bytes((out / "model_0000007.pth").read_bytes())
+    if last_checkpoint is None:
+        (out / "last_checkpoint").unlink()
+    else:
+        (out / "last_checkpoint").write_text(last_checkpoint)
+    restored = TrainerState()
+    AtomicCheckpointer(torch.nn.Linear(3, 2), str(out), trainer=restored).resume_or_load("", resume=True)
+    assert restored.iteration == 7
+
+
 def test_keep_checkpoints_must_be_positive(capsys):
     assert main(["train", "--config-file", TOY, "--keep-checkpoints", "0"]) == 1
     assert "--keep-checkpoints must be at least 1, got 0" in capsys.readouterr().err
@@ -697,7 +730,7 @@ def test_missing_inputs_are_clear_errors(project_dir, capsys):
     assert main(["train", "--num-gpus", "2", "--config-file", TOY, "MODEL.DEVICE", "mps"]) == 1
     assert "MODEL.DEVICE mps runs in one process" in capsys.readouterr().err
     assert main(["train", "--num-gpus", "3", "--config-file", TOY]) == 1  # CPU workers: gloo
-    assert "SOLVER.IMS_PER_BATCH 4 is not divisible by the 3 worker(s)" in capsys.readouterr().err
+    assert "SOLVER.IMS_PER_BATCH 4 must be a positive multiple of the 3 worker(s)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("num_gpus", [1, 2])
@@ -1265,7 +1298,8 @@ def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
     record = read_json(out / "run.json")
     assert record["status"] == "finished"
     assert [a["status"] for a in record["attempts"]] == ["lost", "finished"]
-    assert record["attempts"][0]["end_iter"] is not None
+    # The lost attempt ended where its last checkpoint (iteration 2, 3 done) lets the next start.
+    assert record["attempts"][0]["end_iter"] == record["attempts"][1]["start_iter"] == 3
     assert all(json.loads(line) for line in (out / "metrics.json").read_text().splitlines())
     assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
 
