@@ -34,6 +34,7 @@ from dcl.report.tables import (
     is_base_point,
     method_name,
     metric_name,
+    network_name,
     reference_baseline,
     value_sort_key,
 )
@@ -378,13 +379,15 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         if any(r.experiment is not None for r in rows):
             reason = "no experiment with a published number has results yet"
         else:
-            reason = "no experiment in experiments.json has a published number (dataset/init/method/model)"
+            reason = "no experiment in experiments.json is a model with a published number"
         return _no_data(title, reason)
     figure = Figure(figsize=(_WIDTH, 0.42 * len(points) + 1.3), layout="constrained")
     axes = figure.add_subplot()
     labels = []
     seen: set[str] = set()
     named = len({item.experiment.spec.model for item in points}) > 1
+    # Several backbones or schedules (the model zoo's 1x and 3x): each row says which it is.
+    networks = len({item.experiment.spec.network for item in points}) > 1
     for row, item in enumerate(points):
         y = len(points) - 1 - row  # first entry on top
         spec, summary = item.experiment.spec, item.summary
@@ -411,8 +414,8 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         seen.add("published")
         labels.append(
             f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, "
-            f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}: "
-            f"{metric_name(item.entry.metric)}"
+            f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}"
+            f"{', ' + network_name(spec.backbone, spec.schedule) if networks else ''}: {metric_name(item.entry.metric)}"
         )
     axes.set_yticks(range(len(points)), labels[::-1])
     axes.set_ylim(-0.7, len(points) - 0.3)
