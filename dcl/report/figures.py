@@ -22,6 +22,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from dcl.io import atomic_path
 from dcl.report import FIGURE_FORMATS, FIGURE_NAMES
@@ -287,6 +288,22 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
 
 
 # ----------------------------------------------------------------------------- training curves
+def _iteration_ticks(row: Sequence[Any], last: float) -> None:
+    """Ticks in thousands at round fractions of the schedule (0, 30k, 60k, 90k; 0, 10k, 20k): a
+    ~1.3-inch panel has no room for "75000"-wide labels, which overlapped at COCO's 90k.
+
+    Args:
+        row: one dataset's panels (one shared iteration axis).
+        last: the last logged iteration (detectron2 logs max_iter - 1), so the schedule's end gets
+            a tick, which the view limits' margins would otherwise push past.
+    """
+    end = last + 1
+    ticks = [t for t in MaxNLocator(nbins=3, steps=[1, 2, 2.5, 3, 5, 10]).tick_values(0, end) if 0 <= t <= end]
+    for axes in row:
+        axes.xaxis.set_major_locator(FixedLocator(ticks))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
+
+
 def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
     """Rows: datasets; columns: total_loss, loss_mask, loss_contrast, lr and the periodic
     evaluation's AP against iteration; one line per main experiment (mean over seeds, shaded
@@ -320,7 +337,9 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
     for name in sorted(frame["experiment"].unique(), key=lambda n: experiments.index(by_name[n])):
         datasets.setdefault(by_name[name].spec.dataset, []).append(by_name[name])
     figure = Figure(figsize=(_WIDTH + 3.5, 2.0 * len(datasets) + 0.5), layout="constrained")
-    grid = figure.subplots(len(datasets), len(_CURVES), squeeze=False)
+    # One iteration axis per dataset: the validation AP (first point at TEST.EVAL_PERIOD) lines up
+    # with the losses.
+    grid = figure.subplots(len(datasets), len(_CURVES), squeeze=False, sharex="row")
     for row, (dataset, members) in enumerate(datasets.items()):
         named = len({m.spec.model for m in members}) > 1
         for column, key in enumerate(_CURVES):
@@ -361,6 +380,7 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 axes.set_title(label)
             axes.set_xlabel("iteration")
             axes.set_ylabel(f"{dataset_name(dataset)}\n{unit}" if column == 0 else unit)
+        _iteration_ticks(grid[row], frame.loc[frame["experiment"].isin([m.name for m in members]), "iteration"].max())
         handles, labels = grid[row][0].get_legend_handles_labels()
         grid[row][-1].legend(
             handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title=dataset_name(dataset)
