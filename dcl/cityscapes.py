@@ -23,10 +23,14 @@ extent with Detectron's ``+1`` width and height. Image ids, file names, category
 annotation order are those of the default conversion, so one predictions file scores against
 both.
 
-``cityscapes_instance_ap`` converts COCO predictions to cityscapesscripts' result format (per
-image a text file listing mask PNG, label id and score) in a temporary directory and runs
-cityscapesscripts' own ``evalInstanceLevelSemanticLabeling`` on them: the AP the Cityscapes
-benchmark and the paper report.
+``cityscapes_instance_ap`` scores COCO predictions with cityscapesscripts' own
+``evalInstanceLevelSemanticLabeling`` (the AP the Cityscapes benchmark and the paper report): its
+per-image matching (``assignGt2Preds``, on GT instances from its ``instances2dict``), then its
+``evaluateMatches`` and averages over all images, exactly as its ``evaluateImgLists`` chains
+them. Only the reading of prediction masks differs: it opens each one from the decoded RLE
+instead of from a full-resolution PNG written for it (``write_cityscapes_results`` writes that
+format, for the benchmark server), which took most of the time; the images are matched in worker
+processes when asked to.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import contextlib
 import copy
 import io
 import json
+import multiprocessing
 import os
-import tempfile
 import types
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -308,23 +313,84 @@ def _cityscapes_evaluation_module() -> Iterator[types.ModuleType]:
             setattr(module, name, value)
 
 
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
 def _percent(value: float) -> float | None:
     value = float(value)
     return None if np.isnan(value) else 100.0 * value
 
 
+class _DecodedMask:
+    """A prediction mask as cityscapesscripts reads it (``Image.open(path).convert("L")``, then
+    ``np.array``): the decoded RLE itself, so no PNG is written, encoded or read back. 0/1 where
+    the PNG held 0/255; it only tests ``!= 0``."""
+
+    def __init__(self, rle: Mapping):
+        self._rle = rle
+
+    def convert(self, mode: str) -> _DecodedMask:
+        return self
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return mask_utils.decode(self._rle)  # decoded on demand: one full-size mask in memory at a time
+
+
+class _PredictionImages:
+    """Stands in for ``PIL.Image`` in cityscapesscripts' module while one image is matched: the
+    prediction "files" are our masks, anything else (the GT PNG) is opened by PIL."""
+
+    def __init__(self, masks: Mapping[str, Mapping]):
+        self._masks = masks
+
+    def open(self, path: str) -> object:
+        return _DecodedMask(self._masks[path]) if path in self._masks else Image.open(path)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(Image, name)
+
+
+def _evaluation_args(module: types.ModuleType) -> object:
+    args = copy.copy(module.args)
+    args.quiet, args.colorized, args.csv, args.JSONOutput = True, False, False, False
+    module.setInstanceLabels(args)
+    return args
+
+
+def _match_image(task: tuple[str, list[tuple[int, float, Mapping]]]) -> tuple[str, dict]:
+    """cityscapesscripts' ``matchGtWithPreds`` for one image: its GT instances and the
+    predictions (label id, score, RLE) assigned to them; a task of a worker process."""
+    gt_file, detections = task
+    with _cityscapes_evaluation_module() as module:
+        args = _evaluation_args(module)
+        key = os.path.abspath(gt_file)
+        instances = module.instances2dict([gt_file], False)[key]
+        # Names stand for mask files; their order is the detections', as in a _pred.txt file.
+        names = [f"prediction{k}" for k in range(len(detections))]
+        prediction_info = {
+            name: {"labelID": label, "conf": score} for name, (label, score, _) in zip(names, detections)
+        }
+        original = module.Image
+        module.Image = _PredictionImages({name: rle for name, (_, _, rle) in zip(names, detections)})
+        try:
+            gt_instances, predictions = module.assignGt2Preds(
+                module.filterGtInstances(instances, args), module.readGTImage(gt_file, args), prediction_info, args
+            )
+        finally:
+            module.Image = original
+    return key, {"groundTruth": gt_instances, "prediction": predictions}
+
+
+def _map(function: object, tasks: Sequence, workers: int) -> list:
+    """``function`` over ``tasks`` in order, in ``workers`` processes (1: in this one)."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [function(task) for task in tasks]
+    # forkserver: workers start clean, never as forks of a process with threads (a training job's).
+    context = multiprocessing.get_context("forkserver")
+    chunk = max(1, len(tasks) // (4 * workers))  # a few chunks per worker: balanced, little overhead
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+        return list(pool.map(function, tasks, chunksize=chunk))
+
+
 def cityscapes_instance_ap(
-    gt: GroundTruth, predictions: Sequence[Mapping], root: str | os.PathLike, split: str = "val"
+    gt: GroundTruth, predictions: Sequence[Mapping], root: str | os.PathLike, split: str = "val", workers: int = 1
 ) -> dict:
     """The official Cityscapes instance-level AP (and AP at 50% overlap), by cityscapesscripts.
 
@@ -333,41 +399,44 @@ def cityscapes_instance_ap(
         predictions: validated COCO records with RLE masks.
         root: Cityscapes root with ``gtFine/<split>``: the instanceIds PNGs are the GT evaluated.
         split: the split the GT file describes.
+        workers: processes matching images in parallel (1: this process); the numbers do not
+            depend on it.
     Returns:
         ``{"AP", "AP50", "per_class": {name: {"AP", "AP50"}}}`` in percent (None: no GT and no
         detection of that class).
     Raises:
-        InputError: a GT image without its instanceIds PNG, or cityscapesscripts refusing the input.
+        InputError: a GT image without its instanceIds PNG, a detection of a category without a
+            Cityscapes label id, or cityscapesscripts refusing the input.
     """
     gt_dir = Path(root) / layout.cityscapes_gt(split)
-    gt_files = []
-    for image in gt.images.values():
+    label_ids = _label_ids(gt)
+    by_image: dict[int, list[tuple[int, float, Mapping]]] = {image_id: [] for image_id in gt.images}
+    for index, det in enumerate(predictions):
+        if det["category_id"] not in label_ids:
+            name = gt.categories[det["category_id"]].get("name")
+            raise InputError(
+                f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
+                "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)"
+            )
+        by_image[det["image_id"]].append((label_ids[det["category_id"]], float(det["score"]), det["segmentation"]))
+    tasks = []
+    for image_id, image in gt.images.items():
         stem = _stem(image.get("file_name", ""))
         city = stem.split("_")[0]
         path = gt_dir / city / f"{stem}{_GT_SUFFIX}"
         if not path.is_file():
             raise InputError(f"image {image.get('file_name')!r} (id {image['id']}) has no Cityscapes GT {path}")
-        gt_files.append(str(path.resolve()))
-    with tempfile.TemporaryDirectory(prefix="dcl-cityscapes-") as tmp, _cityscapes_evaluation_module() as cs_eval:
-        tmp_path = Path(tmp).resolve()
-        prediction_files = write_cityscapes_results(gt, predictions, tmp_path / "results")
-        args = copy.copy(cs_eval.args)
-        args.predictionPath = str(tmp_path / "results")
-        args.predictionWalk = None
-        args.gtInstancesFile = str(tmp_path / "gtInstances.json")  # its cache, never the package's
-        args.exportFile = str(tmp_path / "result.json")
-        args.JSONOutput = False
-        args.quiet = True
-        args.colorized = False
-        args.csv = False
-        output = io.StringIO()
+        tasks.append((str(path.resolve()), by_image[image_id]))
+    matches = dict(_map(_match_image, tasks, workers))  # in GT order, as evaluateImgLists builds it
+    output = io.StringIO()
+    with _cityscapes_evaluation_module() as module:
+        args = _evaluation_args(module)
         try:
-            # It writes matches.json to the working directory: keep that in the temporary one.
-            with _working_directory(tmp_path), contextlib.redirect_stdout(output):
-                result = cs_eval.evaluateImgLists(prediction_files, gt_files, args)
+            with contextlib.redirect_stdout(output):
+                scores = module.evaluateMatches(matches, args)
+                averages = module.computeAverages(scores, args)
         except SystemExit:
             raise InputError(f"cityscapesscripts rejected the input: {output.getvalue().strip()}") from None
-    averages = result["averages"]
     return {
         "AP": _percent(averages["allAp"]),
         "AP50": _percent(averages["allAp50%"]),

@@ -62,7 +62,7 @@ from dcl.evaluation import (
     empty_input_warnings,
     format_stats_table,
     run_on_inputs,
-    usable_cpus,
+    worker_count,
 )
 from dcl.io import InputError
 from dcl.names import ERROR_KINDS, IOU_TYPES
@@ -269,12 +269,6 @@ def _check_options(types: Iterable[str], iou_type: str) -> tuple[list[str], list
     return names, parsed
 
 
-def _workers(workers: int) -> int:
-    if workers < 0:
-        raise InputError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
-    return min(workers, usable_cpus()) if workers else usable_cpus()  # more processes than CPUs only cost
-
-
 def _with_masks(
     predictions: Sequence[Mapping], tasks: Sequence[_ImageTask], fixed_by_task: Iterable[list[dict]]
 ) -> list[dict]:
@@ -431,7 +425,7 @@ def analyze(
     """
     names, parsed = _check_options(types, iou_type)
     check_backend(backend)
-    workers = _workers(workers)
+    workers = worker_count(workers)
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt)
     records = load_predictions(pred, gt)

@@ -54,6 +54,14 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def worker_count(workers: int) -> int:
+    """A worker-process option (``-j``): 0 = one per usable CPU; never more than those, which
+    would only cost."""
+    if workers < 0:
+        raise InputError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
+    return min(workers, usable_cpus()) if workers else usable_cpus()
+
+
 def check_backend(backend: str) -> None:
     """Raise InputError unless ``backend`` is one of ``BACKENDS`` (a user's option)."""
     if backend not in BACKENDS:
@@ -202,6 +210,7 @@ def evaluate(
     cityscapes_root: str | os.PathLike | None = None,
     split: str = "val",
     threads: int = 1,
+    workers: int = 1,
 ) -> dict:
     """Evaluate a COCO results file; returns the content of eval.json (docs/design.md).
 
@@ -215,6 +224,8 @@ def evaluate(
             Cityscapes AP / AP50 (per class too), computed by cityscapesscripts.
         split: Cityscapes split of the GT file.
         threads: threads for faster-coco-eval's mask IoU (at most the usable CPUs).
+        workers: processes of the official Cityscapes AP, matching images in parallel (0: one per
+            usable CPU; at most those).
     Raises:
         InputError: invalid GT or predictions (file, record, what is wrong).
     """
@@ -224,6 +235,7 @@ def evaluate(
         if iou_type not in IOU_TYPES:
             raise InputError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")
     check_backend(backend)
+    workers = worker_count(workers)
     needs_masks = "segm" in iou_types or cityscapes_root is not None
     if not isinstance(gt, GroundTruth):
         gt = load_ground_truth(gt, need_segmentation=needs_masks)
@@ -254,7 +266,7 @@ def evaluate(
     if cityscapes_root is not None:
         from dcl.cityscapes import cityscapes_instance_ap
 
-        result["cityscapes"] = cityscapes_instance_ap(gt, records, cityscapes_root, split)
+        result["cityscapes"] = cityscapes_instance_ap(gt, records, cityscapes_root, split, workers)
     return result
 
 
@@ -319,6 +331,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="threads for faster-coco-eval's mask IoU, at most the usable CPUs (default: %(default)s)",
     )
+    parser.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the official Cityscapes AP (images matched in parallel), at most the "
+        "usable CPUs (0 = one per CPU; default: %(default)s)",
+    )
 
 
 def run_on_inputs(
@@ -354,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
             cityscapes_root=args.cityscapes_root,
             split=args.split,
             threads=args.threads,
+            workers=args.workers,
         )
 
     return run_on_inputs(args, compute, _format_result, "dcl evaluate")

@@ -33,6 +33,7 @@ from dcl import cost, layout
 from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.io import InputError, atomic_write_json, read_yaml, refuse_output_over_input
 from dcl.layout import DATASETS
+from dcl.names import DEFAULT_BACKBONE
 
 __all__ = [
     "REPO_ROOT",
@@ -118,6 +119,9 @@ class Run:
     weights_file: str | None
     resources: Resources
     model: str = "mask_rcnn"  # mask_rcnn | refinemask
+    # With `model`, which published model this is (the config's optional `backbone`, `schedule`).
+    backbone: str = DEFAULT_BACKBONE
+    schedule: str | None = None
 
     @property
     def run_dir(self) -> str:
@@ -138,6 +142,8 @@ class Run:
             "init": self.init,
             "method": self.method,
             "model": self.model,
+            "backbone": self.backbone,
+            "schedule": self.schedule,
             "group": self.group,
             "ablation": self.ablation,
             "metric": self.metric,
@@ -458,6 +464,15 @@ class Plan:
             self._problems.append(f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']})")
         overrides = self._overrides(entry, where)
         model = entry.get("model", "mask_rcnn")
+        backbone = entry.get("backbone", DEFAULT_BACKBONE)
+        depth = entry.get("overrides", {}).get("MODEL.RESNETS.DEPTH")
+        number = re.search(r"[0-9]+", backbone)
+        if depth is not None and number is not None and number.group() != str(depth):
+            # The report would judge this network against another one's published numbers.
+            self._problems.append(
+                f"{where}: backbone {backbone} (default {DEFAULT_BACKBONE}) but MODEL.RESNETS.DEPTH is {depth}; "
+                "set `backbone` to the network the overrides build"
+            )
         overrides += list(MODEL_HEADS[model][entry["method"]])
         if entry["method"] == "dcl":
             overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
@@ -485,6 +500,8 @@ class Plan:
                 weights_file=weights,
                 resources=resources,
                 model=model,
+                backbone=backbone,
+                schedule=entry.get("schedule"),
             )
             for seed in seeds
         ]

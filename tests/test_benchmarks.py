@@ -59,3 +59,23 @@ def test_the_gpu_device_check_says_when_there_is_no_gpu():
     )
     assert done.returncode == 1
     assert "bench_gpu: error: no CUDA GPU visible; use --device cpu" in done.stderr
+
+
+def test_the_cityscapes_ap_benchmark_runs_small():
+    """benchmarks/bench_cityscapes_ap.py on a few small images: 1 worker vs 2, and the previous
+    implementation (a PNG per detection), with identical APs."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_cityscapes_ap.py"),
+            *("--images", "4", "--height", "128", "--width", "256", "--detections", "20", "--workers", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"before \(1 worker\): [\d.]+ s  AP [\d.]+", done.stdout), done.stdout
+    assert re.search(r"after \(2 workers\): [\d.]+ s  AP [\d.]+", done.stdout), done.stdout
+    assert re.search(r"ratio 1 worker / 2 workers: [\d.]+x  identical: True", done.stdout), done.stdout
+    assert re.search(r"ratio previous / 2 workers: [\d.]+x  identical: True", done.stdout), done.stdout

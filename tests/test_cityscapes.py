@@ -227,10 +227,10 @@ def _percent(value):
     return None if np.isnan(value) else 100 * value
 
 
-def check_against_cityscapesscripts(root, gt_path, tmp_path, monkeypatch):
+def check_against_cityscapesscripts(root, gt_path, tmp_path, monkeypatch, workers=1):
     coco = json.loads(gt_path.read_text())
     results = predictions_for(coco)
-    ours = evaluate(gt_path, results, cityscapes_root=root, split="val")["cityscapes"]
+    ours = evaluate(gt_path, results, cityscapes_root=root, split="val", workers=workers)["cityscapes"]
     work = tmp_path / "direct"
     work.mkdir()
     expected = cityscapesscripts_direct(root, coco, results, work, monkeypatch)
@@ -249,6 +249,22 @@ def test_cityscapes_ap_equals_cityscapesscripts(cityscapes_root, tmp_path, monke
     ours = check_against_cityscapesscripts(cityscapes_root, gt_path, tmp_path, monkeypatch)
     assert 0 < ours["AP"] < 100
     assert list(tmp_path.glob("*.json")) == [gt_path]  # nothing left behind
+
+
+def test_cityscapes_ap_in_worker_processes_equals_cityscapesscripts(cityscapes_root, tmp_path, monkeypatch):
+    """Images matched in 2 worker processes (dcl evaluate -j 2): the same numbers, nothing left behind."""
+    gt_path = tmp_path / "gt.json"
+    cityscapes_to_coco(cityscapes_root, "val", gt_path, segmentation="polygon")
+    before = set(tmp_path.rglob("*"))
+    ours = check_against_cityscapesscripts(cityscapes_root, gt_path, tmp_path, monkeypatch, workers=2)
+    assert 0 < ours["AP"] < 100
+    assert (
+        ours
+        == evaluate(gt_path, predictions_for(json.loads(gt_path.read_text())), cityscapes_root=cityscapes_root)[
+            "cityscapes"
+        ]
+    )
+    assert not [p for p in set(tmp_path.rglob("*")) - before if not p.is_relative_to(tmp_path / "direct")]
 
 
 @pytest.mark.e2e

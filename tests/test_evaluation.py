@@ -305,6 +305,8 @@ def test_gt_without_annotations_warns_and_many_workers_are_capped(tmp_path, comm
 
 
 def test_worker_counts_are_capped_at_the_usable_cpus():
-    from dcl.errors import _workers
+    from dcl import errors
+    from dcl.evaluation import worker_count
 
-    assert _workers(100000) == usable_cpus() and _workers(0) == usable_cpus() and _workers(1) == 1
+    assert worker_count(100000) == usable_cpus() and worker_count(0) == usable_cpus() and worker_count(1) == 1
+    assert errors.worker_count is worker_count  # dcl errors -j and dcl evaluate -j: one rule

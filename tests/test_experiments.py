@@ -144,6 +144,19 @@ def test_paper_refinemask_runs_use_the_refinemask_heads_and_recipe():
     assert plan.run("cityscapes_imagenet_baseline", 0).record()["model"] == "mask_rcnn"
 
 
+def test_paper_models_name_their_backbone_and_schedule():
+    """What the report matches published numbers on: the model zoo's checkpoints are three
+    models (R50-FPN 1x and 3x, R101-FPN 3x), the trained COCO models the 1x recipe's."""
+    plan = paper_plan()
+    network = {r.experiment: (r.record()["backbone"], r.record()["schedule"]) for r in plan.runs}
+    assert network["modelzoo_coco_mask_rcnn_R_50_FPN_1x"] == ("R50-FPN", "1x")
+    assert network["modelzoo_coco_mask_rcnn_R_50_FPN_3x"] == ("R50-FPN", "3x")
+    assert network["modelzoo_coco_mask_rcnn_R_101_FPN_3x"] == ("R101-FPN", "3x")
+    assert network["coco_baseline"] == network["coco_dcl"] == network["released_coco_dcl"] == ("R50-FPN", "1x")
+    # Cityscapes recipes have no schedule name; ablation points are their base's network.
+    assert {network[r.experiment] for r in plan.runs if r.dataset == "cityscapes"} == {("R50-FPN", None)}
+
+
 def test_paper_ablation_points_at_the_base_value_reuse_the_base_runs():
     document = paper_plan().document()
     by_name = {}
@@ -292,6 +305,8 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
         "init": "imagenet",
         "method": "baseline",
         "model": "mask_rcnn",
+        "backbone": "R50-FPN",
+        "schedule": None,
         "group": "main",
         "ablation": None,
         "metric": "cityscapes.AP",
@@ -473,6 +488,8 @@ def test_ablation_of_a_default_parameter_shares_the_base_runs(tmp_path):
             lambda c: c["experiments"][0].update(seeds=[2**32]),
             "experiments[0] (base).seeds[0]: 4294967296 is greater than the maximum of 4294967295",
         ),
+        (lambda c: c["experiments"][0].update(schedule="90k"), "experiments[0] (base).schedule: '90k' does not match"),
+        (lambda c: c["experiments"][0].update(backbone=""), "experiments[0] (base).backbone: '' does not match"),
     ],
 )
 def test_schema_errors_say_where_and_what(tmp_path, change, expected):
@@ -515,6 +532,14 @@ def test_every_schema_error_is_reported_at_once(tmp_path):
         (
             lambda c: c["experiments"][0].update(weights="https://example.org/model.pth"),
             "declare it in the top-level `weights` table",
+        ),
+        (
+            lambda c: c["experiments"][0].update(overrides={"MODEL.RESNETS.DEPTH": 101}),
+            "experiments[0] (base): backbone R50-FPN (default R50-FPN) but MODEL.RESNETS.DEPTH is 101",
+        ),
+        (
+            lambda c: c["experiments"][0].update(overrides={"MODEL.RESNETS.DEPTH": 50}, backbone="R101-FPN"),
+            "backbone R101-FPN (default R50-FPN) but MODEL.RESNETS.DEPTH is 50",
         ),
         (
             lambda c: c["experiments"][0].update(config="configs/missing.yaml"),

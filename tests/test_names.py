@@ -28,3 +28,10 @@ def test_error_kinds_come_from_names():
     from dcl import errors
 
     assert errors.ERROR_KINDS is names.ERROR_KINDS and errors.DEFAULT_TYPES == names.ERROR_KINDS
+
+
+def test_schema_defaults_of_a_models_identity_are_the_names():
+    """An experiment without `backbone` / `schedule` is the model the report reads a record without them as."""
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    assert defs["backbone"]["default"] == names.DEFAULT_BACKBONE
+    assert defs["schedule"]["default"] is None and defs["schedule"]["pattern"] == names.SCHEDULE_PATTERN

@@ -18,6 +18,7 @@ published one at its precision (``|value - published| <= 0.05`` for a number giv
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -36,6 +37,7 @@ __all__ = [
     "Reproduction",
     "Summary",
     "comparisons",
+    "describe_identity",
     "error_types",
     "experiment_stats",
     "paired_difference",
@@ -57,7 +59,7 @@ def _rank(value: str, order: Sequence[str]) -> tuple[int, str]:
 
 def sort_key(run: ExpectedRun) -> tuple:
     """Rows in paper order: dataset, init, detector (Mask R-CNN first, then its released
-    checkpoints), group, method, experiment name."""
+    checkpoints), group, method, backbone (by depth), schedule, experiment name."""
     return (
         _rank(run.dataset, names.DATASETS),
         _rank(run.init, names.INITS),
@@ -65,8 +67,20 @@ def sort_key(run: ExpectedRun) -> tuple:
         run.model,
         _rank(run.group, names.GROUPS),
         _rank(run.method, names.METHODS),
+        _natural(run.backbone),
+        run.schedule or "",
         run.experiment,
     )
+
+
+def _natural(text: str) -> tuple:
+    """R50-FPN before R101-FPN: digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", text))
+
+
+def describe_identity(identity: tuple) -> str:
+    """``coco/imagenet/baseline/mask_rcnn/R50-FPN/3x`` for messages (no schedule: left out)."""
+    return "/".join(str(part) for part in identity if part is not None)
 
 
 @dataclass(frozen=True)
@@ -252,7 +266,8 @@ def error_types(experiments: Iterable[ExperimentStats]) -> list[str]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """DCL experiment vs the baseline of the same dataset, init, group and model, for one metric."""
+    """DCL experiment vs the baseline of the same dataset, init, group and model (detector,
+    backbone, schedule), for one metric."""
 
     baseline: ExperimentStats
     dcl: ExperimentStats
@@ -262,7 +277,8 @@ class Comparison:
 
 def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
     """DCL minus baseline for every DCL experiment of the main and released groups that has
-    exactly one baseline experiment with the same dataset, init, group, model and metric.
+    exactly one baseline experiment with the same dataset, init, group, model (detector, backbone,
+    schedule) and metric.
 
     Returns:
         One :class:`Comparison` per (DCL experiment, metric of its family), in table order.
@@ -280,7 +296,7 @@ def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
             and e.spec.dataset == spec.dataset
             and e.spec.init == spec.init
             and e.spec.metric == spec.metric
-            and e.spec.model == spec.model
+            and e.spec.network == spec.network
         ]
         if len(baselines) != 1:
             continue
@@ -341,8 +357,10 @@ def _judge(entry: PublishedEntry, experiment: ExperimentStats) -> Reproduction:
 
 
 def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[ExperimentStats]) -> list[Reproduction]:
-    """Judge every published entry against each main/released experiment with the same dataset,
-    init, method and model (the entry's metric is read from that experiment's eval.json).
+    """Judge every published entry against each main/released experiment of the same model:
+    dataset, init, method, detector, backbone and schedule (:attr:`PublishedEntry.identity`; the
+    entry's metric is read from that experiment's eval.json). Another backbone's or schedule's
+    number never judges an experiment.
 
     Returns:
         One row per (entry, matching experiment); an entry without a match gets one row with
@@ -357,13 +375,7 @@ def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[Experi
                 )
             )
             continue
-        matches = [
-            e
-            for e in experiments
-            if e.spec.group in ("main", "released")
-            and (e.spec.dataset, e.spec.init, e.spec.method, e.spec.model)
-            == (entry.dataset, entry.init, entry.method, entry.model)
-        ]
+        matches = [e for e in experiments if e.spec.group in ("main", "released") and e.spec.identity == entry.identity]
         if not matches:
             rows.append(
                 Reproduction(
@@ -371,7 +383,7 @@ def reproduction(entries: Sequence[PublishedEntry], experiments: Sequence[Experi
                     None,
                     summarize([]),
                     "not in matrix",
-                    "no experiment of this dataset/init/method/model in experiments.json",
+                    f"no experiment of this model ({describe_identity(entry.identity)}) in experiments.json",
                 )
             )
         rows.extend(_judge(entry, e) for e in matches)

@@ -22,6 +22,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from dcl.io import atomic_path
 from dcl.report import FIGURE_FORMATS, FIGURE_NAMES
@@ -34,6 +35,7 @@ from dcl.report.tables import (
     is_base_point,
     method_name,
     metric_name,
+    network_name,
     reference_baseline,
     value_sort_key,
 )
@@ -286,6 +288,22 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
 
 
 # ----------------------------------------------------------------------------- training curves
+def _iteration_ticks(row: Sequence[Any], last: float) -> None:
+    """Ticks in thousands at round fractions of the schedule (0, 30k, 60k, 90k; 0, 10k, 20k): a
+    ~1.3-inch panel has no room for "75000"-wide labels, which overlapped at COCO's 90k.
+
+    Args:
+        row: one dataset's panels (one shared iteration axis).
+        last: the last logged iteration (detectron2 logs max_iter - 1), so the schedule's end gets
+            a tick, which the view limits' margins would otherwise push past.
+    """
+    end = last + 1
+    ticks = [t for t in MaxNLocator(nbins=3, steps=[1, 2, 2.5, 3, 5, 10]).tick_values(0, end) if 0 <= t <= end]
+    for axes in row:
+        axes.xaxis.set_major_locator(FixedLocator(ticks))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
+
+
 def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
     """Rows: datasets; columns: total_loss, loss_mask, loss_contrast, lr and the periodic
     evaluation's AP against iteration; one line per main experiment (mean over seeds, shaded
@@ -319,7 +337,9 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
     for name in sorted(frame["experiment"].unique(), key=lambda n: experiments.index(by_name[n])):
         datasets.setdefault(by_name[name].spec.dataset, []).append(by_name[name])
     figure = Figure(figsize=(_WIDTH + 3.5, 2.0 * len(datasets) + 0.5), layout="constrained")
-    grid = figure.subplots(len(datasets), len(_CURVES), squeeze=False)
+    # One iteration axis per dataset: the validation AP (first point at TEST.EVAL_PERIOD) lines up
+    # with the losses.
+    grid = figure.subplots(len(datasets), len(_CURVES), squeeze=False, sharex="row")
     for row, (dataset, members) in enumerate(datasets.items()):
         named = len({m.spec.model for m in members}) > 1
         for column, key in enumerate(_CURVES):
@@ -360,6 +380,7 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                 axes.set_title(label)
             axes.set_xlabel("iteration")
             axes.set_ylabel(f"{dataset_name(dataset)}\n{unit}" if column == 0 else unit)
+        _iteration_ticks(grid[row], frame.loc[frame["experiment"].isin([m.name for m in members]), "iteration"].max())
         handles, labels = grid[row][0].get_legend_handles_labels()
         grid[row][-1].legend(
             handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title=dataset_name(dataset)
@@ -378,13 +399,15 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         if any(r.experiment is not None for r in rows):
             reason = "no experiment with a published number has results yet"
         else:
-            reason = "no experiment in experiments.json has a published number (dataset/init/method/model)"
+            reason = "no experiment in experiments.json is a model with a published number"
         return _no_data(title, reason)
     figure = Figure(figsize=(_WIDTH, 0.42 * len(points) + 1.3), layout="constrained")
     axes = figure.add_subplot()
     labels = []
     seen: set[str] = set()
     named = len({item.experiment.spec.model for item in points}) > 1
+    # Several backbones or schedules (the model zoo's 1x and 3x): each row says which it is.
+    networks = len({item.experiment.spec.network for item in points}) > 1
     for row, item in enumerate(points):
         y = len(points) - 1 - row  # first entry on top
         spec, summary = item.experiment.spec, item.summary
@@ -411,8 +434,8 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         seen.add("published")
         labels.append(
             f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, "
-            f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}: "
-            f"{metric_name(item.entry.metric)}"
+            f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}"
+            f"{', ' + network_name(spec.backbone, spec.schedule) if networks else ''}: {metric_name(item.entry.metric)}"
         )
     axes.set_yticks(range(len(points)), labels[::-1])
     axes.set_ylim(-0.7, len(points) - 0.3)

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
@@ -87,6 +88,8 @@ class ExpectedRun:
     metric: str
     run_dir: str
     model: str = "mask_rcnn"  # the detector family (experiments.json's optional `model`)
+    backbone: str = names.DEFAULT_BACKBONE  # with `schedule`: which model of that family
+    schedule: str | None = None
     # Where the workflow trains it (the live run.json) and each step's log, as paths from the
     # working directory of the caller (resolved from experiments.json); None/empty in older files.
     output_dir: str | None = field(default=None, compare=False)
@@ -96,6 +99,17 @@ class ExpectedRun:
     def family(self) -> str:
         """The eval.json section of the headline metric (``cityscapes``, ``segm``, ``bbox``)."""
         return self.metric.split(".", 1)[0]
+
+    @property
+    def network(self) -> tuple[str, str, str | None]:
+        """Detector family, backbone, schedule: what a DCL model and its baseline share."""
+        return (self.model, self.backbone, self.schedule)
+
+    @property
+    def identity(self) -> tuple[str, str, str, str, str, str | None]:
+        """The model this run trains or evaluates, as a published number names it
+        (:attr:`PublishedEntry.identity`): dataset, init, method, detector, backbone, schedule."""
+        return (self.dataset, self.init, self.method, *self.network)
 
 
 @dataclass(frozen=True)
@@ -113,10 +127,23 @@ class PublishedEntry:
     note: str
     index: int  # position in the file, for messages and a stable order
     model: str = "mask_rcnn"  # the detector family, as experiments.json's `model`
+    backbone: str = names.DEFAULT_BACKBONE
+    schedule: str | None = None
+    # Decimal places as written in published.yaml (41.0: one), which the float value loses;
+    # None: those of the value's shortest form.
+    decimals: int | None = field(default=None, compare=False)
+
+    @property
+    def identity(self) -> tuple[str, str, str, str, str, str | None]:
+        """The model the number belongs to; it judges exactly the experiments of the same
+        :attr:`ExpectedRun.identity` (never another backbone's or schedule's)."""
+        return (self.dataset, self.init, self.method, self.model, self.backbone, self.schedule)
 
     @property
     def tolerance(self) -> float:
         """Half a unit in the last published digit: 37.1 stands for anything in [37.05, 37.15]."""
+        if self.decimals is not None:
+            return 0.5 * 10.0**-self.decimals
         exponent = Decimal(repr(float(self.value))).normalize().as_tuple().exponent
         return 0.5 * 10.0 ** min(int(exponent), 0)
 
@@ -282,6 +309,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             metric=_require_str(record, "metric", where),
             run_dir=_require_str(record, "run_dir", where),
             model=_optional_model(record, where),
+            **_optional_variant(record, where),
             **_locations(record, path.parent, where),
         )
         _check_metric(run.metric, where)
@@ -295,11 +323,11 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
         seen.add((run.experiment, run.seed))
         # All seeds of one experiment must describe the same model, or its mean is meaningless.
-        what = (run.kind, run.dataset, run.init, run.method, run.model, run.group, run.ablation, run.metric)
+        what = (run.kind, *run.identity, run.group, run.ablation, run.metric)
         if identity.setdefault(run.experiment, what) != what:
             raise InputError(
                 f"{where}: experiment {run.experiment!r} has runs that disagree on "
-                "kind/dataset/init/method/model/group/ablation/metric"
+                "kind/dataset/init/method/model/backbone/schedule/group/ablation/metric"
             )
         runs.append(run)
     return preset, runs
@@ -311,6 +339,30 @@ def _optional_model(record: dict, where: str) -> str:
     if not isinstance(model, str) or not model:
         raise InputError(f"{where}: 'model' must be a non-empty string, got {_type_name(model)} {model!r}")
     return model
+
+
+def _optional_variant(record: dict, where: str) -> dict[str, Any]:
+    """The optional ``backbone`` (default R50-FPN) and ``schedule`` (default none: the config's
+    own recipe); files written before they existed describe R50-FPN models."""
+    backbone = record.get("backbone", names.DEFAULT_BACKBONE)
+    if not isinstance(backbone, str) or not backbone:
+        raise InputError(f"{where}: 'backbone' must be a non-empty string, got {_type_name(backbone)} {backbone!r}")
+    schedule = record.get("schedule")
+    if schedule is not None and not (isinstance(schedule, str) and re.match(names.SCHEDULE_PATTERN, schedule)):
+        raise InputError(f"{where}: 'schedule' must be null or like 1x, 3x; got {_type_name(schedule)} {schedule!r}")
+    return {"backbone": backbone, "schedule": schedule}
+
+
+def _check_detector_label(entry: PublishedEntry, where: str) -> None:
+    """The ``detector`` label is what a reader sees, the fields are what is matched: they must
+    say the same, or a "1x" number could be keyed to a model of another schedule."""
+    words = entry.detector.split()
+    schedules = [w for w in words if re.match(names.SCHEDULE_PATTERN, w)]
+    if entry.backbone not in words or schedules != ([entry.schedule] if entry.schedule else []):
+        raise InputError(
+            f"{where}: detector {entry.detector!r} does not name the entry's backbone {entry.backbone!r} "
+            f"and schedule {entry.schedule!r} (set `backbone` / `schedule`, default {names.DEFAULT_BACKBONE} / none)"
+        )
 
 
 # ----------------------------------------------------------------------------- published.yaml
@@ -329,14 +381,15 @@ def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
 
     Raises:
         InputError: missing or malformed file, an entry with a missing/mistyped field, or two
-            reproducible entries for the same dataset/init/method/model/metric (ambiguous comparison).
+            reproducible entries for the same model (dataset/init/method/model/backbone/schedule)
+            and metric (ambiguous comparison).
     """
     path = Path(path)
     data = read_yaml(path, "published numbers file", missing_hint=" (pass --published)")
     if not isinstance(data, dict) or not isinstance(data.get("published"), list):
         raise InputError(f"{path}: expected a mapping with a 'published' list")
     entries: list[PublishedEntry] = []
-    keys: set[tuple[str, str, str, str]] = set()
+    keys: set[tuple] = set()
     for index, record in enumerate(data["published"]):
         where = f"{path}: published[{index}]"
         if not isinstance(record, dict):
@@ -362,12 +415,15 @@ def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
             note=note,
             index=index,
             model=_optional_model(record, where),
+            **_optional_variant(record, where),
+            decimals=0 if isinstance(value, int) else max(0, -int(Decimal(repr(float(value))).as_tuple().exponent)),
         )
         _check_metric(entry.metric, where)
-        key = (entry.dataset, entry.init, entry.method, entry.model, entry.metric)
+        _check_detector_label(entry, where)
+        key = (*entry.identity, entry.metric)
         if entry.reproducible:
             if key in keys:
-                raise InputError(f"{where}: a second reproducible entry for {'/'.join(key)}")
+                raise InputError(f"{where}: a second reproducible entry for {'/'.join(map(str, key))}")
             keys.add(key)
         entries.append(entry)
     return entries

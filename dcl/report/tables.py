@@ -91,6 +91,11 @@ def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> s
     return names.METHODS.get(method, method)
 
 
+def network_name(backbone: str, schedule: str | None) -> str:
+    """``R101-FPN 3x``; the backbone alone for a recipe without a schedule name."""
+    return f"{backbone} {schedule}" if schedule else backbone
+
+
 def metric_name(metric: str) -> str:
     """``cityscapes.AP50`` -> ``Cityscapes AP50``, ``segm.APs`` -> ``COCO mask APs``."""
     family, _, stat = metric.partition(".")
@@ -533,16 +538,11 @@ _COCO_STATS = FAMILY_STATS["segm"]
 def _published_for(
     published: Sequence[PublishedEntry], experiment: ExperimentStats, metric: str | None = None
 ) -> PublishedEntry | None:
-    """The reproducible published number of ``experiment`` for ``metric`` (default: its headline)."""
+    """The reproducible published number of ``experiment``'s model (the same
+    :attr:`~dcl.report.inputs.ExpectedRun.identity`) for ``metric`` (default: its headline)."""
     spec = experiment.spec
     for entry in published:
-        if entry.reproducible and (entry.dataset, entry.init, entry.method, entry.model, entry.metric) == (
-            spec.dataset,
-            spec.init,
-            spec.method,
-            spec.model,
-            metric or spec.metric,
-        ):
+        if entry.reproducible and entry.identity == spec.identity and entry.metric == (metric or spec.metric):
             return entry
     return None
 
@@ -621,10 +621,18 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         headers["occ.segm.AP"] = "OCC AP"
     models = list(dict.fromkeys(r.spec.model for r in members))  # members are in table order
     named = len(models) > 1  # say which detector "Baseline" is
+    # Each detector's usual network is its trained experiments' (else its first row's); a row of
+    # another backbone or schedule (a released R101-FPN 3x) says which, so no two rows read alike.
+    usual: dict[str, tuple] = {}
+    for record in sorted(members, key=lambda r: r.spec.group != "main"):
+        usual.setdefault(record.spec.model, record.spec.network)
 
     def method(record: _MainRecord) -> str:
         spec = record.spec
-        return method_name(spec.method, spec.model, named) + (" (released)" if spec.group == "released" else "")
+        notes = ["released"] if spec.group == "released" else []
+        if spec.network != usual[spec.model]:
+            notes.append(network_name(spec.backbone, spec.schedule))
+        return method_name(spec.method, spec.model, named) + (f" ({', '.join(notes)})" if notes else "")
 
     def stat_text(metric: str) -> Callable[[_MainRecord], str]:
         return lambda r: fmt_summary(_summary(r.experiment, metric)) if r.experiment.n_eval else DASH
@@ -651,8 +659,12 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         rows += own_rows
         model_rows += own_rows
         means += [{m: _summary(r.experiment, m).mean for m in stats} for r in own]
-        baselines = [r.experiment for r in own if r.spec.method == "baseline" and r.spec.group == "main"]
         for dcl in (r.experiment for r in own if r.spec.method == "dcl" and r.spec.group == "main"):
+            baselines = [
+                r.experiment
+                for r in own
+                if r.spec.method == "baseline" and r.spec.group == "main" and r.spec.network == dcl.spec.network
+            ]
             if len(baselines) != 1:
                 continue
             name = (
@@ -721,7 +733,7 @@ def main_table(
         Column("dataset", "Dataset", value=lambda r: r.spec.dataset),
         Column("init", "Init", value=lambda r: r.spec.init),
         Column("method", "Method", value=lambda r: r.spec.method),
-        *_spec_fields("model", "group", "kind"),
+        *_spec_fields("model", "backbone", "schedule", "group", "kind"),
         Column("experiment", "Experiment", tex=False, value=lambda r: r.spec.experiment),
         Column("metric", "AP type", tex=False, value=lambda r: r.spec.metric),
         Column("seeds", "Seeds", "r"),
@@ -1007,7 +1019,8 @@ def is_base_point(experiment: ExperimentStats) -> bool:
 
 
 def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
-    """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and detector."""
+    """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and network
+    (detector, backbone, schedule)."""
     spec = next((e.spec for e in experiments if e.name == base), None)
     if spec is None:
         spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
@@ -1017,7 +1030,7 @@ def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> Exp
         if spec is not None
         and e.spec.method == "baseline"
         and e.spec.group == "main"
-        and (e.spec.dataset, e.spec.init, e.spec.model) == (spec.dataset, spec.init, spec.model)
+        and (e.spec.dataset, e.spec.init, e.spec.network) == (spec.dataset, spec.init, spec.network)
     ]
     return matches[0] if len(matches) == 1 else None
 
@@ -1190,6 +1203,8 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
         entry("dataset", "Dataset", fmt=dataset_name),
         entry("init", "Init", fmt=init_name),
         entry("method", "Method", fmt=method_name),
+        entry("backbone"),
+        entry("schedule"),
         entry("metric", "Metric", fmt=short_metric_name),
         Column("published", "Published", "r", value=lambda r: r.entry.value, fmt=lambda v: fmt_number(v, 1)),
         entry("source"),

@@ -16,7 +16,7 @@ rule evaluate:
         gt=lambda wildcards: PLAN.gt(run_of(wildcards).dataset),
         options=lambda wildcards: PLAN.evaluate_options(run_of(wildcards)),
     shell:
-        "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} --threads {threads} -o {output:q} > {log:q} 2>&1"
+        "dcl evaluate {input.predictions:q} -a {params.gt:q} {params.options} --threads {threads} -j {threads} -o {output:q} > {log:q} 2>&1"
 
 
 # COCO runs on the occlusion subset (COCO-OCC), from the val predictions: no extra inference.
