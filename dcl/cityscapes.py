@@ -318,35 +318,6 @@ def _percent(value: float) -> float | None:
     return None if np.isnan(value) else 100.0 * value
 
 
-class _DecodedMask:
-    """A prediction mask as cityscapesscripts reads it (``Image.open(path).convert("L")``, then
-    ``np.array``): the decoded RLE itself, so no PNG is written, encoded or read back. 0/1 where
-    the PNG held 0/255; it only tests ``!= 0``."""
-
-    def __init__(self, rle: Mapping):
-        self._rle = rle
-
-    def convert(self, mode: str) -> _DecodedMask:
-        return self
-
-    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
-        return mask_utils.decode(self._rle)  # decoded on demand: one full-size mask in memory at a time
-
-
-class _PredictionImages:
-    """Stands in for ``PIL.Image`` in cityscapesscripts' module while one image is matched: the
-    prediction "files" are our masks, anything else (the GT PNG) is opened by PIL."""
-
-    def __init__(self, masks: Mapping[str, Mapping]):
-        self._masks = masks
-
-    def open(self, path: str) -> object:
-        return _DecodedMask(self._masks[path]) if path in self._masks else Image.open(path)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(Image, name)
-
-
 def _evaluation_args(module: types.ModuleType) -> object:
     args = copy.copy(module.args)
     args.quiet, args.colorized, args.csv, args.JSONOutput = True, False, False, False
@@ -355,26 +326,54 @@ def _evaluation_args(module: types.ModuleType) -> object:
 
 
 def _match_image(task: tuple[str, list[tuple[int, float, Mapping]]]) -> tuple[str, dict]:
-    """cityscapesscripts' ``matchGtWithPreds`` for one image: its GT instances and the
-    predictions (label id, score, RLE) assigned to them; a task of a worker process."""
+    """cityscapesscripts' ``matchGtWithPreds`` for one image: its GT instances (by its own
+    ``instances2dict``) and the predictions (label id, score, RLE) assigned to them, with the
+    pixel counts its ``assignGt2Preds`` takes from full-size arrays (a mask PNG per detection,
+    compared with each GT instance of the class) counted on run-length encodings instead: the
+    same integers, ~100x faster. A task of a worker process."""
     gt_file, detections = task
     with _cityscapes_evaluation_module() as module:
         args = _evaluation_args(module)
         key = os.path.abspath(gt_file)
-        instances = module.instances2dict([gt_file], False)[key]
-        # Names stand for mask files; their order is the detections', as in a _pred.txt file.
-        names = [f"prediction{k}" for k in range(len(detections))]
-        prediction_info = {
-            name: {"labelID": label, "conf": score} for name, (label, score, _) in zip(names, detections)
+        gt_by_label = module.filterGtInstances(module.instances2dict([gt_file], False)[key], args)
+        gt_ids = np.asarray(module.readGTImage(gt_file, args))
+        void_ids = [label.id for label in module.labels if label.ignoreInEval]
+        id2label = module.id2label
+        instance_labels = args.instLabels
+
+    def encode(binary: np.ndarray) -> dict:
+        return mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
+
+    void = encode(np.isin(gt_ids, void_ids))
+    gt_rles = {name: [encode(gt_ids == gt["instID"]) for gt in instances] for name, instances in gt_by_label.items()}
+    gt_instances = {name: [{**gt, "matchedPred": []} for gt in instances] for name, instances in gt_by_label.items()}
+    predictions: dict[str, list[dict]] = {name: [] for name in instance_labels}
+
+    def overlap(a: dict, b: dict) -> int:
+        return int(mask_utils.area(mask_utils.merge([a, b], intersect=True)))
+
+    for k, (label_id, score, rle) in enumerate(detections):
+        name = id2label[int(label_id)].name
+        pixels = int(mask_utils.area(rle))
+        if name not in instance_labels or not pixels:
+            continue
+        # Fields and order as assignGt2Preds builds them; the name stands for a mask file.
+        prediction = {
+            "imgName": f"prediction{k}",
+            "predID": sum(map(len, predictions.values())),
+            "labelID": int(label_id),
+            "pixelCount": pixels,
+            "confidence": score,
+            "voidIntersection": overlap(void, rle),
         }
-        original = module.Image
-        module.Image = _PredictionImages({name: rle for name, (_, _, rle) in zip(names, detections)})
-        try:
-            gt_instances, predictions = module.assignGt2Preds(
-                module.filterGtInstances(instances, args), module.readGTImage(gt_file, args), prediction_info, args
-            )
-        finally:
-            module.Image = original
+        matched = []
+        for number, gt in enumerate(gt_by_label[name]):
+            intersection = overlap(gt_rles[name][number], rle)
+            if intersection > 0:
+                matched.append({**gt, "intersection": intersection})
+                gt_instances[name][number]["matchedPred"].append({**prediction, "intersection": intersection})
+        prediction["matchedGt"] = matched
+        predictions[name].append(prediction)
     return key, {"groundTruth": gt_instances, "prediction": predictions}
 
 
