@@ -58,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str], selected: str | None) -> int:
     parser = build_parser(selected if selected in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
-    from dcl.io import InputError
+    from dcl.io import InputError, describe_os_error
 
     try:
         return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0
     except InputError as error:
         # Bad input is the user's to fix: say what and where, no traceback.
         print(f"dcl {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a file that cannot be read or written: a full disk, permissions
+        print(f"dcl {args.command}: error: {describe_os_error(error, 'cannot access')}", file=sys.stderr)
         return 1
 
 

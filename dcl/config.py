@@ -162,11 +162,13 @@ def check_solver(cfg: CfgNode, num_gpus: int, num_machines: int, eval_only: bool
             )
         if solver.MAX_ITER < 1:
             problems.append(f"SOLVER.MAX_ITER {solver.MAX_ITER} must be at least 1")
+        # detectron2 ignores steps past MAX_ITER (a shortened schedule keeps its steps), but its
+        # scheduler fails on a step at MAX_ITER, and on steps out of order.
         steps = list(solver.STEPS)
-        if steps != sorted(set(steps)) or any(not 0 < step < solver.MAX_ITER for step in steps):
+        if steps != sorted(set(steps)) or any(step <= 0 or step == solver.MAX_ITER for step in steps):
             problems.append(
-                f"SOLVER.STEPS {tuple(steps)} must increase strictly and lie between 0 and "
-                f"SOLVER.MAX_ITER {solver.MAX_ITER} (exclusive)"
+                f"SOLVER.STEPS {tuple(steps)} must be positive, increase strictly and not equal "
+                f"SOLVER.MAX_ITER {solver.MAX_ITER}"
             )
         if solver.CHECKPOINT_PERIOD < 1:
             problems.append(f"SOLVER.CHECKPOINT_PERIOD {solver.CHECKPOINT_PERIOD} must be at least 1")

@@ -33,6 +33,7 @@ from detectron2.utils.env import seed_all_rng
 from dcl import weights as dcl_weights
 from dcl.io import (
     InputError,
+    OutputError,
     atomic_path,
     atomic_write_json,
     atomic_write_text,
@@ -100,7 +101,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.logger.info("Saving checkpoint to %s", save_file)
         with atomic_path(save_file) as tmp:
             with open(tmp, "wb") as f:
-                torch.save(data, f)
+                try:
+                    torch.save(data, f)
+                except RuntimeError as error:  # PyTorch's zip writer: "[enforce fail ...] unexpected pos"
+                    free = shutil.disk_usage(self.save_dir).free / 1e6
+                    raise OutputError(
+                        f"cannot write checkpoint {save_file}: the write failed ({free:.0f} MB free: "
+                        f"disk full or over quota?): {str(error).splitlines()[0]}"
+                    ) from None
                 f.flush()
                 os.fsync(f.fileno())
         self.tag_last_checkpoint(basename)

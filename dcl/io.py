@@ -22,6 +22,8 @@ import yaml
 
 __all__ = [
     "InputError",
+    "OutputError",
+    "describe_os_error",
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
@@ -42,6 +44,17 @@ class InputError(ValueError):
     """Bad user input (file, record, what is wrong); the CLI prints it without a traceback."""
 
 
+class OutputError(InputError):
+    """An output that cannot be written (disk full, over quota, read-only, no permission): the
+    user's to fix, so also one line without a traceback."""
+
+
+def describe_os_error(error: OSError, action: str = "cannot write") -> str:
+    """``cannot write <path>: No space left on device`` (the path when the error names one)."""
+    reason = error.strerror or str(error)
+    return f"{action} {error.filename}: {reason}" if error.filename else f"{action}: {reason}"
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; on success rename it to ``destination``.
@@ -56,11 +69,16 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
         destination.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"output {destination}: a parent of it is a file, not a directory") from None
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{destination.name}.",
-        suffix=destination.suffix if suffix is None else suffix,
-        dir=destination.parent,
-    )
+    except OSError as error:
+        raise OutputError(describe_os_error(error)) from None
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{destination.name}.",
+            suffix=destination.suffix if suffix is None else suffix,
+            dir=destination.parent,
+        )
+    except OSError as error:
+        raise OutputError(f"cannot write {destination}: {error.strerror}") from None
     os.close(fd)
     # mkstemp creates mode 0600; give the result the permissions open() would (0666 & ~umask),
     # so files in shared project directories stay readable by the group.
@@ -69,6 +87,11 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
     try:
         yield tmp_path
         os.replace(tmp_path, destination)
+    except OSError as error:
+        if error.filename not in (None, str(tmp_path), tmp):
+            raise  # about another file (an input the writer reads)
+        # Disk full or over quota while writing, most often: say which output, not the temporary.
+        raise OutputError(f"cannot write {destination}: {error.strerror or error}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

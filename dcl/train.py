@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     with stop.handling(stop_point="once the run is set up"):
         try:
             return _run(args, stop)
-        except InputError:
+        except (InputError, OSError):  # one line by the CLI (a full disk, a read-only folder)
             raise
         except KeyboardInterrupt:
             print("dcl train: aborted by a second Ctrl-C (no checkpoint written)", file=sys.stderr)

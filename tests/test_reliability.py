@@ -154,7 +154,7 @@ def limited_memory(megabytes: int):
         (["SOLVER.IMS_PER_BATCH", "-4"], "SOLVER.IMS_PER_BATCH -4 must be a positive multiple"),
         (["--num-gpus", "-1"], "--num-gpus must be at least 1, got -1"),
         (["SOLVER.MAX_ITER", "-5"], "SOLVER.MAX_ITER -5 must be at least 1"),
-        (["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "(1,)"], "SOLVER.STEPS (1,) must increase strictly"),
+        (["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "(1,)"], "SOLVER.STEPS (1,) must be positive, increase strictly"),
         (["DATALOADER.NUM_WORKERS", "-2"], "DATALOADER.NUM_WORKERS -2 must be 0 or more"),
         (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0 must be at least 1"),
     ],
@@ -207,3 +207,65 @@ def test_a_dry_run_loads_the_weights_as_a_start_would(toy_datasets, tmp_path, co
         timeout=120,
     )
     one_line_error(done, "train", f"weights file {tmp_path / 'w.pth'}", message)
+
+
+def on_small_filesystem(command, folder: Path, size_kb: int, *, read_only=False, after="", cwd=None):
+    """``command`` run with a fresh tmpfs of ``size_kb`` (0: full; read-only if asked) mounted on ``folder``,
+    in a mount namespace of its own (``unshare``, also without root where user namespaces are
+    allowed): a really full or read-only file system. ``after``: shell run there once it ended
+    (its output follows the command's), the exit code stays the command's."""
+    options = f"size={max(size_kb, 4)}k" + (",ro" if read_only else "")
+    fill = 'cat /dev/zero > "$0/.fill" 2>/dev/null;' if size_kb == 0 else ""
+    script = f'mount -t tmpfs -o {options} tmpfs "$0" || exit 99; {fill} "$@"; code=$?; {after or ":"}; exit $code'
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, str(folder), *map(str, command)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+    if done.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {done.stderr.strip()}")
+    return done
+
+
+@pytest.mark.parametrize("command", ["evaluate", "errors"])
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_no_half_file(instances, command, read_only):
+    out = instances / "out"
+    out.mkdir()
+    done = on_small_filesystem(
+        [sys.executable, "-m", "dcl", command, "p.json", "-a", "gt.json", "-o", "out/result.json"],
+        out,
+        0 if not read_only else 64,
+        read_only=read_only,
+        after="ls -A out | grep -vx .fill >&2",
+        cwd=instances,
+    )
+    reason = "Read-only file system" if read_only else "No space left on device"
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == f"dcl {command}: error: cannot write out/result.json: {reason}", done.stderr
+    assert lines[1:] == []  # `ls -A out`: no temporary, no half file
+
+
+@pytest.mark.e2e
+def test_a_training_on_a_full_disk_says_so_and_records_why(toy_datasets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    done = on_small_filesystem(
+        ["env", f"DCL_TOY_DATASETS={toy_datasets}", "OMP_NUM_THREADS=1"]
+        + toy_train(out, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1"),
+        out,
+        8 * 1024,  # a checkpoint of the toy model is ~100 MB
+        after=f'echo "#run.json"; cat "{out}/run.json"; echo "#files"; ls -A "{out}"',
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("dcl train: error: cannot write checkpoint ") and "model_0000000.pth" in last, last
+    assert "Traceback" not in done.stderr
+    record_text, _, listing = done.stdout.rpartition("#run.json\n")[2].partition("#files\n")
+    record = json.loads(record_text)
+    assert record["status"] == "failed" and "cannot write checkpoint" in record["error"]
+    assert not [name for name in listing.split() if name.endswith(".pth")]  # nothing half-written
