@@ -11,6 +11,10 @@
 import os
 
 from snakemake.utils import min_version
+from snakemake_interface_common.exceptions import WorkflowError
+
+from dcl.experiments import refuse_templated_config
+from dcl.io import InputError
 
 min_version("9.0")
 
@@ -19,6 +23,12 @@ min_version("9.0")
 # is used as it is.
 PRESET_FILE = os.path.join(workflow.basedir, "configs", f"{config.get('preset', 'paper')}.yaml")
 if os.path.exists(PRESET_FILE):
+    # Snakemake renders a config that asks for it (__use_yte__) as a template, running its Python:
+    # refused before it is loaded. (Files given with --configfile are loaded before this runs.)
+    try:
+        refuse_templated_config(PRESET_FILE)
+    except InputError as error:
+        raise WorkflowError(str(error)) from None
 
     configfile: PRESET_FILE
 

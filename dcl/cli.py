@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import sys
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "at_least", "build_parser", "fraction", "main"]
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +26,33 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("dcl.experiments", "validate a workflow config and write its list of runs (experiments.json)"),
     "info": ("dcl.info", "versions of dcl, torch, detectron2 and the compatibility shims in use"),
 }
+
+
+def at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum`` (else a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a number in (0, 1] (else a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
+    return value
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog
 
 from dcl import weights as dcl_weights
 from dcl.experiments import SEED_LIMIT
-from dcl.io import InputError
+from dcl.io import InputError, load_yaml
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.refinemask import add_refinemask_config
 from dcl.slurm import DistributedLayout
@@ -74,13 +74,17 @@ def refuse_unsafe_yaml(config_file: str) -> None:
     Raises:
         InputError: a file is not plain YAML (a Python tag, a syntax error), naming it.
     """
-    seen = set()
+    chain: list[str] = []
     path = config_file
-    while path not in seen:  # (a _BASE_ cycle: detectron2 reports it)
-        seen.add(path)
+    while True:
+        if os.path.realpath(path) in map(os.path.realpath, chain):
+            raise InputError(f"{config_file}: the _BASE_ chain loops: {' -> '.join([*chain, path])}")
+        chain.append(path)
         try:
             with open(path, encoding="utf-8") as stream:
-                data = yaml.safe_load(stream)
+                data = load_yaml(stream)
+        except ValueError as error:
+            raise InputError(f"{path}: refused: {error}") from None
         except yaml.constructor.ConstructorError as error:
             mark = error.problem_mark
             where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -90,6 +94,10 @@ def refuse_unsafe_yaml(config_file: str) -> None:
             ) from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
+        if data is not None and not isinstance(data, dict):
+            raise InputError(
+                f"{path}: a detectron2 config is a mapping of keys, this file holds a {type(data).__name__}"
+            )
         base = data.get("_BASE_") if isinstance(data, dict) else None
         if base is None or not isinstance(base, str):
             return

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from dcl import layout
+from dcl.cli import fraction
 from dcl.io import InputError, atomic_write_json
 from dcl.layout import DATASETS, SPLITS, Dataset
 
@@ -384,7 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subset.add_argument("annotations", metavar="GT.json", help="COCO GT file (e.g. the toy COCO val)")
     subset.add_argument("-o", "--output", required=True, metavar="OUT.json", help="COCO JSON to write")
     subset.add_argument(
-        "--min-overlap", type=float, default=0.2, help="intersection / smaller box area (default %(default)s)"
+        "--min-overlap", type=fraction, default=0.2, help="intersection / smaller box area (default %(default)s)"
     )
 
     check = commands.add_parser(
@@ -450,8 +451,6 @@ def _run_convert(args: argparse.Namespace) -> int:
 def _run_occlusion_subset(args: argparse.Namespace) -> int:
     from dcl.coco import load_ground_truth, occlusion_subset
 
-    if not 0 < args.min_overlap <= 1:
-        raise InputError(f"--min-overlap must be in (0, 1], not {args.min_overlap}")
     subset = occlusion_subset(load_ground_truth(args.annotations), args.min_overlap)
     if not subset["images"]:
         raise InputError(f"{args.annotations}: no image has overlapping instances (--min-overlap {args.min_overlap})")

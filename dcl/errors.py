@@ -44,6 +44,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from dcl.cli import at_least
 from dcl.coco import (
     STAT_NAMES,
     GroundTruth,
@@ -523,7 +524,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-j",
         "--workers",
-        type=int,
+        type=at_least(0),
         default=1,
         help="worker processes, at most the usable CPUs (0 = one per CPU; default: %(default)s)",
     )

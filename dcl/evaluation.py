@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dcl.cli import at_least
 from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, inputs_on_subset, load_ground_truth, load_predictions
 from dcl.io import InputError, atomic_write_json, refuse_output_over_input
 from dcl.names import IOU_TYPES
@@ -327,14 +328,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="eval.json", help="write the results as JSON (atomically)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=at_least(1),
         default=1,
         help="threads for faster-coco-eval's mask IoU, at most the usable CPUs (default: %(default)s)",
     )
     parser.add_argument(
         "-j",
         "--workers",
-        type=int,
+        type=at_least(0),
         default=1,
         help="worker processes of the official Cityscapes AP (images matched in parallel), at most the "
         "usable CPUs (0 = one per CPU; default: %(default)s)",

@@ -31,7 +31,15 @@ import yaml
 
 from dcl import cost, layout
 from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
-from dcl.io import InputError, atomic_write_json, read_yaml, refuse_output_over_input
+from dcl.io import (
+    MAX_YAML_VALUES,
+    InputError,
+    atomic_write_json,
+    check_bounded,
+    load_yaml,
+    read_yaml,
+    refuse_output_over_input,
+)
 from dcl.layout import DATASETS
 from dcl.names import DEFAULT_BACKBONE
 
@@ -160,6 +168,18 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def refuse_templated_config(path: str | os.PathLike) -> None:
+    """Refuse a workflow config that asks Snakemake to render it as a YTE template
+    (``__use_yte__: true``): Snakemake would run the Python in it while loading it. To call
+    before Snakemake loads the file (a ``--configfile`` it loads before the Snakefile runs)."""
+    data = read_yaml(path, "workflow config")
+    if isinstance(data, dict) and data.get("__use_yte__"):
+        raise InputError(
+            f"workflow config {path} asks for YTE templating (__use_yte__), which runs Python code "
+            "in it: refused; write plain YAML"
+        )
+
+
 def parse_config_assignment(text: str) -> dict[str, Any]:
     """``KEY=VALUE`` exactly as Snakemake's ``--config`` reads it: an int, a float, ``True`` /
     ``False``, else YAML read with the BaseLoader (nested scalars stay strings), else a string."""
@@ -176,9 +196,11 @@ def parse_config_assignment(text: str) -> dict[str, Any]:
     if value in ("True", "False"):
         return {key: value == "True"}
     try:
-        return {key: yaml.load(value, Loader=yaml.BaseLoader)}
+        return {key: load_yaml(value, yaml.BaseLoader)}
     except yaml.YAMLError:
         return {key: value}
+    except ValueError as error:
+        raise InputError(f"--config {key}: refused: {error}") from None
 
 
 def merge_config(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,6 +306,10 @@ def validate_config(config: dict[str, Any], source: str = "workflow config") -> 
     """
     from jsonschema import Draft202012Validator
 
+    try:  # a config Snakemake loaded itself has not been bounded yet (YAML aliases)
+        check_bounded(config, MAX_YAML_VALUES)
+    except ValueError as error:
+        raise InputError(f"invalid {source}: {error}") from None
     schema = _schema()
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))

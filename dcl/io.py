@@ -28,6 +28,8 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "exclusive_lock",
+    "check_bounded",
+    "load_yaml",
     "read_json",
     "read_yaml",
     "refuse_output_over_input",
@@ -211,13 +213,65 @@ def atomic_write_json(destination: str | os.PathLike, obj: Any, *, indent: int |
     atomic_write_text(destination, json.dumps(_finite_or_none(obj), indent=indent, allow_nan=False) + "\n")
 
 
+# Bounds of what a user file may hold once read: nesting (lists and mappings inside each other;
+# COCO files need 5) and, for YAML, values once its aliases are expanded (an alias is a reference
+# the loader shares, but every consumer walks it again: nine levels of 9 aliases are 387 million).
+MAX_NESTING = 100
+MAX_YAML_VALUES = 1_000_000
+
+
+def check_bounded(value: Any, max_values: int | None = None) -> None:
+    """Raises ValueError if the lists and mappings in ``value`` nest deeper than
+    :data:`MAX_NESTING`, contain themselves, or (``max_values``) hold more values than that once
+    every shared reference (a YAML alias) is expanded. Iterative, and linear in the distinct
+    containers: each one's expanded size is computed once."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (expanded values, nesting)
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, finished = stack.pop()
+        if not isinstance(item, (list, dict)):
+            continue
+        key, children = id(item), list(item.values()) if isinstance(item, dict) else item
+        if finished:
+            open_ids.discard(key)
+            inner = [done[id(c)] for c in children if isinstance(c, (list, dict))]
+            values = 1 + len(children) - len(inner) + sum(v for v, _ in inner)
+            depth = 1 + max((d for _, d in inner), default=0)
+            if max_values is not None and values > max_values:
+                raise ValueError(f"more than {max_values:,} values once its aliases are expanded")
+            if depth > MAX_NESTING:
+                raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+            done[key] = (values, depth)
+        elif key not in done:
+            if key in open_ids:
+                raise ValueError("it contains itself (an alias to an enclosing node)")
+            open_ids.add(key)
+            stack.append((item, True))
+            stack.extend((c, False) for c in children if isinstance(c, (list, dict)) and id(c) not in done)
+
+
+def load_yaml(stream: Any, loader: type = yaml.SafeLoader) -> Any:
+    """``yaml.load`` (safe by default), refusing with ValueError (the reason) documents that
+    expand past :data:`MAX_YAML_VALUES` values or nest past :data:`MAX_NESTING` levels, before
+    anything walks them. YAML syntax errors raise ``yaml.YAMLError``."""
+    try:
+        data = yaml.load(stream, Loader=loader)  # aliases become shared objects: no expansion yet
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels") from None
+    check_bounded(data, MAX_YAML_VALUES)
+    return data
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Load JSON, turning a missing, unreadable or truncated file into an ``InputError`` that says
     which file, where (line and column) and what is wrong."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
+    except RecursionError:
+        raise InputError(f"{what} {path}: nested deeper than {MAX_NESTING} levels") from None
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -227,6 +281,11 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     except json.JSONDecodeError as e:
         hint = " (the file ends early: truncated?)" if e.pos >= os.path.getsize(path) - 1 else ""
         raise InputError(f"{what} {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}") from None
+    try:
+        check_bounded(data)
+    except ValueError as error:
+        raise InputError(f"{what} {path}: {error}") from None
+    return data
 
 
 def read_yaml(path: str | os.PathLike, what: str = "YAML file", missing_hint: str = "") -> Any:
@@ -235,10 +294,12 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file", missing_hint: st
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as stream:  # a stream: YAML's messages name the file
-            return yaml.safe_load(stream)
+            return load_yaml(stream)
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}{missing_hint}") from None
     except yaml.YAMLError as error:
         raise InputError(f"{what} {path} is not valid YAML: {error}") from None
+    except ValueError as error:
+        raise InputError(f"{what} {path} is refused: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{what} {path} cannot be read: {error}") from None

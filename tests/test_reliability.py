@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,3 +270,102 @@ def test_a_training_on_a_full_disk_says_so_and_records_why(toy_datasets, tmp_pat
     record = json.loads(record_text)
     assert record["status"] == "failed" and "cannot write checkpoint" in record["error"]
     assert not [name for name in listing.split() if name.endswith(".pth")]  # nothing half-written
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 9**levels values (a few hundred bytes of text)."""
+    lines = ["b0: &b0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (alias_bomb(), "more than 1,000,000 values once its aliases are expanded"),
+        ("[" * 5000 + "]" * 5000, "nested deeper than 100 levels"),
+        ("a: &a [1, *a]\n", "contains itself"),
+    ],
+)
+def test_yaml_that_would_explode_is_refused_in_one_line(tmp_path, text, reason):
+    (tmp_path / "config.yaml").write_text(text)
+    assert dcl("plan", REPO / "configs" / "toy.yaml", "-o", tmp_path / "results" / "experiments.json").returncode == 0
+    for command in (["plan", "config.yaml"], ["report", "results", "--published", "config.yaml"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "dcl", *command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=limited_memory(1500),
+        )
+        one_line_error(done, command[0], "config.yaml", reason)
+
+
+def test_a_bomb_inside_a_valid_workflow_config_is_refused(tmp_path):
+    """Nine levels of 9 aliases in train_overrides made `dcl plan` and `snakemake -n` hang."""
+    config = (
+        (REPO / "configs" / "toy.yaml")
+        .read_text()
+        .replace("train_overrides: {", "train_overrides: {SOLVER.X: *b8, ", 1)
+    )
+    (tmp_path / "toy.yaml").write_text(
+        "anchors:\n" + "".join(f"  {line}\n" for line in alias_bomb().splitlines()) + config
+    )
+    done = dcl("plan", "toy.yaml", "--repo-root", REPO, cwd=tmp_path, timeout=60)
+    one_line_error(done, "plan", "more than 1,000,000 values")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "errors"])
+def test_json_nested_past_any_sane_depth_is_one_line(tmp_path, command):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    done = dcl(command, "deep.json", "-a", "deep.json", cwd=tmp_path)
+    one_line_error(done, command, "deep.json: nested deeper than 100 levels")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- MODEL\n- SOLVER\n", "a detectron2 config is a mapping of keys, this file holds a list"),
+        ('_BASE_: "cfg.yaml"\n', "the _BASE_ chain loops: cfg.yaml -> cfg.yaml"),
+    ],
+)
+def test_detectron2_configs_that_cannot_be_configs_are_named(tmp_path, text, message):
+    (tmp_path / "cfg.yaml").write_text(text)
+    done = dcl("train", "--dry-run", "--config-file", "cfg.yaml", cwd=tmp_path)
+    one_line_error(done, "train", message)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["errors", "p.json", "-a", "gt.json", "-j", "-5"],
+        ["evaluate", "p.json", "-a", "gt.json", "--threads", "-1"],
+        ["evaluate", "p.json", "-a", "gt.json", "-j", "-1"],
+        ["data", "occlusion-subset", "gt.json", "-o", "o.json", "--min-overlap", "-1"],
+    ],
+)
+def test_usage_mistakes_exit_2(instances, args):
+    done = dcl(*args, cwd=instances)
+    assert done.returncode == 2 and "must be" in done.stderr, done.stderr
+
+
+def test_snakemake_refuses_a_preset_that_asks_for_yte_before_loading_it(tmp_path):
+    """A preset with `__use_yte__: true` would run its Python as Snakemake loads it: the
+    Snakefile refuses it first (the marker file is never written)."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".venv", ".git", "results", "work_dirs", "datasets"))
+    marker = tmp_path / "ran"
+    (checkout / "configs" / "evil.yaml").write_text(
+        f"__use_yte__: true\npreset: ?__import__('pathlib').Path('{marker}').touch() or 'evil'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--config", "preset=evil", "-s", checkout / "Snakefile"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "asks for YTE templating (__use_yte__)" in done.stdout + done.stderr
+    assert not marker.exists()

@@ -543,6 +543,8 @@ def _metrics_point(line: str) -> dict[str, float] | None:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"invalid JSON: {error.msg}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected an object, got {_type_name(record)}")
     iteration = record.get("iteration")
