@@ -1196,7 +1196,13 @@ def test_a_run_stopped_twice_and_resumed_is_the_uninterrupted_run(toy_datasets, 
         codes = []
         for attempt in range(3):
             code, output = run_dcl(
-                command + (["--resume"] if attempt else []), env, tmp_path, launcher=launcher, timeout=300
+                # No time limit that a loaded machine could hit (load 12 on 2 cores once took this
+                # test 28 minutes and ended it here): nothing in the guarantee depends on time.
+                command + (["--resume"] if attempt else []),
+                env,
+                tmp_path,
+                launcher=launcher,
+                timeout=3600,
             )
             codes.append(code)
             if code != EXIT_INTERRUPTED:
@@ -1298,8 +1304,9 @@ def test_a_killed_run_leaves_nothing_stale_once_resumed(toy_datasets, tmp_path):
     record = read_json(out / "run.json")
     assert record["status"] == "finished"
     assert [a["status"] for a in record["attempts"]] == ["lost", "finished"]
-    # The lost attempt ended where its last checkpoint (iteration 2, 3 done) lets the next start.
-    assert record["attempts"][0]["end_iter"] == record["attempts"][1]["start_iter"] == 3
+    # The lost attempt ended where its last checkpoint (3 or, on a loaded machine, 6 iterations
+    # done) lets the next one start.
+    assert record["attempts"][0]["end_iter"] == record["attempts"][1]["start_iter"] in (3, 6)
     assert all(json.loads(line) for line in (out / "metrics.json").read_text().splitlines())
     assert isinstance(json.loads((out / "inference" / "coco_instances_results.json").read_text()), list)
 
