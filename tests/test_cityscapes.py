@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,6 +352,61 @@ def test_toy_cityscapes_has_group_regions_and_fragmented_instances(toy_cityscape
     assert groups >= 1 and fragments >= 2, (groups, fragments)
 
 
+def assert_detectron_style(root: Path, detectron: dict, default: dict) -> tuple[int, int]:
+    """Each image's Detectron-style annotations against :func:`_detectron_rules` of its
+    instanceIds PNG; (instances dropped, crowd regions of the default style)."""
+    dropped = crowd_in_default = 0
+    for image in detectron["images"]:
+        city, name = image["file_name"].split("/")
+        ids = np.array(
+            Image.open(root / "gtFine" / "val" / city / name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png"))
+        ).astype(np.int64)
+        expected = _detectron_rules(ids)
+        anns = [a for a in detectron["annotations"] if a["image_id"] == image["id"]]
+        default_anns = [a for a in default["annotations"] if a["image_id"] == image["id"]]
+        crowd_in_default += sum(a["iscrowd"] for a in default_anns)
+        dropped += sum(1 for a in default_anns if not a["iscrowd"]) - len(expected)
+        assert len(anns) == len(expected)
+        for ann, (category, _value, mask, external) in zip(anns, expected):
+            ys, xs = np.nonzero(mask)
+            assert (ann["category_id"], ann["iscrowd"], ann["area"]) == (category, 0, mask.sum())
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            # One polygon per external piece, through that piece's pixels, every step to an
+            # 8-neighbour (no approximation).
+            assert len(ann["segmentation"]) == len(external)
+            traced = set()
+            for polygon in ann["segmentation"]:
+                points = np.array(polygon).reshape(-1, 2)
+                piece = [k for k, p in enumerate(external) if p[points[0, 1], points[0, 0]]]
+                assert len(piece) == 1 and external[piece[0]][points[:, 1], points[:, 0]].all()
+                steps = np.abs(points - np.roll(points, 1, axis=0)).max(1)
+                assert len(points) == 1 or steps.max() == 1
+                traced.add(piece[0])
+            assert traced == set(range(len(external)))
+    return dropped, crowd_in_default
+
+
+def test_detectron_style_on_holes_and_pieces_inside_holes(tmp_path):
+    """A car that is a ring with a piece of itself inside its hole, and another car inside that
+    hole: Detectron's converter traces external contours only, so the ring is one polygon (its
+    outline: neither the hole's edge nor the enclosed piece), the inner car its own."""
+    ids = np.zeros((64, 80), dtype=np.uint16)  # as Cityscapes stores them (16-bit PNG)
+    ids[8:56, 8:72] = 26001
+    ids[16:48, 16:64] = 0  # the hole
+    ids[20:26, 20:30] = 26001  # a piece of the ring's car inside the hole
+    ids[30:44, 36:58] = 26002  # another car inside the hole
+    ids[34:40, 42:50] = 26001  # and a piece of the first car inside the second's hole
+    folder = tmp_path / "gtFine" / "val" / "lindau"
+    folder.mkdir(parents=True)
+    Image.fromarray(ids).save(folder / "lindau_000000_000019_gtFine_instanceIds.png")
+    default = cityscapes_to_coco(tmp_path, "val", None)
+    detectron = cityscapes_to_coco(tmp_path, "val", None, style="detectron")
+    assert_detectron_style(tmp_path, detectron, default)
+    ring, inner = detectron["annotations"]
+    assert len(ring["segmentation"]) == 1 and len(inner["segmentation"]) == 1
+    assert ring["area"] == (ids == 26001).sum() and ring["bbox"] == [8, 8, 64, 48]
+
+
 def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
     default = cityscapes_to_coco(toy_cityscapes, "val", None)
     out = tmp_path / "detectron.json"
@@ -375,36 +431,7 @@ def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
     assert detectron["images"] == default["images"]
     assert detectron["categories"] == default["categories"]
     assert [a["id"] for a in detectron["annotations"]] == list(range(1, len(detectron["annotations"]) + 1))
-    dropped = crowd_in_default = 0
-    for image in detectron["images"]:
-        city, name = image["file_name"].split("/")
-        ids = np.array(
-            Image.open(
-                toy_cityscapes / "gtFine" / "val" / city / name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
-            )
-        ).astype(np.int64)
-        expected = _detectron_rules(ids)
-        anns = [a for a in detectron["annotations"] if a["image_id"] == image["id"]]
-        default_anns = [a for a in default["annotations"] if a["image_id"] == image["id"]]
-        crowd_in_default += sum(a["iscrowd"] for a in default_anns)
-        dropped += sum(1 for a in default_anns if not a["iscrowd"]) - len(expected)
-        assert len(anns) == len(expected)
-        for ann, (category, _value, mask, external) in zip(anns, expected):
-            ys, xs = np.nonzero(mask)
-            assert (ann["category_id"], ann["iscrowd"], ann["area"]) == (category, 0, mask.sum())
-            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-            # One polygon per external piece, through that piece's pixels, every step to an
-            # 8-neighbour (no approximation).
-            assert len(ann["segmentation"]) == len(external)
-            traced = set()
-            for polygon in ann["segmentation"]:
-                points = np.array(polygon).reshape(-1, 2)
-                piece = [k for k, p in enumerate(external) if p[points[0, 1], points[0, 0]]]
-                assert len(piece) == 1 and external[piece[0]][points[:, 1], points[:, 0]].all()
-                steps = np.abs(points - np.roll(points, 1, axis=0)).max(1)
-                assert len(points) == 1 or steps.max() == 1
-                traced.add(piece[0])
-            assert traced == set(range(len(external)))
+    dropped, crowd_in_default = assert_detectron_style(toy_cityscapes, detectron, default)
     assert dropped >= 2 and crowd_in_default >= 1  # the differences the test is about occurred
     with pytest.raises(InputError, match="--segmentation applies to --style default only"):
         from dcl.datasets import _run_convert

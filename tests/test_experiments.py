@@ -689,3 +689,29 @@ def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):
     assert "experiments[0] (toy_cityscapes_baseline): unknown key 'sedds' (did you mean 'seeds'?)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_every_ablation_point_trains_its_own_swept_value():
+    """The paper plan's ablation commands read back value by value: the last override of the
+    swept key (the one detectron2 keeps) is the point's value, also for LOSS_WEIGHT, which the
+    base experiment sets itself (1.2); a point equal to the base's value is the base's own run."""
+    config = yaml.safe_load(PAPER.read_text())
+    plan = paper_plan()
+    base_loss_weight = next(e for e in config["experiments"] if e["name"] == "cityscapes_imagenet_dcl")["dcl"]
+    assert base_loss_weight == {"LOSS_WEIGHT": 1.2}  # the case a sweep could silently lose
+    defaults = {"LOSS_WEIGHT": 1.2, "NUM_SAMPLES": 32, "TEMPERATURE": 0.07, "WITH_PROJ": True}
+    checked = 0
+    for sweep in config["ablations"]:
+        key = f"MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.{sweep['parameter']}"
+        for value in sweep["values"]:
+            name = f"{sweep['base']}_{sweep['parameter'].lower()}_{'on' if value is True else 'off' if value is False else value}"
+            for seed in (0, 1, 2):
+                run = next(r for r in plan.runs if r.experiment == name and r.seed == seed)
+                job = plan.run(run.folder, seed)
+                arguments = plan.train_arguments(job)
+                trained = [arguments[i + 1] for i, word in enumerate(arguments) if word == key]
+                final = trained[-1] if trained else str(defaults[sweep["parameter"]])
+                assert yaml.safe_load(final) == value, (name, seed, arguments)
+                assert (run.folder == sweep["base"]) == (value == defaults[sweep["parameter"]]), name
+                checked += 1
+    assert checked == 16 * 3

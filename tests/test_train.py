@@ -520,6 +520,25 @@ def test_training_dicts_are_stored_serialized_and_loaded_unchanged(monkeypatch):
     assert {d["file_name"] for batch in served for d in batch} <= {d["file_name"] for d in dicts}
 
 
+def test_augmentation_depends_on_the_stream_position_not_only_on_the_image():
+    """One image drawn at two positions of the stream gets two different random draws (numpy,
+    torch and random alike); the same position, whichever worker maps it and whenever, the same."""
+    import numpy as np
+
+    def mapper(d):
+        return {"image": d["image_id"], "draws": (random.random(), float(np.random.rand()), float(torch.rand(1)))}
+
+    sampler = ResumableTrainingSampler(5, 2, seed=11)
+    mapped = sampler_module.SeededBatchMapper([{"image_id": i} for i in range(5)], mapper, sampler)
+    first, second, again = mapped[[(3, 4), (17, 4), (3, 4)]]
+    assert first["image"] == second["image"] == 4
+    assert all(a != b for a, b in zip(first["draws"], second["draws"]))
+    assert again == first
+    # Another sampler seed (another run or SEED): other draws at the same position.
+    sampler.seed = 12
+    assert mapped[[(3, 4)]][0]["draws"] != first["draws"]
+
+
 def test_run_record_keeps_attempts_across_resumes(tmp_path):
     path = tmp_path / "run.json"
     fields = {"mode": "train", "host": "h1", "iteration": 0, "max_iter": 50, "command": ["dcl", "train"]}
