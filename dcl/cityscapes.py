@@ -54,6 +54,7 @@ from pycocotools import mask as mask_utils
 from dcl import layout
 from dcl.coco import GroundTruth, compact_rle
 from dcl.io import InputError, atomic_write_json
+from dcl.progress import progress_bar
 
 __all__ = [
     "INSTANCE_LABELS",
@@ -153,7 +154,8 @@ def cityscapes_to_coco(
             raise InputError(f"{len(missing)} GT file(s) in {gt_dir} have no image in {image_dir}, e.g. {missing[0]}")
 
     images, annotations = [], []
-    for image_id, (file_name, gt_path) in enumerate(entries, start=1):
+    bar = progress_bar(len(entries), f"cityscapes-to-coco {split}", "image", iterable=entries)
+    for image_id, (file_name, gt_path) in enumerate(bar, start=1):
         try:
             with Image.open(gt_path) as png:
                 instance_ids = np.asfortranarray(np.array(png, dtype=np.int32))
@@ -377,15 +379,17 @@ def _match_image(task: tuple[str, list[tuple[int, float, Mapping]]]) -> tuple[st
     return key, {"groundTruth": gt_instances, "prediction": predictions}
 
 
-def _map(function: object, tasks: Sequence, workers: int) -> list:
-    """``function`` over ``tasks`` in order, in ``workers`` processes (1: in this one)."""
-    if workers <= 1 or len(tasks) <= 1:
-        return [function(task) for task in tasks]
-    # forkserver: workers start clean, never as forks of a process with threads (a training job's).
-    context = multiprocessing.get_context("forkserver")
-    chunk = max(1, len(tasks) // (4 * workers))  # a few chunks per worker: balanced, little overhead
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-        return list(pool.map(function, tasks, chunksize=chunk))
+def _map(function: object, tasks: Sequence, workers: int, desc: str) -> list:
+    """``function`` over ``tasks`` in order, in ``workers`` processes (1: in this one), with a
+    progress bar (:mod:`dcl.progress`) described by ``desc``."""
+    with progress_bar(len(tasks), desc, "image") as bar:
+        if workers <= 1 or len(tasks) <= 1:
+            return [bar.update() or function(task) for task in tasks]
+        # forkserver: workers start clean, never as forks of a process with threads (a training job's).
+        context = multiprocessing.get_context("forkserver")
+        chunk = max(1, len(tasks) // (4 * workers))  # a few chunks per worker: balanced, little overhead
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+            return [bar.update() or result for result in pool.map(function, tasks, chunksize=chunk)]
 
 
 def cityscapes_instance_ap(
@@ -426,7 +430,7 @@ def cityscapes_instance_ap(
         if not path.is_file():
             raise InputError(f"image {image.get('file_name')!r} (id {image['id']}) has no Cityscapes GT {path}")
         tasks.append((str(path.resolve()), by_image[image_id]))
-    matches = dict(_map(_match_image, tasks, workers))  # in GT order, as evaluateImgLists builds it
+    matches = dict(_map(_match_image, tasks, workers, "Cityscapes AP"))  # in GT order, as evaluateImgLists builds it
     output = io.StringIO()
     with _cityscapes_evaluation_module() as module:
         args = _evaluation_args(module)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from dcl.progress import progress_bar
 
 from dcl.cli import at_least
 from dcl.coco import (
@@ -437,15 +438,7 @@ def analyze(
         # Created before the progress bar's monitor thread exists: forking a threaded process is unsafe.
         initargs = (gt, backend, tasks, parsed, iou_type, legacy_unmatched)
         pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=initargs)
-    bar = tqdm(
-        total=len(names) * len(tasks) + len(names) + 1,
-        unit="step",
-        file=sys.stderr,
-        delay=2.0,
-        disable=not progress,
-        desc="error analysis",
-        mininterval=0.1 if sys.stderr.isatty() else 10.0,
-    )  # a log file gets a line per 10 s
+    bar = progress_bar(len(names) * len(tasks) + len(names) + 1, "error analysis", "step", enabled=progress)
     try:
         if pool is not None:
             stats, unmatched = _analyze_in_pool(pool, records, tasks, names, workers, bar)

@@ -42,7 +42,6 @@ import io
 import os
 import pickle
 import re
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -323,12 +322,12 @@ def _fetch_into(url: str, part: Path) -> Optional[int]:
 
 
 def _progress(total: Optional[int], start: int, url: str):
-    """A callback printing progress to a terminal (nothing when stderr is not a terminal)."""
-    if not sys.stderr.isatty():
-        return lambda done: None
-    from tqdm import tqdm
+    """A callback showing the download's progress (:mod:`dcl.progress`)."""
+    from dcl.progress import progress_bar, wanted
 
-    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False)
+    if not wanted():
+        return lambda done: None
+    bar = progress_bar(total, url.rsplit("/", 1)[-1], "B", initial=start, unit_scale=True, leave=False)
 
     def update(done: int) -> None:
         bar.update(done - bar.n)
