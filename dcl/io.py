@@ -299,7 +299,7 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file", missing_hint: st
         raise InputError(f"{what} not found: {path}{missing_hint}") from None
     except yaml.YAMLError as error:
         raise InputError(f"{what} {path} is not valid YAML: {error}") from None
-    except ValueError as error:
-        raise InputError(f"{what} {path} is refused: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{what} {path} cannot be read: {error}") from None
+    except ValueError as error:  # load_yaml's bounds
+        raise InputError(f"{what} {path} is refused: {error}") from None

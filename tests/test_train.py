@@ -648,13 +648,14 @@ def test_readme_commands_are_the_original_ones():
 
 @pytest.fixture
 def project_dir(tmp_path, monkeypatch):
-    """A working directory with configs/ and a weights directory holding stand-in files."""
+    """A working directory with configs/ and a weights directory holding stand-in files: plain
+    detectron2 weight pickles without weights (a dry run loads them, as a start would)."""
     (tmp_path / "configs").symlink_to(CONFIGS)
     weights = tmp_path / "weights"
     for spec in (IMAGENET_R50, COCO_R50):
         path = weights / "detectron2" / spec.split("://", 1)[1]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"stand-in")
+        path.write_bytes(pickle.dumps({"model": {}, "__author__": "stand-in"}))
     monkeypatch.setenv("DCL_WEIGHTS_DIR", str(weights))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -696,7 +697,7 @@ def test_readme_evaluation_commands_build_the_plain_models(project_dir, capsys):
     for command, run_dir in zip(README_COMMANDS[2:], ("cityscapes_mask_rcnn_dcl", "coco_mask_rcnn_dcl")):
         final = project_dir / "work_dirs" / run_dir / "model_final.pth"
         final.parent.mkdir(parents=True)
-        final.write_bytes(b"stand-in")
+        torch.save({"model": {}}, final)  # a checkpoint without weights: the dry run loads it
         summary = dry_run(argv_of(command)[1:], capsys)
         assert (summary["mode"], summary["roi_heads"], summary["mask_head"], summary["dcl"]) == (
             "eval-only",

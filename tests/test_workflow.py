@@ -199,7 +199,7 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
     assert evaluate["cityscapes_imagenet_dcl"]["shell"] == (
         "dcl evaluate work_dirs/paper/cityscapes_imagenet_dcl/seed0/inference/coco_instances_results.json"
         " -a datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"
-        " --cityscapes-root datasets/cityscapes --split val --threads 2"
+        " --cityscapes-root datasets/cityscapes --split val --threads 2 -j 2"
         " -o results/paper/runs/cityscapes_imagenet_dcl/seed0/eval.json > logs/paper/evaluate/cityscapes_imagenet_dcl/seed0.log 2>&1"
     )
     assert "--cityscapes-root" not in evaluate["coco_dcl"]["shell"]
