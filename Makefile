@@ -1,4 +1,4 @@
-# Two entry points that do all set-up themselves: `make demo` and `make test`.
+# Entry points that do all set-up themselves: `make demo`, `make test` and `make test-all`.
 # Everything installs into .venv/ at the repo root; the stamp makes a second call install nothing
 # (it is redone when pyproject.toml, constraints.txt or the detectron2 installer change).
 PYTHON ?= python3
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dcl-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint format clean tex
+.PHONY: install test test-all demo lint format clean tex
 
 $(STAMP): pyproject.toml constraints.txt tools/install_detectron2.py tools/detectron2-sdist.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml constraints.txt tools/install_detectron2.py tools/detec
 
 install: $(STAMP)
 
-test: $(STAMP) tex
+# The fast tier (minutes, no root): unit tests and the in-process and short subprocess checks.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e and not slurm" $(PYTEST_ARGS)
+
+# Everything, as CI runs it (~45 minutes on 2 cores): also the end-to-end trainings and workflow
+# runs, the real-Slurm tests (as root: they install and start a one-node cluster) and the LaTeX
+# compile test.
+test-all: $(STAMP) tex
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A small TeX (Debian's texlive-latex-base and -recommended: pdflatex, booktabs, geometry) for the

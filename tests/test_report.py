@@ -661,9 +661,9 @@ def test_latex_compiles_and_fits_the_page_without_resizing(paper, tmp_path):
     engine = shutil.which("pdflatex")
     if engine is None:
         if os.environ.get("CI"):
-            pytest.fail("pdflatex is missing under CI: `make test` installs texlive-latex-base/-recommended")
+            pytest.fail("pdflatex is missing under CI: `make test-all` installs texlive-latex-base/-recommended")
         pytest.skip(
-            "pdflatex not installed (`make test` installs it where it can: root and apt-get); "
+            "pdflatex not installed (`make test-all` installs it where it can: root and apt-get); "
             "structure is still checked by test_latex_tables_are_balanced_booktabs"
         )
     root, _ = paper
