@@ -355,8 +355,9 @@ def test_all_outputs_written(paper):
             assert (root / "tables" / f"{name}.{extension}").stat().st_size > 0
     for name in FIGURES:
         assert (root / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
-    assert (root / "README.md").is_file()
-    assert len(result.written) == len(TABLES) * 4 + len(FIGURES) * 2 + 1
+    assert (root / "README.md").is_file() and (root / "report.tex").is_file()
+    pdf = 1 if shutil.which("pdflatex") else 0
+    assert len(result.written) == len(TABLES) * 4 + len(FIGURES) * 2 + 2 + pdf
 
 
 def test_main_table_means_stds_and_counts(paper):
@@ -707,6 +708,32 @@ def test_rerun_without_changes_is_byte_identical(paper):
     assert tree_hashes(root) == before
     for path in [*root.glob("tables/*"), root / "README.md"]:
         assert str(root) not in path.read_text(), path  # no absolute paths: identical across machines too
+
+
+def test_one_pdf_has_a_section_per_table_and_figure_with_its_caption(paper):
+    """report.pdf, read back with pypdf: its bookmarks are the summary, then each table and each
+    figure in the report's order, each section on pages of its own, showing the caption."""
+    from pypdf import PdfReader
+
+    from dcl.report.document import figure_caption
+
+    root, result = paper
+    if result.pdf is None:
+        if os.environ.get("CI"):
+            pytest.fail("pdflatex is missing under CI: `make test-all` installs texlive-latex-base/-recommended")
+        pytest.skip("pdflatex not installed: report.pdf is not written (report.tex is)")
+    reader = PdfReader(result.pdf)
+    sections = [item for item in reader.outline if not isinstance(item, list)]
+    table_titles = [(root / "tables" / f"{n}.md").read_text().splitlines()[0].removeprefix("## ") for n in TABLES]
+    figure_titles = [figure_caption(name)[0] for name in FIGURES]
+    assert [s.title for s in sections] == ["Summary", *table_titles, *figure_titles]
+    pages = [reader.get_destination_page_number(s) for s in sections]
+    assert pages == sorted(pages) and len(set(pages[1:])) == len(pages) - 1  # a page (or more) each
+    text = [" ".join(page.extract_text().split()) for page in reader.pages]
+    for title, page in zip(figure_titles, pages[1 + len(TABLES) :]):
+        assert f"{title}." in text[page]  # the figure's caption under it
+    summary = " ".join(text[:2])
+    assert "Runs: 27 finished" in summary and "Published numbers: 6 reproduced" in summary
 
 
 def test_html_tables_for_the_snakemake_report(paper):

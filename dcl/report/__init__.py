@@ -7,7 +7,9 @@ Reads ``RESULTS_DIR/experiments.json`` (the runs that should exist), every run f
 - ``RESULTS_DIR/tables/{main_results,dcl_vs_baseline,error_analysis,ablations,reproduction,run_inventory}``
   ``.{md,tex,csv,html}``;
 - ``RESULTS_DIR/figures/{error_breakdown,ablations,training_curves,reproduced_vs_published}.{png,pdf}``;
-- ``RESULTS_DIR/README.md``, the reproduction summary.
+- ``RESULTS_DIR/README.md``, the reproduction summary;
+- ``RESULTS_DIR/report.tex`` and, where pdflatex is installed, ``RESULTS_DIR/report.pdf``: every
+  table and figure with its caption, the run summary and the verdicts in one document.
 
 All outputs are always written (a figure without data is a labelled "No data" note), atomically,
 and byte-identical when the inputs did not change. A broken run never stops the report: it is
@@ -61,6 +63,7 @@ class ReportResult:
     runs: list[inputs.RunResult]
     figure_reasons: dict[str, str]  # figure -> "" or why it shows no data
     reproduction: list[analysis.Reproduction]
+    pdf: Path | None = None  # None: pdflatex is not installed
 
 
 def default_published_path() -> Path:
@@ -92,7 +95,7 @@ def build_report(
     Raises:
         InputError: missing/invalid experiments.json or published.yaml (run files never raise).
     """
-    from dcl.report import analysis, figures, summary, tables
+    from dcl.report import analysis, document, figures, summary, tables
 
     renderers = dict(zip(TABLE_FORMATS, (tables.to_markdown, tables.to_latex, tables.to_csv, tables.to_html)))
     results_dir = Path(results_dir)
@@ -139,7 +142,13 @@ def build_report(
         ),
     )
     written.append(readme_path)
-    return ReportResult(written=written, runs=runs, figure_reasons=figure_reasons, reproduction=reproduction)
+    tex = document.latex_document(preset, runs, [row.verdict for row in reproduction], built, figure_reasons)
+    atomic_write_text(results_dir / document.TEX_NAME, tex)
+    written.append(results_dir / document.TEX_NAME)
+    pdf = document.compile_pdf(results_dir)
+    if pdf is not None:
+        written.append(pdf)
+    return ReportResult(written=written, runs=runs, figure_reasons=figure_reasons, reproduction=reproduction, pdf=pdf)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,5 +185,13 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in result.figure_reasons.items():
         if reason:
             print(f"figure {name}: no data ({reason}); wrote a labelled placeholder")
-    print(f"wrote {len(result.written)} files under {args.results_dir} (summary: {args.results_dir / 'README.md'})")
+    if result.pdf is None:
+        from dcl.report.document import install_hint
+
+        print(f"note: {install_hint()}", file=sys.stderr)
+    print(
+        f"wrote {len(result.written)} files under {args.results_dir} (summary: {args.results_dir / 'README.md'}"
+        + (f"; everything in one PDF: {result.pdf}" if result.pdf else "")
+        + ")"
+    )
     return 0

@@ -44,6 +44,8 @@ rule report:
         published=PLAN.published or [],
     output:
         readme=f"{RESULTS}/README.md",
+        # report.pdf beside it where pdflatex is installed (not declared: it may not be).
+        document=f"{RESULTS}/report.tex",
         tables=[
             report(
                 f"{RESULTS}/tables/{name}.html",
