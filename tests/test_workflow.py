@@ -446,6 +446,8 @@ def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
     readme = (results / "README.md").read_text()
     assert "12 runs expected: 12 finished" in readme
+    # The whole reproduction in one PDF where pdflatex is installed (CI installs it).
+    assert (results / "report.pdf").is_file() == bool(shutil.which("pdflatex"))
     # Two seeds per Mask R-CNN experiment: the paired statistics are filled in, not n/a; one seed
     # per RefineMask experiment, which shares the Toy Cityscapes table.
     main = (results / "tables" / "main_results.md").read_text()
