@@ -163,14 +163,24 @@ def resolve(spec: str, weights_dir: str | os.PathLike | None = None) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) while the block runs."""
+    """Hold an exclusive lock on ``path`` (created if needed) while the block runs, and remove
+    the file afterwards, so no lock file outlives its download. A waiter that got the lock of a
+    file removed meanwhile takes the new one (its inode is no longer the path's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    while True:
+        handle = open(path, "a")
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
 
 
 def _sha256(path: Path) -> str:
@@ -351,6 +361,8 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
     """
     _, expected = split_checksum(spec)
     url = download_url(spec)
+    if re.search(r"[\s\x00-\x1f\x7f]", url):  # urllib refuses them: nothing to retry
+        raise InputError(f"{url!r}: a URL cannot contain spaces or control characters (write a space as %20)")
     dest = local_path(spec, weights_dir)
     part = dest.with_name(dest.name + ".part")
     with _locked(dest.with_name(dest.name + ".lock")):
@@ -371,9 +383,13 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
                 reason = getattr(error, "reason", error)
                 if attempt == _ATTEMPTS:
+                    kept = (
+                        f"; the partial file {part} is kept and the next run resumes it"
+                        if part.is_file() and part.stat().st_size
+                        else ""
+                    )
                     raise InputError(
-                        f"{url}: download failed after {attempt} attempts ({reason}); the partial "
-                        f"file {part} is kept and the next run resumes it. Is there internet here?"
+                        f"{url}: download failed after {attempt} attempts ({reason}){kept}. Is there internet here?"
                     ) from None
                 logger.warning("%s: %s; retrying (%d/%d)", url, reason, attempt, _ATTEMPTS)
                 time.sleep(min(2**attempt, 10))

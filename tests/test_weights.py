@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -139,11 +140,8 @@ def test_download_then_reuse(server, tmp_path):
     assert path == tmp_path / f"127.0.0.1:{server.server_address[1]}/files/models/model_final.pth"
     assert path.read_bytes() == PAYLOAD
     assert path.with_name("model_final.pth.sha256").read_text().split()[0] == SHA
-    assert sorted(p.name for p in path.parent.iterdir()) == [
-        "model_final.pth",
-        "model_final.pth.lock",
-        "model_final.pth.sha256",
-    ]
+    # No lock file outlives the download.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model_final.pth", "model_final.pth.sha256"]
     requests = len(server.requests)
     assert weights.download(url(server), tmp_path) == path  # present: no request
     assert len(server.requests) == requests
@@ -211,7 +209,7 @@ def test_a_download_that_is_not_a_checkpoint_is_refused(server, tmp_path):
     with pytest.raises(InputError, match=r"the download \(27 bytes, starting b'<htm'\) is not a checkpoint"):
         weights.download(url(server, "/html/model.pth"), tmp_path)
     target = weights.local_path(url(server, "/html/model.pth"), tmp_path)
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model.pth.lock"]  # nothing stored
+    assert list(target.parent.iterdir()) == []  # nothing stored, no lock left
 
 
 def test_a_swapped_file_is_an_error_naming_it_on_every_later_use(server, tmp_path, capsys):
@@ -266,3 +264,29 @@ def test_only_plain_data_pickles_are_read(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="text.pkl is refused"):
         weights.check_plain_pickle(not_pickle)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_url_with_a_space_fails_at_once_and_leaves_nothing(tmp_path):
+    """urllib refuses it: no retries (they took 14 s), no claim of a partial file, no lock file."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcl",
+            "weights",
+            "download",
+            "https://example.invalid/a b.pkl",
+            "--weights-dir",
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert done.stderr.strip() == (
+        "dcl weights: error: 'https://example.invalid/a b.pkl': a URL cannot contain spaces or control "
+        "characters (write a space as %20)"
+    )
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
