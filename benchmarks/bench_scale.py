@@ -274,6 +274,7 @@ def coco_inputs(workdir: Path, sizes: Sizes, seed: int) -> tuple[Plan, Path, dic
     plan = plan_for(root / "datasets")
     gt_path, predictions = Path(plan.gt("coco")), root / "predictions.json"
     wanted = {"images": sizes.coco_images, "height": sizes.coco_height, "width": sizes.coco_width, "seed": seed}
+    wanted["detections_per_image"] = MAX_DETS
     if not _done(root, wanted):
         gt, detections = synthesize(
             sizes.coco_images,
@@ -282,7 +283,7 @@ def coco_inputs(workdir: Path, sizes: Sizes, seed: int) -> tuple[Plan, Path, dic
             width=sizes.coco_width,
             gt_per_image=(3, 12),  # ~7.3 per image, as COCO val (36,781 on 5,000 images)
             dets_per_gt=(8, 20),
-            false_positives=(0, 16),
+            false_positives=(MAX_DETS, MAX_DETS + 1),  # fill every image up to 100 detections
             max_dets=MAX_DETS,
         )
         gt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +334,7 @@ def cityscapes_inputs(workdir: Path, name: str, images: int, sizes: Sizes, seed:
     root = Path(plan.cityscapes_root("cityscapes"))
     predictions = top / "predictions.json"
     wanted = {"images": images, "height": sizes.cityscapes_height, "width": sizes.cityscapes_width, "seed": seed}
-    wanted["detections"] = detections
+    wanted["detections"] = MAX_DETS if detections else 0
     if not _done(top, wanted):
         gt, dets = synthesize(
             images,
@@ -343,7 +344,7 @@ def cityscapes_inputs(workdir: Path, name: str, images: int, sizes: Sizes, seed:
             width=sizes.cityscapes_width,
             gt_per_image=(10, 30),  # ~20 instances per image
             dets_per_gt=(3, 8) if detections else (0, 1),
-            false_positives=(0, 16) if detections else (0, 1),
+            false_positives=(MAX_DETS, MAX_DETS + 1) if detections else (0, 1),
             max_dets=MAX_DETS,
         )
         by_image: dict[int, list[dict]] = {}
