@@ -538,6 +538,11 @@ def map_dict(d: dict) -> dict:
     }
 
 
+def _vm_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
 def private_mb(pid: int) -> float:
     """Private_Clean + Private_Dirty of a process (/proc/<pid>/smaps_rollup), MB."""
     total = 0
@@ -576,7 +581,10 @@ def loader_child(storage: str, images: int, batch_size: int, workers: int, seed:
                 {
                     "quarter": quarters[number],
                     "batches": number,
-                    "main_mb": private_mb(os.getpid()),
+                    # The main process's own pages: its RSS (forked workers make its pages
+                    # shared, not private, until they copy them).
+                    "main_mb": _vm_rss_mb(os.getpid()),
+                    "main_private_mb": private_mb(os.getpid()),
                     "workers_mb": [private_mb(pid) for pid in worker_pids],
                 }
             )
@@ -828,7 +836,7 @@ def print_loader(loader: dict) -> None:
     declared = loader["declared"]
     before, after = loader["list"], loader["serialized"]
     print(
-        f"\nloader: private MB over one pass ({before['batches']} batches of {declared['batch_per_gpu']}), list -> serialized"
+        f"\nloader: MB over one pass (main: RSS; workers: private) ({before['batches']} batches of {declared['batch_per_gpu']}), list -> serialized"
     )
     for storage in ("list", "serialized"):
         figures = loader[storage]
