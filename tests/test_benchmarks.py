@@ -79,3 +79,47 @@ def test_the_cityscapes_ap_benchmark_runs_small():
     assert re.search(r"after \(2 workers\): [\d.]+ s  AP [\d.]+", done.stdout), done.stdout
     assert re.search(r"ratio 1 worker / 2 workers: [\d.]+x  identical: True", done.stdout), done.stdout
     assert re.search(r"ratio previous / 2 workers: [\d.]+x  identical: True", done.stdout), done.stdout
+
+
+def test_the_scale_rehearsal_runs_every_stage_fast(tmp_path):
+    """benchmarks/bench_scale.py --fast (small inputs, the full-size code): every stage is measured,
+    with positive figures, and a ratio where the workflow declares resources; the loader's
+    before/after are printed."""
+    import json
+
+    figures = tmp_path / "scale.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--fast", "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = (
+        "evaluate",
+        "errors",
+        "errors-legacy",
+        "cityscapes-evaluate",
+        "cityscapes-to-coco",
+        "cityscapes-to-coco-detectron",
+        "report",
+        "status",
+        "loader",
+    )
+    rows = {row["stage"]: row for row in json.loads(figures.read_text())["stages"]}
+    assert set(rows) == set(stages)
+    for name, row in rows.items():
+        assert row["wall_s"] > 0 and row["peak_mb"] > 0, (name, row)
+        printed = re.search(rf"^{re.escape(name)} +([\d.]+) +(\d+) ", done.stdout, re.M)
+        assert printed and float(printed.group(1)) > 0, (name, done.stdout)
+    for name in ("evaluate", "errors", "errors-legacy", "cityscapes-evaluate", "loader"):
+        assert rows[name]["mem_ratio"] > 0, name
+    for name in ("evaluate", "errors", "errors-legacy", "cityscapes-evaluate"):
+        assert rows[name]["time_ratio"] > 0, name
+    assert rows["status"]["declared"]["source"].startswith("undeclared")
+    loader = rows["loader"]["loader"]
+    assert loader["list"]["worker_mb"] > 0 and loader["serialized"]["worker_mb"] > 0
+    assert len(loader["serialized"]["points"]) == 4
+    assert re.search(r"each worker \(largest\): \d+ -> \d+ MB \(ratio [\d.]+", done.stdout), done.stdout
+    assert re.search(r"main process: \d+ -> \d+ MB \(ratio [\d.]+", done.stdout), done.stdout
