@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import gc
 import json
 import os
 import re
@@ -556,7 +555,7 @@ def private_mb(pid: int) -> float:
 def loader_child(storage: str, images: int, batch_size: int, workers: int, seed: int) -> None:
     """One pass of the training loader over ``images`` dataset dicts held as ``storage``; prints
     JSON: private MB of the main process and of each worker at each quarter of the pass."""
-    from dcl.sampler import ResumableTrainingSampler, seeded_loader, serialized_dicts
+    from dcl.sampler import ResumableTrainingSampler, release_freed_memory, seeded_loader, serialized_dicts
 
     start = time.perf_counter()
     dicts = coco_train_dicts(images, seed)
@@ -564,7 +563,7 @@ def loader_child(storage: str, images: int, batch_size: int, workers: int, seed:
     if storage == "serialized":
         dataset = serialized_dicts(dicts)
         del dicts  # as build_train_loader: the serialized copy is the only one left
-        gc.collect()
+        release_freed_memory()
     else:
         dataset = dicts
     sampler = ResumableTrainingSampler(len(dataset), batch_size, seed=seed)

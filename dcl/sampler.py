@@ -21,6 +21,8 @@ have to map every skipped image to rebuild the groups), its workers take detectr
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import itertools
 import random
 from typing import Iterator, Optional, Sequence
@@ -43,6 +45,7 @@ __all__ = [
     "SeededBatchMapper",
     "build_train_loader",
     "kill_loader_workers",
+    "release_freed_memory",
     "sample_seed",
     "seeded_loader",
     "serialized_dicts",
@@ -194,7 +197,19 @@ def build_train_loader(cfg: CfgNode) -> tuple[LazyLoader, ResumableTrainingSampl
     sampler = ResumableTrainingSampler(len(dicts), cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), aspect_ratios)
     dataset = serialized_dicts(dicts)
     del dicts  # the serialized copy is the only one left (detectron2's catalog caches none)
+    release_freed_memory()
     return seeded_loader(dataset, DatasetMapper(cfg, True), sampler, cfg.DATALOADER.NUM_WORKERS), sampler
+
+
+def release_freed_memory() -> None:
+    """Give the memory of freed objects back to the OS: the list of dataset dicts, once
+    serialized, leaves its pages in glibc's heap otherwise (COCO train: the main process at
+    1.7 GB instead of 1.1 GB, and every forked worker starts with that heap)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _kill(processes) -> None:
