@@ -24,13 +24,13 @@ annotation order are those of the default conversion, so one predictions file sc
 both.
 
 ``cityscapes_instance_ap`` scores COCO predictions with cityscapesscripts' own
-``evalInstanceLevelSemanticLabeling`` (the AP the Cityscapes benchmark and the paper report): its
-per-image matching (``assignGt2Preds``, on GT instances from its ``instances2dict``), then its
-``evaluateMatches`` and averages over all images, exactly as its ``evaluateImgLists`` chains
-them. Only the reading of prediction masks differs: it opens each one from the decoded RLE
-instead of from a full-resolution PNG written for it (``write_cityscapes_results`` writes that
-format, for the benchmark server), which took most of the time; the images are matched in worker
-processes when asked to.
+``evalInstanceLevelSemanticLabeling`` (the AP the Cityscapes benchmark and the paper report): GT
+instances from its ``instances2dict``, then its ``evaluateMatches`` and averages over all images,
+as its ``evaluateImgLists`` chains them. Its per-image matching (``assignGt2Preds``) is done here
+with the same fields and counts, the pixel counts taken on run-length encodings instead of
+full-resolution arrays of a PNG per detection (``write_cityscapes_results`` writes that format,
+for the benchmark server), which took most of the time; the images are matched in worker
+processes when asked to. Tests check the result equals cityscapesscripts' on the PNG files.
 """
 
 from __future__ import annotations
@@ -242,6 +242,27 @@ def _label_ids(gt: GroundTruth) -> dict[int, int]:
     return mapping
 
 
+def _detections_by_image(
+    gt: GroundTruth, predictions: Sequence[Mapping]
+) -> dict[int, list[tuple[int, float, Mapping]]]:
+    """Each GT image's detections as (Cityscapes label id, score, RLE), in the records' order.
+
+    Raises:
+        InputError: a detection's category has no Cityscapes label id.
+    """
+    label_ids = _label_ids(gt)
+    by_image: dict[int, list[tuple[int, float, Mapping]]] = {image_id: [] for image_id in gt.images}
+    for index, det in enumerate(predictions):
+        if det["category_id"] not in label_ids:
+            name = gt.categories[det["category_id"]].get("name")
+            raise InputError(
+                f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
+                "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)"
+            )
+        by_image[det["image_id"]].append((label_ids[det["category_id"]], float(det["score"]), det["segmentation"]))
+    return by_image
+
+
 def write_cityscapes_results(
     gt: GroundTruth, predictions: Sequence[Mapping], directory: str | os.PathLike
 ) -> list[str]:
@@ -261,24 +282,15 @@ def write_cityscapes_results(
     """
     directory = Path(directory).resolve()
     (directory / "masks").mkdir(parents=True, exist_ok=True)
-    label_ids = _label_ids(gt)
-    by_image: dict[int, list[Mapping]] = {image_id: [] for image_id in gt.images}
-    for index, det in enumerate(predictions):
-        if det["category_id"] not in label_ids:
-            name = gt.categories[det["category_id"]].get("name")
-            raise InputError(
-                f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
-                "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)"
-            )
-        by_image[det["image_id"]].append(det)
+    by_image = _detections_by_image(gt, predictions)
     paths = []
     for image_id, image in gt.images.items():
         stem = _stem(image.get("file_name", str(image_id)))
         lines = []
-        for k, det in enumerate(by_image[image_id]):
+        for k, (label_id, score, rle) in enumerate(by_image[image_id]):
             mask_name = f"masks/{stem}_{k:04d}.png"
-            Image.fromarray(mask_utils.decode(det["segmentation"]) * 255).save(directory / mask_name, compress_level=1)
-            lines.append(f"{mask_name} {label_ids[det['category_id']]} {det['score']!r}\n")
+            Image.fromarray(mask_utils.decode(rle) * 255).save(directory / mask_name, compress_level=1)
+            lines.append(f"{mask_name} {label_id} {score!r}\n")
         text_path = directory / f"{stem}_pred.txt"
         text_path.write_text("".join(lines))
         paths.append(str(text_path))
@@ -412,16 +424,7 @@ def cityscapes_instance_ap(
             Cityscapes label id, or cityscapesscripts refusing the input.
     """
     gt_dir = Path(root) / layout.cityscapes_gt(split)
-    label_ids = _label_ids(gt)
-    by_image: dict[int, list[tuple[int, float, Mapping]]] = {image_id: [] for image_id in gt.images}
-    for index, det in enumerate(predictions):
-        if det["category_id"] not in label_ids:
-            name = gt.categories[det["category_id"]].get("name")
-            raise InputError(
-                f"record {index}: category {name!r} (id {det['category_id']}) has no Cityscapes "
-                "label id (the GT categories need 'cityscapes_label_id' or Cityscapes class names)"
-            )
-        by_image[det["image_id"]].append((label_ids[det["category_id"]], float(det["score"]), det["segmentation"]))
+    by_image = _detections_by_image(gt, predictions)
     tasks = []
     for image_id, image in gt.images.items():
         stem = _stem(image.get("file_name", ""))
