@@ -862,7 +862,7 @@ def print_plan(plan: Plan) -> None:
     width = max((len(r.experiment) for r in plan.runs), default=10)
     print(
         f"{'experiment':{width}s}  {'group':8s} {'dataset':14s} {'method':8s} {'seeds':7s}"
-        f" {'GPUs':>4s} {'h/run':>5s} {'chunks':>6s} {'GPU-h':>7s} {'disk GB':>7s} {'CPU-h':>6s}"
+        f" {'GPUs':>4s} {'h/run':>5s} {'chunks':>6s} {'GPU-h':>7s} {'disk GB':>7s} {'CPU h':>6s}"
     )
     by_experiment: dict[str, list[Run]] = {}
     for run_ in plan.runs:
@@ -890,7 +890,7 @@ def print_plan(plan: Plan) -> None:
         f"checkpoints {sum(c.disk_gb for c in costs.values()):.0f} GB once trained "
         f"(keep_checkpoints {plan.keep_checkpoints}; "
         f"{sum(c.disk_gb_keep_all for c in costs.values()):.0f} GB if every checkpoint were kept); "
-        f"CPU steps {sum(cpu.values()) / 3600:.1f} CPU-hours"
+        f"evaluation and error analyses {sum(cpu.values()) / 3600:.1f} hours of CPU jobs"
     )
     print("(estimates: dcl/cost.py says where each figure comes from)")
 

@@ -119,7 +119,7 @@ def test_paper_training_jobs_ask_for_the_recipe_resources(paper_dry_run):
         assert resources["gpu"] == "4"
         assert resources["cpus_per_task"] == "16"
         assert resources["runtime"] == ("1440" if coco else "1080" if refinemask else "720")
-        assert resources["mem_mb"] == ("128000" if coco else "64000")
+        assert resources["mem_mb"] == "64000"
         assert resources["slurm_extra"] == "--signal=TERM@300"
         assert resources["slurm_partition"] == "gpuq" and resources["slurm_account"] == "dcl-project"
         # The data check (a local rule) comes before any training job.
@@ -233,8 +233,8 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
         " -o datasets/cityscapes/annotations/instancesonly_filtered_gtFine_val.detectron.json"
     ]
     # The workflow profile's per-rule resources (profiles/default).
-    assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in errors} == {("4", "32000")}
-    assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "16000")}
+    assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in errors} == {("4", "20000")}
+    assert {(j["resources"]["cpus_per_task"], j["resources"]["mem_mb"]) for j in evaluate.values()} == {("2", "6000")}
 
 
 def test_coco_runs_are_also_scored_on_coco_occ_when_it_is_there(tmp_path):
@@ -283,7 +283,7 @@ def test_slurm_submission_of_a_training_job(paper_dry_run):
     )
     call += set_gres_string(fake_job)
     assert "--cpus-per-task=16" in call and " --gpus=4" in call and "--signal=TERM@300" in call
-    assert re.search(r" -t '?(720|1440)'?", call) and re.search(r" --mem (64000|128000)", call)
+    assert re.search(r" -t '?(720|1440)'?", call) and re.search(r" --mem 64000", call)
 
 
 def test_slurm_profile_works_from_the_repository_root_as_typed():
