@@ -22,6 +22,8 @@ such and the rest as ``missing``. States (:data:`STATES`):
 ``queued``    a Slurm job for it is waiting (a first chunk, or the next one after a stop)
 ``interrupted`` stopped before the end (time limit, pre-emption, or a job that ended without
               closing run.json); the workflow continues it from its checkpoint
+``incomplete`` trained, but a result file of its run folder is not written yet (evaluation, error
+              analyses): finished only when ``dcl report`` can use all of them, as the report says
 ``failed``    the training failed (run.json says why); see its log
 ``pending``   not started: the workflow's work directory is here but has no record of this run
 ``missing``   no trace of it (no results, no work directory: e.g. a copied results tree)
@@ -47,12 +49,12 @@ from typing import Any, Optional, Sequence
 
 from dcl import layout
 from dcl.io import InputError
-from dcl.report.inputs import ExpectedRun, add_experiments_argument, load_experiments, run_log
+from dcl.report.inputs import ExpectedRun, add_experiments_argument, load_experiments, load_run, run_log
 from dcl.runrecord import RUN_RECORD, Progress, format_duration, gpu_hours, now, progress, read_record
 
 __all__ = ["STATES", "RunStatus", "SlurmJob", "add_arguments", "collect", "run", "run_status", "squeue_jobs"]
 
-STATES = ("finished", "running", "queued", "interrupted", "failed", "pending", "missing")
+STATES = ("finished", "running", "queued", "interrupted", "incomplete", "failed", "pending", "missing")
 # Snakemake's Slurm executor: --comment rule_{rule}_wildcards_{wildcard values joined by "_"}.
 _JOB_RULES = ("train", "inference")
 _SQUEUE_TIMEOUT_S = 10
@@ -211,6 +213,11 @@ def run_status(
         elif status.state == "interrupted":
             signal = info.get("signal")
             status.reason = f"stopped by {signal}" if signal else "stopped"
+        elif info is finished:
+            # Finished only as the report sees it: every result file there and readable.
+            folder = load_run(results_dir, expected)
+            if folder.status in ("incomplete", "failed"):
+                status.state, status.reason = folder.status, folder.reason
     elif expected.kind == "released" and (results_dir / expected.run_dir / f"{layout.EVALUATION}.json").is_file():
         status.state = "finished"  # a released checkpoint evaluated without a run record
     elif expected.output_dir is not None and Path(expected.output_dir).parent.parent.is_dir():
@@ -292,7 +299,7 @@ def _text(report: dict[str, Any]) -> str:
             f"{_size(r['disk_bytes']):>7s}  {r['job_id'] or '-':10s} "
             f"{r['node'] or '-'}"
         )
-        if r["state"] in ("failed", "interrupted") and r["reason"] or r["log"]:
+        if r["state"] in ("failed", "interrupted", "incomplete") and r["reason"] or r["log"]:
             lines.append(f"{'':{width}s}       {r['reason']}" + (f"; log: {r['log']}" if r["log"] else ""))
     totals = report["totals"]
     line = f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in totals.items() if n)

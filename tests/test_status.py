@@ -8,6 +8,7 @@ exact (speed, ETA). Expected speeds and ETAs are computed here from the fabricat
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import os
@@ -48,6 +49,24 @@ def tree(tmp_path, monkeypatch):
     (results / "experiments.json").write_text(json.dumps(plan.document()))
     (Path("work_dirs/toy/data")).mkdir(parents=True)
     return results
+
+
+def finished_folder(tree: Path, experiment: str, **extra) -> Path:
+    """A run folder of the results tree as a finished run leaves it: run.json, metrics.json and
+    every analysis (each a valid file of its format)."""
+    from test_report import coco_section, errors_record
+
+    folder = tree / "runs" / experiment / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(record("finished", iteration=160, **extra)))
+    (folder / "metrics.json").write_text(json.dumps({"iteration": 159, "total_loss": 0.5}) + "\n")
+    evaluation = {"segm": coco_section(30.0)}
+    if "cityscapes" in experiment:
+        evaluation["cityscapes"] = {"AP": 31.0, "AP50": 55.0}
+    (folder / "eval.json").write_text(json.dumps(evaluation))
+    for name, legacy in (("errors.json", False), ("errors_legacy.json", True)):
+        (folder / name).write_text(json.dumps(errors_record({"FN": 1.0, "fFP": 2.0, "bFP": 3.0}, legacy)))
+    return folder
 
 
 def live(experiment: str) -> Path:
@@ -137,9 +156,7 @@ def test_format_duration(seconds, text):
 
 # ----------------------------------------------------------------------------- states
 def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
-    finished = tree / "runs" / "toy_cityscapes_baseline" / "seed0"
-    finished.mkdir(parents=True)
-    (finished / "run.json").write_text(json.dumps(record("finished", iteration=160)))
+    finished_folder(tree, "toy_cityscapes_baseline")
     live("toy_cityscapes_dcl").write_text(json.dumps(record("running", iteration=90, update=170)))
     live("toy_coco_baseline").write_text(
         json.dumps(
@@ -178,6 +195,7 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
         "running": 1,
         "queued": 0,
         "interrupted": 1,
+        "incomplete": 0,
         "failed": 1,
         "pending": 3,
         "missing": 0,
@@ -200,11 +218,7 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
 
 
 def test_gpu_hours_used_and_disk_of_each_work_directory(tree, capsys):
-    finished = tree / "runs" / "toy_cityscapes_baseline" / "seed0"
-    finished.mkdir(parents=True)
-    (finished / "run.json").write_text(
-        json.dumps(record("finished", iteration=160, wall_time_s=5400.0, gpus={"count": 4, "type": "A100"}))
-    )
+    finished_folder(tree, "toy_cityscapes_baseline", wall_time_s=5400.0, gpus={"count": 4, "type": "A100"})
     work = live("toy_cityscapes_baseline").parent
     (work / "model_0000099.pth").write_bytes(b"x" * 3_000_000)
     (work / "inference").mkdir()
@@ -225,6 +239,32 @@ def test_gpu_hours_used_and_disk_of_each_work_directory(tree, capsys):
     assert "6.0 GPU-hours used" in text
     line = next(line for line in text.splitlines() if line.startswith("toy_cityscapes_baseline "))
     assert " 6.0 " in line and "3.5 MB" in line
+
+
+def test_status_and_the_report_agree_on_every_run(tree, capsys):
+    """A trained run whose analyses are not all written (or one is broken) is not finished in
+    `dcl status` either: the two views count the same runs as finished, incomplete and failed."""
+    finished_folder(tree, "toy_cityscapes_baseline")
+    (finished_folder(tree, "toy_cityscapes_dcl") / "errors_legacy.json").unlink()  # its job has not run yet
+    (finished_folder(tree, "toy_coco_baseline") / "eval.json").write_text('{"segm": {"AP"')  # torn
+    live("toy_coco_dcl").write_text(json.dumps(record("running", iteration=9)))
+    report = status.collect(tree, use_slurm=False, at=at(180))
+    runs = by_name(report)
+    assert runs["toy_cityscapes_dcl"]["state"] == "incomplete"
+    assert "not written yet: errors_legacy.json" in runs["toy_cityscapes_dcl"]["reason"]
+    assert runs["toy_coco_baseline"]["state"] == "failed" and "eval.json" in runs["toy_coco_baseline"]["reason"]
+    assert cli.main(["report", str(tree)]) == 0
+    capsys.readouterr()
+    inventory = {
+        row["experiment"]: row["status"]
+        for row in csv.DictReader((tree / "tables" / "run_inventory.csv").open())
+        if row["experiment"] in runs  # the ablation point's own row shares its base's folder
+    }
+    shared = {"finished", "running", "incomplete", "failed"}
+    assert {name: r["state"] for name, r in runs.items() if r["state"] in shared} == {
+        name: state for name, state in inventory.items() if state in shared
+    }
+    assert report["totals"]["finished"] == 1 == list(inventory.values()).count("finished")
 
 
 def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
@@ -261,9 +301,7 @@ def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
 
 
 def test_a_results_tree_copied_elsewhere_shows_finished_and_missing(tree, tmp_path):
-    finished = tree / "runs" / "toy_coco_dcl" / "seed0"
-    finished.mkdir(parents=True)
-    (finished / "run.json").write_text(json.dumps(record("finished", iteration=160)))
+    finished_folder(tree, "toy_coco_dcl")
     live("toy_coco_baseline").write_text(json.dumps(record("running", iteration=90)))
     copy = tmp_path / "archive" / "results" / "toy"
     shutil.copytree(tree, copy)
@@ -341,7 +379,9 @@ def test_report_lists_live_runs_and_writes_nothing_into_run_folders(tree, capsys
     after = sorted(str(p) for p in Path(".").rglob("*"))
     new = [p for p in after if p not in before]
     assert new and all(
-        p.startswith(("results/toy/tables", "results/toy/figures")) or p == "results/toy/README.md" for p in new
+        p.startswith(("results/toy/tables", "results/toy/figures"))
+        or p in ("results/toy/README.md", "results/toy/report.tex", "results/toy/report.pdf")
+        for p in new
     ), new
     readme = (tree / "README.md").read_text()
     assert "8 runs expected: 0 finished, 2 running, 0 incomplete, 1 failed, 5 missing." in readme
