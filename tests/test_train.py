@@ -1451,6 +1451,23 @@ def test_a_mapper_that_rejects_every_image_is_named_after_ten_tries():
     assert len(tried) == 10 and tried[0] == "a.png"
 
 
+def _stop_signal_handling(record):
+    """A loader worker's handling of SIGTERM (the first stop signal) and its process id."""
+    return {"ignores_sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, "pid": os.getpid()}
+
+
+def test_loader_workers_ignore_stop_signals():
+    """Slurm signals every process of the step: the main process decides when to stop."""
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # here: not inherited by the worker
+    sampler = ResumableTrainingSampler(2, 1, shuffle=False, seed=0)
+    loader = sampler_module.seeded_loader([{"file_name": "a.png"}] * 2, _stop_signal_handling, sampler, 1)
+    try:
+        (mapped,) = next(iter(loader))
+        assert mapped["pid"] != os.getpid() and mapped["ignores_sigterm"]
+    finally:
+        loader.close()
+
+
 def test_a_signal_received_during_start_up_is_taken_over_and_logged(caplog):
     from dcl import early_signals
     from dcl.preemption import StopSignal
