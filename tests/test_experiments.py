@@ -453,6 +453,11 @@ def test_ablation_of_a_default_parameter_shares_the_base_runs(tmp_path):
     "change, expected",
     [
         (lambda c: c.update(seedz=[0]), "top level: unknown key 'seedz'"),
+        # Several unknown keys in one place: one message, each key once, "; " between them.
+        (
+            lambda c: c["experiments"][1].update(zzzz=1, qqqq=2),
+            "experiments[1] (contrast): unknown key 'zzzz'; unknown key 'qqqq'; allowed keys: ",
+        ),
         (
             lambda c: c["experiments"][1].update(sedds=[0]),
             "experiments[1] (contrast): unknown key 'sedds' (did you mean 'seeds'?)",

@@ -482,3 +482,104 @@ def test_a_toy_training_mid_run_is_running_with_an_eta_then_interrupted(tmp_path
     )
     row = by_name(json.loads(stopped.stdout))["toy_coco_baseline"]
     assert row["state"] == "interrupted" and row["reason"] == "stopped by SIGTERM"
+
+
+# ----------------------------------------------------------------------------- issue 22: mutation survivors
+def test_a_failure_without_an_error_names_its_exit_code_and_an_unknown_status_is_named(tree):
+    live("toy_coco_baseline").write_text(json.dumps(record("failed", iteration=2, exit_code=3)))
+    live("toy_coco_dcl").write_text(json.dumps(record("exploded", iteration=5, exit_code=0)))
+    runs = by_name(status.collect(tree, use_slurm=False, at=at(180)))
+    assert (runs["toy_coco_baseline"]["state"], runs["toy_coco_baseline"]["reason"]) == ("failed", "exit code 3")
+    assert (runs["toy_coco_dcl"]["state"], runs["toy_coco_dcl"]["reason"]) == (
+        "failed",
+        "run.json has an unknown status 'exploded'",
+    )
+
+
+def test_the_totals_line_sums_iterations_eta_gpu_hours_and_disk():
+    def row(experiment, state, **fields):
+        return status.RunStatus(experiment=experiment, seed=0, state=state, also=[], **fields).as_dict()
+
+    report = {
+        "preset": "toy",
+        "results_dir": "results/toy",
+        "time": "2026-01-05T12:00:00+00:00",
+        "slurm": False,
+        "runs": [
+            row("a", "finished", iteration=160, max_iter=160, chunks=1, gpu_hours=1.0, disk_bytes=400_000),
+            row("b", "running", iteration=40, max_iter=160, chunks=1, rate=0.5, eta_s=300.0, gpu_hours=0.5),
+        ],
+        "totals": dict.fromkeys(status.STATES, 0) | {"finished": 1, "running": 1},
+        "iterations": {"done": 200, "total": 320},
+        "gpu_hours": 1.5,
+        "disk_bytes": 1_000_000,
+    }
+    # 200/320 = 62.5% (printed to the even 62), the running run's ETA 300 s, 10^6 bytes = 1.0 MB.
+    assert status._text(report).splitlines()[-1] == (
+        "2 runs: 1 finished, 1 running; 200/320 iterations (62%); running runs done in 5m; "
+        "1.5 GPU-hours used; work directories 1.0 MB"
+    )
+    report["iterations"] = {"done": 320, "total": 320}
+    assert "320/320 iterations (100%)" in status._text(report)
+
+
+@pytest.mark.parametrize(
+    "size, text",
+    [(999, "1 kB"), (999_999, "1000 kB"), (1_000_000, "1.0 MB"), (350_000_000, "350 MB"), (2_500_000_000, "2.5 GB")],
+)
+def test_disk_sizes_switch_unit_at_a_power_of_ten(size, text):
+    assert status._size(size) == text
+
+
+def test_the_age_of_a_record_is_the_time_since_its_last_update():
+    assert progress({"update_time": iso(100)}, at(100)).age_s == 0.0
+    assert progress({"update_time": iso(100)}, at(100.5)).age_s == 0.5
+    assert progress({"update_time": iso(100)}, at(40)).age_s == 0.0  # a clock behind the writer's
+
+
+def test_closing_a_resumed_record_adds_this_attempts_time_to_the_wall_time(tmp_path, monkeypatch):
+    from dcl import runrecord
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(record("interrupted", iteration=5, max_iter=10, wall_time_s=100.0)))
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(runrecord.time, "monotonic", lambda: clock["now"])
+    run = RunRecord.begin(path, resume=True, fields={"mode": "train", "iteration": 0, "max_iter": 10})
+    clock["now"] = 1012.5
+    run.close("finished", 0, iteration=10)
+    data = json.loads(path.read_text())
+    assert (data["status"], data["iteration"], data["wall_time_s"]) == ("finished", 10, 112.5)
+    assert len(data["attempts"]) == 2
+
+
+def test_run_fields_record_the_environment_the_gpus_and_the_layout():
+    from dcl.runrecord import run_fields
+
+    environment = {
+        "cuda_devices": ["NVIDIA H100"],
+        "versions": {"torch": "2.4.0", "python": "3.11.9"},
+        "detectron2": {"version": "0.6"},
+        "compat_shims": ["numpy_float_aliases"],
+    }
+    fields = dict(
+        command=["dcl", "train"],
+        config_file="configs/x.yaml",
+        overrides=["SOLVER.MAX_ITER", "10"],
+        seed=3,
+        output_dir=".",
+        max_iter=10,
+        num_gpus=4,
+        distributed={"num_machines": 2, "machine_rank": 0},
+        weights={},
+        slurm=None,
+        environment=environment,
+    )
+    train = run_fields(eval_only=False, on_gpu=True, **fields)
+    assert train["compat_shims"] == ["numpy_float_aliases"]
+    assert train["versions"] == {"torch": "2.4.0", "python": "3.11.9", "detectron2": "0.6"}
+    assert train["gpus"] == {"count": 8, "type": "NVIDIA H100"}
+    assert train["distributed"] == {"num_machines": 2, "machine_rank": 0, "num_gpus_per_machine": 4}
+    assert (train["mode"], train["iteration"], train["max_iter"]) == ("train", 0, 10)
+    evaluation = run_fields(eval_only=True, on_gpu=False, **fields)
+    assert evaluation["gpus"] == {"count": 0, "type": None}
+    assert (evaluation["mode"], evaluation["iteration"], evaluation["max_iter"]) == ("eval-only", None, None)

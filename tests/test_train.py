@@ -1430,3 +1430,104 @@ def test_options_after_the_overrides_and_the_recorded_command():
     args = parser.parse_args(["--config-file", "x.yaml", "OUTPUT_DIR", "--resume"])
     take_trailing_options(args)
     assert not args.resume and args.opts == ["OUTPUT_DIR", "--resume"]
+
+
+# ----------------------------------------------------------------------------- issue 22: mutation survivors
+def test_one_image_in_batches_of_one_is_a_valid_sampler():
+    sampler = ResumableTrainingSampler(1, 1, shuffle=False, seed=0)
+    assert list(itertools.islice(iter(sampler), 3)) == [[(0, 0)], [(1, 0)], [(2, 0)]]
+
+
+def test_a_mapper_that_rejects_every_image_is_named_after_ten_tries():
+    tried = []
+
+    def reject(record):
+        tried.append(record["file_name"])
+        return None
+
+    sampler = ResumableTrainingSampler(2, 1, shuffle=False, seed=0)
+    mapper = sampler_module.SeededBatchMapper([{"file_name": "a.png"}, {"file_name": "b.png"}], reject, sampler)
+    with pytest.raises(RuntimeError, match=r"^the data mapper rejected 10 images in a row \(last: [ab]\.png\)$"):
+        mapper[[(0, 0)]]
+    assert len(tried) == 10 and tried[0] == "a.png"
+
+
+def _stop_signal_handling(record):
+    """A loader worker's handling of SIGTERM (the first stop signal) and its process id."""
+    return {"ignores_sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, "pid": os.getpid()}
+
+
+def test_loader_workers_ignore_stop_signals():
+    """Slurm signals every process of the step: the main process decides when to stop."""
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # here: not inherited by the worker
+    sampler = ResumableTrainingSampler(2, 1, shuffle=False, seed=0)
+    loader = sampler_module.seeded_loader([{"file_name": "a.png"}] * 2, _stop_signal_handling, sampler, 1)
+    try:
+        (mapped,) = next(iter(loader))
+        assert mapped["pid"] != os.getpid() and mapped["ignores_sigterm"]
+    finally:
+        loader.close()
+
+
+def test_a_signal_received_during_start_up_is_taken_over_and_logged(caplog):
+    from dcl import early_signals
+    from dcl.preemption import StopSignal
+
+    stop = StopSignal()
+    early_signals.RECEIVED[:] = [signal.SIGUSR1]
+    with caplog.at_level("WARNING", logger="dcl.train"), stop.handling("after the current iteration"):
+        assert (stop.requested, stop.name) == (True, "SIGUSR1")
+    assert "received SIGUSR1 during start-up: stopping after the current iteration" in caplog.messages
+
+
+def test_a_signal_in_the_loop_is_logged_with_where_the_run_stops(caplog):
+    from dcl.preemption import StopSignal, TrainingInterrupted
+
+    stop = StopSignal()
+    with caplog.at_level("WARNING", logger="dcl.train"), stop.handling("after the current iteration"):
+        os.kill(os.getpid(), signal.SIGUSR1)  # deferred: recorded, the loop stops later
+        assert stop.name == "SIGUSR1"
+    assert caplog.messages[-1] == "received SIGUSR1: stopping after the current iteration"
+    stop = StopSignal()
+    with caplog.at_level("WARNING", logger="dcl.train"), stop.handling("x"), stop.deferred(False):
+        with pytest.raises(TrainingInterrupted):
+            os.kill(os.getpid(), signal.SIGUSR1)  # not deferred: at once
+            time.sleep(1)
+    assert caplog.messages[-1] == "received SIGUSR1: stopping now"
+
+
+class _Trainer:
+    completed_iterations = 7
+
+    def __init__(self):
+        self.saved = 0
+
+    def save_progress(self):
+        self.saved += 1
+
+
+def test_an_interruption_checkpoints_closes_the_record_and_exits_75(tmp_path, caplog):
+    from dcl.preemption import StopSignal, TrainingInterrupted, exit_if_interrupted
+
+    path = tmp_path / "run.json"
+    for error, signum, message in [
+        (TrainingInterrupted(signal.SIGTERM), None, "stopped by SIGTERM; resume with --resume (exit code 75)"),
+        (
+            RuntimeError("worker died"),
+            signal.SIGUSR1,
+            "error after SIGUSR1 (worker died): treating the run as interrupted",
+        ),
+    ]:
+        trainer, stop = _Trainer(), StopSignal()
+        stop.signum = signum
+        record = RunRecord.begin(path, resume=False, fields={"mode": "train", "iteration": 0, "max_iter": 10})
+        with caplog.at_level("WARNING", logger="dcl.train"), pytest.raises(SystemExit) as exited:
+            exit_if_interrupted(stop, trainer, record, error)
+        assert exited.value.code == EXIT_INTERRUPTED == 75
+        assert trainer.saved == 1
+        data = read_json(path, "run record")
+        assert (data["status"], data["exit_code"], data["iteration"]) == ("interrupted", 75, 7)
+        assert data["signal"] == ("SIGTERM" if signum is None else "SIGUSR1")
+        assert message in caplog.messages
+    # Any other error, without a stop signal: not an interruption, the caller handles it.
+    assert exit_if_interrupted(StopSignal(), _Trainer(), None, RuntimeError("bug")) is None

@@ -5,6 +5,7 @@ mutants: the sample is drawn from the sorted mutant names of each mutated module
 (mutmut's "no tests" mutants run only in worker processes or subprocesses, see docs/testing.md).
 
     python tools/mutation_sample.py --sample 40 --seed 16 [--module dcl/modeling.py=10 ...]
+    MUTATION_SET=issue22 python tools/mutation_sample.py --sample 20 --seed 22   # another module set
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import collections
 import json
 import pathlib
 import random
+import os
 import subprocess
 import sys
 
 from mutmut.stats import status_by_exit_code
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from mutmut_set import coverage_mutant  # noqa: E402
 
 MUTANTS = pathlib.Path("mutants")
 STATS = MUTANTS / "mutmut-stats.json"
@@ -32,9 +37,13 @@ def mutants_by_module() -> dict[str, list[str]]:
 
 
 def mutmut(jobs: int, names: list[str]) -> None:
-    """``mutmut run`` on exactly these mutants (named ones are re-run), its output appended to mutants/run.log."""
+    """``mutmut run`` on exactly these mutants (named ones are re-run), its output appended to mutants/run.log.
+
+    Through tools/mutmut_set.py, so ``MUTATION_SET`` picks the modules and tests (plain mutmut without it).
+    """
+    command = [sys.executable, str(pathlib.Path(__file__).resolve().parent / "mutmut_set.py"), "run"]
     with open(MUTANTS / "run.log", "a") as log:
-        if subprocess.run(["mutmut", "run", "--max-children", str(jobs), *names], stdout=log, stderr=log).returncode:
+        if subprocess.run([*command, "--max-children", str(jobs), *names], stdout=log, stderr=log).returncode:
             sys.exit(f"mutmut failed (log: {MUTANTS / 'run.log'})")
 
 
@@ -76,7 +85,7 @@ def main() -> int:
     if not STATS.exists():
         # First run: mutmut generates all mutants and records which tests cover which function while
         # running one cheap mutant; the sample is drawn from what that pass wrote.
-        mutmut(args.jobs, ["dcl.loss.x_gather_points__mutmut_1"])
+        mutmut(args.jobs, [coverage_mutant(os.environ.get("MUTATION_SET") or None)])
     tested = {name for name, tests in json.loads(STATS.read_text())["tests_by_mangled_function_name"].items() if tests}
     sample = draw(mutants_by_module(), tested, sizes, args.sample, args.seed)
     names = [n for module in sample.values() for n in module]
@@ -86,19 +95,19 @@ def main() -> int:
     mutmut(args.jobs, names)
 
     codes = exit_codes()
-    print(f"seed {args.seed}")
-    print(f"{'module':24} {'sampled':>7} {'killed':>7} {'survived':>8} {'timeout':>7}  kill rate")
+    print(f"seed {args.seed}" + (f", set {os.environ['MUTATION_SET']}" if os.environ.get("MUTATION_SET") else ""))
+    print(f"{'module':30} {'sampled':>7} {'killed':>7} {'survived':>8} {'timeout':>7}  kill rate")
     total = collections.Counter()
     for module, drawn in sample.items():
         c = collections.Counter(status_by_exit_code[codes[n]] for n in drawn)
         total.update(c)
         print(
-            f"{module:24} {len(drawn):7} {c['killed']:7} {c['survived']:8} {c['timeout']:7}  "
+            f"{module:30} {len(drawn):7} {c['killed']:7} {c['survived']:8} {c['timeout']:7}  "
             f"{c['killed'] / max(len(drawn), 1):.1%}"
         )
     n = sum(total.values())
     print(
-        f"{'all':24} {n:7} {total['killed']:7} {total['survived']:8} {total['timeout']:7}  "
+        f"{'all':30} {n:7} {total['killed']:7} {total['survived']:8} {total['timeout']:7}  "
         f"{total['killed'] / max(n, 1):.1%}"
     )
     for name in names:

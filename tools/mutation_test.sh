@@ -9,20 +9,29 @@
 #   tools/mutation_test.sh 'dcl.loss.*'   # only the mutants whose names match (mutmut's globs)
 #   tools/mutation_test.sh --sample 40 --seed 16 --module dcl/modeling.py=25
 #                                    # the same random 40 mutants per module every time (tools/mutation_sample.py)
+#   tools/mutation_test.sh --set issue22 --sample 20 --seed 22
+#                                    # another module set and test selection: [tool.dcl-mutation.issue22]
+#                                    # replaces keys of [tool.mutmut] (tools/mutmut_set.py); --set goes first
 #
 # Results stay in mutants/ (git-ignored): `mutmut results` lists the survivors, `mutmut show NAME`
-# shows one. Tests that start `dcl` as a subprocess run the unmutated code (PYTHONPATH is the
+# shows one (after a --set run: `MUTATION_SET=issue22 python tools/mutmut_set.py results|show NAME`). Tests that start `dcl` as a subprocess run the unmutated code (PYTHONPATH is the
 # repository), so only in-process tests can kill a mutant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v mutmut >/dev/null || { echo "mutmut not found: pip install mutmut==3.8.1" >&2; exit 2; }
 export PYTHONPATH="$PWD" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+if [[ "${1:-}" == --set ]]; then
+    [[ -n "${2:-}" ]] || { echo "--set needs a name: [tool.dcl-mutation.NAME] in pyproject.toml" >&2; exit 2; }
+    export MUTATION_SET="$2"
+    shift 2
+    python tools/mutmut_set.py --help >/dev/null || exit 2  # an unknown set is named before mutants/ is removed
+fi
 rm -rf mutants  # mutmut reuses earlier verdicts and test coverage otherwise
 mkdir mutants
 if [[ "${1:-}" == --sample ]]; then
     exec nice -n 10 python tools/mutation_sample.py --jobs "${MUTMUT_JOBS:-1}" "$@"
 fi
-nice -n 10 mutmut run --max-children "${MUTMUT_JOBS:-1}" "$@" >mutants/run.log 2>&1 || {
+nice -n 10 python tools/mutmut_set.py run --max-children "${MUTMUT_JOBS:-1}" "$@" >mutants/run.log 2>&1 || {
     tail -n 20 mutants/run.log >&2; echo "mutmut failed (log: mutants/run.log)" >&2; exit 1; }
 python - <<'PY'
 import collections, json, pathlib
