@@ -5,19 +5,17 @@ machine (devices, registered datasets, local weights) before anything runs."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
 import dcl.compat  # noqa: F401  (before any detectron2 module)
 import torch
-import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
 from dcl import weights as dcl_weights
 from dcl.experiments import SEED_LIMIT
-from dcl.io import InputError, load_yaml
+from dcl.io import InputError, config_chain
 from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
 from dcl.refinemask import add_refinemask_config
 from dcl.slurm import DistributedLayout
@@ -74,38 +72,7 @@ def refuse_unsafe_yaml(config_file: str) -> None:
     Raises:
         InputError: a file is not plain YAML (a Python tag, a syntax error), naming it.
     """
-    chain: list[str] = []
-    path = config_file
-    while True:
-        if os.path.realpath(path) in map(os.path.realpath, chain):
-            raise InputError(f"{config_file}: the _BASE_ chain loops: {' -> '.join([*chain, path])}")
-        chain.append(path)
-        try:
-            with open(path, encoding="utf-8") as stream:
-                data = load_yaml(stream)
-        except ValueError as error:
-            raise InputError(f"{path}: refused: {error}") from None
-        except yaml.constructor.ConstructorError as error:
-            mark = error.problem_mark
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise InputError(
-                f"{path}{where}: {error.problem}; config files must be plain YAML "
-                "(Python tags are refused: they run code)"
-            ) from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
-        if data is not None and not isinstance(data, dict):
-            raise InputError(
-                f"{path}: a detectron2 config is a mapping of keys, this file holds a {type(data).__name__}"
-            )
-        base = data.get("_BASE_") if isinstance(data, dict) else None
-        if base is None or not isinstance(base, str):
-            return
-        # detectron2's rule for _BASE_: ~ expanded, relative to the including file; URLs it fetches.
-        base = os.path.expanduser(base)
-        if base.startswith(("https://", "http://")):
-            return
-        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    config_chain(config_file)
 
 
 def _describe(error: BaseException) -> str:

@@ -17,11 +17,10 @@ Standard library only: ``dcl plan`` and the Snakefile import it without torch.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from dcl.io import InputError, read_yaml
+from dcl.io import InputError, config_chain
 from dcl.slurm import stop_signal_seconds
 
 __all__ = [
@@ -75,18 +74,13 @@ class Schedule:
     checkpoint_period: int
 
 
-def _solver_keys(config_file: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _solver_keys(config_file: str) -> dict[str, Any]:
     """SOLVER keys of a detectron2 YAML config and its ``_BASE_`` chain (later files win)."""
-    if config_file in seen:
-        raise InputError(f"{config_file}: _BASE_ chain loops back to itself")
-    data = read_yaml(config_file, "detectron2 config") or {}
     keys: dict[str, Any] = {}
-    base = data.get("_BASE_") if isinstance(data, dict) else None
-    if isinstance(base, str) and not base.startswith(("detectron2://", "http")):
-        keys.update(_solver_keys(os.path.join(os.path.dirname(config_file), base), (*seen, config_file)))
-    solver = data.get("SOLVER") if isinstance(data, dict) else None
-    if isinstance(solver, dict):
-        keys.update({k: v for k, v in solver.items() if k in _SOLVER_DEFAULTS})
+    for data in reversed(config_chain(config_file)):
+        solver = data.get("SOLVER")
+        if isinstance(solver, dict):
+            keys.update({k: v for k, v in solver.items() if k in _SOLVER_DEFAULTS})
     return keys
 
 

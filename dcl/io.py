@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_json",
     "exclusive_lock",
     "check_bounded",
+    "config_chain",
     "load_yaml",
     "read_json",
     "read_yaml",
@@ -261,6 +262,52 @@ def load_yaml(stream: Any, loader: type = yaml.SafeLoader) -> Any:
         raise ValueError(f"nested deeper than {MAX_NESTING} levels") from None
     check_bounded(data, MAX_YAML_VALUES)
     return data
+
+
+def config_chain(config_file: str) -> list[dict]:
+    """A detectron2 YAML config and its ``_BASE_`` files, each read as plain YAML: the named file
+    first, then its base, its base's base, ... (a base given as a URL ends the chain). Plain
+    YAML because detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load``, which runs
+    ``!!python/...`` tags.
+
+    Raises:
+        InputError: a file is not plain YAML (a Python tag, a syntax error), not a mapping, beyond
+            the bounds of :func:`load_yaml`, or the chain loops; naming the file.
+    """
+    chain: list[str] = []
+    documents: list[dict] = []
+    path = config_file
+    while True:
+        if os.path.realpath(path) in map(os.path.realpath, chain):
+            raise InputError(f"{config_file}: the _BASE_ chain loops: {' -> '.join([*chain, path])}")
+        chain.append(path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                data = load_yaml(stream)
+        except ValueError as error:
+            raise InputError(f"{path}: refused: {error}") from None
+        except yaml.constructor.ConstructorError as error:
+            mark = error.problem_mark
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise InputError(
+                f"{path}{where}: {error.problem}; config files must be plain YAML "
+                "(Python tags are refused: they run code)"
+            ) from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise InputError(f"{path}: not a readable YAML file: {' '.join(str(error).split())}") from None
+        if data is not None and not isinstance(data, dict):
+            raise InputError(
+                f"{path}: a detectron2 config is a mapping of keys, this file holds a {type(data).__name__}"
+            )
+        documents.append(data or {})
+        base = documents[-1].get("_BASE_")
+        if not isinstance(base, str):
+            return documents
+        # detectron2's rule for _BASE_: ~ expanded, relative to the including file; URLs it fetches.
+        base = os.path.expanduser(base)
+        if base.startswith(("https://", "http://")):
+            return documents
+        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
