@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import yaml
 
 __all__ = [
+    "SEED_LIMIT",
     "InputError",
     "OutputError",
     "describe_os_error",
@@ -219,6 +220,9 @@ def atomic_write_json(destination: str | os.PathLike, obj: Any, *, indent: int |
 # the loader shares, but every consumer walks it again: nine levels of 9 aliases are 387 million).
 MAX_NESTING = 100
 MAX_YAML_VALUES = 1_000_000
+# numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum):
+# the workflow planner and `dcl train` both check it.
+SEED_LIMIT = 2**32
 
 
 def check_bounded(value: Any, max_values: int | None = None) -> None:

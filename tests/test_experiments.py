@@ -2,7 +2,7 @@
 experiments.json, and `dcl plan`.
 
 Expected run lists and command lines are written out here by hand from the paper's recipes (the
-original README's commands), never computed with dcl.experiments itself; experiments.json is also
+original README's commands), never computed with dcl.workflow.experiments itself; experiments.json is also
 read back with the report's own strict reader (an independent consumer of the format).
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl import experiments
-from dcl.experiments import (
+from dcl.workflow import experiments
+from dcl.workflow.experiments import (
     Plan,
     format_override_value,
     load_workflow_config,

@@ -1379,7 +1379,7 @@ def test_paper_released_checkpoints_are_judged_against_their_own_models_numbers(
     published.yaml: each released checkpoint meets its own model's numbers only (issue 26: the 3x
     and R101 ones were judged against R50-FPN 1x's 35.2), and no main-table row shows another
     model's Paper value."""
-    from dcl.experiments import Plan, read_config_file
+    from dcl.workflow.experiments import Plan, read_config_file
     from dcl.report import analysis, tables
 
     plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=REPO)

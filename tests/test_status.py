@@ -1,6 +1,6 @@
 """``dcl status`` and the live-run side of ``dcl report``, on fabricated results and work trees.
 
-The trees are laid out as the workflow lays them out (``dcl.experiments.Plan.document()`` of the
+The trees are laid out as the workflow lays them out (``dcl.workflow.experiments.Plan.document()`` of the
 toy preset writes experiments.json); run.json files are written by :class:`dcl.runrecord.RunRecord`
 itself where the test is about what a training leaves, and by hand where a moment in time must be
 exact (speed, ETA). Expected speeds and ETAs are computed here from the fabricated times.
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from dcl import cli, status
-from dcl.experiments import Plan, read_config_file
+from dcl import cli
+from dcl.workflow import status
+from dcl.workflow.experiments import Plan, read_config_file
 from dcl.report import inputs
 from dcl.runrecord import RunRecord, format_duration, progress
 

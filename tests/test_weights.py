@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dcl import weights
+from dcl.data import weights
 from dcl.cli import main
 from dcl.io import InputError
 

@@ -29,10 +29,12 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from dcl import cost, layout
-from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
+from dcl.workflow import cost
+from dcl import layout
+from dcl.model.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.io import (
     MAX_YAML_VALUES,
+    SEED_LIMIT,
     InputError,
     atomic_write_json,
     check_bounded,
@@ -49,7 +51,6 @@ __all__ = [
     "DCL_HEAD_OVERRIDES",
     "MODEL_HEADS",
     "RESERVED_OVERRIDES",
-    "SEED_LIMIT",
     "Resources",
     "Run",
     "Plan",
@@ -64,10 +65,8 @@ __all__ = [
     "run",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-# numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum).
-SEED_LIMIT = 2**32
 DEFAULT_MAX_CHUNKS = 50  # the schema's default for max_chunks
 DEFAULT_KEEP_CHECKPOINTS = 2  # the schema's default for keep_checkpoints
 
@@ -451,7 +450,7 @@ class Plan:
         return value
 
     def _download_path(self, url: str, where: str) -> str | None:
-        from dcl.weights import local_path
+        from dcl.data.weights import local_path
 
         try:
             return str(local_path(url, self.weights_dir))
@@ -774,7 +773,7 @@ class Plan:
         return shlex.join(words)
 
     def cost(self, run_: Run) -> cost.RunCost:
-        """A training's estimated GPU-hours, Slurm chunks and checkpoint disk (:mod:`dcl.cost`)."""
+        """A training's estimated GPU-hours, Slurm chunks and checkpoint disk (:mod:`dcl.workflow.cost`)."""
         overrides = [*run_.overrides, *self.global_overrides]  # in the order train_arguments passes them
         schedule = cost.schedule(str(self.working_dir / run_.config_file), overrides)
         resources = run_.resources
@@ -892,7 +891,7 @@ def print_plan(plan: Plan) -> None:
         f"{sum(c.disk_gb_keep_all for c in costs.values()):.0f} GB if every checkpoint were kept); "
         f"evaluation and error analyses {sum(cpu.values()) / 3600:.1f} hours of CPU jobs"
     )
-    print("(estimates: dcl/cost.py says where each figure comes from)")
+    print("(estimates: dcl/workflow/cost.py says where each figure comes from)")
 
 
 def run(args: argparse.Namespace) -> int:
