@@ -3,8 +3,9 @@
 Packages, one job each, lowest first (an import goes only to a lower line; tests/test_layers.py):
 
 - shared, top level: ``io`` (atomic output, strict input), ``names`` (labels), ``layout`` (path
-  patterns), ``runrecord`` (``run.json``), ``slurm`` (the cluster job), ``progress``, ``argtypes``,
-  ``compat`` (the only module that patches detectron2), ``info``;
+  patterns), ``runs`` (a run: its record, its folder, its state), ``runrecord`` (``run.json``),
+  ``slurm`` (the cluster job), ``progress``, ``argtypes``, ``compat`` (the only module that patches
+  detectron2), ``info``;
 - ``dcl.model`` (the loss and the detectron2 heads) and ``dcl.data`` (datasets, weights);
 - ``dcl.evaluation`` (mask AP and the segmentation-error analysis; no torch);
 - ``dcl.training`` (``dcl train``), ``dcl.workflow`` (the experiment matrix, plan, cost, status;

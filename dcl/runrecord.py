@@ -25,7 +25,11 @@ from typing import Any, Optional
 from dcl.io import InputError, atomic_write_json, read_json
 from dcl.layout import INFERENCE_DIR, RUN_RECORD
 
+# What run.json's `status` can say (a subset of dcl.runs.STATES).
+RECORD_STATES = ("running", "finished", "failed", "interrupted")
+
 __all__ = [
+    "RECORD_STATES",
     "RUN_RECORD",
     "Progress",
     "RunRecord",

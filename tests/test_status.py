@@ -23,7 +23,7 @@ import pytest
 from dcl import cli
 from dcl.workflow import status
 from dcl.workflow.experiments import Plan, read_config_file
-from dcl.report import inputs
+from dcl import runs as dcl_runs
 from dcl.runrecord import RunRecord, format_duration, progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
         status.SlurmJob("1002", "RUNNING", "gpu03", "rule_train_wildcards_toy_coco_dcl_loss_weight_0.4_0"),
         status.SlurmJob("999", "RUNNING", "gpu01", "rule_train_wildcards_toy_cityscapes_baseline_0"),
     ]
-    expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
+    expected = {r.experiment: r for r in dcl_runs.load_experiments(tree / "experiments.json")[1]}
     queued = status.run_status(tree, expected["toy_coco_dcl"], jobs, at(180))
     assert (queued.state, queued.job_id, queued.node) == ("queued", "1001", None)
     starting = status.run_status(tree, expected["toy_coco_dcl_loss_weight_0.4"], jobs, at(180))
@@ -269,7 +269,7 @@ def test_status_and_the_report_agree_on_every_run(tree, capsys):
 
 
 def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
-    expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
+    expected = {r.experiment: r for r in dcl_runs.load_experiments(tree / "experiments.json")[1]}
     live("toy_coco_dcl").write_text(
         json.dumps(record("running", iteration=90, slurm={"job_id": "4242", "nodes": "gpu09"}))
     )

@@ -37,7 +37,8 @@ from dcl.report.analysis import (
     paired_difference,
     sort_key,
 )
-from dcl.report.inputs import FAMILY_STATS, PublishedEntry, RunResult, status_totals
+from dcl.report.published import PublishedEntry
+from dcl.runs import FAMILY_STATS, RunResult, status_totals
 from dcl.runrecord import gpu_hours
 
 __all__ = [
@@ -539,7 +540,7 @@ def _published_for(
     published: Sequence[PublishedEntry], experiment: ExperimentStats, metric: str | None = None
 ) -> PublishedEntry | None:
     """The reproducible published number of ``experiment``'s model (the same
-    :attr:`~dcl.report.inputs.ExpectedRun.identity`) for ``metric`` (default: its headline)."""
+    :attr:`~dcl.runs.ExpectedRun.identity`) for ``metric`` (default: its headline)."""
     spec = experiment.spec
     for entry in published:
         if entry.reproducible and entry.identity == spec.identity and entry.metric == (metric or spec.metric):

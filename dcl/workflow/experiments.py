@@ -43,6 +43,7 @@ from dcl.io import (
     refuse_output_over_input,
 )
 from dcl.layout import DATASETS
+from dcl.runs import Ablation, ExpectedRun
 from dcl.names import DEFAULT_BACKBONE
 
 __all__ = [
@@ -119,7 +120,7 @@ class Run:
     init: str
     method: str
     group: str  # main | ablation | released
-    ablation: dict[str, Any] | None
+    ablation: Ablation | None
     folder: str
     config_file: str
     overrides: tuple[tuple[str, str], ...] = field(repr=False)
@@ -140,22 +141,22 @@ class Run:
         return DATASETS[self.dataset].metric
 
     def record(self) -> dict[str, Any]:
-        """The run's entry in ``experiments.json`` (docs/design.md)."""
-        return {
-            "experiment": self.experiment,
-            "seed": self.seed,
-            "kind": self.kind,
-            "dataset": self.dataset,
-            "init": self.init,
-            "method": self.method,
-            "model": self.model,
-            "backbone": self.backbone,
-            "schedule": self.schedule,
-            "group": self.group,
-            "ablation": self.ablation,
-            "metric": self.metric,
-            "run_dir": self.run_dir,
-        }
+        """The run's entry in ``experiments.json``: :class:`dcl.runs.ExpectedRun` owns the format."""
+        return ExpectedRun(
+            experiment=self.experiment,
+            seed=self.seed,
+            kind=self.kind,
+            dataset=self.dataset,
+            init=self.init,
+            method=self.method,
+            group=self.group,
+            ablation=self.ablation,
+            metric=self.metric,
+            run_dir=self.run_dir,
+            model=self.model,
+            backbone=self.backbone,
+            schedule=self.schedule,
+        ).to_record()
 
 
 # ----------------------------------------------------------------------------- reading configs
@@ -482,7 +483,7 @@ class Plan:
         kind: str,
         group: str,
         seeds: list[int],
-        ablation: dict[str, Any] | None = None,
+        ablation: Ablation | None = None,
         folder: str | None = None,
     ) -> list[Run]:
         if entry.get("dcl") and entry["method"] != "dcl":
@@ -577,12 +578,7 @@ class Plan:
                 entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
                 entry.pop("seeds", None)
                 self._check_dcl_value(entry["dcl"], point_where)
-                ablation = {
-                    "parameter": parameter,
-                    "key": DCL_KEY_PREFIX + parameter,
-                    "value": value,
-                    "base": sweep["base"],
-                }
+                ablation = Ablation(parameter, DCL_KEY_PREFIX + parameter, value, sweep["base"])
                 if _same_value(value, base_value) and set(seeds) <= set(base_seeds):
                     # The base experiment *is* this point: its runs are reused, not trained twice.
                     self.runs += self._model_runs(
