@@ -150,7 +150,9 @@ def test_run_record_writes_what_progress_needs(tmp_path):
     assert attempt["train_start_time"] and data["update_time"]
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "-"), (40, "40s"), (720, "12m"), (18420, "5h07m"), (183600, "2d03h")])
+@pytest.mark.parametrize(
+    "seconds, text", [(None, "-"), (40, "0:00:40"), (720, "0:12:00"), (18420.4, "5:07:00"), (183600, "51:00:00")]
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
@@ -517,7 +519,7 @@ def test_the_totals_line_sums_iterations_eta_gpu_hours_and_disk():
     }
     # 200/320 = 62.5% (printed to the even 62), the running run's ETA 300 s, 10^6 bytes = 1.0 MB.
     assert status._text(report).splitlines()[-1] == (
-        "2 runs: 1 finished, 1 running; 200/320 iterations (62%); running runs done in 5m; "
+        "2 runs: 1 finished, 1 running; 200/320 iterations (62%); running runs done in 0:05:00; "
         "1.5 GPU-hours used; work directories 1.0 MB"
     )
     report["iterations"] = {"done": 320, "total": 320}

@@ -270,7 +270,7 @@ def _text(report: dict[str, Any]) -> str:
     names = [r["experiment"] + (f" (+{len(r['also'])})" if r["also"] else "") for r in runs]
     width = max([len("experiment"), *map(len, names)])
     header = (
-        f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>6s} "
+        f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>8s} "
         f"{'chunks':>6s} {'GPU-h':>6s} {'disk':>7s}  {'job':10s} node"
     )
     lines = [
@@ -284,7 +284,7 @@ def _text(report: dict[str, Any]) -> str:
         rate = f"{r['rate']:.2f}" if r["rate"] else "-"
         lines.append(
             f"{name:{width}s} {r['seed']:>4d}  {r['state']:11s} {progress_text:>13s} {rate:>6s} "
-            f"{format_duration(r['eta_s']):>6s} {r['chunks'] or '-':>6} {_hours(r['gpu_hours']):>6s} "
+            f"{format_duration(r['eta_s']):>8s} {r['chunks'] or '-':>6} {_hours(r['gpu_hours']):>6s} "
             f"{_size(r['disk_bytes']):>7s}  {r['job_id'] or '-':10s} "
             f"{r['node'] or '-'}"
         )
