@@ -43,6 +43,9 @@ try:
         repo_root=workflow.basedir,
         working_dir=os.getcwd(),
     )
+    # Methods of one's own (`methods`): their modules import, their registered names exist and
+    # their configs load, checked in a subprocess (detectron2) before any job; none: nothing runs.
+    PLAN.check_methods()
 except InputError as error:
     # One line per problem, with its place in the config; no traceback for a typo.
     raise WorkflowError(str(error)) from None
