@@ -4,7 +4,9 @@ example (examples/dice_mask_head.py) against an obviously-correct Dice formula."
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -291,3 +293,91 @@ def test_the_example_head_adds_the_dice_term_to_mask_rcnns_loss(example):
     head.eval()
     instances.pred_classes = instances.gt_classes
     assert head(features, [instances])[0].pred_masks.shape == (2, 1, 28, 28)
+
+
+# ----------------------------------------------------------------------------- the report
+DICE_AP = [35.9, 36.2, 36.6]  # against cityscapes_imagenet_baseline's [35.0, 35.6, 36.1]
+
+
+@pytest.fixture(scope="module")
+def own_report(tmp_path_factory):
+    """test_report's paper-like tree plus a method of one's own (3 seeds) on Cityscapes, ImageNet init."""
+    from test_report import PUBLISHED, build_paper_tree, coco_section, errors_record, gains, run_record, write_run
+
+    from dcl.report import build_report
+
+    root = tmp_path_factory.mktemp("own")
+    runs = build_paper_tree(root)
+    for seed, ap in enumerate(DICE_AP):
+        record = {
+            **run_record("cityscapes_imagenet_dice", seed, "cityscapes", "imagenet", "dice"),
+            "method_label": "Dice head",
+            "baseline": "cityscapes_imagenet_baseline",
+        }
+        runs.append(record)
+        write_run(
+            root,
+            record,
+            eval_json={"segm": coco_section(ap - 3), "cityscapes": {"AP": ap, "AP50": ap + 25}},
+            errors=errors_record(gains("dice", seed, False), False, ap - 4),
+            legacy=errors_record(gains("dice", seed, True), True, ap - 4),
+        )
+    (root / "experiments.json").write_text(json.dumps({"preset": "paper", "runs": runs}, indent=1))
+    build_report(root, published_path=PUBLISHED)
+    return root
+
+
+def test_own_method_is_a_row_with_its_paired_difference(own_report):
+    from test_report import CS_AP, only, paired_by_hand, read_csv
+
+    markdown = (own_report / "tables" / "main_results.md").read_text()
+    cityscapes = markdown.split("### Cityscapes, ImageNet initialisation")[1].split("###")[0]
+    assert "| Dice head (Mask R-CNN) | 3/3 |" in cityscapes  # beside RefineMask rows: says its detector
+    assert "| Dice head (Mask R-CNN) − Mask R-CNN | 3 pairs |" in cityscapes
+    expected = paired_by_hand(CS_AP["cityscapes_imagenet_baseline"], DICE_AP)
+    rows = read_csv(own_report / "tables" / "main_results.csv")
+    dice = only(rows, experiment="cityscapes_imagenet_dice")
+    assert dice["method"] == "dice"
+    got = [float(dice[k]) for k in ("delta_mean", "delta_ci_low", "delta_ci_high", "delta_p")]
+    assert got == pytest.approx(expected, rel=1e-5) and dice["delta_pairs"] == "3"
+    # Every metric of the family, against the declared baseline.
+    compared = [
+        r for r in read_csv(own_report / "tables" / "dcl_vs_baseline.csv") if r["dcl_experiment"].endswith("dice")
+    ]
+    assert {r["metric"] for r in compared} == {"cityscapes.AP", "cityscapes.AP50"}
+    assert {r["baseline_experiment"] for r in compared} == {"cityscapes_imagenet_baseline"}
+    assert "| Dice head − Baseline |" in (own_report / "tables" / "dcl_vs_baseline.md").read_text()
+
+
+def test_own_method_in_the_error_table_and_figures(own_report):
+    from pypdf import PdfReader
+    from test_report import gains, only, read_csv
+
+    errors = (own_report / "tables" / "error_analysis.md").read_text()
+    assert "| Dice head (Mask R-CNN), ImageNet | 3/3 |" in errors
+    row = only(read_csv(own_report / "tables" / "error_analysis.csv"), experiment="cityscapes_imagenet_dice")
+    assert float(row["FN_corrected_mean"]) == pytest.approx(sum(gains("dice", s, False)["FN"] for s in range(3)) / 3)
+    text = "".join(page.extract_text() for page in PdfReader(own_report / "figures" / "error_breakdown.pdf").pages)
+    assert "Dice head (Mask R-CNN), ImageNet init (n=3)" in text
+    inventory = read_csv(own_report / "tables" / "run_inventory.csv")
+    assert {r["status"] for r in inventory if r["experiment"] == "cityscapes_imagenet_dice"} == {"finished"}
+
+
+def test_experiments_json_of_an_own_method_is_checked(tmp_path):
+    from test_report import run_record
+
+    from dcl.report import inputs
+
+    base = run_record("b", 0, "cityscapes", "imagenet", "baseline")
+    for extra, words in (
+        ({}, "a method of one's own needs 'method_label'"),
+        ({"method_label": "Dice head", "baseline": "nope"}, "'baseline' 'nope' is not an experiment"),
+    ):
+        own = {**run_record("d", 0, "cityscapes", "imagenet", "dice"), **extra}
+        (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": [base, own]}))
+        with pytest.raises(InputError, match=re.escape(words)):
+            inputs.load_experiments(tmp_path / "experiments.json")
+    bad = {**base, "method_label": "mine"}
+    (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": [bad]}))
+    with pytest.raises(InputError, match="are for methods other than baseline, dcl"):
+        inputs.load_experiments(tmp_path / "experiments.json")
