@@ -381,3 +381,66 @@ def test_experiments_json_of_an_own_method_is_checked(tmp_path):
     (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": [bad]}))
     with pytest.raises(InputError, match="are for methods other than baseline, dcl"):
         inputs.load_experiments(tmp_path / "experiments.json")
+
+
+# ----------------------------------------------------------------------------- end to end, on the toy data
+@pytest.mark.e2e
+def test_toy_own_method_dag_end_to_end(tmp_path):
+    """configs/toy_own_method.yaml through `snakemake --profile profiles/local` (20 iterations): the
+    Dice head trains, is evaluated and error-analysed, and stands in every table and figure beside
+    the baseline and DCL with its paired difference against its declared baseline."""
+    from pypdf import PdfReader
+    from test_report import only, read_csv
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            REPO / "Snakefile",
+            "--profile",
+            REPO / "profiles" / "local",
+            "--cores",
+            "2",
+            "--config",
+            "preset=toy_own_method",
+            "train_overrides={SOLVER.MAX_ITER: 20, SOLVER.CHECKPOINT_PERIOD: 10}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    results = tmp_path / "results" / "toy_own_method"
+    for seed in (0, 1):
+        folder = results / "runs" / "toy_coco_dice" / f"seed{seed}"
+        run = json.loads((folder / "run.json").read_text())
+        assert run["status"] == "finished" and run["iteration"] == 20
+        assert run["command"][2:4] == ["--import", str(REPO / EXAMPLE)]
+        assert "loss_mask_dice" in (folder / "metrics.json").read_text()  # the Dice head trained
+        for name in ("errors.json", "errors_legacy.json", "errors_occ.json", "errors_legacy_occ.json"):
+            assert json.loads((folder / name).read_text())["delta"], name  # `dcl errors` ran on its predictions
+    tables = results / "tables"
+    main = (tables / "main_results.md").read_text()
+    assert "| Dice head | 2/2 |" in main and "| Dice head − baseline | 2 pairs |" in main
+    assert "| DCL − baseline | 2 pairs |" in main
+    dice = only(read_csv(tables / "main_results.csv"), experiment="toy_coco_dice")
+    assert dice["delta_pairs"] == "2" and dice["delta_p"] != ""
+    compared = [r for r in read_csv(tables / "dcl_vs_baseline.csv") if r["dcl_experiment"] == "toy_coco_dice"]
+    assert compared and {r["baseline_experiment"] for r in compared} == {"toy_coco_baseline"}
+    assert "| Dice head, scratch | 2/2 |" in (tables / "error_analysis.md").read_text()
+    for figure in ("error_breakdown", "training_curves"):
+        text = "".join(p.extract_text() for p in PdfReader(results / "figures" / f"{figure}.pdf").pages)
+        assert "Dice head" in text, figure
+    assert "6 runs expected: 6 finished" in (results / "README.md").read_text()
+    status = subprocess.run(
+        [sys.executable, "-m", "dcl", "status", str(results), "--no-slurm"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 0 and "toy_coco_dice" in status.stdout, status.stdout + status.stderr
