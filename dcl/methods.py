@@ -98,7 +98,7 @@ def check_registered(cfg: Any) -> list[str]:
             known = ", ".join(sorted(name for name, _ in registry))
             problems.append(
                 f"{key} {node!r} is not registered in detectron2's {registry_name} "
-                f"(is the module that registers it in the method's imports? registered: {known})"
+                f"(is the module that registers it imported: the method's `imports`, dcl train --import? registered: {known})"
             )
     return problems
 

@@ -157,6 +157,39 @@ def test_train_import_option_is_repeatable_and_recorded():
     assert command_line(args)[:6] == ["dcl", "train", "--import", EXAMPLE, "--import", "x.y"]
 
 
+def test_train_dry_run_builds_the_example_head_it_imports(tmp_path):
+    """`dcl train --dry-run --import FILE`: the registration and the module's config keys exist in
+    the process that builds the model; a name nobody registered is one line, before any build."""
+    command = [
+        sys.executable,
+        "-m",
+        "dcl",
+        "train",
+        "--dry-run",
+        "--import",
+        str(REPO / EXAMPLE),
+        "--config-file",
+        str(REPO / "configs" / "toy_coco_mask_rcnn_R18_FPN.yaml"),
+        "MODEL.ROI_MASK_HEAD.DICE_WEIGHT",
+        "0.5",
+        "MODEL.ROI_MASK_HEAD.NAME",
+    ]
+    result = subprocess.run(
+        [*command, "DiceMaskRCNNConvUpsampleHead"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["mask_head"] == "DiceMaskRCNNConvUpsampleHead"
+    result = subprocess.run([*command, "DiceTypo"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "dcl train: error: MODEL.ROI_MASK_HEAD.NAME 'DiceTypo' is not registered in detectron2's ROI_MASK_HEAD_REGISTRY"
+        )
+    )
+
+
 def test_the_check_names_the_experiment_and_what_is_wrong(tmp_path):
     """`dcl plan --check-methods`: a module that does not import, a head nobody registered."""
     for change, line in (
