@@ -477,3 +477,56 @@ def test_toy_own_method_dag_end_to_end(tmp_path):
         text=True,
     )
     assert status.returncode == 0 and "toy_coco_dice" in status.stdout, status.stdout + status.stderr
+
+
+def test_dcl_on_top_of_an_own_method_sweeps_in_the_ablation_table_and_figure(tmp_path):
+    """Ablation points of a method with `dcl: true`: its label in the figure, its declared baseline
+    as the table's "no DCL" reference."""
+    from pypdf import PdfReader
+    from test_report import PUBLISHED, coco_section, errors_record, gains, run_record, write_run
+
+    from dcl.report import build_report
+
+    own = {"method_label": "Dice head", "baseline": "b"}
+    runs = []
+    for name, method, extra, ablation, aps in (
+        ("b", "baseline", {}, None, [35.0, 35.4]),
+        ("d", "dice", {**own, "dcl_on_top": True}, None, [36.0, 36.2]),
+        ("d_loss_weight_0.4", "dice", {**own, "dcl_on_top": True}, 0.4, [35.5, 35.9]),
+    ):
+        for seed, ap in enumerate(aps):
+            record = {
+                **run_record(
+                    name,
+                    seed,
+                    "cityscapes",
+                    "imagenet",
+                    method,
+                    group="main" if ablation is None else "ablation",
+                    ablation=None
+                    if ablation is None
+                    else {
+                        "parameter": "LOSS_WEIGHT",
+                        "key": "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.LOSS_WEIGHT",
+                        "value": ablation,
+                        "base": "d",
+                    },
+                ),
+                **extra,
+            }
+            runs.append(record)
+            write_run(
+                tmp_path,
+                record,
+                eval_json={"segm": coco_section(ap - 3), "cityscapes": {"AP": ap, "AP50": ap + 25}},
+                errors=errors_record(gains(name, seed, False), False),
+                legacy=errors_record(gains(name, seed, True), True),
+            )
+    (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": runs}))
+    build_report(tmp_path, published_path=PUBLISHED)
+    ablations = (tmp_path / "tables" / "ablations.md").read_text()
+    assert "around d" in ablations and "| 0.4 | 2/2 | 35.70 ± 0.28 |" in ablations
+    assert "| no DCL (baseline) | 2/2 | 35.20 ± 0.28 |" in ablations
+    text = "".join(p.extract_text() for p in PdfReader(tmp_path / "figures" / "ablations.pdf").pages)
+    assert "Dice head (base: d)" in text
+    assert "| Dice head, loss weight 0.4 | 2/2 |" in (tmp_path / "tables" / "error_analysis.md").read_text()

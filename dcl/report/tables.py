@@ -1062,10 +1062,12 @@ def is_base_point(experiment: ExperimentStats) -> bool:
 
 def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
     """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and network
-    (detector, backbone, schedule)."""
+    (detector, backbone, schedule); for a method of one's own, the experiment it declares as baseline."""
     spec = next((e.spec for e in experiments if e.name == base), None)
     if spec is None:
         spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
+    if spec is not None and spec.baseline is not None:  # DCL on top of a method of one's own: its declared baseline
+        return next((e for e in experiments if e.name == spec.baseline), None)
     matches = [
         e
         for e in experiments
