@@ -12,9 +12,11 @@ patterns, no third-party imports: the Snakefile reads this on a login node.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 __all__ = [
+    "is_import_path",
     "SPLITS",
     "TOY_DIR",
     "COCO_OCCLUSION_SUBSET",
@@ -201,3 +203,9 @@ def run_files(kind: str, occlusion: bool) -> list[str]:
     if kind == "train":
         names.append(TRAINING_METRICS)
     return names
+
+
+def is_import_path(value: str) -> bool:
+    """An entry of a method's ``imports`` that names a file (``examples/x.py``), not a module
+    (the workflow checks the file exists; ``dcl train --import`` imports it from there)."""
+    return value.endswith(".py") or "/" in value or os.sep in value

@@ -108,6 +108,16 @@ class ExpectedRun:
     # working directory of the caller (resolved from experiments.json); None/empty in older files.
     output_dir: str | None = field(default=None, compare=False)
     logs: dict[str, str] = field(default_factory=dict, compare=False)
+    # A method of one's own (experiments.json's `method_label`, `baseline`, `dcl_on_top`; absent
+    # for baseline and DCL): its display label and the experiment it is compared against.
+    method_label: str | None = None
+    baseline: str | None = None
+    dcl_on_top: bool = False
+
+    @property
+    def label(self) -> str | None:
+        """The method's own label (None for the built-in ones, which the tables name by model)."""
+        return self.method_label
 
     def to_record(self) -> dict[str, Any]:
         """The run's entry in ``experiments.json`` (docs/design.md), without the ``output_dir`` and
@@ -126,6 +136,13 @@ class ExpectedRun:
             "ablation": None if self.ablation is None else dataclasses.asdict(self.ablation),
             "metric": self.metric,
             "run_dir": self.run_dir,
+            # Only for a method of one's own, so the built-in presets' files stay as they were.
+            **(
+                {"method_label": self.method_label, "baseline": self.baseline}
+                | ({"dcl_on_top": True} if self.dcl_on_top else {})
+                if self.method_label is not None
+                else {}
+            ),
         }
 
     @property
@@ -278,7 +295,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             kind=require_str(record, "kind", where, KINDS),
             dataset=require_str(record, "dataset", where),
             init=require_str(record, "init", where),
-            method=require_str(record, "method", where, tuple(names.METHODS)),
+            method=require_str(record, "method", where),
             group=group,
             ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
             metric=require_str(record, "metric", where),
@@ -286,6 +303,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             model=parse_model(record, where),
             **parse_variant(record, where),
             **_locations(record, path.parent, where),
+            **_own_method(record, where),
         )
         check_metric(run.metric, where)
         parts = PurePosixPath(run.run_dir).parts
@@ -298,14 +316,47 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
         seen.add((run.experiment, run.seed))
         # All seeds of one experiment must describe the same model, or its mean is meaningless.
-        what = (run.kind, *run.identity, run.group, run.ablation, run.metric)
+        what = (run.kind, *run.identity, run.group, run.ablation, run.metric, run.method_label, run.baseline)
         if identity.setdefault(run.experiment, what) != what:
             raise InputError(
                 f"{where}: experiment {run.experiment!r} has runs that disagree on "
                 "kind/dataset/init/method/model/backbone/schedule/group/ablation/metric"
             )
         runs.append(run)
+    experiments = {run.experiment: run for run in runs}
+    for index, run in enumerate(runs):
+        other = experiments.get(run.baseline) if run.baseline is not None else None
+        if run.baseline is not None and (other is None or other.dataset != run.dataset):
+            raise InputError(
+                f"{path}: runs[{index}]: 'baseline' {run.baseline!r} is not an experiment of dataset {run.dataset} "
+                "in this file"
+            )
     return preset, runs
+
+
+def _own_method(record: dict, where: str) -> dict[str, Any]:
+    """A method of one's own (not in :data:`dcl.names.METHODS`) carries its ``method_label`` and
+    (a trained one) the ``baseline`` experiment it is compared against; the built-in ones neither."""
+    method = record["method"]
+    if method in names.METHODS:
+        if "method_label" in record or "baseline" in record:
+            raise InputError(
+                f"{where}: 'method_label' and 'baseline' are for methods other than {', '.join(names.METHODS)}"
+            )
+        return {}
+    label = record.get("method_label")
+    if not isinstance(label, str) or not label:
+        raise InputError(
+            f"{where}: 'method' {method!r} is not one of {', '.join(names.METHODS)}: "
+            f"a method of one's own needs 'method_label' (a non-empty string), got {type_name(label)} {label!r}"
+        )
+    baseline = record.get("baseline")
+    if baseline is not None and not (isinstance(baseline, str) and baseline):
+        raise InputError(f"{where}: 'baseline' must be an experiment name, got {type_name(baseline)} {baseline!r}")
+    on_top = record.get("dcl_on_top", False)
+    if not isinstance(on_top, bool):
+        raise InputError(f"{where}: 'dcl_on_top' must be true or false, got {on_top!r}")
+    return {"method_label": label, "baseline": baseline, "dcl_on_top": on_top}
 
 
 def parse_model(record: dict, where: str) -> str:

@@ -268,7 +268,8 @@ def error_types(experiments: Iterable[ExperimentStats]) -> list[str]:
 @dataclass(frozen=True)
 class Comparison:
     """DCL experiment vs the baseline of the same dataset, init, group and model (detector,
-    backbone, schedule), for one metric."""
+    backbone, schedule), for one metric; or a method of one's own (in ``dcl``) vs the experiment
+    it declares as its ``baseline``."""
 
     baseline: ExperimentStats
     dcl: ExperimentStats
@@ -279,7 +280,7 @@ class Comparison:
 def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
     """DCL minus baseline for every DCL experiment of the main and released groups that has
     exactly one baseline experiment with the same dataset, init, group, model (detector, backbone,
-    schedule) and metric.
+    schedule) and metric; and each method of one's own (main, released) minus its declared baseline.
 
     Returns:
         One :class:`Comparison` per (DCL experiment, metric of its family), in table order.
@@ -287,18 +288,23 @@ def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
     out = []
     for dcl in experiments:
         spec = dcl.spec
-        if spec.method != "dcl" or spec.group == "ablation":
+        if spec.group == "ablation":
             continue
-        baselines = [
-            e
-            for e in experiments
-            if e.spec.method == "baseline"
-            and e.spec.group == spec.group
-            and e.spec.dataset == spec.dataset
-            and e.spec.init == spec.init
-            and e.spec.metric == spec.metric
-            and e.spec.network == spec.network
-        ]
+        if spec.baseline is not None:  # a method of one's own: against the experiment it names
+            baselines = [e for e in experiments if e.name == spec.baseline and e.spec.metric == spec.metric]
+        elif spec.method != "dcl":
+            continue
+        else:
+            baselines = [
+                e
+                for e in experiments
+                if e.spec.method == "baseline"
+                and e.spec.group == spec.group
+                and e.spec.dataset == spec.dataset
+                and e.spec.init == spec.init
+                and e.spec.metric == spec.metric
+                and e.spec.network == spec.network
+            ]
         if len(baselines) != 1:
             continue
         for metric in dcl.stats:

@@ -15,6 +15,7 @@ input gives byte-identical files.
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,8 +34,8 @@ from dcl.report.tables import (
     fmt_value,
     init_name,
     is_base_point,
-    method_name,
     metric_name,
+    spec_method_name,
     network_name,
     reference_baseline,
     value_sort_key,
@@ -52,6 +53,13 @@ _MODEL_COLORS = {
     ("dcl", "scratch"): "#CC79A7",
 }
 _FALLBACK_COLORS = ("#000000", "#009E73", "#CC79A7", "#F0E442")
+# A method of one's own (experiments.json's `method_label`): a colour of its own, picked by its
+# name (stable whatever else is plotted; grey, yellow, black, then the rest of Okabe-Ito), and
+# cross-hatched bars, dash-dot lines and diamond markers.
+_OWN_COLORS = ("#999999", "#F0E442", "#000000", "#56B4E9", "#E69F00", "#009E73")
+_OWN_HATCH = "xx"
+_OWN_LINE = "-."
+_OWN_MARKER = "D"
 # Colour says method and init; a detector other than Mask R-CNN gets its own hatch, line and marker.
 _DETECTOR_HATCH = {"refinemask": ".."}
 _DETECTOR_LINE = {"refinemask": "--"}
@@ -90,14 +98,34 @@ _SAVE_OPTIONS = {
 }
 
 
+def _own(spec: Any) -> bool:
+    return getattr(spec, "method_label", None) is not None
+
+
 def _color(spec: Any, index: int = 0) -> str:
+    if _own(spec):
+        return _OWN_COLORS[zlib.crc32(spec.method.encode()) % len(_OWN_COLORS)]
     return _MODEL_COLORS.get((spec.method, spec.init), _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
+
+
+def _hatch(spec: Any) -> str | None:
+    if spec.group == "released":
+        return "//"
+    return _OWN_HATCH if _own(spec) else _DETECTOR_HATCH.get(spec.model)
+
+
+def _line(spec: Any) -> str:
+    return _OWN_LINE if _own(spec) else _DETECTOR_LINE.get(spec.model, "-")
+
+
+def _marker(spec: Any, default: str = "o") -> str:
+    return _OWN_MARKER if _own(spec) else _DETECTOR_MARKER.get(spec.model, default)
 
 
 def _model_label(experiment: ExperimentStats, named: bool = False) -> str:
     """``named``: Mask R-CNN's rows say so too (beside other detectors), as in the tables."""
     spec = experiment.spec
-    label = f"{method_name(spec.method, spec.model, named)}, {init_name(spec.init)} init"
+    label = f"{spec_method_name(spec, named)}, {init_name(spec.init)} init"
     return label + (" (released)" if spec.group == "released" else "")
 
 
@@ -161,7 +189,7 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     color=_color(experiment.spec, index),
                     edgecolor="black",
                     linewidth=0.5,
-                    hatch="//" if experiment.spec.group == "released" else _DETECTOR_HATCH.get(experiment.spec.model),
+                    hatch=_hatch(experiment.spec),
                     label=f"{_model_label(experiment, named)} (n={experiment.n_errors(False)}, "
                     f"legacy {experiment.n_errors(True)})"
                     if experiment.n_errors(False) != experiment.n_errors(True)
@@ -229,7 +257,14 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     means.append(summary.mean)
                     stds.append(summary.std)  # NaN (one seed): no error bar
             axes.errorbar(
-                xs, means, yerr=stds, color=color, marker="s", markersize=4, capsize=3, label=f"DCL (base: {base})"
+                xs,
+                means,
+                yerr=stds,
+                color=color,
+                marker="s",
+                markersize=4,
+                capsize=3,
+                label=f"{spec_method_name(members[0].spec) if _own(members[0].spec) else 'DCL'} (base: {base})",
             )
             for experiment in members:
                 summary = experiment.summary(experiment.spec.metric)
@@ -365,7 +400,7 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
                     curve["mean"].to_numpy(),
                     color=color,
                     marker="o" if key == _VALIDATION else None,
-                    linestyle=_DETECTOR_LINE.get(experiment.spec.model, "-"),
+                    linestyle=_line(experiment.spec),
                     markersize=3,
                     label=f"{_model_label(experiment, named)} (n={seeds})",
                 )
@@ -414,14 +449,14 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         y = len(points) - 1 - row  # first entry on top
         spec, summary = item.experiment.spec, item.summary
         released = spec.kind == "released"
-        color = _MODEL_COLORS.get((spec.method, "imagenet"), "#000000")  # colour = method
+        color = _color(spec) if _own(spec) else _MODEL_COLORS.get((spec.method, "imagenet"), "#000000")  # = method
         spread = 0.0 if math.isnan(summary.std) else summary.std
         if spread:
             axes.plot([summary.mean - 2 * spread, summary.mean + 2 * spread], [y, y], color=color, linewidth=1.0)
             axes.plot([summary.mean - spread, summary.mean + spread], [y, y], color=color, linewidth=3.5)
         kind = "released checkpoint" if released else "trained, mean ± std (thin: ± 2 std)"
-        label = f"{method_name(spec.method, spec.model, named)}, {kind}"
-        marker = "s" if released else _DETECTOR_MARKER.get(spec.model, "o")
+        label = f"{spec_method_name(spec, named)}, {kind}"
+        marker = "s" if released else _marker(spec)
         axes.plot([summary.mean], [y], marker, color=color, markersize=6, label=None if label in seen else label)
         seen.add(label)
         axes.plot(
@@ -436,7 +471,7 @@ def reproduced_vs_published(rows: Sequence[Reproduction]) -> tuple[Figure, str]:
         seen.add("published")
         labels.append(
             f"{dataset_name(spec.dataset)}, {init_name(spec.init)} init, "
-            f"{method_name(spec.method, spec.model, named)}{' (released)' if released else ''}"
+            f"{spec_method_name(spec, named)}{' (released)' if released else ''}"
             f"{', ' + network_name(spec.backbone, spec.schedule) if networks else ''}: {metric_name(item.entry.metric)}"
         )
     axes.set_yticks(range(len(points)), labels[::-1])

@@ -93,6 +93,15 @@ def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> s
     return names.METHODS.get(method, method)
 
 
+def spec_method_name(spec: Any, named: bool = False) -> str:
+    """A row's method: :func:`method_name`, or the label of a method of one's own (with its
+    detector where rows of several detectors stand together, or it is not Mask R-CNN)."""
+    label = getattr(spec, "method_label", None)
+    if label is None:
+        return method_name(spec.method, spec.model, named)
+    return label if spec.model == "mask_rcnn" and not named else f"{label} ({model_name(spec.model)})"
+
+
 def network_name(backbone: str, schedule: str | None) -> str:
     """``R101-FPN 3x``; the backbone alone for a recipe without a schedule name."""
     return f"{backbone} {schedule}" if schedule else backbone
@@ -627,7 +636,7 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         notes = ["released"] if spec.group == "released" else []
         if spec.network != usual[spec.model]:
             notes.append(network_name(spec.backbone, spec.schedule))
-        return method_name(spec.method, spec.model, named) + (f" ({', '.join(notes)})" if notes else "")
+        return spec_method_name(spec, named) + (f" ({', '.join(notes)})" if notes else "")
 
     def stat_text(metric: str) -> Callable[[_MainRecord], str]:
         return lambda r: fmt_summary(_summary(r.experiment, metric)) if r.experiment.n_eval else DASH
@@ -647,6 +656,21 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         Column("ci", f"{CONFIDENCE:.0%} CI", "r"),  # these two: of the DCL − baseline rows
         Column("p", "p", "r"),
     ]
+
+    def difference_row(name: str, baseline: ExperimentStats, other: ExperimentStats) -> dict[str, str]:
+        row = {"method": name, "seeds": ""}
+        for metric in stats:
+            difference = paired_difference(baseline.values.get(metric, {}), other.values.get(metric, {}))
+            row[metric] = fmt_signed(difference.mean)
+            if metric == other.spec.metric:
+                row.update(
+                    ci=fmt_ci(difference),
+                    p=fmt_p(difference.p_value),
+                    seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
+                )
+        return row
+
+    by_name = {r.experiment.name: r.experiment for r in members}
     rows, model_rows, means = [], [], []
     for model in models:
         own = [r for r in members if r.spec.model == model]
@@ -667,17 +691,15 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
                 if models == ["mask_rcnn"]
                 else f"{method_name('dcl', model, named)} − {method_name('baseline', model, named)}"
             )
-            row = {"method": name, "seeds": ""}
-            for metric in stats:
-                difference = paired_difference(baselines[0].values.get(metric, {}), dcl.values.get(metric, {}))
-                row[metric] = fmt_signed(difference.mean)
-                if metric == dcl.spec.metric:
-                    row.update(
-                        ci=fmt_ci(difference),
-                        p=fmt_p(difference.p_value),
-                        seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
-                    )
-            rows.append(row)
+            rows.append(difference_row(name, baselines[0], dcl))
+        # Methods of one's own: minus the experiment each declares as its baseline.
+        for own_method in (r.experiment for r in own if r.spec.baseline is not None and r.spec.group == "main"):
+            baseline = by_name.get(own_method.spec.baseline)
+            if baseline is None or baseline.spec.metric != own_method.spec.metric:
+                continue
+            plain = baseline.spec.method == "baseline" and baseline.spec.model == "mask_rcnn" and not named
+            name = f"{spec_method_name(own_method.spec, named)} − {'baseline' if plain else spec_method_name(baseline.spec, named)}"
+            rows.append(difference_row(name, baseline, own_method))
     _best_marks(model_rows, means, stats)  # over every detector's rows; the dicts are shared: bold shows in `rows`
     if all(row.get("published", DASH) == DASH for row in rows):
         columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
@@ -784,6 +806,11 @@ def main_table(
             f"Paper {COCO_AP_MARK}: published as COCO-style mask AP (compare with COCO AP), not the "
             "official Cityscapes metric."
         )
+    if any(r.spec.baseline is not None for r in records):
+        notes.append(
+            "Methods of one's own (the workflow config's `methods`): a row with their label, and their "
+            "paired difference against the experiment each declares as its baseline (the same statistics)."
+        )
     if incomplete:
         notes.insert(0, SEEDS_NOTE)
     return parts_table(
@@ -799,6 +826,11 @@ def main_table(
         empty="no main or released experiments in experiments.json",
         wide=True,
     )
+
+
+def _compared(comparison: Comparison) -> str:
+    """``DCL − Baseline``, ``Dice head − Baseline``: which two experiments a row compares."""
+    return f"{spec_method_name(comparison.dcl.spec)} − {spec_method_name(comparison.baseline.spec)}"
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> Table:
@@ -819,6 +851,11 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         Column("init", "Init", value=lambda c: c.dcl.spec.init, fmt=init_name),
         Column("model", "Detector", value=lambda c: c.dcl.spec.model, fmt=model_name),
         Column("group", "Group", tex=False, value=lambda c: c.dcl.spec.group),
+        *(
+            [Column("compared", "Compared", text=_compared)]
+            if any(c.dcl.spec.baseline is not None for c in comparisons)
+            else []
+        ),
         _raw("baseline_experiment", lambda c: c.baseline.name),
         _raw("dcl_experiment", lambda c: c.dcl.name),
         # short: the dataset is beside it, in the part's title
@@ -837,6 +874,11 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         f"{CONFIDENCE:.0%} CI: t distribution of the mean paired difference; p: {PAIRED_TEST}; "
         "n/a with fewer than 2 pairs, and p n/a when all paired differences are equal.",
     ]
+    if any(c.dcl.spec.baseline is not None for c in comparisons):
+        notes.append(
+            "Compared: rows of a method of one's own (the workflow config's `methods`) hold it in the DCL "
+            "columns and the experiment it declares as its baseline in the Baseline columns."
+        )
     parts = [
         part_table(
             "dcl_vs_baseline",
@@ -884,8 +926,8 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
         spec = experiment.spec
         if spec.group == "ablation":
             parameter = spec.ablation.parameter.replace("_", " ").lower()
-            return f"{method_name('dcl', spec.model, named)}, {parameter} {fmt_value(spec.ablation.value)}"
-        label = method_name(spec.method, spec.model, named) + f", {init_name(spec.init)}"
+            return f"{spec_method_name(spec, named)}, {parameter} {fmt_value(spec.ablation.value)}"
+        label = spec_method_name(spec, named) + f", {init_name(spec.init)}"
         return label + (" (released)" if spec.group == "released" else "")
 
     def ap(experiment: ExperimentStats) -> str:
@@ -1015,10 +1057,12 @@ def is_base_point(experiment: ExperimentStats) -> bool:
 
 def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
     """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and network
-    (detector, backbone, schedule)."""
+    (detector, backbone, schedule); for a method of one's own, the experiment it declares as baseline."""
     spec = next((e.spec for e in experiments if e.name == base), None)
     if spec is None:
         spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
+    if spec is not None and spec.baseline is not None:  # DCL on top of a method of one's own: its declared baseline
+        return next((e for e in experiments if e.name == spec.baseline), None)
     matches = [
         e
         for e in experiments

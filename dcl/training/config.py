@@ -20,6 +20,7 @@ from dcl.model.refinemask import add_refinemask_config
 from dcl.slurm import DistributedLayout
 
 __all__ = [
+    "add_config_hook",
     "check_datasets",
     "check_devices",
     "dry_run_summary",
@@ -28,6 +29,17 @@ __all__ = [
     "resolve_weights",
     "with_values",
 ]
+
+
+# `add_config(cfg)` functions of the modules `dcl train --import` loaded (dcl.training.methods): each adds its
+# module's keys to the defaults, as add_dcl_config does DCL's.
+_CONFIG_HOOKS: list = []
+
+
+def add_config_hook(hook) -> None:
+    """Have :func:`load_config` call ``hook(cfg)`` on the defaults (once per function)."""
+    if hook not in _CONFIG_HOOKS:
+        _CONFIG_HOOKS.append(hook)
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:
@@ -40,6 +52,8 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
     cfg = get_cfg()
     add_dcl_config(cfg)
     add_refinemask_config(cfg)
+    for hook in _CONFIG_HOOKS:
+        hook(cfg)
     if config_file:
         if not Path(config_file).is_file():
             raise InputError(f"config file not found: {config_file}")

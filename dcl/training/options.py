@@ -1,7 +1,7 @@
 """The ``dcl train`` command line: ``train_net.py``'s flags (``--config-file``, ``--num-gpus``,
 ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``, trailing
 ``KEY VALUE`` overrides) and the pipeline's own (``--results-dir``, ``--weights-dir``,
-``--max-chunks``, ``--keep-checkpoints``, ``--dry-run``); options after the overrides; the command as ``run.json`` records
+``--max-chunks``, ``--keep-checkpoints``, ``--dry-run``, ``--import``); options after the overrides; the command as ``run.json`` records
 it. What the options do is :mod:`dcl.training.train`'s.
 """
 
@@ -26,6 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "      MODEL.ROI_HEADS.NAME ContrastRoIHeads MODEL.ROI_MASK_HEAD.NAME ContrastConvUpsampleHead\n"
         "  dcl train --eval-only --config-file CFG MODEL.WEIGHTS work_dirs/x/model_final.pth\n"
         f"exit codes: 0 finished, 1 failed, 2 usage error, {EXIT_INTERRUPTED} interrupted (rerun with --resume)"
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module (a dotted name, or a .py file) before the config is read and the model "
+        "built, so its detectron2 registrations (heads, losses, meta-architectures) and add_config(cfg) "
+        "exist; repeatable (docs/own-method.md)",
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="detectron2 YAML config")
     parser.add_argument(
@@ -121,6 +131,8 @@ def take_trailing_options(args: argparse.Namespace) -> None:
 def command_line(args: argparse.Namespace) -> list[str]:
     """The command as ``run.json`` records it: ``dcl train``, the options given, the overrides."""
     command = ["dcl", "train"]
+    for module in getattr(args, "imports", None) or []:
+        command += ["--import", module]
     for flag in (
         "config_file",
         "num_gpus",

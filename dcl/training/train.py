@@ -8,7 +8,8 @@ thin composition of library parts: :func:`setup` (the config, :mod:`dcl.training
 worker: evaluate, or train with :class:`dcl.training.engine.Trainer`) and :func:`run` (checks, the run record,
 ``launch``).
 
-Extra options: ``--results-dir DIR`` (on success, copy the small results there),
+Extra options: ``--import MODULE`` (a module or ``.py`` file of one's own, imported before the
+model is built: its detectron2 registrations, :mod:`dcl.training.methods`), ``--results-dir DIR`` (on success, copy the small results there),
 ``--weights-dir DIR`` (local weights directory, see :mod:`dcl.data.weights`), ``--keep-checkpoints K``
 (only the newest K periodic checkpoints stay in OUTPUT_DIR), ``--dry-run`` (check the
 command: parse, resolve weights and datasets, build the model on the CPU; train nothing).
@@ -104,10 +105,15 @@ class _Job:
     record_fields: dict
     record_path: str
     keep_checkpoints: Optional[int] = None
+    imports: tuple = ()  # --import: modules every worker imports before it builds the model
 
 
 def setup(job: _Job) -> CfgNode:
     """The worker's config, logging (detectron2's ``default_setup``) and datasets."""
+    if job.imports:  # a spawned worker starts without the user's registrations
+        from dcl.training.methods import import_modules
+
+        import_modules(job.imports)
     cfg = load_config(job.config_file, job.opts)
     setup_args = argparse.Namespace(
         config_file=job.config_file, eval_only=job.eval_only, opts=job.opts, resume=job.resume
@@ -198,7 +204,15 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     opts = args.opts
+    if args.imports:
+        from dcl.training.methods import check_registered, import_modules
+
+        import_modules(args.imports)
     cfg = load_config(args.config_file, opts)
+    if args.imports:
+        problems = check_registered(cfg)
+        if problems:
+            raise InputError("; ".join(problems))
     layout = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)
     check_solver(cfg, args.num_gpus, layout.num_machines, args.eval_only)
     if not args.dry_run:
@@ -242,6 +256,7 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
             eval_only=args.eval_only,
             results_dir=args.results_dir,
             keep_checkpoints=args.keep_checkpoints,
+            imports=tuple(args.imports),
             record_path=str(record_path(output_dir, args.eval_only)),
             record_fields=run_fields(
                 eval_only=args.eval_only,

@@ -42,7 +42,7 @@ from dcl.io import (
     read_yaml,
     refuse_output_over_input,
 )
-from dcl.layout import DATASETS
+from dcl.layout import DATASETS, is_import_path
 from dcl.runs import Ablation, ExpectedRun
 from dcl.names import DEFAULT_BACKBONE
 
@@ -52,6 +52,7 @@ __all__ = [
     "DCL_HEAD_OVERRIDES",
     "MODEL_HEADS",
     "RESERVED_OVERRIDES",
+    "METHOD_OVERRIDES",
     "Resources",
     "Run",
     "Plan",
@@ -90,9 +91,13 @@ RESERVED_OVERRIDES: dict[str, str] = {
     "SEED": "seeds come from `seeds`",
     "OUTPUT_DIR": f"the workflow puts every run in {{work_dir}}/{{preset}}/{layout.OUTPUT_DIR}",
     "MODEL.WEIGHTS": "use the experiment's `weights` (a name from the `weights` table or a path)",
-    "MODEL.ROI_HEADS.NAME": "use `method: dcl` or `method: baseline` (and `model`)",
-    "MODEL.ROI_MASK_HEAD.NAME": "use `method: dcl` or `method: baseline` (and `model`)",
+    "MODEL.ROI_HEADS.NAME": "use `method` (and `model`); a method of your own sets it in its `methods` entry",
+    "MODEL.ROI_MASK_HEAD.NAME": "use `method` (and `model`); a method of your own sets it in its `methods` entry",
 }
+# Of the reserved keys, those a method of one's own (the `methods` table) may set: its heads.
+METHOD_OVERRIDES = ("MODEL.ROI_HEADS.NAME", "MODEL.ROI_MASK_HEAD.NAME")
+# How an import of the `methods` table is written: a dotted module name, or a .py file.
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,13 @@ class Run:
     # With `model`, which published model this is (the config's optional `backbone`, `schedule`).
     backbone: str = DEFAULT_BACKBONE
     schedule: str | None = None
+    # A method of the `methods` table: its label, the experiment it is compared against, whether
+    # it is DCL on top of the method, and the modules `dcl train --import` loads (as the command
+    # line names them). Built-in methods: None / False / ().
+    method_label: str | None = None
+    baseline: str | None = None
+    dcl_on_top: bool = False
+    imports: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> str:
@@ -156,6 +168,9 @@ class Run:
             model=self.model,
             backbone=self.backbone,
             schedule=self.schedule,
+            method_label=self.method_label,
+            baseline=self.baseline,
+            dcl_on_top=self.dcl_on_top,
         ).to_record()
 
 
@@ -394,6 +409,9 @@ class Plan:
         self.keep_checkpoints: int = int(config.get("keep_checkpoints", DEFAULT_KEEP_CHECKPOINTS))
         self._missing_configs: dict[str, list[str]] = {}
         self.runs: list[Run] = []
+        self.methods: dict[str, dict[str, Any]] = config.get("methods") or {}
+        self._method_imports = {name: self._imports(name, method) for name, method in self.methods.items()}
+        self._where: dict[str, str] = {}  # experiment -> its place in the config, for messages
         self._expand()
         for value, users in self._missing_configs.items():
             users = list(dict.fromkeys(users))
@@ -459,10 +477,26 @@ class Plan:
             self._problems.append(f"{where}: {error}")
             return None
 
-    def _overrides(self, entry: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    def _imports(self, name: str, method: dict[str, Any]) -> tuple[str, ...]:
+        """A method's ``imports`` as ``dcl train --import`` gets them: files of the repository
+        (which must exist) as command lines name them, module names as they are."""
+        where = f"methods.{name}"
+        words = []
+        for value in method.get("imports", []):
+            if is_import_path(value):
+                words.append(self._repository_file(value, where, "import"))
+            else:
+                if not _MODULE_NAME.match(value):
+                    self._problems.append(
+                        f"{where}: import {value!r} is neither a module name (package.module) nor a .py file"
+                    )
+                words.append(value)
+        return tuple(words)
+
+    def _overrides(self, entry: dict[str, Any], where: str, allowed: tuple[str, ...] = ()) -> list[tuple[str, str]]:
         pairs = []
         for key, value in entry.get("overrides", {}).items():
-            if key in RESERVED_OVERRIDES:
+            if key in RESERVED_OVERRIDES and key not in allowed:
                 self._problems.append(f"{where}: override {key} is set by the workflow: {RESERVED_OVERRIDES[key]}")
             elif key.startswith(DCL_KEY_PREFIX):
                 self._problems.append(
@@ -486,8 +520,27 @@ class Plan:
         ablation: Ablation | None = None,
         folder: str | None = None,
     ) -> list[Run]:
-        if entry.get("dcl") and entry["method"] != "dcl":
-            self._problems.append(f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']})")
+        method = self.methods.get(entry["method"]) if entry["method"] not in MODEL_HEADS["mask_rcnn"] else None
+        with_dcl = entry["method"] == "dcl" or bool(method and method.get("dcl"))
+        if entry["method"] not in MODEL_HEADS["mask_rcnn"] and method is None:
+            known = ", ".join(["baseline", "dcl", *self.methods])
+            self._problems.append(
+                f"{where}: method {entry['method']!r} is neither built in nor declared in `methods` (known: {known})"
+            )
+        if entry.get("dcl") and not with_dcl:
+            self._problems.append(
+                f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']}), "
+                "or a method of `methods` with `dcl: true`"
+            )
+        if method is None and "baseline" in entry:
+            self._problems.append(
+                f"{where}: `baseline` is for a method of the `methods` table "
+                "(a DCL experiment is compared with the baseline of the same dataset and network)"
+            )
+        if method is not None and "baseline" not in entry and kind == "train":
+            self._problems.append(
+                f"{where}: method {entry['method']!r} needs `baseline`: the experiment it is compared against"
+            )
         overrides = self._overrides(entry, where)
         model = entry.get("model", "mask_rcnn")
         backbone = entry.get("backbone", DEFAULT_BACKBONE)
@@ -499,8 +552,14 @@ class Plan:
                 f"{where}: backbone {backbone} (default {DEFAULT_BACKBONE}) but MODEL.RESNETS.DEPTH is {depth}; "
                 "set `backbone` to the network the overrides build"
             )
-        overrides += list(MODEL_HEADS[model][entry["method"]])
-        if entry["method"] == "dcl":
+        if method is None:
+            overrides += list(MODEL_HEADS[model].get(entry["method"], ()))
+        else:
+            # The detector's baseline heads, unless the method names its own; then the method's overrides.
+            own = self._overrides(method, f"methods.{entry['method']}", allowed=METHOD_OVERRIDES)
+            overrides += [pair for pair in MODEL_HEADS[model]["baseline"] if pair[0] not in dict(own)]
+            overrides = own + overrides
+        if with_dcl:
             overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
         config_file = self._config_path(entry["config"], where)
         weights = self._weights(entry.get("weights"), where)
@@ -528,6 +587,16 @@ class Plan:
                 model=model,
                 backbone=backbone,
                 schedule=entry.get("schedule"),
+                **(
+                    {
+                        "method_label": method["label"],
+                        "baseline": entry.get("baseline"),
+                        "dcl_on_top": bool(method.get("dcl")),
+                        "imports": self._method_imports.get(entry["method"], ()),
+                    }
+                    if method is not None
+                    else {}
+                ),
             )
             for seed in seeds
         ]
@@ -547,6 +616,7 @@ class Plan:
             where = _location(["experiments", index], config)
             claim(entry["name"], where)
             experiments[entry["name"]] = entry
+            self._where.setdefault(entry["name"], where)
             seeds = entry.get("seeds", config["defaults"]["seeds"])
             self.runs += self._model_runs(entry, where, kind="train", group="main", seeds=seeds)
 
@@ -560,10 +630,10 @@ class Plan:
                     + (f" (known: {', '.join(experiments)})" if experiments else "")
                 )
                 continue
-            if base["method"] != "dcl":
+            if base["method"] != "dcl" and not (self.methods.get(base["method"]) or {}).get("dcl"):
                 self._problems.append(
                     f"{where}: base {sweep['base']!r} has method {base['method']}; "
-                    "ablations sweep a parameter of the contrastive loss (method: dcl)"
+                    "ablations sweep a parameter of the contrastive loss (method: dcl, or a method with dcl: true)"
                 )
                 continue
             parameter = sweep["parameter"]
@@ -599,7 +669,26 @@ class Plan:
         for index, entry in enumerate(config["released"]):
             where = _location(["released", index], config)
             claim(entry["name"], where)
+            self._where.setdefault(entry["name"], where)
             self.runs += self._model_runs(entry, where, kind="released", group="released", seeds=[0])
+        for entry in [*config["experiments"], *config["released"]]:
+            if "baseline" in entry and entry["method"] in self.methods:
+                self._check_baseline(entry, experiments)
+
+    def _check_baseline(self, entry: dict[str, Any], experiments: dict[str, dict[str, Any]]) -> None:
+        """A method of one's own is compared with an experiment of the same dataset (and metric)."""
+        where, name = self._where[entry["name"]], entry["baseline"]
+        other = experiments.get(name)
+        if name == entry["name"]:
+            self._problems.append(f"{where}: baseline {name!r} is the experiment itself")
+        elif other is None:
+            self._problems.append(
+                f"{where}: baseline {name!r} is not one of the `experiments` (known: {', '.join(experiments)})"
+            )
+        elif other["dataset"] != entry["dataset"]:
+            self._problems.append(
+                f"{where}: baseline {name!r} is trained on {other['dataset']}, this experiment on {entry['dataset']}"
+            )
 
     def _check_dcl_value(self, dcl: dict[str, Any], where: str) -> None:
         from jsonschema import Draft202012Validator
@@ -738,7 +827,8 @@ class Plan:
         """``dcl train`` arguments for a run, without ``--num-gpus`` (see :meth:`train_command`).
         Training always resumes from the last checkpoint in OUTPUT_DIR, so a
         job that was stopped (time limit, pre-emption, failure) continues when it is re-run."""
-        args = ["--config-file", run_.config_file]
+        args = [word for path in run_.imports for word in ("--import", path)]
+        args += ["--config-file", run_.config_file]
         if run_.kind == "released":
             args += ["--eval-only"]
         else:
@@ -801,6 +891,64 @@ class Plan:
             )
         return {"preset": self.preset, "occlusion_subset": self.occlusion_document(), "runs": runs}
 
+    @property
+    def custom_experiments(self) -> list[Run]:
+        """One run of each experiment (and released model) of a method of the `methods` table."""
+        first: dict[str, Run] = {}
+        for run_ in self.jobs.values():
+            if run_.method_label is not None:
+                first.setdefault(run_.experiment, run_)
+        return list(first.values())
+
+    def method_checks(self) -> list[dict[str, Any]]:
+        """What ``dcl plan --check-methods`` (:mod:`dcl.training.methods`, with detectron2) verifies of each
+        experiment of a method of one's own before any job runs: its imports load, the registry
+        names its config asks for exist, its detectron2 config with every override loads."""
+        checks = []
+        for run_ in self.custom_experiments:
+            pairs = [*run_.overrides, *self.global_overrides, ("SEED", str(run_.seed))]
+            checks.append(
+                {
+                    "where": self._where.get(run_.experiment, run_.experiment),
+                    "experiment": run_.experiment,
+                    "method": run_.method,
+                    "imports": [str(self.working_dir / p) if is_import_path(p) else p for p in run_.imports],
+                    "config_file": str(self.working_dir / run_.config_file),
+                    "overrides": [word for pair in pairs for word in pair],
+                }
+            )
+        return checks
+
+    def check_methods(self) -> None:
+        """Run :meth:`method_checks` in a subprocess (``python -m dcl.training.methods``: it imports torch and
+        detectron2, which the Snakefile and ``dcl plan`` must not). Nothing to do without a method
+        of one's own.
+
+        Raises:
+            InputError: one line per problem (experiment, method, the module or name at fault).
+        """
+        checks = self.method_checks()
+        if not checks:
+            return
+        import subprocess
+
+        package_root = str(Path(__file__).resolve().parent.parent)  # the same dcl as this one
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        result = subprocess.run(
+            [sys.executable, "-m", "dcl.training.methods", "-"],
+            input=json.dumps(checks),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.working_dir,
+        )
+        if result.returncode == 0:
+            return
+        lines = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+        if not lines:  # it crashed: the end of what it said
+            lines = ["  - checking the methods failed: " + " | ".join(result.stderr.strip().splitlines()[-5:])]
+        raise InputError(f"invalid {self.source}:\n" + "\n".join(lines))
+
     def digest(self) -> str:
         """Changes exactly when ``experiments.json`` would (the plan rule's rerun trigger)."""
         return hashlib.sha256(json.dumps(self.document(), sort_keys=True).encode()).hexdigest()[:16]
@@ -825,6 +973,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="write experiments.json here (default: only print the summary)")
     parser.add_argument(
         "--commands", action="store_true", help="print the `dcl train` command line of every run to train or evaluate"
+    )
+    parser.add_argument(
+        "--check-methods",
+        action="store_true",
+        help="also import the modules of the config's own methods and check their registered names and "
+        "configs (with detectron2, in a subprocess), as the workflow does before any job",
     )
     parser.add_argument(
         "--repo-root",
@@ -895,6 +1049,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_workflow_config(args.configs, args.assignments)
     source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
     plan = Plan(config, source, repo_root=args.repo_root or checkout_root())
+    if args.check_methods:
+        plan.check_methods()
     if args.output:
         atomic_write_json(args.output, plan.document())
     if args.commands:

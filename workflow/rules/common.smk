@@ -43,6 +43,11 @@ try:
         repo_root=workflow.basedir,
         working_dir=os.getcwd(),
     )
+    # Methods of one's own (`methods`): their modules import, their registered names exist and
+    # their configs load, checked in a subprocess (detectron2) before any job; none: nothing runs.
+    # Once, by the main process (not again in each job's own Snakemake on a cluster node).
+    if workflow.is_main_process:
+        PLAN.check_methods()
 except InputError as error:
     # One line per problem, with its place in the config; no traceback for a typo.
     raise WorkflowError(str(error)) from None
