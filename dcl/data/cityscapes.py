@@ -111,6 +111,100 @@ def _detectron_annotation(mask: np.ndarray) -> dict | None:
     }
 
 
+def _default_annotation(mask: np.ndarray, is_crowd: bool, segmentation: str) -> dict:
+    """Segmentation, area, box and crowd flag of one instance (or crowd region) in the default
+    style: an RLE, or its outer contours where ``segmentation="polygon"`` and they exist.
+
+    ``mask`` is a boolean (H, W) array in Fortran order, as pycocotools wants."""
+    rle = mask_utils.encode(mask.view(np.uint8))
+    segm: object = compact_rle(rle)
+    if segmentation == "polygon" and not is_crowd:
+        polygons = _outer_polygons(np.ascontiguousarray(mask))
+        segm = polygons if polygons is not None else segm
+    return {
+        "segmentation": segm,
+        "area": int(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": int(is_crowd),
+    }
+
+
+def _gt_entries(root: Path, split: str) -> tuple[Path, list[tuple[str, Path]]]:
+    """The image directory of a split and its (image file name, GT path) pairs, sorted by name.
+
+    Raises InputError when the GT directory or its files are missing, or (when the image directory
+    exists) a GT has no image."""
+    gt_dir = root / layout.cityscapes_gt(split)
+    if not gt_dir.is_dir():
+        raise InputError(f"Cityscapes GT directory not found: {gt_dir}")
+    entries = sorted(
+        (f"{path.parent.name}/{path.name[: -len(_GT_SUFFIX)]}{_IMAGE_SUFFIX}", path)
+        for path in gt_dir.glob(f"*/*{_GT_SUFFIX}")
+    )
+    if not entries:
+        raise InputError(f"no *{_GT_SUFFIX} files in {gt_dir}/<city>/")
+    image_dir = root / layout.cityscapes_images(split)
+    if image_dir.is_dir():
+        missing = [name for name, _ in entries if not (image_dir / name).is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} GT file(s) in {gt_dir} have no image in {image_dir}, e.g. {missing[0]}")
+    return image_dir, entries
+
+
+def _read_instance_ids(gt_path: Path, image_path: Path) -> np.ndarray:
+    """The instanceIds PNG as an int32 (H, W) array in Fortran order, checked to be single-channel
+    and, when its image exists, of that image's size (InputError otherwise)."""
+    try:
+        with Image.open(gt_path) as png:
+            instance_ids = np.asfortranarray(np.array(png, dtype=np.int32))
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read Cityscapes GT {gt_path}: {error}") from None
+    if instance_ids.ndim != 2:
+        raise InputError(f"{gt_path}: expected a single-channel instanceIds image, got shape {instance_ids.shape}")
+    height, width = instance_ids.shape
+    if image_path.is_file():
+        with Image.open(image_path) as image:  # reads the header only
+            if image.size != (width, height):
+                raise InputError(
+                    f"{gt_path}: instanceIds is {width}x{height} but its image {image_path} is "
+                    f"{image.size[0]}x{image.size[1]} (width x height): not its GT"
+                )
+    return instance_ids
+
+
+def _add_image_annotations(
+    annotations: list[dict], instance_ids: np.ndarray, image_id: int, segmentation: str, style: str
+) -> None:
+    """Append the annotations of one image to ``annotations`` (ids continue its numbering), one per
+    instanceIds value of an evaluated class, in increasing value; ``instance_ids`` is (H, W)."""
+    for value in np.unique(instance_ids):
+        label_id = int(value) // 1000 if value >= 1000 else int(value)
+        category_id = _CATEGORY_OF_LABEL.get(label_id)
+        if category_id is None:
+            continue  # not one of the 8 evaluated instance classes (caravan, trailer, stuff)
+        mask = instance_ids == value  # Fortran order, as pycocotools wants
+        if style == "detectron":
+            if value < 1000:
+                continue  # a group region: no instance id, not in Detectron's file
+            annotation = _detectron_annotation(np.ascontiguousarray(mask))
+        else:
+            annotation = _default_annotation(mask, value < 1000, segmentation)
+        if annotation is not None:
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id, **annotation}
+            )
+
+
+def _description(split: str, segmentation: str, style: str) -> str:
+    """The ``info.description`` of the converted file."""
+    return f"Cityscapes gtFine {split}: the 8 evaluated instance classes " + (
+        f"({segmentation} masks, crowd regions as RLE)"
+        if style == "default"
+        else "as Detectron's tools/convert_cityscapes_to_coco.py converted them (external "
+        "contours, no group regions, instances with a 1-2 pixel fragment dropped)"
+    )
+
+
 def cityscapes_to_coco(
     root: str | os.PathLike,
     split: str,
@@ -137,82 +231,17 @@ def cityscapes_to_coco(
         raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
     if style not in CONVERSION_STYLES:
         raise ValueError(f"style must be one of {CONVERSION_STYLES}, got {style!r}")
-    root = Path(root)
-    gt_dir = root / layout.cityscapes_gt(split)
-    if not gt_dir.is_dir():
-        raise InputError(f"Cityscapes GT directory not found: {gt_dir}")
-    entries = sorted(
-        (f"{path.parent.name}/{path.name[: -len(_GT_SUFFIX)]}{_IMAGE_SUFFIX}", path)
-        for path in gt_dir.glob(f"*/*{_GT_SUFFIX}")
-    )
-    if not entries:
-        raise InputError(f"no *{_GT_SUFFIX} files in {gt_dir}/<city>/")
-    image_dir = root / layout.cityscapes_images(split)
-    if image_dir.is_dir():
-        missing = [name for name, _ in entries if not (image_dir / name).is_file()]
-        if missing:
-            raise InputError(f"{len(missing)} GT file(s) in {gt_dir} have no image in {image_dir}, e.g. {missing[0]}")
-
-    images, annotations = [], []
+    image_dir, entries = _gt_entries(Path(root), split)
+    images: list[dict] = []
+    annotations: list[dict] = []
     bar = progress_bar(len(entries), f"cityscapes-to-coco {split}", "image", iterable=entries)
     for image_id, (file_name, gt_path) in enumerate(bar, start=1):
-        try:
-            with Image.open(gt_path) as png:
-                instance_ids = np.asfortranarray(np.array(png, dtype=np.int32))
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read Cityscapes GT {gt_path}: {error}") from None
-        if instance_ids.ndim != 2:
-            raise InputError(f"{gt_path}: expected a single-channel instanceIds image, got shape {instance_ids.shape}")
+        instance_ids = _read_instance_ids(gt_path, image_dir / file_name)
         height, width = instance_ids.shape
-        image_path = image_dir / file_name
-        if image_path.is_file():
-            with Image.open(image_path) as image:  # reads the header only
-                if image.size != (width, height):
-                    raise InputError(
-                        f"{gt_path}: instanceIds is {width}x{height} but its image {image_path} is "
-                        f"{image.size[0]}x{image.size[1]} (width x height): not its GT"
-                    )
         images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
-        for value in np.unique(instance_ids):
-            label_id = int(value) // 1000 if value >= 1000 else int(value)
-            category_id = _CATEGORY_OF_LABEL.get(label_id)
-            if category_id is None:
-                continue  # not one of the 8 evaluated instance classes (caravan, trailer, stuff)
-            mask = instance_ids == value  # Fortran order, as pycocotools wants
-            if style == "detectron":
-                if value < 1000:
-                    continue  # a group region: no instance id, not in Detectron's file
-                annotation = _detectron_annotation(np.ascontiguousarray(mask))
-                if annotation is not None:
-                    annotations.append(
-                        {"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id, **annotation}
-                    )
-                continue
-            rle = mask_utils.encode(mask.view(np.uint8))
-            is_crowd = value < 1000
-            segm: object = compact_rle(rle)
-            if segmentation == "polygon" and not is_crowd:
-                polygons = _outer_polygons(np.ascontiguousarray(mask))
-                segm = polygons if polygons is not None else segm
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": category_id,
-                    "segmentation": segm,
-                    "area": int(mask_utils.area(rle)),
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "iscrowd": int(is_crowd),
-                }
-            )
-    description = f"Cityscapes gtFine {split}: the 8 evaluated instance classes " + (
-        f"({segmentation} masks, crowd regions as RLE)"
-        if style == "default"
-        else "as Detectron's tools/convert_cityscapes_to_coco.py converted them (external "
-        "contours, no group regions, instances with a 1-2 pixel fragment dropped)"
-    )
+        _add_image_annotations(annotations, instance_ids, image_id, segmentation, style)
     coco = {
-        "info": {"description": description, "style": style},
+        "info": {"description": _description(split, segmentation, style), "style": style},
         "images": images,
         "annotations": annotations,
         "categories": copy.deepcopy(CATEGORIES),

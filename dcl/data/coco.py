@@ -194,7 +194,34 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_segmentation(
+def _check_polygons(segmentation: list, height: int, width: int, where: str, problems: _Problems) -> bool:
+    """Check a polygon-list segmentation: non-empty, each polygon >= 3 x,y pairs of numbers near
+    the ``width`` x ``height`` image."""
+    if not segmentation:
+        problems.add(f"{where}: 'segmentation' is an empty polygon list")
+        return False
+    for polygon in segmentation:
+        if (
+            not isinstance(polygon, list)
+            or len(polygon) < 6
+            or len(polygon) % 2
+            or not all(is_number(v) for v in polygon)
+        ):
+            problems.add(f"{where}: a polygon must be a list of at least 3 x,y pairs of numbers")
+            return False
+        # pycocotools rasterises every edge pixel by pixel: far-off points exhaust the memory
+        # (or overflow it: a segfault). One image size around the image is generous.
+        xs, ys = polygon[0::2], polygon[1::2]
+        if not (-width <= min(xs) and max(xs) <= 2 * width and -height <= min(ys) and max(ys) <= 2 * height):
+            problems.add(
+                f"{where}: polygon coordinates (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}) "
+                f"lie far outside the {width}x{height} image (width x height)"
+            )
+            return False
+    return True
+
+
+def _check_rle(
     segmentation: Any,
     height: int,
     width: int,
@@ -202,30 +229,8 @@ def _check_segmentation(
     problems: _Problems,
     compressed: list[tuple[str, bytes | str, int]],
 ) -> bool:
-    """Check one segmentation's structure; compressed strings are queued for one batch decode."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            problems.add(f"{where}: 'segmentation' is an empty polygon list")
-            return False
-        for polygon in segmentation:
-            if (
-                not isinstance(polygon, list)
-                or len(polygon) < 6
-                or len(polygon) % 2
-                or not all(is_number(v) for v in polygon)
-            ):
-                problems.add(f"{where}: a polygon must be a list of at least 3 x,y pairs of numbers")
-                return False
-            # pycocotools rasterises every edge pixel by pixel: far-off points exhaust the memory
-            # (or overflow it: a segfault). One image size around the image is generous.
-            xs, ys = polygon[0::2], polygon[1::2]
-            if not (-width <= min(xs) and max(xs) <= 2 * width and -height <= min(ys) and max(ys) <= 2 * height):
-                problems.add(
-                    f"{where}: polygon coordinates (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}) "
-                    f"lie far outside the {width}x{height} image (width x height)"
-                )
-                return False
-        return True
+    """Check an RLE segmentation: a dict with ``size`` [height, width] of the image and ``counts``,
+    either integers covering the image or a compressed string (queued in ``compressed``)."""
     if not isinstance(segmentation, Mapping) or "counts" not in segmentation or "size" not in segmentation:
         problems.add(f"{where}: 'segmentation' must be polygons or an RLE dict with 'size' and 'counts'")
         return False
@@ -258,6 +263,20 @@ def _check_segmentation(
     return True
 
 
+def _check_segmentation(
+    segmentation: Any,
+    height: int,
+    width: int,
+    where: str,
+    problems: _Problems,
+    compressed: list[tuple[str, bytes | str, int]],
+) -> bool:
+    """Check one segmentation's structure; compressed strings are queued for one batch decode."""
+    if isinstance(segmentation, list):
+        return _check_polygons(segmentation, height, width, where, problems)
+    return _check_rle(segmentation, height, width, where, problems, compressed)
+
+
 def _check_compressed(compressed: list[tuple[str, bytes | str, int]], problems: _Problems) -> None:
     """Decode all queued compressed RLE strings at once; each must cover exactly its image.
 
@@ -285,24 +304,21 @@ def _check_compressed(compressed: list[tuple[str, bytes | str, int]], problems: 
                 )
 
 
-def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation: bool = True) -> GroundTruth:
-    """Load and validate a COCO instance GT file (or an already loaded dict; it is not modified).
-
-    Checks: images with unique integer ids and positive height/width; categories with unique
-    integer ids; annotations with unique integer ids, known image and category ids, a numeric
-    ``area``, and (when ``need_segmentation``) polygons or an RLE of the image's size.
-    """
-    name = _source_name(source, "GT (dict)")
-    data = _load(source, "GT file")
+def _check_gt_lists(data: Any, name: str) -> None:
+    """Raise InputError unless ``data`` is a dict with lists ``images``, ``annotations`` and
+    ``categories``."""
     if not isinstance(data, Mapping):
         hint = " (this looks like a results file: pass it as PRED and the GT with -a)" if isinstance(data, list) else ""
         raise InputError(f"{name}: a COCO GT file must be a JSON object, got {type(data).__name__}{hint}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise InputError(f"{name}: a COCO GT file needs a list '{key}'")
-    problems = _Problems(name)
-    gt = GroundTruth(data=data, source=name, path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None)
-    for index, image in enumerate(data["images"]):
+
+
+def _index_images(images: list, gt: GroundTruth, problems: _Problems) -> None:
+    """Fill ``gt.images`` (id -> image) with the valid images: integer id, positive integer height
+    and width, id not seen before; report the others."""
+    for index, image in enumerate(images):
         where = f"images[{index}]"
         if not isinstance(image, Mapping) or not is_int(image.get("id")):
             problems.add(f"{where}: needs an integer 'id'")
@@ -316,7 +332,12 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
             problems.add(f"{where}: duplicate image id {image['id']}")
             continue
         gt.images[int(image["id"])] = image
-    for index, category in enumerate(data["categories"]):
+
+
+def _index_categories(categories: list, gt: GroundTruth, problems: _Problems) -> None:
+    """Fill ``gt.categories`` (id -> category) with the categories of a unique integer id; report
+    the others."""
+    for index, category in enumerate(categories):
         where = f"categories[{index}]"
         if not isinstance(category, Mapping) or not is_int(category.get("id")):
             problems.add(f"{where}: needs an integer 'id'")
@@ -324,45 +345,74 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
             problems.add(f"{where}: duplicate category id {category['id']}")
         else:
             gt.categories[int(category["id"])] = category
+
+
+def _check_gt_annotation(
+    ann: Any, index: int, gt: GroundTruth, annotation_ids: set[int], problems: _Problems
+) -> tuple[str, Mapping] | None:
+    """Check one GT annotation's fields but its segmentation (id unique, recorded in
+    ``annotation_ids``; known image and category; area, iscrowd, bbox); return where it is (for
+    messages) and its image, or None after reporting its first problem."""
+    where = f"annotations[{index}]"
+    if not isinstance(ann, Mapping):
+        problems.add(f"{where}: must be a JSON object")
+        return None
+    if not is_int(ann.get("id")):
+        problems.add(f"{where}: needs an integer 'id'")
+        return None
+    where = f"annotations[{index}] (id {ann['id']})"
+    if ann["id"] in annotation_ids:
+        problems.add(f"{where}: duplicate annotation id")
+        return None
+    annotation_ids.add(ann["id"])
+    image = gt.images.get(ann.get("image_id")) if is_int(ann.get("image_id")) else None
+    if image is None:
+        problems.add(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        return None
+    if not (is_int(ann.get("category_id")) and ann["category_id"] in gt.categories):
+        problems.add(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+        return None
+    if not is_number(ann.get("area")) or ann["area"] < 0:
+        problems.add(f"{where}: needs a non-negative numeric 'area' (COCOeval uses it for the size ranges)")
+        return None
+    if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
+        problems.add(f"{where}: 'iscrowd' must be 0 or 1")
+        return None
+    if "bbox" in ann and not (
+        isinstance(ann["bbox"], list)
+        and len(ann["bbox"]) == 4
+        and all(is_number(v) for v in ann["bbox"])
+        and ann["bbox"][2] >= 0
+        and ann["bbox"][3] >= 0
+    ):
+        problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
+        return None
+    return where, image
+
+
+def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation: bool = True) -> GroundTruth:
+    """Load and validate a COCO instance GT file (or an already loaded dict; it is not modified).
+
+    Checks: images with unique integer ids and positive height/width; categories with unique
+    integer ids; annotations with unique integer ids, known image and category ids, a numeric
+    ``area``, and (when ``need_segmentation``) polygons or an RLE of the image's size.
+    """
+    name = _source_name(source, "GT (dict)")
+    data = _load(source, "GT file")
+    _check_gt_lists(data, name)
+    problems = _Problems(name)
+    gt = GroundTruth(data=data, source=name, path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None)
+    _index_images(data["images"], gt, problems)
+    _index_categories(data["categories"], gt, problems)
     problems.raise_if_any()
 
     annotation_ids: set[int] = set()
     compressed: list[tuple[str, bytes | str, int]] = []
     for index, ann in enumerate(data["annotations"]):
-        where = f"annotations[{index}]"
-        if not isinstance(ann, Mapping):
-            problems.add(f"{where}: must be a JSON object")
+        checked = _check_gt_annotation(ann, index, gt, annotation_ids, problems)
+        if checked is None:
             continue
-        if not is_int(ann.get("id")):
-            problems.add(f"{where}: needs an integer 'id'")
-            continue
-        where = f"annotations[{index}] (id {ann['id']})"
-        if ann["id"] in annotation_ids:
-            problems.add(f"{where}: duplicate annotation id")
-            continue
-        annotation_ids.add(ann["id"])
-        image = gt.images.get(ann.get("image_id")) if is_int(ann.get("image_id")) else None
-        if image is None:
-            problems.add(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-            continue
-        if not (is_int(ann.get("category_id")) and ann["category_id"] in gt.categories):
-            problems.add(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
-            continue
-        if not is_number(ann.get("area")) or ann["area"] < 0:
-            problems.add(f"{where}: needs a non-negative numeric 'area' (COCOeval uses it for the size ranges)")
-            continue
-        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
-            problems.add(f"{where}: 'iscrowd' must be 0 or 1")
-            continue
-        if "bbox" in ann and not (
-            isinstance(ann["bbox"], list)
-            and len(ann["bbox"]) == 4
-            and all(is_number(v) for v in ann["bbox"])
-            and ann["bbox"][2] >= 0
-            and ann["bbox"][3] >= 0
-        ):
-            problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
-            continue
+        where, image = checked
         if need_segmentation:
             if "segmentation" not in ann:
                 problems.add(f"{where}: missing 'segmentation'")
@@ -371,6 +421,87 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
     _check_compressed(compressed, problems)
     problems.raise_if_any()
     return gt
+
+
+def _detections_list(data: Any, name: str) -> list:
+    """The loaded results as a list; InputError for a dict (a GT file?), null, a string or a number."""
+    if isinstance(data, Mapping):
+        hint = " (this looks like a GT file: pass the GT with -a)" if "annotations" in data else ""
+        raise InputError(f"{name}: a COCO results file must be a JSON list of detections{hint}")
+    if data is None or isinstance(data, (str, bytes, int, float)):
+        kind = {type(None): "null", str: "a string", bytes: "bytes", bool: "a boolean"}.get(type(data), "a number")
+        raise InputError(f"{name}: a COCO results file must be a JSON list of detections, got {kind}")
+    if not isinstance(data, list):
+        data = list(data)
+    return data
+
+
+def _detection_record(det: Any, index: int, gt: GroundTruth, problems: _Problems) -> tuple[str, Mapping, dict] | None:
+    """Check one detection's image_id, category_id and score against ``gt``; return where it is
+    (for messages), its image and its record (image_id, category_id, score), or None after
+    reporting its first problem."""
+    where = f"record {index}"
+    if not isinstance(det, Mapping):
+        problems.add(f"{where}: must be a JSON object")
+        return None
+    image = gt.images.get(det.get("image_id")) if is_int(det.get("image_id")) else None
+    if image is None:
+        problems.add(f"{where}: image_id {det.get('image_id')!r} is not in the GT file {gt.source}")
+        return None
+    where = f"record {index} (image_id {det['image_id']})"
+    if not (is_int(det.get("category_id")) and det["category_id"] in gt.categories):
+        problems.add(f"{where}: category_id {det.get('category_id')!r} is not in the GT file's categories")
+        return None
+    if "score" not in det:
+        problems.add(f"{where}: missing 'score'")
+        return None
+    if not is_number(det["score"]):
+        problems.add(f"{where}: 'score' must be a finite number, got {det['score']!r}")
+        return None
+    record = {
+        "image_id": int(det["image_id"]),
+        "category_id": int(det["category_id"]),
+        "score": float(det["score"]),
+    }
+    return where, image, record
+
+
+def _add_detection_geometry(
+    det: Mapping,
+    record: dict,
+    image: Mapping,
+    where: str,
+    problems: _Problems,
+    compressed: list[tuple[str, bytes | str, int]],
+    *,
+    need_segmentation: bool,
+    need_bbox: bool,
+) -> bool:
+    """Check a detection's bbox and segmentation and copy them into ``record``; return whether
+    the record is valid (else its problem is reported)."""
+    if "bbox" in det:
+        box = det["bbox"]
+        if not (
+            isinstance(box, (list, tuple))
+            and len(box) == 4
+            and all(is_number(v) for v in box)
+            and box[2] >= 0
+            and box[3] >= 0
+        ):
+            problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
+            return False
+        record["bbox"] = [float(v) for v in box]
+    elif need_bbox:
+        problems.add(f"{where}: missing 'bbox' (needed for box AP)")
+        return False
+    if "segmentation" in det:
+        if not _check_segmentation(det["segmentation"], image["height"], image["width"], where, problems, compressed):
+            return False
+        record["segmentation"] = det["segmentation"]
+    elif need_segmentation:
+        problems.add(f"{where}: missing 'segmentation'")
+        return False
+    return True
 
 
 def load_predictions(
@@ -392,67 +523,19 @@ def load_predictions(
             disagrees with its image.
     """
     name = _source_name(source, "predictions (list)")
-    data = _load(source, "predictions file")
-    if isinstance(data, Mapping):
-        hint = " (this looks like a GT file: pass the GT with -a)" if "annotations" in data else ""
-        raise InputError(f"{name}: a COCO results file must be a JSON list of detections{hint}")
-    if data is None or isinstance(data, (str, bytes, int, float)):
-        kind = {type(None): "null", str: "a string", bytes: "bytes", bool: "a boolean"}.get(type(data), "a number")
-        raise InputError(f"{name}: a COCO results file must be a JSON list of detections, got {kind}")
-    if not isinstance(data, list):
-        data = list(data)
+    data = _detections_list(_load(source, "predictions file"), name)
     problems = _Problems(name)
     compressed: list[tuple[str, bytes | str, int]] = []
     records: list[dict] = []
     for index, det in enumerate(data):
-        where = f"record {index}"
-        if not isinstance(det, Mapping):
-            problems.add(f"{where}: must be a JSON object")
+        checked = _detection_record(det, index, gt, problems)
+        if checked is None:
             continue
-        image = gt.images.get(det.get("image_id")) if is_int(det.get("image_id")) else None
-        if image is None:
-            problems.add(f"{where}: image_id {det.get('image_id')!r} is not in the GT file {gt.source}")
-            continue
-        where = f"record {index} (image_id {det['image_id']})"
-        if not (is_int(det.get("category_id")) and det["category_id"] in gt.categories):
-            problems.add(f"{where}: category_id {det.get('category_id')!r} is not in the GT file's categories")
-            continue
-        if "score" not in det:
-            problems.add(f"{where}: missing 'score'")
-            continue
-        if not is_number(det["score"]):
-            problems.add(f"{where}: 'score' must be a finite number, got {det['score']!r}")
-            continue
-        record = {
-            "image_id": int(det["image_id"]),
-            "category_id": int(det["category_id"]),
-            "score": float(det["score"]),
-        }
-        if "bbox" in det:
-            box = det["bbox"]
-            if not (
-                isinstance(box, (list, tuple))
-                and len(box) == 4
-                and all(is_number(v) for v in box)
-                and box[2] >= 0
-                and box[3] >= 0
-            ):
-                problems.add(f"{where}: 'bbox' must be [x, y, width, height] with width, height >= 0")
-                continue
-            record["bbox"] = [float(v) for v in box]
-        elif need_bbox:
-            problems.add(f"{where}: missing 'bbox' (needed for box AP)")
-            continue
-        if "segmentation" in det:
-            if not _check_segmentation(
-                det["segmentation"], image["height"], image["width"], where, problems, compressed
-            ):
-                continue
-            record["segmentation"] = det["segmentation"]
-        elif need_segmentation:
-            problems.add(f"{where}: missing 'segmentation'")
-            continue
-        records.append(record)
+        where, image, record = checked
+        if _add_detection_geometry(
+            det, record, image, where, problems, compressed, need_segmentation=need_segmentation, need_bbox=need_bbox
+        ):
+            records.append(record)
     _check_compressed(compressed, problems)
     problems.raise_if_any()
     for record in records:

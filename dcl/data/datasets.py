@@ -196,6 +196,99 @@ def _load_cityscapes(name: str, image_dir: Path, gt_dir: Path, remedy: str) -> l
     return load_cityscapes_instances(str(image_dir), str(gt_dir), from_json=True, to_polygons=True)
 
 
+def _cityscapes_as_coco_entry(
+    spec: Dataset, root: str | os.PathLike | None, remedy: str, cityscapes_meta: dict
+) -> tuple[Callable, tuple, dict]:
+    """Catalog entry (loader, loader arguments after the name, metadata) of a Cityscapes val
+    split read from its COCO JSON, evaluated by detectron2's ``COCOEvaluator`` against that file."""
+    from dcl.data.cityscapes import CATEGORIES as CITYSCAPES_CATEGORIES
+
+    cityscapes = dataset_folder(spec.name, root)
+    json_file = cityscapes / spec.annotations("val")
+    image_root = cityscapes / spec.images("val")
+    remedy = f"Create it with: dcl data cityscapes-to-coco {cityscapes} --split val -o {json_file} ({remedy})"
+    return (
+        _load_coco_json,
+        (json_file, image_root, remedy),
+        {
+            "json_file": str(json_file),
+            "image_root": str(image_root),
+            "evaluator_type": "coco",
+            "gt_dir": str(cityscapes / layout.cityscapes_gt("val")),
+            "thing_classes": list(cityscapes_meta["thing_classes"]),
+            "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CITYSCAPES_CATEGORIES)},
+        },
+    )
+
+
+def _coco_json_entry(
+    spec: Dataset, split: str, root: str | os.PathLike | None, remedy: str, meta: dict
+) -> tuple[Callable, tuple, dict]:
+    """Catalog entry (loader, loader arguments after the name, metadata) of a COCO-format split."""
+    coco = dataset_folder(spec.name, root)
+    json_file, image_root = coco / spec.annotations(split), coco / spec.images(split)
+    metadata = {"json_file": str(json_file), "image_root": str(image_root), "evaluator_type": "coco", **meta}
+    return _load_coco_json, (json_file, image_root, remedy), metadata
+
+
+def _cityscapes_raw_entry(
+    spec: Dataset, split: str, root: str | os.PathLike | None, remedy: str, cityscapes_meta: dict
+) -> tuple[Callable, tuple, dict]:
+    """Catalog entry (loader, loader arguments after the name, metadata) of a Cityscapes split read
+    by detectron2's Cityscapes loader."""
+    cityscapes = dataset_folder(spec.name, root)
+    image_dir, gt_dir = cityscapes / spec.images(split), cityscapes / layout.cityscapes_gt(split)
+    metadata = {
+        "image_dir": str(image_dir),
+        "gt_dir": str(gt_dir),
+        "evaluator_type": "cityscapes_instance",
+        **cityscapes_meta,
+    }
+    return _load_cityscapes, (image_dir, gt_dir, remedy), metadata
+
+
+def _catalog_entries(
+    root: str | os.PathLike | None, base: Path, toy: Path, cityscapes_meta: dict, coco_meta: dict[bool, dict]
+) -> dict[str, tuple[Callable, tuple, dict]]:
+    """Every dataset split's catalog name -> (loader, loader arguments after the name, metadata),
+    in ``DATASETS`` then ``SPLITS`` order. ``base`` and ``toy`` are the datasets and toy roots;
+    ``coco_meta`` maps "is a toy dataset" to the COCO-format metadata."""
+    toy_remedy = f"Create it with: dcl data toy --out {toy}"
+    entries = {}
+    for spec in DATASETS.values():
+        check = f"dcl data check --dataset {spec.name} --root {base}"
+        remedy = toy_remedy if spec.toy else f"See `{check}` for what to download."
+        for split in SPLITS:
+            if spec.format == "coco":
+                entry = _coco_json_entry(spec, split, root, remedy, coco_meta[spec.toy])
+            elif split == "train":
+                entry = _cityscapes_raw_entry(spec, split, root, remedy, cityscapes_meta)
+            else:  # val: from its COCO JSON (docs/design.md)
+                entry = _cityscapes_as_coco_entry(
+                    spec,
+                    root,
+                    f"or: dcl data toy --out {toy}" if spec.toy else f"raw data: `{check}`",
+                    cityscapes_meta,
+                )
+            entries[spec.catalog_name(split)] = entry
+    return entries
+
+
+def _register_in_catalogs(entries: dict[str, tuple[Callable, tuple, dict]]) -> None:
+    """Register each entry in detectron2's ``DatasetCatalog`` and ``MetadataCatalog``, replacing
+    an earlier registration of the same name."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for name, (loader, loader_args, metadata) in entries.items():
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+        # functools.partial, not a lambda: picklable, and no late binding of loop variables.
+        DatasetCatalog.register(name, functools.partial(loader, name, *loader_args))
+        MetadataCatalog.get(name).set(**metadata)
+
+
 def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
     """Register the pipeline's datasets in detectron2's catalogs (idempotent: replaces earlier
     registrations of the same names, including detectron2's builtin ones).
@@ -214,7 +307,6 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
         The registered names (``dcl.layout.REGISTERED_NAMES``).
     """
     import dcl.compat  # noqa: F401  (before detectron2)
-    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
     from dcl.data.cityscapes import CATEGORIES as CITYSCAPES_CATEGORIES
@@ -224,44 +316,6 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
     cityscapes_meta = _get_builtin_metadata("cityscapes")
     if cityscapes_meta["thing_classes"] != [c["name"] for c in CITYSCAPES_CATEGORIES]:
         raise RuntimeError("detectron2's Cityscapes classes differ from cityscapesscripts' instance classes")
-    toy_remedy = f"Create it with: dcl data toy --out {toy}"
-
-    # name -> (loader, loader arguments after the dataset name, metadata)
-    def cityscapes_as_coco(spec: Dataset, remedy: str) -> tuple[Callable, tuple, dict]:
-        cityscapes = dataset_folder(spec.name, root)
-        json_file = cityscapes / spec.annotations("val")
-        image_root = cityscapes / spec.images("val")
-        remedy = f"Create it with: dcl data cityscapes-to-coco {cityscapes} --split val -o {json_file} ({remedy})"
-        return (
-            _load_coco_json,
-            (json_file, image_root, remedy),
-            {
-                "json_file": str(json_file),
-                "image_root": str(image_root),
-                "evaluator_type": "coco",
-                "gt_dir": str(cityscapes / layout.cityscapes_gt("val")),
-                "thing_classes": list(cityscapes_meta["thing_classes"]),
-                "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CITYSCAPES_CATEGORIES)},
-            },
-        )
-
-    def coco_json(spec: Dataset, split: str, remedy: str, meta: dict) -> tuple[Callable, tuple, dict]:
-        coco = dataset_folder(spec.name, root)
-        json_file, image_root = coco / spec.annotations(split), coco / spec.images(split)
-        metadata = {"json_file": str(json_file), "image_root": str(image_root), "evaluator_type": "coco", **meta}
-        return _load_coco_json, (json_file, image_root, remedy), metadata
-
-    def cityscapes_raw(spec: Dataset, split: str, remedy: str) -> tuple[Callable, tuple, dict]:
-        cityscapes = dataset_folder(spec.name, root)
-        image_dir, gt_dir = cityscapes / spec.images(split), cityscapes / layout.cityscapes_gt(split)
-        metadata = {
-            "image_dir": str(image_dir),
-            "gt_dir": str(gt_dir),
-            "evaluator_type": "cityscapes_instance",
-            **cityscapes_meta,
-        }
-        return _load_cityscapes, (image_dir, gt_dir, remedy), metadata
-
     coco_meta = {
         True: {
             "thing_classes": [c.name for c in SHAPE_CLASSES],
@@ -269,29 +323,8 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
         },
         False: _get_builtin_metadata("coco"),
     }
-    entries = {}
-    for spec in DATASETS.values():
-        check = f"dcl data check --dataset {spec.name} --root {base}"
-        remedy = toy_remedy if spec.toy else f"See `{check}` for what to download."
-        for split in SPLITS:
-            if spec.format == "coco":
-                entry = coco_json(spec, split, remedy, coco_meta[spec.toy])
-            elif split == "train":
-                entry = cityscapes_raw(spec, split, remedy)
-            else:  # val: from its COCO JSON (docs/design.md)
-                entry = cityscapes_as_coco(
-                    spec, f"or: dcl data toy --out {toy}" if spec.toy else f"raw data: `{check}`"
-                )
-            entries[spec.catalog_name(split)] = entry
-
-    for name, (loader, loader_args, metadata) in entries.items():
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-        # functools.partial, not a lambda: picklable, and no late binding of loop variables.
-        DatasetCatalog.register(name, functools.partial(loader, name, *loader_args))
-        MetadataCatalog.get(name).set(**metadata)
+    entries = _catalog_entries(root, base, toy, cityscapes_meta, coco_meta)
+    _register_in_catalogs(entries)
     return list(entries)
 
 
@@ -322,9 +355,8 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-
+def _add_toy_parser(commands: argparse._SubParsersAction) -> None:
+    """``dcl data toy``: write the synthetic datasets."""
     toy = commands.add_parser(
         "toy",
         help="write the synthetic COCO + Cityscapes datasets",
@@ -349,6 +381,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="COCO image size (default 128x128); Cityscapes images are H x 2H",
     )
 
+
+def _add_convert_parser(commands: argparse._SubParsersAction) -> None:
+    """``dcl data cityscapes-to-coco``: Cityscapes gtFine to COCO JSON."""
     convert = commands.add_parser(
         "cityscapes-to-coco",
         help="convert Cityscapes gtFine annotations to COCO JSON",
@@ -375,6 +410,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with a 1-2 pixel fragment dropped; same image and category ids",
     )
 
+
+def _add_occlusion_subset_parser(commands: argparse._SubParsersAction) -> None:
+    """``dcl data occlusion-subset``: the occluded images of a COCO GT."""
     subset = commands.add_parser(
         "occlusion-subset",
         help="the occluded images of a COCO GT file (a COCO-OCC-like subset)",
@@ -388,6 +426,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-overlap", type=fraction, default=0.2, help="intersection / smaller box area (default %(default)s)"
     )
 
+
+def _add_check_parser(commands: argparse._SubParsersAction) -> None:
+    """``dcl data check``: verify a dataset is in place."""
     check = commands.add_parser(
         "check",
         help="verify a dataset is in place (what is missing, what to download, where)",
@@ -412,6 +453,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument(
         "-o", "--output", default=None, metavar="STAMP", help="on success, write a small JSON stamp here (atomically)"
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dcl data`` subcommands: toy, cityscapes-to-coco, occlusion-subset, check."""
+    commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    _add_toy_parser(commands)
+    _add_convert_parser(commands)
+    _add_occlusion_subset_parser(commands)
+    _add_check_parser(commands)
 
 
 def _run_toy(args: argparse.Namespace) -> int:

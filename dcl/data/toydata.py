@@ -168,27 +168,17 @@ def parse_size(text: str) -> tuple[int, int]:
 # Mask outlines
 
 
-def mask_outlines(mask: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
-    """Outlines of a binary mask along pixel edges.
-
-    Vertices are pixel corners (pixel ``(row r, col c)`` spans ``x in [c, c+1]``, ``y in [r, r+1]``),
-    so each outline encloses exactly its pixels: pycocotools rasterises an outer outline back to
-    the same pixels, and the shoelace areas (outer positive, holes negative) sum to the pixel count.
-    Pixels that touch only diagonally belong to different outlines (4-connectivity).
-
-    Args:
-        mask: array of shape (H, W), nonzero = foreground.
+def _boundary_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unit pixel edges between foreground and background of a (H, W) mask, each walked with
+    the foreground on its right (screen coordinates, y down).
 
     Returns:
-        ``(outers, holes)``: lists of COCO-style flat polygons ``[x0, y0, x1, y1, ...]``, one outer
-        outline per 4-connected component and one hole outline per enclosed background region;
-        collinear vertices are dropped.
+        ``(x, y, code)``: (E,) int arrays of each edge's start corner and direction code, 0..3 =
+        +x, +y, -x, -y (top, right, bottom, left edges of a pixel), so ``(code + 1) % 4`` is a
+        right turn; grouped by code, each group in row-major pixel order.
     """
     m = np.pad(np.asarray(mask).astype(bool), 1)
     inner = m[1:-1, 1:-1]
-    # Boundary edges, walked with the foreground on the right (screen coordinates, y down).
-    # Direction codes 0..3 = +x, +y, -x, -y (top, right, bottom, left edges of a pixel), so
-    # (code + 1) % 4 is a right turn.
     xs, ys, codes = [], [], []
     for code, (sides, (dx, dy)) in enumerate(
         (
@@ -202,12 +192,22 @@ def mask_outlines(mask: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
         xs.append(cols + dx)
         ys.append(rows + dy)
         codes.append(np.full(len(rows), code))
-    x, y, code = np.concatenate(xs), np.concatenate(ys), np.concatenate(codes)
-    if not len(x):
-        return [], []
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(codes)
+
+
+def _link_edges(
+    x: np.ndarray, y: np.ndarray, code: np.ndarray, stride: int
+) -> tuple[np.ndarray, list[int], list[bool], list[int], list[int]]:
+    """Chain the (E,) boundary edges of ``_boundary_edges`` into outlines: for each edge, the edge
+    that leaves its end corner. ``stride`` is the mask's width + 1 (corners per row).
+
+    Returns:
+        ``(order, following, is_corner, corner_x, corner_y)``: (E,) edge indices sorted by start
+        corner then code; per edge, the next edge's index, whether the outline turns at its end
+        corner, and that corner's x and y.
+    """
     end_x = x + np.array([1, 0, -1, 0])[code]
     end_y = y + np.array([0, 1, 0, -1])[code]
-    stride = inner.shape[1] + 1
     order = np.argsort((y * stride + x) * 4 + code, kind="stable")
     sorted_keys = ((y * stride + x) * 4 + code)[order]
     end_vertex = end_y * stride + end_x
@@ -218,8 +218,15 @@ def mask_outlines(mask: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
     position = np.where(last - first == 1, first, np.searchsorted(sorted_keys, end_vertex * 4 + (code + 1) % 4))
     following = order[position].tolist()
     is_corner = (code[order[position]] != code).tolist()
-    corner_x, corner_y = end_x.tolist(), end_y.tolist()
+    return order, following, is_corner, end_x.tolist(), end_y.tolist()
 
+
+def _trace_outlines(
+    order: np.ndarray, following: list[int], is_corner: list[bool], corner_x: list[int], corner_y: list[int]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Walk the linked edges of ``_link_edges`` into closed flat polygons of their corners, each
+    from its first edge in ``order``; those of positive shoelace area are outer outlines, the
+    others holes. Returns ``(outers, holes)``."""
     outers: list[list[int]] = []
     holes: list[list[int]] = []
     visited = [False] * len(following)
@@ -237,6 +244,29 @@ def mask_outlines(mask: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
         twice_area = sum(a * d - b * c for a, b, c, d in zip(px, py, px[1:] + px[:1], py[1:] + py[:1]))
         (outers if twice_area > 0 else holes).append(polygon)
     return outers, holes
+
+
+def mask_outlines(mask: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+    """Outlines of a binary mask along pixel edges.
+
+    Vertices are pixel corners (pixel ``(row r, col c)`` spans ``x in [c, c+1]``, ``y in [r, r+1]``),
+    so each outline encloses exactly its pixels: pycocotools rasterises an outer outline back to
+    the same pixels, and the shoelace areas (outer positive, holes negative) sum to the pixel count.
+    Pixels that touch only diagonally belong to different outlines (4-connectivity).
+
+    Args:
+        mask: array of shape (H, W), nonzero = foreground.
+
+    Returns:
+        ``(outers, holes)``: lists of COCO-style flat polygons ``[x0, y0, x1, y1, ...]``, one outer
+        outline per 4-connected component and one hole outline per enclosed background region;
+        collinear vertices are dropped.
+    """
+    x, y, code = _boundary_edges(mask)
+    if not len(x):
+        return [], []
+    stride = np.asarray(mask).shape[1] + 1
+    return _trace_outlines(*_link_edges(x, y, code, stride))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,6 +349,48 @@ def _overlaps(a: _Object, b: _Object) -> bool:
     return ax0 <= bx1 and bx0 <= ax1 and ay0 <= by1 and by0 <= ay1
 
 
+def _draw_extent(
+    rng: np.random.Generator, kind: str, toy_class: ToyClass, spec: _SceneSpec
+) -> tuple[float, float, str, float]:
+    """Width, height, shape and rotation (radians) of a new object: a crowd region ("group") is a
+    large upright ellipse, an instance its class's shape and aspect, at a random angle."""
+    if kind == "group":
+        size = rng.uniform(1.6, 2.0) * spec.size_range[1]
+        aspect = rng.uniform(1.2, 1.8)
+        shape, angle = "ellipse", 0.0
+    else:
+        size = rng.uniform(*spec.size_range)
+        aspect = rng.uniform(*toy_class.aspect)
+        shape = toy_class.shape
+        angle = math.radians(rng.uniform(-spec.max_rotation_deg, spec.max_rotation_deg))
+    return size * math.sqrt(aspect), size / math.sqrt(aspect), shape, angle
+
+
+def _draw_centre(
+    rng: np.random.Generator, spec: _SceneSpec, objects: list[_Object], kind: str, obj_w: float, obj_h: float
+) -> tuple[float, float]:
+    """Centre (x, y) of a new ``obj_w`` x ``obj_h`` object: for an instance, half the time next
+    to an earlier instance, else anywhere in the spec's band of the image."""
+    instances = [o for o in objects if o.kind == "instance"]
+    if kind == "instance" and instances and rng.random() < 0.5:
+        # Against an earlier instance: centres about one mean object size apart, so the
+        # two touch or overlap.
+        anchor = instances[int(rng.integers(len(instances)))]
+        ax0, ay0, ax1, ay1 = anchor.bbox
+        reach = (math.hypot(ax1 - ax0, ay1 - ay0) + math.hypot(obj_w, obj_h)) / 4
+        theta = rng.uniform(0, 2 * math.pi)
+        distance = reach * rng.uniform(0.7, 1.15)
+        return (ax0 + ax1) / 2 + distance * math.cos(theta), (ay0 + ay1) / 2 + distance * math.sin(theta)
+    return rng.uniform(0, spec.width), rng.uniform(spec.y_range[0], spec.y_range[1]) * spec.height
+
+
+def _inside(polygon: np.ndarray | None, height: int, width: int) -> bool:
+    """Whether a (K, 2) x y polygon exists and lies within the ``width`` x ``height`` image."""
+    return not (
+        polygon is None or polygon.min() < 0 or polygon[:, 0].max() > width - 1 or polygon[:, 1].max() > height - 1
+    )
+
+
 def _place_objects(
     rng: np.random.Generator, spec: _SceneSpec, background: list[_Object], first_class: int
 ) -> tuple[list[_Object], np.ndarray]:
@@ -337,37 +409,10 @@ def _place_objects(
         class_index = first_class if guaranteed else int(rng.integers(len(spec.classes)))
         toy_class = spec.classes[class_index]
         for _attempt in range(100 if guaranteed else 25):
-            if kind == "group":
-                size = rng.uniform(1.6, 2.0) * spec.size_range[1]
-                aspect = rng.uniform(1.2, 1.8)
-                shape, angle = "ellipse", 0.0
-            else:
-                size = rng.uniform(*spec.size_range)
-                aspect = rng.uniform(*toy_class.aspect)
-                shape = toy_class.shape
-                angle = math.radians(rng.uniform(-spec.max_rotation_deg, spec.max_rotation_deg))
-            obj_w, obj_h = size * math.sqrt(aspect), size / math.sqrt(aspect)
-            instances = [o for o in objects if o.kind == "instance"]
-            if kind == "instance" and instances and rng.random() < 0.5:
-                # Against an earlier instance: centres about one mean object size apart, so the
-                # two touch or overlap.
-                anchor = instances[int(rng.integers(len(instances)))]
-                ax0, ay0, ax1, ay1 = anchor.bbox
-                reach = (math.hypot(ax1 - ax0, ay1 - ay0) + math.hypot(obj_w, obj_h)) / 4
-                theta = rng.uniform(0, 2 * math.pi)
-                distance = reach * rng.uniform(0.7, 1.15)
-                cx = (ax0 + ax1) / 2 + distance * math.cos(theta)
-                cy = (ay0 + ay1) / 2 + distance * math.sin(theta)
-            else:
-                cx = rng.uniform(0, width)
-                cy = rng.uniform(spec.y_range[0], spec.y_range[1]) * height
+            obj_w, obj_h, shape, angle = _draw_extent(rng, kind, toy_class, spec)
+            cx, cy = _draw_centre(rng, spec, objects, kind, obj_w, obj_h)
             polygon = _shape_polygon(shape, cx, cy, obj_w, obj_h, angle)
-            if (
-                polygon is None
-                or polygon.min() < 0
-                or polygon[:, 0].max() > width - 1
-                or polygon[:, 1].max() > height - 1
-            ):
+            if not _inside(polygon, height, width):
                 continue
             candidate = _Object(kind, toy_class.name, class_index, polygon)
             alone = _paint(height, width, [candidate]) > 0
@@ -791,6 +836,44 @@ def _check_destination(out: Path) -> None:
         )
 
 
+def _checked_arguments(seed: int, num_train: int, num_val: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The COCO image ``(height, width)``, after checking every argument (InputError naming the
+    command-line flag of the first one out of range)."""
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, not {seed}")
+    if num_train < 1 or num_val < 1:
+        raise InputError(f"--num-train and --num-val must be >= 1 (got {num_train}, {num_val})")
+    try:
+        return parse_size(f"{size[0]}x{size[1]}")
+    except ValueError as error:
+        raise InputError(f"--size: {error}") from None
+
+
+def _write_datasets(
+    work: Path, seed: int, counts_per_split: tuple[int, int], size: tuple[int, int]
+) -> dict[str, dict[str, Any]]:
+    """Write both toy datasets under ``work`` (``counts_per_split``: train and val images; ``size``:
+    the COCO ``(height, width)``), with the Cityscapes COCO files; return per dataset folder and
+    split the image, instance and crowd counts."""
+    height, _ = size
+    coco, cityscapes_folder = TOY_COCO.folder, TOY_CITYSCAPES.folder
+    counts: dict[str, dict[str, Any]] = {coco: {}, cityscapes_folder: {}}
+    for split, count in zip(layout.SPLITS, counts_per_split):
+        counts[coco][split] = _write_coco_split(work / coco, split, seed, count, size)
+        counts[cityscapes_folder][split] = _write_cityscapes_split(work / cityscapes_folder, split, seed, count, height)
+    _convert_cityscapes(work / cityscapes_folder)
+    return counts
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """Move the datasets written in ``work`` to ``out``, the ones they replace into ``work`` (to be
+    deleted with it)."""
+    for name in (TOY_COCO.folder, TOY_CITYSCAPES.folder):
+        if (out / name).exists():
+            (out / name).rename(work / f"previous-{name}")
+        (work / name).rename(out / name)
+
+
 def generate_toy_datasets(
     out: str | os.PathLike,
     *,
@@ -819,32 +902,15 @@ def generate_toy_datasets(
         InputError: ``out`` holds something else, or an argument is out of range.
     """
     out = Path(out)
-    if seed < 0:
-        raise InputError(f"--seed must be >= 0, not {seed}")
-    if num_train < 1 or num_val < 1:
-        raise InputError(f"--num-train and --num-val must be >= 1 (got {num_train}, {num_val})")
-    try:
-        height, width = parse_size(f"{size[0]}x{size[1]}")
-    except ValueError as error:
-        raise InputError(f"--size: {error}") from None
+    height, width = _checked_arguments(seed, num_train, num_val, size)
     _check_destination(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(_TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
     work = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out))
     try:
-        coco, cityscapes_folder = TOY_COCO.folder, TOY_CITYSCAPES.folder
-        counts: dict[str, dict[str, Any]] = {coco: {}, cityscapes_folder: {}}
-        for split, count in zip(layout.SPLITS, (num_train, num_val)):
-            counts[coco][split] = _write_coco_split(work / coco, split, seed, count, (height, width))
-            counts[cityscapes_folder][split] = _write_cityscapes_split(
-                work / cityscapes_folder, split, seed, count, height
-            )
-        _convert_cityscapes(work / cityscapes_folder)
-        for name in (coco, cityscapes_folder):
-            if (out / name).exists():
-                (out / name).rename(work / f"previous-{name}")
-            (work / name).rename(out / name)
+        counts = _write_datasets(work, seed, (num_train, num_val), (height, width))
+        _move_into_place(work, out)
         marker = {
             "generator": MARKER_GENERATOR,
             "version": GENERATOR_VERSION,

@@ -396,6 +396,37 @@ def _analyze_in_pool(
     return stats, unmatched
 
 
+def _fixed_stats(
+    gt: GroundTruth,
+    records: list[dict],
+    tasks: list[_ImageTask],
+    names: list[str],
+    parsed: list[tuple[str, ...]],
+    iou_type: str,
+    legacy_unmatched: bool,
+    backend: str,
+    workers: int,
+    progress: bool,
+) -> tuple[dict[str, dict], int]:
+    """The AP statistics of the baseline and of each fixed error type (``stats["baseline"]``,
+    ``stats[name]``) and the number of unmatched detections, computed in a pool of ``workers``
+    processes when more than one (and there are images), else here; with a progress bar."""
+    pool = None
+    if workers > 1 and tasks:
+        # Created before the progress bar's monitor thread exists: forking a threaded process is unsafe.
+        initargs = (gt, backend, tasks, parsed, iou_type, legacy_unmatched)
+        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=initargs)
+    bar = progress_bar(len(names) * len(tasks) + len(names) + 1, "error analysis", "step", enabled=progress)
+    try:
+        if pool is not None:
+            return _analyze_in_pool(pool, records, tasks, names, workers, bar)
+        return _analyze_here(gt, records, tasks, names, parsed, iou_type, legacy_unmatched, backend, bar)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+
+
 def analyze(
     gt: str | os.PathLike | Mapping | GroundTruth,
     pred: str | os.PathLike | Sequence[Mapping],
@@ -433,24 +464,9 @@ def analyze(
     records = load_predictions(pred, gt)
     warnings_list = empty_input_warnings(gt, records, EMPTY_PREDICTIONS_WARNING)
     tasks = _image_tasks(gt, records)
-    pool = None
-    if workers > 1 and tasks:
-        # Created before the progress bar's monitor thread exists: forking a threaded process is unsafe.
-        initargs = (gt, backend, tasks, parsed, iou_type, legacy_unmatched)
-        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=initargs)
-    bar = progress_bar(len(names) * len(tasks) + len(names) + 1, "error analysis", "step", enabled=progress)
-    try:
-        if pool is not None:
-            stats, unmatched = _analyze_in_pool(pool, records, tasks, names, workers, bar)
-        else:
-            stats, unmatched = _analyze_here(
-                gt, records, tasks, names, parsed, iou_type, legacy_unmatched, backend, bar
-            )
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-
+    stats, unmatched = _fixed_stats(
+        gt, records, tasks, names, parsed, iou_type, legacy_unmatched, backend, workers, progress
+    )
     return {
         "gt": gt.path,
         "predictions": os.fspath(pred) if isinstance(pred, (str, os.PathLike)) else None,

@@ -209,6 +209,28 @@ def empty_input_warnings(
     return found
 
 
+def _unique_iou_types(iou_types: Sequence[str] | None) -> list[str]:
+    """The IoU types asked for (default: all), without repeats; InputError for an unknown one."""
+    iou_types = list(dict.fromkeys(iou_types or IOU_TYPES))
+    for iou_type in iou_types:
+        if iou_type not in IOU_TYPES:
+            raise InputError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")
+    return iou_types
+
+
+def _keep_box_ap_if_boxes(iou_types: list[str], gt: GroundTruth, records: list[dict], explicit: bool) -> None:
+    """Keep "bbox" in ``iou_types`` where both files have boxes. Otherwise remove it when it was
+    only the default (not ``explicit``), or raise InputError naming the GT annotations without a
+    box when it was asked for."""
+    missing = [i for i, ann in enumerate(gt.data["annotations"]) if "bbox" not in ann]
+    if not explicit and (missing or not records or not all("bbox" in r for r in records)):
+        iou_types.remove("bbox")  # by default, box AP only where both files have boxes
+    elif missing:
+        raise InputError(
+            f"{gt.source}: annotations[{missing[0]}] (and {len(missing) - 1} more) have no 'bbox', needed for box AP"
+        )
+
+
 def evaluate(
     gt: str | os.PathLike | Mapping | GroundTruth,
     predictions: str | os.PathLike | Sequence[Mapping],
@@ -238,10 +260,7 @@ def evaluate(
         InputError: invalid GT or predictions (file, record, what is wrong).
     """
     explicit = iou_types is not None
-    iou_types = list(dict.fromkeys(iou_types or IOU_TYPES))
-    for iou_type in iou_types:
-        if iou_type not in IOU_TYPES:
-            raise InputError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")
+    iou_types = _unique_iou_types(iou_types)
     check_backend(backend)
     workers = worker_count(workers)
     needs_masks = "segm" in iou_types or cityscapes_root is not None
@@ -252,14 +271,7 @@ def evaluate(
     )
     warnings_list = empty_input_warnings(gt, records)
     if "bbox" in iou_types:
-        missing = [i for i, ann in enumerate(gt.data["annotations"]) if "bbox" not in ann]
-        if not explicit and (missing or not records or not all("bbox" in r for r in records)):
-            iou_types.remove("bbox")  # by default, box AP only where both files have boxes
-        elif missing:
-            raise InputError(
-                f"{gt.source}: annotations[{missing[0]}] (and {len(missing) - 1} more) "
-                "have no 'bbox', needed for box AP"
-            )
+        _keep_box_ap_if_boxes(iou_types, gt, records, explicit)
 
     result: dict[str, Any] = {
         "gt": gt.path,

@@ -111,6 +111,38 @@ def _upsample_region(region: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return _upsample(region.unsqueeze(1).float(), size).squeeze(1) >= 0.5
 
 
+def _boundary_stage_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    previous_logits: torch.Tensor,
+    previous_target: torch.Tensor,
+    refined: torch.Tensor,
+    boundary_width: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Loss and refined prediction of one boundary-only stage of :func:`refine_mask_loss`.
+
+    Args:
+        logits: (R, S, S) the stage's mask logits.
+        target: (R, S, S) its binary target, in ``logits``' dtype.
+        previous_logits: (R, 1, S', S') the previous stage's logits.
+        previous_target: (R, S', S') the previous stage's target.
+        refined: (R, S', S') bool, the previous stage's refined binary prediction.
+        boundary_width: w of the boundary region.
+
+    Returns:
+        ``(loss, refined)``: the scalar BCE summed over the boundary region and divided by its
+        pixel count (at least 1), and this stage's (R, S, S) bool refined prediction.
+    """
+    size = logits.shape[-2:]
+    region = boundary_map(refined, boundary_width) | boundary_map(previous_target, boundary_width)
+    region = _upsample_region(region, size)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    loss = (bce * region).sum() / region.sum().clamp(min=1)
+    on_boundary = _upsample_region(boundary_map(refined, 1), size)
+    previous = _upsample(previous_logits, size).squeeze(1)
+    return loss, torch.where(on_boundary, logits, previous).sigmoid() >= 0.5
+
+
 def refine_mask_loss(
     stage_logits: Sequence[torch.Tensor],
     semantic_logits: torch.Tensor,
@@ -160,14 +192,10 @@ def refine_mask_loss(
             losses.append(F.binary_cross_entropy_with_logits(logits, target) if len(logits) else logits.sum())
             refined = logits.sigmoid() >= 0.5
             continue
-        size = logits.shape[-2:]
-        region = boundary_map(refined, boundary_width) | boundary_map(stage_targets[index - 1], boundary_width)
-        region = _upsample_region(region, size)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        losses.append((bce * region).sum() / region.sum().clamp(min=1))
-        on_boundary = _upsample_region(boundary_map(refined, 1), size)
-        previous = _upsample(stage_logits[index - 1], size).squeeze(1)
-        refined = torch.where(on_boundary, logits, previous).sigmoid() >= 0.5
+        loss, refined = _boundary_stage_loss(
+            logits, target, stage_logits[index - 1], stage_targets[index - 1], refined, boundary_width
+        )
+        losses.append(loss)
     loss_instance = sum(weight * loss for weight, loss in zip(stage_weights, losses))
     loss_semantic = semantic_weight * F.binary_cross_entropy_with_logits(
         semantic_logits.squeeze(1), semantic_target.to(semantic_logits.dtype)
@@ -280,6 +308,40 @@ class SemanticFusionStage(nn.Module):
         return logits, torch.cat([fused, _upsample(masks, size), _upsample(semantic_masks, size)], dim=1)
 
 
+def _check_stage_options(stage_loss_weights: Sequence[float], conv_dim: int, start_stage: int) -> None:
+    """ValueError (naming the config key) unless there are >= 2 stages, ``conv_dim`` leaves >= 4
+    channels after halving at each stage, and ``start_stage`` is a stage index."""
+    if len(stage_loss_weights) < 2:
+        raise ValueError("MODEL.REFINE_MASK.STAGE_LOSS_WEIGHTS needs at least 2 stages")
+    if conv_dim // 2 ** (len(stage_loss_weights) - 1) < 4:
+        raise ValueError(f"MODEL.REFINE_MASK.CONV_DIM {conv_dim} is too small for {len(stage_loss_weights)} stages")
+    if not 0 <= start_stage < len(stage_loss_weights):
+        raise ValueError(f"MODEL.REFINE_MASK.START_STAGE {start_stage} is not a stage index")
+
+
+def _fusion_stages(
+    stage_sizes: Sequence[int],
+    semantic_channels: int,
+    channels: int,
+    num_classes: int,
+    dilations: Sequence[int],
+    semantic_stride: int,
+    mask_use_sigmoid: bool,
+) -> Tuple[nn.ModuleList, int]:
+    """The :class:`SemanticFusionStage` of each stage but the last, at ``stage_sizes[:-1]``, each
+    taking ``channels`` instance channels and halving them; returns them and the instance
+    channels of the last stage."""
+    stages = nn.ModuleList()
+    for size in stage_sizes[:-1]:
+        stages.append(
+            SemanticFusionStage(
+                semantic_channels, channels, size, num_classes, dilations, semantic_stride, mask_use_sigmoid
+            )
+        )
+        channels //= 2
+    return stages, channels
+
+
 @ROI_MASK_HEAD_REGISTRY.register()
 class RefineMaskHead(nn.Module):
     """RefineMask's mask head. Submodules: ``instance_convs``, ``semantic_convs``,
@@ -317,12 +379,7 @@ class RefineMaskHead(nn.Module):
             semantic_loss_weight, boundary_width, start_stage: see :func:`refine_mask_loss`.
         """
         super().__init__()
-        if len(stage_loss_weights) < 2:
-            raise ValueError("MODEL.REFINE_MASK.STAGE_LOSS_WEIGHTS needs at least 2 stages")
-        if conv_dim // 2 ** (len(stage_loss_weights) - 1) < 4:
-            raise ValueError(f"MODEL.REFINE_MASK.CONV_DIM {conv_dim} is too small for {len(stage_loss_weights)} stages")
-        if not 0 <= start_stage < len(stage_loss_weights):
-            raise ValueError(f"MODEL.REFINE_MASK.START_STAGE {start_stage} is not a stage index")
+        _check_stage_options(stage_loss_weights, conv_dim, start_stage)
         self.stage_sizes = [input_shape.height * 2**i for i in range(len(stage_loss_weights))]
         self.semantic_stride = semantic_stride
         self.loss_arguments = dict(
@@ -338,21 +395,15 @@ class RefineMaskHead(nn.Module):
             _conv(semantic_channels if i == 0 else conv_dim, conv_dim, 3) for i in range(num_semantic_convs)
         )
         self.semantic_logits = _conv(conv_dim, 1)
-        self.stages = nn.ModuleList()
-        channels = conv_dim if num_instance_convs else input_shape.channels
-        for size in self.stage_sizes[:-1]:
-            self.stages.append(
-                SemanticFusionStage(
-                    conv_dim if num_semantic_convs else semantic_channels,
-                    channels,
-                    size,
-                    num_classes,
-                    dilations,
-                    semantic_stride,
-                    mask_use_sigmoid,
-                )
-            )
-            channels //= 2
+        self.stages, channels = _fusion_stages(
+            self.stage_sizes,
+            conv_dim if num_semantic_convs else semantic_channels,
+            conv_dim if num_instance_convs else input_shape.channels,
+            num_classes,
+            dilations,
+            semantic_stride,
+            mask_use_sigmoid,
+        )
         self.final_instance_logits = _conv(channels, num_classes)
 
     @classmethod

@@ -111,19 +111,26 @@ def launch(
     try:
         for process in workers:
             process.start()
-        failed = None
-        running = list(workers)
-        while running and failed is None:
-            # In the order they ended: a worker that fails takes its peers down with it.
-            for sentinel in multiprocessing.connection.wait([p.sentinel for p in running]):
-                process = next(p for p in running if p.sentinel == sentinel)
-                process.join()
-                running.remove(process)
-                if failed is None and process.exitcode not in clean_exits:
-                    failed = workers.index(process)
+        failed = _wait_for_workers(workers, clean_exits)
     finally:
         _kill(workers)
     return LaunchResult([p.exitcode for p in workers], failed)
+
+
+def _wait_for_workers(workers: list, clean_exits: Sequence[int]) -> Optional[int]:
+    """Join the started workers as they exit, until all have or one exits with a code outside
+    ``clean_exits``; return that one's local rank (its index in ``workers``), or None."""
+    failed = None
+    running = list(workers)
+    while running and failed is None:
+        # In the order they ended: a worker that fails takes its peers down with it.
+        for sentinel in multiprocessing.connection.wait([p.sentinel for p in running]):
+            process = next(p for p in running if p.sentinel == sentinel)
+            process.join()
+            running.remove(process)
+            if failed is None and process.exitcode not in clean_exits:
+                failed = workers.index(process)
+    return failed
 
 
 def _kill(workers: list) -> None:

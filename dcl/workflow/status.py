@@ -154,6 +154,59 @@ def _disk_use(folder: Path) -> Optional[int]:
     return total
 
 
+def _status_from_record(
+    status: RunStatus,
+    info: dict,
+    from_results: bool,
+    results_dir: Path,
+    expected: ExpectedRun,
+    jobs: Optional[Sequence[SlurmJob]],
+    at: float,
+) -> None:
+    """Fill ``status`` from a run record: progress, GPU hours, Slurm job and node, and the state
+    with its reason. A running run whose job or process is gone is interrupted; a finished one
+    whose record is the results folder's (``from_results``) is incomplete or failed where the
+    report cannot read all its result files."""
+    status.gpu_hours = gpu_hours(info)
+    state: Progress = progress(info, at)
+    status.iteration, status.max_iter, status.chunks = state.iteration, state.max_iter, state.chunks
+    status.updated_s_ago = state.age_s
+    slurm = info.get("slurm") if isinstance(info.get("slurm"), dict) else {}
+    status.job_id, status.node = slurm.get("job_id"), slurm.get("nodes")
+    status.state = info.get("status") if info.get("status") in RECORD_STATES else "failed"
+    if status.state == "failed" and info.get("status") != "failed":
+        info = {**info, "error": f"run.json has an unknown status {info.get('status')!r}"}
+    if status.state == "running":
+        status.rate, status.eta_s = state.rate, state.eta_s
+        stale = _stale_reason(info, jobs)
+        if stale:
+            status.state, status.reason, status.rate, status.eta_s = "interrupted", stale, None, None
+    elif status.state == "failed":
+        status.reason = str(info.get("error") or f"exit code {info.get('exit_code')}")
+        status.log = run_log(expected)
+    elif status.state == "interrupted":
+        signal = info.get("signal")
+        status.reason = f"stopped by {signal}" if signal else "stopped"
+    elif from_results:
+        # Finished only as the report sees it: every result file there and readable.
+        folder = load_run(results_dir, expected)
+        if folder.status in ("incomplete", "failed"):
+            status.state, status.reason = folder.status, folder.reason
+
+
+def _status_from_job(status: RunStatus, job: SlurmJob) -> None:
+    """Update the status of an unfinished run from its Slurm job: its id and node; queued while
+    the job waits (unless the run is running), running ("starting") once the job runs before dcl
+    train has written its record."""
+    status.job_id, status.node = job.job_id, job.nodes or status.node
+    if job.state in _WAITING:
+        if status.state != "running":
+            status.state = "queued"
+    elif status.state in ("pending", "missing", "interrupted", "failed"):
+        # The job has started (a new chunk, or a retry) and dcl train has not written yet.
+        status.state, status.reason, status.log = "running", "starting", None
+
+
 def run_status(
     results_dir: Path,
     expected: ExpectedRun,
@@ -182,43 +235,13 @@ def run_status(
     if expected.output_dir is not None:
         status.disk_bytes = _disk_use(Path(expected.output_dir))
     if info is not None:
-        status.gpu_hours = gpu_hours(info)
-        state: Progress = progress(info, at)
-        status.iteration, status.max_iter, status.chunks = state.iteration, state.max_iter, state.chunks
-        status.updated_s_ago = state.age_s
-        slurm = info.get("slurm") if isinstance(info.get("slurm"), dict) else {}
-        status.job_id, status.node = slurm.get("job_id"), slurm.get("nodes")
-        status.state = info.get("status") if info.get("status") in RECORD_STATES else "failed"
-        if status.state == "failed" and info.get("status") != "failed":
-            info = {**info, "error": f"run.json has an unknown status {info.get('status')!r}"}
-        if status.state == "running":
-            status.rate, status.eta_s = state.rate, state.eta_s
-            stale = _stale_reason(info, jobs)
-            if stale:
-                status.state, status.reason, status.rate, status.eta_s = "interrupted", stale, None, None
-        elif status.state == "failed":
-            status.reason = str(info.get("error") or f"exit code {info.get('exit_code')}")
-            status.log = run_log(expected)
-        elif status.state == "interrupted":
-            signal = info.get("signal")
-            status.reason = f"stopped by {signal}" if signal else "stopped"
-        elif info is finished:
-            # Finished only as the report sees it: every result file there and readable.
-            folder = load_run(results_dir, expected)
-            if folder.status in ("incomplete", "failed"):
-                status.state, status.reason = folder.status, folder.reason
+        _status_from_record(status, info, info is finished, results_dir, expected, jobs, at)
     elif expected.kind == "released" and (results_dir / expected.run_dir / f"{layout.EVALUATION}.json").is_file():
         status.state = "finished"  # a released checkpoint evaluated without a run record
     elif expected.output_dir is not None and Path(expected.output_dir).parent.parent.is_dir():
         status.state = "pending"  # the work directory of the workflow is here: not started yet
     if job is not None and status.state != "finished":
-        status.job_id, status.node = job.job_id, job.nodes or status.node
-        if job.state in _WAITING:
-            if status.state != "running":
-                status.state = "queued"
-        elif status.state in ("pending", "missing", "interrupted", "failed"):
-            # The job has started (a new chunk, or a retry) and dcl train has not written yet.
-            status.state, status.reason, status.log = "running", "starting", None
+        _status_from_job(status, job)
     if status.state == "queued":
         status.node = None  # not placed yet; a node in run.json is a former chunk's
     return status
