@@ -19,7 +19,7 @@ import shutil
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import dcl.compat  # (before any detectron2 module)
 import torch
@@ -44,6 +44,9 @@ from dcl.layout import INFERENCE_DIR, TRAINING_METRICS
 from dcl.preemption import StopHook, StopSignal, agreed
 from dcl.runrecord import RUN_RECORD, RunRecord
 from dcl.sampler import LazyLoader, ResumableTrainingSampler, build_train_loader, sample_seed
+
+if TYPE_CHECKING:
+    from dcl.tracking import Tracker
 
 __all__ = [
     "EVAL_RESULTS",
@@ -326,7 +329,8 @@ class Trainer(DefaultTrainer):
 
     ``stop`` is the process's :class:`dcl.preemption.StopSignal`; ``record`` the run record
     (main process only); ``keep_checkpoints`` the periodic checkpoints to keep
-    (:class:`AtomicCheckpointer`, None: all)."""
+    (:class:`AtomicCheckpointer`, None: all); ``tracker`` an experiment tracker run
+    (:mod:`dcl.tracking`, main process only) that gets what ``metrics.json`` gets."""
 
     def __init__(
         self,
@@ -334,8 +338,10 @@ class Trainer(DefaultTrainer):
         stop: StopSignal,
         record: Optional[RunRecord] = None,
         keep_checkpoints: Optional[int] = None,
+        tracker: Optional["Tracker"] = None,
     ):
         self.stop = stop
+        self._tracker = tracker
         self._record = record
         self._keep_checkpoints = keep_checkpoints
         self._train_sampler: Optional[ResumableTrainingSampler] = None
@@ -424,6 +430,15 @@ class Trainer(DefaultTrainer):
             return self._last_eval_results
 
     # -- hooks and checkpoints
+    def build_writers(self):
+        """detectron2's writers (terminal, ``metrics.json``, TensorBoard), and the tracker's."""
+        writers = super().build_writers()
+        if self._tracker is not None:
+            from dcl.tracking import TrackingWriter
+
+            writers.append(TrackingWriter(self._tracker))
+        return writers
+
     def build_hooks(self):
         self.checkpointer = AtomicCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.checkpointer.keep_periodic = self._keep_checkpoints
