@@ -210,6 +210,11 @@ def test_wandb_offline_writes_run_files_with_what_metrics_json_has(toy_datasets,
                 exits.append(record["exit"].get("exit_code", 0))
         assert (folder / "files" / "config.yaml").exists()
     assert exits == [EXIT_INTERRUPTED, 0]
+    # The README's sync command, without network: it would upload both chunks.
+    wandb = Path(sys.executable).parent / "wandb"
+    dry = subprocess.run([str(wandb), "sync", "--dry-run", *map(str, chunks)], env=env, capture_output=True, text=True)
+    said = dry.stdout + dry.stderr
+    assert dry.returncode == 0 and all(f"{folder.name}/run-{state['run_id']}.wandb" in said for folder in chunks), said
     assert_same_series(logged, metrics_json_series(out))
     assert {"total_loss", "lr", "segm/AP", "bbox/AP50"} <= set(logged)
 
@@ -325,3 +330,48 @@ def test_without_tracking_no_tracker_library_is_imported(toy_datasets, tmp_path)
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "LOADED []" in result.stdout, result.stdout[-2000:]
+
+
+# ----------------------------------------------------------------------------- the toy DAG
+@pytest.mark.e2e
+def test_toy_dag_with_mlflow_tracking_logs_every_training_as_metrics_json(tmp_path):
+    """A reduced toy matrix (one COCO baseline, one Cityscapes DCL run, 8 iterations with a periodic
+    evaluation) run by Snakemake with `tracking: mlflow`: every training is one FINISHED run of the
+    preset's local store, tagged with its experiment, and its numbers are its metrics.json."""
+    from mlflow.tracking import MlflowClient
+
+    config = yaml.safe_load((CONFIGS / "toy.yaml").read_text())
+    keep = {"toy_coco_baseline", "toy_cityscapes_dcl"}
+    config["experiments"] = [e | {"seeds": [0]} for e in config["experiments"] if e["name"] in keep]
+    config["ablations"] = []
+    config["train_overrides"] = {"SOLVER.MAX_ITER": 8, "SOLVER.STEPS": [6], "SOLVER.WARMUP_ITERS": 2}
+    config["train_overrides"] |= {"TEST.EVAL_PERIOD": 4, "SOLVER.CHECKPOINT_PERIOD": 4}
+    config["tracking"] = {"backend": "mlflow"}
+    (tmp_path / "tracked.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    for variable in ("DETECTRON2_DATASETS", "DCL_TOY_DATASETS", "DCL_WEIGHTS_DIR", "SBATCH_PARTITION"):
+        env.pop(variable, None)
+    env |= {"PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--profile", str(REPO / "profiles" / "local"), "--cores", "2", "--configfile", "tracked.yaml"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/work_dirs/toy/mlflow.db")
+    experiment = client.get_experiment_by_name("dcl-toy")
+    runs = {run.data.tags["experiment"]: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == keep
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED" and run.info.run_name == f"{name}/seed0"
+        assert run.data.tags["seed"] == "0" and run.data.tags["preset"] == "toy"
+        results = tmp_path / "results" / "toy" / "runs" / name / "seed0"
+        assert read_json(results / "run.json")["status"] == "finished"
+        logged = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            for key in run.data.metrics
+        }
+        assert_same_series(logged, metrics_json_series(results))  # the copy the report reads
+        assert [step for step, _ in logged["segm/AP"]] == [3, 8]
+    assert "cityscapes/AP" in runs["toy_cityscapes_dcl"].data.metrics
+    assert runs["toy_cityscapes_dcl"].data.tags["method"] == "dcl"
