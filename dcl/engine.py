@@ -29,6 +29,7 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventWriter, get_event_storage
 
 from dcl import weights as dcl_weights
 from dcl.io import (
@@ -55,6 +56,7 @@ __all__ = [
     "AtomicCOCOEvaluator",
     "ExpectedResultsError",
     "Trainer",
+    "TrackingWriter",
     "check_expected_results",
     "copy_results",
     "prepare_output_dir",
@@ -243,6 +245,25 @@ class _RecordHook(hooks.HookBase):
         done = self.trainer.iter + 1
         if done % _RECORD_PERIOD == 0 or done == self.trainer.max_iter:
             self.record.update(iteration=done)
+
+
+class TrackingWriter(EventWriter):
+    """A detectron2 ``EventWriter`` that logs to an experiment tracker (:mod:`dcl.tracking`) what
+    ``metrics.json``'s ``JSONWriter`` writes at the same moment, the iteration as the step.
+    ``close`` leaves the tracker run open: ``dcl train`` ends it, saying how the run ended."""
+
+    def __init__(self, tracker: "Tracker"):
+        self.tracker = tracker
+        self._last_write = -1
+
+    def write(self) -> None:
+        from dcl.tracking import latest_new_scalars
+
+        new = latest_new_scalars(get_event_storage(), self._last_write)
+        for iteration in sorted(new):  # W&B steps only go forward
+            self.tracker.log_metrics(new[iteration], iteration)
+        if new:
+            self._last_write = max(new)
 
 
 class AtomicCOCOEvaluator(COCOEvaluator):
@@ -434,8 +455,6 @@ class Trainer(DefaultTrainer):
         """detectron2's writers (terminal, ``metrics.json``, TensorBoard), and the tracker's."""
         writers = super().build_writers()
         if self._tracker is not None:
-            from dcl.tracking import TrackingWriter
-
             writers.append(TrackingWriter(self._tracker))
         return writers
 

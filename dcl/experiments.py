@@ -438,12 +438,7 @@ class Plan:
         what it was before tracking existed)."""
         if self.tracking is None:
             return []
-        words = ["--tracking", self.tracking["backend"], "--tracking-project", self.tracking["project"]]
-        if self.tracking["uri"]:
-            words += ["--tracking-uri", self.tracking["uri"]]
-        if self.tracking["mode"] == "offline":
-            words += ["--tracking-offline"]
-        words += ["--tracking-name", f"{run_.experiment}/seed{run_.seed}"]
+        words = self._tracker_words() + ["--tracking-name", f"{run_.experiment}/seed{run_.seed}"]
         tags = {
             "preset": self.preset,
             "experiment": run_.experiment,
@@ -456,6 +451,24 @@ class Plan:
         for key, value in tags.items():
             words += ["--tracking-tag", f"{key}={value}"]
         return words
+
+    def _tracker_words(self) -> list[str]:
+        assert self.tracking is not None
+        words = ["--tracking", self.tracking["backend"], "--tracking-project", self.tracking["project"]]
+        if self.tracking["uri"]:
+            words += ["--tracking-uri", self.tracking["uri"]]
+        if self.tracking["mode"] == "offline":
+            words += ["--tracking-offline"]
+        return words
+
+    def report_tracking_arguments(self) -> list[str]:
+        """``dcl report``'s tracking options: its tables and figures go to a run named
+        ``report`` in the same project (W&B run files in ``{work_dir}/{preset}/wandb``); []
+        when tracking is off."""
+        if self.tracking is None:
+            return []
+        words = [*self._tracker_words(), "--tracking-tag", f"preset={self.preset}"]
+        return words + (["--tracking-dir", self.work] if self.tracking["backend"] == "wandb" else [])
 
     def _repository_path(self, value: str) -> tuple[str, bool]:
         """A file of the repository named in the config (relative to the repository unless

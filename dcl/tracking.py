@@ -4,7 +4,7 @@
 
 - every scalar detectron2 puts into its ``EventStorage`` (losses, ``lr``, timings, and the
   evaluation results the EvalHook stores: ``segm/AP``, ``bbox/AP50``, ``cityscapes/AP``, ...),
-  through :class:`TrackingWriter`, a detectron2 ``EventWriter`` beside ``metrics.json``'s
+  through :class:`dcl.engine.TrackingWriter`, a detectron2 ``EventWriter`` beside ``metrics.json``'s
   ``JSONWriter`` that selects exactly what that writer writes (the same smoothing, the same
   iterations), so the tracker's numbers are ``metrics.json``'s; the step is the iteration;
 - the merged detectron2 config, flattened (``SOLVER.BASE_LR``: params in MLflow, the run config in
@@ -43,9 +43,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import dcl.compat  # noqa: F401  (before any detectron2 module)
-from detectron2.utils.events import EventWriter, get_event_storage
-
 from dcl.io import InputError, atomic_write_json, read_json
 
 __all__ = [
@@ -53,11 +50,11 @@ __all__ = [
     "TRACKING_STATE",
     "TrackingOptions",
     "Tracker",
-    "TrackingWriter",
     "add_arguments",
     "check_available",
     "command_words",
     "flatten_config",
+    "latest_new_scalars",
     "options_from_args",
     "record_tags",
     "start",
@@ -68,7 +65,7 @@ logger = logging.getLogger("dcl.tracking")
 BACKENDS = ("mlflow", "wandb")
 TRACKING_STATE = "tracking.json"  # beside run.json: which tracker run this run logs to
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # pyproject.toml's optional dependencies
-_WINDOW = 20  # detectron2's JSONWriter smoothing window (DefaultTrainer's default writers)
+WINDOW = 20  # detectron2's JSONWriter smoothing window (DefaultTrainer's default writers)
 STATUS = {"finished", "failed", "interrupted"}
 
 
@@ -92,15 +89,26 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``dcl train``'s tracking options (all off by default)."""
+def add_arguments(parser: argparse.ArgumentParser, report: bool = False) -> None:
+    """``dcl train``'s tracking options (all off by default); ``report``: ``dcl report``'s, which
+    also take ``--tracking-dir``."""
     group = parser.add_argument_group("experiment tracking (optional; README, 'Experiment tracking')")
     group.add_argument(
         "--tracking",
         choices=BACKENDS,
         default=None,
-        help="log scalars, config and tags to MLflow or Weights & Biases (main process only)",
+        help="log the tables and figures written"
+        if report
+        else "log scalars, config and tags to MLflow or Weights & Biases (main process only)",
     )
+    if report:
+        group.add_argument(
+            "--tracking-dir",
+            type=Path,
+            default=Path("."),
+            metavar="DIR",
+            help="W&B: where its run files go, in DIR/wandb (default: the working directory)",
+        )
     group.add_argument(
         "--tracking-project",
         default=None,
@@ -117,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--tracking-offline",
         action="store_true",
-        help="W&B: write the run to OUTPUT_DIR/wandb without network (wandb sync it later)",
+        help="W&B: write the run files without network (OUTPUT_DIR/wandb; wandb sync them later)",
     )
     group.add_argument("--tracking-name", default=None, metavar="NAME", help="the tracker run's name")
     group.add_argument(
@@ -253,7 +261,7 @@ class Tracker:
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         raise NotImplementedError
 
-    def _log_file(self, path: Path) -> None:
+    def _log_file(self, path: Path, folder: str) -> None:
         raise NotImplementedError
 
     def _finish(self, status: str) -> None:
@@ -279,10 +287,13 @@ class Tracker:
             with self._guard("logging metrics"):
                 self._log_metrics(numbers, int(step))
 
-    def log_file(self, path: Path) -> None:
-        if Path(path).is_file() and not self.broken:
-            with self._guard(f"logging {Path(path).name}"):
-                self._log_file(Path(path))
+    def log_file(self, path: Path, base: Optional[Path] = None) -> None:
+        """Log a file (an MLflow artifact, a W&B run file), under its folder relative to ``base``."""
+        path = Path(path)
+        folder = path.parent.relative_to(base).as_posix() if base is not None else "."
+        if path.is_file() and not self.broken:
+            with self._guard(f"logging {path.name}"):
+                self._log_file(path, "" if folder == "." else folder)
 
     def finish(self, status: str) -> None:
         """End the run: ``finished``, ``failed`` or ``interrupted`` (to be resumed). Never raises."""
@@ -359,8 +370,8 @@ class MlflowTracker(Tracker):
         for i in range(0, len(entries), 1000):
             self.client.log_batch(self.run_id, metrics=entries[i : i + 1000])
 
-    def _log_file(self, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+    def _log_file(self, path: Path, folder: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder or None)
 
     def _finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, self._STATUS[status])
@@ -429,8 +440,9 @@ class WandbTracker(Tracker):
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
 
-    def _log_file(self, path: Path) -> None:
-        self.run.save(str(path), base_path=str(path.parent), policy="now")
+    def _log_file(self, path: Path, folder: str) -> None:
+        base = path.parent.parents[len(Path(folder).parts) - 1] if folder else path.parent
+        self.run.save(str(path), base_path=str(base), policy="now")
 
     def _finish(self, status: str) -> None:
         if status == "interrupted":
@@ -449,9 +461,11 @@ def start(
     resume: bool,
     tags: dict[str, str],
     config: Any,
+    remember: bool = True,
 ) -> Tracker:
     """Start (``resume``: continue, if ``folder/tracking.json`` names one) the tracker run of the
-    run whose ``run.json`` is in ``folder``; log its tags and config and remember its id there.
+    run whose ``run.json`` is in ``folder``; log its tags and config and (``remember``) keep its id
+    there. W&B writes its run files to ``folder/wandb``.
 
     Raises:
         InputError: the library failed to start the run (one line, with its reason).
@@ -478,7 +492,8 @@ def start(
     except Exception as error:
         reason = " ".join(str(error).split())[:500] or type(error).__name__
         raise InputError(f"--tracking {options.backend}: cannot start the tracker run: {reason}") from None
-    atomic_write_json(state_file, tracker.state())
+    if remember:
+        atomic_write_json(state_file, tracker.state())
     logger.info(
         "%s tracking: %s run %s%s",
         options.backend,
@@ -489,32 +504,29 @@ def start(
     return tracker
 
 
-# ----------------------------------------------------------------------------- the writer
-def _latest_new_scalars(storage: Any, last_write: int) -> dict[int, dict[str, float]]:
-    """What detectron2's ``JSONWriter`` writes now: the latest value (median-smoothed where the
-    hint says so) of every scalar put after iteration ``last_write``, by iteration."""
+def log_report(options: TrackingOptions, files: list[Path], results_dir: Path, folder: Path) -> str:
+    """``dcl report --tracking``: a new tracker run (default name ``report``) holding the written
+    tables, figures, README and document as files, under their folders in ``results_dir``; its id."""
+    if options.name is None:
+        options = dataclasses.replace(options, name="report")
+    tracker = start(options, folder, resume=False, tags={"kind": "report"}, config={}, remember=False)
+    status = "failed"
+    try:
+        for path in files:
+            tracker.log_file(path, results_dir)
+        status = "finished" if not tracker.broken else "failed"
+    finally:
+        tracker.finish(status)
+    return tracker.run_id
+
+
+# ----------------------------------------------------------------------------- the writer's selection
+def latest_new_scalars(storage: Any, last_write: int) -> dict[int, dict[str, float]]:
+    """What detectron2's ``JSONWriter`` writes now from an ``EventStorage``: the latest value
+    (median-smoothed where the hint says so) of every scalar put after iteration ``last_write``,
+    by iteration. :class:`dcl.engine.TrackingWriter` logs exactly this."""
     by_iteration: dict[int, dict[str, float]] = {}
-    for key, (value, iteration) in storage.latest_with_smoothing_hint(_WINDOW).items():
+    for key, (value, iteration) in storage.latest_with_smoothing_hint(WINDOW).items():
         if iteration > last_write:
             by_iteration.setdefault(int(iteration), {})[key] = value
     return by_iteration
-
-
-class TrackingWriter(EventWriter):
-    """A detectron2 ``EventWriter`` logging to a :class:`Tracker` what ``metrics.json`` gets, with
-    the iteration as step. ``close`` does not end the tracker run: ``dcl train`` does, with how
-    the run ended."""
-
-    def __init__(self, tracker: Tracker):
-        self.tracker = tracker
-        self._last_write = -1
-
-    def write(self) -> None:
-        new = _latest_new_scalars(get_event_storage(), self._last_write)
-        for iteration in sorted(new):  # W&B steps only go forward
-            self.tracker.log_metrics(new[iteration], iteration)
-        if new:
-            self._last_write = max(new)
-
-    def close(self) -> None:
-        pass

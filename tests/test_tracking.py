@@ -219,6 +219,28 @@ def test_wandb_offline_writes_run_files_with_what_metrics_json_has(toy_datasets,
     assert {"total_loss", "lr", "segm/AP", "bbox/AP50"} <= set(logged)
 
 
+def test_report_files_go_to_an_offline_wandb_run_under_their_folders(tmp_path, monkeypatch):
+    from dcl import tracking
+
+    for variable in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    results = tmp_path / "results" / "toy"
+    files = [results / "README.md", results / "tables" / "main_results.md", results / "figures" / "a.png"]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(path.name)
+    options = tracking.TrackingOptions(backend="wandb", project="dcl-test", offline=True, tags=(("preset", "toy"),))
+    run_id = tracking.log_report(options, files + [results / "report.pdf"], results, tmp_path / "work")
+    (folder,) = (tmp_path / "work" / "wandb").glob(f"offline-run-*-{run_id}")
+    for path in files:
+        assert (folder / "files" / path.relative_to(results)).read_text() == path.name
+    assert not (tmp_path / "work" / tracking.TRACKING_STATE).exists()  # every report is a new run
+    records = wandb_records(folder, {**os.environ, "HOME": str(tmp_path / "home")})
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["display_name"] == "report" and {"kind:report", "preset:toy"} <= set(run["tags"])
+
+
 # ----------------------------------------------------------------------------- off by default
 def plan(config_changes=None):
     from dcl.experiments import Plan
@@ -236,6 +258,7 @@ def test_with_tracking_off_the_commands_and_experiments_json_are_unchanged(off):
     assert [turned_off.train_command(run) for run in turned_off.jobs.values()] == commands
     assert not any("--tracking" in command for command in commands)
     assert turned_off.document() == reference.document() and turned_off.digest() == reference.digest()
+    assert turned_off.report_tracking_arguments() == reference.report_tracking_arguments() == []
 
 
 def test_with_tracking_on_every_command_logs_to_one_store_with_the_run_as_tags():
@@ -263,9 +286,14 @@ def test_with_tracking_on_every_command_logs_to_one_store_with_the_run_as_tags()
             "group": run.group,
         }
         assert added[added.index("--tracking-name") + 1] == f"{run.experiment}/seed{run.seed}"
+    assert on.report_tracking_arguments() == [
+        "--tracking", "mlflow", "--tracking-project", "dcl-toy", "--tracking-uri", "sqlite:///work_dirs/toy/mlflow.db",
+        "--tracking-tag", "preset=toy",
+    ]  # fmt: skip
     wandb = plan({"tracking": {"backend": "wandb", "project": "p"}})
     words = shlex.split(wandb.train_command(next(iter(wandb.jobs.values()))))
     assert "--tracking-offline" in words and "--tracking-uri" not in words
+    assert wandb.report_tracking_arguments()[-2:] == ["--tracking-dir", "work_dirs/toy"]
     online = plan({"tracking": {"backend": "wandb", "mode": "online"}})
     assert "--tracking-offline" not in online.train_command(next(iter(online.jobs.values())))
 
@@ -360,7 +388,8 @@ def test_toy_dag_with_mlflow_tracking_logs_every_training_as_metrics_json(tmp_pa
 
     client = MlflowClient(f"sqlite:///{tmp_path}/work_dirs/toy/mlflow.db")
     experiment = client.get_experiment_by_name("dcl-toy")
-    runs = {run.data.tags["experiment"]: run for run in client.search_runs([experiment.experiment_id])}
+    everything = client.search_runs([experiment.experiment_id])
+    runs = {run.data.tags["experiment"]: run for run in everything if run.data.tags.get("kind") != "report"}
     assert set(runs) == keep
     for name, run in runs.items():
         assert run.info.status == "FINISHED" and run.info.run_name == f"{name}/seed0"
@@ -375,3 +404,12 @@ def test_toy_dag_with_mlflow_tracking_logs_every_training_as_metrics_json(tmp_pa
         assert [step for step, _ in logged["segm/AP"]] == [3, 8]
     assert "cityscapes/AP" in runs["toy_cityscapes_dcl"].data.metrics
     assert runs["toy_cityscapes_dcl"].data.tags["method"] == "dcl"
+    # dcl report logged its tables and figures to a run of its own.
+    (report,) = [run for run in everything if run.data.tags.get("kind") == "report"]
+    assert report.info.status == "FINISHED" and report.info.run_name == "report"
+    folders = {item.path: item for item in client.list_artifacts(report.info.run_id)}
+    assert {"tables", "figures", "README.md"} <= set(folders)
+    tables = {Path(item.path).name for item in client.list_artifacts(report.info.run_id, "tables")}
+    assert "main_results.md" in tables and "run_inventory.csv" in tables
+    figures = {Path(item.path).name for item in client.list_artifacts(report.info.run_id, "figures")}
+    assert "training_curves.png" in figures
