@@ -241,6 +241,73 @@ def test_report_files_go_to_an_offline_wandb_run_under_their_folders(tmp_path, m
     assert run["display_name"] == "report" and {"kind:report", "preset:toy"} <= set(run["tags"])
 
 
+# ----------------------------------------------------------------------------- the writer, in-process
+class RecordingTracker:
+    """A stand-in tracker run: what the writer logs, in order."""
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+
+def test_the_tracking_writer_logs_what_the_json_writer_writes(tmp_path):
+    """detectron2's JSONWriter and the TrackingWriter on one EventStorage, written at the same
+    moments (every 3 iterations, smoothed losses, an evaluation between two writes, a last write
+    with nothing new): the same values at the same iterations, each iteration logged once, in order."""
+    from detectron2.utils.events import EventStorage, JSONWriter
+
+    from dcl.engine import TrackingWriter
+
+    tracker = RecordingTracker()
+    json_writer, writer = JSONWriter(str(tmp_path / "metrics.json")), TrackingWriter(tracker)
+    with EventStorage(0) as storage:
+        for iteration in range(10):
+            storage.iter = iteration
+            storage.put_scalars(total_loss=1.0 / (iteration + 1), lr=0.01 * iteration)  # smoothed (median of 20)
+            storage.put_scalar("time", 0.5 + iteration, smoothing_hint=False)
+            if iteration == 4:
+                storage.put_scalars(**{"segm/AP": 12.5, "cityscapes/AP": float("nan")}, smoothing_hint=False)
+            if iteration % 3 == 2:
+                json_writer.write()
+                writer.write()
+        json_writer.write()
+        writer.write()
+        writer.write()  # nothing new: nothing logged
+    json_writer.close()
+    assert [step for step, _ in tracker.logged] == sorted({step for step, _ in tracker.logged})
+    logged: dict[str, list[tuple[int, float]]] = {}
+    for step, metrics in tracker.logged:
+        for key, value in metrics.items():
+            logged.setdefault(key, []).append((step, float(value)))
+    assert_same_series(logged, metrics_json_series(tmp_path))
+    assert [step for step, _ in logged["segm/AP"]] == [4]
+
+
+def test_a_tracker_that_fails_while_logging_warns_once_and_training_goes_on(caplog):
+    from dcl import tracking
+
+    class Failing(tracking.Tracker):
+        backend = "mlflow"
+        calls = 0
+
+        def _log_metrics(self, metrics, step):
+            self.calls += 1
+            raise ConnectionError("store went away")
+
+        def _finish(self, status):
+            raise ConnectionError("still gone")
+
+    tracker = Failing()
+    tracker.log_metrics({"loss": 1.0, "note": "not a number"}, 0)
+    tracker.log_metrics({"loss": 0.5}, 1)
+    tracker.finish("finished")  # never raises
+    assert tracker.broken and tracker.calls == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "store went away" in warnings[0] and "not logging any more" in warnings[0]
+
+
 # ----------------------------------------------------------------------------- off by default
 def plan(config_changes=None):
     from dcl.experiments import Plan
