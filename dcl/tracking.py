@@ -125,7 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser, report: bool = False) -> None
     group.add_argument(
         "--tracking-offline",
         action="store_true",
-        help="W&B: write the run files without network (OUTPUT_DIR/wandb; wandb sync them later)",
+        help="W&B: write the run files locally, without network (dcl train: in OUTPUT_DIR/wandb); "
+        "wandb sync them later",
     )
     group.add_argument("--tracking-name", default=None, metavar="NAME", help="the tracker run's name")
     group.add_argument(
