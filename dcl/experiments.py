@@ -448,6 +448,10 @@ class Plan:
             "init": run_.init,
             "group": run_.group,
         }
+        if run_.ablation is not None:  # the swept parameter and its value (and the base experiment)
+            tags |= {
+                f"ablation_{key}": format_override_value(run_.ablation[key]) for key in ("parameter", "value", "base")
+            }
         for key, value in tags.items():
             words += ["--tracking-tag", f"{key}={value}"]
         return words

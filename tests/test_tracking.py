@@ -331,6 +331,7 @@ def test_with_tracking_off_the_commands_and_experiments_json_are_unchanged(off):
 def test_with_tracking_on_every_command_logs_to_one_store_with_the_run_as_tags():
     on = plan({"tracking": {"backend": "mlflow"}})
     reference = plan()
+    assert any(run.group == "ablation" for run in on.jobs.values())
     assert on.document() == reference.document()  # experiments.json does not change
     for run in on.jobs.values():
         words = shlex.split(on.train_command(run))
@@ -351,7 +352,11 @@ def test_with_tracking_on_every_command_logs_to_one_store_with_the_run_as_tags()
             "dataset": run.dataset,
             "init": run.init,
             "group": run.group,
-        }
+        } | (
+            {"ablation_parameter": "LOSS_WEIGHT", "ablation_value": "0.4", "ablation_base": "toy_coco_dcl"}
+            if run.group == "ablation"
+            else {}
+        )
         assert added[added.index("--tracking-name") + 1] == f"{run.experiment}/seed{run.seed}"
     assert on.report_tracking_arguments() == [
         "--tracking", "mlflow", "--tracking-project", "dcl-toy", "--tracking-uri", "sqlite:///work_dirs/toy/mlflow.db",
