@@ -13,7 +13,7 @@ import os
 from snakemake.utils import min_version
 from snakemake_interface_common.exceptions import WorkflowError
 
-from dcl.experiments import refuse_templated_config
+from dcl.workflow.experiments import refuse_templated_config
 from dcl.io import InputError
 
 min_version("9.0")

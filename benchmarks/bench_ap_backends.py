@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcl.coco import STAT_NAMES, load_ground_truth, load_predictions
-from dcl.evaluation import BACKENDS, CocoEvaluator
+from dcl.data.coco import STAT_NAMES, load_ground_truth, load_predictions
+from dcl.evaluation.evaluate import BACKENDS, CocoEvaluator
 from synthetic_instances import pin_to_one_cpu, write_dataset  # the script's directory is sys.path[0]
 
 

@@ -6,7 +6,7 @@ For each model of the paper's matrix (Mask R-CNN R50-FPN on COCO and on Cityscap
 without DCL; RefineMask on Cityscapes) builds the model on the CPU from its detectron2 config,
 gives SGD its momentum buffers (what a trained checkpoint holds) and writes, in memory, the two
 checkpoints ``dcl train`` saves: a periodic one (weights + optimizer state) and ``model_final.pth``
-(weights only). Prints each size in MB beside the figure :data:`dcl.cost.CHECKPOINT_MB` holds and
+(weights only). Prints each size in MB beside the figure :data:`dcl.workflow.cost.CHECKPOINT_MB` holds and
 their ratio; ``--check`` exits 1 when one is off by more than 2 %.
 """
 
@@ -24,10 +24,10 @@ import dcl.compat  # noqa: E402,F401  (before detectron2)
 import torch  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 
-from dcl.config import load_config  # noqa: E402
-from dcl.cost import CHECKPOINT_MB  # noqa: E402
-from dcl.engine import Trainer  # noqa: E402
-from dcl.experiments import MODEL_HEADS  # noqa: E402
+from dcl.training.config import load_config  # noqa: E402
+from dcl.workflow.cost import CHECKPOINT_MB  # noqa: E402
+from dcl.training.engine import Trainer  # noqa: E402
+from dcl.workflow.experiments import MODEL_HEADS  # noqa: E402
 
 # (dataset, model) -> the detectron2 config of the paper's recipe.
 CONFIGS = {
@@ -64,7 +64,9 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a size is off by more than 2 %%")
     args = parser.parse_args()
     off = False
-    print(f"{'dataset':11s} {'model':11s} {'method':9s} {'kind':9s} {'measured MB':>12s} {'dcl.cost MB':>12s} ratio")
+    print(
+        f"{'dataset':11s} {'model':11s} {'method':9s} {'kind':9s} {'measured MB':>12s} {'dcl.workflow.cost MB':>12s} ratio"
+    )
     for (dataset, model), config_file in CONFIGS.items():
         for method, heads in MODEL_HEADS[model].items():
             sizes = measure(config_file, heads)

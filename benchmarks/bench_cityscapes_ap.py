@@ -5,7 +5,7 @@
 
 Writes a synthetic Cityscapes val set (``synthetic_instances.py`` scenes at 1024x2048: GT
 instanceIds PNGs and the COCO GT file, 100 detections per image) to a temporary directory, then
-times :func:`dcl.cityscapes.cityscapes_instance_ap` with 1 worker (before) and N workers (after;
+times :func:`dcl.data.cityscapes.cityscapes_instance_ap` with 1 worker (before) and N workers (after;
 default one per usable CPU) and, unless ``--no-files``, the previous implementation: one PNG per
 detection and cityscapesscripts' ``evaluateImgLists`` on the files. Prints seconds, ratios and
 whether the APs are identical.
@@ -35,8 +35,8 @@ CITIES = ("frankfurt", "lindau", "munster")  # Cityscapes val's cities
 def write_cityscapes(root: Path, images: int, height: int, width: int, detections: int, seed: int = 0):
     """A Cityscapes-layout val set: ``gtFine/val/<city>/*_gtFine_instanceIds.png`` and the COCO GT
     of the same instances (``cityscapes_to_coco``), plus COCO predictions on it."""
-    from dcl.cityscapes import cityscapes_to_coco
-    from dcl.coco import load_ground_truth, load_predictions
+    from dcl.data.cityscapes import cityscapes_to_coco
+    from dcl.data.coco import load_ground_truth, load_predictions
 
     gt_per_image = max(1, detections // 10)
     coco, predictions = make_dataset(
@@ -85,7 +85,7 @@ def _label_id(name: str) -> int:
 
 def previous_implementation(gt, predictions, root: Path) -> float:
     """The AP as computed before worker processes: a PNG per detection, then evaluateImgLists."""
-    from dcl import cityscapes
+    from dcl.data import cityscapes
 
     gt_files = []
     for image in gt.images.values():
@@ -116,8 +116,8 @@ def timed(function, *args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dcl.cityscapes import cityscapes_instance_ap
-    from dcl.evaluation import usable_cpus
+    from dcl.data.cityscapes import cityscapes_instance_ap
+    from dcl.evaluation.evaluate import usable_cpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="Cityscapes val size: 500 images of 1024x2048")

@@ -6,7 +6,7 @@ Generates Cityscapes-sized synthetic data (default: 20 images of 1024x2048, ~106
 detections with every kind of error; ``synthetic_instances.py``), then runs, each in a fresh
 process so times and peak memory are its own:
 
-* ``dcl.errors.analyze`` on one core (``-j 1``, pinned to one CPU) and with ``-j 2``;
+* ``dcl.evaluation.errors.analyze`` on one core (``-j 1``, pinned to one CPU) and with ``-j 2``;
 * ``original_dense`` below, on one core: the original tool's algorithm as the issue describes it:
   every mask decoded to a full-resolution array, IoU by dense ``[D, G, H, W]`` broadcasts, the
   baseline AP re-evaluated for every error type, AP by pycocotools. (The broadcast is done in
@@ -135,8 +135,8 @@ def _child(variant: str, gt_path: str, pred_path: str, types: list[str], legacy:
         pin_to_one_cpu()
     import pycocotools.coco  # noqa: F401  (imports are not what is measured)
 
-    from dcl.coco import STAT_NAMES
-    from dcl.errors import analyze
+    from dcl.data.coco import STAT_NAMES
+    from dcl.evaluation.errors import analyze
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     if variant == "dense":

@@ -9,7 +9,7 @@ speed does not depend on them; BN instead of the frozen BN that is meant for Ima
 backward and SGD update, as detectron2's SimpleTrainer/AMPTrainer do, for:
 
 * ``baseline``: the config as is;
-* ``dcl``: ``ContrastRoIHeads`` + ``ContrastConvUpsampleHead`` (dcl.loss, vectorised);
+* ``dcl``: ``ContrastRoIHeads`` + ``ContrastConvUpsampleHead`` (dcl.model.loss, vectorised);
 * ``dcl-loop``: the same model with the loss computed per RoI in a Python loop, as the original
   implementation does (``benchmarks/bench_loss.py``'s reference), for comparison;
 
@@ -38,8 +38,8 @@ from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from bench_loss import loop_module  # noqa: E402
-from dcl.loss import DenseContrastiveLossOutput, valid_roi_mask  # noqa: E402
-from dcl.config import load_config  # noqa: E402
+from dcl.model.loss import DenseContrastiveLossOutput, valid_roi_mask  # noqa: E402
+from dcl.training.config import load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "cityscapes_mask_rcnn_R_50_FPN.yaml"
 DCL_HEADS = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"]

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_loss.py --part step --steps 30
 
 ``loss``: N=100 RoIs, C=256, 28x28, K=32, forward + backward on the CPU. The vectorised
-``dcl.loss.dense_contrastive_loss`` against a straightforward per-RoI Python loop computing the
+``dcl.model.loss.dense_contrastive_loss`` against a straightforward per-RoI Python loop computing the
 same values from the same sample indices (the way the original implementation computes it), and
 the whole DCL term (``DenseContrastiveLoss``: projection, normalisation, sampling, loss) against
 the original's per-RoI pipeline (project and normalise the whole map, sample each RoI with
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dcl.loss import DenseContrastiveLoss, dense_contrastive_loss, sample_points  # noqa: E402
+from dcl.model.loss import DenseContrastiveLoss, dense_contrastive_loss, sample_points  # noqa: E402
 
 
 def roi_loss(anchors, positives, negatives, temperature):
@@ -141,7 +141,7 @@ def bench_step(steps: int) -> None:
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
 
-    from dcl.config import load_config
+    from dcl.training.config import load_config
     from toy_steps import median_step_seconds, toy_batches, toy_datasets
 
     config = str(REPO / "configs" / "toy_coco_mask_rcnn_R18_FPN.yaml")

@@ -37,7 +37,7 @@ def bench(steps: int) -> None:
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
 
-    from dcl.config import load_config
+    from dcl.training.config import load_config
     from toy_steps import median_step_seconds, toy_batches, toy_datasets
 
     configs = {name: load_config(str(REPO / "configs" / file), opts) for name, (file, opts) in MODELS.items()}

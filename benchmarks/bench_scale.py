@@ -5,7 +5,7 @@ wall time and peak memory beside the resources the workflow declares for it.
 
 Synthesizes (``synthetic_instances.py``'s generator; deterministic) and measures, each step run as
 the workflow runs it (a ``dcl ...`` subprocess with the workflow's options, from
-``dcl.experiments.Plan``, on the paths ``Plan`` gives for a datasets root in the work directory):
+``dcl.workflow.experiments.Plan``, on the paths ``Plan`` gives for a datasets root in the work directory):
 
 * ``evaluate``: ``dcl evaluate`` of COCO-val-size predictions (5,000 images of 640x480, 100
   detections each);
@@ -20,7 +20,7 @@ the workflow runs it (a ``dcl ...`` subprocess with the workflow's options, from
   (``configs/paper.yaml`` planned, every run folder filled with finished-run files);
 * ``loader``: the training loader's private memory per worker (and the main process's) over one
   pass of a COCO-train-size dataset-dict list (118,287 images), with the serialized storage of
-  ``dcl.sampler`` and with a plain list (the previous behaviour): before/after and the ratio, and
+  ``dcl.training.sampler`` and with a plain list (the previous behaviour): before/after and the ratio, and
   the projected per-job loader memory against the COCO training job's ``mem_mb``.
 
 Peak memory: the largest sum of PSS (proportional set size: shared pages counted once) over the
@@ -57,8 +57,8 @@ from bench_status import run_json  # noqa: E402  (the script's directory is sys.
 from synthetic_instances import make_dataset  # noqa: E402
 
 from dcl import layout  # noqa: E402
-from dcl.coco import STAT_NAMES  # noqa: E402
-from dcl.experiments import Plan, load_workflow_config  # noqa: E402
+from dcl.data.coco import STAT_NAMES  # noqa: E402
+from dcl.workflow.experiments import Plan, load_workflow_config  # noqa: E402
 from dcl.io import read_yaml  # noqa: E402
 
 STAGES = (
@@ -299,7 +299,7 @@ def _paint_cityscapes(job: tuple) -> None:
     from PIL import Image
     from pycocotools import mask as mask_utils
 
-    from dcl.cityscapes import CATEGORIES
+    from dcl.data.cityscapes import CATEGORIES
 
     label_of = {c["id"]: c["cityscapes_label_id"] for c in CATEGORIES}
     gt_dir, stem, height, width, annotations = job
@@ -361,7 +361,7 @@ def cityscapes_inputs(workdir: Path, name: str, images: int, sizes: Sizes, seed:
             pool.map(_paint_cityscapes, jobs, chunksize=4)
         if detections:
             predictions.write_text(json.dumps(dets))
-            from dcl.cityscapes import cityscapes_to_coco  # the GT evaluate reads (not measured)
+            from dcl.data.cityscapes import cityscapes_to_coco  # the GT evaluate reads (not measured)
 
             Path(plan.gt("cityscapes")).parent.mkdir(parents=True, exist_ok=True)
             cityscapes_to_coco(root, "val", plan.gt("cityscapes"))
@@ -373,7 +373,7 @@ def cityscapes_inputs(workdir: Path, name: str, images: int, sizes: Sizes, seed:
 # ----------------------------------------------------------------------------- the paper run tree
 def _max_iters(plan: Plan) -> dict[str, int]:
     """SOLVER.MAX_ITER of each run folder's detectron2 config (what its metrics.json spans)."""
-    from dcl.config import load_config
+    from dcl.training.config import load_config
 
     cache: dict[tuple, int] = {}
     result = {}
@@ -555,7 +555,7 @@ def private_mb(pid: int) -> float:
 def loader_child(storage: str, images: int, batch_size: int, workers: int, seed: int) -> None:
     """One pass of the training loader over ``images`` dataset dicts held as ``storage``; prints
     JSON: private MB of the main process and of each worker at each quarter of the pass."""
-    from dcl.sampler import ResumableTrainingSampler, release_freed_memory, seeded_loader, serialized_dicts
+    from dcl.training.sampler import ResumableTrainingSampler, release_freed_memory, seeded_loader, serialized_dicts
 
     start = time.perf_counter()
     dicts = coco_train_dicts(images, seed)
@@ -608,7 +608,7 @@ def loader_child(storage: str, images: int, batch_size: int, workers: int, seed:
 
 def training_loader_declared(plan: Plan) -> dict:
     """The COCO training job's resources and its detectron2 config's loader settings."""
-    from dcl.config import load_config
+    from dcl.training.config import load_config
 
     run_ = first_run(plan, "coco")
     cfg = load_config(str(REPO / run_.config_file), [w for pair in run_.overrides for w in pair])

@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/bench_status.py [--repeat 5]
 
 Builds, in a temporary working directory, ``results/paper/experiments.json`` from
-``configs/paper.yaml`` (``dcl.experiments.Plan``) and one synthetic run per run folder, laid out
+``configs/paper.yaml`` (``dcl.workflow.experiments.Plan``) and one synthetic run per run folder, laid out
 as the workflow leaves them mid-way: a third finished (run.json in the results tree, with
 metrics.json and eval.json beside it), a third training (live run.json in the work directory,
 several chunks), the rest failed, interrupted or not started. Then times the whole command,
 ``python -m dcl status results/paper`` as a user runs it (interpreter start-up and imports
 included; without Slurm, whose answer time is the cluster's), best of ``--repeat``, and the
-in-process :func:`dcl.status.collect` alone. Prints each time and its ratio to the target.
+in-process :func:`dcl.workflow.status.collect` alone. Prints each time and its ratio to the target.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run_json(state: str, seed: int, iteration: int, chunks: int) -> dict:
 
 
 def build(root: Path) -> int:
-    from dcl.experiments import Plan, read_config_file
+    from dcl.workflow.experiments import Plan, read_config_file
 
     plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=root)
     document = plan.document()
@@ -123,7 +123,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             if done.returncode != 0:
                 sys.exit(f"dcl status failed:\n{done.stderr}")
-        from dcl.status import collect
+        from dcl.workflow.status import collect
 
         os.chdir(root)
         start = time.perf_counter()

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_toydata.py [--repeat 3] [--target 10]
 
 Generates the default toy datasets (64 train + 16 val images, COCO 128x128 and Cityscapes
-128x256, including the Cityscapes -> COCO conversion when ``dcl.cityscapes`` is present) into a
+128x256, including the Cityscapes -> COCO conversion when ``dcl.data.cityscapes`` is present) into a
 temporary directory, ``--repeat`` times, and prints the best wall time and the process's CPU time
 (what the wall time would be on an idle core; the machines this runs on are often shared), the
 time per image, and the ratio of the target to the measured wall time (> 1: faster than the target).
@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 
-from dcl.toydata import generate_toy_datasets
+from dcl.data.toydata import generate_toy_datasets
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ def toy_datasets() -> Iterator[None]:
     """The toy datasets registered with detectron2: those at ``$DCL_TOY_DATASETS`` (else
     ``<$DETECTRON2_DATASETS or datasets>/toy``), or, when absent, new ones in a temporary directory
     removed on exit."""
-    from dcl.datasets import register_datasets, toy_root
+    from dcl.data.datasets import register_datasets, toy_root
 
     with contextlib.ExitStack() as stack:
         root = toy_root()
         if not ((root / "coco" / "annotations").is_dir() and (root / "cityscapes" / "annotations").is_dir()):
-            from dcl.toydata import generate_toy_datasets
+            from dcl.data.toydata import generate_toy_datasets
 
             temporary = stack.enter_context(tempfile.TemporaryDirectory(prefix="dcl-bench-toy-"))
             generate_toy_datasets(temporary)

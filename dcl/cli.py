@@ -12,47 +12,23 @@ import contextlib
 import importlib
 import sys
 
-__all__ = ["SUBCOMMANDS", "at_least", "build_parser", "fraction", "main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("dcl.datasets", "create, convert and check datasets (toy, cityscapes-to-coco, check)"),
-    "train": ("dcl.train", "train or evaluate a Mask R-CNN / DCL model (drop-in for train_net.py)"),
-    "evaluate": ("dcl.evaluation", "COCO and Cityscapes mask AP of a COCO results file"),
-    "errors": ("dcl.errors", "segmentation-error analysis: AP gain from removing fFP, bFP, FN"),
+    "data": ("dcl.data.datasets", "create, convert and check datasets (toy, cityscapes-to-coco, check)"),
+    "train": ("dcl.training.train", "train or evaluate a Mask R-CNN / DCL model (drop-in for train_net.py)"),
+    "evaluate": ("dcl.evaluation.evaluate", "COCO and Cityscapes mask AP of a COCO results file"),
+    "errors": ("dcl.evaluation.errors", "segmentation-error analysis: AP gain from removing fFP, bFP, FN"),
     "report": ("dcl.report", "aggregate run results into the paper's tables and figures"),
-    "status": ("dcl.status", "state, progress and ETA of every run of a preset (while the workflow runs, or after)"),
-    "weights": ("dcl.weights", "download pretrained/released checkpoints into a local weights directory"),
-    "plan": ("dcl.experiments", "validate a workflow config and write its list of runs (experiments.json)"),
+    "status": (
+        "dcl.workflow.status",
+        "state, progress and ETA of every run of a preset (while the workflow runs, or after)",
+    ),
+    "weights": ("dcl.data.weights", "download pretrained/released checkpoints into a local weights directory"),
+    "plan": ("dcl.workflow.experiments", "validate a workflow config and write its list of runs (experiments.json)"),
     "info": ("dcl.info", "versions of dcl, torch, detectron2 and the compatibility shims in use"),
 }
-
-
-def at_least(minimum: int):
-    """An argparse ``type``: an integer >= ``minimum`` (else a usage error, exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def fraction(text: str) -> float:
-    """An argparse ``type``: a number in (0, 1] (else a usage error, exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
-    return value
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -73,7 +49,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dcl import early_signals
+    from dcl.training import early_signals
 
     argv = sys.argv[1:] if argv is None else list(argv)
     selected = next((arg for arg in argv if not arg.startswith("-")), None)

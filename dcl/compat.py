@@ -32,7 +32,7 @@ Shims:
 
 Applied on request only:
 
-``cpu-ddp`` (:func:`allow_cpu_ddp`, called by CPU workers of :mod:`dcl.launch`)
+``cpu-ddp`` (:func:`allow_cpu_ddp`, called by CPU workers of :mod:`dcl.training.launch`)
     detectron2's ``create_ddp_model`` passes ``device_ids=[local rank]``, which
     DistributedDataParallel rejects for a CPU model; for a CPU model it passes none.
 """

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -21,6 +22,11 @@ from typing import Any, Iterator
 import yaml
 
 __all__ = [
+    "is_int",
+    "is_number",
+    "require_str",
+    "type_name",
+    "SEED_LIMIT",
     "InputError",
     "OutputError",
     "describe_os_error",
@@ -219,6 +225,9 @@ def atomic_write_json(destination: str | os.PathLike, obj: Any, *, indent: int |
 # the loader shares, but every consumer walks it again: nine levels of 9 aliases are 387 million).
 MAX_NESTING = 100
 MAX_YAML_VALUES = 1_000_000
+# numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum):
+# the workflow planner and `dcl train` both check it.
+SEED_LIMIT = 2**32
 
 
 def check_bounded(value: Any, max_values: int | None = None) -> None:
@@ -350,3 +359,30 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file", missing_hint: st
         raise InputError(f"{what} {path} cannot be read: {error}") from None
     except ValueError as error:  # load_yaml's bounds
         raise InputError(f"{what} {path} is refused: {error}") from None
+
+
+# ----------------------------------------------------------------------------- field checks
+def is_int(value: Any) -> bool:
+    """An integer of JSON or numpy, not a boolean."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite number of JSON or numpy, not a boolean."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def type_name(value: Any) -> str:
+    """A value's type as a JSON or YAML reader would call it in a message (``null`` for None)."""
+    return "null" if value is None else type(value).__name__
+
+
+def require_str(record: dict, key: str, where: str, choices: tuple[str, ...] | None = None) -> str:
+    """``record[key]`` as a non-empty string (one of ``choices`` when given), else ``InputError``
+    naming ``where`` and the key."""
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: '{key}' must be a non-empty string, got {type_name(value)} {value!r}")
+    if choices is not None and value not in choices:
+        raise InputError(f"{where}: '{key}' must be one of {', '.join(choices)}; got {value!r}")
+    return value

@@ -25,7 +25,11 @@ from typing import Any, Optional
 from dcl.io import InputError, atomic_write_json, read_json
 from dcl.layout import INFERENCE_DIR, RUN_RECORD
 
+# What run.json's `status` can say (a subset of dcl.runs.STATES).
+RECORD_STATES = ("running", "finished", "failed", "interrupted")
+
 __all__ = [
+    "RECORD_STATES",
     "RUN_RECORD",
     "Progress",
     "RunRecord",
@@ -355,23 +359,17 @@ def gpu_hours(info: dict) -> Optional[float]:
     return wall * count / 3600
 
 
-def format_duration(seconds: Optional[float]) -> str:
-    """``2d03h``, ``5h07m``, ``12m``, ``40s``; ``-`` for None."""
+def format_duration(seconds: Optional[float], missing: str = "-") -> str:
+    """``H:MM:SS`` (``26:07:00`` past a day), the one duration format of ``dcl status`` and the
+    report's tables; ``missing`` for None."""
     if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m" if minutes else f"{secs}s"
+        return missing
+    total = int(round(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 def describe_progress(state: Progress, eta: bool = True) -> str:
-    """``iteration 120/160, 1.52 it/s, ETA 26s, chunk 2`` (the parts that are known; speed and
+    """``iteration 120/160, 1.52 it/s, ETA 0:00:26, chunk 2`` (the parts that are known; speed and
     ETA only of a running run; ``eta=False``: nothing that depends on the current time)."""
     parts = []
     if state.iteration is not None:

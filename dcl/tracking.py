@@ -4,7 +4,7 @@
 
 - every scalar detectron2 puts into its ``EventStorage`` (losses, ``lr``, timings, and the
   evaluation results the EvalHook stores: ``segm/AP``, ``bbox/AP50``, ``cityscapes/AP``, ...),
-  through :class:`dcl.engine.TrackingWriter`, a detectron2 ``EventWriter`` beside ``metrics.json``'s
+  through :class:`dcl.training.engine.TrackingWriter`, a detectron2 ``EventWriter`` beside ``metrics.json``'s
   ``JSONWriter`` that selects exactly what that writer writes (the same smoothing, the same
   iterations), so the tracker's numbers are ``metrics.json``'s; the step is the iteration;
 - the merged detectron2 config, flattened (``SOLVER.BASE_LR``: params in MLflow, the run config in
@@ -525,7 +525,7 @@ def log_report(options: TrackingOptions, files: list[Path], results_dir: Path, f
 def latest_new_scalars(storage: Any, last_write: int) -> dict[int, dict[str, float]]:
     """What detectron2's ``JSONWriter`` writes now from an ``EventStorage``: the latest value
     (median-smoothed where the hint says so) of every scalar put after iteration ``last_write``,
-    by iteration. :class:`dcl.engine.TrackingWriter` logs exactly this."""
+    by iteration. :class:`dcl.training.engine.TrackingWriter` logs exactly this."""
     by_iteration: dict[int, dict[str, float]] = {}
     for key, (value, iteration) in storage.latest_with_smoothing_hint(WINDOW).items():
         if iteration > last_write:

@@ -19,8 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-import dcl.engine  # first: applies dcl.compat before detectron2 loads
-import dcl.sampler
+import dcl.training.engine  # first: applies dcl.compat before detectron2 loads
+import dcl.training.sampler
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -34,7 +34,7 @@ def _rank_iter(name):
     return tuple(int(x) for x in value.split(":")) if value else (None, None)
 
 
-class RecordingMapper(dcl.sampler.DatasetMapper):
+class RecordingMapper(dcl.training.sampler.DatasetMapper):
     def __call__(self, dataset_dict):
         if self.is_train:
             MAPPED.append(Path(dataset_dict["file_name"]).name)
@@ -93,9 +93,9 @@ class Probe(HookBase):
         out.write_text(json.dumps(record))
 
 
-dcl.sampler.DatasetMapper = RecordingMapper
-_build_hooks = dcl.engine.Trainer.build_hooks
-dcl.engine.Trainer.build_hooks = lambda self: [Probe()] + _build_hooks(self)
+dcl.training.sampler.DatasetMapper = RecordingMapper
+_build_hooks = dcl.training.engine.Trainer.build_hooks
+dcl.training.engine.Trainer.build_hooks = lambda self: [Probe()] + _build_hooks(self)
 
 if __name__ == "__main__":
     from dcl.cli import main

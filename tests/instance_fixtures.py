@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
-# COCOeval.summarize's 12 statistics, in its order (written out, not taken from dcl.coco).
+# COCOeval.summarize's 12 statistics, in its order (written out, not taken from dcl.data.coco).
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 

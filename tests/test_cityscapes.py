@@ -1,4 +1,4 @@
-"""dcl.cityscapes: gtFine -> COCO equals the instanceIds PNGs; Cityscapes AP equals cityscapesscripts."""
+"""dcl.data.cityscapes: gtFine -> COCO equals the instanceIds PNGs; Cityscapes AP equals cityscapesscripts."""
 
 import argparse
 import copy
@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from dcl.cityscapes import cityscapes_to_coco
+from dcl.data.cityscapes import cityscapes_to_coco
 from dcl.cli import main
-from dcl.evaluation import evaluate
+from dcl.evaluation.evaluate import evaluate
 from dcl.io import InputError
 from instance_fixtures import encode
 
@@ -270,7 +270,7 @@ def test_cityscapes_ap_in_worker_processes_equals_cityscapesscripts(cityscapes_r
 
 @pytest.mark.e2e
 def test_cityscapes_ap_on_toy_data(tmp_path, monkeypatch):
-    from dcl.toydata import generate_toy_datasets
+    from dcl.data.toydata import generate_toy_datasets
 
     generate_toy_datasets(tmp_path / "toy", num_train=1, num_val=3)
     root = tmp_path / "toy" / "cityscapes"
@@ -330,7 +330,7 @@ def _detectron_rules(ids: np.ndarray) -> list[tuple[int, int, np.ndarray, list[n
 
 @pytest.fixture(scope="module")
 def toy_cityscapes(tmp_path_factory):
-    from dcl.toydata import generate_toy_datasets
+    from dcl.data.toydata import generate_toy_datasets
 
     out = tmp_path_factory.mktemp("toy")
     generate_toy_datasets(out, num_train=1, num_val=8)
@@ -434,7 +434,7 @@ def test_detectron_style_follows_detectrons_rules(toy_cityscapes, tmp_path):
     dropped, crowd_in_default = assert_detectron_style(toy_cityscapes, detectron, default)
     assert dropped >= 2 and crowd_in_default >= 1  # the differences the test is about occurred
     with pytest.raises(InputError, match="--segmentation applies to --style default only"):
-        from dcl.datasets import _run_convert
+        from dcl.data.datasets import _run_convert
 
         _run_convert(
             argparse.Namespace(

@@ -1,4 +1,4 @@
-"""dcl.cost and `dcl plan`'s cost lines: schedules read as detectron2 reads them, the arithmetic
+"""dcl.workflow.cost and `dcl plan`'s cost lines: schedules read as detectron2 reads them, the arithmetic
 of GPU-hours, chunks and disk written out by hand, checkpoint sizes measured on the real models."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dcl import cost
-from dcl.experiments import Plan, read_config_file
+from dcl.workflow import cost
+from dcl.workflow.experiments import Plan, read_config_file
 from instance_fixtures import run_dcl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def plan_of(name: str) -> Plan:
 def test_schedules_are_what_detectron2_loads(preset):
     """For every training of the preset: MAX_ITER, IMS_PER_BATCH and CHECKPOINT_PERIOD as
     detectron2's config system merges the file chain and the run's overrides."""
-    from dcl.config import load_config
+    from dcl.training.config import load_config
 
     plan = plan_of(preset)
     for run_ in plan.train_jobs:
@@ -87,7 +87,7 @@ def test_the_readme_states_the_paper_plans_totals():
 @pytest.mark.e2e
 def test_checkpoint_sizes_are_the_measured_ones():
     """benchmarks/bench_checkpoints.py --check: the real models' checkpoints within 2 % of
-    dcl.cost.CHECKPOINT_MB."""
+    dcl.workflow.cost.CHECKPOINT_MB."""
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_checkpoints.py"), "--check"],
         capture_output=True,

@@ -18,10 +18,10 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from dcl.cli import main
-from dcl.datasets import check_dataset, datasets_root, register_datasets, toy_root
+from dcl.data.datasets import check_dataset, datasets_root, register_datasets, toy_root
 from dcl.layout import REGISTERED_NAMES
 from dcl.io import InputError
-from dcl.toydata import generate_toy_datasets
+from dcl.data.toydata import generate_toy_datasets
 
 CITYSCAPES_THINGS = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
 
@@ -148,14 +148,14 @@ def test_check_argument_errors_exit_2(tmp_path):
 
 def test_cityscapes_to_coco_delegates_to_dcl_cityscapes(tmp_path, monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("dcl.cityscapes")
+    fake = types.ModuleType("dcl.data.cityscapes")
 
     def cityscapes_to_coco(root, split, output, segmentation="rle", style="default"):
         calls.append((root, split, output, segmentation, style))
         return {"images": [], "annotations": []}
 
     fake.cityscapes_to_coco = cityscapes_to_coco
-    monkeypatch.setitem(sys.modules, "dcl.cityscapes", fake)
+    monkeypatch.setitem(sys.modules, "dcl.data.cityscapes", fake)
     out = str(tmp_path / "val.json")
     assert main(["data", "cityscapes-to-coco", "/data/cityscapes", "-o", out]) == 0
     assert (

@@ -1,4 +1,4 @@
-"""The distributed path of `dcl train` on the CPU: gloo workers started by dcl.launch, detectron2's
+"""The distributed path of `dcl train` on the CPU: gloo workers started by dcl.training.launch, detectron2's
 DistributedDataParallel training with the DCL head, the stop signal agreed across workers,
 checkpoints by rank 0, resume on all workers, two "machines" on localhost, and a failing worker.
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from dcl.io import read_json
-from dcl.launch import free_local_url
-from dcl.preemption import EXIT_INTERRUPTED
+from dcl.training.launch import free_local_url
+from dcl.training.preemption import EXIT_INTERRUPTED
 from instance_fixtures import assert_nested_close
 
 pytestmark = pytest.mark.e2e

@@ -2,7 +2,7 @@
 
 The reference below is written straight from docs/method.md ("The segmentation-error analysis"):
 full-resolution boolean masks, explicit loops, pycocotools only to rasterise GT and to compute AP
-(the reference tool). dcl.errors works on RLE with vectorised matching; nothing is shared.
+(the reference tool). dcl.evaluation.errors works on RLE with vectorised matching; nothing is shared.
 """
 
 import json
@@ -12,8 +12,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from dcl.coco import STAT_NAMES, complement, rle_counts
-from dcl.errors import analyze, fix_predictions, parse_error_type
+from dcl.data.coco import STAT_NAMES, complement, rle_counts
+from dcl.evaluation.errors import analyze, fix_predictions, parse_error_type
 from dcl.io import InputError
 from instance_fixtures import (
     assert_stats_close,

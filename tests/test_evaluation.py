@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from dcl.coco import load_ground_truth
-from dcl.evaluation import EMPTY_GT_WARNING, CocoEvaluator, evaluate, usable_cpus
+from dcl.data.coco import load_ground_truth
+from dcl.evaluation.evaluate import EMPTY_GT_WARNING, CocoEvaluator, evaluate, usable_cpus
 from dcl.io import InputError
 from instance_fixtures import (
     assert_stats_close,
@@ -197,7 +197,7 @@ def test_evaluator_reuses_its_gt_index(files):
     gt_path, predictions_path = files
     gt = load_ground_truth(gt_path)
     evaluator = CocoEvaluator(gt, "segm", "faster-coco-eval")
-    from dcl.coco import load_predictions
+    from dcl.data.coco import load_predictions
 
     records = load_predictions(predictions_path, gt)
     assert evaluator(records) == evaluator(records)
@@ -206,7 +206,7 @@ def test_evaluator_reuses_its_gt_index(files):
 
 def test_modules_import_neither_torch_nor_detectron2():
     code = (
-        "import sys, dcl.coco, dcl.evaluation, dcl.errors, dcl.cityscapes; "
+        "import sys, dcl.data.coco, dcl.evaluation.evaluate, dcl.evaluation.errors, dcl.data.cityscapes; "
         "print('torch' in sys.modules, 'detectron2' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -305,8 +305,8 @@ def test_gt_without_annotations_warns_and_many_workers_are_capped(tmp_path, comm
 
 
 def test_worker_counts_are_capped_at_the_usable_cpus():
-    from dcl import errors
-    from dcl.evaluation import worker_count
+    from dcl.evaluation import errors
+    from dcl.evaluation.evaluate import worker_count
 
     assert worker_count(100000) == usable_cpus() and worker_count(0) == usable_cpus() and worker_count(1) == 1
     assert errors.worker_count is worker_count  # dcl errors -j and dcl evaluate -j: one rule

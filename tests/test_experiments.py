@@ -2,7 +2,7 @@
 experiments.json, and `dcl plan`.
 
 Expected run lists and command lines are written out here by hand from the paper's recipes (the
-original README's commands), never computed with dcl.experiments itself; experiments.json is also
+original README's commands), never computed with dcl.workflow.experiments itself; experiments.json is also
 read back with the report's own strict reader (an independent consumer of the format).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import json
 import shlex
 import shutil
@@ -19,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl import experiments
-from dcl.experiments import (
+from dcl.workflow import experiments
+from dcl.workflow.experiments import (
     Plan,
     format_override_value,
     load_workflow_config,
@@ -289,7 +290,7 @@ def test_paper_resources_follow_the_recipes():
 
 
 def test_experiments_json_is_what_the_report_reads(tmp_path):
-    from dcl.report.inputs import load_experiments
+    from dcl.runs import load_experiments
 
     path = tmp_path / "experiments.json"
     path.write_text(json.dumps(paper_plan().document()))
@@ -324,10 +325,24 @@ def test_experiments_json_is_what_the_report_reads(tmp_path):
     assert metrics["coco_dcl"] == "segm.AP" and metrics["modelzoo_cityscapes_mask_rcnn_R_50_FPN"] == "cityscapes.AP"
 
 
+@pytest.mark.parametrize("config", [TOY, PAPER], ids=["toy", "paper"])
+def test_every_run_record_reads_back_as_the_run_the_planner_made(tmp_path, config):
+    """dcl.runs owns the record: what the planner writes, load_experiments reads back field for field."""
+    from dcl.runs import ExpectedRun, load_experiments
+
+    plan = Plan(read_config_file(config), repo_root=REPO, working_dir=REPO)
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(plan.document()))
+    read = load_experiments(path)[1]
+    assert [r.to_record() for r in read] == [r.record() for r in plan.runs]
+    fields = {f.name for f in dataclasses.fields(ExpectedRun)} - {"output_dir", "logs"}
+    assert set(read[0].to_record()) == fields
+
+
 def test_experiments_json_locates_work_dirs_and_logs_from_wherever_it_is_read(tmp_path, monkeypatch):
     """output_dir and logs are relative to experiments.json's folder (absolute for an absolute
     work_dir), and the report resolves them to the rule's paths from the working directory."""
-    from dcl.report.inputs import load_experiments
+    from dcl.runs import load_experiments
 
     monkeypatch.chdir(tmp_path)
     plan = Plan(read_config_file(TOY), repo_root=REPO, working_dir=tmp_path)

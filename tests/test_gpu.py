@@ -13,7 +13,7 @@ import dcl.compat  # noqa: F401  (before detectron2)
 import torch
 from detectron2.utils.events import EventStorage
 
-from dcl.loss import gather_points
+from dcl.model.loss import gather_points
 from test_modeling import DCL_HEADS, TOY_CONFIG, make_heads, training_instances
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -71,7 +71,7 @@ def test_layout_knows_every_dataset_of_the_vocabulary():
 
 
 def test_every_detectron2_config_names_registered_datasets():
-    """DATASETS.TRAIN / TEST of the configs are names dcl.datasets registers (or none)."""
+    """DATASETS.TRAIN / TEST of the configs are names dcl.data.datasets registers (or none)."""
     for path in sorted((REPO / "configs").glob("*.yaml")):
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for key in ("TRAIN", "TEST"):

@@ -1,4 +1,4 @@
-"""dcl.loss against independent, obviously-correct per-RoI implementations written here.
+"""dcl.model.loss against independent, obviously-correct per-RoI implementations written here.
 
 The references follow docs/method.md ("What the loss does") literally: project and normalise the
 whole feature map, loop over RoIs, apply the validity rule, and evaluate
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import chisquare
 
-from dcl.loss import (
+from dcl.model.loss import (
     LOSS_FUNCTIONS,
     DenseContrastiveLoss,
     dense_contrastive_loss,

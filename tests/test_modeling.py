@@ -1,4 +1,4 @@
-"""dcl.modeling: config keys, the DCL mask head and RoI heads inside detectron2 models."""
+"""dcl.model.heads: config keys, the DCL mask head and RoI heads inside detectron2 models."""
 
 from pathlib import Path
 
@@ -15,8 +15,8 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch.utils.flop_counter import FlopCounterMode
 
-from dcl.modeling import ContrastConvUpsampleHead, ContrastRoIHeads, add_dcl_config, check_dcl_config
-from dcl.config import load_config
+from dcl.model.heads import ContrastConvUpsampleHead, ContrastRoIHeads, add_dcl_config, check_dcl_config
+from dcl.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOY_CONFIG = str(CONFIGS / "toy_coco_mask_rcnn_R18_FPN.yaml")
@@ -280,7 +280,7 @@ def test_dcl_model_predicts_exactly_what_the_baseline_predicts_with_the_same_wei
 
 
 def test_loss_contrast_is_the_loss_module_on_post_relu_deconv_features_and_28x28_gt_crops():
-    from dcl.loss import DenseContrastiveLoss
+    from dcl.model.loss import DenseContrastiveLoss
 
     _, ours = make_heads()
     ours.train()

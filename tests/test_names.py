@@ -25,7 +25,7 @@ def test_schema_enums_are_the_names():
 
 
 def test_error_kinds_come_from_names():
-    from dcl import errors
+    from dcl.evaluation import errors
 
     assert errors.ERROR_KINDS is names.ERROR_KINDS and errors.DEFAULT_TYPES == names.ERROR_KINDS
 

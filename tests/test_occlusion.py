@@ -9,8 +9,8 @@ import json
 import pytest
 from pycocotools.coco import COCO
 
-from dcl.coco import load_ground_truth, map_predictions_by_file_name, occlusion_subset
-from dcl.datasets import check_occlusion_subset
+from dcl.data.coco import load_ground_truth, map_predictions_by_file_name, occlusion_subset
+from dcl.data.datasets import check_occlusion_subset
 from dcl.io import InputError
 from instance_fixtures import assert_stats_close, coco_stats, make_random, run_dcl
 
@@ -123,7 +123,7 @@ def test_a_subset_image_missing_from_val_is_an_input_error(val, tmp_path):
 
 
 def test_data_check_notes_an_absent_subset_and_checks_a_present_one(tmp_path):
-    from dcl.toydata import generate_toy_datasets
+    from dcl.data.toydata import generate_toy_datasets
 
     generate_toy_datasets(tmp_path / "toy", num_train=1, num_val=8)
     occ = tmp_path / "toy" / "coco" / "annotations" / "instances_occ_val.json"

@@ -1,4 +1,4 @@
-"""dcl.refinemask: the loss against the upstream definition, the head, the models."""
+"""dcl.model.refinemask: the loss against the upstream definition, the head, the models."""
 
 from pathlib import Path
 
@@ -13,8 +13,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from dcl.modeling import is_dcl_model_config
-from dcl.refinemask import (
+from dcl.model.heads import is_dcl_model_config
+from dcl.model.refinemask import (
     RefineMaskContrastHead,
     RefineMaskHead,
     RefineMaskROIHeads,
@@ -22,7 +22,7 @@ from dcl.refinemask import (
     refine_mask_loss,
     refine_stage_logits,
 )
-from dcl.config import load_config
+from dcl.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOY_REFINEMASK = str(CONFIGS / "toy_cityscapes_refinemask_R18_FPN.yaml")

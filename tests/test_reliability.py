@@ -182,7 +182,7 @@ def check_refused(toy_datasets, tmp_path, options, message):
 
 
 def test_a_zero_batch_never_loops_in_the_sampler():
-    from dcl.sampler import ResumableTrainingSampler
+    from dcl.training.sampler import ResumableTrainingSampler
 
     for size, batch in ((10, 0), (0, 2)):
         with pytest.raises(ValueError, match="batch of at least 1"):

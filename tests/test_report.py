@@ -24,7 +24,9 @@ from scipy import stats as scipy_stats
 
 from dcl import cli
 from dcl.io import InputError
-from dcl.report import build_report, inputs
+from dcl import runs as dcl_runs
+from dcl.report import build_report
+from dcl.report import published as dcl_published
 from dcl.report.analysis import error_types, paired_difference, summarize
 from dcl.report.tables import Column, flat_table, latex_escape, to_csv
 
@@ -755,7 +757,7 @@ def test_html_tables_for_the_snakemake_report(paper):
 # ----------------------------------------------------------------------------- bad input
 def expected_run(kind="train", method="baseline", experiment="exp", seed=0, group="main"):
     """A Cityscapes (ImageNet init) run experiments.json lists."""
-    return inputs.ExpectedRun(
+    return dcl_runs.ExpectedRun(
         experiment=experiment,
         seed=seed,
         kind=kind,
@@ -771,7 +773,7 @@ def expected_run(kind="train", method="baseline", experiment="exp", seed=0, grou
 
 def published_entry(value):
     """A published Cityscapes AP of a DCL model (ImageNet init)."""
-    return inputs.PublishedEntry(
+    return dcl_published.PublishedEntry(
         dataset="cityscapes",
         init="imagenet",
         method="dcl",
@@ -879,7 +881,7 @@ def test_bad_run_files_become_a_status_with_a_reason(tmp_path, change, status, w
     for name, content in files.items():
         if content is not None:
             (folder / name).write_text(content)
-    result = inputs.load_run(tmp_path, expected_run())
+    result = dcl_runs.load_run(tmp_path, expected_run())
     assert result.status == status, result.reason
     for word in words:
         assert word in result.reason
@@ -892,14 +894,14 @@ def test_stale_eval_of_a_failed_training_is_not_used(tmp_path):
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"status": "failed", "exit_code": 1}))
     (folder / "eval.json").write_text(json.dumps(GOOD_EVAL))
-    result = inputs.load_run(tmp_path, expected_run())
+    result = dcl_runs.load_run(tmp_path, expected_run())
     assert result.status == "failed" and result.eval is None
 
 
 def test_missing_and_empty_run_folders(tmp_path):
-    assert inputs.load_run(tmp_path, expected_run()).status == "missing"
+    assert dcl_runs.load_run(tmp_path, expected_run()).status == "missing"
     (tmp_path / "runs" / "exp" / "seed0").mkdir(parents=True)
-    result = inputs.load_run(tmp_path, expected_run())
+    result = dcl_runs.load_run(tmp_path, expected_run())
     assert (result.status, result.reason) == ("missing", "run folder has no result files yet")
 
 
@@ -929,12 +931,12 @@ def test_bad_experiments_json_names_record_and_field(tmp_path, mutate, words):
     mutate(runs[1])
     (tmp_path / "experiments.json").write_text(json.dumps({"preset": "x", "runs": runs}))
     with pytest.raises(InputError) as error:
-        inputs.load_experiments(tmp_path / "experiments.json")
+        dcl_runs.load_experiments(tmp_path / "experiments.json")
     for word in words:
         assert word in str(error.value)
     (tmp_path / "experiments.json").write_text('{"preset": "x", "runs": [')
     with pytest.raises(InputError, match="truncated"):
-        inputs.load_experiments(tmp_path / "experiments.json")
+        dcl_runs.load_experiments(tmp_path / "experiments.json")
 
 
 def test_bad_published_yaml_is_a_clear_error(tmp_path):
@@ -943,14 +945,14 @@ def test_bad_published_yaml_is_a_clear_error(tmp_path):
         "published:\n  - {dataset: coco, init: imagenet, method: dcl, detector: x, metric: segm.AP, value: high, source: s}\n"
     )
     with pytest.raises(InputError, match=r"published\[0\]: 'value' must be a number"):
-        inputs.load_published(path)
+        dcl_published.load_published(path)
     with pytest.raises(InputError, match="not found"):
-        inputs.load_published(tmp_path / "nope.yaml")
+        dcl_published.load_published(tmp_path / "nope.yaml")
 
 
 # ----------------------------------------------------------------------------- published.yaml data
 def test_published_yaml_holds_the_papers_numbers():
-    entries = inputs.load_published(PUBLISHED)
+    entries = dcl_published.load_published(PUBLISHED)
     table = {(*e.identity, e.metric): (e.value, e.reproducible) for e in entries}
     assert table == {
         ("cityscapes", "imagenet", "dcl", "mask_rcnn", "R50-FPN", None, "cityscapes.AP"): (37.1, True),
@@ -995,7 +997,7 @@ def test_no_data_figures_are_labelled_placeholders_and_reported(tmp_path, monkey
     readme = (results / "README.md").read_text()
     assert "2 runs expected: 0 finished, 1 running, 0 incomplete, 0 failed, 1 missing." in readme
     assert "no ablation runs in experiments.json" in readme and "**no data**" in readme
-    assert f"### Not in this experiment matrix ({len(inputs.load_published(PUBLISHED))})" in readme
+    assert f"### Not in this experiment matrix ({len(dcl_published.load_published(PUBLISHED))})" in readme
     assert "*No data: no ablation runs in experiments.json*" in (results / "tables" / "ablations.md").read_text()
     check_latex((results / "tables" / "ablations.tex").read_text(), "empty ablations")
     assert read_csv(results / "tables" / "ablations.csv") == []
@@ -1051,10 +1053,10 @@ def test_garbage_in_metrics_json_is_skipped_and_the_rest_is_read(tmp_path):
     folder.mkdir(parents=True)
     for name, content in files.items():
         (folder / name).write_text(content)
-    result = inputs.load_run(tmp_path, expected_run())
+    result = dcl_runs.load_run(tmp_path, expected_run())
     assert result.status == "finished" and result.eval is not None
     assert result.warnings == ["metrics.json: skipped unreadable line 2: invalid JSON: Expecting value"]
-    drawn = set(inputs.TRAINING_KEYS) | set(inputs.EVAL_KEYS)
+    drawn = set(dcl_runs.TRAINING_KEYS) | set(dcl_runs.EVAL_KEYS)
     assert [p["iteration"] for p in result.metrics] == [
         json.loads(line)["iteration"] for line in lines if drawn & set(json.loads(line))
     ]
@@ -1067,7 +1069,7 @@ def test_run_dirs_outside_the_results_tree_are_refused(tmp_path, run_dir):
     path.write_text(json.dumps({"preset": "p", "runs": [record]}))
     message = rf"runs\[0\]: 'run_dir' {re.escape(run_dir)} must be a relative path inside the results directory"
     with pytest.raises(InputError, match=message):
-        inputs.load_experiments(path)
+        dcl_runs.load_experiments(path)
     result = subprocess.run(
         [sys.executable, "-m", "dcl", "report", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
@@ -1098,12 +1100,12 @@ def test_training_curves_show_the_periodic_evaluation_ap(tmp_path):
             lines.append(json.dumps(point))
         write_run(tmp_path, record, metrics="\n".join(lines) + "\n")
     results = [
-        inputs.load_run(tmp_path, inputs.load_experiments(write_experiments(tmp_path, runs))[1][i])
+        dcl_runs.load_run(tmp_path, dcl_runs.load_experiments(write_experiments(tmp_path, runs))[1][i])
         for i in range(len(runs))
     ]
     figure, reason = figures.training_curves(analysis.experiment_stats(results))
     assert reason == ""
-    columns = len(inputs.TRAINING_KEYS) + 1
+    columns = len(dcl_runs.TRAINING_KEYS) + 1
     panels = [a for a in figure.axes if a.get_subplotspec() is not None]
     assert panels[columns - 1].get_title() == "validation AP"
     drawn = {}
@@ -1122,14 +1124,14 @@ def test_training_curve_iteration_ticks_read_at_the_papers_schedules():
 
     results = []
     for dataset, max_iter in (("cityscapes", 24000), ("coco", 90000)):
-        spec = inputs.ExpectedRun(**{**vars(expected_run(experiment=dataset)), "dataset": dataset})
+        spec = dcl_runs.ExpectedRun(**{**vars(expected_run(experiment=dataset)), "dataset": dataset})
         # As detectron2 logs them: the last at max_iter - 1.
         points = [{"iteration": i, "total_loss": 1.0, "lr": 0.02} for i in range(max_iter - 1, 0, -1000)][::-1]
         points += [{"iteration": i, "segm/AP": 30.0, "cityscapes/AP": 30.0} for i in range(4999, max_iter, 5000)]
-        results.append(inputs.RunResult(expected=spec, status="finished", metrics=points))
+        results.append(dcl_runs.RunResult(expected=spec, status="finished", metrics=points))
     figure, _ = figures.training_curves(analysis.experiment_stats(results))
     panels = [a for a in figure.axes if a.get_subplotspec() is not None]
-    columns = len(inputs.TRAINING_KEYS) + 1
+    columns = len(dcl_runs.TRAINING_KEYS) + 1
     for row, ticks in enumerate((["0", "12k", "24k"], ["0", "45k", "90k"])):
         for axes in panels[row * columns : (row + 1) * columns]:
             formatter = axes.xaxis.get_major_formatter()
@@ -1210,9 +1212,9 @@ def judged(values, published, kind="train", unfinished=()):
     for seed, value in enumerate([*values, *unfinished]):
         spec = expected_run(kind, "dcl", "x", seed, "released" if kind == "released" else "main")
         if seed < len(values):
-            results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
+            results.append(dcl_runs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
         else:
-            results.append(inputs.RunResult(expected=spec, status=value))
+            results.append(dcl_runs.RunResult(expected=spec, status=value))
     (row,) = reproduction([published_entry(published)], experiment_stats(results))
     return row
 
@@ -1295,7 +1297,7 @@ def stats_of(*experiments):
     for name, method, group, values in experiments:
         for seed, value in enumerate(values):
             spec = expected_run("train", method, name, seed, group)
-            results.append(inputs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
+            results.append(dcl_runs.RunResult(expected=spec, status="finished", eval={"cityscapes.AP": value}))
     return experiment_stats(results)
 
 
@@ -1328,11 +1330,11 @@ def test_error_summary_defaults_to_the_full_dataset_and_counts_no_seed_when_a_ty
     from dcl.report.analysis import ExperimentStats
 
     spec = expected_run()
-    run = inputs.RunResult(
+    run = dcl_runs.RunResult(
         expected=spec,
         status="finished",
-        errors=inputs.ErrorAnalysis(30.0, {"fFP": 1.25}),
-        errors_occ=inputs.ErrorAnalysis(20.0, {"fFP": 4.0}),
+        errors=dcl_runs.ErrorAnalysis(30.0, {"fFP": 1.25}),
+        errors_occ=dcl_runs.ErrorAnalysis(20.0, {"fFP": 4.0}),
     )
     stats = ExperimentStats(runs=[run], errors={"fFP": {0: 1.25}}, errors_occ={"fFP": {0: 4.0}})
     assert stats.error_summary("fFP", legacy=False) == stats.error_summary("fFP", legacy=False, occ=False)
@@ -1348,7 +1350,7 @@ def test_a_seed_without_the_metric_cannot_be_judged_and_the_row_keeps_its_experi
     results = []
     for seed, eval_ in enumerate(({"cityscapes.AP": 36.0}, {"cityscapes.AP50": 60.0})):
         spec = expected_run("train", "dcl", "x", seed)
-        results.append(inputs.RunResult(expected=spec, status="finished", eval=eval_))
+        results.append(dcl_runs.RunResult(expected=spec, status="finished", eval=eval_))
     (experiment,) = experiment_stats(results)
     (row,) = reproduction([published_entry(36.0)], [experiment])
     assert (row.verdict, row.reason) == ("cannot be judged", "eval.json of seed 1 has no cityscapes.AP")
@@ -1379,12 +1381,12 @@ def test_paper_released_checkpoints_are_judged_against_their_own_models_numbers(
     published.yaml: each released checkpoint meets its own model's numbers only (issue 26: the 3x
     and R101 ones were judged against R50-FPN 1x's 35.2), and no main-table row shows another
     model's Paper value."""
-    from dcl.experiments import Plan, read_config_file
+    from dcl.workflow.experiments import Plan, read_config_file
     from dcl.report import analysis, tables
 
     plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=REPO)
     (tmp_path / "experiments.json").write_text(json.dumps(plan.document()))
-    _, expected = inputs.load_experiments(tmp_path / "experiments.json")
+    _, expected = dcl_runs.load_experiments(tmp_path / "experiments.json")
     for run in expected:
         if (tmp_path / run.run_dir / "eval.json").exists():
             continue  # an ablation point that is its base experiment
@@ -1395,8 +1397,8 @@ def test_paper_released_checkpoints_are_judged_against_their_own_models_numbers(
         record = {"experiment": run.experiment, "seed": run.seed, "kind": run.kind, "method": run.method}
         analyses = {"errors": errors_record({"FN": 1.0}, False), "legacy": errors_record({"FN": 1.5}, True)}
         write_run(tmp_path, {**record, "run_dir": run.run_dir}, eval_json=eval_json, **analyses)
-    published = inputs.load_published(PUBLISHED)
-    experiments = analysis.experiment_stats(inputs.load_run(tmp_path, run) for run in expected)
+    published = dcl_published.load_published(PUBLISHED)
+    experiments = analysis.experiment_stats(dcl_runs.load_run(tmp_path, run) for run in expected)
     assert all(run.status == "finished" for e in experiments for run in e.runs)
     rows = analysis.reproduction(published, experiments)
 
@@ -1438,7 +1440,7 @@ def test_paper_released_checkpoints_are_judged_against_their_own_models_numbers(
 def test_a_published_entry_of_a_model_not_in_the_matrix_says_so():
     from dcl.report.analysis import reproduction
 
-    entry = inputs.PublishedEntry(**{**vars(published_entry(40.0)), "backbone": "R101-FPN", "schedule": "3x"})
+    entry = dcl_published.PublishedEntry(**{**vars(published_entry(40.0)), "backbone": "R101-FPN", "schedule": "3x"})
     (row,) = reproduction([entry], stats_of(("x", "dcl", "main", (37.0, 37.2))))
     assert row.experiment is None and row.verdict == "not in matrix"
     assert "cityscapes/imagenet/dcl/mask_rcnn/R101-FPN/3x" in row.reason
@@ -1461,7 +1463,7 @@ def test_published_entries_name_their_model_consistently(tmp_path, fields, words
     path = tmp_path / "published.yaml"
     path.write_text(json.dumps({"published": [first, second]}))
     with pytest.raises(InputError, match=re.escape(words)):
-        inputs.load_published(path)
+        dcl_published.load_published(path)
 
 
 def test_published_precision_is_the_written_one(tmp_path):
@@ -1471,5 +1473,5 @@ def test_published_precision_is_the_written_one(tmp_path):
             "published:\n  - {dataset: coco, init: imagenet, method: dcl, detector: d R50-FPN, metric: segm.AP, "
             f"value: {text}, source: s}}\n"
         )
-        (loaded,) = inputs.load_published(path)
+        (loaded,) = dcl_published.load_published(path)
         assert loaded.tolerance == pytest.approx(tolerance), text

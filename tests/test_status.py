@@ -1,6 +1,6 @@
 """``dcl status`` and the live-run side of ``dcl report``, on fabricated results and work trees.
 
-The trees are laid out as the workflow lays them out (``dcl.experiments.Plan.document()`` of the
+The trees are laid out as the workflow lays them out (``dcl.workflow.experiments.Plan.document()`` of the
 toy preset writes experiments.json); run.json files are written by :class:`dcl.runrecord.RunRecord`
 itself where the test is about what a training leaves, and by hand where a moment in time must be
 exact (speed, ETA). Expected speeds and ETAs are computed here from the fabricated times.
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from dcl import cli, status
-from dcl.experiments import Plan, read_config_file
-from dcl.report import inputs
+from dcl import cli
+from dcl.workflow import status
+from dcl.workflow.experiments import Plan, read_config_file
+from dcl import runs as dcl_runs
 from dcl.runrecord import RunRecord, format_duration, progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +150,9 @@ def test_run_record_writes_what_progress_needs(tmp_path):
     assert attempt["train_start_time"] and data["update_time"]
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "-"), (40, "40s"), (720, "12m"), (18420, "5h07m"), (183600, "2d03h")])
+@pytest.mark.parametrize(
+    "seconds, text", [(None, "-"), (40, "0:00:40"), (720, "0:12:00"), (18420.4, "5:07:00"), (183600, "51:00:00")]
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
@@ -208,7 +211,7 @@ def test_every_state_from_run_folders_work_dirs_and_squeue(tree):
         status.SlurmJob("1002", "RUNNING", "gpu03", "rule_train_wildcards_toy_coco_dcl_loss_weight_0.4_0"),
         status.SlurmJob("999", "RUNNING", "gpu01", "rule_train_wildcards_toy_cityscapes_baseline_0"),
     ]
-    expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
+    expected = {r.experiment: r for r in dcl_runs.load_experiments(tree / "experiments.json")[1]}
     queued = status.run_status(tree, expected["toy_coco_dcl"], jobs, at(180))
     assert (queued.state, queued.job_id, queued.node) == ("queued", "1001", None)
     starting = status.run_status(tree, expected["toy_coco_dcl_loss_weight_0.4"], jobs, at(180))
@@ -268,7 +271,7 @@ def test_status_and_the_report_agree_on_every_run(tree, capsys):
 
 
 def test_a_running_record_without_a_live_job_or_process_is_interrupted(tree):
-    expected = {r.experiment: r for r in inputs.load_experiments(tree / "experiments.json")[1]}
+    expected = {r.experiment: r for r in dcl_runs.load_experiments(tree / "experiments.json")[1]}
     live("toy_coco_dcl").write_text(
         json.dumps(record("running", iteration=90, slurm={"job_id": "4242", "nodes": "gpu09"}))
     )
@@ -516,7 +519,7 @@ def test_the_totals_line_sums_iterations_eta_gpu_hours_and_disk():
     }
     # 200/320 = 62.5% (printed to the even 62), the running run's ETA 300 s, 10^6 bytes = 1.0 MB.
     assert status._text(report).splitlines()[-1] == (
-        "2 runs: 1 finished, 1 running; 200/320 iterations (62%); running runs done in 5m; "
+        "2 runs: 1 finished, 1 running; 200/320 iterations (62%); running runs done in 0:05:00; "
         "1.5 GPU-hours used; work directories 1.0 MB"
     )
     report["iterations"] = {"done": 320, "total": 320}

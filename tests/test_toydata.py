@@ -1,4 +1,4 @@
-"""Tests of the synthetic datasets (dcl.toydata): exact outlines, determinism, refusal of foreign
+"""Tests of the synthetic datasets (dcl.data.toydata): exact outlines, determinism, refusal of foreign
 directories, COCO validity and alignment with the pixels, Cityscapes conventions, readability by
 detectron2's Cityscapes loader (both modes) and evaluability by cityscapesscripts.
 
@@ -22,10 +22,10 @@ from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 from scipy import ndimage
 
-import dcl.cityscapes
+import dcl.data.cityscapes
 from dcl.cli import main
 from dcl.io import InputError
-from dcl.toydata import (
+from dcl.data.toydata import (
     CITYSCAPES_CITIES,
     CITYSCAPES_CLASSES,
     SHAPE_CLASSES,
@@ -515,7 +515,7 @@ def test_cityscapes_evaluable_by_cityscapesscripts(toy, tmp_path, monkeypatch):
 
 def test_marker_counts_match_the_files(toy):
     marker = json.loads((toy / MARKER_NAME).read_text())
-    assert marker["generator"] == "dcl.toydata" and marker["seed"] == 0
+    assert marker["generator"] == "dcl.data.toydata" and marker["seed"] == 0
     for split in ("train", "val"):
         coco = json.loads((toy / "coco" / "annotations" / f"instances_{split}.json").read_text())
         crowd = sum(a["iscrowd"] for a in coco["annotations"])
@@ -554,7 +554,7 @@ def test_conversion_hook_calls_dcl_cityscapes(tmp_path, monkeypatch):
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({"split": split}))
 
-    monkeypatch.setattr(dcl.cityscapes, "cityscapes_to_coco", cityscapes_to_coco)
+    monkeypatch.setattr(dcl.data.cityscapes, "cityscapes_to_coco", cityscapes_to_coco)
     generate_toy_datasets(tmp_path, num_train=1, num_val=1)
     assert calls == [
         ("cityscapes", "train", "instancesonly_filtered_gtFine_train.json", "default"),

@@ -34,7 +34,7 @@ MAX_ITER, STOP_AT = 6, 2  # the first chunk stops after iteration STOP_AT, the s
 # unless DCL_TEST_NO_STOP is set.
 SELF_SIGNALLING = f"""
 import os, signal, sys
-import dcl.engine  # first: applies dcl.compat before detectron2 loads
+import dcl.training.engine  # first: applies dcl.compat before detectron2 loads
 from detectron2.engine import HookBase
 
 class SignalSelf(HookBase):
@@ -42,8 +42,8 @@ class SignalSelf(HookBase):
         if self.trainer.iter == {STOP_AT}:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-build_hooks = dcl.engine.Trainer.build_hooks
-dcl.engine.Trainer.build_hooks = lambda self: [SignalSelf()] + build_hooks(self)
+build_hooks = dcl.training.engine.Trainer.build_hooks
+dcl.training.engine.Trainer.build_hooks = lambda self: [SignalSelf()] + build_hooks(self)
 from dcl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -258,7 +258,7 @@ def test_the_tracking_writer_logs_what_the_json_writer_writes(tmp_path):
     with nothing new): the same values at the same iterations, each iteration logged once, in order."""
     from detectron2.utils.events import EventStorage, JSONWriter
 
-    from dcl.engine import TrackingWriter
+    from dcl.training.engine import TrackingWriter
 
     tracker = RecordingTracker()
     json_writer, writer = JSONWriter(str(tmp_path / "metrics.json")), TrackingWriter(tracker)
@@ -310,7 +310,7 @@ def test_a_tracker_that_fails_while_logging_warns_once_and_training_goes_on(capl
 
 # ----------------------------------------------------------------------------- off by default
 def plan(config_changes=None):
-    from dcl.experiments import Plan
+    from dcl.workflow.experiments import Plan
 
     config = yaml.safe_load((CONFIGS / "toy.yaml").read_text())
     config.update(config_changes or {})
@@ -387,7 +387,7 @@ def test_bad_tracking_sections_are_refused(tracking, message):
 
 def test_tracking_options_are_checked_and_recorded_in_the_command():
     from dcl import tracking
-    from dcl.train_options import add_arguments, command_line, take_trailing_options
+    from dcl.training.options import add_arguments, command_line, take_trailing_options
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

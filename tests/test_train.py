@@ -22,7 +22,7 @@ from detectron2.data import DatasetFromList
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
-from dcl import config, engine
+from dcl.training import config, engine
 from dcl.cli import main
 from dcl.io import InputError, OutputError, read_json
 from dcl.runrecord import RunRecord
@@ -34,11 +34,11 @@ from dcl.slurm import (
     slurm_job,
     stop_signal_option,
 )
-from dcl.config import load_config
-from dcl.engine import AtomicCheckpointer
-from dcl.preemption import EXIT_INTERRUPTED
-from dcl import sampler as sampler_module
-from dcl.sampler import ResumableTrainingSampler
+from dcl.training.config import load_config
+from dcl.training.engine import AtomicCheckpointer
+from dcl.training.preemption import EXIT_INTERRUPTED
+from dcl.training import sampler as sampler_module
+from dcl.training.sampler import ResumableTrainingSampler
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -759,20 +759,20 @@ def test_a_stop_signal_during_the_set_up_ends_the_run_as_interrupted(num_gpus, p
     training handler exists): it is recorded, the run ends as interrupted before any iteration
     (exit 75, so the retry resumes), and the caller's signal handlers are restored. With several
     GPUs no worker is started (here: a stand-in launch, as there are no GPUs)."""
-    import dcl.datasets
-    import dcl.train
+    import dcl.data.datasets
+    import dcl.training.train
 
     if num_gpus > 1:
-        monkeypatch.setattr(dcl.train, "check_devices", lambda *args: None)
-        monkeypatch.setattr(dcl.train, "launch", lambda *args, **kwargs: pytest.fail("workers were launched"))
+        monkeypatch.setattr(dcl.training.train, "check_devices", lambda *args: None)
+        monkeypatch.setattr(dcl.training.train, "launch", lambda *args, **kwargs: pytest.fail("workers were launched"))
 
-    register = dcl.datasets.register_datasets
+    register = dcl.data.datasets.register_datasets
 
     def register_then_signalled():
         register()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(dcl.datasets, "register_datasets", register_then_signalled)
+    monkeypatch.setattr(dcl.data.datasets, "register_datasets", register_then_signalled)
     caller_received = []
 
     def caller_handler(signum, frame):  # reached only if dcl train does not handle the signal
@@ -815,7 +815,7 @@ def expected_lr(iteration):
 
 SELF_SIGNALLING = f"""
 import os, signal, sys
-import dcl.engine  # first: applies dcl.compat before detectron2 loads
+import dcl.training.engine  # first: applies dcl.compat before detectron2 loads
 from detectron2.engine import HookBase
 
 class SignalSelf(HookBase):
@@ -823,8 +823,8 @@ class SignalSelf(HookBase):
         if self.trainer.iter == {STOP_AT}:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-build_hooks = dcl.engine.Trainer.build_hooks
-dcl.engine.Trainer.build_hooks = lambda self: [SignalSelf()] + build_hooks(self)
+build_hooks = dcl.training.engine.Trainer.build_hooks
+dcl.training.engine.Trainer.build_hooks = lambda self: [SignalSelf()] + build_hooks(self)
 from dcl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -1016,7 +1016,7 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
     assert predictions and {p["image_id"] for p in predictions} <= {image["id"] for image in gt["images"]}
     # The official Cityscapes AP, during training: what `dcl evaluate --cityscapes-root` (tested
     # against cityscapesscripts run directly) gives on the same predictions.
-    from dcl.evaluation import evaluate
+    from dcl.evaluation.evaluate import evaluate
 
     reference = evaluate(str(gt_file), predictions, cityscapes_root=toy_datasets / "cityscapes")["cityscapes"]
     assert evaluation["cityscapes"] == {"AP": reference["AP"], "AP50": reference["AP50"]}
@@ -1053,7 +1053,7 @@ def test_toy_cityscapes_config_trains_and_evaluates(toy_datasets, tmp_path):
 
 LOSS_RECORDING = """
 import json, os, signal, sys
-import dcl.engine  # first: applies dcl.compat before detectron2 loads
+import dcl.training.engine  # first: applies dcl.compat before detectron2 loads
 from detectron2.engine import HookBase
 
 STOPS = [int(i) for i in os.environ.get("STOP_AFTER", "").split(",") if i]
@@ -1067,8 +1067,8 @@ class RecordAndStop(HookBase):
         if self.trainer.iter in STOPS:
             os.kill(os.getpid(), SIGNAL)
 
-build_hooks = dcl.engine.Trainer.build_hooks
-dcl.engine.Trainer.build_hooks = lambda self: [RecordAndStop()] + build_hooks(self)
+build_hooks = dcl.training.engine.Trainer.build_hooks
+dcl.training.engine.Trainer.build_hooks = lambda self: [RecordAndStop()] + build_hooks(self)
 from dcl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -1417,7 +1417,7 @@ def test_options_after_the_overrides_and_the_recorded_command():
     command as given (options first, then the overrides). A VALUE position is never an option."""
     import argparse
 
-    from dcl.train_options import add_arguments, command_line, take_trailing_options
+    from dcl.training.options import add_arguments, command_line, take_trailing_options
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -1470,26 +1470,26 @@ def test_loader_workers_ignore_stop_signals():
 
 
 def test_a_signal_received_during_start_up_is_taken_over_and_logged(caplog):
-    from dcl import early_signals
-    from dcl.preemption import StopSignal
+    from dcl.training import early_signals
+    from dcl.training.preemption import StopSignal
 
     stop = StopSignal()
     early_signals.RECEIVED[:] = [signal.SIGUSR1]
-    with caplog.at_level("WARNING", logger="dcl.train"), stop.handling("after the current iteration"):
+    with caplog.at_level("WARNING", logger="dcl.training.train"), stop.handling("after the current iteration"):
         assert (stop.requested, stop.name) == (True, "SIGUSR1")
     assert "received SIGUSR1 during start-up: stopping after the current iteration" in caplog.messages
 
 
 def test_a_signal_in_the_loop_is_logged_with_where_the_run_stops(caplog):
-    from dcl.preemption import StopSignal, TrainingInterrupted
+    from dcl.training.preemption import StopSignal, TrainingInterrupted
 
     stop = StopSignal()
-    with caplog.at_level("WARNING", logger="dcl.train"), stop.handling("after the current iteration"):
+    with caplog.at_level("WARNING", logger="dcl.training.train"), stop.handling("after the current iteration"):
         os.kill(os.getpid(), signal.SIGUSR1)  # deferred: recorded, the loop stops later
         assert stop.name == "SIGUSR1"
     assert caplog.messages[-1] == "received SIGUSR1: stopping after the current iteration"
     stop = StopSignal()
-    with caplog.at_level("WARNING", logger="dcl.train"), stop.handling("x"), stop.deferred(False):
+    with caplog.at_level("WARNING", logger="dcl.training.train"), stop.handling("x"), stop.deferred(False):
         with pytest.raises(TrainingInterrupted):
             os.kill(os.getpid(), signal.SIGUSR1)  # not deferred: at once
             time.sleep(1)
@@ -1507,7 +1507,7 @@ class _Trainer:
 
 
 def test_an_interruption_checkpoints_closes_the_record_and_exits_75(tmp_path, caplog):
-    from dcl.preemption import StopSignal, TrainingInterrupted, exit_if_interrupted
+    from dcl.training.preemption import StopSignal, TrainingInterrupted, exit_if_interrupted
 
     path = tmp_path / "run.json"
     for error, signum, message in [
@@ -1521,7 +1521,7 @@ def test_an_interruption_checkpoints_closes_the_record_and_exits_75(tmp_path, ca
         trainer, stop = _Trainer(), StopSignal()
         stop.signum = signum
         record = RunRecord.begin(path, resume=False, fields={"mode": "train", "iteration": 0, "max_iter": 10})
-        with caplog.at_level("WARNING", logger="dcl.train"), pytest.raises(SystemExit) as exited:
+        with caplog.at_level("WARNING", logger="dcl.training.train"), pytest.raises(SystemExit) as exited:
             exit_if_interrupted(stop, trainer, record, error)
         assert exited.value.code == EXIT_INTERRUPTED == 75
         assert trainer.saved == 1

@@ -8,12 +8,13 @@ import pickle
 import socket
 import subprocess
 import sys
+import signal
 import threading
 import time
 
 import pytest
 
-from dcl import weights
+from dcl.data import weights
 from dcl.cli import main
 from dcl.io import InputError
 
@@ -290,3 +291,147 @@ def test_a_url_with_a_space_fails_at_once_and_leaves_nothing(tmp_path):
         "characters (write a space as %20)"
     )
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# --------------------------------------------------------------------------- interruptions and concurrency
+
+
+class SlowHandler(Handler):
+    """Serves /files/ in 10 kB pieces 0.05 s apart (1.5 s for the payload)."""
+
+    def do_GET(self):
+        self.server.requests.append((self.path, self.headers.get("Range")))
+        start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+        body = PAYLOAD[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(0, len(body), 10_000):
+            self.wfile.write(body[i : i + 10_000])
+            self.wfile.flush()
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_server():
+    srv = Server()
+    srv.RequestHandlerClass = SlowHandler
+    srv.handle_error = lambda request, address: None  # a client that went away mid-body
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def start_download(server, weights_dir):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dcl", "weights", "download", url(server), "--weights-dir", weights_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def files_in(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_download_leaves_no_lock_and_resumes(slow_server, tmp_path, stop):
+    """Ctrl-C (one line, exit 130, naming the partial file, which is there) or kill -9: no lock file
+    is left (there never is one: the .part file itself is locked); the next run resumes."""
+    target = weights.local_path(url(slow_server), tmp_path)
+    part = target.with_name(target.name + ".part")
+    process = start_download(slow_server, tmp_path)
+    try:
+        wait_for(lambda: part.is_file() and part.stat().st_size > 0)
+        process.send_signal(stop)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert files_in(tmp_path) == [str(part.relative_to(tmp_path))]
+    kept = part.stat().st_size
+    assert 0 < kept < len(PAYLOAD) and PAYLOAD.startswith(part.read_bytes())
+    if stop == signal.SIGINT:
+        assert process.returncode == 130 and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1] == (
+            f"{url(slow_server)}: interrupted; the partial file {part} ({kept} bytes) is kept to resume"
+        )
+    else:
+        assert process.returncode == -signal.SIGKILL
+    slow_server.requests.clear()
+    resumed = start_download(slow_server, tmp_path)
+    assert resumed.wait(timeout=60) == 0
+    assert target.read_bytes() == PAYLOAD
+    assert slow_server.requests == [("/files/models/model_final.pth", f"bytes={kept}-")]
+    assert files_in(tmp_path) == [
+        str(p.relative_to(tmp_path)) for p in (target, target.with_name("model_final.pth.sha256"))
+    ]
+
+
+def test_concurrent_downloads_of_one_file_wait_for_each_other(slow_server, tmp_path):
+    """One request; the second process says it waits, then finds the file; no lock file left."""
+    first = start_download(slow_server, tmp_path)
+    target = weights.local_path(url(slow_server), tmp_path)
+    wait_for(lambda: target.with_name(target.name + ".part").is_file())
+    second = start_download(slow_server, tmp_path)
+    outputs = [process.communicate(timeout=60) for process in (first, second)]
+    assert first.returncode == second.returncode == 0
+    assert [out.strip() for out, _ in outputs] == [str(target)] * 2
+    assert "waiting for another download" in outputs[1][1]
+    assert len(slow_server.requests) == 1 and target.read_bytes() == PAYLOAD
+    assert files_in(tmp_path) == [
+        str(p.relative_to(tmp_path)) for p in (target, target.with_name("model_final.pth.sha256"))
+    ]
+
+
+def test_the_partial_file_is_named_only_when_there_is_one(server, tmp_path):
+    """An unreachable host leaves nothing and claims no partial file; a server that drops every
+    connection halfway leaves the partial file that the message names."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(InputError) as error:
+        weights.download(f"http://127.0.0.1:{closed_port}/x.pth", tmp_path)
+    assert "partial" not in str(error.value) and files_in(tmp_path) == []
+
+    class AlwaysCut(Server):
+        @property
+        def cut_next_response(self):
+            return True
+
+        @cut_next_response.setter
+        def cut_next_response(self, value):
+            pass
+
+    server.__class__ = AlwaysCut
+    with pytest.raises(InputError, match="download failed after 4 attempts") as error:
+        weights.download(url(server), tmp_path)
+    part = weights.local_path(url(server), tmp_path).with_name("model_final.pth.part")
+    size = part.stat().st_size
+    assert f"the partial file {part} ({size} bytes) is kept and the next run resumes it" in str(error.value)
+    assert files_in(tmp_path) == [str(part.relative_to(tmp_path))]
+
+
+def test_the_log_says_what_is_downloaded_and_a_quoted_space_works(server, tmp_path):
+    """The log names the download before it starts; %20 in a URL is a space in the file name."""
+    spec = url(server, "/files/a%20b.pkl")
+    done = subprocess.run(
+        [sys.executable, "-m", "dcl", "weights", "download", spec, "--weights-dir", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    target = weights.local_path(spec, tmp_path)
+    assert target.name == "a b.pkl" and target.read_bytes() == PAYLOAD and done.stdout.strip() == str(target)
+    assert done.stderr.splitlines()[0] == f"{spec}: downloading to {target}"
+    assert server.requests[-1][0] == "/files/a%20b.pkl"

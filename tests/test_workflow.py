@@ -238,7 +238,7 @@ def test_paper_evaluation_and_error_commands(paper_dry_run):
 
 
 def test_coco_runs_are_also_scored_on_coco_occ_when_it_is_there(tmp_path):
-    from dcl.experiments import Plan, read_config_file
+    from dcl.workflow.experiments import Plan, read_config_file
 
     (tmp_path / "datasets" / "coco").mkdir(parents=True)
     (tmp_path / "datasets" / "coco" / "instances_occ2017_new.json").write_text("{}")
@@ -417,7 +417,7 @@ def toy_run(tmp_path_factory):
 
 @pytest.mark.e2e
 def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
-    from dcl.experiments import Plan, read_config_file
+    from dcl.workflow.experiments import Plan, read_config_file
     from dcl.report import FIGURE_NAMES, TABLE_NAMES
 
     results = toy_run / "results" / "toy"

@@ -4,7 +4,7 @@ Called by ``tools/mutation_test.sh --sample N [--seed S]``. The same N, seed and
 mutants: the sample is drawn from the sorted mutant names of each mutated module that some test covers
 (mutmut's "no tests" mutants run only in worker processes or subprocesses, see docs/testing.md).
 
-    python tools/mutation_sample.py --sample 40 --seed 16 [--module dcl/modeling.py=10 ...]
+    python tools/mutation_sample.py --sample 40 --seed 16 [--module dcl/model/heads.py=10 ...]
     MUTATION_SET=issue22 python tools/mutation_sample.py --sample 20 --seed 22   # another module set
 """
 
@@ -29,7 +29,7 @@ STATS = MUTANTS / "mutmut-stats.json"
 
 
 def mutants_by_module() -> dict[str, list[str]]:
-    """Names of all generated mutants, per mutated source file (e.g. ``dcl/loss.py``)."""
+    """Names of all generated mutants, per mutated source file (e.g. ``dcl/model/loss.py``)."""
     return {
         str(meta.relative_to(MUTANTS))[: -len(".meta")]: sorted(json.loads(meta.read_text())["exit_code_by_key"])
         for meta in sorted(MUTANTS.rglob("*.py.meta"))
@@ -75,7 +75,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="PATH=N",
-        help="another sample size for one module, e.g. dcl/modeling.py=10",
+        help="another sample size for one module, e.g. dcl/model/heads.py=10",
     )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--list", action="store_true", help="print the sampled names, run nothing")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Mutation testing of the numerical core (issue 16): dcl/loss.py, dcl/modeling.py, dcl/errors.py,
+# Mutation testing of the numerical core (issue 16): dcl/model/loss.py, dcl/model/heads.py, dcl/evaluation/errors.py,
 # dcl/report/analysis.py against the fast tests that cover them. Configuration: [tool.mutmut] in
 # pyproject.toml. Not part of CI: all 2202 mutants take well over an hour on one CPU core (see
 # docs/testing.md for measured times); a seeded random sample per module takes minutes.
 #
 #   pip install mutmut==3.8.1        # once; not a project dependency
 #   tools/mutation_test.sh           # all mutants; prints the counts per module
-#   tools/mutation_test.sh 'dcl.loss.*'   # only the mutants whose names match (mutmut's globs)
-#   tools/mutation_test.sh --sample 40 --seed 16 --module dcl/modeling.py=25
+#   tools/mutation_test.sh 'dcl.model.loss.*'   # only the mutants whose names match (mutmut's globs)
+#   tools/mutation_test.sh --sample 40 --seed 16 --module dcl/model/heads.py=25
 #                                    # the same random 40 mutants per module every time (tools/mutation_sample.py)
 #   tools/mutation_test.sh --set issue22 --sample 20 --seed 22
 #                                    # another module set and test selection: [tool.dcl-mutation.issue22]

@@ -35,7 +35,7 @@ def settings(name: str | None) -> dict:
 def coverage_mutant(name: str | None) -> str:
     """A cheap mutant whose run makes mutmut generate all mutants and record test coverage."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]
-    return tool.get("dcl-mutation", {}).get(name, {}).get("coverage_mutant", "dcl.loss.x_gather_points__mutmut_1")
+    return tool.get("dcl-mutation", {}).get(name, {}).get("coverage_mutant", "dcl.model.loss.x_gather_points__mutmut_1")
 
 
 def main() -> None:

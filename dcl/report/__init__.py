@@ -15,7 +15,7 @@ All outputs are always written (a figure without data is a labelled "No data" no
 and byte-identical when the inputs did not change. A broken run never stops the report: it is
 listed in the inventory with its status and reason. No torch or detectron2 import.
 
-Modules: :mod:`~dcl.report.inputs` (reading and validation), :mod:`~dcl.report.analysis`
+Modules: :mod:`~dcl.report.published` (the published numbers; runs are read by :mod:`dcl.runs`), :mod:`~dcl.report.analysis`
 (statistics), :mod:`~dcl.report.tables`, :mod:`~dcl.report.figures`, :mod:`~dcl.report.summary`.
 """
 
@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING
 
 from dcl import layout
 from dcl.io import InputError, atomic_write_text
-from dcl.report import inputs
+from dcl.report.published import load_published
+from dcl.runs import (
+    RunResult,
+    add_experiments_argument,
+    load_experiments,
+    load_occlusion_subset,
+    load_run,
+    status_totals,
+)
 
 if TYPE_CHECKING:
     from dcl.report import analysis
@@ -47,7 +55,7 @@ __all__ = [
 
 # What `dcl report` writes: tables/{name}.{format}, figures/{name}.{format}. Plain data here, so
 # the Snakefile declares the outputs without loading pandas or matplotlib (which load only for a
-# report: `dcl status` reads run folders through dcl.report.inputs and must start fast).
+# report: `dcl report --help` must start fast).
 TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
 TABLE_FORMATS = ("md", "tex", "csv", "html")
 FIGURE_NAMES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
@@ -60,7 +68,7 @@ class ReportResult:
     """What :func:`build_report` wrote and found."""
 
     written: list[Path]
-    runs: list[inputs.RunResult]
+    runs: list[RunResult]
     figure_reasons: dict[str, str]  # figure -> "" or why it shows no data
     reproduction: list[analysis.Reproduction]
     pdf: Path | None = None  # None: pdflatex is not installed
@@ -105,10 +113,10 @@ def build_report(
             f"experiments file not found: {experiments_path} (it lists the expected runs; "
             "`dcl plan` writes it, or pass --experiments PATH)"
         )
-    preset, expected = inputs.load_experiments(experiments_path)
-    published = inputs.load_published(published_path if published_path else default_published_path())
+    preset, expected = load_experiments(experiments_path)
+    published = load_published(published_path if published_path else default_published_path())
 
-    runs = [inputs.load_run(results_dir, run) for run in expected]
+    runs = [load_run(results_dir, run) for run in expected]
     experiments = analysis.experiment_stats(runs)
     comparisons = analysis.comparisons(experiments)
     reproduction = analysis.reproduction(published, experiments)
@@ -138,7 +146,7 @@ def build_report(
             comparisons,
             built,
             figure_reasons,
-            occlusion=inputs.load_occlusion_subset(experiments_path),
+            occlusion=load_occlusion_subset(experiments_path),
         ),
     )
     written.append(readme_path)
@@ -158,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
     )
-    inputs.add_experiments_argument(parser)
+    add_experiments_argument(parser)
     parser.add_argument(
         "--published",
         metavar="PATH",
@@ -181,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if tracking_options is not None:
         run_id = tracking.log_report(tracking_options, result.written, args.results_dir, args.tracking_dir)
         print(f"{tracking_options.backend} tracking: the report's {len(result.written)} files are in run {run_id}")
-    print(f"dcl report: {len(result.runs)} runs: " + inputs.status_totals(result.runs))
+    print(f"dcl report: {len(result.runs)} runs: " + status_totals(result.runs))
     for run_result in result.runs:
         spec = run_result.expected
         if run_result.status not in ("finished", "missing"):

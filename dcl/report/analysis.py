@@ -26,7 +26,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from dcl import names
-from dcl.report.inputs import FAMILY_STATS, ExpectedRun, PublishedEntry, RunResult
+from dcl.report.published import PublishedEntry
+from dcl.runs import FAMILY_STATS, ExpectedRun, RunResult
 
 __all__ = [
     "CONFIDENCE",

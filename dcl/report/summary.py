@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from dcl.report.analysis import CONFIDENCE, PAIRED_TEST, Comparison, Reproduction
 from dcl.report import FIGURE_NAMES
-from dcl.report.inputs import STATUSES, RunResult, status_totals
+from dcl.runs import FOLDER_STATES, RunResult, status_totals
 from dcl.report.tables import (
     Table,
     dataset_name,
@@ -80,7 +80,7 @@ def readme(
     if unfinished:
         lines += ["", "Not finished (tables use only runs with results, and say how many seeds they have):", ""]
         for result in sorted(
-            unfinished, key=lambda r: (STATUSES.index(r.status), r.expected.experiment, r.expected.seed)
+            unfinished, key=lambda r: (FOLDER_STATES.index(r.status), r.expected.experiment, r.expected.seed)
         ):
             lines.append(
                 f"- `{result.expected.experiment}` seed {result.expected.seed}: **{result.status}**: {result.reason}"

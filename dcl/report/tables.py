@@ -37,7 +37,9 @@ from dcl.report.analysis import (
     paired_difference,
     sort_key,
 )
-from dcl.report.inputs import FAMILY_STATS, PublishedEntry, RunResult, status_totals
+from dcl.report.published import PublishedEntry
+from dcl.runrecord import format_duration
+from dcl.runs import FAMILY_STATS, RunResult, status_totals
 from dcl.runrecord import gpu_hours
 
 __all__ = [
@@ -145,13 +147,6 @@ def fmt_p(p_value: float) -> str:
 
 def fmt_seeds(n: int, expected: int) -> str:
     return f"{n}/{expected}" + (MARK if n < expected else "")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    total = int(round(seconds))
-    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 # ----------------------------------------------------------------------------- the table model
@@ -539,7 +534,7 @@ def _published_for(
     published: Sequence[PublishedEntry], experiment: ExperimentStats, metric: str | None = None
 ) -> PublishedEntry | None:
     """The reproducible published number of ``experiment``'s model (the same
-    :attr:`~dcl.report.inputs.ExpectedRun.identity`) for ``metric`` (default: its headline)."""
+    :attr:`~dcl.runs.ExpectedRun.identity`) for ``metric`` (default: its headline)."""
     spec = experiment.spec
     for entry in published:
         if entry.reproducible and entry.identity == spec.identity and entry.metric == (metric or spec.metric):
@@ -1163,7 +1158,13 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
         Column("iterations", "Iterations", "r", text=_iterations),
         _raw("iteration", lambda r: _info(r).get("iteration")),
         _raw("max_iter", lambda r: _info(r).get("max_iter")),
-        Column("wall_time_s", "Wall time", "r", value=lambda r: _info(r).get("wall_time_s"), fmt=fmt_duration),
+        Column(
+            "wall_time_s",
+            "Wall time",
+            "r",
+            value=lambda r: _info(r).get("wall_time_s"),
+            fmt=lambda s: format_duration(s, DASH),
+        ),
         Column("gpus", "GPUs", text=_gpu_text),
         _raw("gpu_type", lambda r: _gpus(r).get("type")),
         _raw("gpu_count", lambda r: _gpus(r).get("count")),

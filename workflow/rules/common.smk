@@ -1,5 +1,5 @@
 # Config validation and the wiring helpers every rule uses. The logic (what a config means, which
-# runs exist, their command lines) is dcl.experiments; this file only connects it to Snakemake.
+# runs exist, their command lines) is dcl.workflow.experiments; this file only connects it to Snakemake.
 import json
 import os
 import re
@@ -10,7 +10,7 @@ from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
 from dcl import layout
-from dcl.experiments import Plan
+from dcl.workflow.experiments import Plan
 from dcl.io import InputError
 from dcl.layout import DATASETS
 from dcl.slurm import stop_signal_option

@@ -1,5 +1,5 @@
 # Training (one job per experiment x seed) and inference of released checkpoints. The command
-# is dcl.experiments.Plan.train_command (what `dcl plan --commands` prints), with --num-gpus and
+# is dcl.workflow.experiments.Plan.train_command (what `dcl plan --commands` prints), with --num-gpus and
 # OMP_NUM_THREADS from the job's resources and threads.
 #
 # Stopping and resuming: `dcl train` checkpoints and exits 75 on SIGTERM/SIGUSR1/SIGINT, and every

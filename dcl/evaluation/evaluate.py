@@ -7,7 +7,7 @@ COCOEvaluator does, so pycocotools takes each detection's area from its mask (th
 would otherwise make it use the box area for the small/medium/large ranges).
 
 With ``--cityscapes-root`` the official Cityscapes instance-level AP and AP50 (what the paper
-reports for Cityscapes) are added, computed by cityscapesscripts itself (``dcl.cityscapes``).
+reports for Cityscapes) are added, computed by cityscapesscripts itself (``dcl.data.cityscapes``).
 
 All numbers are percentages; a statistic COCO reports as -1 (no GT in that size range) is
 ``None`` (``null`` in eval.json).
@@ -25,8 +25,15 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dcl.cli import at_least
-from dcl.coco import STAT_NAMES, GroundTruth, add_input_arguments, inputs_on_subset, load_ground_truth, load_predictions
+from dcl.argtypes import at_least
+from dcl.data.coco import (
+    STAT_NAMES,
+    GroundTruth,
+    add_input_arguments,
+    inputs_on_subset,
+    load_ground_truth,
+    load_predictions,
+)
 from dcl.io import InputError, atomic_write_json, refuse_output_over_input
 from dcl.names import IOU_TYPES
 
@@ -113,7 +120,7 @@ class CocoEvaluator:
     """COCO AP of any number of result sets against one GT; the GT is indexed once.
 
     Args:
-        gt: validated ground truth (``dcl.coco.load_ground_truth``).
+        gt: validated ground truth (``dcl.data.coco.load_ground_truth``).
         iou_type: ``"segm"`` or ``"bbox"``.
         backend: ``"faster-coco-eval"`` or ``"pycocotools"``.
         threads: threads faster-coco-eval may use for mask IoU (pycocotools uses one).
@@ -142,7 +149,7 @@ class CocoEvaluator:
 
     def __call__(self, predictions: Sequence[Mapping]) -> dict[str, float | None]:
         """The 12 COCO statistics (percent, ``None`` for -1) of ``predictions`` (validated
-        records as returned by ``dcl.coco.load_predictions``; not modified)."""
+        records as returned by ``dcl.data.coco.load_predictions``; not modified)."""
         results = results_for(predictions, self.iou_type)
         if self.backend == "pycocotools":
             return self._pycocotools(results)
@@ -265,7 +272,7 @@ def evaluate(
     for iou_type in iou_types:
         result[iou_type] = CocoEvaluator(gt, iou_type, backend, min(threads, usable_cpus()))(records)
     if cityscapes_root is not None:
-        from dcl.cityscapes import cityscapes_instance_ap
+        from dcl.data.cityscapes import cityscapes_instance_ap
 
         result["cityscapes"] = cityscapes_instance_ap(gt, records, cityscapes_root, split, workers)
     return result
@@ -346,7 +353,7 @@ def run_on_inputs(
     args: argparse.Namespace, compute: Callable[[Any, Any], dict], formatter: Callable[[dict], str], command: str
 ) -> int:
     """The body of ``dcl evaluate`` and ``dcl errors``: ``compute(gt, predictions)`` on the inputs of
-    :func:`dcl.coco.add_input_arguments`, the result (with its inputs named) to ``-o`` and, formatted,
+    :func:`dcl.data.coco.add_input_arguments`, the result (with its inputs named) to ``-o`` and, formatted,
     to stdout; its warnings to stderr."""
     refuse_output_over_input(
         args.output,

@@ -13,11 +13,10 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
-from dcl import weights as dcl_weights
-from dcl.experiments import SEED_LIMIT
-from dcl.io import InputError, config_chain
-from dcl.modeling import add_dcl_config, check_dcl_config, is_dcl_model_config
-from dcl.refinemask import add_refinemask_config
+from dcl.data import weights as dcl_weights
+from dcl.io import SEED_LIMIT, InputError, config_chain
+from dcl.model.heads import add_dcl_config, check_dcl_config, is_dcl_model_config
+from dcl.model.refinemask import add_refinemask_config
 from dcl.slurm import DistributedLayout
 
 __all__ = [
@@ -190,7 +189,7 @@ def dry_run_summary(
     weights loaded), its datasets, solver, devices and weights."""
     from detectron2.modeling import build_model
 
-    from dcl.engine import AtomicCheckpointer
+    from dcl.training.engine import AtomicCheckpointer
 
     cpu_cfg = cfg.clone()
     cpu_cfg.defrost()

@@ -2,7 +2,7 @@
 
 ``dcl train`` is often signalled right after it starts (Slurm's early pre-timeout signal,
 ``scancel --signal``, a Ctrl-C): :func:`recorded` installs a handler that only notes the signal,
-and the training's own handler (:class:`dcl.preemption.StopSignal`) takes the note over, so the run
+and the training's own handler (:class:`dcl.training.preemption.StopSignal`) takes the note over, so the run
 still ends as ``interrupted`` (exit 75) with its ``run.json``. Standard library only.
 """
 

@@ -15,10 +15,12 @@ Where a URL is stored (:func:`local_path`):
   ``<path>/checkpoint.pth`` (detectron2 reads ``.pth`` files as PyTorch checkpoints, as the
   released DCL models are).
 
-A download goes to ``<file>.part`` (resumed with an HTTP Range request after an interruption,
-retried a few times), is checked against its ``Content-Length`` and, when given as
-``URL#sha256=<hex>``, its SHA-256, and is then renamed into place; ``<file>.sha256`` records the
-digest. Concurrent downloads of the same file wait for each other (a lock file).
+Transport is pooch's HTTP downloader (requests; a :mod:`dcl.progress` bar on a terminal). Around
+it: a download goes to ``<file>.part``, locked while it is written so that concurrent downloads of
+the same file wait for each other (no lock file to leave behind); a dropped connection or a short
+body is resumed with an HTTP Range request (a few attempts; an interrupted run keeps the partial
+file and the next run resumes it); a ``URL#sha256=<hex>`` is checked; then the file is renamed into
+place and ``<file>.sha256`` records its digest. A URL with spaces fails at once.
 
 Integrity (trust on first use): no URL of the paper pins a hash, so ``<file>.sha256`` records the
 digest of the first download (or of a file found in place without a record) and every later use
@@ -35,19 +37,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
-import http.client
-import logging
 import io
+import logging
 import os
 import pickle
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import BinaryIO, Optional
 
 from dcl.io import InputError, atomic_write_text
 
@@ -77,7 +75,7 @@ DETECTRON2_BASE_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 ENV_WEIGHTS_DIR = "DCL_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = "weights"
 _NAMELESS_FILE = "checkpoint.pth"
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # what a dropped connection loses at most (the resume starts after it)
 _ATTEMPTS = 4
 _TIMEOUT_S = 60
 
@@ -161,34 +159,10 @@ def resolve(spec: str, weights_dir: str | os.PathLike | None = None) -> str:
     )
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) while the block runs, and remove
-    the file afterwards, so no lock file outlives its download. A waiter that got the lock of a
-    file removed meanwhile takes the new one (its inode is no longer the path's)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = open(path, "a")
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        handle.close()
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        handle.close()  # releases the lock
-
-
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def _record_path(path: Path) -> Path:
@@ -290,116 +264,113 @@ def check_plain_pickle(path: str | os.PathLike) -> None:
         ) from None
 
 
-def _fetch_into(url: str, part: Path) -> Optional[int]:
-    """Append the rest of ``url`` to ``part`` (Range request when ``part`` has bytes).
+def _fetch(url: str, part: BinaryIO, path: Path) -> None:
+    """Download ``url`` into the open file ``part`` (at ``path``) with pooch's HTTP downloader, a
+    :mod:`dcl.progress` bar counting the bytes written. A few attempts with back-off, each resuming
+    where the last stopped (HTTP Range request; a server that ignores it sends the whole file, which
+    replaces the partial one)."""
+    import pooch
+    import requests
+    from tqdm.utils import CallbackIOWrapper
 
-    Returns:
-        The expected total size in bytes, or None when the server does not say.
-    """
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "dcl-pipeline (dcl weights download)"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:
-            # Range not satisfiable: the partial file is stale or already complete; start over.
-            part.unlink()
-            return _fetch_into(url, part)
-        raise
-    with response:
-        status = getattr(response, "status", 200)
-        length = response.headers.get("Content-Length")
-        if status == 206:
-            total = offset + int(length) if length is not None else None
-            mode = "ab"
-        else:  # the server ignored the Range header: the body is the whole file
-            total = int(length) if length is not None else None
-            mode = "wb"
-            offset = 0
-        with open(part, mode) as out:
-            done = offset
-            progress = _progress(total, done, url)
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
-                done += len(chunk)
-                progress(done)
-            out.flush()
-            os.fsync(out.fileno())
-    return total
+    from dcl.progress import progress_bar
+
+    expected = {}
+    with progress_bar(None, path.name.removesuffix(".part"), "B", unit_scale=True) as bar:
+
+        def on_response(response, *args, **kwargs):  # requests' hook, before the body is read
+            if response.status_code == 200:
+                part.truncate(0)
+            bar.n = os.fstat(part.fileno()).st_size
+            if response.headers.get("Content-Length"):
+                bar.total = expected["size"] = bar.n + int(response.headers["Content-Length"])
+
+        for attempt in range(1, _ATTEMPTS + 1):
+            offset = os.fstat(part.fileno()).st_size
+            headers = {"User-Agent": "dcl-pipeline", **({"Range": f"bytes={offset}-"} if offset else {})}
+            fetch = pooch.HTTPDownloader(
+                chunk_size=_CHUNK, headers=headers, timeout=_TIMEOUT_S, hooks={"response": on_response}
+            )
+            expected.clear()
+            try:
+                fetch(url, CallbackIOWrapper(bar.update, part, "write"), None)
+                size = os.fstat(part.fileno()).st_size
+                if expected.get("size", size) == size:
+                    return
+                reason = f"got {size} of {expected['size']} bytes"
+            except requests.HTTPError as error:
+                if error.response.status_code != 416 or not offset:
+                    raise InputError(f"{url}: HTTP {error.response.status_code} {error.response.reason}") from None
+                part.truncate(0)  # Range not satisfiable: the partial file is stale; start over
+                reason = "HTTP 416"
+                continue
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+                reason = getattr(error.args[0], "reason", error) if error.args else error  # urllib3's cause
+            except requests.RequestException as error:  # e.g. an invalid URL: nothing to retry
+                raise InputError(f"{url}: {error}") from None
+            if attempt < _ATTEMPTS:
+                logger.warning("%s: %s; retrying (%d/%d)", url, reason, attempt, _ATTEMPTS)
+                time.sleep(min(2**attempt, 10))
+    size = os.fstat(part.fileno()).st_size
+    kept = f"; the partial file {path} ({size} bytes) is kept and the next run resumes it" if size else ""
+    raise InputError(f"{url}: download failed after {_ATTEMPTS} attempts ({reason}){kept}. Is there internet here?")
 
 
-def _progress(total: Optional[int], start: int, url: str):
-    """A callback showing the download's progress (:mod:`dcl.progress`)."""
-    from dcl.progress import progress_bar, wanted
-
-    if not wanted():
-        return lambda done: None
-    bar = progress_bar(total, url.rsplit("/", 1)[-1], "B", initial=start, unit_scale=True, leave=False)
-
-    def update(done: int) -> None:
-        bar.update(done - bar.n)
-        if total is not None and done >= total:
-            bar.close()
-
-    return update
+def _open_locked(part: Path, dest: Path, force: bool) -> Optional[BinaryIO]:
+    """``part`` open for appending and locked (so there is no lock file to leave behind), or None
+    when ``dest`` is present (perhaps from a concurrent download that this one waited for)."""
+    while True:
+        if dest.is_file() and not force:
+            return None
+        handle = open(part, "a+b")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("%s: waiting for another download of it", dest)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(handle.fileno()).st_ino == os.stat(part).st_ino:
+                return handle
+        handle.close()  # the other download renamed or deleted that file: look again
+        force = False  # ... and what it stored is as fresh as a forced download
 
 
 def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: bool = False) -> Path:
-    """Download ``spec`` (``URL[#sha256=<hex>]``) into the weights directory, atomically.
-
-    An existing file is kept (and checked when a digest is given) unless ``force``.
-
-    Returns:
-        The local path.
+    """Download ``spec`` (``URL[#sha256=<hex>]``) into the weights directory, atomically, and return
+    its path. An existing file is kept (and checked) unless ``force``.
 
     Raises:
-        InputError: unreachable host, HTTP error, truncated download after retries, or a
-            checksum mismatch (the partial file is deleted in that case).
+        InputError: a URL with spaces, an HTTP error, an unreachable host or a truncated download
+            after retries (a partial file is kept to resume), a checksum mismatch or a download
+            that is not a checkpoint (deleted).
     """
     _, expected = split_checksum(spec)
     url = download_url(spec)
-    if re.search(r"[\s\x00-\x1f\x7f]", url):  # urllib refuses them: nothing to retry
+    if re.search(r"[\s\x00-\x1f\x7f]", url):  # refused at once: nothing to retry
         raise InputError(f"{url!r}: a URL cannot contain spaces or control characters (write a space as %20)")
     dest = local_path(spec, weights_dir)
     part = dest.with_name(dest.name + ".part")
-    with _locked(dest.with_name(dest.name + ".lock")):
-        if dest.is_file() and not force:
-            if expected and _sha256(dest) != expected:
-                raise InputError(f"{dest} exists but its SHA-256 is not {expected}; delete it or pass --force")
-            verify(dest)
-            logger.info("%s: already present at %s", spec, dest)
-            return dest
-        if force:
-            part.unlink(missing_ok=True)
-        total = None
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                total = _fetch_into(url, part)
-            except urllib.error.HTTPError as error:
-                raise InputError(f"{url}: HTTP {error.code} {error.reason}") from None
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
-                reason = getattr(error, "reason", error)
-                if attempt == _ATTEMPTS:
-                    kept = (
-                        f"; the partial file {part} is kept and the next run resumes it"
-                        if part.is_file() and part.stat().st_size
-                        else ""
-                    )
-                    raise InputError(
-                        f"{url}: download failed after {attempt} attempts ({reason}){kept}. Is there internet here?"
-                    ) from None
-                logger.warning("%s: %s; retrying (%d/%d)", url, reason, attempt, _ATTEMPTS)
-                time.sleep(min(2**attempt, 10))
-                continue
-            size = part.stat().st_size
-            if total is None or size == total:
-                break
-            if attempt == _ATTEMPTS:
-                raise InputError(f"{url}: got {size} of {total} bytes after {attempt} attempts; run again to resume")
-            logger.warning("%s: got %d of %d bytes; resuming", url, size, total)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    handle = _open_locked(part, dest, force)
+    if handle is None:
+        if expected and _sha256(dest) != expected:
+            raise InputError(f"{dest} exists but its SHA-256 is not {expected}; delete it or pass --force")
+        verify(dest)
+        logger.info("%s: already present at %s", spec, dest)
+        return dest
+    logger.info("%s: downloading to %s", url, dest)
+    with handle:
+        try:
+            if force:
+                handle.truncate(0)
+            _fetch(url, handle, part)
+            os.fsync(handle.fileno())
+        except BaseException as error:  # an error, Ctrl-C: a partial file is kept to resume, an empty one not
+            if not (size := os.fstat(handle.fileno()).st_size):
+                part.unlink(missing_ok=True)
+            elif isinstance(error, KeyboardInterrupt):
+                logger.warning("%s: interrupted; the partial file %s (%d bytes) is kept to resume", url, part, size)
+            raise
         digest = _sha256(part)
         if expected and digest != expected:
             part.unlink()
@@ -407,8 +378,8 @@ def download(spec: str, weights_dir: str | os.PathLike | None = None, *, force: 
         _check_checkpoint_format(part, url)
         os.replace(part, dest)
         _record(dest, digest)
-        logger.info("%s: %d bytes, sha256 %s -> %s", spec, dest.stat().st_size, digest, dest)
-        return dest
+    logger.info("%s: %d bytes, sha256 %s -> %s", spec, dest.stat().st_size, digest, dest)
+    return dest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -435,5 +406,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for spec in args.specs:
-        print(download(spec, args.weights_dir, force=args.force))
+        try:
+            print(download(spec, args.weights_dir, force=args.force))
+        except KeyboardInterrupt:  # Ctrl-C: the log says what is kept
+            return 130
     return 0

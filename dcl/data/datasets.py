@@ -1,7 +1,7 @@
 """Datasets: the ``dcl data`` command and the detectron2 catalog registration.
 
-``dcl data toy``                 write the synthetic COCO + Cityscapes datasets (``dcl.toydata``)
-``dcl data cityscapes-to-coco``  Cityscapes gtFine -> COCO JSON (``dcl.cityscapes``)
+``dcl data toy``                 write the synthetic COCO + Cityscapes datasets (``dcl.data.toydata``)
+``dcl data cityscapes-to-coco``  Cityscapes gtFine -> COCO JSON (``dcl.data.cityscapes``)
 ``dcl data occlusion-subset``    the occluded images of a COCO GT (the toy COCO-OCC)
 ``dcl data check``               verify a dataset is in place before any job is submitted; say
                                  exactly what is missing, what to download and where to put it
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from dcl import layout
-from dcl.cli import fraction
+from dcl.argtypes import fraction
 from dcl.io import InputError, atomic_write_json
 from dcl.layout import DATASETS, SPLITS, Dataset
 
@@ -217,8 +217,8 @@ def register_datasets(root: str | os.PathLike | None = None) -> list[str]:
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
-    from dcl.cityscapes import CATEGORIES as CITYSCAPES_CATEGORIES
-    from dcl.toydata import SHAPE_CLASSES
+    from dcl.data.cityscapes import CATEGORIES as CITYSCAPES_CATEGORIES
+    from dcl.data.toydata import SHAPE_CLASSES
 
     base, toy = datasets_root(root), toy_root(root)
     cityscapes_meta = _get_builtin_metadata("cityscapes")
@@ -314,7 +314,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from dcl.toydata import parse_size
+    from dcl.data.toydata import parse_size
 
     try:
         return parse_size(text)
@@ -415,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_toy(args: argparse.Namespace) -> int:
-    from dcl.toydata import generate_toy_datasets
+    from dcl.data.toydata import generate_toy_datasets
 
     marker = generate_toy_datasets(
         args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val, size=args.size
@@ -434,7 +434,7 @@ def _run_toy(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from dcl.cityscapes import cityscapes_to_coco
+    from dcl.data.cityscapes import cityscapes_to_coco
 
     if args.style == "detectron" and args.segmentation is not None:
         raise InputError("--segmentation applies to --style default only (the detectron style is polygons)")
@@ -449,7 +449,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_occlusion_subset(args: argparse.Namespace) -> int:
-    from dcl.coco import load_ground_truth, occlusion_subset
+    from dcl.data.coco import load_ground_truth, occlusion_subset
 
     subset = occlusion_subset(load_ground_truth(args.annotations), args.min_overlap)
     if not subset["images"]:
@@ -469,7 +469,7 @@ def check_occlusion_subset(path: str | os.PathLike, val_gt: str | os.PathLike) -
     path = Path(path)
     if not path.exists():
         return {"path": str(path), "present": False}
-    from dcl.coco import load_ground_truth, map_predictions_by_file_name
+    from dcl.data.coco import load_ground_truth, map_predictions_by_file_name
 
     subset = load_ground_truth(path)
     map_predictions_by_file_name([], load_ground_truth(val_gt, need_segmentation=False), subset)

@@ -20,7 +20,7 @@ the real ones):
   them back to the same pixels), ``area`` = visible pixels, ``bbox`` XYWH, crowd regions as
   uncompressed RLE with ``iscrowd: 1``. ``coco/annotations/instances_occ_val.json``: the toy
   COCO-OCC, the val images in which two instances' boxes overlap by >= 0.2 of the smaller one,
-  renumbered 1..K (``dcl.coco.occlusion_subset``).
+  renumbered 1..K (``dcl.data.coco.occlusion_subset``).
 * ``cityscapes/leftImg8bit/{train,val}/<city>/<city>_000000_<frame:06d>_leftImg8bit.png`` and
   ``cityscapes/gtFine/{train,val}/<city>/<city>_000000_<frame:06d>_gtFine_{polygons.json,
   instanceIds.png,labelIds.png,color.png}`` with the real Cityscapes label ids (the 8 instance
@@ -29,7 +29,7 @@ the real ones):
   cityscapesscripts' own ``json2instanceImg``/``json2labelImg`` code, so instance ids are
   ``label_id * 1000 + k`` for instances and the plain label id for group (crowd) regions.
 * ``cityscapes/annotations/instancesonly_filtered_gtFine_{train,val}.json`` (COCO JSON by
-  ``dcl.cityscapes.cityscapes_to_coco``) and ``instancesonly_filtered_gtFine_val.detectron.json`` (Detectron's conversion rules, the
+  ``dcl.data.cityscapes.cityscapes_to_coco``) and ``instancesonly_filtered_gtFine_val.detectron.json`` (Detectron's conversion rules, the
   original error analysis' GT).
 * ``.dcl-toy.json``: the marker (generator version, arguments, counts). Re-running into a
   directory that has it regenerates the data (byte-identical for the same arguments); a non-empty
@@ -57,8 +57,9 @@ import pycocotools.mask as mask_util
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
-from dcl import cityscapes, layout
-from dcl.coco import rle_counts
+from dcl.data import cityscapes
+from dcl import layout
+from dcl.data.coco import rle_counts
 from dcl.io import InputError, atomic_write_json, read_json
 
 __all__ = [
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 # Bump when the output for the same arguments changes.
 GENERATOR_VERSION = 2
 MARKER_NAME = ".dcl-toy.json"
-MARKER_GENERATOR = "dcl.toydata"
+MARKER_GENERATOR = "dcl.data.toydata"
 DEFAULT_SIZE = (128, 128)
 OCCLUSION_MIN_OVERLAP = 0.2  # of the toy COCO-OCC (layout.TOY_OCCLUSION_SUBSET)
 _TMP_PREFIX = ".dcl-toy-tmp-"
@@ -107,7 +108,7 @@ SHAPE_CLASSES: tuple[ToyClass, ...] = (
 )
 
 # Shape, image colour and aspect per Cityscapes instance class; names and ids are the evaluated
-# instance classes of dcl.cityscapes, in its order (= detectron2's contiguous ids 0..7).
+# instance classes of dcl.data.cityscapes, in its order (= detectron2's contiguous ids 0..7).
 _CITYSCAPES_LOOKS = {
     "person": ("ellipse", (220, 30, 60), (0.45, 0.6)),
     "rider": ("diamond", (255, 140, 0), (0.6, 0.8)),
@@ -549,7 +550,7 @@ def _write_coco_split(root: Path, split: str, seed: int, count: int, size: tuple
     atomic_write_json(root / layout.coco_annotations(split), dataset, indent=None)
     if split == "val":
         # The toy COCO-OCC: its occluded images, renumbered like the real subset.
-        from dcl.coco import load_ground_truth, occlusion_subset
+        from dcl.data.coco import load_ground_truth, occlusion_subset
 
         subset = occlusion_subset(load_ground_truth(dataset), OCCLUSION_MIN_OVERLAP)
         subset["info"]["description"] = "dcl toy COCO-OCC: the val images with overlapping instances"

@@ -26,7 +26,7 @@ image's last GT (after the stable sort by category); ``legacy_unmatched=True`` r
 exactly, so the paper's published tables can be reproduced and the size of the defect shown.
 
 Everything works on run-length-encoded masks (pycocotools merge / IoU / area, plus
-``dcl.coco.complement``): no full-resolution mask is ever decoded, so memory does not grow with
+``dcl.data.coco.complement``): no full-resolution mask is ever decoded, so memory does not grow with
 image size and the per-image work is a few RLE operations per detection.
 """
 
@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from dcl.progress import progress_bar
 
-from dcl.cli import at_least
-from dcl.coco import (
+from dcl.argtypes import at_least
+from dcl.data.coco import (
     STAT_NAMES,
     GroundTruth,
     add_input_arguments,
@@ -56,7 +56,7 @@ from dcl.coco import (
     load_predictions,
     segmentation_to_rle,
 )
-from dcl.evaluation import (
+from dcl.evaluation.evaluate import (
     BACKENDS,
     DEFAULT_BACKEND,
     CocoEvaluator,

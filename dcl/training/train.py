@@ -4,18 +4,18 @@ A drop-in for the original ``train_net.py``: ``--config-file``, ``--num-gpus``, 
 ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only`` and trailing ``KEY VALUE`` config
 overrides mean what they mean there, so every command of the original README works with
 ``python train_net.py`` replaced by ``dcl train``. Like detectron2's own ``train_net.py`` this is a
-thin composition of library parts: :func:`setup` (the config, :mod:`dcl.config`), :func:`main` (one
-worker: evaluate, or train with :class:`dcl.engine.Trainer`) and :func:`run` (checks, the run record,
+thin composition of library parts: :func:`setup` (the config, :mod:`dcl.training.config`), :func:`main` (one
+worker: evaluate, or train with :class:`dcl.training.engine.Trainer`) and :func:`run` (checks, the run record,
 ``launch``).
 
 Extra options: ``--results-dir DIR`` (on success, copy the small results there),
-``--weights-dir DIR`` (local weights directory, see :mod:`dcl.weights`), ``--keep-checkpoints K``
+``--weights-dir DIR`` (local weights directory, see :mod:`dcl.data.weights`), ``--keep-checkpoints K``
 (only the newest K periodic checkpoints stay in OUTPUT_DIR), ``--dry-run`` (check the
 command: parse, resolve weights and datasets, build the model on the CPU; train nothing),
 ``--tracking {mlflow,wandb}`` and its ``--tracking-*`` options (log scalars, config and tags to an
 experiment tracker from the main process: :mod:`dcl.tracking`; off by default).
 
-Devices. ``--num-gpus N`` workers per machine (:mod:`dcl.launch`): one per GPU (NCCL), or with
+Devices. ``--num-gpus N`` workers per machine (:mod:`dcl.training.launch`): one per GPU (NCCL), or with
 ``MODEL.DEVICE cpu`` N CPU workers (gloo); 1 on one machine trains in this process. If one worker
 fails the others are killed and ``dcl train`` exits 1. In an ``srun`` step of several tasks (each
 task one machine, usually one per node) the machine count, rank and rendezvous address come from
@@ -28,10 +28,10 @@ Outputs in ``OUTPUT_DIR`` (``docs/design.md``, "Per-run files"): detectron2's (`
 dataset) and ``run.json`` (:mod:`dcl.runrecord`). An ``--eval-only`` run beside a training's
 ``run.json`` writes its ``run.json``, ``config.yaml`` and ``log.txt`` to ``inference/``.
 
-Pre-emption (:mod:`dcl.preemption`). SIGTERM, SIGUSR1 or SIGINT lets the current iteration
+Pre-emption (:mod:`dcl.training.preemption`). SIGTERM, SIGUSR1 or SIGINT lets the current iteration
 finish, saves a checkpoint at it, marks ``run.json`` ``interrupted`` and exits with
-:data:`~dcl.preemption.EXIT_INTERRUPTED`; ``--resume`` continues the run as if it had not stopped
-(:mod:`dcl.engine`, :mod:`dcl.sampler`; README, "The resume guarantee"). In a Slurm batch job
+:data:`~dcl.training.preemption.EXIT_INTERRUPTED`; ``--resume`` continues the run as if it had not stopped
+(:mod:`dcl.training.engine`, :mod:`dcl.training.sampler`; README, "The resume guarantee"). In a Slurm batch job
 ``--max-chunks N`` requeues the interrupted job itself.
 
 Exit codes: 0 finished; 1 failed (bad input: a one-line message; a crash: the traceback; both
@@ -59,7 +59,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from dcl.config import (
+from dcl.training.config import (
     check_datasets,
     check_devices,
     check_solver,
@@ -68,7 +68,7 @@ from dcl.config import (
     resolve_weights,
     with_values,
 )
-from dcl.engine import (
+from dcl.training.engine import (
     AtomicCheckpointer,
     Trainer,
     check_expected_results,
@@ -77,9 +77,9 @@ from dcl.engine import (
 )
 from dcl.info import environment_info
 from dcl.io import InputError, exclusive_lock
-from dcl.launch import launch
+from dcl.training.launch import launch
 from dcl.layout import RUN_LOCK
-from dcl.preemption import (
+from dcl.training.preemption import (
     EXIT_INTERRUPTED,
     StopSignal,
     exit_if_interrupted,
@@ -87,9 +87,9 @@ from dcl.preemption import (
     requeue_for_the_next_chunk,
 )
 from dcl.runrecord import RunRecord, mark_failed_if_running, now, record_path, run_fields
-from dcl.sampler import kill_loader_workers
+from dcl.training.sampler import kill_loader_workers
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
-from dcl.train_options import add_arguments, command_line, take_trailing_options
+from dcl.training.options import add_arguments, command_line, take_trailing_options
 
 if TYPE_CHECKING:
     from dcl.tracking import Tracker, TrackingOptions
@@ -123,7 +123,7 @@ def setup(job: _Job) -> CfgNode:
     log_dir = str(Path(job.record_path).parent)
     default_setup(with_values(cfg, OUTPUT_DIR=log_dir), setup_args)
     setup_logger(log_dir, distributed_rank=comm.get_rank(), name="dcl")
-    from dcl.datasets import register_datasets
+    from dcl.data.datasets import register_datasets
 
     register_datasets()
     return cfg
@@ -242,7 +242,7 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     check_solver(cfg, args.num_gpus, layout.num_machines, args.eval_only)
     if not args.dry_run:
         check_devices(cfg, args.num_gpus, layout.num_machines, layout.machines_per_node)
-    from dcl.datasets import register_datasets
+    from dcl.data.datasets import register_datasets
 
     register_datasets()
     check_datasets(cfg, args.eval_only)

@@ -13,7 +13,6 @@ pycocotools lacks, the complement of a mask, is done here on the uncompressed ru
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from dcl.io import InputError, read_json
+from dcl.io import InputError, is_int, is_number, read_json
 
 __all__ = [
     "STAT_NAMES",
@@ -81,18 +80,6 @@ class _Problems:
         lines = "\n  ".join(self.messages)
         more = f"\n  ... and {self.count - len(self.messages)} more" if self.count > len(self.messages) else ""
         raise InputError(f"{self.source}: {self.count} invalid record(s):\n  {lines}{more}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
 
 
 def _source_name(source: Any, default: str) -> str:
@@ -225,7 +212,7 @@ def _check_segmentation(
                 not isinstance(polygon, list)
                 or len(polygon) < 6
                 or len(polygon) % 2
-                or not all(_is_number(v) for v in polygon)
+                or not all(is_number(v) for v in polygon)
             ):
                 problems.add(f"{where}: a polygon must be a list of at least 3 x,y pairs of numbers")
                 return False
@@ -243,7 +230,7 @@ def _check_segmentation(
         problems.add(f"{where}: 'segmentation' must be polygons or an RLE dict with 'size' and 'counts'")
         return False
     size = segmentation["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) for v in size)):
         problems.add(f"{where}: RLE 'size' must be [height, width], got {size!r}")
         return False
     if [int(size[0]), int(size[1])] != [height, width]:
@@ -254,7 +241,7 @@ def _check_segmentation(
         return False
     counts = segmentation["counts"]
     if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts):
+        if not all(is_int(c) and c >= 0 for c in counts):
             problems.add(f"{where}: uncompressed RLE 'counts' must be non-negative integers")
             return False
         if sum(counts) != height * width:
@@ -317,11 +304,11 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
     gt = GroundTruth(data=data, source=name, path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None)
     for index, image in enumerate(data["images"]):
         where = f"images[{index}]"
-        if not isinstance(image, Mapping) or not _is_int(image.get("id")):
+        if not isinstance(image, Mapping) or not is_int(image.get("id")):
             problems.add(f"{where}: needs an integer 'id'")
             continue
         if not (
-            _is_int(image.get("height")) and _is_int(image.get("width")) and image["height"] > 0 and image["width"] > 0
+            is_int(image.get("height")) and is_int(image.get("width")) and image["height"] > 0 and image["width"] > 0
         ):
             problems.add(f"{where} (id {image['id']}): needs positive integer 'height' and 'width'")
             continue
@@ -331,7 +318,7 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
         gt.images[int(image["id"])] = image
     for index, category in enumerate(data["categories"]):
         where = f"categories[{index}]"
-        if not isinstance(category, Mapping) or not _is_int(category.get("id")):
+        if not isinstance(category, Mapping) or not is_int(category.get("id")):
             problems.add(f"{where}: needs an integer 'id'")
         elif category["id"] in gt.categories:
             problems.add(f"{where}: duplicate category id {category['id']}")
@@ -346,7 +333,7 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
         if not isinstance(ann, Mapping):
             problems.add(f"{where}: must be a JSON object")
             continue
-        if not _is_int(ann.get("id")):
+        if not is_int(ann.get("id")):
             problems.add(f"{where}: needs an integer 'id'")
             continue
         where = f"annotations[{index}] (id {ann['id']})"
@@ -354,14 +341,14 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
             problems.add(f"{where}: duplicate annotation id")
             continue
         annotation_ids.add(ann["id"])
-        image = gt.images.get(ann.get("image_id")) if _is_int(ann.get("image_id")) else None
+        image = gt.images.get(ann.get("image_id")) if is_int(ann.get("image_id")) else None
         if image is None:
             problems.add(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
             continue
-        if not (_is_int(ann.get("category_id")) and ann["category_id"] in gt.categories):
+        if not (is_int(ann.get("category_id")) and ann["category_id"] in gt.categories):
             problems.add(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
             continue
-        if not _is_number(ann.get("area")) or ann["area"] < 0:
+        if not is_number(ann.get("area")) or ann["area"] < 0:
             problems.add(f"{where}: needs a non-negative numeric 'area' (COCOeval uses it for the size ranges)")
             continue
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1, True, False):
@@ -370,7 +357,7 @@ def load_ground_truth(source: str | os.PathLike | Mapping, *, need_segmentation:
         if "bbox" in ann and not (
             isinstance(ann["bbox"], list)
             and len(ann["bbox"]) == 4
-            and all(_is_number(v) for v in ann["bbox"])
+            and all(is_number(v) for v in ann["bbox"])
             and ann["bbox"][2] >= 0
             and ann["bbox"][3] >= 0
         ):
@@ -422,18 +409,18 @@ def load_predictions(
         if not isinstance(det, Mapping):
             problems.add(f"{where}: must be a JSON object")
             continue
-        image = gt.images.get(det.get("image_id")) if _is_int(det.get("image_id")) else None
+        image = gt.images.get(det.get("image_id")) if is_int(det.get("image_id")) else None
         if image is None:
             problems.add(f"{where}: image_id {det.get('image_id')!r} is not in the GT file {gt.source}")
             continue
         where = f"record {index} (image_id {det['image_id']})"
-        if not (_is_int(det.get("category_id")) and det["category_id"] in gt.categories):
+        if not (is_int(det.get("category_id")) and det["category_id"] in gt.categories):
             problems.add(f"{where}: category_id {det.get('category_id')!r} is not in the GT file's categories")
             continue
         if "score" not in det:
             problems.add(f"{where}: missing 'score'")
             continue
-        if not _is_number(det["score"]):
+        if not is_number(det["score"]):
             problems.add(f"{where}: 'score' must be a finite number, got {det['score']!r}")
             continue
         record = {
@@ -446,7 +433,7 @@ def load_predictions(
             if not (
                 isinstance(box, (list, tuple))
                 and len(box) == 4
-                and all(_is_number(v) for v in box)
+                and all(is_number(v) for v in box)
                 and box[2] >= 0
                 and box[3] >= 0
             ):

@@ -37,7 +37,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from dcl.preemption import ignore_stop_signals
+from dcl.training.preemption import ignore_stop_signals
 
 __all__ = [
     "LazyLoader",

@@ -4,8 +4,8 @@
 detectron2 has no compiled extension; with the Cityscapes AP on Cityscapes), whose output files
 appear whole (:class:`AtomicCOCOEvaluator`); atomic checkpoints that refuse weights which could
 run code (:class:`AtomicCheckpointer`); the optimizer state in checkpoints; the resumable data
-order of :mod:`dcl.sampler` and per-iteration seeding of every RNG, so a resumed run repeats
-the uninterrupted one; a stop hook and interruptible evaluation (:mod:`dcl.preemption`); and
+order of :mod:`dcl.training.sampler` and per-iteration seeding of every RNG, so a resumed run repeats
+the uninterrupted one; a stop hook and interruptible evaluation (:mod:`dcl.training.preemption`); and
 ``run.json`` progress updates (:mod:`dcl.runrecord`).
 """
 
@@ -31,7 +31,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventWriter, get_event_storage
 
-from dcl import weights as dcl_weights
+from dcl.data import weights as dcl_weights
 from dcl.io import (
     InputError,
     OutputError,
@@ -42,9 +42,9 @@ from dcl.io import (
     staging_directory,
 )
 from dcl.layout import INFERENCE_DIR, TRAINING_METRICS
-from dcl.preemption import StopHook, StopSignal, agreed
+from dcl.training.preemption import StopHook, StopSignal, agreed
 from dcl.runrecord import RUN_RECORD, RunRecord
-from dcl.sampler import LazyLoader, ResumableTrainingSampler, build_train_loader, sample_seed
+from dcl.training.sampler import LazyLoader, ResumableTrainingSampler, build_train_loader, sample_seed
 
 if TYPE_CHECKING:
     from dcl.tracking import Tracker
@@ -62,7 +62,7 @@ __all__ = [
     "prepare_output_dir",
 ]
 
-logger = logging.getLogger("dcl.train")
+logger = logging.getLogger("dcl.training.train")
 
 EVAL_RESULTS = "detectron2_eval.json"
 TTA_FOLDER = "inference_TTA"  # train_net.py's folder for the test-time-augmentation evaluation
@@ -348,7 +348,7 @@ class Trainer(DefaultTrainer):
     detectron2 has no compiled extension), :class:`AtomicCheckpointer`, a stop-signal hook, a
     resumable data order, and ``run.json`` progress updates.
 
-    ``stop`` is the process's :class:`dcl.preemption.StopSignal`; ``record`` the run record
+    ``stop`` is the process's :class:`dcl.training.preemption.StopSignal`; ``record`` the run record
     (main process only); ``keep_checkpoints`` the periodic checkpoints to keep
     (:class:`AtomicCheckpointer`, None: all); ``tracker`` an experiment tracker run
     (:mod:`dcl.tracking`, main process only) that gets what ``metrics.json`` gets."""
@@ -372,7 +372,7 @@ class Trainer(DefaultTrainer):
 
     # -- data
     def build_train_loader(self, cfg: CfgNode):
-        """:func:`dcl.sampler.build_train_loader`; other samplers use detectron2's loader."""
+        """:func:`dcl.training.sampler.build_train_loader`; other samplers use detectron2's loader."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return super().build_train_loader(cfg)
         loader, sampler = build_train_loader(cfg)
@@ -398,7 +398,7 @@ class Trainer(DefaultTrainer):
             output_dir=output_folder or str(_inference_dir(cfg, dataset_name)),
             use_fast_impl=dcl.compat.has_extension(),
         )
-        from dcl.cityscapes_evaluator import CityscapesAPEvaluator, is_cityscapes
+        from dcl.training.cityscapes_evaluator import CityscapesAPEvaluator, is_cityscapes
 
         if cfg.MODEL.MASK_ON and is_cityscapes(dataset_name):
             # The paper's Cityscapes metric beside COCO AP, as the original train_net.py printed it.

@@ -15,21 +15,11 @@ Where the facts come from:
   ``rule_{rule}_wildcards_{experiment}_{seed}``, so queued jobs and nodes are known.
 
 On a results tree copied elsewhere (no work directory, no Slurm) finished runs are still shown as
-such and the rest as ``missing``. States (:data:`STATES`):
+such and the rest as ``missing``. The states are :data:`dcl.runs.STATES` (their meaning is there);
+what the results tree alone says comes from :func:`dcl.runs.load_run`, the reader the report uses,
+so the two never disagree.
 
-``finished``  training (or inference) done; its run.json is in the results tree
-``running``   run.json says so and its job or process is alive (or cannot be checked)
-``queued``    a Slurm job for it is waiting (a first chunk, or the next one after a stop)
-``interrupted`` stopped before the end (time limit, pre-emption, or a job that ended without
-              closing run.json); the workflow continues it from its checkpoint
-``incomplete`` trained, but a result file of its run folder is not written yet (evaluation, error
-              analyses): finished only when ``dcl report`` can use all of them, as the report says
-``failed``    the training failed (run.json says why); see its log
-``pending``   not started: the workflow's work directory is here but has no record of this run
-``missing``   no trace of it (no results, no work directory: e.g. a copied results tree)
-
-Standard library only (plus ``dcl.report.inputs`` to read experiments.json), so it answers in
-well under a second for the paper's 60 runs.
+Standard library only, so it answers in well under a second for the paper's 60 runs.
 """
 
 from __future__ import annotations
@@ -49,12 +39,11 @@ from typing import Any, Optional, Sequence
 
 from dcl import layout
 from dcl.io import InputError
-from dcl.report.inputs import ExpectedRun, add_experiments_argument, load_experiments, load_run, run_log
-from dcl.runrecord import RUN_RECORD, Progress, format_duration, gpu_hours, now, progress, read_record
+from dcl.runs import STATES, ExpectedRun, add_experiments_argument, load_experiments, load_run, run_log
+from dcl.runrecord import RECORD_STATES, RUN_RECORD, Progress, format_duration, gpu_hours, now, progress, read_record
 
 __all__ = ["STATES", "RunStatus", "SlurmJob", "add_arguments", "collect", "run", "run_status", "squeue_jobs"]
 
-STATES = ("finished", "running", "queued", "interrupted", "incomplete", "failed", "pending", "missing")
 # Snakemake's Slurm executor: --comment rule_{rule}_wildcards_{wildcard values joined by "_"}.
 _JOB_RULES = ("train", "inference")
 _SQUEUE_TIMEOUT_S = 10
@@ -199,7 +188,7 @@ def run_status(
         status.updated_s_ago = state.age_s
         slurm = info.get("slurm") if isinstance(info.get("slurm"), dict) else {}
         status.job_id, status.node = slurm.get("job_id"), slurm.get("nodes")
-        status.state = info.get("status") if info.get("status") in STATES else "failed"
+        status.state = info.get("status") if info.get("status") in RECORD_STATES else "failed"
         if status.state == "failed" and info.get("status") != "failed":
             info = {**info, "error": f"run.json has an unknown status {info.get('status')!r}"}
         if status.state == "running":
@@ -281,7 +270,7 @@ def _text(report: dict[str, Any]) -> str:
     names = [r["experiment"] + (f" (+{len(r['also'])})" if r["also"] else "") for r in runs]
     width = max([len("experiment"), *map(len, names)])
     header = (
-        f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>6s} "
+        f"{'experiment':{width}s} {'seed':>4s}  {'state':11s} {'iteration':>13s} {'it/s':>6s} {'ETA':>8s} "
         f"{'chunks':>6s} {'GPU-h':>6s} {'disk':>7s}  {'job':10s} node"
     )
     lines = [
@@ -295,7 +284,7 @@ def _text(report: dict[str, Any]) -> str:
         rate = f"{r['rate']:.2f}" if r["rate"] else "-"
         lines.append(
             f"{name:{width}s} {r['seed']:>4d}  {r['state']:11s} {progress_text:>13s} {rate:>6s} "
-            f"{format_duration(r['eta_s']):>6s} {r['chunks'] or '-':>6} {_hours(r['gpu_hours']):>6s} "
+            f"{format_duration(r['eta_s']):>8s} {r['chunks'] or '-':>6} {_hours(r['gpu_hours']):>6s} "
             f"{_size(r['disk_bytes']):>7s}  {r['job_id'] or '-':10s} "
             f"{r['node'] or '-'}"
         )

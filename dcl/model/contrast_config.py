@@ -1,6 +1,6 @@
 """The DCL config keys, ``MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*``, and their published defaults
-(docs/method.md, "DCL configuration keys and defaults"). Plain data: :func:`dcl.modeling.add_dcl_config` adds them
-to detectron2's config, and the workflow (:mod:`dcl.experiments`, which imports no torch) compares
+(docs/method.md, "DCL configuration keys and defaults"). Plain data: :func:`dcl.model.heads.add_dcl_config` adds them
+to detectron2's config, and the workflow (:mod:`dcl.workflow.experiments`, which imports no torch) compares
 ablation values with them.
 """
 

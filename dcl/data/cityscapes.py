@@ -52,7 +52,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from dcl import layout
-from dcl.coco import GroundTruth, compact_rle
+from dcl.data.coco import GroundTruth, compact_rle
 from dcl.io import InputError, atomic_write_json
 from dcl.progress import progress_bar
 

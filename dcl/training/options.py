@@ -3,7 +3,7 @@
 ``KEY VALUE`` overrides) and the pipeline's own (``--results-dir``, ``--weights-dir``,
 ``--max-chunks``, ``--keep-checkpoints``, ``--dry-run``, the ``--tracking*`` options of
 :mod:`dcl.tracking`); options after the overrides; the command as ``run.json`` records it. What the
-options do is :mod:`dcl.train`'s.
+options do is :mod:`dcl.training.train`'s.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 from dcl import tracking
-from dcl import weights as dcl_weights
-from dcl.engine import EVAL_RESULTS
+from dcl.data import weights as dcl_weights
+from dcl.training.engine import EVAL_RESULTS
 from dcl.layout import RUN_RECORD
-from dcl.preemption import EXIT_INTERRUPTED
+from dcl.training.preemption import EXIT_INTERRUPTED
 
 __all__ = ["add_arguments", "take_trailing_options", "command_line"]
 

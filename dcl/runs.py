@@ -1,47 +1,50 @@
-"""The report's inputs: the expected runs, the published numbers, and each run's result files.
+"""A run of the pipeline, one owner: its record in ``experiments.json``, its folder, its state.
 
-Three readers, each strict about the format in ``docs/design.md``:
+``dcl plan`` writes the records (:meth:`ExpectedRun.to_record`, built by
+``dcl.workflow.experiments``); ``dcl report`` and ``dcl status`` read them back
+(:func:`load_experiments`) and read each run folder with :func:`load_run`, so the tables, the
+run inventory and the status view can never disagree about a run. :data:`STATES` is the one
+vocabulary of run states.
 
-- :func:`load_experiments` reads ``experiments.json`` (the list of runs that *should* exist);
-- :func:`load_published` reads ``results/published.yaml``;
-- :func:`load_run` reads one run folder and never raises for bad run files: a missing, truncated
-  or mistyped file becomes a status (``missing``, ``running``, ``failed``, ``incomplete``) with a
-  reason, so one broken run cannot stop the report or silently vanish from it.
-
-Only data a table may use is exposed on :class:`RunResult`: results of a run whose training did
-not complete are never used, even when a stale ``eval.json`` is lying around.
+:func:`load_run` never raises for bad run files: a missing, truncated or mistyped file becomes a
+state (``missing``, ``running``, ``failed``, ``incomplete``) with a reason, so one broken run cannot
+stop the report or silently vanish from it. Only data a table may use is exposed on
+:class:`RunResult`: results of a run whose training did not complete are never used, even when a
+stale ``eval.json`` is lying around. Formats: ``docs/design.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from dcl import layout, names
-from dcl.io import InputError, read_json, read_yaml
-from dcl.runrecord import RUN_RECORD, describe_progress, progress, read_record
+from dcl.io import InputError, is_int, is_number, read_json, require_str, type_name
+from dcl.runrecord import RECORD_STATES, RUN_RECORD, describe_progress, progress, read_record
 
 __all__ = [
     "FAMILY_STATS",
-    "STATUSES",
+    "FOLDER_STATES",
+    "STATES",
     "EVAL_KEYS",
     "TRAINING_KEYS",
     "Ablation",
     "add_experiments_argument",
+    "check_metric",
+    "parse_model",
+    "parse_variant",
     "ExpectedRun",
     "ErrorAnalysis",
-    "PublishedEntry",
     "RunResult",
     "load_experiments",
     "load_occlusion_subset",
-    "load_published",
     "load_run",
     "run_log",
     "status_totals",
@@ -53,10 +56,21 @@ FAMILY_STATS: dict[str, tuple[str, ...]] = {
     "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
     "cityscapes": ("AP", "AP50"),
 }
-# Inventory statuses, best first.
-STATUSES = ("finished", "running", "incomplete", "failed", "missing")
+# The one vocabulary of run states (`dcl status`, the run inventory, the report's summary):
+#   finished     training (or inference) done, and every result file of its run folder readable
+#   running      run.json says so and its job or process is alive (or cannot be checked)
+#   queued       a Slurm job for it is waiting (a first chunk, or the next one after a stop)
+#   interrupted  stopped before the end (time limit, pre-emption, or a job that ended without
+#                closing run.json); the workflow continues it from its checkpoint
+#   incomplete   trained, but a result file of its run folder is missing or unreadable
+#   failed       the training failed (run.json says why), or its record is unusable
+#   pending      not started: the workflow's work directory is here but has no record of it
+#   missing      no trace of it (no results, no work directory: e.g. a copied results tree)
+STATES = ("finished", "running", "queued", "interrupted", "incomplete", "failed", "pending", "missing")
+# What the results tree alone tells (load_run: the report and its inventory); queued, interrupted
+# and pending need the live work directory or squeue (dcl status).
+FOLDER_STATES = tuple(state for state in STATES if state not in ("queued", "interrupted", "pending"))
 KINDS = ("train", "released")
-RUN_STATES = ("running", "finished", "failed", "interrupted")
 # detectron2 metrics.json scalars the training-curve figure draws.
 TRAINING_KEYS = ("total_loss", "loss_mask", "loss_contrast", "lr")
 # The periodic evaluation's AP (TEST.EVAL_PERIOD) in metrics.json: "{eval.json section}/AP".
@@ -95,6 +109,25 @@ class ExpectedRun:
     output_dir: str | None = field(default=None, compare=False)
     logs: dict[str, str] = field(default_factory=dict, compare=False)
 
+    def to_record(self) -> dict[str, Any]:
+        """The run's entry in ``experiments.json`` (docs/design.md), without the ``output_dir`` and
+        ``logs`` the planner adds: :func:`load_experiments` reads it back into an equal run."""
+        return {
+            "experiment": self.experiment,
+            "seed": self.seed,
+            "kind": self.kind,
+            "dataset": self.dataset,
+            "init": self.init,
+            "method": self.method,
+            "model": self.model,
+            "backbone": self.backbone,
+            "schedule": self.schedule,
+            "group": self.group,
+            "ablation": None if self.ablation is None else dataclasses.asdict(self.ablation),
+            "metric": self.metric,
+            "run_dir": self.run_dir,
+        }
+
     @property
     def family(self) -> str:
         """The eval.json section of the headline metric (``cityscapes``, ``segm``, ``bbox``)."""
@@ -110,42 +143,6 @@ class ExpectedRun:
         """The model this run trains or evaluates, as a published number names it
         (:attr:`PublishedEntry.identity`): dataset, init, method, detector, backbone, schedule."""
         return (self.dataset, self.init, self.method, *self.network)
-
-
-@dataclass(frozen=True)
-class PublishedEntry:
-    """One published number from ``published.yaml``."""
-
-    dataset: str
-    init: str
-    method: str
-    detector: str
-    metric: str
-    value: float
-    source: str
-    reproducible: bool
-    note: str
-    index: int  # position in the file, for messages and a stable order
-    model: str = "mask_rcnn"  # the detector family, as experiments.json's `model`
-    backbone: str = names.DEFAULT_BACKBONE
-    schedule: str | None = None
-    # Decimal places as written in published.yaml (41.0: one), which the float value loses;
-    # None: those of the value's shortest form.
-    decimals: int | None = field(default=None, compare=False)
-
-    @property
-    def identity(self) -> tuple[str, str, str, str, str, str | None]:
-        """The model the number belongs to; it judges exactly the experiments of the same
-        :attr:`ExpectedRun.identity` (never another backbone's or schedule's)."""
-        return (self.dataset, self.init, self.method, self.model, self.backbone, self.schedule)
-
-    @property
-    def tolerance(self) -> float:
-        """Half a unit in the last published digit: 37.1 stands for anything in [37.05, 37.15]."""
-        if self.decimals is not None:
-            return 0.5 * 10.0**-self.decimals
-        exponent = Decimal(repr(float(self.value))).normalize().as_tuple().exponent
-        return 0.5 * 10.0 ** min(int(exponent), 0)
 
 
 @dataclass(frozen=True)
@@ -185,33 +182,11 @@ class RunResult:
 
 
 def status_totals(results: Sequence[RunResult]) -> str:
-    """``"3 finished, 0 running, ..."``: runs per status, every status in STATUSES order."""
-    return ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES)
+    """``"3 finished, 0 running, ..."``: runs per status, every status in FOLDER_STATES order."""
+    return ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in FOLDER_STATES)
 
 
-# ----------------------------------------------------------------------------- small validators
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _require_str(record: dict, key: str, where: str, choices: tuple[str, ...] | None = None) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value:
-        raise InputError(f"{where}: '{key}' must be a non-empty string, got {_type_name(value)} {value!r}")
-    if choices is not None and value not in choices:
-        raise InputError(f"{where}: '{key}' must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _check_metric(metric: str, where: str) -> None:
+def check_metric(metric: str, where: str) -> None:
     family, _, stat = metric.partition(".")
     if family not in FAMILY_STATS or stat not in FAMILY_STATS[family]:
         known = ", ".join(f"{f}.{s}" for f, stats in FAMILY_STATS.items() for s in stats)
@@ -221,15 +196,15 @@ def _check_metric(metric: str, where: str) -> None:
 # ----------------------------------------------------------------------------- experiments.json
 def _parse_ablation(value: Any, where: str) -> Ablation:
     if not isinstance(value, dict):
-        raise InputError(f"{where}: 'ablation' must be an object or null, got {_type_name(value)}")
+        raise InputError(f"{where}: 'ablation' must be an object or null, got {type_name(value)}")
     swept = value.get("value")
     if not isinstance(swept, (bool, int, float, str)) or (isinstance(swept, float) and not math.isfinite(swept)):
-        raise InputError(f"{where}: ablation 'value' must be a number, boolean or string, got {_type_name(swept)}")
+        raise InputError(f"{where}: ablation 'value' must be a number, boolean or string, got {type_name(swept)}")
     return Ablation(
-        parameter=_require_str(value, "parameter", f"{where} ablation"),
-        key=_require_str(value, "key", f"{where} ablation"),
+        parameter=require_str(value, "parameter", f"{where} ablation"),
+        key=require_str(value, "key", f"{where} ablation"),
         value=swept,
-        base=_require_str(value, "base", f"{where} ablation"),
+        base=require_str(value, "base", f"{where} ablation"),
     )
 
 
@@ -240,7 +215,7 @@ def _locations(record: dict, base: Path, where: str) -> dict[str, Any]:
     output_dir, logs = record.get("output_dir"), record.get("logs", {})
     if output_dir is not None:
         if not isinstance(output_dir, str) or not output_dir:
-            raise InputError(f"{where}: 'output_dir' must be a non-empty string, got {_type_name(output_dir)}")
+            raise InputError(f"{where}: 'output_dir' must be a non-empty string, got {type_name(output_dir)}")
         found["output_dir"] = os.path.normpath(base / output_dir)
     if not isinstance(logs, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in logs.items()):
         raise InputError(f"{where}: 'logs' must be an object of step -> log path")
@@ -278,7 +253,7 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
         raise InputError(f"{path}: expected an object with a 'runs' list (written by `dcl plan`)")
     preset = data.get("preset", "")
     if not isinstance(preset, str):
-        raise InputError(f"{path}: 'preset' must be a string, got {_type_name(preset)}")
+        raise InputError(f"{path}: 'preset' must be a string, got {type_name(preset)}")
     if not data["runs"]:
         raise InputError(f"{path}: 'runs' is empty: there is nothing to report")
     runs: list[ExpectedRun] = []
@@ -287,32 +262,32 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
     for index, record in enumerate(data["runs"]):
         where = f"{path}: runs[{index}]"
         if not isinstance(record, dict):
-            raise InputError(f"{where}: expected an object, got {_type_name(record)}")
+            raise InputError(f"{where}: expected an object, got {type_name(record)}")
         seed = record.get("seed")
-        if not _is_int(seed) or seed < 0:
-            raise InputError(f"{where}: 'seed' must be a non-negative integer, got {_type_name(seed)} {seed!r}")
-        group = _require_str(record, "group", where, names.GROUPS)
+        if not is_int(seed) or seed < 0:
+            raise InputError(f"{where}: 'seed' must be a non-negative integer, got {type_name(seed)} {seed!r}")
+        group = require_str(record, "group", where, names.GROUPS)
         ablation_value = record.get("ablation")
         if group == "ablation" and ablation_value is None:
             raise InputError(f"{where}: group 'ablation' needs an 'ablation' object (parameter, key, value, base)")
         if group != "ablation" and ablation_value is not None:
             raise InputError(f"{where}: 'ablation' is set but group is {group!r}, not 'ablation'")
         run = ExpectedRun(
-            experiment=_require_str(record, "experiment", where),
+            experiment=require_str(record, "experiment", where),
             seed=seed,
-            kind=_require_str(record, "kind", where, KINDS),
-            dataset=_require_str(record, "dataset", where),
-            init=_require_str(record, "init", where),
-            method=_require_str(record, "method", where, tuple(names.METHODS)),
+            kind=require_str(record, "kind", where, KINDS),
+            dataset=require_str(record, "dataset", where),
+            init=require_str(record, "init", where),
+            method=require_str(record, "method", where, tuple(names.METHODS)),
             group=group,
             ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
-            metric=_require_str(record, "metric", where),
-            run_dir=_require_str(record, "run_dir", where),
-            model=_optional_model(record, where),
-            **_optional_variant(record, where),
+            metric=require_str(record, "metric", where),
+            run_dir=require_str(record, "run_dir", where),
+            model=parse_model(record, where),
+            **parse_variant(record, where),
             **_locations(record, path.parent, where),
         )
-        _check_metric(run.metric, where)
+        check_metric(run.metric, where)
         parts = PurePosixPath(run.run_dir).parts
         if not parts or PurePosixPath(run.run_dir).is_absolute() or ".." in parts:
             raise InputError(
@@ -333,39 +308,26 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
     return preset, runs
 
 
-def _optional_model(record: dict, where: str) -> str:
+def parse_model(record: dict, where: str) -> str:
     """The optional ``model`` field (detector family); ``mask_rcnn`` when absent."""
     model = record.get("model", "mask_rcnn")
     if not isinstance(model, str) or not model:
-        raise InputError(f"{where}: 'model' must be a non-empty string, got {_type_name(model)} {model!r}")
+        raise InputError(f"{where}: 'model' must be a non-empty string, got {type_name(model)} {model!r}")
     return model
 
 
-def _optional_variant(record: dict, where: str) -> dict[str, Any]:
+def parse_variant(record: dict, where: str) -> dict[str, Any]:
     """The optional ``backbone`` (default R50-FPN) and ``schedule`` (default none: the config's
     own recipe); files written before they existed describe R50-FPN models."""
     backbone = record.get("backbone", names.DEFAULT_BACKBONE)
     if not isinstance(backbone, str) or not backbone:
-        raise InputError(f"{where}: 'backbone' must be a non-empty string, got {_type_name(backbone)} {backbone!r}")
+        raise InputError(f"{where}: 'backbone' must be a non-empty string, got {type_name(backbone)} {backbone!r}")
     schedule = record.get("schedule")
     if schedule is not None and not (isinstance(schedule, str) and re.match(names.SCHEDULE_PATTERN, schedule)):
-        raise InputError(f"{where}: 'schedule' must be null or like 1x, 3x; got {_type_name(schedule)} {schedule!r}")
+        raise InputError(f"{where}: 'schedule' must be null or like 1x, 3x; got {type_name(schedule)} {schedule!r}")
     return {"backbone": backbone, "schedule": schedule}
 
 
-def _check_detector_label(entry: PublishedEntry, where: str) -> None:
-    """The ``detector`` label is what a reader sees, the fields are what is matched: they must
-    say the same, or a "1x" number could be keyed to a model of another schedule."""
-    words = entry.detector.split()
-    schedules = [w for w in words if re.match(names.SCHEDULE_PATTERN, w)]
-    if entry.backbone not in words or schedules != ([entry.schedule] if entry.schedule else []):
-        raise InputError(
-            f"{where}: detector {entry.detector!r} does not name the entry's backbone {entry.backbone!r} "
-            f"and schedule {entry.schedule!r} (set `backbone` / `schedule`, default {names.DEFAULT_BACKBONE} / none)"
-        )
-
-
-# ----------------------------------------------------------------------------- published.yaml
 def load_occlusion_subset(path: str | os.PathLike) -> dict[str, Any] | None:
     """``experiments.json``'s ``occlusion_subset``: ``{"path", "used"}``, or None (no COCO runs)."""
     value = read_json(Path(path), "experiments file").get("occlusion_subset")
@@ -374,59 +336,6 @@ def load_occlusion_subset(path: str | os.PathLike) -> dict[str, Any] | None:
     if not (isinstance(value, dict) and isinstance(value.get("path"), str) and isinstance(value.get("used"), bool)):
         raise InputError(f"{path}: 'occlusion_subset' must be an object with 'path' (string) and 'used' (boolean)")
     return value
-
-
-def load_published(path: str | os.PathLike) -> list[PublishedEntry]:
-    """Read and validate ``published.yaml`` (a ``published:`` list of entries).
-
-    Raises:
-        InputError: missing or malformed file, an entry with a missing/mistyped field, or two
-            reproducible entries for the same model (dataset/init/method/model/backbone/schedule)
-            and metric (ambiguous comparison).
-    """
-    path = Path(path)
-    data = read_yaml(path, "published numbers file", missing_hint=" (pass --published)")
-    if not isinstance(data, dict) or not isinstance(data.get("published"), list):
-        raise InputError(f"{path}: expected a mapping with a 'published' list")
-    entries: list[PublishedEntry] = []
-    keys: set[tuple] = set()
-    for index, record in enumerate(data["published"]):
-        where = f"{path}: published[{index}]"
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: expected a mapping, got {_type_name(record)}")
-        value = record.get("value")
-        if not _is_number(value):
-            raise InputError(f"{where}: 'value' must be a number, got {_type_name(value)} {value!r}")
-        reproducible = record.get("reproducible", True)
-        if not isinstance(reproducible, bool):
-            raise InputError(f"{where}: 'reproducible' must be true or false, got {reproducible!r}")
-        note = record.get("note", "")
-        if not isinstance(note, str):
-            raise InputError(f"{where}: 'note' must be a string, got {_type_name(note)}")
-        entry = PublishedEntry(
-            dataset=_require_str(record, "dataset", where),
-            init=_require_str(record, "init", where),
-            method=_require_str(record, "method", where),
-            detector=_require_str(record, "detector", where),
-            metric=_require_str(record, "metric", where),
-            value=float(value),
-            source=_require_str(record, "source", where),
-            reproducible=reproducible,
-            note=note,
-            index=index,
-            model=_optional_model(record, where),
-            **_optional_variant(record, where),
-            decimals=0 if isinstance(value, int) else max(0, -int(Decimal(repr(float(value))).as_tuple().exponent)),
-        )
-        _check_metric(entry.metric, where)
-        _check_detector_label(entry, where)
-        key = (*entry.identity, entry.metric)
-        if entry.reproducible:
-            if key in keys:
-                raise InputError(f"{where}: a second reproducible entry for {'/'.join(map(str, key))}")
-            keys.add(key)
-        entries.append(entry)
-    return entries
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -444,29 +353,27 @@ def _read_run_json_file(path: Path) -> Any:
 
 def _validate_run_info(info: Any, expected: ExpectedRun) -> dict[str, Any]:
     if not isinstance(info, dict):
-        raise _BadFile(f"run.json: expected an object, got {_type_name(info)}")
-    if info.get("status") not in RUN_STATES:
-        raise _BadFile(f"run.json: 'status' must be one of {', '.join(RUN_STATES)}; got {info.get('status')!r}")
+        raise _BadFile(f"run.json: expected an object, got {type_name(info)}")
+    if info.get("status") not in RECORD_STATES:
+        raise _BadFile(f"run.json: 'status' must be one of {', '.join(RECORD_STATES)}; got {info.get('status')!r}")
     for key in ("iteration", "max_iter", "exit_code"):
         value = info.get(key)
-        if value is not None and (not _is_int(value) or (key != "exit_code" and value < 0)):
+        if value is not None and (not is_int(value) or (key != "exit_code" and value < 0)):
             raise _BadFile(
-                f"run.json: '{key}' must be a non-negative integer or null, got {_type_name(value)} {value!r}"
+                f"run.json: '{key}' must be a non-negative integer or null, got {type_name(value)} {value!r}"
             )
     wall = info.get("wall_time_s")
-    if wall is not None and (not _is_number(wall) or wall < 0):
-        raise _BadFile(
-            f"run.json: 'wall_time_s' must be a non-negative number or null, got {_type_name(wall)} {wall!r}"
-        )
+    if wall is not None and (not is_number(wall) or wall < 0):
+        raise _BadFile(f"run.json: 'wall_time_s' must be a non-negative number or null, got {type_name(wall)} {wall!r}")
     gpus = info.get("gpus")
     if gpus is not None:
         if not isinstance(gpus, dict):
-            raise _BadFile(f"run.json: 'gpus' must be an object or null, got {_type_name(gpus)}")
+            raise _BadFile(f"run.json: 'gpus' must be an object or null, got {type_name(gpus)}")
         count, gpu_type = gpus.get("count"), gpus.get("type")
-        if count is not None and (not _is_int(count) or count < 0):
-            raise _BadFile(f"run.json: 'gpus.count' must be a non-negative integer, got {_type_name(count)} {count!r}")
+        if count is not None and (not is_int(count) or count < 0):
+            raise _BadFile(f"run.json: 'gpus.count' must be a non-negative integer, got {type_name(count)} {count!r}")
         if gpu_type is not None and not isinstance(gpu_type, str):
-            raise _BadFile(f"run.json: 'gpus.type' must be a string or null, got {_type_name(gpu_type)}")
+            raise _BadFile(f"run.json: 'gpus.type' must be a string or null, got {type_name(gpu_type)}")
     mode = info.get("mode")
     if mode is not None and mode not in ("train", "eval-only"):
         raise _BadFile(f"run.json: 'mode' must be 'train' or 'eval-only', got {mode!r}")
@@ -478,7 +385,7 @@ def _validate_run_info(info: Any, expected: ExpectedRun) -> dict[str, Any]:
 
 def _validate_eval(data: Any, expected: ExpectedRun) -> dict[str, float | None]:
     if not isinstance(data, dict):
-        raise _BadFile(f"eval.json: expected an object, got {_type_name(data)}")
+        raise _BadFile(f"eval.json: expected an object, got {type_name(data)}")
     if not isinstance(data.get(expected.family), dict):
         raise _BadFile(f"eval.json: no '{expected.family}' section (needed for {expected.metric})")
     flat: dict[str, float | None] = {}
@@ -487,15 +394,15 @@ def _validate_eval(data: Any, expected: ExpectedRun) -> dict[str, float | None]:
         if section is None and family != expected.family:
             continue
         if not isinstance(section, dict):
-            raise _BadFile(f"eval.json: '{family}' must be an object, got {_type_name(section)}")
+            raise _BadFile(f"eval.json: '{family}' must be an object, got {type_name(section)}")
         for stat in stats:
             if stat not in section:
                 raise _BadFile(f"eval.json: '{family}.{stat}' is missing")
             value = section[stat]
             # null is COCO's -1: no GT in that area range.
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 raise _BadFile(
-                    f"eval.json: '{family}.{stat}' must be a number or null, got {_type_name(value)} {value!r}"
+                    f"eval.json: '{family}.{stat}' must be a number or null, got {type_name(value)} {value!r}"
                 )
             flat[f"{family}.{stat}"] = None if value is None else float(value)
     if flat[expected.metric] is None:
@@ -505,7 +412,7 @@ def _validate_eval(data: Any, expected: ExpectedRun) -> dict[str, float | None]:
 
 def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
     if not isinstance(data, dict):
-        raise _BadFile(f"{name}: expected an object, got {_type_name(data)}")
+        raise _BadFile(f"{name}: expected an object, got {type_name(data)}")
     flag = data.get("legacy_unmatched")
     if flag is not None and flag is not legacy:
         semantics = "legacy" if flag else "corrected"
@@ -513,18 +420,18 @@ def _validate_errors(data: Any, name: str, legacy: bool) -> ErrorAnalysis:
             f"{name}: 'legacy_unmatched' is {json.dumps(flag)}: this is the {semantics} analysis, swapped files?"
         )
     baseline = data.get("baseline")
-    if not isinstance(baseline, dict) or not _is_number(baseline.get("AP")):
+    if not isinstance(baseline, dict) or not is_number(baseline.get("AP")):
         raise _BadFile(f"{name}: 'baseline.AP' must be a number")
     delta = data.get("delta")
     if not isinstance(delta, dict):
-        raise _BadFile(f"{name}: 'delta' must be an object of error type -> stats, got {_type_name(delta)}")
+        raise _BadFile(f"{name}: 'delta' must be an object of error type -> stats, got {type_name(delta)}")
     types = data.get("types", list(delta))
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise _BadFile(f"{name}: 'types' must be a list of strings")
     gains: dict[str, float] = {}
     for error_type in types:
         stats = delta.get(error_type)
-        if not isinstance(stats, dict) or not _is_number(stats.get("AP")):
+        if not isinstance(stats, dict) or not is_number(stats.get("AP")):
             raise _BadFile(f"{name}: 'delta.{error_type}.AP' must be a number")
         gains[error_type] = float(stats["AP"])
     gt = data.get("gt")
@@ -546,16 +453,16 @@ def _metrics_point(line: str) -> dict[str, float] | None:
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if not isinstance(record, dict):
-        raise ValueError(f"expected an object, got {_type_name(record)}")
+        raise ValueError(f"expected an object, got {type_name(record)}")
     iteration = record.get("iteration")
-    if not _is_int(iteration):
-        raise ValueError(f"'iteration' must be an integer, got {_type_name(iteration)}")
+    if not is_int(iteration):
+        raise ValueError(f"'iteration' must be an integer, got {type_name(iteration)}")
     point: dict[str, float] = {"iteration": iteration}
     for key in TRAINING_KEYS + EVAL_KEYS:
         if key in record:
             value = record[key]
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"'{key}' must be a number, got {_type_name(value)}")
+                raise ValueError(f"'{key}' must be a number, got {type_name(value)}")
             point[key] = float(value)  # NaN/inf kept: a diverged loss is worth seeing
     return point if len(point) > 1 else None  # other lines (timing only, other metrics) have nothing to draw
 

@@ -17,8 +17,8 @@ on each pixel independently, so :class:`DenseContrastiveLoss` gathers the ``3K``
 per RoI first and projects/normalises only those: the same values as projecting the whole
 ``H x W`` map, for ``3K / (H*W)`` (~1/8 at 28x28, K=32) of the cost.
 
-This module imports only torch (and the plain defaults of :mod:`dcl.contrast_config`; detectron2
-glue lives in :mod:`dcl.modeling`).
+This module imports only torch (and the plain defaults of :mod:`dcl.model.contrast_config`; detectron2
+glue lives in :mod:`dcl.model.heads`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcl.contrast_config import DCL_DEFAULTS
+from dcl.model.contrast_config import DCL_DEFAULTS
 
 __all__ = [
     "LOSS_FUNCTIONS",

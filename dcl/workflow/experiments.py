@@ -29,10 +29,12 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from dcl import cost, layout
-from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
+from dcl.workflow import cost
+from dcl import layout
+from dcl.model.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.io import (
     MAX_YAML_VALUES,
+    SEED_LIMIT,
     InputError,
     atomic_write_json,
     check_bounded,
@@ -41,6 +43,7 @@ from dcl.io import (
     refuse_output_over_input,
 )
 from dcl.layout import DATASETS
+from dcl.runs import Ablation, ExpectedRun
 from dcl.names import DEFAULT_BACKBONE
 
 __all__ = [
@@ -49,7 +52,6 @@ __all__ = [
     "DCL_HEAD_OVERRIDES",
     "MODEL_HEADS",
     "RESERVED_OVERRIDES",
-    "SEED_LIMIT",
     "Resources",
     "Run",
     "Plan",
@@ -64,10 +66,8 @@ __all__ = [
     "run",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-# numpy (which detectron2 seeds with SEED + rank) takes seeds below 2^32 (the schema's maximum).
-SEED_LIMIT = 2**32
 DEFAULT_MAX_CHUNKS = 50  # the schema's default for max_chunks
 DEFAULT_KEEP_CHECKPOINTS = 2  # the schema's default for keep_checkpoints
 
@@ -120,7 +120,7 @@ class Run:
     init: str
     method: str
     group: str  # main | ablation | released
-    ablation: dict[str, Any] | None
+    ablation: Ablation | None
     folder: str
     config_file: str
     overrides: tuple[tuple[str, str], ...] = field(repr=False)
@@ -141,22 +141,22 @@ class Run:
         return DATASETS[self.dataset].metric
 
     def record(self) -> dict[str, Any]:
-        """The run's entry in ``experiments.json`` (docs/design.md)."""
-        return {
-            "experiment": self.experiment,
-            "seed": self.seed,
-            "kind": self.kind,
-            "dataset": self.dataset,
-            "init": self.init,
-            "method": self.method,
-            "model": self.model,
-            "backbone": self.backbone,
-            "schedule": self.schedule,
-            "group": self.group,
-            "ablation": self.ablation,
-            "metric": self.metric,
-            "run_dir": self.run_dir,
-        }
+        """The run's entry in ``experiments.json``: :class:`dcl.runs.ExpectedRun` owns the format."""
+        return ExpectedRun(
+            experiment=self.experiment,
+            seed=self.seed,
+            kind=self.kind,
+            dataset=self.dataset,
+            init=self.init,
+            method=self.method,
+            group=self.group,
+            ablation=self.ablation,
+            metric=self.metric,
+            run_dir=self.run_dir,
+            model=self.model,
+            backbone=self.backbone,
+            schedule=self.schedule,
+        ).to_record()
 
 
 # ----------------------------------------------------------------------------- reading configs
@@ -450,7 +450,8 @@ class Plan:
         }
         if run_.ablation is not None:  # the swept parameter and its value (and the base experiment)
             tags |= {
-                f"ablation_{key}": format_override_value(run_.ablation[key]) for key in ("parameter", "value", "base")
+                f"ablation_{key}": format_override_value(getattr(run_.ablation, key))
+                for key in ("parameter", "value", "base")
             }
         for key, value in tags.items():
             words += ["--tracking-tag", f"{key}={value}"]
@@ -513,7 +514,7 @@ class Plan:
         return value
 
     def _download_path(self, url: str, where: str) -> str | None:
-        from dcl.weights import local_path
+        from dcl.data.weights import local_path
 
         try:
             return str(local_path(url, self.weights_dir))
@@ -545,7 +546,7 @@ class Plan:
         kind: str,
         group: str,
         seeds: list[int],
-        ablation: dict[str, Any] | None = None,
+        ablation: Ablation | None = None,
         folder: str | None = None,
     ) -> list[Run]:
         if entry.get("dcl") and entry["method"] != "dcl":
@@ -640,12 +641,7 @@ class Plan:
                 entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
                 entry.pop("seeds", None)
                 self._check_dcl_value(entry["dcl"], point_where)
-                ablation = {
-                    "parameter": parameter,
-                    "key": DCL_KEY_PREFIX + parameter,
-                    "value": value,
-                    "base": sweep["base"],
-                }
+                ablation = Ablation(parameter, DCL_KEY_PREFIX + parameter, value, sweep["base"])
                 if _same_value(value, base_value) and set(seeds) <= set(base_seeds):
                     # The base experiment *is* this point: its runs are reused, not trained twice.
                     self.runs += self._model_runs(
@@ -837,7 +833,7 @@ class Plan:
         return shlex.join(words)
 
     def cost(self, run_: Run) -> cost.RunCost:
-        """A training's estimated GPU-hours, Slurm chunks and checkpoint disk (:mod:`dcl.cost`)."""
+        """A training's estimated GPU-hours, Slurm chunks and checkpoint disk (:mod:`dcl.workflow.cost`)."""
         overrides = [*run_.overrides, *self.global_overrides]  # in the order train_arguments passes them
         schedule = cost.schedule(str(self.working_dir / run_.config_file), overrides)
         resources = run_.resources
@@ -955,7 +951,7 @@ def print_plan(plan: Plan) -> None:
         f"{sum(c.disk_gb_keep_all for c in costs.values()):.0f} GB if every checkpoint were kept); "
         f"evaluation and error analyses {sum(cpu.values()) / 3600:.1f} hours of CPU jobs"
     )
-    print("(estimates: dcl/cost.py says where each figure comes from)")
+    print("(estimates: dcl/workflow/cost.py says where each figure comes from)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -180,7 +180,7 @@ def _worker(
     else:
         return
     # A failed worker ends now: Python's exit would terminate and join its data-loader workers,
-    # which ignore SIGTERM (dcl.preemption) and, while the traceback holds the loader, never stop.
+    # which ignore SIGTERM (dcl.training.preemption) and, while the traceback holds the loader, never stop.
     # The launcher kills them with the worker's process group.
     logging.shutdown()
     sys.stdout.flush()

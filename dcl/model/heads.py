@@ -8,7 +8,7 @@ README use):
     ground truth (``targets``) to the mask head.
 ``ContrastConvUpsampleHead`` (``ROI_MASK_HEAD_REGISTRY``)
     :class:`~detectron2.modeling.roi_heads.MaskRCNNConvUpsampleHead` that adds ``loss_contrast``
-    (:class:`dcl.loss.DenseContrastiveLoss` on the features after the deconvolution + ReLU) beside
+    (:class:`dcl.model.loss.DenseContrastiveLoss` on the features after the deconvolution + ReLU) beside
     ``loss_mask`` in training. Inference is the parent's code path on the parent's layers, so
     its output is identical given the same weights; the projection head never runs there.
 
@@ -37,8 +37,8 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from dcl.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
-from dcl.loss import LOSS_FUNCTIONS, DenseContrastiveLoss
+from dcl.model.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
+from dcl.model.loss import LOSS_FUNCTIONS, DenseContrastiveLoss
 
 __all__ = [
     "DCL_DEFAULTS",
@@ -109,7 +109,7 @@ def check_dcl_config(cfg: CfgNode) -> None:
         ValueError: which key is wrong and why (unknown ``LOSS_FUNC``, non-positive values).
     """
     if "CONTRAST_LOSS" not in cfg.MODEL.ROI_MASK_HEAD:
-        raise ValueError("config has no MODEL.ROI_MASK_HEAD.CONTRAST_LOSS: call dcl.modeling.add_dcl_config(cfg)")
+        raise ValueError("config has no MODEL.ROI_MASK_HEAD.CONTRAST_LOSS: call dcl.model.heads.add_dcl_config(cfg)")
     c = cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
     prefix = DCL_KEY_PREFIX
     if c.LOSS_FUNC not in LOSS_FUNCTIONS:
@@ -161,7 +161,7 @@ class ContrastConvUpsampleHead(MaskRCNNConvUpsampleHead):
             contrast_loss_weight, contrast_num_samples, contrast_temperature, contrast_with_proj,
                 contrast_max_instances, contrast_loss_func: the ``CONTRAST_LOSS`` keys
                 ``LOSS_WEIGHT``, ``NUM_SAMPLES``, ``TEMPERATURE``, ``WITH_PROJ``,
-                ``MAX_INSTANCES``, ``LOSS_FUNC`` (see :class:`dcl.loss.DenseContrastiveLoss`).
+                ``MAX_INSTANCES``, ``LOSS_FUNC`` (see :class:`dcl.model.loss.DenseContrastiveLoss`).
         """
         super().__init__(input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs)
         # Registered after `predictor`: nn.Sequential iteration would run it, so `layers`

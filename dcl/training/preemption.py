@@ -6,7 +6,7 @@ batch script itself rather than under ``srun``) lets the current iteration finis
 worker stops at the same iteration (:func:`agreed`), a checkpoint is saved at it, ``run.json``
 is marked ``interrupted`` and the run exits with :data:`EXIT_INTERRUPTED`. During an evaluation
 the signal stops it at once; during the set-up (Slurm may send its early signal up to a minute
-before the requested offset, :mod:`dcl.early_signals` notes one that comes before torch is
+before the requested offset, :mod:`dcl.training.early_signals` notes one that comes before torch is
 imported) the run ends as interrupted before its first iteration. A second Ctrl-C aborts at once.
 
 The state of one ``dcl train`` process is a :class:`StopSignal` that the caller creates and
@@ -33,7 +33,7 @@ from detectron2.data.build import worker_init_reset_seed
 from detectron2.engine import hooks
 from detectron2.utils import comm
 
-from dcl import early_signals
+from dcl.training import early_signals
 from dcl.io import InputError
 from dcl.runrecord import RunRecord, attempt_count
 from dcl.slurm import requeue_own_job
@@ -52,7 +52,7 @@ __all__ = [
     "requeue_for_the_next_chunk",
 ]
 
-logger = logging.getLogger("dcl.train")
+logger = logging.getLogger("dcl.training.train")
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): temporary failure, run again with --resume
 STOP_SIGNALS = early_signals.STOP_SIGNALS
@@ -214,7 +214,7 @@ class StopHook(hooks.HookBase):
 
 
 def end_interrupted(stop: StopSignal, trainer: Any, record: Optional[RunRecord], signal_name: Optional[str]) -> None:
-    """Checkpoint the completed iterations of ``trainer`` (a :class:`dcl.engine.Trainer`, or None
+    """Checkpoint the completed iterations of ``trainer`` (a :class:`dcl.training.engine.Trainer`, or None
     before it exists) and record the interruption (every worker calls it)."""
     stop.defer = True  # no second interruption while saving
     if trainer is not None:

@@ -4,7 +4,7 @@ The mask branch of RefineMask, as in its repository (commit 633ed2b) and the DCL
 ``more_models/RefineMask`` patch, written for detectron2. Importing this module registers:
 
 ``RefineMaskROIHeads`` (``ROI_HEADS_REGISTRY``)
-    :class:`~dcl.modeling.ContrastRoIHeads` whose mask head also gets the FPN level of stride 4
+    :class:`~dcl.model.heads.ContrastRoIHeads` whose mask head also gets the FPN level of stride 4
     (the semantic branch's input), the RoI labels and, in training, the image-level ground truth.
 ``RefineMaskHead`` (``ROI_MASK_HEAD_REGISTRY``)
     Instance convs on the 14x14 RoI features, the semantic head (convs + 1-channel logits at
@@ -13,7 +13,7 @@ The mask branch of RefineMask, as in its repository (commit 633ed2b) and the DCL
     (:func:`refine_mask_loss`); inference gives the boundary-refined 112x112 mask probabilities
     as ``pred_masks``, which detectron2 pastes into the image (threshold 0.5) as for Mask R-CNN.
 ``RefineMaskContrastHead`` (``ROI_MASK_HEAD_REGISTRY``)
-    ``RefineMaskHead`` plus ``loss_contrast``: :class:`dcl.loss.DenseContrastiveLoss` on the first
+    ``RefineMaskHead`` plus ``loss_contrast``: :class:`dcl.model.loss.DenseContrastiveLoss` on the first
     fusion stage's output features (28x28, half the instance channels) against the 28x28
     targets, set by ``MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.*``. Inference is ``RefineMaskHead``'s.
 
@@ -37,8 +37,8 @@ from detectron2.structures import BitMasks, Instances, PolygonMasks, polygons_to
 from fvcore.nn import weight_init
 from torch import nn
 
-from dcl.loss import DenseContrastiveLoss
-from dcl.modeling import ContrastRoIHeads, check_dcl_config, contrast_loss_arguments, record_contrast_stats
+from dcl.model.loss import DenseContrastiveLoss
+from dcl.model.heads import ContrastRoIHeads, check_dcl_config, contrast_loss_arguments, record_contrast_stats
 
 __all__ = [
     "REFINE_MASK_DEFAULTS",
@@ -487,7 +487,7 @@ class RefineMaskContrastHead(RefineMaskHead):
         Args:
             input_shape, kwargs: as for :class:`RefineMaskHead`.
             contrast: keyword arguments of :class:`DenseContrastiveLoss` (from the
-                ``CONTRAST_LOSS`` keys: :func:`dcl.modeling.contrast_loss_arguments`).
+                ``CONTRAST_LOSS`` keys: :func:`dcl.model.heads.contrast_loss_arguments`).
         """
         super().__init__(input_shape, **kwargs)
         channels = self.stages[0].fuse_transform_out.out_channels + 2

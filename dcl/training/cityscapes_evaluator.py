@@ -4,7 +4,7 @@ The original ``train_net.py`` scored Cityscapes val with detectron2's
 ``CityscapesInstanceEvaluator``: the AP and AP50 the paper reports, printed during training and
 in the periodic evaluations. :class:`CityscapesAPEvaluator` gives ``dcl train`` the same numbers
 beside COCO AP, computed as ``dcl evaluate --cityscapes-root`` computes them
-(:func:`dcl.cityscapes.cityscapes_instance_ap`: cityscapesscripts' own evaluation, with its numpy
+(:func:`dcl.data.cityscapes.cityscapes_instance_ap`: cityscapesscripts' own evaluation, with its numpy
 workarounds), so training-time and workflow numbers agree exactly. Its result is
 ``{"cityscapes": {"AP": ..., "AP50": ...}}`` (percent): detectron2 logs it, writes it to
 ``metrics.json`` / TensorBoard as ``cityscapes/AP`` and ``cityscapes/AP50``, and ``dcl train``
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def is_cityscapes(dataset_name: str) -> bool:
-    """A COCO-JSON Cityscapes val set (dcl.datasets registers it with ``gt_dir``)."""
+    """A COCO-JSON Cityscapes val set (dcl.data.datasets registers it with ``gt_dir``)."""
     metadata = MetadataCatalog.get(dataset_name)
     return metadata.get("evaluator_type") == "coco" and metadata.get("gt_dir") is not None
 
@@ -59,8 +59,8 @@ class CityscapesAPEvaluator(DatasetEvaluator):
                 self._predictions += instances_to_coco_json(instances, input_["image_id"])
 
     def evaluate(self) -> dict:
-        from dcl.cityscapes import cityscapes_instance_ap
-        from dcl.coco import load_ground_truth, load_predictions
+        from dcl.data.cityscapes import cityscapes_instance_ap
+        from dcl.data.coco import load_ground_truth, load_predictions
 
         predictions = comm.gather(self._predictions, dst=0)
         if not comm.is_main_process():
