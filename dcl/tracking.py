@@ -1,18 +1,23 @@
-"""Experiment tracking for ``dcl train``: Weights & Biases or MLflow, optional and off by default.
+"""Experiment tracking for ``dcl train`` and ``dcl report``: MLflow or Weights & Biases, optional
+and off by default. Shared by :mod:`dcl.training` and :mod:`dcl.report`: no torch, no detectron2.
 
 ``dcl train --tracking {mlflow,wandb}`` logs, from the main process only:
 
 - every scalar detectron2 puts into its ``EventStorage`` (losses, ``lr``, timings, and the
   evaluation results the EvalHook stores: ``segm/AP``, ``bbox/AP50``, ``cityscapes/AP``, ...),
-  through :class:`dcl.training.engine.TrackingWriter`, a detectron2 ``EventWriter`` beside ``metrics.json``'s
-  ``JSONWriter`` that selects exactly what that writer writes (the same smoothing, the same
-  iterations), so the tracker's numbers are ``metrics.json``'s; the step is the iteration;
+  through :class:`dcl.training.engine.TrackingWriter`, a detectron2 ``EventWriter`` beside
+  ``metrics.json``'s ``JSONWriter`` that selects exactly what that writer writes
+  (:func:`latest_new_scalars`: the same smoothing, the same iterations), so the tracker's numbers
+  are ``metrics.json``'s; the step is the iteration;
 - the merged detectron2 config, flattened (``SOLVER.BASE_LR``: params in MLflow, the run config in
   W&B) and as the ``config.yaml`` file;
 - tags: the run record's fields (seed, git commit, config file, output dir, host, Slurm job) and
   the ``--tracking-tag KEY=VALUE`` ones (the workflow adds experiment, method, model, dataset,
   preset);
 - for ``--eval-only``: the evaluation results, at step 0.
+
+``dcl report --tracking ...`` logs the files it wrote (tables, figures, README, document) to a new
+run named ``report`` (:func:`log_report`).
 
 A resumed training (``--resume``, e.g. the next Slurm chunk) continues the same tracker run: its id
 is kept in ``tracking.json`` beside ``run.json``. The run ends FINISHED, FAILED or (interrupted,
