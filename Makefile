@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt tools/install_detectron2.py tools/detectron2-sdist.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,wandb,mlflow]'
 	$(BIN)/python tools/install_detectron2.py
 	$(BIN)/dcl info
 	touch $@

@@ -5,7 +5,7 @@ Packages, one job each, lowest first (an import goes only to a lower line; tests
 - shared, top level: ``io`` (atomic output, strict input), ``names`` (labels), ``layout`` (path
   patterns), ``runs`` (a run: its record, its folder, its state), ``runrecord`` (``run.json``),
   ``slurm`` (the cluster job), ``progress``, ``argtypes``, ``compat`` (the only module that patches
-  detectron2), ``info``;
+  detectron2), ``info``, ``tracking`` (the optional experiment tracker: MLflow or W&B);
 - ``dcl.model`` (the loss and the detectron2 heads) and ``dcl.data`` (datasets, weights);
 - ``dcl.evaluation`` (mask AP and the segmentation-error analysis; no torch);
 - ``dcl.training`` (``dcl train``), ``dcl.workflow`` (the experiment matrix, plan, cost, status;

@@ -25,6 +25,7 @@ TORCH_FREE_MODULES = [
     "dcl.slurm",
     "dcl.progress",
     "dcl.argtypes",
+    "dcl.tracking",
     "dcl.cli",
     "dcl.model.contrast_config",
     "dcl.data.coco",

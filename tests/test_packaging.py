@@ -13,7 +13,7 @@ CONDA_NAMES = {"torch": "pytorch"}  # conda-forge's name for the same package
 
 def pyproject_requirements():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
     return {Requirement(r).name: Requirement(r) for r in reqs}
 
 

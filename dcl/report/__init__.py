@@ -174,10 +174,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="published numbers (default: results/published.yaml in the working directory or the repository)",
     )
+    from dcl import tracking
+
+    tracking.add_arguments(parser, report=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dcl import tracking
+
+    tracking_options = tracking.options_from_args(args)
+    if tracking_options is not None:
+        tracking.check_available(tracking_options.backend)
     result = build_report(args.results_dir, args.experiments, args.published)
+    if tracking_options is not None:
+        run_id = tracking.log_report(tracking_options, result.written, args.results_dir, args.tracking_dir)
+        print(f"{tracking_options.backend} tracking: the report's {len(result.written)} files are in run {run_id}")
     print(f"dcl report: {len(result.runs)} runs: " + status_totals(result.runs))
     for run_result in result.runs:
         spec = run_result.expected

@@ -19,7 +19,7 @@ import shutil
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import dcl.compat  # (before any detectron2 module)
 import torch
@@ -29,6 +29,7 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventWriter, get_event_storage
 
 from dcl.data import weights as dcl_weights
 from dcl.io import (
@@ -45,6 +46,9 @@ from dcl.training.preemption import StopHook, StopSignal, agreed
 from dcl.runrecord import RUN_RECORD, RunRecord
 from dcl.training.sampler import LazyLoader, ResumableTrainingSampler, build_train_loader, sample_seed
 
+if TYPE_CHECKING:
+    from dcl.tracking import Tracker
+
 __all__ = [
     "EVAL_RESULTS",
     "TTA_FOLDER",
@@ -52,6 +56,7 @@ __all__ = [
     "AtomicCOCOEvaluator",
     "ExpectedResultsError",
     "Trainer",
+    "TrackingWriter",
     "check_expected_results",
     "copy_results",
     "prepare_output_dir",
@@ -242,6 +247,25 @@ class _RecordHook(hooks.HookBase):
             self.record.update(iteration=done)
 
 
+class TrackingWriter(EventWriter):
+    """A detectron2 ``EventWriter`` that logs to an experiment tracker (:mod:`dcl.tracking`) what
+    ``metrics.json``'s ``JSONWriter`` writes at the same moment, the iteration as the step.
+    ``close`` leaves the tracker run open: ``dcl train`` ends it, saying how the run ended."""
+
+    def __init__(self, tracker: "Tracker"):
+        self.tracker = tracker
+        self._last_write = -1
+
+    def write(self) -> None:
+        from dcl.tracking import latest_new_scalars
+
+        new = latest_new_scalars(get_event_storage(), self._last_write)
+        for iteration in sorted(new):  # W&B steps only go forward
+            self.tracker.log_metrics(new[iteration], iteration)
+        if new:
+            self._last_write = max(new)
+
+
 class AtomicCOCOEvaluator(COCOEvaluator):
     """detectron2's COCOEvaluator whose output files (``coco_instances_results.json``, the
     workflow's predictions, and ``instances_predictions.pth``) appear whole or not at all: it
@@ -326,7 +350,8 @@ class Trainer(DefaultTrainer):
 
     ``stop`` is the process's :class:`dcl.training.preemption.StopSignal`; ``record`` the run record
     (main process only); ``keep_checkpoints`` the periodic checkpoints to keep
-    (:class:`AtomicCheckpointer`, None: all)."""
+    (:class:`AtomicCheckpointer`, None: all); ``tracker`` an experiment tracker run
+    (:mod:`dcl.tracking`, main process only) that gets what ``metrics.json`` gets."""
 
     def __init__(
         self,
@@ -334,8 +359,10 @@ class Trainer(DefaultTrainer):
         stop: StopSignal,
         record: Optional[RunRecord] = None,
         keep_checkpoints: Optional[int] = None,
+        tracker: Optional["Tracker"] = None,
     ):
         self.stop = stop
+        self._tracker = tracker
         self._record = record
         self._keep_checkpoints = keep_checkpoints
         self._train_sampler: Optional[ResumableTrainingSampler] = None
@@ -424,6 +451,13 @@ class Trainer(DefaultTrainer):
             return self._last_eval_results
 
     # -- hooks and checkpoints
+    def build_writers(self):
+        """detectron2's writers (terminal, ``metrics.json``, TensorBoard), and the tracker's."""
+        writers = super().build_writers()
+        if self._tracker is not None:
+            writers.append(TrackingWriter(self._tracker))
+        return writers
+
     def build_hooks(self):
         self.checkpointer = AtomicCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.checkpointer.keep_periodic = self._keep_checkpoints

@@ -1,14 +1,16 @@
 """The ``dcl train`` command line: ``train_net.py``'s flags (``--config-file``, ``--num-gpus``,
 ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``, trailing
 ``KEY VALUE`` overrides) and the pipeline's own (``--results-dir``, ``--weights-dir``,
-``--max-chunks``, ``--keep-checkpoints``, ``--dry-run``, ``--import``); options after the overrides; the command as ``run.json`` records
-it. What the options do is :mod:`dcl.training.train`'s.
+``--max-chunks``, ``--keep-checkpoints``, ``--dry-run``, ``--import``, the ``--tracking*`` options
+of :mod:`dcl.tracking`); options after the overrides; the command as ``run.json`` records it. What
+the options do is :mod:`dcl.training.train`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from dcl import tracking
 from dcl.data import weights as dcl_weights
 from dcl.training.engine import EVAL_RESULTS
 from dcl.layout import RUN_RECORD
@@ -95,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="check the command (config, weights, datasets, model on the CPU) without training",
     )
+    tracking.add_arguments(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -148,4 +151,6 @@ def command_line(args: argparse.Namespace) -> list[str]:
         if value not in (None, ""):
             command += [f"--{flag.replace('_', '-')}", str(value)]
     command += [f"--{flag.replace('_', '-')}" for flag in ("resume", "eval_only") if getattr(args, flag, False)]
+    if getattr(args, "tracking", None):
+        command += tracking.command_words(tracking.options_from_args(args))
     return command + list(args.opts or [])

@@ -12,7 +12,9 @@ Extra options: ``--import MODULE`` (a module or ``.py`` file of one's own, impor
 model is built: its detectron2 registrations, :mod:`dcl.training.methods`), ``--results-dir DIR`` (on success, copy the small results there),
 ``--weights-dir DIR`` (local weights directory, see :mod:`dcl.data.weights`), ``--keep-checkpoints K``
 (only the newest K periodic checkpoints stay in OUTPUT_DIR), ``--dry-run`` (check the
-command: parse, resolve weights and datasets, build the model on the CPU; train nothing).
+command: parse, resolve weights and datasets, build the model on the CPU; train nothing),
+``--tracking {mlflow,wandb}`` and its ``--tracking-*`` options (log scalars, config and tags to an
+experiment tracker from the main process: :mod:`dcl.tracking`; off by default).
 
 Devices. ``--num-gpus N`` workers per machine (:mod:`dcl.training.launch`): one per GPU (NCCL), or with
 ``MODEL.DEVICE cpu`` N CPU workers (gloo); 1 on one machine trains in this process. If one worker
@@ -50,7 +52,7 @@ import socket
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import dcl.compat  # noqa: F401  (before any detectron2 module)
 from detectron2.config import CfgNode
@@ -90,6 +92,9 @@ from dcl.training.sampler import kill_loader_workers
 from dcl.slurm import DistributedLayout, resolve_distributed, slurm_job
 from dcl.training.options import add_arguments, command_line, take_trailing_options
 
+if TYPE_CHECKING:
+    from dcl.tracking import Tracker, TrackingOptions
+
 __all__ = ["add_arguments", "main", "run", "setup"]
 
 
@@ -106,6 +111,7 @@ class _Job:
     record_path: str
     keep_checkpoints: Optional[int] = None
     imports: tuple = ()  # --import: modules every worker imports before it builds the model
+    tracking: Optional["TrackingOptions"] = None
 
 
 def setup(job: _Job) -> CfgNode:
@@ -140,24 +146,33 @@ def main(job: _Job, stop: StopSignal) -> None:
         else None
     )
     trainer = None
+    tracker = None
     try:
         stop.end_set_up()
+        if record is not None and job.tracking is not None:
+            tracker = _start_tracking(job, cfg)
         if job.eval_only:
             model = Trainer.build_model(cfg)
             AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=job.resume)
             results = Trainer.evaluate(cfg, model, stop)
             if cfg.TEST.AUG.ENABLED:  # as train_net.py: plain and TTA results, then the check
                 results.update(Trainer.evaluate_with_tta(cfg, model, stop))
+            if tracker is not None:
+                from detectron2.evaluation.testing import flatten_results_dict
+
+                tracker.log_metrics(flatten_results_dict(results), 0)
             if comm.is_main_process() and not stop.skipped_evaluation:
                 check_expected_results(cfg, results)
         else:
-            trainer = Trainer(cfg, stop, record, keep_checkpoints=job.keep_checkpoints)
+            trainer = Trainer(cfg, stop, record, keep_checkpoints=job.keep_checkpoints, tracker=tracker)
             trainer.resume_or_load(resume=job.resume)
             if record is not None:
                 record.start_iteration(trainer.start_iter)
             trainer.train()
         stop.raise_if_evaluation_skipped()  # a signal after the last step: the final evaluation is still due
     except BaseException as error:
+        if tracker is not None:  # closed on every way out, so no tracker run is left running
+            tracker.finish("interrupted" if stop.requested else "failed")
         exit_if_interrupted(stop, trainer, record, error)
         if record is not None and record.status == "running":
             record.close(
@@ -170,10 +185,29 @@ def main(job: _Job, stop: StopSignal) -> None:
     finally:
         if trainer is not None:
             trainer.close_data_loaders()
+    if tracker is not None:
+        tracker.finish("finished")
     if record is not None:
         record.close("finished", 0, iteration=cfg.SOLVER.MAX_ITER if not job.eval_only else None)
         if job.results_dir:
             copy_results(cfg, Path(job.record_path), job.results_dir, job.eval_only)
+
+
+def _start_tracking(job: _Job, cfg: CfgNode) -> "Tracker":
+    """The main process's tracker run (:mod:`dcl.tracking`), with the merged config and the run
+    record's fields as tags; ``config.yaml`` is logged as a file."""
+    from dcl import tracking
+
+    folder = Path(job.record_path).parent
+    tracker = tracking.start(
+        job.tracking,
+        folder,
+        resume=job.resume,
+        tags=tracking.record_tags(job.record_fields),
+        config=cfg,
+    )
+    tracker.log_file(folder / "config.yaml")
+    return tracker
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,6 +233,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     take_trailing_options(args)
+    from dcl import tracking
+
+    tracking_options = tracking.options_from_args(args)
+    if tracking_options is not None and not args.dry_run:
+        tracking.check_available(tracking_options.backend)
     for flag in ("max_chunks", "keep_checkpoints"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -257,6 +296,7 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
             results_dir=args.results_dir,
             keep_checkpoints=args.keep_checkpoints,
             imports=tuple(args.imports),
+            tracking=tracking_options,
             record_path=str(record_path(output_dir, args.eval_only)),
             record_fields=run_fields(
                 eval_only=args.eval_only,

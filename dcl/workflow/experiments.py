@@ -407,6 +407,7 @@ class Plan:
         )
         self.max_chunks: int = int(config.get("max_chunks", DEFAULT_MAX_CHUNKS))
         self.keep_checkpoints: int = int(config.get("keep_checkpoints", DEFAULT_KEEP_CHECKPOINTS))
+        self.tracking: dict[str, Any] | None = self._tracking(config.get("tracking"))
         self._missing_configs: dict[str, list[str]] = {}
         self.runs: list[Run] = []
         self.methods: dict[str, dict[str, Any]] = config.get("methods") or {}
@@ -430,6 +431,68 @@ class Plan:
                 self.jobs[(run_.experiment, run_.seed)] = run_
 
     # -- expansion --------------------------------------------------------------------------
+    def _tracking(self, section: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The ``tracking`` section with its defaults; None when tracking is off."""
+        section = section or {}
+        backend = section.get("backend")
+        if backend in (None, "none"):
+            return None
+        if backend == "wandb" and section.get("uri"):
+            self._problems.append("tracking.uri: is MLflow's; a W&B server is set by WANDB_BASE_URL")
+        if backend == "mlflow" and section.get("mode"):
+            self._problems.append(
+                "tracking.mode: is W&B's; MLflow without network logs to tracking.uri (a local store)"
+            )
+        return {
+            "backend": backend,
+            "project": section.get("project") or f"dcl-{self.preset}",
+            "uri": (section.get("uri") or f"sqlite:///{self.work}/mlflow.db") if backend == "mlflow" else None,
+            "mode": (section.get("mode") or "offline") if backend == "wandb" else None,
+        }
+
+    def tracking_arguments(self, run_: Run) -> list[str]:
+        """``dcl train``'s tracking options for a run (:mod:`dcl.tracking`): the backend, project,
+        store or mode, the run's name and its tags; [] when tracking is off (the command is then
+        what it was before tracking existed)."""
+        if self.tracking is None:
+            return []
+        words = self._tracker_words() + ["--tracking-name", f"{run_.experiment}/seed{run_.seed}"]
+        tags = {
+            "preset": self.preset,
+            "experiment": run_.experiment,
+            "method": run_.method,
+            "model": run_.model,
+            "dataset": run_.dataset,
+            "init": run_.init,
+            "group": run_.group,
+        }
+        if run_.ablation is not None:  # the swept parameter and its value (and the base experiment)
+            tags |= {
+                f"ablation_{key}": format_override_value(getattr(run_.ablation, key))
+                for key in ("parameter", "value", "base")
+            }
+        for key, value in tags.items():
+            words += ["--tracking-tag", f"{key}={value}"]
+        return words
+
+    def _tracker_words(self) -> list[str]:
+        assert self.tracking is not None
+        words = ["--tracking", self.tracking["backend"], "--tracking-project", self.tracking["project"]]
+        if self.tracking["uri"]:
+            words += ["--tracking-uri", self.tracking["uri"]]
+        if self.tracking["mode"] == "offline":
+            words += ["--tracking-offline"]
+        return words
+
+    def report_tracking_arguments(self) -> list[str]:
+        """``dcl report``'s tracking options: its tables and figures go to a run named
+        ``report`` in the same project (W&B run files in ``{work_dir}/{preset}/wandb``); []
+        when tracking is off."""
+        if self.tracking is None:
+            return []
+        words = [*self._tracker_words(), "--tracking-tag", f"preset={self.preset}"]
+        return words + (["--tracking-dir", self.work] if self.tracking["backend"] == "wandb" else [])
+
     def _repository_path(self, value: str) -> tuple[str, bool]:
         """A file of the repository named in the config (relative to the repository unless
         absolute): how command lines name it (as typed when the working directory is the
@@ -834,6 +897,7 @@ class Plan:
         else:
             args += ["--resume", "--max-chunks", str(self.max_chunks), "--keep-checkpoints", str(self.keep_checkpoints)]
         args += ["--results-dir", self.results_dir(run_)]
+        args += self.tracking_arguments(run_)
         pairs = list(run_.overrides)
         if run_.weights_file is not None:
             pairs.append(("MODEL.WEIGHTS", run_.weights_file))

@@ -11,6 +11,7 @@ REPORT_ARGS = shlex.join(
         "--experiments",
         f"{RESULTS}/{layout.EXPERIMENTS}",
         *(["--published", PLAN.published] if PLAN.published else []),
+        *PLAN.report_tracking_arguments(),
     ]
 )
 
