@@ -94,3 +94,38 @@ def test_the_login_node_side_never_loads_torch_or_detectron2(package):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def _report_edges(path: Path) -> set[str]:
+    """The modules of ``dcl.report`` that a file of it imports, at any depth (late imports count).
+    ``from dcl.report import x`` is an edge to the submodule ``x`` when there is one, else to the
+    package's ``__init__`` (``dcl.report``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if _existing(submodule) else node.module)
+    return {name for name in found if name == "dcl.report" or name.startswith("dcl.report.")}
+
+
+def test_the_report_package_has_no_import_cycle():
+    """Not even one hidden by a late import: the modules of dcl/report import each other one way,
+    and none imports the package's ``__init__`` back (the output names are in dcl.report.outputs)."""
+    graph = {_module_name(p): _report_edges(p) for p in sorted((PACKAGE / "report").glob("*.py"))}
+    back = sorted(module for module, edges in graph.items() if module != "dcl.report" and "dcl.report" in edges)
+    assert not back, f"modules importing dcl.report's __init__ back: {back}"
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        for target in sorted(graph.get(module, ())):
+            found = cycle_from(target, path + [module])
+            if found:
+                return found
+        return None
+
+    cycles = [" -> ".join(c) for c in map(lambda m: cycle_from(m, []), sorted(graph)) if c]
+    assert not cycles, "import cycles in dcl/report:\n" + "\n".join(cycles)

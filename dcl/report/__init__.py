@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from dcl import layout
 from dcl.io import InputError, atomic_write_text
+from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES, TABLE_FORMATS, TABLE_NAMES
 from dcl.report.published import load_published
 from dcl.runs import (
     RunResult,
@@ -43,8 +44,12 @@ from dcl.runs import (
 if TYPE_CHECKING:
     from dcl.report import analysis
 
+# The output names are re-exported for the Snakefile and the tests (`from dcl.report import TABLE_NAMES`);
+# pandas and matplotlib load only for a report (`dcl report --help` must start fast).
 __all__ = [
+    "FIGURE_FORMATS",
     "FIGURE_NAMES",
+    "TABLE_FORMATS",
     "TABLE_NAMES",
     "ReportResult",
     "add_arguments",
@@ -53,13 +58,6 @@ __all__ = [
     "run",
 ]
 
-# What `dcl report` writes: tables/{name}.{format}, figures/{name}.{format}. Plain data here, so
-# the Snakefile declares the outputs without loading pandas or matplotlib (which load only for a
-# report: `dcl report --help` must start fast).
-TABLE_NAMES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
-TABLE_FORMATS = ("md", "tex", "csv", "html")
-FIGURE_NAMES = ("error_breakdown", "ablations", "training_curves", "reproduced_vs_published")
-FIGURE_FORMATS = ("png", "pdf")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

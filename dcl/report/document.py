@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dcl.io import InputError, atomic_path
-from dcl.report import FIGURE_NAMES
+from dcl.report.outputs import FIGURE_NAMES
 from dcl.runs import RunResult, status_totals
 from dcl.report.tables import Table, latex_escape
 

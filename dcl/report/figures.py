@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from dcl.io import atomic_path
-from dcl.report import FIGURE_FORMATS, FIGURE_NAMES
+from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.runs import EVAL_KEYS, TRAINING_KEYS
 from dcl.report.tables import (

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from dcl.report.analysis import CONFIDENCE, PAIRED_TEST, Comparison, Reproduction
-from dcl.report import FIGURE_NAMES
+from dcl.report.outputs import FIGURE_NAMES
 from dcl.runs import FOLDER_STATES, RunResult, status_totals
 from dcl.report.tables import (
     Table,

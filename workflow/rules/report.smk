@@ -2,8 +2,8 @@
 # `snakemake --report report.zip` collects the tables and figures with their captions
 # (workflow/report/*.rst).
 
-# What `dcl report` writes.
-from dcl.report import FIGURE_FORMATS, FIGURE_NAMES, TABLE_FORMATS, TABLE_NAMES
+# What `dcl report` writes (plain data: no pandas or matplotlib loaded).
+from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES, TABLE_FORMATS, TABLE_NAMES
 
 REPORT_ARGS = shlex.join(
     [
