@@ -29,17 +29,16 @@ from dcl.io import atomic_path
 from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES
 from dcl.report.analysis import ExperimentStats, Reproduction, error_types
 from dcl.runs import EVAL_KEYS, TRAINING_KEYS
-from dcl.report.tables import (
+from dcl.report.labels import (
     dataset_name,
-    fmt_value,
+    format_value,
     init_name,
-    is_base_point,
     metric_name,
-    spec_method_name,
     network_name,
-    reference_baseline,
+    spec_method_name,
     value_sort_key,
 )
+from dcl.report.tables import is_base_point, reference_baseline
 
 __all__ = ["OKABE_ITO", "write_figures"]
 
@@ -302,11 +301,11 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
         axes.set_title(parameter)
         axes.legend(loc="best", frameon=False, fontsize=7)
         if not numeric:
-            axes.set_xticks([position[v] for v in values], [fmt_value(v) for v in values])
+            axes.set_xticks([position[v] for v in values], [format_value(v) for v in values])
         elif min(values) > 0 and max(values) >= 8 * min(values):
             # Sweeps like NUM_SAMPLES 8..64 or TEMPERATURE 0.03..0.5 are geometric.
             axes.set_xscale("log")
-            axes.set_xticks(values, [fmt_value(v) for v in values])
+            axes.set_xticks(values, [format_value(v) for v in values])
             axes.minorticks_off()
         axes.set_xlabel(parameter)
         axes.set_ylabel(axis_label(sorted(metrics)))

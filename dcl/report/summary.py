@@ -10,18 +10,18 @@ from typing import Any, Mapping, Sequence
 from dcl.report.analysis import CONFIDENCE, PAIRED_TEST, Comparison, Reproduction
 from dcl.report.outputs import FIGURE_NAMES
 from dcl.runs import FOLDER_STATES, RunResult, status_totals
-from dcl.report.tables import (
-    Table,
+from dcl.report.labels import (
     dataset_name,
-    fmt_ci,
-    fmt_number,
-    fmt_p,
-    fmt_signed,
-    fmt_summary,
+    format_ci,
+    format_number,
+    format_p,
+    format_signed,
+    format_summary,
     init_name,
     method_name,
     metric_name,
 )
+from dcl.report.tables import Table
 
 __all__ = ["FIGURE_TITLES", "readme"]
 
@@ -44,7 +44,7 @@ def _describe(item: Reproduction) -> str:
     entry = item.entry
     what = (
         f"{dataset_name(entry.dataset)}, {init_name(entry.init)} init, {method_name(entry.method, entry.model)} "
-        f"({entry.detector}), {metric_name(entry.metric)}: published {fmt_number(entry.value, 1)}"
+        f"({entry.detector}), {metric_name(entry.metric)}: published {format_number(entry.value, 1)}"
     )
     if item.experiment is None:
         return f"{what}: {item.reason}"
@@ -52,7 +52,7 @@ def _describe(item: Reproduction) -> str:
         seeds = "released checkpoint"
     else:
         seeds = f"{item.summary.n}/{item.experiment.expected} seeds"
-    measured = f"measured {fmt_summary(item.summary)} ({seeds})" if item.summary.n else f"no results yet ({seeds})"
+    measured = f"measured {format_summary(item.summary)} ({seeds})" if item.summary.n else f"no results yet ({seeds})"
     return f"{what}; `{item.experiment.name}` {measured}: {item.reason}"
 
 
@@ -133,8 +133,8 @@ def readme(
             spec, difference = comparison.dcl.spec, comparison.difference
             lines.append(
                 f"- {dataset_name(spec.dataset)}, {init_name(spec.init)} init ({spec.group}), "
-                f"{metric_name(comparison.metric)}: Δ = {fmt_signed(difference.mean)}, "
-                f"{CONFIDENCE:.0%} CI {fmt_ci(difference)}, p = {fmt_p(difference.p_value)}, "
+                f"{metric_name(comparison.metric)}: Δ = {format_signed(difference.mean)}, "
+                f"{CONFIDENCE:.0%} CI {format_ci(difference)}, p = {format_p(difference.p_value)}, "
                 f"{difference.n} pair{'' if difference.n == 1 else 's'} "
                 f"(`{comparison.dcl.name}` − `{comparison.baseline.name}`)"
             )

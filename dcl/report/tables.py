@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from dcl import layout, names
+from dcl import layout
 from dcl.report.analysis import (
     CONFIDENCE,
     PAIRED_TEST,
@@ -36,6 +36,27 @@ from dcl.report.analysis import (
     error_types,
     paired_difference,
     sort_key,
+)
+from dcl.report.labels import (
+    DASH,
+    MARK,
+    dataset_name,
+    format_ci,
+    format_number,
+    format_p,
+    format_seeds,
+    format_signed,
+    format_summary,
+    format_value,
+    init_name,
+    is_missing,
+    method_name,
+    metric_name,
+    model_name,
+    network_name,
+    short_metric_name,
+    spec_method_name,
+    value_sort_key,
 )
 from dcl.report.published import PublishedEntry
 from dcl.runrecord import format_duration
@@ -61,101 +82,10 @@ __all__ = [
     "to_html",
     "to_latex",
     "to_markdown",
-    "value_sort_key",
 ]
 
-DASH = "—"  # no data
-MARK = "†"  # fewer seeds than configured
 COCO_AP_MARK = "*"  # a Cityscapes number published as COCO-style AP, not the official metric
-FAMILY_NAMES = {"cityscapes": "Cityscapes", "segm": "COCO mask", "bbox": "COCO box"}
 SEEDS_NOTE = f"{MARK} fewer seeds have results than configured; see the run inventory for why."
-
-
-# Display labels come from dcl.names; a name it does not know is shown as it is.
-def dataset_name(dataset: str) -> str:
-    return names.DATASETS.get(dataset, dataset)
-
-
-def init_name(init: str) -> str:
-    return names.INITS.get(init, init)
-
-
-def model_name(model: str) -> str:
-    """Detector families (experiments.json's `model`); rows of those other than Mask R-CNN carry the name."""
-    return names.MODELS.get(model, model)
-
-
-def method_name(method: str, model: str = "mask_rcnn", named: bool = False) -> str:
-    """``Baseline`` / ``DCL`` for Mask R-CNN; ``RefineMask`` / ``RefineMask + DCL`` for RefineMask.
-    ``named``: Mask R-CNN's too (``Mask R-CNN`` / ``Mask R-CNN + DCL``), for rows beside other detectors."""
-    if model != "mask_rcnn" or named:
-        return model_name(model) + (" + DCL" if method == "dcl" else "")
-    return names.METHODS.get(method, method)
-
-
-def spec_method_name(spec: Any, named: bool = False) -> str:
-    """A row's method: :func:`method_name`, or the label of a method of one's own (with its
-    detector where rows of several detectors stand together, or it is not Mask R-CNN)."""
-    label = getattr(spec, "method_label", None)
-    if label is None:
-        return method_name(spec.method, spec.model, named)
-    return label if spec.model == "mask_rcnn" and not named else f"{label} ({model_name(spec.model)})"
-
-
-def network_name(backbone: str, schedule: str | None) -> str:
-    """``R101-FPN 3x``; the backbone alone for a recipe without a schedule name."""
-    return f"{backbone} {schedule}" if schedule else backbone
-
-
-def metric_name(metric: str) -> str:
-    """``cityscapes.AP50`` -> ``Cityscapes AP50``, ``segm.APs`` -> ``COCO mask APs``."""
-    family, _, stat = metric.partition(".")
-    return f"{FAMILY_NAMES.get(family, family)} {stat}"
-
-
-def short_metric_name(metric: str) -> str:
-    """``cityscapes.AP50`` -> ``AP50`` (official), ``segm.AP`` -> ``mask AP``, ``bbox.AP`` -> ``box AP``."""
-    family, _, stat = metric.partition(".")
-    return {"cityscapes": "", "segm": "mask ", "bbox": "box "}.get(family, f"{family} ") + stat
-
-
-# ----------------------------------------------------------------------------- number formats
-def _nan(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def fmt_number(value: float | None, digits: int = 2) -> str:
-    return DASH if _nan(value) else f"{value:.{digits}f}".replace("-", "−")
-
-
-def fmt_signed(value: float | None, digits: int = 2) -> str:
-    # round first: a tiny negative difference is +0.00, not −0.00
-    return DASH if _nan(value) else f"{round(value, digits) + 0.0:+.{digits}f}".replace("-", "−")
-
-
-def fmt_summary(summary: Summary, digits: int = 2) -> str:
-    """``37.10 ± 0.21``; a single seed without ``±``; no seeds as a dash."""
-    if summary.n == 0 or _nan(summary.mean):
-        return DASH
-    if summary.n == 1:
-        return fmt_number(summary.mean, digits)
-    return f"{fmt_number(summary.mean, digits)} ± {fmt_number(summary.std, digits)}"
-
-
-def fmt_ci(difference: PairedDifference) -> str:
-    if _nan(difference.ci_low):
-        return "n/a"
-    return f"[{fmt_signed(difference.ci_low)}, {fmt_signed(difference.ci_high)}]"
-
-
-def fmt_p(p_value: float) -> str:
-    if _nan(p_value):
-        return "n/a"
-    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
-
-
-def fmt_seeds(n: int, expected: int) -> str:
-    return f"{n}/{expected}" + (MARK if n < expected else "")
 
 
 # ----------------------------------------------------------------------------- the table model
@@ -555,12 +485,12 @@ def _best_marks(rows: list[dict[str, str]], values: list[dict[str, float]], keys
     """Bold the best (highest) mean of each column among ``rows`` (ties: all of them)."""
     for key in keys:
         column = [v.get(key, math.nan) for v in values]
-        finite = [v for v in column if not _nan(v)]
+        finite = [v for v in column if not is_missing(v)]
         if len(finite) < 2 or max(finite) - min(finite) < 1e-9:
             continue  # nothing to single out
         best = max(finite)
         for row, value in zip(rows, column):
-            if not _nan(value) and abs(value - best) < 1e-9 and row.get(key, DASH) != DASH:
+            if not is_missing(value) and abs(value - best) < 1e-9 and row.get(key, DASH) != DASH:
                 row[key] = _bold(row[key])
 
 
@@ -583,11 +513,11 @@ def _difference_columns(
 ) -> list[Column]:
     """DCL − baseline: Δ, CI, p and pairs shown; mean, CI bounds, p and pairs in the CSV."""
     return [
-        Column("delta_mean", "Δ", "r", group, value=_difference(difference, "mean"), fmt=fmt_signed),
-        Column("ci", f"{CONFIDENCE:.0%} CI", "r", group, text=lambda r: _or_dash(difference(r), fmt_ci)),
+        Column("delta_mean", "Δ", "r", group, value=_difference(difference, "mean"), fmt=format_signed),
+        Column("ci", f"{CONFIDENCE:.0%} CI", "r", group, text=lambda r: _or_dash(difference(r), format_ci)),
         _raw("delta_ci_low", _difference(difference, "ci_low")),
         _raw("delta_ci_high", _difference(difference, "ci_high")),
-        Column("delta_p", "p", "r", group, value=_difference(difference, "p_value"), fmt=fmt_p),
+        Column("delta_p", "p", "r", group, value=_difference(difference, "p_value"), fmt=format_p),
         Column("delta_pairs", pairs, "r", group, value=_difference(difference, "n")),
     ]
 
@@ -639,18 +569,18 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         return spec_method_name(spec, named) + (f" ({', '.join(notes)})" if notes else "")
 
     def stat_text(metric: str) -> Callable[[_MainRecord], str]:
-        return lambda r: fmt_summary(_summary(r.experiment, metric)) if r.experiment.n_eval else DASH
+        return lambda r: format_summary(_summary(r.experiment, metric)) if r.experiment.n_eval else DASH
 
     def paper(record: _MainRecord) -> str:
         if record.published is not None:
-            return fmt_number(record.published.value, 1)
+            return format_number(record.published.value, 1)
         # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
         coco = _published_for(published, record.experiment, "segm.AP") if "segm.AP" in stats else None
-        return DASH if coco is None else fmt_number(coco.value, 1) + COCO_AP_MARK
+        return DASH if coco is None else format_number(coco.value, 1) + COCO_AP_MARK
 
     columns = [
         Column("method", "Method", text=method),
-        Column("seeds", "Seeds", "r", text=lambda r: fmt_seeds(r.experiment.n_eval, r.experiment.expected)),
+        Column("seeds", "Seeds", "r", text=lambda r: format_seeds(r.experiment.n_eval, r.experiment.expected)),
         *[Column(m, headers[m], "r", text=stat_text(m)) for m in stats],
         Column("published", "Paper", "r", text=paper),
         Column("ci", f"{CONFIDENCE:.0%} CI", "r"),  # these two: of the DCL − baseline rows
@@ -661,11 +591,11 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         row = {"method": name, "seeds": ""}
         for metric in stats:
             difference = paired_difference(baseline.values.get(metric, {}), other.values.get(metric, {}))
-            row[metric] = fmt_signed(difference.mean)
+            row[metric] = format_signed(difference.mean)
             if metric == other.spec.metric:
                 row.update(
-                    ci=fmt_ci(difference),
-                    p=fmt_p(difference.p_value),
+                    ci=format_ci(difference),
+                    p=format_p(difference.p_value),
                     seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
                 )
         return row
@@ -842,7 +772,7 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
     def summary_columns(side: str) -> list[Column]:
         of = summary(side)
         return [
-            Column(side, method_name(side), "r", text=lambda c: f"{fmt_summary(of(c))} (n={of(c).n})"),
+            Column(side, method_name(side), "r", text=lambda c: f"{format_summary(of(c))} (n={of(c).n})"),
             *[_raw(f"{side}_{stat}", lambda c, stat=stat: getattr(of(c), stat)) for stat in ("mean", "std", "n")],
         ]
 
@@ -926,7 +856,7 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
         spec = experiment.spec
         if spec.group == "ablation":
             parameter = spec.ablation.parameter.replace("_", " ").lower()
-            return f"{spec_method_name(spec, named)}, {parameter} {fmt_value(spec.ablation.value)}"
+            return f"{spec_method_name(spec, named)}, {parameter} {format_value(spec.ablation.value)}"
         label = spec_method_name(spec, named) + f", {init_name(spec.init)}"
         return label + (" (released)" if spec.group == "released" else "")
 
@@ -934,10 +864,10 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
         base = experiment.error_summary("baseline", legacy=True, occ=occ)  # the paper's (legacy GT) first
         if base.n == 0:
             base = experiment.error_summary("baseline", legacy=False, occ=occ)
-        return fmt_number(base.mean)
+        return format_number(base.mean)
 
     def gain(error_type: str, legacy: bool) -> Callable[[ExperimentStats], str]:
-        return lambda e: fmt_number(e.error_summary(error_type, legacy, occ).mean)
+        return lambda e: format_number(e.error_summary(error_type, legacy, occ).mean)
 
     columns = [
         Column("model", "Model", text=label),
@@ -945,7 +875,7 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
             "seeds",
             "Seeds",
             "r",
-            text=lambda e: fmt_seeds(min(e.n_errors(False, occ), e.n_errors(True, occ)), e.expected),
+            text=lambda e: format_seeds(min(e.n_errors(False, occ), e.n_errors(True, occ)), e.expected),
         ),
         Column("ap", "AP", "r", text=ap),
     ]
@@ -1030,23 +960,6 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     )
 
 
-def value_sort_key(value: Any) -> tuple:
-    """Swept values in order: booleans (off, on), then numbers, then strings."""
-    if isinstance(value, bool):
-        return (0, int(value), "")
-    if isinstance(value, (int, float)):
-        return (1, value, "")
-    return (2, 0, str(value))
-
-
-def fmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def is_base_point(experiment: ExperimentStats) -> bool:
     """An ablation point whose value is its base experiment's own (it reuses the base's runs)."""
     ablation = experiment.spec.ablation
@@ -1081,11 +994,14 @@ def _ablation_part(parameter: str, members: Sequence[ExperimentStats], experimen
             "value",
             parameter.replace("_", " ").lower(),
             "r",
-            text=lambda e: fmt_value(e.spec.ablation.value) + (" (base)" if is_base_point(e) else ""),
+            text=lambda e: format_value(e.spec.ablation.value) + (" (base)" if is_base_point(e) else ""),
         ),
-        Column("seeds", "Seeds", "r", text=lambda e: fmt_seeds(e.n_eval, e.expected)),
+        Column("seeds", "Seeds", "r", text=lambda e: format_seeds(e.n_eval, e.expected)),
         Column(
-            "ap", metric_name(metric).replace("COCO mask ", "mask "), "r", text=lambda e: fmt_summary(e.summary(metric))
+            "ap",
+            metric_name(metric).replace("COCO mask ", "mask "),
+            "r",
+            text=lambda e: format_summary(e.summary(metric)),
         ),
     ]
     rows = display_rows(columns, members)
@@ -1212,7 +1128,7 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
         Column("gpus", "GPUs", text=_gpu_text),
         _raw("gpu_type", lambda r: _gpus(r).get("type")),
         _raw("gpu_count", lambda r: _gpus(r).get("count")),
-        Column("gpu_hours", "GPU-h", "r", value=_gpu_hours, fmt=lambda hours: fmt_number(hours, 1)),
+        Column("gpu_hours", "GPU-h", "r", value=_gpu_hours, fmt=lambda hours: format_number(hours, 1)),
     ]
     notes = [
         "Status: finished (all result files valid); running (run.json says so); incomplete (interrupted, "
@@ -1220,7 +1136,7 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
         "unreadable, truncated or mistyped: the reason names it); missing (no results yet).",
         "Totals: " + status_totals(results) + f" of {len(results)} expected runs.",
         "Wall time: h:mm:ss summed over attempts (run.json); GPU-h: wall time x GPUs, "
-        f"{fmt_number(sum(_gpu_hours(r) or 0 for r in results), 1)} GPU-hours in all.",
+        f"{format_number(sum(_gpu_hours(r) or 0 for r in results), 1)} GPU-hours in all.",
     ]
     return flat_table(
         "run_inventory",
@@ -1251,7 +1167,7 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
         entry("backbone"),
         entry("schedule"),
         entry("metric", "Metric", fmt=short_metric_name),
-        Column("published", "Published", "r", value=lambda r: r.entry.value, fmt=lambda v: fmt_number(v, 1)),
+        Column("published", "Published", "r", value=lambda r: r.entry.value, fmt=lambda v: format_number(v, 1)),
         entry("source"),
         Column(
             "experiment",
@@ -1266,14 +1182,14 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
             "Seeds",
             "r",
             tex=False,
-            text=lambda r: DASH if r.experiment is None else fmt_seeds(r.summary.n, r.experiment.expected),
+            text=lambda r: DASH if r.experiment is None else format_seeds(r.summary.n, r.experiment.expected),
         ),
         _raw("seeds_with_results", lambda r: r.summary.n),
         _raw("seeds_expected", of_experiment(lambda e: e.expected)),
-        Column("reproduced", "Reproduced", "r", text=lambda r: fmt_summary(r.summary)),
+        Column("reproduced", "Reproduced", "r", text=lambda r: format_summary(r.summary)),
         _raw("mean", lambda r: r.summary.mean),
         _raw("std", lambda r: r.summary.std),
-        Column("difference", "Δ", "r", value=lambda r: r.difference if r.summary.n else None, fmt=fmt_signed),
+        Column("difference", "Δ", "r", value=lambda r: r.difference if r.summary.n else None, fmt=format_signed),
         Column("verdict", "Verdict", width="1.5cm", value=lambda r: r.verdict),
         Column("reason", "Why", width="2.2cm", value=lambda r: r.reason),
     ]
