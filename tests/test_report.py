@@ -28,7 +28,7 @@ from dcl import runs as dcl_runs
 from dcl.report import build_report
 from dcl.report import published as dcl_published
 from dcl.report.analysis import error_types, paired_difference, summarize
-from dcl.report.tables import Column, flat_table, latex_escape, to_csv
+from dcl.report.table import Column, flat_table, latex_escape, to_csv
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published.yaml"
@@ -1382,7 +1382,7 @@ def test_paper_released_checkpoints_are_judged_against_their_own_models_numbers(
     and R101 ones were judged against R50-FPN 1x's 35.2), and no main-table row shows another
     model's Paper value."""
     from dcl.workflow.experiments import Plan, read_config_file
-    from dcl.report import analysis, tables
+    from dcl.report import analysis, table, tables
 
     plan = Plan(read_config_file(REPO / "configs" / "paper.yaml"), repo_root=REPO, working_dir=REPO)
     (tmp_path / "experiments.json").write_text(json.dumps(plan.document()))
@@ -1424,7 +1424,7 @@ def test_paper_released_checkpoints_are_judged_against_their_own_models_numbers(
             model = (r["method"], r["model"], r["backbone"], r["schedule"])
             by_value.setdefault((r["dataset"], r["init"], r["published"]), set()).add(model)
     assert all(len(models) == 1 for models in by_value.values()), by_value
-    coco = tables.to_markdown(main).split("### COCO, ImageNet initialisation")[1].split("\n\n")[2]
+    coco = table.to_markdown(main).split("### COCO, ImageNet initialisation")[1].split("\n\n")[2]
     labels = [line.split(" | ")[0].lstrip("| ") for line in coco.splitlines()[2:]]
     assert labels == [
         "Baseline",

@@ -102,8 +102,8 @@ def build_report(
         InputError: missing/invalid experiments.json or published.yaml (run files never raise).
     """
     from dcl.report import analysis, document, figures, summary, tables
+    from dcl.report.table import RENDERERS
 
-    renderers = dict(zip(TABLE_FORMATS, (tables.to_markdown, tables.to_latex, tables.to_csv, tables.to_html)))
     results_dir = Path(results_dir)
     experiments_path = Path(experiments_path) if experiments_path else results_dir / layout.EXPERIMENTS
     if not experiments_path.is_file():
@@ -128,9 +128,9 @@ def build_report(
     ]
     written: list[Path] = []
     for table in built:
-        for extension, render in renderers.items():
+        for extension in TABLE_FORMATS:
             path = results_dir / "tables" / f"{table.name}.{extension}"
-            atomic_write_text(path, render(table))
+            atomic_write_text(path, RENDERERS[extension](table))
             written.append(path)
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
     written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]

@@ -23,7 +23,7 @@ from typing import Sequence
 from dcl.io import InputError, atomic_path
 from dcl.report.outputs import FIGURE_NAMES
 from dcl.runs import RunResult, status_totals
-from dcl.report.tables import Table, latex_escape
+from dcl.report.table import Table, latex_escape
 
 __all__ = ["PDF_NAME", "TEX_NAME", "compile_pdf", "figure_caption", "install_hint", "latex_document"]
 

@@ -21,7 +21,7 @@ from dcl.report.labels import (
     method_name,
     metric_name,
 )
-from dcl.report.tables import Table
+from dcl.report.table import Table
 
 __all__ = ["FIGURE_TITLES", "readme"]
 
