@@ -6,6 +6,9 @@
   paired difference.
 - :class:`ExperimentStats` / :func:`experiment_stats`: one experiment's seeds folded together.
 - :func:`comparisons`, :func:`reproduction`: DCL-vs-baseline pairs and published-number verdicts.
+- :func:`detector_differences`: the main table's DCL − baseline rows (every metric it shows).
+- :func:`is_base_point`, :func:`reference_baseline`: an ablation point that reuses its base's runs,
+  and the baseline without DCL that an ablation is read against.
 
 The verdict rule (also printed in the generated README): a trained experiment reproduces a
 published number when all its configured seeds finished, there are at least two, and
@@ -25,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from dcl import names
+from dcl import layout, names
 from dcl.report.published import PublishedEntry
 from dcl.runs import FAMILY_STATS, ExpectedRun, RunResult
 
@@ -34,14 +37,18 @@ __all__ = [
     "PAIRED_TEST",
     "Comparison",
     "ExperimentStats",
+    "MetricDifferences",
     "PairedDifference",
     "Reproduction",
     "Summary",
     "comparisons",
     "describe_identity",
+    "detector_differences",
     "error_types",
     "experiment_stats",
+    "is_base_point",
     "paired_difference",
+    "reference_baseline",
     "reproduction",
     "sort_key",
     "summarize",
@@ -312,6 +319,76 @@ def comparisons(experiments: Sequence[ExperimentStats]) -> list[Comparison]:
             dcl_values = dcl.values.get(metric, {})
             out.append(Comparison(baselines[0], dcl, metric, paired_difference(base_values, dcl_values)))
     return out
+
+
+@dataclass(frozen=True)
+class MetricDifferences:
+    """``other`` minus ``baseline`` on each of several metrics, seeds paired by seed index.
+    ``declared``: ``other`` is a method of one's own against the baseline it declares."""
+
+    baseline: ExperimentStats
+    other: ExperimentStats
+    differences: dict[str, PairedDifference]
+    declared: bool = False
+
+
+def _metric_differences(
+    baseline: ExperimentStats, other: ExperimentStats, metrics: Sequence[str], declared: bool = False
+) -> MetricDifferences:
+    differences = {m: paired_difference(baseline.values.get(m, {}), other.values.get(m, {})) for m in metrics}
+    return MetricDifferences(baseline, other, differences, declared)
+
+
+def detector_differences(
+    detector: Sequence[ExperimentStats], experiments: Sequence[ExperimentStats], metrics: Sequence[str]
+) -> list[MetricDifferences]:
+    """The paired differences the main table shows under one detector's rows (``detector``: its
+    experiments of one dataset and initialisation, in table order; ``experiments``: those of every
+    detector there): each main DCL experiment minus the one main baseline of its network, then each
+    main method of one's own minus the experiment it declares as its baseline (of the same
+    headline metric), on every one of ``metrics``."""
+    out = []
+    for dcl in (e for e in detector if e.spec.method == "dcl" and e.spec.group == "main"):
+        baselines = [
+            e
+            for e in detector
+            if e.spec.method == "baseline" and e.spec.group == "main" and e.spec.network == dcl.spec.network
+        ]
+        if len(baselines) == 1:
+            out.append(_metric_differences(baselines[0], dcl, metrics))
+    by_name = {e.name: e for e in experiments}
+    for own in (e for e in detector if e.spec.baseline is not None and e.spec.group == "main"):
+        baseline = by_name.get(own.spec.baseline)
+        if baseline is not None and baseline.spec.metric == own.spec.metric:
+            out.append(_metric_differences(baseline, own, metrics, declared=True))
+    return out
+
+
+def is_base_point(experiment: ExperimentStats) -> bool:
+    """An ablation point whose value is its base experiment's own (it reuses the base's runs)."""
+    ablation = experiment.spec.ablation
+    return ablation is not None and experiment.spec.run_dir == layout.RUN_DIR.format(
+        experiment=ablation.base, seed=experiment.spec.seed
+    )
+
+
+def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
+    """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and network
+    (detector, backbone, schedule); for a method of one's own, the experiment it declares as baseline."""
+    spec = next((e.spec for e in experiments if e.name == base), None)
+    if spec is None:
+        spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
+    if spec is not None and spec.baseline is not None:  # DCL on top of a method of one's own: its declared baseline
+        return next((e for e in experiments if e.name == spec.baseline), None)
+    matches = [
+        e
+        for e in experiments
+        if spec is not None
+        and e.spec.method == "baseline"
+        and e.spec.group == "main"
+        and (e.spec.dataset, e.spec.init, e.spec.network) == (spec.dataset, spec.init, spec.network)
+    ]
+    return matches[0] if len(matches) == 1 else None
 
 
 @dataclass(frozen=True)

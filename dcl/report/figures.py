@@ -27,7 +27,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from dcl.io import atomic_path
 from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES
-from dcl.report.analysis import ExperimentStats, Reproduction, error_types
+from dcl.report.analysis import ExperimentStats, Reproduction, error_types, is_base_point, reference_baseline
 from dcl.runs import EVAL_KEYS, TRAINING_KEYS
 from dcl.report.labels import (
     dataset_name,
@@ -38,7 +38,6 @@ from dcl.report.labels import (
     spec_method_name,
     value_sort_key,
 )
-from dcl.report.tables import is_base_point, reference_baseline
 
 __all__ = ["OKABE_ITO", "write_figures"]
 

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from dcl import layout
 from dcl.report.analysis import (
     CONFIDENCE,
     PAIRED_TEST,
@@ -24,8 +23,11 @@ from dcl.report.analysis import (
     PairedDifference,
     Reproduction,
     Summary,
+    MetricDifferences,
+    detector_differences,
     error_types,
-    paired_difference,
+    is_base_point,
+    reference_baseline,
     sort_key,
 )
 from dcl.report.labels import (
@@ -148,21 +150,23 @@ class _MainRecord:
         return self.experiment.spec
 
 
-def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], published: Sequence[PublishedEntry]) -> Table:
-    """One dataset/initialisation in the paper's layout: per detector (Mask R-CNN, then e.g.
-    RefineMask), a row per model, then that detector's DCL − baseline."""
+def _main_metrics(members: Sequence[_MainRecord]) -> dict[str, str]:
+    """The metric columns of a main-results part, in order, with their headers: the headline
+    family's stats; on Cityscapes the COCO-style mask AP of the same predictions beside the official
+    metric; the occlusion subset's mask AP where there is one."""
     family = members[0].spec.family
-    stats = [f"{family}.{stat}" for stat in FAMILY_STATS[family]]
     headers = {f"{family}.{stat}": stat for stat in FAMILY_STATS[family]}
     if family == "cityscapes":
-        # The official metric first, COCO-style mask AP on the same predictions beside it.
-        stats.append("segm.AP")
         headers["segm.AP"] = "COCO AP"
     if any(r.experiment.values.get("occ.segm.AP") for r in members):
-        stats.append("occ.segm.AP")
         headers["occ.segm.AP"] = "OCC AP"
-    models = list(dict.fromkeys(r.spec.model for r in members))  # members are in table order
-    named = len(models) > 1  # say which detector "Baseline" is
+    return headers
+
+
+def _main_columns(
+    members: Sequence[_MainRecord], headers: dict[str, str], published: Sequence[PublishedEntry], named: bool
+) -> list[Column]:
+    """The display columns of a main-results part (``named``: rows say which detector they are)."""
     # Each detector's usual network is its trained experiments' (else its first row's); a row of
     # another backbone or schedule (a released R101-FPN 3x) says which, so no two rows read alike.
     usual: dict[str, tuple] = {}
@@ -183,32 +187,54 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         if record.published is not None:
             return format_number(record.published.value, 1)
         # RefineMask's own Cityscapes baseline is published as COCO-style AP only.
-        coco = _published_for(published, record.experiment, "segm.AP") if "segm.AP" in stats else None
+        coco = _published_for(published, record.experiment, "segm.AP") if "segm.AP" in headers else None
         return DASH if coco is None else format_number(coco.value, 1) + COCO_AP_MARK
 
-    columns = [
+    return [
         Column("method", "Method", text=method),
         Column("seeds", "Seeds", "r", text=lambda r: format_seeds(r.experiment.n_eval, r.experiment.expected)),
-        *[Column(m, headers[m], "r", text=stat_text(m)) for m in stats],
+        *[Column(m, header, "r", text=stat_text(m)) for m, header in headers.items()],
         Column("published", "Paper", "r", text=paper),
         Column("ci", f"{CONFIDENCE:.0%} CI", "r"),  # these two: of the DCL − baseline rows
         Column("p", "p", "r"),
     ]
 
-    def difference_row(name: str, baseline: ExperimentStats, other: ExperimentStats) -> dict[str, str]:
-        row = {"method": name, "seeds": ""}
-        for metric in stats:
-            difference = paired_difference(baseline.values.get(metric, {}), other.values.get(metric, {}))
-            row[metric] = format_signed(difference.mean)
-            if metric == other.spec.metric:
-                row.update(
-                    ci=format_ci(difference),
-                    p=format_p(difference.p_value),
-                    seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
-                )
-        return row
 
-    by_name = {r.experiment.name: r.experiment for r in members}
+def _difference_name(differences: MetricDifferences, models: Sequence[str], named: bool) -> str:
+    """``DCL − baseline``; ``RefineMask + DCL − RefineMask`` beside another detector; ``Dice head −
+    baseline`` for a method of one's own against the baseline it declares."""
+    other, baseline = differences.other.spec, differences.baseline.spec
+    if not differences.declared:
+        if models == ["mask_rcnn"]:
+            return "DCL − baseline"
+        return f"{method_name('dcl', other.model, named)} − {method_name('baseline', other.model, named)}"
+    plain = baseline.method == "baseline" and baseline.model == "mask_rcnn" and not named
+    return f"{spec_method_name(other, named)} − {'baseline' if plain else spec_method_name(baseline, named)}"
+
+
+def _difference_row(name: str, differences: MetricDifferences) -> dict[str, str]:
+    """A difference row: the mean difference in every metric column; the CI, p and pairs of the headline."""
+    row = {"method": name, "seeds": ""}
+    for metric, difference in differences.differences.items():
+        row[metric] = format_signed(difference.mean)
+        if metric == differences.other.spec.metric:
+            row.update(
+                ci=format_ci(difference),
+                p=format_p(difference.p_value),
+                seeds=f"{difference.n} pair" + ("s" if difference.n != 1 else ""),
+            )
+    return row
+
+
+def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], published: Sequence[PublishedEntry]) -> Table:
+    """One dataset/initialisation in the paper's layout: per detector (Mask R-CNN, then e.g.
+    RefineMask), a row per model, then that detector's DCL − baseline."""
+    headers = _main_metrics(members)
+    stats = list(headers)
+    models = list(dict.fromkeys(r.spec.model for r in members))  # members are in table order
+    named = len(models) > 1  # say which detector "Baseline" is
+    columns = _main_columns(members, headers, published, named)
+    experiments = [r.experiment for r in members]
     rows, model_rows, means = [], [], []
     for model in models:
         own = [r for r in members if r.spec.model == model]
@@ -216,35 +242,15 @@ def _main_part(dataset: str, init: str, members: Sequence[_MainRecord], publishe
         rows += own_rows
         model_rows += own_rows
         means += [{m: _summary(r.experiment, m).mean for m in stats} for r in own]
-        for dcl in (r.experiment for r in own if r.spec.method == "dcl" and r.spec.group == "main"):
-            baselines = [
-                r.experiment
-                for r in own
-                if r.spec.method == "baseline" and r.spec.group == "main" and r.spec.network == dcl.spec.network
-            ]
-            if len(baselines) != 1:
-                continue
-            name = (
-                "DCL − baseline"
-                if models == ["mask_rcnn"]
-                else f"{method_name('dcl', model, named)} − {method_name('baseline', model, named)}"
-            )
-            rows.append(difference_row(name, baselines[0], dcl))
-        # Methods of one's own: minus the experiment each declares as its baseline.
-        for own_method in (r.experiment for r in own if r.spec.baseline is not None and r.spec.group == "main"):
-            baseline = by_name.get(own_method.spec.baseline)
-            if baseline is None or baseline.spec.metric != own_method.spec.metric:
-                continue
-            plain = baseline.spec.method == "baseline" and baseline.spec.model == "mask_rcnn" and not named
-            name = f"{spec_method_name(own_method.spec, named)} − {'baseline' if plain else spec_method_name(baseline.spec, named)}"
-            rows.append(difference_row(name, baseline, own_method))
+        for differences in detector_differences([r.experiment for r in own], experiments, stats):
+            rows.append(_difference_row(_difference_name(differences, models, named), differences))
     _best_marks(model_rows, means, stats)  # over every detector's rows; the dicts are shared: bold shows in `rows`
     if all(row.get("published", DASH) == DASH for row in rows):
         columns = [c for c in columns if c.key != "published"]  # e.g. the toy data: nothing published
     headline = headers[members[0].spec.metric]
     what = (
         "Official Cityscapes instance-level AP and AP50 (cityscapesscripts), COCO-style mask AP beside"
-        if family == "cityscapes"
+        if members[0].spec.family == "cityscapes"
         else "COCO mask AP"
     )
     return part_table(
@@ -566,33 +572,6 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         empty="no run has an errors.json or errors_legacy.json yet",
         wide=True,
     )
-
-
-def is_base_point(experiment: ExperimentStats) -> bool:
-    """An ablation point whose value is its base experiment's own (it reuses the base's runs)."""
-    ablation = experiment.spec.ablation
-    return ablation is not None and experiment.spec.run_dir == layout.RUN_DIR.format(
-        experiment=ablation.base, seed=experiment.spec.seed
-    )
-
-
-def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> ExperimentStats | None:
-    """The main baseline (no DCL) of an ablation's base experiment: same dataset, init and network
-    (detector, backbone, schedule); for a method of one's own, the experiment it declares as baseline."""
-    spec = next((e.spec for e in experiments if e.name == base), None)
-    if spec is None:
-        spec = next((e.spec for e in experiments if e.spec.ablation and e.spec.ablation.base == base), None)
-    if spec is not None and spec.baseline is not None:  # DCL on top of a method of one's own: its declared baseline
-        return next((e for e in experiments if e.name == spec.baseline), None)
-    matches = [
-        e
-        for e in experiments
-        if spec is not None
-        and e.spec.method == "baseline"
-        and e.spec.group == "main"
-        and (e.spec.dataset, e.spec.init, e.spec.network) == (spec.dataset, spec.init, spec.network)
-    ]
-    return matches[0] if len(matches) == 1 else None
 
 
 def _ablation_part(parameter: str, members: Sequence[ExperimentStats], experiments: Sequence[ExperimentStats]) -> Table:
