@@ -269,11 +269,9 @@ def _spec_fields(*fields: str) -> list[Column]:
     return [_raw(name, lambda r, name=name: getattr(r.spec, name)) for name in fields]
 
 
-def main_table(
-    experiments: Sequence[ExperimentStats], comparisons: Sequence[Comparison], published: Sequence[PublishedEntry]
-) -> Table:
-    """Main results: per dataset/init/method, mean ± std over seeds of the headline family's
-    stats, the published number and the difference, and DCL minus baseline (headline metric)."""
+def _main_csv_columns() -> list[Column]:
+    """The main table's CSV columns (one row per experiment); shown: the header of the "No data"
+    table (the display is the parts, one per dataset and init)."""
 
     def stat_value(stat: str, part: str) -> Callable[[_MainRecord], Any]:
         def get(record: _MainRecord) -> Any:
@@ -289,7 +287,6 @@ def main_table(
             return None
         return record.experiment.summary(record.spec.metric).mean - record.published.value
 
-    # Shown: the header of the "No data" table; the display is the parts (one per dataset and init).
     columns = [
         Column("dataset", "Dataset", value=lambda r: r.spec.dataset),
         Column("init", "Init", value=lambda r: r.spec.init),
@@ -306,21 +303,20 @@ def main_table(
             Column(stat, stat, "r"),
             *[_raw(f"{stat}_{part}", stat_value(stat, part)) for part in ("mean", "std")],
         ]
-    columns += [
+    return columns + [
         Column("published", "AP", "r", "Published", value=lambda r: r.published.value if r.published else None),
         Column("published_diff", "Δ", "r", "Published", value=published_diff),
         *_difference_columns(lambda r: r.comparison.difference if r.comparison else None, "DCL − baseline", "pairs"),
     ]
-    headline = {(c.dcl.name, c.metric): c for c in comparisons}
-    records = [
-        _MainRecord(e, _published_for(published, e), headline.get((e.spec.experiment, e.spec.metric)))
-        for e in experiments
-        if e.spec.group != "ablation"
-    ]
-    groups: dict[tuple[str, str], list[_MainRecord]] = {}
-    for record in records:
-        groups.setdefault((record.spec.dataset, record.spec.init), []).append(record)
-    incomplete = any(r.experiment.n_eval < r.experiment.expected for r in records)
+
+
+def _main_notes(
+    experiments: Sequence[ExperimentStats],
+    records: Sequence[_MainRecord],
+    parts: Sequence[Table],
+    published: Sequence[PublishedEntry],
+) -> list[str]:
+    """The main table's notes: the ones that apply to what it shows."""
     notes = [
         "All numbers in %. Cityscapes: AP, AP50 are the official instance-level metric (cityscapesscripts), "
         "COCO AP the COCO-style mask AP of the same predictions; COCO: mask AP."
@@ -335,7 +331,6 @@ def main_table(
         f"{CONFIDENCE:.0%} CI (t distribution of the mean paired difference) and p ({PAIRED_TEST}) "
         "of the headline AP; n/a with fewer than 2 pairs.",
     ]
-    parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
     if any(column.key == "published" for part in parts for column in part.columns):  # else no Paper column
         notes.append(
             "Paper: the published number (or detectron2's model zoo for baselines), see results/published.yaml; "
@@ -355,8 +350,26 @@ def main_table(
             "Methods of one's own (the workflow config's `methods`): a row with their label, and their "
             "paired difference against the experiment each declares as its baseline (the same statistics)."
         )
-    if incomplete:
+    if any(r.experiment.n_eval < r.experiment.expected for r in records):
         notes.insert(0, SEEDS_NOTE)
+    return notes
+
+
+def main_table(
+    experiments: Sequence[ExperimentStats], comparisons: Sequence[Comparison], published: Sequence[PublishedEntry]
+) -> Table:
+    """Main results: per dataset/init/method, mean ± std over seeds of the headline family's
+    stats, the published number and the difference, and DCL minus baseline (headline metric)."""
+    headline = {(c.dcl.name, c.metric): c for c in comparisons}
+    records = [
+        _MainRecord(e, _published_for(published, e), headline.get((e.spec.experiment, e.spec.metric)))
+        for e in experiments
+        if e.spec.group != "ablation"
+    ]
+    groups: dict[tuple[str, str], list[_MainRecord]] = {}
+    for record in records:
+        groups.setdefault((record.spec.dataset, record.spec.init), []).append(record)
+    parts = [_main_part(dataset, init, members, published) for (dataset, init), members in groups.items()]
     return parts_table(
         "main_results",
         "Main results",
@@ -364,9 +377,9 @@ def main_table(
         "and initialisation, over seeds, with the published numbers and the paired DCL − baseline difference "
         "of each detector.",
         parts,
-        columns,
+        _main_csv_columns(),
         records,
-        notes=notes,
+        notes=_main_notes(experiments, records, parts, published),
         empty="no main or released experiments in experiments.json",
         wide=True,
     )
@@ -377,8 +390,8 @@ def _compared(comparison: Comparison) -> str:
     return f"{spec_method_name(comparison.dcl.spec)} − {spec_method_name(comparison.baseline.spec)}"
 
 
-def comparison_table(comparisons: Sequence[Comparison]) -> Table:
-    """DCL minus baseline for every metric column, paired by seed; one table per dataset."""
+def _comparison_columns(comparisons: Sequence[Comparison]) -> list[Column]:
+    """Each comparison's experiments, metric, both sides' seed statistics and the difference."""
 
     def summary(side: str) -> Callable[[Comparison], Summary]:
         return lambda c: getattr(c, side).summary(c.metric)
@@ -390,7 +403,7 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
             *[_raw(f"{side}_{stat}", lambda c, stat=stat: getattr(of(c), stat)) for stat in ("mean", "std", "n")],
         ]
 
-    columns = [
+    return [
         _raw("dataset", lambda c: c.dcl.spec.dataset),
         Column("init", "Init", value=lambda c: c.dcl.spec.init, fmt=init_name),
         Column("model", "Detector", value=lambda c: c.dcl.spec.model, fmt=model_name),
@@ -409,6 +422,11 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         *_difference_columns(lambda c: c.difference),
         _raw("paired_seeds", lambda c: " ".join(str(s) for s in c.difference.seeds)),
     ]
+
+
+def comparison_table(comparisons: Sequence[Comparison]) -> Table:
+    """DCL minus baseline for every metric column, paired by seed; one table per dataset."""
+    columns = _comparison_columns(comparisons)
     by_dataset: dict[str, list[Comparison]] = {}
     for comparison in comparisons:
         by_dataset.setdefault(comparison.dcl.spec.dataset, []).append(comparison)
@@ -500,10 +518,8 @@ def _error_part(title: str, members: Sequence[ExperimentStats], types: Sequence[
     )
 
 
-def error_table(experiments: Sequence[ExperimentStats]) -> Table:
-    """AP gain from removing each error type, legacy and corrected semantics side by side, one
-    table per dataset (and one on the occlusion subset where there is one)."""
-    types = error_types(experiments)
+def _error_csv_columns(types: Sequence[str]) -> list[Column]:
+    """The error table's CSV: per experiment, the AP and each type's gain (mean, std) in both semantics."""
 
     def ap(part: str) -> Callable[[ExperimentStats], float]:
         def get(experiment: ExperimentStats) -> float:
@@ -517,7 +533,7 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
     def gain(error_type: str, legacy: bool, part: str) -> Callable[[ExperimentStats], float]:
         return lambda e: getattr(e.error_summary(error_type, legacy), part)
 
-    columns = [
+    return [
         *_spec_fields("dataset", "init", "method", "model", "group", "experiment"),
         _raw("seeds_expected", lambda e: e.expected),
         _raw("seeds_corrected", lambda e: e.n_errors(False)),
@@ -533,6 +549,12 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         _raw("gt_corrected", lambda e: " ".join(sorted(e.gt_files.get("errors", ())))),
         _raw("gt_legacy", lambda e: " ".join(sorted(e.gt_files.get("errors_legacy", ())))),
     ]
+
+
+def error_table(experiments: Sequence[ExperimentStats]) -> Table:
+    """AP gain from removing each error type, legacy and corrected semantics side by side, one
+    table per dataset (and one on the occlusion subset where there is one)."""
+    types = error_types(experiments)
     # Baselines, DCL and released models first (the paper's comparison), ablation models after.
     ordered = sorted(experiments, key=lambda e: (e.spec.group == "ablation", sort_key(e.spec)))
     incomplete = any(min(e.n_errors(False), e.n_errors(True)) < e.expected for e in ordered)
@@ -565,7 +587,7 @@ def error_table(experiments: Sequence[ExperimentStats]) -> Table:
         "AP gain from removing foreground false positives (fFP), background false positives (bFP) "
         "and false negatives (FN), per model; legacy and corrected semantics side by side.",
         parts if types else [],
-        columns,
+        _error_csv_columns(types),
         ordered if types else [],
         header=[Column("model", "Model")],
         notes=notes,
@@ -737,6 +759,16 @@ def inventory_table(results: Sequence[RunResult]) -> Table:
     )
 
 
+_REPRODUCTION_NOTES = [
+    "Trained experiments: reproduced when all configured seeds have results, there are at least 2, "
+    "and |mean − published| ≤ 2 × sample std over seeds (the paper reports a single run: is it a "
+    "plausible draw from our seed distribution?).",
+    "Released checkpoints (evaluation only): reproduced when the value rounds to the published one "
+    "at its precision (|value − published| ≤ 0.05 for a number given to 0.1).",
+    "Sources of the published numbers: results/published.yaml.",
+]
+
+
 def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
     """Each published number with what this reproduction measured and the verdict."""
 
@@ -780,21 +812,13 @@ def reproduction_table(rows_in: Sequence[Reproduction]) -> Table:
         Column("verdict", "Verdict", width="1.5cm", value=lambda r: r.verdict),
         Column("reason", "Why", width="2.2cm", value=lambda r: r.reason),
     ]
-    notes = [
-        "Trained experiments: reproduced when all configured seeds have results, there are at least 2, "
-        "and |mean − published| ≤ 2 × sample std over seeds (the paper reports a single run: is it a "
-        "plausible draw from our seed distribution?).",
-        "Released checkpoints (evaluation only): reproduced when the value rounds to the published one "
-        "at its precision (|value − published| ≤ 0.05 for a number given to 0.1).",
-        "Sources of the published numbers: results/published.yaml.",
-    ]
     return flat_table(
         "reproduction",
         "Published numbers and their reproduction",
         "Every published number next to this reproduction's mean ± std over seeds and the verdict.",
         columns,
         rows_in,
-        notes=notes,
+        notes=list(_REPRODUCTION_NOTES),
         empty="results/published.yaml lists no numbers",
         wide=True,
     )
