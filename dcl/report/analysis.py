@@ -7,6 +7,8 @@
 - :class:`ExperimentStats` / :func:`experiment_stats`: one experiment's seeds folded together.
 - :func:`comparisons`, :func:`reproduction`: DCL-vs-baseline pairs and published-number verdicts.
 - :func:`detector_differences`: the main table's DCL − baseline rows (every metric it shows).
+- :func:`training_curve_stats`: each main experiment's logged losses, learning rate and periodic AP,
+  mean, min and max over seeds at each iteration.
 - :func:`is_base_point`, :func:`reference_baseline`: an ablation point that reuses its base's runs,
   and the baseline without DCL that an ablation is read against.
 
@@ -23,14 +25,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 from dcl import layout, names
 from dcl.report.published import PublishedEntry
-from dcl.runs import FAMILY_STATS, ExpectedRun, RunResult
+from dcl.runs import EVAL_KEYS, FAMILY_STATS, TRAINING_KEYS, ExpectedRun, RunResult
 
 __all__ = [
     "CONFIDENCE",
@@ -39,6 +41,8 @@ __all__ = [
     "ExperimentStats",
     "MetricDifferences",
     "PairedDifference",
+    "TrainingCurves",
+    "VALIDATION",
     "Reproduction",
     "Summary",
     "comparisons",
@@ -52,6 +56,7 @@ __all__ = [
     "reproduction",
     "sort_key",
     "summarize",
+    "training_curve_stats",
 ]
 
 CONFIDENCE = 0.95
@@ -389,6 +394,61 @@ def reference_baseline(experiments: Sequence[ExperimentStats], base: str) -> Exp
         and (e.spec.dataset, e.spec.init, e.spec.network) == (spec.dataset, spec.init, spec.network)
     ]
     return matches[0] if len(matches) == 1 else None
+
+
+VALIDATION = "validation AP"  # the training curve of the periodic evaluation's AP
+
+
+@dataclass(frozen=True)
+class TrainingCurves:
+    """The main experiments' training curves (pandas objects).
+
+    Attributes:
+        frame: every logged point: experiment, seed, iteration, key (a :data:`dcl.runs.TRAINING_KEYS`
+            key or :data:`VALIDATION`), value.
+        curves: mean, min and max over seeds, indexed by (experiment, key, iteration).
+        seeds: how many seeds logged each (experiment, key).
+    """
+
+    frame: Any
+    curves: Any
+    seeds: Any
+
+
+def _curve_points(experiments: Sequence[ExperimentStats]) -> list[tuple]:
+    """(experiment, seed, iteration, key, value) of every logged point of the main experiments; the
+    validation AP is the headline metric when the evaluation logs it, else COCO-style mask AP."""
+    records = []
+    for experiment in experiments:
+        if experiment.spec.group != "main":
+            continue
+        headline = experiment.spec.metric.replace(".", "/")
+        for run in experiment.runs:
+            points = run.metrics or ()
+            logged = {key for point in points for key in EVAL_KEYS if key in point}
+            validation = headline if headline in logged else "segm/AP"
+            for point in points:
+                for key in TRAINING_KEYS:
+                    if key in point:
+                        records.append((experiment.name, run.expected.seed, point["iteration"], key, point[key]))
+                if validation in point:
+                    records.append(
+                        (experiment.name, run.expected.seed, point["iteration"], VALIDATION, point[validation])
+                    )
+    return records
+
+
+def training_curve_stats(experiments: Sequence[ExperimentStats]) -> TrainingCurves | None:
+    """The main experiments' curves over seeds; None when no run logged any (no metrics.json)."""
+    records = _curve_points(experiments)
+    if not records:
+        return None
+    import pandas as pd  # only for the curves
+
+    frame = pd.DataFrame.from_records(records, columns=["experiment", "seed", "iteration", "key", "value"])
+    curves = frame.groupby(["experiment", "key", "iteration"], sort=True)["value"].agg(["mean", "min", "max"])
+    seeds = frame.groupby(["experiment", "key"])["seed"].nunique()
+    return TrainingCurves(frame, curves, seeds)
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,22 @@ from typing import Any, Callable, Sequence
 
 import matplotlib
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from dcl.io import atomic_path
 from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES
-from dcl.report.analysis import ExperimentStats, Reproduction, error_types, is_base_point, reference_baseline
-from dcl.runs import EVAL_KEYS, TRAINING_KEYS
+from dcl.report.analysis import (
+    VALIDATION,
+    ExperimentStats,
+    Reproduction,
+    TrainingCurves,
+    error_types,
+    is_base_point,
+    reference_baseline,
+    training_curve_stats,
+)
+from dcl.runs import TRAINING_KEYS
 from dcl.report.labels import (
     dataset_name,
     format_value,
@@ -63,7 +71,7 @@ _DETECTOR_HATCH = {"refinemask": ".."}
 _DETECTOR_LINE = {"refinemask": "--"}
 _DETECTOR_MARKER = {"refinemask": "^"}
 _WIDTH = 7.0  # inches: a two-column page width
-_VALIDATION = "validation AP"  # the training-curves column of the periodic evaluation
+_VALIDATION = VALIDATION  # the training-curves column of the periodic evaluation
 _STYLE = {
     "font.size": 9,
     "axes.titlesize": 9,
@@ -206,6 +214,98 @@ def error_breakdown(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
 
 
 # ----------------------------------------------------------------------------- ablations
+def _draw_sweep(
+    axes: Any, base: str, members: Sequence[ExperimentStats], position: dict[Any, float], color: str
+) -> set[str]:
+    """One sweep around ``base``: each seed as a point, mean ± std as a line with error bars, the
+    base value as a star. Returns the metrics drawn."""
+    metrics = set()
+    xs, means, stds = [], [], []
+    for experiment in members:
+        metric = experiment.spec.metric
+        metrics.add(metric)
+        seeds = experiment.values.get(metric, {})
+        x = position[experiment.spec.ablation.value]
+        axes.plot(
+            [x] * len(seeds),
+            [seeds[s] for s in sorted(seeds)],
+            "o",
+            color=color,
+            alpha=0.45,
+            markersize=3.5,
+            markeredgewidth=0,
+        )
+        summary = experiment.summary(metric)
+        if summary.n:
+            xs.append(x)
+            means.append(summary.mean)
+            stds.append(summary.std)  # NaN (one seed): no error bar
+    axes.errorbar(
+        xs,
+        means,
+        yerr=stds,
+        color=color,
+        marker="s",
+        markersize=4,
+        capsize=3,
+        label=f"{spec_method_name(members[0].spec) if _own(members[0].spec) else 'DCL'} (base: {base})",
+    )
+    for experiment in members:
+        summary = experiment.summary(experiment.spec.metric)
+        if is_base_point(experiment) and summary.n:
+            axes.plot(
+                [position[experiment.spec.ablation.value]],
+                [summary.mean],
+                marker="*",
+                color=color,
+                markersize=12,
+                markeredgecolor="black",
+                markeredgewidth=0.5,
+                linestyle="none",
+                label="base value",
+            )
+    return metrics
+
+
+def _draw_reference(axes: Any, baseline: ExperimentStats) -> None:
+    """The baseline without DCL: its mean as a dashed line, ± std as a band."""
+    summary = baseline.summary(baseline.spec.metric)
+    if not summary.n:
+        return
+    color = _color(baseline.spec)
+    axes.axhline(summary.mean, color=color, linestyle="--", linewidth=1.0, label=f"baseline, no DCL (n={summary.n})")
+    if not math.isnan(summary.std):
+        axes.axhspan(summary.mean - summary.std, summary.mean + summary.std, color=color, alpha=0.12, linewidth=0)
+
+
+def _ablation_panel(
+    axes: Any, parameter: str, bases: dict[str, list[ExperimentStats]], experiments: Sequence[ExperimentStats]
+) -> None:
+    """One swept parameter: a sweep per base experiment (each its colour) and its reference baseline."""
+    values = sorted({e.spec.ablation.value for es in bases.values() for e in es}, key=value_sort_key)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    position = {v: (float(v) if numeric else float(i)) for i, v in enumerate(values)}
+    metrics: set[str] = set()
+    for color_index, (base, members) in enumerate(sorted(bases.items())):
+        color = OKABE_ITO[(color_index * 5 + 5) % len(OKABE_ITO)]  # vermillion first, then varied
+        members = sorted(members, key=lambda e: value_sort_key(e.spec.ablation.value))
+        metrics |= _draw_sweep(axes, base, members, position, color)
+        baseline = reference_baseline(experiments, base)
+        if baseline is not None:
+            _draw_reference(axes, baseline)
+    axes.set_title(parameter)
+    axes.legend(loc="best", frameon=False, fontsize=7)
+    if not numeric:
+        axes.set_xticks([position[v] for v in values], [format_value(v) for v in values])
+    elif min(values) > 0 and max(values) >= 8 * min(values):
+        # Sweeps like NUM_SAMPLES 8..64 or TEMPERATURE 0.03..0.5 are geometric.
+        axes.set_xscale("log")
+        axes.set_xticks(values, [format_value(v) for v in values])
+        axes.minorticks_off()
+    axes.set_xlabel(parameter)
+    axes.set_ylabel(axis_label(sorted(metrics)))
+
+
 def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
     """One panel per swept parameter: seed values as points, mean ± std as a line with error bars."""
     title = "Ablations"
@@ -225,89 +325,7 @@ def ablation_figure(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
     figure = Figure(figsize=(_WIDTH, 2.6 * rows + 0.4), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
     for index, parameter in enumerate(parameters):
-        axes = grid[index // columns][index % columns]
-        bases = sweeps[parameter]
-        values = sorted({e.spec.ablation.value for es in bases.values() for e in es}, key=value_sort_key)
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        position = {v: (float(v) if numeric else float(i)) for i, v in enumerate(values)}
-        metrics = set()
-        for color_index, (base, members) in enumerate(sorted(bases.items())):
-            color = OKABE_ITO[(color_index * 5 + 5) % len(OKABE_ITO)]  # vermillion first, then varied
-            members = sorted(members, key=lambda e: value_sort_key(e.spec.ablation.value))
-            xs, means, stds = [], [], []
-            for experiment in members:
-                metric = experiment.spec.metric
-                metrics.add(metric)
-                seeds = experiment.values.get(metric, {})
-                x = position[experiment.spec.ablation.value]
-                axes.plot(
-                    [x] * len(seeds),
-                    [seeds[s] for s in sorted(seeds)],
-                    "o",
-                    color=color,
-                    alpha=0.45,
-                    markersize=3.5,
-                    markeredgewidth=0,
-                )
-                summary = experiment.summary(metric)
-                if summary.n:
-                    xs.append(x)
-                    means.append(summary.mean)
-                    stds.append(summary.std)  # NaN (one seed): no error bar
-            axes.errorbar(
-                xs,
-                means,
-                yerr=stds,
-                color=color,
-                marker="s",
-                markersize=4,
-                capsize=3,
-                label=f"{spec_method_name(members[0].spec) if _own(members[0].spec) else 'DCL'} (base: {base})",
-            )
-            for experiment in members:
-                summary = experiment.summary(experiment.spec.metric)
-                if is_base_point(experiment) and summary.n:
-                    axes.plot(
-                        [position[experiment.spec.ablation.value]],
-                        [summary.mean],
-                        marker="*",
-                        color=color,
-                        markersize=12,
-                        markeredgecolor="black",
-                        markeredgewidth=0.5,
-                        linestyle="none",
-                        label="base value",
-                    )
-            baseline = reference_baseline(experiments, base)
-            if baseline is not None:
-                summary = baseline.summary(baseline.spec.metric)
-                if summary.n:
-                    axes.axhline(
-                        summary.mean,
-                        color=_color(baseline.spec),
-                        linestyle="--",
-                        linewidth=1.0,
-                        label=f"baseline, no DCL (n={summary.n})",
-                    )
-                    if not math.isnan(summary.std):
-                        axes.axhspan(
-                            summary.mean - summary.std,
-                            summary.mean + summary.std,
-                            color=_color(baseline.spec),
-                            alpha=0.12,
-                            linewidth=0,
-                        )
-        axes.set_title(parameter)
-        axes.legend(loc="best", frameon=False, fontsize=7)
-        if not numeric:
-            axes.set_xticks([position[v] for v in values], [format_value(v) for v in values])
-        elif min(values) > 0 and max(values) >= 8 * min(values):
-            # Sweeps like NUM_SAMPLES 8..64 or TEMPERATURE 0.03..0.5 are geometric.
-            axes.set_xscale("log")
-            axes.set_xticks(values, [format_value(v) for v in values])
-            axes.minorticks_off()
-        axes.set_xlabel(parameter)
-        axes.set_ylabel(axis_label(sorted(metrics)))
+        _ablation_panel(grid[index // columns][index % columns], parameter, sweeps[parameter], experiments)
     for index in range(len(parameters), rows * columns):
         grid[index // columns][index % columns].set_visible(False)
     all_bases = sorted({base for bases in sweeps.values() for base in bases})
@@ -339,34 +357,51 @@ def _iteration_ticks(row: Sequence[Any], last: float) -> None:
         axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
 
 
+def _curve_panel(axes: Any, key: str, members: Sequence[ExperimentStats], found: TrainingCurves, named: bool) -> None:
+    """One dataset's curves of ``key``: per experiment the mean over seeds, its min-max band; a
+    note where none logged it."""
+    drawn = False
+    for index, experiment in enumerate(members):
+        try:
+            curve = found.curves.loc[(experiment.name, key)]
+        except KeyError:
+            continue
+        color = _color(experiment.spec, index)
+        iterations = curve.index.to_numpy()
+        axes.fill_between(
+            iterations, curve["min"].to_numpy(), curve["max"].to_numpy(), color=color, alpha=0.2, linewidth=0
+        )
+        seeds = int(found.seeds[(experiment.name, key)])
+        # Evaluations are few points: marked, so a single one is visible.
+        axes.plot(
+            iterations,
+            curve["mean"].to_numpy(),
+            color=color,
+            marker="o" if key == _VALIDATION else None,
+            linestyle=_line(experiment.spec),
+            markersize=3,
+            label=f"{_model_label(experiment, named)} (n={seeds})",
+        )
+        drawn = True
+    if not drawn:
+        note = {
+            "loss_contrast": "not logged\n(no DCL run)",
+            _VALIDATION: "not logged\n(TEST.EVAL_PERIOD 0?)",
+        }.get(key, "not logged")
+        axes.text(0.5, 0.5, note, ha="center", va="center", transform=axes.transAxes)
+    elif key == "lr":
+        axes.set_yscale("log")
+
+
 def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str]:
     """Rows: datasets; columns: total_loss, loss_mask, loss_contrast, lr and the periodic
     evaluation's AP against iteration; one line per main experiment (mean over seeds, shaded
     min-max over seeds). The AP is the run's headline metric when the evaluation logs it
     (``cityscapes/AP``), else COCO-style mask AP (``segm/AP``)."""
-    title = "Training curves"
-    records = []
-    for experiment in experiments:
-        if experiment.spec.group != "main":
-            continue
-        headline = experiment.spec.metric.replace(".", "/")
-        for run in experiment.runs:
-            points = run.metrics or ()
-            logged = {key for point in points for key in EVAL_KEYS if key in point}
-            validation = headline if headline in logged else "segm/AP"
-            for point in points:
-                for key in TRAINING_KEYS:
-                    if key in point:
-                        records.append((experiment.name, run.expected.seed, point["iteration"], key, point[key]))
-                if validation in point:
-                    records.append(
-                        (experiment.name, run.expected.seed, point["iteration"], _VALIDATION, point[validation])
-                    )
-    if not records:
-        return _no_data(title, "no finished training run of the main experiments has a metrics.json")
-    frame = pd.DataFrame.from_records(records, columns=["experiment", "seed", "iteration", "key", "value"])
-    curves = frame.groupby(["experiment", "key", "iteration"], sort=True)["value"].agg(["mean", "min", "max"])
-    seed_counts = frame.groupby(["experiment", "key"])["seed"].nunique()
+    found = training_curve_stats(experiments)
+    if found is None:
+        return _no_data("Training curves", "no finished training run of the main experiments has a metrics.json")
+    frame = found.frame
     by_name = {e.name: e for e in experiments}
     datasets: dict[str, list[ExperimentStats]] = {}
     for name in sorted(frame["experiment"].unique(), key=lambda n: experiments.index(by_name[n])):
@@ -380,37 +415,7 @@ def training_curves(experiments: Sequence[ExperimentStats]) -> tuple[Figure, str
         for column, key in enumerate(_CURVES):
             axes = grid[row][column]
             label, unit = _CURVE_LABELS[key]
-            drawn = False
-            for index, experiment in enumerate(members):
-                try:
-                    curve = curves.loc[(experiment.name, key)]
-                except KeyError:
-                    continue
-                color = _color(experiment.spec, index)
-                iterations = curve.index.to_numpy()
-                axes.fill_between(
-                    iterations, curve["min"].to_numpy(), curve["max"].to_numpy(), color=color, alpha=0.2, linewidth=0
-                )
-                seeds = int(seed_counts[(experiment.name, key)])
-                # Evaluations are few points: marked, so a single one is visible.
-                axes.plot(
-                    iterations,
-                    curve["mean"].to_numpy(),
-                    color=color,
-                    marker="o" if key == _VALIDATION else None,
-                    linestyle=_line(experiment.spec),
-                    markersize=3,
-                    label=f"{_model_label(experiment, named)} (n={seeds})",
-                )
-                drawn = True
-            if not drawn:
-                note = {
-                    "loss_contrast": "not logged\n(no DCL run)",
-                    _VALIDATION: "not logged\n(TEST.EVAL_PERIOD 0?)",
-                }.get(key, "not logged")
-                axes.text(0.5, 0.5, note, ha="center", va="center", transform=axes.transAxes)
-            elif key == "lr":
-                axes.set_yscale("log")
+            _curve_panel(axes, key, members, found, named)
             if row == 0:
                 axes.set_title(label)
             axes.set_xlabel("iteration")
