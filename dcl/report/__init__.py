@@ -26,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from dcl import layout
 from dcl.io import InputError, atomic_write_text
@@ -43,6 +43,7 @@ from dcl.runs import (
 
 if TYPE_CHECKING:
     from dcl.report import analysis
+    from dcl.report.table import Table
 
 # The output names are re-exported for the Snakefile and the tests (`from dcl.report import TABLE_NAMES`);
 # pandas and matplotlib load only for a report (`dcl report --help` must start fast).
@@ -85,6 +86,30 @@ def default_published_path() -> Path:
     )
 
 
+def _experiments_file(results_dir: Path, experiments_path: str | os.PathLike | None) -> Path:
+    """``experiments_path``, default ``results_dir/experiments.json``; an error when it is not there."""
+    path = Path(experiments_path) if experiments_path else results_dir / layout.EXPERIMENTS
+    if not path.is_file():
+        raise InputError(
+            f"experiments file not found: {path} (it lists the expected runs; "
+            "`dcl plan` writes it, or pass --experiments PATH)"
+        )
+    return path
+
+
+def _write_tables(folder: Path, built: Sequence[Table]) -> list[Path]:
+    """Each table in each format, ``folder/{name}.{format}``, in :data:`TABLE_FORMATS` order."""
+    from dcl.report.table import RENDERERS
+
+    written = []
+    for table in built:
+        for extension in TABLE_FORMATS:
+            path = folder / f"{table.name}.{extension}"
+            atomic_write_text(path, RENDERERS[extension](table))
+            written.append(path)
+    return written
+
+
 def build_report(
     results_dir: str | os.PathLike,
     experiments_path: str | os.PathLike | None = None,
@@ -102,15 +127,9 @@ def build_report(
         InputError: missing/invalid experiments.json or published.yaml (run files never raise).
     """
     from dcl.report import analysis, document, figures, summary, tables
-    from dcl.report.table import RENDERERS
 
     results_dir = Path(results_dir)
-    experiments_path = Path(experiments_path) if experiments_path else results_dir / layout.EXPERIMENTS
-    if not experiments_path.is_file():
-        raise InputError(
-            f"experiments file not found: {experiments_path} (it lists the expected runs; "
-            "`dcl plan` writes it, or pass --experiments PATH)"
-        )
+    experiments_path = _experiments_file(results_dir, experiments_path)
     preset, expected = load_experiments(experiments_path)
     published = load_published(published_path if published_path else default_published_path())
 
@@ -126,12 +145,7 @@ def build_report(
         tables.reproduction_table(reproduction),
         tables.inventory_table(runs),
     ]
-    written: list[Path] = []
-    for table in built:
-        for extension in TABLE_FORMATS:
-            path = results_dir / "tables" / f"{table.name}.{extension}"
-            atomic_write_text(path, RENDERERS[extension](table))
-            written.append(path)
+    written = _write_tables(results_dir / "tables", built)
     figure_reasons = figures.write_figures(results_dir / "figures", experiments, reproduction)
     written += [results_dir / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]
     readme_path = results_dir / "README.md"
