@@ -15,8 +15,13 @@ All outputs are always written (a figure without data is a labelled "No data" no
 and byte-identical when the inputs did not change. A broken run never stops the report: it is
 listed in the inventory with its status and reason. No torch or detectron2 import.
 
-Modules: :mod:`~dcl.report.published` (the published numbers; runs are read by :mod:`dcl.runs`), :mod:`~dcl.report.analysis`
-(statistics), :mod:`~dcl.report.tables`, :mod:`~dcl.report.figures`, :mod:`~dcl.report.summary`.
+Modules, one job each, imported one way (no module imports this ``__init__`` back):
+:mod:`~dcl.report.outputs` (the output names: plain data), :mod:`~dcl.report.published` (the
+published numbers; runs are read by :mod:`dcl.runs`), :mod:`~dcl.report.analysis` (every
+statistic), :mod:`~dcl.report.labels` (display labels and number formats), :mod:`~dcl.report.table`
+(the table model and its four renderers), :mod:`~dcl.report.tables` (the six builders),
+:mod:`~dcl.report.figures`, :mod:`~dcl.report.summary` (README.md), :mod:`~dcl.report.document`
+(report.tex, report.pdf).
 """
 
 from __future__ import annotations
