@@ -1,7 +1,5 @@
 """dcl.model.refinemask: the loss against the upstream definition, the head, the models."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -24,8 +22,8 @@ from dcl.model.refinemask import (
 )
 from dcl.training.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TOY_REFINEMASK = str(CONFIGS / "toy_cityscapes_refinemask_R18_FPN.yaml")
+from toy_training import TOY_REFINEMASK
+
 DCL_HEAD = ["MODEL.ROI_MASK_HEAD.NAME", "RefineMaskContrastHead"]
 
 

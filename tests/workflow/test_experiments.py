@@ -32,7 +32,7 @@ from dcl.workflow.experiments import (
 from dcl.io import InputError
 from instance_fixtures import run_dcl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "configs" / "paper.yaml"
 TOY = REPO / "configs" / "toy.yaml"
 
