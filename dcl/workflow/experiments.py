@@ -42,7 +42,7 @@ from dcl.io import (
     read_yaml,
     refuse_output_over_input,
 )
-from dcl.layout import DATASETS, is_import_path
+from dcl.layout import DATASET_SPECS, is_import_path
 from dcl.runs import Ablation, ExpectedRun
 from dcl.names import DEFAULT_BACKBONE
 
@@ -150,7 +150,7 @@ class Run:
 
     @property
     def metric(self) -> str:
-        return DATASETS[self.dataset].metric
+        return DATASET_SPECS[self.dataset].metric
 
     def record(self) -> dict[str, Any]:
         """The run's entry in ``experiments.json``: :class:`dcl.runs.ExpectedRun` owns the format."""
@@ -827,12 +827,12 @@ class Plan:
 
     def gt(self, dataset: str) -> str:
         """The validation ground truth (COCO JSON) ``dcl evaluate`` and ``dcl errors`` compare to."""
-        return f"{self.datasets_root}/{DATASETS[dataset].gt}"
+        return f"{self.datasets_root}/{DATASET_SPECS[dataset].gt}"
 
     def errors_gt(self, dataset: str, legacy: bool = False) -> str:
         """The GT of ``dcl errors``: the original tool's file for the legacy analysis where the
         dataset has one (Cityscapes: Detectron's conversion), else ``gt``."""
-        legacy_gt = DATASETS[dataset].legacy_gt
+        legacy_gt = DATASET_SPECS[dataset].legacy_gt
         return f"{self.datasets_root}/{legacy_gt}" if legacy and legacy_gt else self.gt(dataset)
 
     def occlusion_gt(self, dataset: str) -> str | None:
@@ -840,22 +840,22 @@ class Plan:
         ``occlusion_subset`` for COCO datasets, when the file exists or the workflow makes it
         (the toy one); else None (the report then says so in one line)."""
         path = self.occlusion_subset
-        if path is None or not DATASETS[dataset].occlusion:
+        if path is None or not DATASET_SPECS[dataset].occlusion:
             return None
-        toy_subset = f"{self.datasets_root}/{DATASETS[dataset].root_folder}/{layout.TOY_OCCLUSION_SUBSET}"
-        made_here = DATASETS[dataset].toy and path == toy_subset
+        toy_subset = f"{self.datasets_root}/{DATASET_SPECS[dataset].root_folder}/{layout.TOY_OCCLUSION_SUBSET}"
+        made_here = DATASET_SPECS[dataset].toy and path == toy_subset
         return path if made_here or (self.working_dir / path).is_file() else None
 
     def occlusion_document(self) -> dict[str, Any] | None:
         """What experiments.json says about the occlusion subset: its path and whether it is used."""
         path = self.occlusion_subset
-        coco = [r.dataset for r in self.runs if DATASETS[r.dataset].occlusion]
+        coco = [r.dataset for r in self.runs if DATASET_SPECS[r.dataset].occlusion]
         if path is None or not coco:
             return None
         return {"path": path, "used": self.occlusion_gt(coco[0]) is not None}
 
     def cityscapes_root(self, dataset: str) -> str | None:
-        root = DATASETS[dataset].cityscapes_root
+        root = DATASET_SPECS[dataset].cityscapes_root
         return None if root is None else f"{self.datasets_root}/{root}"
 
     def evaluate_options(self, run_: Run) -> str:
@@ -928,7 +928,7 @@ class Plan:
         schedule = cost.schedule(str(self.working_dir / run_.config_file), overrides)
         resources = run_.resources
         return cost.run_cost(
-            DATASETS[run_.dataset].format,
+            DATASET_SPECS[run_.dataset].format,
             run_.model,
             schedule,
             resources.gpus,
@@ -938,7 +938,7 @@ class Plan:
 
     def cpu_step_seconds(self, run_: Run) -> float:
         """The estimated CPU time of a run's evaluation and error analyses at full size."""
-        return cost.cpu_step_seconds(DATASETS[run_.dataset].format, self.occlusion_gt(run_.dataset) is not None)
+        return cost.cpu_step_seconds(DATASET_SPECS[run_.dataset].format, self.occlusion_gt(run_.dataset) is not None)
 
     def document(self) -> dict[str, Any]:
         """``experiments.json``: the preset and every run the report should find."""
