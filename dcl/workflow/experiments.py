@@ -24,7 +24,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -579,45 +579,10 @@ class Plan:
     ) -> list[Run]:
         method = self.methods.get(entry["method"]) if entry["method"] not in MODEL_HEADS["mask_rcnn"] else None
         with_dcl = entry["method"] == "dcl" or bool(method and method.get("dcl"))
-        if entry["method"] not in MODEL_HEADS["mask_rcnn"] and method is None:
-            known = ", ".join(["baseline", "dcl", *self.methods])
-            self._problems.append(
-                f"{where}: method {entry['method']!r} is neither built in nor declared in `methods` (known: {known})"
-            )
-        if entry.get("dcl") and not with_dcl:
-            self._problems.append(
-                f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']}), "
-                "or a method of `methods` with `dcl: true`"
-            )
-        if method is None and "baseline" in entry:
-            self._problems.append(
-                f"{where}: `baseline` is for a method of the `methods` table "
-                "(a DCL experiment is compared with the baseline of the same dataset and network)"
-            )
-        if method is not None and "baseline" not in entry and kind == "train":
-            self._problems.append(
-                f"{where}: method {entry['method']!r} needs `baseline`: the experiment it is compared against"
-            )
-        overrides = self._overrides(entry, where)
+        self._check_method(entry, where, kind, method, with_dcl)
         model = entry.get("model", "mask_rcnn")
         backbone = entry.get("backbone", DEFAULT_BACKBONE)
-        depth = entry.get("overrides", {}).get("MODEL.RESNETS.DEPTH")
-        number = re.search(r"[0-9]+", backbone)
-        if depth is not None and number is not None and number.group() != str(depth):
-            # The report would judge this network against another one's published numbers.
-            self._problems.append(
-                f"{where}: backbone {backbone} (default {DEFAULT_BACKBONE}) but MODEL.RESNETS.DEPTH is {depth}; "
-                "set `backbone` to the network the overrides build"
-            )
-        if method is None:
-            overrides += list(MODEL_HEADS[model].get(entry["method"], ()))
-        else:
-            # The detector's baseline heads, unless the method names its own; then the method's overrides.
-            own = self._overrides(method, f"methods.{entry['method']}", allowed=METHOD_OVERRIDES)
-            overrides += [pair for pair in MODEL_HEADS[model]["baseline"] if pair[0] not in dict(own)]
-            overrides = own + overrides
-        if with_dcl:
-            overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
+        overrides = self._model_overrides(entry, where, method, with_dcl, model, backbone)
         config_file = self._config_path(entry["config"], where)
         weights = self._weights(entry.get("weights"), where)
         resources = self._resources(entry)
@@ -644,19 +609,73 @@ class Plan:
                 model=model,
                 backbone=backbone,
                 schedule=entry.get("schedule"),
-                **(
-                    {
-                        "method_label": method["label"],
-                        "baseline": entry.get("baseline"),
-                        "dcl_on_top": bool(method.get("dcl")),
-                        "imports": self._method_imports.get(entry["method"], ()),
-                    }
-                    if method is not None
-                    else {}
-                ),
+                **(self._own_method_fields(entry, method) if method is not None else {}),
             )
             for seed in seeds
         ]
+
+    def _check_method(
+        self, entry: dict[str, Any], where: str, kind: str, method: dict[str, Any] | None, with_dcl: bool
+    ) -> None:
+        """An experiment's method: built in or declared; `dcl` settings and `baseline` where they belong."""
+        if entry["method"] not in MODEL_HEADS["mask_rcnn"] and method is None:
+            known = ", ".join(["baseline", "dcl", *self.methods])
+            self._problems.append(
+                f"{where}: method {entry['method']!r} is neither built in nor declared in `methods` (known: {known})"
+            )
+        if entry.get("dcl") and not with_dcl:
+            self._problems.append(
+                f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']}), "
+                "or a method of `methods` with `dcl: true`"
+            )
+        if method is None and "baseline" in entry:
+            self._problems.append(
+                f"{where}: `baseline` is for a method of the `methods` table "
+                "(a DCL experiment is compared with the baseline of the same dataset and network)"
+            )
+        if method is not None and "baseline" not in entry and kind == "train":
+            self._problems.append(
+                f"{where}: method {entry['method']!r} needs `baseline`: the experiment it is compared against"
+            )
+
+    def _model_overrides(
+        self,
+        entry: dict[str, Any],
+        where: str,
+        method: dict[str, Any] | None,
+        with_dcl: bool,
+        model: str,
+        backbone: str,
+    ) -> list[tuple[str, str]]:
+        """An experiment's config overrides: its own, the heads of its method, its `dcl` settings."""
+        overrides = self._overrides(entry, where)
+        depth = entry.get("overrides", {}).get("MODEL.RESNETS.DEPTH")
+        number = re.search(r"[0-9]+", backbone)
+        if depth is not None and number is not None and number.group() != str(depth):
+            # The report would judge this network against another one's published numbers.
+            self._problems.append(
+                f"{where}: backbone {backbone} (default {DEFAULT_BACKBONE}) but MODEL.RESNETS.DEPTH is {depth}; "
+                "set `backbone` to the network the overrides build"
+            )
+        if method is None:
+            overrides += list(MODEL_HEADS[model].get(entry["method"], ()))
+        else:
+            # The detector's baseline heads, unless the method names its own; then the method's overrides.
+            own = self._overrides(method, f"methods.{entry['method']}", allowed=METHOD_OVERRIDES)
+            overrides += [pair for pair in MODEL_HEADS[model]["baseline"] if pair[0] not in dict(own)]
+            overrides = own + overrides
+        if with_dcl:
+            overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
+        return overrides
+
+    def _own_method_fields(self, entry: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
+        """The fields of a run of a method of one's own (`methods`)."""
+        return {
+            "method_label": method["label"],
+            "baseline": entry.get("baseline"),
+            "dcl_on_top": bool(method.get("dcl")),
+            "imports": self._method_imports.get(entry["method"], ()),
+        }
 
     def _expand(self) -> None:
         config = self.config
@@ -676,53 +695,10 @@ class Plan:
             self._where.setdefault(entry["name"], where)
             seeds = entry.get("seeds", config["defaults"]["seeds"])
             self.runs += self._model_runs(entry, where, kind="train", group="main", seeds=seeds)
-
         for index, sweep in enumerate(config["ablations"]):
-            where = f"ablations[{index}] ({sweep['base']} {sweep['parameter']})"
-            base = experiments.get(sweep["base"])
-            base_where = names.get(sweep["base"], where)
-            if base is None:
-                self._problems.append(
-                    f"{where}: base {sweep['base']!r} is not one of the `experiments`"
-                    + (f" (known: {', '.join(experiments)})" if experiments else "")
-                )
-                continue
-            if base["method"] != "dcl" and not (self.methods.get(base["method"]) or {}).get("dcl"):
-                self._problems.append(
-                    f"{where}: base {sweep['base']!r} has method {base['method']}; "
-                    "ablations sweep a parameter of the contrastive loss (method: dcl, or a method with dcl: true)"
-                )
-                continue
-            parameter = sweep["parameter"]
-            # A value equal to the base's effective one is the base experiment: not trained twice.
-            base_value = base.get("dcl", {}).get(parameter, DCL_DEFAULTS[parameter])
-            base_seeds = base.get("seeds", config["defaults"]["seeds"])
-            seeds = sweep.get("seeds", base_seeds)
-            for value in sweep["values"]:
-                name = f"{sweep['base']}_{parameter.lower()}_{_slug(value)}"
-                point_where = f"{where} value {value!r}"
-                claim(name, point_where)
-                entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
-                entry.pop("seeds", None)
-                self._check_dcl_value(entry["dcl"], point_where)
-                ablation = Ablation(parameter, DCL_KEY_PREFIX + parameter, value, sweep["base"])
-                if _same_value(value, base_value) and set(seeds) <= set(base_seeds):
-                    # The base experiment *is* this point: its runs are reused, not trained twice.
-                    self.runs += self._model_runs(
-                        entry,
-                        base_where,
-                        kind="train",
-                        group="ablation",
-                        seeds=seeds,
-                        ablation=ablation,
-                        folder=sweep["base"],
-                    )
-                else:
-                    # Problems of the base's own settings are reported once, under the base.
-                    self.runs += self._model_runs(
-                        entry, base_where, kind="train", group="ablation", seeds=seeds, ablation=ablation
-                    )
-
+            self._expand_ablation(
+                f"ablations[{index}] ({sweep['base']} {sweep['parameter']})", sweep, experiments, names, claim
+            )
         for index, entry in enumerate(config["released"]):
             where = _location(["released", index], config)
             claim(entry["name"], where)
@@ -731,6 +707,56 @@ class Plan:
         for entry in [*config["experiments"], *config["released"]]:
             if "baseline" in entry and entry["method"] in self.methods:
                 self._check_baseline(entry, experiments)
+
+    def _expand_ablation(
+        self,
+        where: str,
+        sweep: dict[str, Any],
+        experiments: dict[str, dict[str, Any]],
+        names: dict[str, str],
+        claim: Callable[[str, str], None],
+    ) -> None:
+        """The runs of one ablation sweep: one experiment per value, around its DCL base experiment."""
+        base = experiments.get(sweep["base"])
+        base_where = names.get(sweep["base"], where)
+        if base is None:
+            self._problems.append(
+                f"{where}: base {sweep['base']!r} is not one of the `experiments`"
+                + (f" (known: {', '.join(experiments)})" if experiments else "")
+            )
+            return
+        if base["method"] != "dcl" and not (self.methods.get(base["method"]) or {}).get("dcl"):
+            self._problems.append(
+                f"{where}: base {sweep['base']!r} has method {base['method']}; "
+                "ablations sweep a parameter of the contrastive loss (method: dcl, or a method with dcl: true)"
+            )
+            return
+        parameter = sweep["parameter"]
+        # A value equal to the base's effective one is the base experiment: not trained twice.
+        base_value = base.get("dcl", {}).get(parameter, DCL_DEFAULTS[parameter])
+        base_seeds = base.get("seeds", self.config["defaults"]["seeds"])
+        seeds = sweep.get("seeds", base_seeds)
+        for value in sweep["values"]:
+            name = f"{sweep['base']}_{parameter.lower()}_{_slug(value)}"
+            point_where = f"{where} value {value!r}"
+            claim(name, point_where)
+            entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
+            entry.pop("seeds", None)
+            self._check_dcl_value(entry["dcl"], point_where)
+            ablation = Ablation(parameter, DCL_KEY_PREFIX + parameter, value, sweep["base"])
+            # The base experiment *is* this point when it has the value and the seeds: its runs are
+            # reused (its folder), not trained twice. Problems of the base's own settings are
+            # reported once, under the base.
+            reused = _same_value(value, base_value) and set(seeds) <= set(base_seeds)
+            self.runs += self._model_runs(
+                entry,
+                base_where,
+                kind="train",
+                group="ablation",
+                seeds=seeds,
+                ablation=ablation,
+                folder=sweep["base"] if reused else None,
+            )
 
     def _check_baseline(self, entry: dict[str, Any], experiments: dict[str, dict[str, Any]]) -> None:
         """A method of one's own is compared with an experiment of the same dataset (and metric)."""
