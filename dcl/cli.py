@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "state, progress and ETA of every run of a preset (while the workflow runs, or after)",
     ),
     "weights": ("dcl.data.weights", "download pretrained/released checkpoints into a local weights directory"),
-    "plan": ("dcl.workflow.experiments", "validate a workflow config and write its list of runs (experiments.json)"),
+    "plan": ("dcl.workflow.plan", "validate a workflow config and write its list of runs (experiments.json)"),
     "info": ("dcl.info", "versions of dcl, torch, detectron2 and the compatibility shims in use"),
 }
 

@@ -27,7 +27,7 @@ __all__ = [
     "cityscapes_gt",
     "cityscapes_coco_json",
     "Dataset",
-    "DATASETS",
+    "DATASET_SPECS",
     "REGISTERED_NAMES",
     "EXPERIMENTS",
     "RUN_DIR",
@@ -140,7 +140,7 @@ class Dataset:
 
 
 # In dcl.names.DATASETS order (a test checks the names agree).
-DATASETS: dict[str, Dataset] = {
+DATASET_SPECS: dict[str, Dataset] = {
     "cityscapes": Dataset(
         "cityscapes", "cityscapes", "cityscapes", False, "cityscapes.AP", "cityscapes_fine_instance_seg"
     ),
@@ -149,7 +149,7 @@ DATASETS: dict[str, Dataset] = {
     "toy_coco": Dataset("toy_coco", "coco", "coco", True, "segm.AP", "toy_coco", occlusion=True),
 }
 # The names dcl registers in detectron2's catalogs (the configs' DATASETS.TRAIN / TEST).
-REGISTERED_NAMES = tuple(dataset.catalog_name(split) for dataset in DATASETS.values() for split in SPLITS)
+REGISTERED_NAMES = tuple(dataset.catalog_name(split) for dataset in DATASET_SPECS.values() for split in SPLITS)
 
 
 # ----------------------------------------------------------------------------- run folders

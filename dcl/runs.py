@@ -265,53 +265,13 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             they are (dataset, method, metric, ...).
     """
     path = Path(path)
-    data = read_json(path, "experiments file")
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise InputError(f"{path}: expected an object with a 'runs' list (written by `dcl plan`)")
-    preset = data.get("preset", "")
-    if not isinstance(preset, str):
-        raise InputError(f"{path}: 'preset' must be a string, got {type_name(preset)}")
-    if not data["runs"]:
-        raise InputError(f"{path}: 'runs' is empty: there is nothing to report")
+    preset, records = _read_experiments(path)
     runs: list[ExpectedRun] = []
     seen: set[tuple[str, int]] = set()
     identity: dict[str, tuple] = {}
-    for index, record in enumerate(data["runs"]):
+    for index, record in enumerate(records):
         where = f"{path}: runs[{index}]"
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: expected an object, got {type_name(record)}")
-        seed = record.get("seed")
-        if not is_int(seed) or seed < 0:
-            raise InputError(f"{where}: 'seed' must be a non-negative integer, got {type_name(seed)} {seed!r}")
-        group = require_str(record, "group", where, names.GROUPS)
-        ablation_value = record.get("ablation")
-        if group == "ablation" and ablation_value is None:
-            raise InputError(f"{where}: group 'ablation' needs an 'ablation' object (parameter, key, value, base)")
-        if group != "ablation" and ablation_value is not None:
-            raise InputError(f"{where}: 'ablation' is set but group is {group!r}, not 'ablation'")
-        run = ExpectedRun(
-            experiment=require_str(record, "experiment", where),
-            seed=seed,
-            kind=require_str(record, "kind", where, KINDS),
-            dataset=require_str(record, "dataset", where),
-            init=require_str(record, "init", where),
-            method=require_str(record, "method", where),
-            group=group,
-            ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
-            metric=require_str(record, "metric", where),
-            run_dir=require_str(record, "run_dir", where),
-            model=parse_model(record, where),
-            **parse_variant(record, where),
-            **_locations(record, path.parent, where),
-            **_own_method(record, where),
-        )
-        check_metric(run.metric, where)
-        parts = PurePosixPath(run.run_dir).parts
-        if not parts or PurePosixPath(run.run_dir).is_absolute() or ".." in parts:
-            raise InputError(
-                f"{where}: 'run_dir' {run.run_dir} must be a relative path inside the results "
-                "directory (like runs/<experiment>/seed<seed>)"
-            )
+        run = _expected_run(record, path.parent, where)
         if (run.experiment, run.seed) in seen:
             raise InputError(f"{where}: run {run.experiment} seed {run.seed} is listed twice")
         seen.add((run.experiment, run.seed))
@@ -323,6 +283,65 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
                 "kind/dataset/init/method/model/backbone/schedule/group/ablation/metric"
             )
         runs.append(run)
+    _check_baselines(runs, path)
+    return preset, runs
+
+
+def _read_experiments(path: Path) -> tuple[str, list]:
+    """``experiments.json``'s preset and its list of run records, not yet checked one by one."""
+    data = read_json(path, "experiments file")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise InputError(f"{path}: expected an object with a 'runs' list (written by `dcl plan`)")
+    preset = data.get("preset", "")
+    if not isinstance(preset, str):
+        raise InputError(f"{path}: 'preset' must be a string, got {type_name(preset)}")
+    if not data["runs"]:
+        raise InputError(f"{path}: 'runs' is empty: there is nothing to report")
+    return preset, data["runs"]
+
+
+def _expected_run(record: Any, base: Path, where: str) -> ExpectedRun:
+    """One record of ``experiments.json`` (``where``: which), checked field by field; ``base``:
+    the file's folder, which its paths are relative to."""
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected an object, got {type_name(record)}")
+    seed = record.get("seed")
+    if not is_int(seed) or seed < 0:
+        raise InputError(f"{where}: 'seed' must be a non-negative integer, got {type_name(seed)} {seed!r}")
+    group = require_str(record, "group", where, names.GROUPS)
+    ablation_value = record.get("ablation")
+    if group == "ablation" and ablation_value is None:
+        raise InputError(f"{where}: group 'ablation' needs an 'ablation' object (parameter, key, value, base)")
+    if group != "ablation" and ablation_value is not None:
+        raise InputError(f"{where}: 'ablation' is set but group is {group!r}, not 'ablation'")
+    run = ExpectedRun(
+        experiment=require_str(record, "experiment", where),
+        seed=seed,
+        kind=require_str(record, "kind", where, KINDS),
+        dataset=require_str(record, "dataset", where),
+        init=require_str(record, "init", where),
+        method=require_str(record, "method", where),
+        group=group,
+        ablation=None if ablation_value is None else _parse_ablation(ablation_value, where),
+        metric=require_str(record, "metric", where),
+        run_dir=require_str(record, "run_dir", where),
+        model=parse_model(record, where),
+        **parse_variant(record, where),
+        **_locations(record, base, where),
+        **_own_method(record, where),
+    )
+    check_metric(run.metric, where)
+    parts = PurePosixPath(run.run_dir).parts
+    if not parts or PurePosixPath(run.run_dir).is_absolute() or ".." in parts:
+        raise InputError(
+            f"{where}: 'run_dir' {run.run_dir} must be a relative path inside the results "
+            "directory (like runs/<experiment>/seed<seed>)"
+        )
+    return run
+
+
+def _check_baselines(runs: list[ExpectedRun], path: Path) -> None:
+    """Each run's ``baseline`` (a method of one's own) is an experiment of the same dataset in the file."""
     experiments = {run.experiment: run for run in runs}
     for index, run in enumerate(runs):
         other = experiments.get(run.baseline) if run.baseline is not None else None
@@ -331,7 +350,6 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
                 f"{path}: runs[{index}]: 'baseline' {run.baseline!r} is not an experiment of dataset {run.dataset} "
                 "in this file"
             )
-    return preset, runs
 
 
 def _own_method(record: dict, where: str) -> dict[str, Any]:
@@ -589,7 +607,6 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         return result
 
     broken: list[str] = []  # -> failed
-    unfinished: list[str] = []  # -> incomplete
     info = None
     if RUN_RECORD in present:
         try:
@@ -603,6 +620,25 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         result.status = "running"
         result.problems = [f"run.json says running{_progress(info)}; if no job is running, it was killed: re-run it"]
         return result
+    unfinished = _training_problems(info, expected, broken)  # -> incomplete
+    training_complete = (state == "finished" and not unfinished) or (
+        expected.kind == "released" and RUN_RECORD not in present
+    )
+    loaded = _load_files(folder, present | optional, expected, broken)
+    missing = [name for name in _required_files(expected) if name not in present]
+    if missing and (training_complete or (not broken and not unfinished and info is None)):
+        unfinished.append(f"not written yet: {', '.join(missing)}")
+    _take_results(result, loaded, training_complete)
+    result.problems = broken + unfinished
+    result.status = "failed" if broken else "incomplete" if unfinished else "finished"
+    return result
+
+
+def _training_problems(info: dict | None, expected: ExpectedRun, broken: list[str]) -> list[str]:
+    """What run.json (``info``, not running) says is wrong: a failed training goes to ``broken``;
+    returned, why the training is not complete (interrupted, stopped before ``max_iter``)."""
+    state = info.get("status") if info else None
+    unfinished: list[str] = []
     if state == "failed":
         detail = ", ".join(f"{key} {info[key]}" for key in ("exit_code", "signal") if info.get(key) is not None)
         broken.append(f"training failed{_progress(info)}" + (f" ({detail})" if detail else ""))
@@ -612,9 +648,12 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         iteration, max_iter = info.get("iteration"), info.get("max_iter")
         if iteration is not None and max_iter is not None and iteration < max_iter:
             unfinished.append(f"run.json says finished but stopped at iteration {iteration}/{max_iter}")
-    training_complete = (state == "finished" and not unfinished) or (
-        expected.kind == "released" and RUN_RECORD not in present
-    )
+    return unfinished
+
+
+def _load_files(folder: Path, names: set[str], expected: ExpectedRun, broken: list[str]) -> dict[str, Any]:
+    """The result files of a run folder among ``names``, read and checked; a file that cannot be
+    read, or is not what it should be, adds its message to ``broken`` instead."""
 
     def evaluation(path: Path) -> Any:
         return _validate_eval(_read_run_json_file(path), expected)
@@ -634,16 +673,17 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
     }
     loaded: dict[str, Any] = {}
     for name, reader in readers.items():
-        if name not in present | optional:
+        if name not in names:
             continue
         try:
             loaded[name] = reader(folder / name)
         except _BadFile as error:
             broken.append(str(error))
-    missing = [name for name in _required_files(expected) if name not in present]
-    if missing and (training_complete or (not broken and not unfinished and info is None)):
-        unfinished.append(f"not written yet: {', '.join(missing)}")
+    return loaded
 
+
+def _take_results(result: RunResult, loaded: dict[str, Any], training_complete: bool) -> None:
+    """The metrics.json warning, and the data fields a table may use (only of a complete training)."""
     metrics, skipped = loaded.get(layout.TRAINING_METRICS, (None, []))
     if skipped:
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
@@ -656,9 +696,6 @@ def load_run(results_dir: str | os.PathLike, expected: ExpectedRun) -> RunResult
         result.eval_occ = loaded.get(_EVAL_OCC)
         result.errors_occ = loaded.get(_ERRORS_OCC)
         result.errors_legacy_occ = loaded.get(_LEGACY_OCC)
-    result.problems = broken + unfinished
-    result.status = "failed" if broken else "incomplete" if unfinished else "finished"
-    return result
 
 
 def run_log(expected: ExpectedRun) -> str | None:

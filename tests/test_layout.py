@@ -66,8 +66,8 @@ def test_the_check_finds_a_copy(tmp_path):
 
 
 def test_layout_knows_every_dataset_of_the_vocabulary():
-    assert list(layout.DATASETS) == list(names.DATASETS)
-    assert all(name == spec.name for name, spec in layout.DATASETS.items())
+    assert list(layout.DATASET_SPECS) == list(names.DATASETS)
+    assert all(name == spec.name for name, spec in layout.DATASET_SPECS.items())
 
 
 def test_every_detectron2_config_names_registered_datasets():
@@ -84,7 +84,7 @@ def test_every_detectron2_config_names_registered_datasets():
 
 def test_dataset_paths():
     """The documented layout (docs/design.md, "Dataset names and layout")."""
-    coco, cityscapes = layout.DATASETS["coco"], layout.DATASETS["toy_cityscapes"]
+    coco, cityscapes = layout.DATASET_SPECS["coco"], layout.DATASET_SPECS["toy_cityscapes"]
     assert coco.gt == "coco/annotations/instances_val2017.json" and coco.images("train") == "train2017"
     assert coco.legacy_gt is None and coco.catalog_name("val") == "coco_2017_val"
     assert cityscapes.gt == "toy/cityscapes/annotations/instancesonly_filtered_gtFine_val.json"

@@ -17,6 +17,7 @@ import yaml
 
 from dcl.workflow.experiments import Plan, read_config_file
 from dcl.io import InputError
+from toy_training import TOY_WORKFLOW_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = REPO / "configs" / "toy_own_method.yaml"
@@ -438,7 +439,7 @@ def test_toy_own_method_dag_end_to_end(tmp_path):
             "2",
             "--config",
             "preset=toy_own_method",
-            "train_overrides={SOLVER.MAX_ITER: 20, SOLVER.CHECKPOINT_PERIOD: 10}",
+            TOY_WORKFLOW_OVERRIDES,
         ],
         cwd=tmp_path,
         env=ENV,

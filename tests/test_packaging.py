@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
@@ -64,3 +65,38 @@ def test_constraints_satisfy_pyproject_ranges():
     for name, version in constraints().items():
         assert name in reqs, f"constraints.txt pins {name}, which pyproject.toml does not require"
         assert reqs[name].specifier.contains(version), (name, version)
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["tarfile-filters", "python-before-3.11.4"])
+def test_the_detectron2_sdist_is_unpacked_only_inside_its_folder(tmp_path, monkeypatch, filters):
+    """tools/install_detectron2.py on Debian 12's python3 (3.11.2: no tarfile filters) too."""
+    import importlib.util
+    import io
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("install_detectron2", ROOT / "tools" / "install_detectron2.py")
+    installer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installer)
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(*members):
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w:gz") as tar:
+            for name, link in members:
+                info = tarfile.TarInfo(name)
+                if link:
+                    info.type, info.linkname = tarfile.SYMTYPE, link
+                    tar.addfile(info)
+                else:
+                    info.size = 1
+                    tar.addfile(info, io.BytesIO(b"x"))
+        data.seek(0)
+        return tarfile.open(fileobj=data)
+
+    installer.extract(archive(("detectron2-0.6/setup.py", None), ("detectron2-0.6/l", "setup.py")), tmp_path / "ok")
+    assert (tmp_path / "ok" / "detectron2-0.6" / "setup.py").read_bytes() == b"x"
+    for bad in [("../evil", None), ("detectron2-0.6/l", "../../outside")]:
+        with pytest.raises((SystemExit, tarfile.FilterError)):
+            installer.extract(archive(bad), tmp_path / "bad")
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "outside").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from instance_fixtures import make_random
+from toy_training import dcl_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,21 +74,8 @@ def test_plan_never_overwrites_its_config(tmp_path):
     assert config.read_bytes() == (REPO / "configs" / "toy.yaml").read_bytes()
 
 
-TOY_CONFIG = REPO / "configs" / "toy_coco_mask_rcnn_R18_FPN.yaml"
-
-
 def toy_train(out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dcl",
-        "train",
-        "--config-file",
-        str(TOY_CONFIG),
-        *("SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()"),
-        *extra,
-        *("OUTPUT_DIR", str(out)),
-    ]
+    return dcl_train(out, *("SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()"), *extra)
 
 
 @pytest.mark.e2e

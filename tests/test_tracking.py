@@ -23,10 +23,8 @@ import yaml
 
 from dcl.io import InputError, read_json
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-TOY_COCO = str(CONFIGS / "toy_coco_mask_rcnn_R18_FPN.yaml")
-TOY_CITYSCAPES = str(CONFIGS / "toy_cityscapes_mask_rcnn_R18_FPN.yaml")
+from toy_training import CONFIGS, REPO, TOY_CITYSCAPES, TOY_COCO
+
 EXIT_INTERRUPTED = 75
 MAX_ITER, STOP_AT = 6, 2  # the first chunk stops after iteration STOP_AT, the second finishes
 

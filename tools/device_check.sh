@@ -23,6 +23,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the dcl package from this
 export DCL_TEST_TOY_DATASETS="$PWD/wheelhouse/toy"   # made by prepare_offline (no scipy/opencv here)
 "$VENV/bin/python" -m dcl info | tee "$OUT/info.txt"
 status=0
-"$VENV/bin/python" -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu.py 2>&1 | tee "$OUT/pytest-gpu.txt" || status=1
+"$VENV/bin/python" -m pytest -m gpu -p no:cacheprovider -q tests/training/test_gpu.py 2>&1 | tee "$OUT/pytest-gpu.txt" || status=1
 "$VENV/bin/python" benchmarks/bench_gpu.py 2>&1 | tee "$OUT/bench_gpu.txt" || status=1
 exit "$status"

@@ -19,6 +19,7 @@ pretty-print configs when it is importable (its pins conflict with modern packag
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,25 @@ def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
+def extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack ``tar`` into ``dest`` with tarfile's "data" filter; Pythons before 3.11.4 (Debian 12's
+    system python3 is 3.11.2) have no filters, so there every member and link target is checked to
+    stay inside ``dest`` first (the archive is hash-pinned; this is the second line of defence)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for member in tar.getmembers():
+        targets = [root / member.name]
+        if member.issym():
+            targets.append((root / member.name).parent / member.linkname)
+        elif member.islnk():
+            targets.append(root / member.linkname)
+        if member.isdev() or any(not Path(os.path.normpath(t)).is_relative_to(root) for t in targets):
+            raise SystemExit(f"refusing {member.name!r} in {tar.name}: it would land outside {dest}")
+    tar.extractall(dest)
+
+
 def main() -> int:
     # --wheel-dir DIR: only build the wheel into DIR (tools/prepare_offline.py), install nothing.
     wheel_dir = Path(sys.argv[sys.argv.index("--wheel-dir") + 1]) if "--wheel-dir" in sys.argv else None
@@ -78,7 +98,7 @@ def main() -> int:
         )
         (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp_path / "src", filter="data")
+            extract(tar, tmp_path / "src")
         (source_dir,) = (tmp_path / "src").iterdir()
         dist = tmp_path / "dist"
         pip("install", "--quiet", "wheel")

@@ -221,7 +221,7 @@ def _check_polygons(segmentation: list, height: int, width: int, where: str, pro
     return True
 
 
-def _check_rle(
+def _check_segmentation(
     segmentation: Any,
     height: int,
     width: int,
@@ -229,8 +229,11 @@ def _check_rle(
     problems: _Problems,
     compressed: list[tuple[str, bytes | str, int]],
 ) -> bool:
-    """Check an RLE segmentation: a dict with ``size`` [height, width] of the image and ``counts``,
-    either integers covering the image or a compressed string (queued in ``compressed``)."""
+    """Check one segmentation's structure: polygons, or an RLE dict with ``size`` [height, width] of
+    the image and ``counts``, either integers covering the image or a compressed string (queued in
+    ``compressed`` for one batch decode)."""
+    if isinstance(segmentation, list):
+        return _check_polygons(segmentation, height, width, where, problems)
     if not isinstance(segmentation, Mapping) or "counts" not in segmentation or "size" not in segmentation:
         problems.add(f"{where}: 'segmentation' must be polygons or an RLE dict with 'size' and 'counts'")
         return False
@@ -261,20 +264,6 @@ def _check_rle(
         return False
     compressed.append((where, counts, height * width))
     return True
-
-
-def _check_segmentation(
-    segmentation: Any,
-    height: int,
-    width: int,
-    where: str,
-    problems: _Problems,
-    compressed: list[tuple[str, bytes | str, int]],
-) -> bool:
-    """Check one segmentation's structure; compressed strings are queued for one batch decode."""
-    if isinstance(segmentation, list):
-        return _check_polygons(segmentation, height, width, where, problems)
-    return _check_rle(segmentation, height, width, where, problems, compressed)
 
 
 def _check_compressed(compressed: list[tuple[str, bytes | str, int]], problems: _Problems) -> None:

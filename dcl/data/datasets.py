@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 from dcl import layout
 from dcl.argtypes import fraction
 from dcl.io import InputError, atomic_write_json
-from dcl.layout import DATASETS, SPLITS, Dataset
+from dcl.layout import DATASET_SPECS, SPLITS, Dataset
 
 __all__ = [
     "datasets_root",
@@ -65,7 +65,7 @@ def toy_root(root: str | os.PathLike | None = None) -> Path:
 
 def dataset_folder(dataset: str, root: str | os.PathLike | None = None) -> Path:
     """A dataset's folder: under the toy root for a toy dataset, else under the datasets root."""
-    spec = DATASETS[dataset]
+    spec = DATASET_SPECS[dataset]
     return (toy_root(root) if spec.toy else datasets_root(root)) / spec.folder
 
 
@@ -120,7 +120,7 @@ def check_dataset(
     """Verify that a dataset's files are in place (existing and non-empty).
 
     Args:
-        dataset: a name of ``dcl.layout.DATASETS``.
+        dataset: a name of ``dcl.layout.DATASET_SPECS``.
         root: datasets root (see ``datasets_root``); toy datasets live under ``toy_root(root)``.
         splits: the splits to check.
 
@@ -130,9 +130,9 @@ def check_dataset(
     Raises:
         InputError: listing every missing piece, what to download or run, and where it goes.
     """
-    if dataset not in DATASETS:
-        raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    spec = DATASETS[dataset]
+    if dataset not in DATASET_SPECS:
+        raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_SPECS)}")
+    spec = DATASET_SPECS[dataset]
     splits = list(dict.fromkeys(splits))
     base_root = toy_root(root) if spec.toy else datasets_root(root)
     folder = dataset_folder(dataset, root)
@@ -251,11 +251,11 @@ def _catalog_entries(
     root: str | os.PathLike | None, base: Path, toy: Path, cityscapes_meta: dict, coco_meta: dict[bool, dict]
 ) -> dict[str, tuple[Callable, tuple, dict]]:
     """Every dataset split's catalog name -> (loader, loader arguments after the name, metadata),
-    in ``DATASETS`` then ``SPLITS`` order. ``base`` and ``toy`` are the datasets and toy roots;
+    in ``DATASET_SPECS`` then ``SPLITS`` order. ``base`` and ``toy`` are the datasets and toy roots;
     ``coco_meta`` maps "is a toy dataset" to the COCO-format metadata."""
     toy_remedy = f"Create it with: dcl data toy --out {toy}"
     entries = {}
-    for spec in DATASETS.values():
+    for spec in DATASET_SPECS.values():
         check = f"dcl data check --dataset {spec.name} --root {base}"
         remedy = toy_remedy if spec.toy else f"See `{check}` for what to download."
         for split in SPLITS:
@@ -435,7 +435,7 @@ def _add_check_parser(commands: argparse._SubParsersAction) -> None:
         description="Verify that a dataset's files exist and are non-empty. On failure, exit 1 with "
         "what is missing, what to download (or run) and where to put it.",
     )
-    check.add_argument("--dataset", required=True, choices=tuple(DATASETS))
+    check.add_argument("--dataset", required=True, choices=tuple(DATASET_SPECS))
     check.add_argument(
         "--root",
         default=None,
@@ -529,9 +529,9 @@ def check_occlusion_subset(path: str | os.PathLike, val_gt: str | os.PathLike) -
 def _run_check(args: argparse.Namespace) -> int:
     summary = check_dataset(args.dataset, args.root, args.splits)
     if args.occlusion_subset:
-        if not DATASETS[args.dataset].occlusion:
+        if not DATASET_SPECS[args.dataset].occlusion:
             raise InputError("--occlusion-subset is a subset of COCO val: use it with --dataset coco or toy_coco")
-        val_gt = dataset_folder(args.dataset, args.root) / DATASETS[args.dataset].annotations("val")
+        val_gt = dataset_folder(args.dataset, args.root) / DATASET_SPECS[args.dataset].annotations("val")
         summary["occlusion_subset"] = check_occlusion_subset(args.occlusion_subset, val_gt)
         if not summary["occlusion_subset"]["present"]:
             print(

@@ -84,7 +84,7 @@ MARKER_GENERATOR = "dcl.data.toydata"
 DEFAULT_SIZE = (128, 128)
 OCCLUSION_MIN_OVERLAP = 0.2  # of the toy COCO-OCC (layout.TOY_OCCLUSION_SUBSET)
 _TMP_PREFIX = ".dcl-toy-tmp-"
-TOY_COCO, TOY_CITYSCAPES = layout.DATASETS["toy_coco"], layout.DATASETS["toy_cityscapes"]
+TOY_COCO, TOY_CITYSCAPES = layout.DATASET_SPECS["toy_coco"], layout.DATASET_SPECS["toy_cityscapes"]
 _DATASET_KEYS = {"coco": 0, "cityscapes": 1}  # in the seed of every image: fixed, whatever the folder names
 CITYSCAPES_CITIES = {"train": "toytown", "val": "toyville"}
 

@@ -310,63 +310,61 @@ def _delta(fixed: Mapping[str, float | None], baseline: Mapping[str, float | Non
     }
 
 
-def _analyze_here(
-    gt: GroundTruth,
-    records: list[dict],
-    tasks: list[_ImageTask],
-    names: list[str],
-    parsed: list[tuple[str, ...]],
-    iou_type: str,
-    legacy_unmatched: bool,
-    backend: str,
-    bar: tqdm,
-) -> tuple[dict[str, dict], int]:
+@dataclass(frozen=True)
+class _Fixing:
+    """What fixing the images and evaluating them needs: the GT, the AP backend, the images, the
+    error types (parsed) and the matching; a worker process gets it once, from the pool's initializer."""
+
+    gt: GroundTruth
+    backend: str
+    tasks: list[_ImageTask]
+    types: list[tuple[str, ...]]
+    iou_type: str
+    legacy_unmatched: bool
+
+    def fix(self, index: int, types: Sequence[tuple[str, ...]] | None = None) -> tuple[list[list[dict]], int]:
+        """:func:`_fix_image` on image ``index``, for ``types`` (default: all of them)."""
+        return _fix_image(
+            self.tasks[index], self.types if types is None else types, self.iou_type, self.legacy_unmatched
+        )
+
+
+def _analyze_here(fixing: _Fixing, records: list[dict], names: list[str], bar: tqdm) -> tuple[dict[str, dict], int]:
     """One process, one error type at a time: only one set of fixed masks is alive at once."""
-    evaluator = CocoEvaluator(gt, "segm", backend)
+    evaluator = CocoEvaluator(fixing.gt, "segm", fixing.backend)
     stats = {"baseline": evaluator(records)}
     bar.update(1)
     unmatched = 0
     for t, name in enumerate(names):
         bar.set_description(name, refresh=False)
         per_task = []
-        for task in tasks:
-            fixed, count = _fix_image(task, [parsed[t]], iou_type, legacy_unmatched)
+        for index in range(len(fixing.tasks)):
+            fixed, count = fixing.fix(index, [fixing.types[t]])
             per_task.append(fixed[0])
             unmatched += count if t == 0 else 0
             bar.update(1)
-        stats[name] = evaluator(_with_masks(records, tasks, per_task))
+        stats[name] = evaluator(_with_masks(records, fixing.tasks, per_task))
         bar.update(1)
     return stats, unmatched
 
 
 # Per-worker state, set once per process by the pool's initializer (inherited, not pickled, where
-# processes are forked): the images to fix and the GT evaluator.
+# processes are forked): the images to fix (a _Fixing) and the GT evaluator.
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(
-    gt: GroundTruth,
-    backend: str,
-    tasks: list[_ImageTask],
-    types: list[tuple[str, ...]],
-    iou_type: str,
-    legacy_unmatched: bool,
-) -> None:
-    _WORKER.update(
-        gt=gt, backend=backend, tasks=tasks, types=types, iou_type=iou_type, legacy_unmatched=legacy_unmatched
-    )
+def _init_worker(fixing: _Fixing) -> None:
+    _WORKER.update(fixing=fixing)
 
 
 def _fix_in_worker(index: int) -> tuple[int, list[list[dict]], int]:
-    fixed, unmatched = _fix_image(
-        _WORKER["tasks"][index], _WORKER["types"], _WORKER["iou_type"], _WORKER["legacy_unmatched"]
-    )
+    fixed, unmatched = _WORKER["fixing"].fix(index)
     return index, fixed, unmatched
 
 
 def _evaluate_in_worker(predictions: list[dict]) -> dict[str, float | None]:
     if "evaluator" not in _WORKER:
-        _WORKER["evaluator"] = CocoEvaluator(_WORKER["gt"], "segm", _WORKER["backend"])
+        _WORKER["evaluator"] = CocoEvaluator(_WORKER["fixing"].gt, "segm", _WORKER["fixing"].backend)
     return _WORKER["evaluator"](predictions)
 
 
@@ -397,30 +395,21 @@ def _analyze_in_pool(
 
 
 def _fixed_stats(
-    gt: GroundTruth,
-    records: list[dict],
-    tasks: list[_ImageTask],
-    names: list[str],
-    parsed: list[tuple[str, ...]],
-    iou_type: str,
-    legacy_unmatched: bool,
-    backend: str,
-    workers: int,
-    progress: bool,
+    fixing: _Fixing, records: list[dict], names: list[str], workers: int, progress: bool
 ) -> tuple[dict[str, dict], int]:
     """The AP statistics of the baseline and of each fixed error type (``stats["baseline"]``,
     ``stats[name]``) and the number of unmatched detections, computed in a pool of ``workers``
     processes when more than one (and there are images), else here; with a progress bar."""
     pool = None
+    tasks = fixing.tasks
     if workers > 1 and tasks:
         # Created before the progress bar's monitor thread exists: forking a threaded process is unsafe.
-        initargs = (gt, backend, tasks, parsed, iou_type, legacy_unmatched)
-        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=initargs)
+        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(fixing,))
     bar = progress_bar(len(names) * len(tasks) + len(names) + 1, "error analysis", "step", enabled=progress)
     try:
         if pool is not None:
             return _analyze_in_pool(pool, records, tasks, names, workers, bar)
-        return _analyze_here(gt, records, tasks, names, parsed, iou_type, legacy_unmatched, backend, bar)
+        return _analyze_here(fixing, records, names, bar)
     finally:
         bar.close()
         if pool is not None:
@@ -464,9 +453,8 @@ def analyze(
     records = load_predictions(pred, gt)
     warnings_list = empty_input_warnings(gt, records, EMPTY_PREDICTIONS_WARNING)
     tasks = _image_tasks(gt, records)
-    stats, unmatched = _fixed_stats(
-        gt, records, tasks, names, parsed, iou_type, legacy_unmatched, backend, workers, progress
-    )
+    fixing = _Fixing(gt, backend, tasks, parsed, iou_type, legacy_unmatched)
+    stats, unmatched = _fixed_stats(fixing, records, names, workers, progress)
     return {
         "gt": gt.path,
         "predictions": os.fspath(pred) if isinstance(pred, (str, os.PathLike)) else None,

@@ -1,6 +1,6 @@
 """``dcl evaluate``: COCO mask and box AP of a COCO results file, and the official Cityscapes AP.
 
-Two interchangeable COCO backends give identical numbers (tests/test_evaluation.py checks it):
+Two interchangeable COCO backends give identical numbers (tests/evaluation/test_evaluate.py checks it):
 ``pycocotools`` (the reference implementation) and ``faster-coco-eval`` (the same algorithm in
 C++, the default). Mask AP is computed with the results' ``bbox`` field dropped, as detectron2's
 COCOEvaluator does, so pycocotools takes each detection's area from its mask (the ``bbox`` field

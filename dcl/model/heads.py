@@ -41,11 +41,13 @@ from dcl.model.contrast_config import DCL_DEFAULTS, DCL_KEY_PREFIX
 from dcl.model.loss import LOSS_FUNCTIONS, DenseContrastiveLoss
 
 __all__ = [
+    "CONTRAST_KEYWORDS",
     "DCL_DEFAULTS",
     "ContrastConvUpsampleHead",
     "ContrastRoIHeads",
     "add_dcl_config",
     "check_dcl_config",
+    "contrast_head_arguments",
     "contrast_loss_arguments",
     "is_dcl_model_config",
     "record_contrast_stats",
@@ -82,17 +84,23 @@ def is_dcl_model_config(cfg: CfgNode) -> bool:
     )
 
 
+# The keyword arguments of both DCL mask heads for the ``CONTRAST_LOSS`` keys, as the original
+# ContrastConvUpsampleHead takes them: ``contrast_loss_weight``, ``contrast_num_samples``, ...
+CONTRAST_KEYWORDS = tuple(f"contrast_{key.lower()}" for key in DCL_DEFAULTS)
+
+
 def contrast_loss_arguments(cfg: CfgNode) -> dict:
-    """The ``CONTRAST_LOSS`` keys as keyword arguments of :class:`DenseContrastiveLoss`."""
+    """The ``CONTRAST_LOSS`` keys as keyword arguments of :class:`DenseContrastiveLoss`
+    (``LOSS_WEIGHT`` -> ``loss_weight``, ...)."""
     c = cfg.MODEL.ROI_MASK_HEAD.CONTRAST_LOSS
-    return dict(
-        loss_weight=c.LOSS_WEIGHT,
-        num_samples=c.NUM_SAMPLES,
-        temperature=c.TEMPERATURE,
-        with_proj=c.WITH_PROJ,
-        max_instances=c.MAX_INSTANCES,
-        loss_func=c.LOSS_FUNC,
-    )
+    return {key.lower(): c[key] for key in DCL_DEFAULTS}
+
+
+def contrast_head_arguments(cfg: CfgNode) -> dict:
+    """The ``CONTRAST_LOSS`` keys, checked (:func:`check_dcl_config`), as the ``contrast_*``
+    keyword arguments of the DCL mask heads (:data:`CONTRAST_KEYWORDS`): both heads' ``from_config``."""
+    check_dcl_config(cfg)
+    return {f"contrast_{key}": value for key, value in contrast_loss_arguments(cfg).items()}
 
 
 def record_contrast_stats(result) -> None:
@@ -178,10 +186,7 @@ class ContrastConvUpsampleHead(MaskRCNNConvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        check_dcl_config(cfg)
-        ret.update({f"contrast_{key}": value for key, value in contrast_loss_arguments(cfg).items()})
-        return ret
+        return {**super().from_config(cfg, input_shape), **contrast_head_arguments(cfg)}
 
     def mask_features(self, x: torch.Tensor) -> torch.Tensor:
         """The features DCL acts on: after the convs, the deconvolution and its ReLU.

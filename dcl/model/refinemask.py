@@ -38,7 +38,7 @@ from fvcore.nn import weight_init
 from torch import nn
 
 from dcl.model.loss import DenseContrastiveLoss
-from dcl.model.heads import ContrastRoIHeads, check_dcl_config, contrast_loss_arguments, record_contrast_stats
+from dcl.model.heads import CONTRAST_KEYWORDS, ContrastRoIHeads, contrast_head_arguments, record_contrast_stats
 
 __all__ = [
     "REFINE_MASK_DEFAULTS",
@@ -533,23 +533,21 @@ class RefineMaskContrastHead(RefineMaskHead):
     has_contrast_loss = True
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, contrast: Optional[dict] = None, **kwargs):
+    def __init__(self, input_shape: ShapeSpec, **kwargs):
         """
         Args:
-            input_shape, kwargs: as for :class:`RefineMaskHead`.
-            contrast: keyword arguments of :class:`DenseContrastiveLoss` (from the
-                ``CONTRAST_LOSS`` keys: :func:`dcl.model.heads.contrast_loss_arguments`).
+            input_shape, kwargs: as for :class:`RefineMaskHead`, and the ``contrast_*`` keywords of
+                :class:`dcl.model.heads.ContrastConvUpsampleHead` (``contrast_loss_weight``, ...:
+                :data:`dcl.model.heads.CONTRAST_KEYWORDS`; those not given: the published defaults).
         """
+        contrast = {key.removeprefix("contrast_"): kwargs.pop(key) for key in CONTRAST_KEYWORDS if key in kwargs}
         super().__init__(input_shape, **kwargs)
         channels = self.stages[0].fuse_transform_out.out_channels + 2
-        self.contrast_loss = DenseContrastiveLoss(channels, **(contrast or {}))
+        self.contrast_loss = DenseContrastiveLoss(channels, **contrast)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        check_dcl_config(cfg)
-        ret["contrast"] = contrast_loss_arguments(cfg)
-        return ret
+        return {**super().from_config(cfg, input_shape), **contrast_head_arguments(cfg)}
 
     def extra_losses(self, features: torch.Tensor, stage_targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         result = self.contrast_loss(features, stage_targets[1] > 0.5)

@@ -197,7 +197,7 @@ def resolve_weights(cfg: CfgNode, resume: bool, weights_dir: Optional[str]) -> O
 
 
 def dry_run_summary(
-    cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus: int, layout: DistributedLayout, weights: dict
+    cfg: CfgNode, *, config_file: str, eval_only: bool, num_gpus: int, distributed: DistributedLayout, weights: dict
 ) -> dict:
     """What ``dcl train --dry-run`` prints: the model ``cfg`` builds (on the CPU, with its
     weights loaded), its datasets, solver, devices and weights."""
@@ -232,7 +232,7 @@ def dry_run_summary(
         },
         "device": cfg.MODEL.DEVICE,
         "num_gpus_per_machine": num_gpus,
-        "distributed": dataclasses.asdict(layout),
+        "distributed": dataclasses.asdict(distributed),
         "weights": weights,
         "output_dir": cfg.OUTPUT_DIR,
     }

@@ -39,6 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "built, so its detectron2 registrations (heads, losses, meta-architectures) and add_config(cfg) "
         "exist; repeatable (docs/own-method.md)",
     )
+    _add_train_net_arguments(parser)
+    _add_pipeline_arguments(parser)
+    tracking.add_arguments(parser)
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8 OUTPUT_DIR work_dirs/x",
+    )
+
+
+def _add_train_net_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the original ``train_net.py``, which mean what they mean there."""
     parser.add_argument("--config-file", default="", metavar="FILE", help="detectron2 YAML config")
     parser.add_argument(
         "--resume",
@@ -64,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="rendezvous URL, e.g. tcp://host:port (default: first Slurm node, else a free local port)",
     )
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's own flags: where results and weights go, Slurm chunks, checkpoints kept, dry run."""
     parser.add_argument(
         "--results-dir",
         default=None,
@@ -96,13 +113,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="check the command (config, weights, datasets, model on the CPU) without training",
-    )
-    tracking.add_arguments(parser)
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8 OUTPUT_DIR work_dirs/x",
     )
 
 

@@ -233,6 +233,50 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: StopSignal) -> int:
     take_trailing_options(args)
+    tracking_options = _check_options(args)
+    cfg = _load_config(args)
+    distributed = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)
+    check_solver(cfg, args.num_gpus, distributed.num_machines, args.eval_only)
+    if not args.dry_run:
+        check_devices(cfg, args.num_gpus, distributed.num_machines, distributed.machines_per_node)
+    from dcl.data.datasets import register_datasets
+
+    register_datasets()
+    check_datasets(cfg, args.eval_only)
+    local_weights = resolve_weights(cfg, args.resume, args.weights_dir)
+    weights = {"requested": cfg.MODEL.WEIGHTS, "resolved": local_weights or cfg.MODEL.WEIGHTS}
+    if args.dry_run:
+        summary = dry_run_summary(
+            cfg,
+            config_file=args.config_file,
+            eval_only=args.eval_only,
+            num_gpus=args.num_gpus,
+            distributed=distributed,
+            weights=weights,
+        )
+        print(json.dumps(summary, indent=2))
+        return 0
+    worker_opts = args.opts + (["MODEL.WEIGHTS", local_weights] if local_weights else [])
+    if cfg.SEED < 0:
+        # Draw the "random" seed here, so run.json and config.yaml say which one was used.
+        cfg = with_values(cfg, SEED=int.from_bytes(os.urandom(4), "little") % 2**31)
+        worker_opts += ["SEED", str(cfg.SEED)]
+    output_dir = Path(cfg.OUTPUT_DIR)
+    with contextlib.ExitStack() as held:
+        if distributed.machine_rank == 0:  # one dcl train per OUTPUT_DIR, until this process ends
+            held.enter_context(exclusive_lock(output_dir / RUN_LOCK, _holder(), f"OUTPUT_DIR {output_dir}"))
+        if distributed.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
+            prepare_output_dir(output_dir)
+        job = _job(args, cfg, worker_opts, tracking_options, distributed, weights)
+        backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
+        code = _execute(job, stop, args.num_gpus, distributed, backend)
+        if code == EXIT_INTERRUPTED and args.max_chunks is not None:
+            requeue_for_the_next_chunk(Path(job.record_path), args.max_chunks)
+        return code
+
+
+def _check_options(args: argparse.Namespace) -> Optional["TrackingOptions"]:
+    """The checks of the options alone (before any config is read); the tracking options, if any."""
     from dcl import tracking
 
     tracking_options = tracking.options_from_args(args)
@@ -242,83 +286,60 @@ def _run(args: argparse.Namespace, stop: StopSignal) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    opts = args.opts
+    return tracking_options
+
+
+def _load_config(args: argparse.Namespace) -> CfgNode:
+    """The config of the command, after the ``--import`` modules; refused if it names a registered
+    name that none of them registered."""
     if args.imports:
         from dcl.training.methods import check_registered, import_modules
 
         import_modules(args.imports)
-    cfg = load_config(args.config_file, opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.imports:
         problems = check_registered(cfg)
         if problems:
             raise InputError("; ".join(problems))
-    layout = resolve_distributed(args.num_machines, args.machine_rank, args.dist_url)
-    check_solver(cfg, args.num_gpus, layout.num_machines, args.eval_only)
-    if not args.dry_run:
-        check_devices(cfg, args.num_gpus, layout.num_machines, layout.machines_per_node)
-    from dcl.data.datasets import register_datasets
+    return cfg
 
-    register_datasets()
-    check_datasets(cfg, args.eval_only)
-    local_weights = resolve_weights(cfg, args.resume, args.weights_dir)
-    weights = {"requested": cfg.MODEL.WEIGHTS, "resolved": local_weights or cfg.MODEL.WEIGHTS}
-    if args.dry_run:
-        print(
-            json.dumps(
-                dry_run_summary(
-                    cfg,
-                    config_file=args.config_file,
-                    eval_only=args.eval_only,
-                    num_gpus=args.num_gpus,
-                    layout=layout,
-                    weights=weights,
-                ),
-                indent=2,
-            )
-        )
-        return 0
-    worker_opts = opts + (["MODEL.WEIGHTS", local_weights] if local_weights else [])
-    if cfg.SEED < 0:
-        # Draw the "random" seed here, so run.json and config.yaml say which one was used.
-        cfg = with_values(cfg, SEED=int.from_bytes(os.urandom(4), "little") % 2**31)
-        worker_opts += ["SEED", str(cfg.SEED)]
+
+def _job(
+    args: argparse.Namespace,
+    cfg: CfgNode,
+    worker_opts: list[str],
+    tracking_options: Optional["TrackingOptions"],
+    distributed: DistributedLayout,
+    weights: dict,
+) -> _Job:
+    """What every worker is given: the command, and the fields its run record begins with."""
     output_dir = Path(cfg.OUTPUT_DIR)
-    with contextlib.ExitStack() as held:
-        if layout.machine_rank == 0:  # one dcl train per OUTPUT_DIR, until this process ends
-            held.enter_context(exclusive_lock(output_dir / RUN_LOCK, _holder(), f"OUTPUT_DIR {output_dir}"))
-        if layout.machine_rank == 0 and not args.eval_only:  # a training owns its OUTPUT_DIR
-            prepare_output_dir(output_dir)
-        job = _Job(
-            config_file=args.config_file,
-            opts=worker_opts,
-            resume=args.resume,
+    return _Job(
+        config_file=args.config_file,
+        opts=worker_opts,
+        resume=args.resume,
+        eval_only=args.eval_only,
+        results_dir=args.results_dir,
+        keep_checkpoints=args.keep_checkpoints,
+        imports=tuple(args.imports),
+        tracking=tracking_options,
+        record_path=str(record_path(output_dir, args.eval_only)),
+        record_fields=run_fields(
             eval_only=args.eval_only,
-            results_dir=args.results_dir,
-            keep_checkpoints=args.keep_checkpoints,
-            imports=tuple(args.imports),
-            tracking=tracking_options,
-            record_path=str(record_path(output_dir, args.eval_only)),
-            record_fields=run_fields(
-                eval_only=args.eval_only,
-                command=command_line(args),
-                config_file=args.config_file,
-                overrides=list(opts),
-                seed=cfg.SEED,
-                output_dir=cfg.OUTPUT_DIR,
-                max_iter=cfg.SOLVER.MAX_ITER,
-                num_gpus=args.num_gpus,
-                on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"),
-                distributed=dataclasses.asdict(layout),
-                weights=weights,
-                slurm=slurm_job(),
-                environment=environment_info(),
-            ),
-        )
-        backend = "nccl" if str(cfg.MODEL.DEVICE).startswith("cuda") else "gloo"
-        code = _execute(job, stop, args.num_gpus, layout, backend)
-        if code == EXIT_INTERRUPTED and args.max_chunks is not None:
-            requeue_for_the_next_chunk(Path(job.record_path), args.max_chunks)
-        return code
+            command=command_line(args),
+            config_file=args.config_file,
+            overrides=list(args.opts),
+            seed=cfg.SEED,
+            output_dir=cfg.OUTPUT_DIR,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            num_gpus=args.num_gpus,
+            on_gpu=str(cfg.MODEL.DEVICE).startswith("cuda"),
+            distributed=dataclasses.asdict(distributed),
+            weights=weights,
+            slurm=slurm_job(),
+            environment=environment_info(),
+        ),
+    )
 
 
 def _holder() -> str:
@@ -331,16 +352,16 @@ def _holder() -> str:
     )
 
 
-def _execute(job: _Job, stop: StopSignal, num_gpus: int, layout: DistributedLayout, backend: str) -> int:
+def _execute(job: _Job, stop: StopSignal, num_gpus: int, distributed: DistributedLayout, backend: str) -> int:
     """Run :func:`main` here (one worker) or in ``num_gpus`` processes; the exit code of the run."""
-    if num_gpus * layout.num_machines == 1:
+    if num_gpus * distributed.num_machines == 1:
         try:
             main(job, stop)
         except SystemExit as exit_:
             return int(exit_.code or 0)
         return 0
     if stop.requested:  # signalled during the set-up: start no workers, record the interruption
-        if layout.machine_rank == 0:
+        if distributed.machine_rank == 0:
             RunRecord.begin(Path(job.record_path), resume=job.resume, fields=job.record_fields).close(
                 "interrupted", EXIT_INTERRUPTED, signal_name=stop.name
             )
@@ -349,9 +370,9 @@ def _execute(job: _Job, stop: StopSignal, num_gpus: int, layout: DistributedLayo
     result = launch(
         main,
         num_gpus,
-        num_machines=layout.num_machines,
-        machine_rank=layout.machine_rank,
-        dist_url=layout.dist_url,
+        num_machines=distributed.num_machines,
+        machine_rank=distributed.machine_rank,
+        dist_url=distributed.dist_url,
         backend=backend,
         args=(job, StopSignal()),  # each its own
         clean_exits=(0, EXIT_INTERRUPTED),
@@ -359,7 +380,7 @@ def _execute(job: _Job, stop: StopSignal, num_gpus: int, layout: DistributedLayo
     if result.failed is None:
         return EXIT_INTERRUPTED if EXIT_INTERRUPTED in result.exit_codes else 0
     code = result.exit_codes[result.failed]
-    rank = layout.machine_rank * num_gpus + result.failed
+    rank = distributed.machine_rank * num_gpus + result.failed
     reason = (
         f"worker {rank} {'exited with code ' + str(code) if code >= 0 else 'killed by ' + signal.Signals(-code).name}"
     )

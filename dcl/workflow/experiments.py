@@ -5,7 +5,7 @@ A workflow config (``configs/paper.yaml``, ``configs/toy.yaml``; documented in
 one-parameter ablation sweeps around a DCL experiment, and released checkpoints that skip training.
 :class:`Plan` turns a validated config into runs (one experiment x seed each) and everything the
 Snakemake workflow needs to know about a run: its folders, its ``dcl train`` command line, its
-resources. ``dcl plan CONFIG -o experiments.json`` writes the list of runs the report expects
+resources. ``dcl plan CONFIG -o experiments.json`` (:mod:`dcl.workflow.plan`) writes the list of runs the report expects
 (format in ``docs/design.md``).
 
 The same code serves both callers, so the Snakefile and ``dcl plan`` can never disagree about what
@@ -14,7 +14,6 @@ a config means. No torch and no detectron2 here: the Snakefile imports this on a
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
 import hashlib
@@ -25,7 +24,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -36,13 +35,11 @@ from dcl.io import (
     MAX_YAML_VALUES,
     SEED_LIMIT,
     InputError,
-    atomic_write_json,
     check_bounded,
     load_yaml,
     read_yaml,
-    refuse_output_over_input,
 )
-from dcl.layout import DATASETS, is_import_path
+from dcl.layout import DATASET_SPECS, is_import_path
 from dcl.runs import Ablation, ExpectedRun
 from dcl.names import DEFAULT_BACKBONE
 
@@ -60,11 +57,8 @@ __all__ = [
     "parse_config_assignment",
     "merge_config",
     "load_workflow_config",
-    "checkout_root",
     "validate_config",
     "format_override_value",
-    "add_arguments",
-    "run",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +144,7 @@ class Run:
 
     @property
     def metric(self) -> str:
-        return DATASETS[self.dataset].metric
+        return DATASET_SPECS[self.dataset].metric
 
     def record(self) -> dict[str, Any]:
         """The run's entry in ``experiments.json``: :class:`dcl.runs.ExpectedRun` owns the format."""
@@ -585,45 +579,10 @@ class Plan:
     ) -> list[Run]:
         method = self.methods.get(entry["method"]) if entry["method"] not in MODEL_HEADS["mask_rcnn"] else None
         with_dcl = entry["method"] == "dcl" or bool(method and method.get("dcl"))
-        if entry["method"] not in MODEL_HEADS["mask_rcnn"] and method is None:
-            known = ", ".join(["baseline", "dcl", *self.methods])
-            self._problems.append(
-                f"{where}: method {entry['method']!r} is neither built in nor declared in `methods` (known: {known})"
-            )
-        if entry.get("dcl") and not with_dcl:
-            self._problems.append(
-                f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']}), "
-                "or a method of `methods` with `dcl: true`"
-            )
-        if method is None and "baseline" in entry:
-            self._problems.append(
-                f"{where}: `baseline` is for a method of the `methods` table "
-                "(a DCL experiment is compared with the baseline of the same dataset and network)"
-            )
-        if method is not None and "baseline" not in entry and kind == "train":
-            self._problems.append(
-                f"{where}: method {entry['method']!r} needs `baseline`: the experiment it is compared against"
-            )
-        overrides = self._overrides(entry, where)
+        self._check_method(entry, where, kind, method, with_dcl)
         model = entry.get("model", "mask_rcnn")
         backbone = entry.get("backbone", DEFAULT_BACKBONE)
-        depth = entry.get("overrides", {}).get("MODEL.RESNETS.DEPTH")
-        number = re.search(r"[0-9]+", backbone)
-        if depth is not None and number is not None and number.group() != str(depth):
-            # The report would judge this network against another one's published numbers.
-            self._problems.append(
-                f"{where}: backbone {backbone} (default {DEFAULT_BACKBONE}) but MODEL.RESNETS.DEPTH is {depth}; "
-                "set `backbone` to the network the overrides build"
-            )
-        if method is None:
-            overrides += list(MODEL_HEADS[model].get(entry["method"], ()))
-        else:
-            # The detector's baseline heads, unless the method names its own; then the method's overrides.
-            own = self._overrides(method, f"methods.{entry['method']}", allowed=METHOD_OVERRIDES)
-            overrides += [pair for pair in MODEL_HEADS[model]["baseline"] if pair[0] not in dict(own)]
-            overrides = own + overrides
-        if with_dcl:
-            overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
+        overrides = self._model_overrides(entry, where, method, with_dcl, model, backbone)
         config_file = self._config_path(entry["config"], where)
         weights = self._weights(entry.get("weights"), where)
         resources = self._resources(entry)
@@ -650,19 +609,73 @@ class Plan:
                 model=model,
                 backbone=backbone,
                 schedule=entry.get("schedule"),
-                **(
-                    {
-                        "method_label": method["label"],
-                        "baseline": entry.get("baseline"),
-                        "dcl_on_top": bool(method.get("dcl")),
-                        "imports": self._method_imports.get(entry["method"], ()),
-                    }
-                    if method is not None
-                    else {}
-                ),
+                **(self._own_method_fields(entry, method) if method is not None else {}),
             )
             for seed in seeds
         ]
+
+    def _check_method(
+        self, entry: dict[str, Any], where: str, kind: str, method: dict[str, Any] | None, with_dcl: bool
+    ) -> None:
+        """An experiment's method: built in or declared; `dcl` settings and `baseline` where they belong."""
+        if entry["method"] not in MODEL_HEADS["mask_rcnn"] and method is None:
+            known = ", ".join(["baseline", "dcl", *self.methods])
+            self._problems.append(
+                f"{where}: method {entry['method']!r} is neither built in nor declared in `methods` (known: {known})"
+            )
+        if entry.get("dcl") and not with_dcl:
+            self._problems.append(
+                f"{where}: `dcl` settings need `method: dcl` (method is {entry['method']}), "
+                "or a method of `methods` with `dcl: true`"
+            )
+        if method is None and "baseline" in entry:
+            self._problems.append(
+                f"{where}: `baseline` is for a method of the `methods` table "
+                "(a DCL experiment is compared with the baseline of the same dataset and network)"
+            )
+        if method is not None and "baseline" not in entry and kind == "train":
+            self._problems.append(
+                f"{where}: method {entry['method']!r} needs `baseline`: the experiment it is compared against"
+            )
+
+    def _model_overrides(
+        self,
+        entry: dict[str, Any],
+        where: str,
+        method: dict[str, Any] | None,
+        with_dcl: bool,
+        model: str,
+        backbone: str,
+    ) -> list[tuple[str, str]]:
+        """An experiment's config overrides: its own, the heads of its method, its `dcl` settings."""
+        overrides = self._overrides(entry, where)
+        depth = entry.get("overrides", {}).get("MODEL.RESNETS.DEPTH")
+        number = re.search(r"[0-9]+", backbone)
+        if depth is not None and number is not None and number.group() != str(depth):
+            # The report would judge this network against another one's published numbers.
+            self._problems.append(
+                f"{where}: backbone {backbone} (default {DEFAULT_BACKBONE}) but MODEL.RESNETS.DEPTH is {depth}; "
+                "set `backbone` to the network the overrides build"
+            )
+        if method is None:
+            overrides += list(MODEL_HEADS[model].get(entry["method"], ()))
+        else:
+            # The detector's baseline heads, unless the method names its own; then the method's overrides.
+            own = self._overrides(method, f"methods.{entry['method']}", allowed=METHOD_OVERRIDES)
+            overrides += [pair for pair in MODEL_HEADS[model]["baseline"] if pair[0] not in dict(own)]
+            overrides = own + overrides
+        if with_dcl:
+            overrides += [(DCL_KEY_PREFIX + k, format_override_value(v)) for k, v in entry.get("dcl", {}).items()]
+        return overrides
+
+    def _own_method_fields(self, entry: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
+        """The fields of a run of a method of one's own (`methods`)."""
+        return {
+            "method_label": method["label"],
+            "baseline": entry.get("baseline"),
+            "dcl_on_top": bool(method.get("dcl")),
+            "imports": self._method_imports.get(entry["method"], ()),
+        }
 
     def _expand(self) -> None:
         config = self.config
@@ -682,53 +695,10 @@ class Plan:
             self._where.setdefault(entry["name"], where)
             seeds = entry.get("seeds", config["defaults"]["seeds"])
             self.runs += self._model_runs(entry, where, kind="train", group="main", seeds=seeds)
-
         for index, sweep in enumerate(config["ablations"]):
-            where = f"ablations[{index}] ({sweep['base']} {sweep['parameter']})"
-            base = experiments.get(sweep["base"])
-            base_where = names.get(sweep["base"], where)
-            if base is None:
-                self._problems.append(
-                    f"{where}: base {sweep['base']!r} is not one of the `experiments`"
-                    + (f" (known: {', '.join(experiments)})" if experiments else "")
-                )
-                continue
-            if base["method"] != "dcl" and not (self.methods.get(base["method"]) or {}).get("dcl"):
-                self._problems.append(
-                    f"{where}: base {sweep['base']!r} has method {base['method']}; "
-                    "ablations sweep a parameter of the contrastive loss (method: dcl, or a method with dcl: true)"
-                )
-                continue
-            parameter = sweep["parameter"]
-            # A value equal to the base's effective one is the base experiment: not trained twice.
-            base_value = base.get("dcl", {}).get(parameter, DCL_DEFAULTS[parameter])
-            base_seeds = base.get("seeds", config["defaults"]["seeds"])
-            seeds = sweep.get("seeds", base_seeds)
-            for value in sweep["values"]:
-                name = f"{sweep['base']}_{parameter.lower()}_{_slug(value)}"
-                point_where = f"{where} value {value!r}"
-                claim(name, point_where)
-                entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
-                entry.pop("seeds", None)
-                self._check_dcl_value(entry["dcl"], point_where)
-                ablation = Ablation(parameter, DCL_KEY_PREFIX + parameter, value, sweep["base"])
-                if _same_value(value, base_value) and set(seeds) <= set(base_seeds):
-                    # The base experiment *is* this point: its runs are reused, not trained twice.
-                    self.runs += self._model_runs(
-                        entry,
-                        base_where,
-                        kind="train",
-                        group="ablation",
-                        seeds=seeds,
-                        ablation=ablation,
-                        folder=sweep["base"],
-                    )
-                else:
-                    # Problems of the base's own settings are reported once, under the base.
-                    self.runs += self._model_runs(
-                        entry, base_where, kind="train", group="ablation", seeds=seeds, ablation=ablation
-                    )
-
+            self._expand_ablation(
+                f"ablations[{index}] ({sweep['base']} {sweep['parameter']})", sweep, experiments, names, claim
+            )
         for index, entry in enumerate(config["released"]):
             where = _location(["released", index], config)
             claim(entry["name"], where)
@@ -737,6 +707,56 @@ class Plan:
         for entry in [*config["experiments"], *config["released"]]:
             if "baseline" in entry and entry["method"] in self.methods:
                 self._check_baseline(entry, experiments)
+
+    def _expand_ablation(
+        self,
+        where: str,
+        sweep: dict[str, Any],
+        experiments: dict[str, dict[str, Any]],
+        names: dict[str, str],
+        claim: Callable[[str, str], None],
+    ) -> None:
+        """The runs of one ablation sweep: one experiment per value, around its DCL base experiment."""
+        base = experiments.get(sweep["base"])
+        base_where = names.get(sweep["base"], where)
+        if base is None:
+            self._problems.append(
+                f"{where}: base {sweep['base']!r} is not one of the `experiments`"
+                + (f" (known: {', '.join(experiments)})" if experiments else "")
+            )
+            return
+        if base["method"] != "dcl" and not (self.methods.get(base["method"]) or {}).get("dcl"):
+            self._problems.append(
+                f"{where}: base {sweep['base']!r} has method {base['method']}; "
+                "ablations sweep a parameter of the contrastive loss (method: dcl, or a method with dcl: true)"
+            )
+            return
+        parameter = sweep["parameter"]
+        # A value equal to the base's effective one is the base experiment: not trained twice.
+        base_value = base.get("dcl", {}).get(parameter, DCL_DEFAULTS[parameter])
+        base_seeds = base.get("seeds", self.config["defaults"]["seeds"])
+        seeds = sweep.get("seeds", base_seeds)
+        for value in sweep["values"]:
+            name = f"{sweep['base']}_{parameter.lower()}_{_slug(value)}"
+            point_where = f"{where} value {value!r}"
+            claim(name, point_where)
+            entry = {**base, "name": name, "dcl": {**base.get("dcl", {}), parameter: value}}
+            entry.pop("seeds", None)
+            self._check_dcl_value(entry["dcl"], point_where)
+            ablation = Ablation(parameter, DCL_KEY_PREFIX + parameter, value, sweep["base"])
+            # The base experiment *is* this point when it has the value and the seeds: its runs are
+            # reused (its folder), not trained twice. Problems of the base's own settings are
+            # reported once, under the base.
+            reused = _same_value(value, base_value) and set(seeds) <= set(base_seeds)
+            self.runs += self._model_runs(
+                entry,
+                base_where,
+                kind="train",
+                group="ablation",
+                seeds=seeds,
+                ablation=ablation,
+                folder=sweep["base"] if reused else None,
+            )
 
     def _check_baseline(self, entry: dict[str, Any], experiments: dict[str, dict[str, Any]]) -> None:
         """A method of one's own is compared with an experiment of the same dataset (and metric)."""
@@ -827,12 +847,12 @@ class Plan:
 
     def gt(self, dataset: str) -> str:
         """The validation ground truth (COCO JSON) ``dcl evaluate`` and ``dcl errors`` compare to."""
-        return f"{self.datasets_root}/{DATASETS[dataset].gt}"
+        return f"{self.datasets_root}/{DATASET_SPECS[dataset].gt}"
 
     def errors_gt(self, dataset: str, legacy: bool = False) -> str:
         """The GT of ``dcl errors``: the original tool's file for the legacy analysis where the
         dataset has one (Cityscapes: Detectron's conversion), else ``gt``."""
-        legacy_gt = DATASETS[dataset].legacy_gt
+        legacy_gt = DATASET_SPECS[dataset].legacy_gt
         return f"{self.datasets_root}/{legacy_gt}" if legacy and legacy_gt else self.gt(dataset)
 
     def occlusion_gt(self, dataset: str) -> str | None:
@@ -840,22 +860,22 @@ class Plan:
         ``occlusion_subset`` for COCO datasets, when the file exists or the workflow makes it
         (the toy one); else None (the report then says so in one line)."""
         path = self.occlusion_subset
-        if path is None or not DATASETS[dataset].occlusion:
+        if path is None or not DATASET_SPECS[dataset].occlusion:
             return None
-        toy_subset = f"{self.datasets_root}/{DATASETS[dataset].root_folder}/{layout.TOY_OCCLUSION_SUBSET}"
-        made_here = DATASETS[dataset].toy and path == toy_subset
+        toy_subset = f"{self.datasets_root}/{DATASET_SPECS[dataset].root_folder}/{layout.TOY_OCCLUSION_SUBSET}"
+        made_here = DATASET_SPECS[dataset].toy and path == toy_subset
         return path if made_here or (self.working_dir / path).is_file() else None
 
     def occlusion_document(self) -> dict[str, Any] | None:
         """What experiments.json says about the occlusion subset: its path and whether it is used."""
         path = self.occlusion_subset
-        coco = [r.dataset for r in self.runs if DATASETS[r.dataset].occlusion]
+        coco = [r.dataset for r in self.runs if DATASET_SPECS[r.dataset].occlusion]
         if path is None or not coco:
             return None
         return {"path": path, "used": self.occlusion_gt(coco[0]) is not None}
 
     def cityscapes_root(self, dataset: str) -> str | None:
-        root = DATASETS[dataset].cityscapes_root
+        root = DATASET_SPECS[dataset].cityscapes_root
         return None if root is None else f"{self.datasets_root}/{root}"
 
     def evaluate_options(self, run_: Run) -> str:
@@ -928,7 +948,7 @@ class Plan:
         schedule = cost.schedule(str(self.working_dir / run_.config_file), overrides)
         resources = run_.resources
         return cost.run_cost(
-            DATASETS[run_.dataset].format,
+            DATASET_SPECS[run_.dataset].format,
             run_.model,
             schedule,
             resources.gpus,
@@ -938,7 +958,7 @@ class Plan:
 
     def cpu_step_seconds(self, run_: Run) -> float:
         """The estimated CPU time of a run's evaluation and error analyses at full size."""
-        return cost.cpu_step_seconds(DATASETS[run_.dataset].format, self.occlusion_gt(run_.dataset) is not None)
+        return cost.cpu_step_seconds(DATASET_SPECS[run_.dataset].format, self.occlusion_gt(run_.dataset) is not None)
 
     def document(self) -> dict[str, Any]:
         """``experiments.json``: the preset and every run the report should find."""
@@ -1016,112 +1036,3 @@ class Plan:
     def digest(self) -> str:
         """Changes exactly when ``experiments.json`` would (the plan rule's rerun trigger)."""
         return hashlib.sha256(json.dumps(self.document(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- dcl plan
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "configs",
-        nargs="+",
-        metavar="CONFIG",
-        help="workflow config file(s), layered in order (e.g. configs/paper.yaml)",
-    )
-    parser.add_argument(
-        "--config",
-        dest="assignments",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override top-level config keys, as snakemake --config does",
-    )
-    parser.add_argument("-o", "--output", help="write experiments.json here (default: only print the summary)")
-    parser.add_argument(
-        "--commands", action="store_true", help="print the `dcl train` command line of every run to train or evaluate"
-    )
-    parser.add_argument(
-        "--check-methods",
-        action="store_true",
-        help="also import the modules of the config's own methods and check their registered names and "
-        "configs (with detectron2, in a subprocess), as the workflow does before any job",
-    )
-    parser.add_argument(
-        "--repo-root",
-        metavar="DIR",
-        help="the checkout whose detectron2 configs and published numbers the config names "
-        "(default: the checkout the working directory is in, as `snakemake` run here uses, else dcl's own)",
-    )
-
-
-def checkout_root(start: str | os.PathLike | None = None) -> Path:
-    """The checkout a command runs in: the nearest folder at or above ``start`` (default: the
-    working directory) with the workflow's ``Snakefile``, where ``snakemake`` run from there finds
-    the detectron2 configs; else the checkout of this package."""
-    here = Path(start if start is not None else os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Snakefile").is_file() and (folder / "workflow" / "rules").is_dir():
-            return folder
-    return REPO_ROOT
-
-
-def print_plan(plan: Plan) -> None:
-    """``dcl plan``'s summary: one line per experiment with its estimated cost, then the totals."""
-    trained, released = plan.train_jobs, plan.released_jobs
-    costs = {(r.experiment, r.seed): plan.cost(r) for r in trained}
-    cpu = {(r.experiment, r.seed): plan.cpu_step_seconds(r) for r in plan.jobs.values()}
-    print(
-        f"preset {plan.preset}: {len(plan.runs)} runs in experiments.json; "
-        f"{len(trained)} to train, {len(released)} released checkpoints to evaluate"
-    )
-    width = max((len(r.experiment) for r in plan.runs), default=10)
-    print(
-        f"{'experiment':{width}s}  {'group':8s} {'dataset':14s} {'method':8s} {'seeds':7s}"
-        f" {'GPUs':>4s} {'h/run':>5s} {'chunks':>6s} {'GPU-h':>7s} {'disk GB':>7s} {'CPU h':>6s}"
-    )
-    by_experiment: dict[str, list[Run]] = {}
-    for run_ in plan.runs:
-        by_experiment.setdefault(run_.experiment, []).append(run_)
-    for name, runs in by_experiment.items():
-        first = runs[0]
-        seeds = ",".join(str(r.seed) for r in runs)
-        keys = [(r.experiment, r.seed) for r in runs if (r.experiment, r.seed) in plan.jobs]
-        own = [costs[k] for k in keys if k in costs]
-        figures = (
-            f" {first.resources.gpus:4d} {max(c.wall_hours for c in own):5.1f} {max(c.chunks for c in own):6d}"
-            f" {sum(c.gpu_hours for c in own):7.1f} {sum(c.disk_gb for c in own):7.1f}"
-            if own
-            else f" {'':4s} {'-':>5s} {'-':>6s} {'-':>7s} {'-':>7s}"
-        )
-        cpu_hours = f" {sum(cpu[k] for k in keys) / 3600:6.2f}" if keys else f" {'-':>6s}"
-        shared = f"  (= {first.folder})" if first.folder != name else ""
-        print(
-            f"{name:{width}s}  {first.group:8s} {first.dataset:14s} {first.method:8s} {seeds:7s}"
-            f"{figures}{cpu_hours}{shared}"
-        )
-    print(
-        f"total: {sum(c.gpu_hours for c in costs.values()):.0f} GPU-hours of training "
-        f"(chunks: Slurm jobs of the run's time limit, at most max_chunks {plan.max_chunks}); "
-        f"checkpoints {sum(c.disk_gb for c in costs.values()):.0f} GB once trained "
-        f"(keep_checkpoints {plan.keep_checkpoints}; "
-        f"{sum(c.disk_gb_keep_all for c in costs.values()):.0f} GB if every checkpoint were kept); "
-        f"evaluation and error analyses {sum(cpu.values()) / 3600:.1f} hours of CPU jobs"
-    )
-    print("(estimates: dcl/workflow/cost.py says where each figure comes from)")
-
-
-def run(args: argparse.Namespace) -> int:
-    refuse_output_over_input(args.output, {f"config file {i + 1}": path for i, path in enumerate(args.configs)})
-    config = load_workflow_config(args.configs, args.assignments)
-    source = " + ".join(map(str, args.configs)) + (" + --config" if args.assignments else "")
-    plan = Plan(config, source, repo_root=args.repo_root or checkout_root())
-    if args.check_methods:
-        plan.check_methods()
-    if args.output:
-        atomic_write_json(args.output, plan.document())
-    if args.commands:
-        for run_ in plan.jobs.values():
-            print(plan.train_command(run_))
-        return 0
-    print_plan(plan)
-    if args.output:
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0

@@ -12,7 +12,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 from dcl import layout
 from dcl.workflow.experiments import Plan
 from dcl.io import InputError
-from dcl.layout import DATASETS
+from dcl.layout import DATASET_SPECS
 from dcl.slurm import stop_signal_option
 
 
@@ -79,7 +79,7 @@ RELEASED = _alternatives({run.experiment for run in PLAN.released_jobs})
 
 wildcard_constraints:
     seed=r"\d+",
-    dataset=_alternatives(DATASETS),
+    dataset=_alternatives(DATASET_SPECS),
 
 
 def run_of(wildcards):
@@ -96,7 +96,7 @@ def dataset_inputs(dataset):
     truth converted to COCO JSON. ``ancient``: re-checking the data must not make finished runs
     look outdated."""
     inputs = {"data_check": ancient(check_stamp(dataset))}
-    if DATASETS[dataset].format == "cityscapes" and not DATASETS[dataset].toy:
+    if DATASET_SPECS[dataset].format == "cityscapes" and not DATASET_SPECS[dataset].toy:
         inputs["gt"] = ancient(PLAN.gt(dataset))
     return inputs
 
@@ -127,7 +127,7 @@ def errors_gt(wildcards):
 def _with_gt(inputs, dataset, gt):
     """``inputs`` plus a GT file other than val's: made by cityscapes_to_coco_detectron, or the
     user's COCO-OCC file. Toy ones are part of the toy data (the data check waits for it)."""
-    if gt != PLAN.gt(dataset) and not DATASETS[dataset].toy:
+    if gt != PLAN.gt(dataset) and not DATASET_SPECS[dataset].toy:
         inputs["analysis_gt"] = ancient(gt)
     return inputs
 

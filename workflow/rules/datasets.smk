@@ -22,7 +22,7 @@ rule check_dataset:
     """Check a dataset's files before any GPU job is queued (dcl data check)."""
     input:
         # The toy datasets are made by the workflow; the real ones are the user's to download.
-        lambda wildcards: rules.toy_data.output if DATASETS[wildcards.dataset].toy else [],
+        lambda wildcards: rules.toy_data.output if DATASET_SPECS[wildcards.dataset].toy else [],
     output:
         check_stamp("{dataset}"),
     log:
@@ -36,7 +36,9 @@ rule check_dataset:
         # COCO-OCC, where the user has it: validated here too (absent: a note, not an error).
         occlusion=lambda wildcards: (
             f"--occlusion-subset {shlex.quote(PLAN.occlusion_subset)}"
-            if DATASETS[wildcards.dataset].occlusion and not DATASETS[wildcards.dataset].toy and PLAN.occlusion_subset
+            if DATASET_SPECS[wildcards.dataset].occlusion
+            and not DATASET_SPECS[wildcards.dataset].toy
+            and PLAN.occlusion_subset
             else ""
         ),
     shell:

@@ -14,7 +14,9 @@ import torch
 from detectron2.utils.events import EventStorage
 
 from dcl.model.loss import gather_points
-from test_modeling import DCL_HEADS, TOY_CONFIG, make_heads, training_instances
+from model_fixtures import make_heads, training_instances
+from toy_training import DCL_HEADS
+from toy_training import TOY_COCO as TOY_CONFIG
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -26,7 +26,7 @@ from dcl.workflow.experiments import Plan, read_config_file
 from dcl import runs as dcl_runs
 from dcl.runrecord import RunRecord, format_duration, progress
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
 
 

@@ -23,8 +23,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from instance_fixtures import run_dcl
+from toy_training import TOY_WORKFLOW_OVERRIDES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # dcl must be on PATH for the jobs, as in an activated environment.
@@ -397,7 +398,6 @@ def test_missing_data_fails_in_the_first_local_rule_with_what_to_download(tmp_pa
 
 
 # ----------------------------------------------------------------------------- the toy DAG, for real
-TOY_OVERRIDES = "train_overrides={SOLVER.MAX_ITER: 20, SOLVER.CHECKPOINT_PERIOD: 10}"
 LOCAL = ["--snakefile", REPO / "Snakefile", "--profile", REPO / "profiles" / "local", "--cores", "2"]
 
 
@@ -410,7 +410,7 @@ def local_run(*args, cwd: Path) -> subprocess.CompletedProcess:
 def toy_run(tmp_path_factory):
     """The whole toy DAG with the local executor (2 cores), a 20-iteration schedule."""
     workdir = tmp_path_factory.mktemp("toy")
-    result = local_run("--config", "preset=toy", TOY_OVERRIDES, cwd=workdir)
+    result = local_run("--config", "preset=toy", TOY_WORKFLOW_OVERRIDES, cwd=workdir)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return workdir
 
@@ -463,14 +463,14 @@ def test_toy_dag_produces_every_run_file_table_and_figure(toy_run):
 
 @pytest.mark.e2e
 def test_toy_rerun_does_nothing_and_a_new_seed_runs_only_its_jobs(toy_run):
-    again = local_run("--config", "preset=toy", TOY_OVERRIDES, "-n", cwd=toy_run)
+    again = local_run("--config", "preset=toy", TOY_WORKFLOW_OVERRIDES, "-n", cwd=toy_run)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing to be done" in again.stdout + again.stderr
 
     config = yaml.safe_load((REPO / "configs" / "toy.yaml").read_text())
     config["defaults"]["seeds"] = [0, 3]
     (toy_run / "toy_more_seeds.yaml").write_text(yaml.safe_dump(config))
-    more = local_run("--configfile", "toy_more_seeds.yaml", "--config", TOY_OVERRIDES, "-n", cwd=toy_run)
+    more = local_run("--configfile", "toy_more_seeds.yaml", "--config", TOY_WORKFLOW_OVERRIDES, "-n", cwd=toy_run)
     assert more.returncode == 0, more.stderr[-3000:]
     output = more.stdout + more.stderr
     # 4 trainings of seed 3 (the ablation point keeps its seed 0), each evaluated and analysed twice;
@@ -517,7 +517,7 @@ def test_toy_released_checkpoint_is_evaluated_without_training(toy_run, tmp_path
         }
     ]
     (toy_run / "toy_released.yaml").write_text(yaml.safe_dump(config))
-    result = local_run("--configfile", "toy_released.yaml", "--config", TOY_OVERRIDES, cwd=toy_run)
+    result = local_run("--configfile", "toy_released.yaml", "--config", TOY_WORKFLOW_OVERRIDES, cwd=toy_run)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     # A toy COCO checkpoint: also scored on the toy COCO-OCC (one evaluation, two analyses).
@@ -650,7 +650,9 @@ def test_toy_dag_with_a_failing_run_still_reports_everything_that_finished(toy_r
     (toy_run / "toy_broken.yaml").write_text(yaml.safe_dump(config))
     results = toy_run / "results" / "toy"
     before = (results / "README.md").stat().st_mtime
-    result = local_run("--keep-going", "--configfile", "toy_broken.yaml", "--config", TOY_OVERRIDES, cwd=toy_run)
+    result = local_run(
+        "--keep-going", "--configfile", "toy_broken.yaml", "--config", TOY_WORKFLOW_OVERRIDES, cwd=toy_run
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-5000:]
     assert "Error in rule train" in output and "some runs failed; the report of what finished" in output

@@ -14,7 +14,7 @@ from dcl.workflow import cost
 from dcl.workflow.experiments import Plan, read_config_file
 from instance_fixtures import run_dcl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def plan_of(name: str) -> Plan:

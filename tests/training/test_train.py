@@ -40,10 +40,8 @@ from dcl.training.preemption import EXIT_INTERRUPTED
 from dcl.training import sampler as sampler_module
 from dcl.training.sampler import ResumableTrainingSampler
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-TOY = str(CONFIGS / "toy_coco_mask_rcnn_R18_FPN.yaml")
-DCL_HEADS = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"]
+from toy_training import CONFIGS, DCL_HEADS, REPO
+from toy_training import TOY_COCO as TOY
 
 
 # --------------------------------------------------------------------------- config

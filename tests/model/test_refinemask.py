@@ -1,7 +1,5 @@
 """dcl.model.refinemask: the loss against the upstream definition, the head, the models."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from dcl.model.heads import is_dcl_model_config
+from dcl.model.heads import CONTRAST_KEYWORDS, ContrastConvUpsampleHead, is_dcl_model_config
 from dcl.model.refinemask import (
     RefineMaskContrastHead,
     RefineMaskHead,
@@ -24,8 +22,8 @@ from dcl.model.refinemask import (
 )
 from dcl.training.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TOY_REFINEMASK = str(CONFIGS / "toy_cityscapes_refinemask_R18_FPN.yaml")
+from toy_training import TOY_REFINEMASK
+
 DCL_HEAD = ["MODEL.ROI_MASK_HEAD.NAME", "RefineMaskContrastHead"]
 
 
@@ -188,7 +186,7 @@ def test_head_shapes_through_every_stage():
         ShapeSpec(channels=256, height=14, width=14),
         num_classes=8,
         semantic_channels=256,
-        contrast={"loss_weight": 1.4},
+        contrast_loss_weight=1.4,
     )
     assert dcl_head.contrast_loss.proj_head[0].in_channels == 128 and dcl_head.contrast_loss.loss_weight == 1.4
 
@@ -238,6 +236,22 @@ def test_models_train_with_the_expected_losses():
         assert all(p.grad is not None for p in head.parameters())
         if extra:
             assert storage.history("dcl/num_rois").latest() > 0
+
+
+def test_both_dcl_heads_take_the_contrast_loss_keys_as_the_same_keywords():
+    """``CONTRAST_LOSS.*`` reach RefineMaskContrastHead as the ``contrast_*`` keywords of
+    ContrastConvUpsampleHead, from the config or given directly."""
+    cfg = load_config(TOY_REFINEMASK, [*DCL_HEAD, "MODEL.ROI_MASK_HEAD.CONTRAST_LOSS.NUM_SAMPLES", "16"])
+    shape = ShapeSpec(channels=256, height=14, width=14)
+    refine, conv = RefineMaskContrastHead.from_config(cfg, shape), ContrastConvUpsampleHead.from_config(cfg, shape)
+    assert {key: refine[key] for key in CONTRAST_KEYWORDS} == {key: conv[key] for key in CONTRAST_KEYWORDS}
+    assert RefineMaskContrastHead(cfg, shape).contrast_loss.num_samples == 16
+    direct = dict(num_classes=8, semantic_channels=256, contrast_num_samples=8, contrast_with_proj=False)
+    head = RefineMaskContrastHead(shape, **direct)
+    assert head.contrast_loss.num_samples == 8 and not head.contrast_loss.with_proj
+    assert head.contrast_loss.loss_weight == 1.2  # not given: the published default
+    with pytest.raises(TypeError):
+        RefineMaskContrastHead(shape, num_classes=8, semantic_channels=256, contrast_num_sample=8)
 
 
 def test_inference_is_identical_with_and_without_the_dcl_parts():

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl.workflow import experiments
 from dcl.workflow.experiments import (
     Plan,
     format_override_value,
@@ -29,10 +28,11 @@ from dcl.workflow.experiments import (
     parse_config_assignment,
     read_config_file,
 )
+from dcl.workflow.plan import checkout_root
 from dcl.io import InputError
 from instance_fixtures import run_dcl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "configs" / "paper.yaml"
 TOY = REPO / "configs" / "toy.yaml"
 
@@ -697,8 +697,8 @@ def test_dcl_plan_resolves_configs_in_the_checkout_it_runs_in(tmp_path):
     assert result.returncode == 0, result.stderr
     config_files = {words[words.index("--config-file") + 1] for words in map(shlex.split, result.stdout.splitlines())}
     assert config_files and all(Path(f).is_relative_to(checkout / "configs") for f in config_files), config_files
-    assert experiments.checkout_root(checkout / "results") == checkout
-    assert experiments.checkout_root(tmp_path) == REPO
+    assert checkout_root(checkout / "results") == checkout
+    assert checkout_root(tmp_path) == REPO
 
 
 def test_dcl_plan_rejects_a_bad_config_without_traceback(tmp_path):

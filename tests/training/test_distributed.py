@@ -20,13 +20,12 @@ from dcl.io import read_json
 from dcl.training.launch import free_local_url
 from dcl.training.preemption import EXIT_INTERRUPTED
 from instance_fixtures import assert_nested_close
+from toy_training import DCL_HEADS, REPO
+from toy_training import TOY_COCO as TOY
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "distributed_probe.py"
-TOY = str(REPO / "configs" / "toy_coco_mask_rcnn_R18_FPN.yaml")
-DCL_HEADS = ["MODEL.ROI_HEADS.NAME", "ContrastRoIHeads", "MODEL.ROI_MASK_HEAD.NAME", "ContrastConvUpsampleHead"]
 # Where 2 workers x 2 images equal 1 worker x 4 images: group norm instead of batch norm (BN
 # statistics are per worker), no random flip (the mapper's RNG is seeded per worker), and every
 # anchor and proposal sampled (the subsampling's RNG too): what is left differs by

@@ -30,7 +30,7 @@ from dcl.report import published as dcl_published
 from dcl.report.analysis import error_types, paired_difference, summarize
 from dcl.report.table import Column, flat_table, latex_escape, to_csv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = REPO / "results" / "published.yaml"
 CAPTIONS = REPO / "workflow" / "report"
 TABLES = ("main_results", "dcl_vs_baseline", "error_analysis", "ablations", "reproduction", "run_inventory")
