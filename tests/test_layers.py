@@ -129,3 +129,19 @@ def test_the_report_package_has_no_import_cycle():
 
     cycles = [" -> ".join(c) for c in map(lambda m: cycle_from(m, []), sorted(graph)) if c]
     assert not cycles, "import cycles in dcl/report:\n" + "\n".join(cycles)
+
+
+@pytest.mark.parametrize("module", ["labels", "table", "tables", "figures", "summary", "document"])
+def test_the_report_computes_statistics_only_in_its_analysis(module):
+    """Builders, figures and the summary format what dcl.report.analysis computed: no statistics
+    library and no statistic of analysis is called from them."""
+    tree = ast.parse((PACKAGE / "report" / f"{module}.py").read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+            if node.module == "dcl.report.analysis":
+                imported.update(alias.name for alias in node.names)
+    assert not imported & {"scipy", "pandas", "statistics", "paired_difference", "summarize"}, module
