@@ -336,7 +336,7 @@ DICE_AP = [35.9, 36.2, 36.6]  # against cityscapes_imagenet_baseline's [35.0, 35
 @pytest.fixture(scope="module")
 def own_report(tmp_path_factory):
     """test_report's paper-like tree plus a method of one's own (3 seeds) on Cityscapes, ImageNet init."""
-    from test_report import PUBLISHED, build_paper_tree, coco_section, errors_record, gains, run_record, write_run
+    from report_fixtures import PUBLISHED, build_paper_tree, coco_section, errors_record, gains, run_record, write_run
 
     from dcl.report import build_report
 
@@ -362,7 +362,7 @@ def own_report(tmp_path_factory):
 
 
 def test_own_method_is_a_row_with_its_paired_difference(own_report):
-    from test_report import CS_AP, only, paired_by_hand, read_csv
+    from report_fixtures import CS_AP, only, paired_by_hand, read_csv
 
     markdown = (own_report / "tables" / "main_results.md").read_text()
     cityscapes = markdown.split("### Cityscapes, ImageNet initialisation")[1].split("###")[0]
@@ -385,7 +385,7 @@ def test_own_method_is_a_row_with_its_paired_difference(own_report):
 
 def test_own_method_in_the_error_table_and_figures(own_report):
     from pypdf import PdfReader
-    from test_report import gains, only, read_csv
+    from report_fixtures import gains, only, read_csv
 
     errors = (own_report / "tables" / "error_analysis.md").read_text()
     assert "| Dice head (Mask R-CNN), ImageNet | 3/3 |" in errors
@@ -398,7 +398,7 @@ def test_own_method_in_the_error_table_and_figures(own_report):
 
 
 def test_experiments_json_of_an_own_method_is_checked(tmp_path):
-    from test_report import run_record
+    from report_fixtures import run_record
 
     from dcl import runs as dcl_runs
 
@@ -424,7 +424,7 @@ def test_toy_own_method_dag_end_to_end(tmp_path):
     Dice head trains, is evaluated and error-analysed, and stands in every table and figure beside
     the baseline and DCL with its paired difference against its declared baseline."""
     from pypdf import PdfReader
-    from test_report import only, read_csv
+    from report_fixtures import only, read_csv
 
     result = subprocess.run(
         [
@@ -484,7 +484,7 @@ def test_dcl_on_top_of_an_own_method_sweeps_in_the_ablation_table_and_figure(tmp
     """Ablation points of a method with `dcl: true`: its label in the figure, its declared baseline
     as the table's "no DCL" reference."""
     from pypdf import PdfReader
-    from test_report import PUBLISHED, coco_section, errors_record, gains, run_record, write_run
+    from report_fixtures import PUBLISHED, coco_section, errors_record, gains, run_record, write_run
 
     from dcl.report import build_report
 

@@ -97,6 +97,6 @@ def test_the_detectron2_sdist_is_unpacked_only_inside_its_folder(tmp_path, monke
     installer.extract(archive(("detectron2-0.6/setup.py", None), ("detectron2-0.6/l", "setup.py")), tmp_path / "ok")
     assert (tmp_path / "ok" / "detectron2-0.6" / "setup.py").read_bytes() == b"x"
     for bad in [("../evil", None), ("detectron2-0.6/l", "../../outside")]:
-        with pytest.raises((SystemExit, tarfile.FilterError)):
+        with pytest.raises((SystemExit, getattr(tarfile, "FilterError", SystemExit))):
             installer.extract(archive(bad), tmp_path / "bad")
     assert not (tmp_path / "evil").exists() and not (tmp_path / "outside").exists()

@@ -55,7 +55,7 @@ def tree(tmp_path, monkeypatch):
 def finished_folder(tree: Path, experiment: str, **extra) -> Path:
     """A run folder of the results tree as a finished run leaves it: run.json, metrics.json and
     every analysis (each a valid file of its format)."""
-    from test_report import coco_section, errors_record
+    from report_fixtures import coco_section, errors_record
 
     folder = tree / "runs" / experiment / "seed0"
     folder.mkdir(parents=True)
