@@ -11,6 +11,7 @@ running ``python -m dcl``. Nothing here imports dcl: the references stay indepen
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -252,3 +253,10 @@ def assert_nested_close(actual, expected, rtol, atol=0.0, where="results"):
         assert actual == pytest.approx(expected, rel=rtol, abs=atol, nan_ok=True), f"{where}: {actual} vs {expected}"
     else:  # None (NaN in JSON), strings, integers
         assert actual == expected, f"{where}: {actual} vs {expected}"
+
+
+def default_sigint() -> None:
+    """A ``preexec_fn``: SIGINT back to its default in the child, so Python there turns Ctrl-C into
+    ``KeyboardInterrupt`` even when this test run was started in the background (a shell's ``&``
+    ignores SIGINT, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

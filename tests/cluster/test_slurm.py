@@ -43,6 +43,7 @@ import yaml
 
 from dcl.io import read_json
 from instance_fixtures import assert_nested_close
+from instance_fixtures import default_sigint
 
 pytestmark = pytest.mark.slurm
 
@@ -253,7 +254,13 @@ def user_env(cluster) -> dict[str, str]:
 def start_snakemake(workdir: Path, args: list[str], env: dict[str, str], log_name: str = "snakemake.out"):
     log = open(workdir / log_name, "w")
     process = subprocess.Popen(
-        [SNAKEMAKE, *args], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [SNAKEMAKE, *args],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=default_sigint,  # the SIGINT finish_snakemake may send must reach Python
     )
     process.log_path = workdir / log_name
     process.started = time.monotonic()

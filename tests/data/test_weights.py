@@ -17,6 +17,7 @@ import pytest
 from dcl.data import weights
 from dcl.cli import main
 from dcl.io import InputError
+from instance_fixtures import default_sigint
 
 # Starts as a pickle does (downloads that are not checkpoints are refused).
 PAYLOAD = b"\x80\x02" + os.urandom(300_000)
@@ -297,7 +298,9 @@ def test_a_url_with_a_space_fails_at_once_and_leaves_nothing(tmp_path):
 
 
 class SlowHandler(Handler):
-    """Serves /files/ in 10 kB pieces 0.05 s apart (1.5 s for the payload)."""
+    """Serves /files/ in 10 kB pieces 0.05 s apart (1.5 s for the payload); while the server's
+    ``gate`` is closed, a response stops after 100 kB (more than the client's 64 kB write chunk)
+    until it opens (at most 60 s)."""
 
     def do_GET(self):
         self.server.requests.append((self.path, self.headers.get("Range")))
@@ -310,12 +313,16 @@ class SlowHandler(Handler):
             self.wfile.write(body[i : i + 10_000])
             self.wfile.flush()
             time.sleep(0.05)
+            if i + 10_000 >= 100_000:
+                self.server.gate.wait(timeout=60)
 
 
 @pytest.fixture
 def slow_server():
     srv = Server()
     srv.RequestHandlerClass = SlowHandler
+    srv.gate = threading.Event()
+    srv.gate.set()
     srv.handle_error = lambda request, address: None  # a client that went away mid-body
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -330,6 +337,7 @@ def start_download(server, weights_dir):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
 
 
@@ -350,6 +358,7 @@ def test_an_interrupted_download_leaves_no_lock_and_resumes(slow_server, tmp_pat
     is left (there never is one: the .part file itself is locked); the next run resumes."""
     target = weights.local_path(url(slow_server), tmp_path)
     part = target.with_name(target.name + ".part")
+    slow_server.gate.clear()  # the download cannot finish before the signal, however slow this machine
     process = start_download(slow_server, tmp_path)
     try:
         wait_for(lambda: part.is_file() and part.stat().st_size > 0)
@@ -357,6 +366,7 @@ def test_an_interrupted_download_leaves_no_lock_and_resumes(slow_server, tmp_pat
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
+        slow_server.gate.set()
     assert files_in(tmp_path) == [str(part.relative_to(tmp_path))]
     kept = part.stat().st_size
     assert 0 < kept < len(PAYLOAD) and PAYLOAD.startswith(part.read_bytes())

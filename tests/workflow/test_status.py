@@ -25,6 +25,7 @@ from dcl.workflow import status
 from dcl.workflow.experiments import Plan, read_config_file
 from dcl import runs as dcl_runs
 from dcl.runrecord import RunRecord, format_duration, progress
+from instance_fixtures import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
@@ -360,7 +361,11 @@ def test_status_command_end_to_end(tree, tmp_path):
 
     # --watch refreshes until interrupted; one line of JSON per refresh.
     watch = subprocess.Popen(
-        [*command, "--watch", "0.2", "--json", "--no-slurm"], stdout=subprocess.PIPE, text=True, env=env
+        [*command, "--watch", "0.2", "--json", "--no-slurm"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=default_sigint,
     )
     first, second = watch.stdout.readline(), watch.stdout.readline()
     watch.send_signal(2)
