@@ -44,7 +44,8 @@ __all__ = [
     "ErrorAnalysis",
     "RunResult",
     "load_experiments",
-    "load_occlusion_subset",
+    "ExperimentsFile",
+    "read_experiments",
     "load_run",
     "run_log",
     "status_totals",
@@ -252,24 +253,30 @@ def add_experiments_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
-    """Read and validate ``experiments.json``.
+@dataclass(frozen=True)
+class ExperimentsFile:
+    """``experiments.json`` read once: the preset, its runs in file order, and the occlusion subset
+    (``{"path", "used"}``, or None without COCO runs)."""
 
-    Args:
-        path: the file ``dcl plan`` wrote.
-    Returns:
-        ``(preset, runs)``, runs in file order.
+    preset: str
+    runs: list[ExpectedRun]
+    occlusion_subset: dict[str, Any] | None
+
+
+def read_experiments(path: str | os.PathLike) -> ExperimentsFile:
+    """Read and validate ``experiments.json`` (the file ``dcl plan`` wrote).
+
     Raises:
         InputError: missing/unreadable file, a record with a missing or mistyped field (which
             record, which field), duplicate runs, or an experiment whose runs disagree on what
             they are (dataset, method, metric, ...).
     """
     path = Path(path)
-    preset, records = _read_experiments(path)
+    data = _read_experiments(path)
     runs: list[ExpectedRun] = []
     seen: set[tuple[str, int]] = set()
     identity: dict[str, tuple] = {}
-    for index, record in enumerate(records):
+    for index, record in enumerate(data["runs"]):
         where = f"{path}: runs[{index}]"
         run = _expected_run(record, path.parent, where)
         if (run.experiment, run.seed) in seen:
@@ -284,20 +291,27 @@ def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
             )
         runs.append(run)
     _check_baselines(runs, path)
-    return preset, runs
+    return ExperimentsFile(data["preset"], runs, _occlusion_subset(data.get("occlusion_subset"), path))
 
 
-def _read_experiments(path: Path) -> tuple[str, list]:
-    """``experiments.json``'s preset and its list of run records, not yet checked one by one."""
+def load_experiments(path: str | os.PathLike) -> tuple[str, list[ExpectedRun]]:
+    """``(preset, runs)`` of :func:`read_experiments`."""
+    experiments = read_experiments(path)
+    return experiments.preset, experiments.runs
+
+
+def _read_experiments(path: Path) -> dict[str, Any]:
+    """``experiments.json`` as an object whose ``preset`` is a string and ``runs`` a non-empty list
+    (the records not yet checked one by one)."""
     data = read_json(path, "experiments file")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise InputError(f"{path}: expected an object with a 'runs' list (written by `dcl plan`)")
-    preset = data.get("preset", "")
-    if not isinstance(preset, str):
-        raise InputError(f"{path}: 'preset' must be a string, got {type_name(preset)}")
+    data.setdefault("preset", "")
+    if not isinstance(data["preset"], str):
+        raise InputError(f"{path}: 'preset' must be a string, got {type_name(data['preset'])}")
     if not data["runs"]:
         raise InputError(f"{path}: 'runs' is empty: there is nothing to report")
-    return preset, data["runs"]
+    return data
 
 
 def _expected_run(record: Any, base: Path, where: str) -> ExpectedRun:
@@ -397,9 +411,8 @@ def parse_variant(record: dict, where: str) -> dict[str, Any]:
     return {"backbone": backbone, "schedule": schedule}
 
 
-def load_occlusion_subset(path: str | os.PathLike) -> dict[str, Any] | None:
+def _occlusion_subset(value: Any, path: Path) -> dict[str, Any] | None:
     """``experiments.json``'s ``occlusion_subset``: ``{"path", "used"}``, or None (no COCO runs)."""
-    value = read_json(Path(path), "experiments file").get("occlusion_subset")
     if value is None:
         return None
     if not (isinstance(value, dict) and isinstance(value.get("path"), str) and isinstance(value.get("used"), bool)):

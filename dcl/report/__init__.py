@@ -40,9 +40,8 @@ from dcl.report.published import load_published
 from dcl.runs import (
     RunResult,
     add_experiments_argument,
-    load_experiments,
-    load_occlusion_subset,
     load_run,
+    read_experiments,
     status_totals,
 )
 
@@ -135,7 +134,8 @@ def build_report(
 
     results_dir = Path(results_dir)
     experiments_path = _experiments_file(results_dir, experiments_path)
-    preset, expected = load_experiments(experiments_path)
+    experiments_file = read_experiments(experiments_path)  # read once
+    preset, expected = experiments_file.preset, experiments_file.runs
     published = load_published(published_path if published_path else default_published_path())
 
     runs = [load_run(results_dir, run) for run in expected]
@@ -163,7 +163,7 @@ def build_report(
             comparisons,
             built,
             figure_reasons,
-            occlusion=load_occlusion_subset(experiments_path),
+            occlusion=experiments_file.occlusion_subset,
         ),
     )
     written.append(readme_path)

@@ -478,6 +478,17 @@ def test_figures_are_real_images(paper):
             assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
 
 
+def test_a_report_reads_experiments_json_once(paper, monkeypatch):
+    root, _ = paper
+    reads = []
+    original = dcl_runs.read_json
+    monkeypatch.setattr(
+        dcl_runs, "read_json", lambda path, *a, **k: reads.append(Path(path).name) or original(path, *a, **k)
+    )
+    build_report(root, published_path=PUBLISHED)
+    assert reads.count("experiments.json") == 1
+
+
 def test_rerun_without_changes_is_byte_identical(paper):
     root, _ = paper
     before = tree_hashes(root)
