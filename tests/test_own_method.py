@@ -317,13 +317,14 @@ def test_the_example_head_adds_the_dice_term_to_mask_rcnns_loss(example):
     with EventStorage():  # mask_rcnn_loss logs its accuracy there
         losses = head(features, [instances])
         logits = head.layers(features)
-        bce = float(mask_rcnn_loss(logits, [instances]))
+        bce = mask_rcnn_loss(logits, [instances]).item()
+    losses = {name: loss.item() for name, loss in losses.items()}
     assert set(losses) == {"loss_mask", "loss_mask_dice"}
-    assert float(losses["loss_mask"]) == pytest.approx(bce, rel=1e-5)
-    class_logits = logits[torch.arange(2), instances.gt_classes]
+    assert losses["loss_mask"] == pytest.approx(bce, rel=1e-5)
+    class_logits = logits.detach()[torch.arange(2), instances.gt_classes]
     targets = instances.gt_masks.crop_and_resize(instances.proposal_boxes.tensor, logits.size(2)).float()
     expected = 0.5 * _dice_by_hand(class_logits.tolist(), targets.tolist())
-    assert float(losses["loss_mask_dice"]) == pytest.approx(expected, rel=1e-5)
+    assert losses["loss_mask_dice"] == pytest.approx(expected, rel=1e-5)
     head.eval()
     instances.pred_classes = instances.gt_classes
     assert head(features, [instances])[0].pred_masks.shape == (2, 1, 28, 28)
