@@ -36,7 +36,7 @@ __all__ = [
     "EVAL_KEYS",
     "TRAINING_KEYS",
     "Ablation",
-    "add_experiments_argument",
+    "add_run_arguments",
     "check_metric",
     "parse_model",
     "parse_variant",
@@ -241,9 +241,17 @@ def _locations(record: dict, base: Path, where: str) -> dict[str, Any]:
     return found
 
 
-def add_experiments_argument(parser: argparse.ArgumentParser) -> None:
-    """``--experiments PATH`` (default None: ``RESULTS_DIR/experiments.json``), for every command
-    that reads the expected runs (``dcl report``, ``dcl status``)."""
+def add_run_arguments(parser: argparse.ArgumentParser, results_help: str, *, optional: bool = False) -> None:
+    """``RESULTS_DIR`` (``results/{preset}``; with ``optional``, may be left out: None) and
+    ``--experiments PATH`` (default None: ``RESULTS_DIR/experiments.json``), for every command that
+    reads the expected runs (``dcl report``, ``dcl status``)."""
+    parser.add_argument(
+        "results_dir",
+        metavar="RESULTS_DIR",
+        type=Path,
+        **({"nargs": "?", "default": None} if optional else {}),
+        help=results_help,
+    )
     parser.add_argument(
         "--experiments",
         metavar="PATH",

@@ -39,7 +39,7 @@ from dcl.report.outputs import FIGURE_FORMATS, FIGURE_NAMES, TABLE_FORMATS, TABL
 from dcl.report.published import load_published
 from dcl.runs import (
     RunResult,
-    add_experiments_argument,
+    add_run_arguments,
     load_run,
     read_experiments,
     status_totals,
@@ -177,13 +177,10 @@ def build_report(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "results_dir",
-        metavar="RESULTS_DIR",
-        type=Path,
-        help="results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
+    add_run_arguments(
+        parser,
+        "results/{preset}: holds experiments.json and runs/; tables/, figures/ and README.md are written here",
     )
-    add_experiments_argument(parser)
     parser.add_argument(
         "--published",
         metavar="PATH",

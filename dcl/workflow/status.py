@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 from dcl import layout
 from dcl.io import InputError
-from dcl.runs import STATES, ExpectedRun, add_experiments_argument, load_experiments, load_run, run_log
+from dcl.runs import STATES, ExpectedRun, add_run_arguments, load_experiments, load_run, run_log
 from dcl.runrecord import RECORD_STATES, RUN_RECORD, Progress, format_duration, gpu_hours, now, progress, read_record
 
 __all__ = ["STATES", "RunStatus", "SlurmJob", "add_arguments", "collect", "run", "run_status", "squeue_jobs"]
@@ -350,15 +350,7 @@ def _default_results_dir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "results_dir",
-        metavar="RESULTS_DIR",
-        type=Path,
-        nargs="?",
-        default=None,
-        help="results/{preset} (default: the only results/*/ with an experiments.json)",
-    )
-    add_experiments_argument(parser)
+    add_run_arguments(parser, "results/{preset} (default: the only results/*/ with an experiments.json)", optional=True)
     parser.add_argument(
         "--watch",
         metavar="SECONDS",
